@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(path)
         except ModuleNotFoundError as exc:
-            if exc.name == path:  # not written yet: the command does not exist
+            if exc.name and (path == exc.name or path.startswith(exc.name + ".")):
+                # not written yet: the command does not exist
                 continue
             raise
         module.register(sub)
