@@ -75,7 +75,7 @@ def p99(xs: Iterable[float]) -> float:
     data = sorted(xs)
     if not data:
         raise ValueError("p99 of no samples")
-    k = min(len(data) - 1, int(round(0.99 * (len(data) - 1))))
+    k = min(len(data) - 1, round(0.99 * (len(data) - 1)))
     return float(data[k])
 
 
