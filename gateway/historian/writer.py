@@ -1,0 +1,550 @@
+"""Background historian writer: bounded queue in memory, spool on disk, batched commits.
+
+Usable from the asyncio gateway: every ``put_*`` only encodes the row and appends it to a
+bounded in-memory queue, or — when the queue is full, or rows are already waiting in the
+spool — to the local spool file (:mod:`gateway.historian.spool`). It waits at most
+``put_timeout_s`` for queue room (0 by default: never waits) and never drops a row it
+accepted; it raises :class:`~gateway.errors.HistorianError` only when it could neither queue
+nor spool (writer closed, disk full), i.e. when it did not accept the row.
+
+One thread commits in acceptance order. The logical FIFO is
+``[batch in flight] + [queue] + [spool]``; invariants:
+
+* everything in the queue is older than everything in the spool (a producer goes to the
+  spool as soon as the spool is not empty, and only the writer empties it);
+* when a commit fails because the database is unreachable or slow, the batch and the whole
+  queue move to the spool (if it is empty; else they stay in memory: they are older than
+  it), so during an outage memory holds at most one batch plus ``max_queue`` rows and
+  everything else is on disk;
+* the spool is replayed in order once the queue is drained, then truncated;
+* on :meth:`close`, rows still in memory are written in front of the spool, so the next
+  start (same spool directory) replays them first.
+
+Back-pressure is bounded and counted (:class:`HistorianStats`): ``queue_full`` counts puts
+that found the queue full, ``spooled`` rows that went to disk. Replays are idempotent
+(unique keys), so a batch whose commit outcome is unknown (connection reset during COMMIT)
+is simply written again. Rows the database rejects (a driver data error, never an outage)
+are isolated one by one and kept in ``rejected.log`` beside the spool (same format).
+Durability: a row in the spool survives a killed process; rows in the queue (at most
+``max_queue``) survive a clean :meth:`close` but not ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.errors import HistorianError
+from gateway.historian.base import Backend, Rejected, open_backend
+from gateway.historian.schema import (
+    FLAGGED_MASK,
+    Row,
+    encode_f64,
+    encode_u32,
+    expand,
+    finite_or_none,
+    json_object,
+    json_vector,
+)
+from gateway.historian.spool import Record, Spool, encode_record
+
+log = logging.getLogger("gridtwin.historian")
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """One measurement channel: ``idx`` is its position in the value/flag vectors."""
+
+    idx: int
+    name: str
+    meter: str = ""
+    kind: str = ""
+    quantity: str = ""
+    unit: str = ""
+    bus: int | None = None
+    branch: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class MeterInfo:
+    meter: str
+    kind: str = ""
+    bus: int | None = None
+    branch: int | None = None
+    end: int | None = None
+    quantities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run records about itself (a ``runs`` row plus its model tables)."""
+
+    name: str = ""
+    config_digest: str = ""
+    config_toml: str = ""
+    version: str = ""
+    host: str = field(default_factory=socket.gethostname)
+    channels: Sequence[ChannelInfo] = ()
+    meters: Sequence[MeterInfo] = ()
+    bus_ids: Sequence[int] = ()  # external ids, in state-vector order
+    base_kv: Sequence[float] = ()
+    note: str = ""
+
+
+def run_info_from_config(cfg: Any, *, note: str = "") -> RunInfo:
+    """A :class:`RunInfo` from a :class:`gateway.config.TwinConfig` (read by attribute)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("gridtwin")
+    except metadata.PackageNotFoundError:
+        version = ""
+    channels = [ChannelInfo(c.index, c.name, c.meter, c.kind, c.quantity, c.unit,
+                            c.bus, c.branch, c.end) for c in cfg.channels]
+    meters = [MeterInfo(m.id, m.kind, m.bus, m.branch, m.end, tuple(m.quantities))
+              for m in cfg.meters]
+    net = cfg.network
+    return RunInfo(
+        name=cfg.name, config_digest=cfg.digest, config_toml=getattr(cfg, "text", ""),
+        version=version, channels=channels, meters=meters,
+        bus_ids=[int(b) for b in net.bus_ids], base_kv=[float(k) for k in net.base_kv],
+        note=note,
+    )
+
+
+@dataclass
+class HistorianStats:
+    """Counters since the writer started (rows = accepted records)."""
+
+    accepted: int = 0  # rows put_* accepted (plus rows found in the spool at start)
+    committed: int = 0  # rows committed to the database
+    rejected: int = 0  # rows the database refused (kept in rejected.log)
+    spooled: int = 0  # rows written to the spool file
+    replayed: int = 0  # rows committed from the spool
+    queue_full: int = 0  # puts that found the queue full (back-pressure events)
+    batches: int = 0  # committed transactions
+    db_errors: int = 0  # failed commits / connects (outage or slowness)
+    connects: int = 0  # successful (re)connections
+    queue_depth: int = 0
+    queue_max: int = 0
+    spool_records: int = 0
+    spool_bytes: int = 0
+    connected: bool = False
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def default_spool_dir(url: str) -> Path:
+    """``<db file>.spool`` for SQLite, ``./historian-spool/<host>-<port>-<db>`` for MySQL."""
+    if url.lower().startswith("sqlite:///"):
+        from gateway.historian.sqlite import sqlite_path
+
+        path = sqlite_path(url)
+        return Path("historian-spool-memory") if path == ":memory:" else Path(path + ".spool")
+    from gateway.historian.mysql import parse_mysql_url
+
+    a = parse_mysql_url(url)
+    return Path("historian-spool") / f"{a['host']}-{a['port']}-{a['database']}"
+
+
+class HistorianWriter:
+    """See the module docstring. ``start()`` before ``put_*``; ``close()`` at the end."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        max_queue: int = 8192,
+        batch_rows: int = 1000,
+        linger_s: float = 0.02,
+        put_timeout_s: float = 0.0,
+        backoff_s: tuple[float, float] = (0.05, 2.0),
+        backend: Backend | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_queue < 1 or batch_rows < 1:
+            raise ValueError("max_queue and batch_rows must be positive")
+        self.url = url
+        self.backend = backend if backend is not None else open_backend(url)
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else default_spool_dir(url)
+        self.max_queue = max_queue
+        self.batch_rows = batch_rows
+        self.linger_s = linger_s
+        self.put_timeout_s = put_timeout_s
+        self.backoff_s = backoff_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._queue: deque[Record] = deque()
+        self._stats = HistorianStats(queue_max=max_queue)
+        self._processed = 0  # committed + rejected (what flush waits for)
+        self._closing = False
+        self._abort = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._spool: Spool | None = None
+        self._lockfile: int | None = None
+        self._last_event_no = 0
+        self.run_id: int | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> HistorianWriter:
+        """Lock and open the spool (rows left by a previous process are replayed first),
+        start the writer thread. The database need not be reachable."""
+        if self._thread is not None:
+            return self
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.spool_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise HistorianError(
+                f"spool directory {self.spool_dir} is in use by another historian writer "
+                "(give each gateway its own spool_dir)") from exc
+        self._lockfile = fd
+        self._spool = Spool(self.spool_dir)
+        if self._spool.corrupt_bytes:
+            log.error("historian spool %s: %d corrupt bytes moved aside", self._spool.path,
+                      self._spool.corrupt_bytes)
+        self._stats.accepted = self._spool.records
+        self._thread = threading.Thread(target=self._run, name="historian-writer",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> HistorianWriter:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every row accepted before the call is committed (or rejected);
+        False when ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._stats.accepted
+            self._not_empty.notify_all()
+            while self._processed < target:
+                if self._thread is None or not self._thread.is_alive():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._done.wait(0.1 if left is None else min(left, 0.1))
+            return True
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Commit what is accepted within ``timeout``; whatever is left goes to the spool
+        (replayed by the next start). True when everything was committed."""
+        if self._closed:
+            return True
+        flushed = self.flush(timeout) if self._thread is not None else True
+        with self._lock:
+            self._closing = True
+            self._abort = True
+            self._not_empty.notify_all()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._closed = True
+        if self._spool is not None:
+            self._spool.close()
+        self.backend.close()
+        if self._lockfile is not None:
+            os.close(self._lockfile)
+            self._lockfile = None
+        return flushed
+
+    def stats(self) -> HistorianStats:
+        with self._lock:
+            s = HistorianStats(**asdict(self._stats))
+            s.queue_depth = len(self._queue)
+            if self._spool is not None:
+                s.spool_records = self._spool.records
+                s.spool_bytes = self._spool.pending_bytes
+            s.connected = self.backend.connected
+            return s
+
+    # -- producers ------------------------------------------------------------------------
+    def start_run(self, info: RunInfo, *, started: float | None = None,
+                  run_id: int | None = None) -> int:
+        """Record a new run (rows for ``runs``, ``meters``, ``channels``, ``buses``) and make
+        it the default ``run_id`` of the ``put_*`` calls. ``run_id`` defaults to the start
+        time in epoch microseconds."""
+        t = self._clock() if started is None else started
+        rid = int(t * 1e6) if run_id is None else int(run_id)
+        recs: list[Record] = [("runs", (
+            rid, float(t), info.name, info.config_digest, info.config_toml, info.version,
+            info.host, len(info.channels), len(info.bus_ids), info.note))]
+        for m in info.meters:
+            recs.append(("meters", (rid, m.meter, m.kind, m.bus, m.branch, m.end,
+                                    ",".join(m.quantities))))
+        for c in info.channels:
+            recs.append(("channels", (rid, int(c.idx), c.name, c.meter, c.kind, c.quantity,
+                                      c.unit, c.bus, c.branch, c.end)))
+        kv = list(info.base_kv) + [None] * (len(info.bus_ids) - len(info.base_kv))
+        for i, (b, k) in enumerate(zip(info.bus_ids, kv, strict=True)):
+            recs.append(("buses", (rid, i, int(b), None if k is None else float(k))))
+        for r in recs:
+            self._accept(*r)
+        self.run_id = rid
+        return rid
+
+    def put_measurements(self, seq: int, source_time: float, arrival_time: float,
+                         values: np.ndarray, flags: np.ndarray, *,
+                         run_id: int | None = None) -> None:
+        """One raw snapshot: ``values`` float64[m] in channel order, ``flags`` uint32[m]."""
+        f = np.asarray(flags, dtype=np.uint32)
+        self._accept("measurements", (
+            self._rid(run_id), int(seq), float(source_time), float(arrival_time), len(f),
+            int(np.count_nonzero(f & FLAGGED_MASK)), encode_f64(values), encode_u32(f)))
+
+    def put_corrected(self, seq: int, source_time: float, values: np.ndarray,
+                      flags: np.ndarray, *, run_id: int | None = None) -> None:
+        """One cleaned snapshot (after detection/correction), same layout as raw."""
+        f = np.asarray(flags, dtype=np.uint32)
+        self._accept("corrected", (
+            self._rid(run_id), int(seq), float(source_time), len(f),
+            int(np.count_nonzero(f & FLAGGED_MASK)), encode_f64(values), encode_u32(f)))
+
+    def put_forecasts(self, seq: int, time: float, p_mw: Mapping[str, float],
+                      sigma_mw: Mapping[str, float] | None = None, *, step: int = 0,
+                      target_time: float | None = None, run_id: int | None = None) -> None:
+        """PV forecasts of all plants issued at ``time`` for ``target_time`` (default
+        ``time``), horizon step ``step``: ``p_mw``/``sigma_mw`` map plant name -> MW."""
+        self._accept("forecasts", (
+            self._rid(run_id), int(seq), float(time), int(step),
+            float(time if target_time is None else target_time), json_object(p_mw),
+            None if sigma_mw is None else json_object(sigma_mw)))
+
+    def put_state(self, seq: int, source_time: float, vm: np.ndarray, va: np.ndarray, *,
+                  chi2: float | None = None, iterations: int = 0, converged: bool = True,
+                  deadline_met: bool = True, timings: Mapping[str, float] | None = None,
+                  run_id: int | None = None) -> None:
+        """One estimate: ``vm`` pu and ``va`` rad per bus (state-vector order)."""
+        if np.shape(vm) != np.shape(va):
+            raise ValueError("vm and va differ in length")
+        tj = None
+        if timings:
+            tj = json.dumps({k: finite_or_none(float(v)) for k, v in timings.items()})
+        self._accept("states", (
+            self._rid(run_id), int(seq), float(source_time), int(np.size(vm)),
+            json_vector(vm), json_vector(va),
+            finite_or_none(None if chi2 is None else float(chi2)), int(iterations),
+            int(bool(converged)), int(bool(deadline_met)), tj))
+
+    def put_event(self, time: float, kind: str, source: str = "",
+                  detail: Mapping[str, Any] | None = None, *,
+                  run_id: int | None = None) -> None:
+        """One event (``bad_data``, ``deadline_missed``, ``estimator_restarted``,
+        ``stream_gap``, ...); ``detail`` is stored as a JSON object."""
+        dj = None if detail is None else json.dumps(detail, default=str, allow_nan=False)
+        with self._lock:
+            # unique across processes and runs: epoch microseconds, strictly increasing
+            no = max(self._last_event_no + 1, int(self._clock() * 1e6))
+            self._last_event_no = no
+        self._accept("events", (self._rid(run_id), no, float(time), kind, source, dj))
+
+    def _rid(self, run_id: int | None) -> int:
+        rid = self.run_id if run_id is None else run_id
+        if rid is None:
+            raise HistorianError("no run: call start_run() before put_*()")
+        return rid
+
+    def _accept(self, kind: str, row: Row) -> None:
+        with self._lock:
+            if self._closing or self._closed or self._spool is None:
+                raise HistorianError("historian writer is not running (start() it; "
+                                     "or it was closed)")
+            spool = self._spool
+            if spool.empty() and len(self._queue) >= self.max_queue and self.put_timeout_s > 0:
+                deadline = time.monotonic() + self.put_timeout_s
+                while spool.empty() and len(self._queue) >= self.max_queue:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._closing:
+                        break
+                    self._not_full.wait(left)
+            if spool.empty() and len(self._queue) < self.max_queue:
+                self._queue.append((kind, row))
+            else:
+                if len(self._queue) >= self.max_queue:
+                    self._stats.queue_full += 1
+                try:
+                    spool.append([encode_record(kind, row)])
+                except OSError as exc:
+                    raise HistorianError(
+                        f"queue full and spool {spool.path} not writable: {exc}") from exc
+                self._stats.spooled += 1
+            self._stats.accepted += 1
+            self._not_empty.notify()
+
+    # -- the writer thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        spool = self._spool
+        assert spool is not None
+        pending: list[Record] = []
+        from_spool = False
+        spool_end = 0
+        delay = self.backoff_s[0]
+        try:
+            while True:
+                if not pending:
+                    with self._lock:
+                        while not self._queue and spool.empty() and not self._closing:
+                            self._not_empty.wait()
+                        if self._queue:
+                            # linger a little for a fuller batch (fewer commits at low rate)
+                            until = time.monotonic() + self.linger_s
+                            while len(self._queue) < self.batch_rows and not self._closing:
+                                left = until - time.monotonic()
+                                if left <= 0:
+                                    break
+                                self._not_empty.wait(left)
+                            n = min(len(self._queue), self.batch_rows)
+                            pending = [self._queue.popleft() for _ in range(n)]
+                            from_spool = False
+                            self._not_full.notify_all()
+                        elif not spool.empty():
+                            from_spool = True
+                        elif self._closing:
+                            return
+                    if from_spool and not pending:
+                        pending, spool_end = spool.read(self.batch_rows)
+                    if not pending:
+                        continue
+                if self._abort:
+                    break
+                was_connected = self.backend.connected
+                ok = self._commit(pending)
+                if ok:
+                    delay = self.backoff_s[0]
+                    with self._lock:
+                        if not was_connected:
+                            self._stats.connects += 1
+                        if from_spool:
+                            spool.consume(spool_end, len(pending))
+                            self._stats.replayed += len(pending)
+                            if spool.empty():
+                                spool.reset()
+                        self._processed += len(pending)
+                        self._done.notify_all()
+                        dirty = spool.take_dirty()
+                    pending = []
+                else:
+                    with self._lock:
+                        if not from_spool and spool.empty():
+                            # outage: move the batch and the queue to disk, in order
+                            recs = [encode_record(k, r) for k, r in pending]
+                            recs.extend(encode_record(k, r) for k, r in self._queue)
+                            spool.append(recs)
+                            self._stats.spooled += len(recs)
+                            self._queue.clear()
+                            self._not_full.notify_all()
+                            pending = []
+                            from_spool = True
+                        dirty = spool.take_dirty()
+                    if dirty:
+                        spool.fsync()
+                        dirty = False
+                    if self._abort:
+                        break
+                    self._wake.wait(delay)
+                    self._wake.clear()
+                    delay = min(delay * 2, self.backoff_s[1])
+                if dirty:  # spooled rows reach the disk after every commit attempt
+                    spool.fsync()
+        except Exception:
+            log.exception("historian writer thread failed; rows stay in the spool")
+            raise
+        finally:
+            self._shutdown(pending if not from_spool else [])
+
+    def _shutdown(self, pending: list[Record]) -> None:
+        spool = self._spool
+        assert spool is not None
+        with self._lock:
+            self._closing = True
+            mem = [encode_record(k, r) for k, r in pending]
+            mem.extend(encode_record(k, r) for k, r in self._queue)
+            self._queue.clear()
+            if mem:
+                if spool.empty():
+                    spool.append(mem)
+                else:
+                    spool.prepend(mem)
+                self._stats.spooled += len(mem)
+            spool.sync()
+            self._not_full.notify_all()
+            self._done.notify_all()
+
+    def _commit(self, pending: list[Record]) -> bool:
+        """Write ``pending`` in one transaction; False when the database is unavailable."""
+        try:
+            batch = self._expand(pending)
+            self.backend.write(batch)
+        except Rejected as exc:
+            return self._isolate(pending, exc)
+        except HistorianError as exc:
+            self._note_error(exc)
+            return False
+        with self._lock:
+            self._stats.committed += len(pending)
+            self._stats.batches += 1
+        return True
+
+    def _isolate(self, pending: list[Record], first: Exception) -> bool:
+        """Commit rows one by one; rows the database refuses go to ``rejected.log``."""
+        log.warning("historian: batch refused (%s); isolating %d rows", first, len(pending))
+        for rec in pending:
+            try:
+                self.backend.write(self._expand([rec]))
+            except Rejected as exc:
+                log.error("historian: %s row rejected: %s", rec[0], exc)
+                with open(self.spool_dir / "rejected.log", "ab") as f:
+                    f.write(encode_record(*rec))
+                with self._lock:
+                    self._stats.rejected += 1
+                continue
+            except HistorianError as exc:
+                self._note_error(exc)
+                return False  # retried as a whole later; committed rows are idempotent
+            with self._lock:
+                self._stats.committed += 1
+        with self._lock:
+            self._stats.batches += 1
+        return True
+
+    def _note_error(self, exc: Exception) -> None:
+        with self._lock:
+            first = self._stats.last_error is None or self.backend.connected
+            self._stats.db_errors += 1
+            self._stats.last_error = str(exc)
+        if first:
+            log.warning("historian: database unavailable, spooling: %s", exc)
+
+    def _expand(self, pending: Sequence[Record]) -> dict[str, list[Row]]:
+        out: dict[str, list[Row]] = {}
+        for kind, row in pending:
+            expand(kind, row, out)
+        return out
