@@ -1,0 +1,425 @@
+"""Weather for scenario traces: measured hourly TMY data plus a sub-hourly cloud model.
+
+Sources
+-------
+The hourly backbone is real measurement-based data: the typical meteorological year (TMY)
+files that pvlib ships in ``pvlib/data`` (NSRDB TMY3 for Greensboro NC and Sand Point AK,
+TMY2 for Miami FL). A site key selects the file (:data:`SITES`).
+
+Sub-hourly model (what turns hourly values into 1 s values)
+----------------------------------------------------------
+Hourly TMY irradiance is an hour average, so 1 s steps need synthetic variability. We use a
+two-state (sun / cloud shadow) clear-sky-index model in the spirit of the Markov-chain
+mixture model of Munkhammar & Widén (2018, Solar Energy 170:174-183), written as a
+thresholded latent Gaussian process so it is vectorised and can be made spatially
+correlated:
+
+1. Clear sky: Ineichen/Perez clear-sky GHI with a fixed Linke turbidity (3.0) at the real
+   solar position of the site; ``kc_h = GHI_tmy / mean_hour(GHI_cs)`` is the hourly
+   clear-sky index, linearly interpolated between hour centres to ``kc(t)``.
+2. Shadow level: ``kc_shade(t) = min(0.35, 0.9 kc(t))`` (thick cumulus lets 25-35 % through).
+   Sunny level: ``kc_sun = 1``. The fraction of time in shadow that keeps the hour mean is
+   ``f(t) = clip((kc_sun - kc) / (kc_sun - kc_shade), 0, 1)``.
+3. Latent cloud field ``z(t)``: unit-variance Gaussian, white noise through two cascaded
+   AR(1) filters, ``z_k = phi z_{k-1} + e_k`` with ``phi = exp(-dt / tau)``, tau = 90 s
+   (cloud passage times of a few minutes). The point is in shadow when
+   ``z(t) < Phi^-1(f(t))``, so the shadow fraction follows the TMY hour while shadows come
+   and go as ramps.
+4. Texture: inside a shadow, ``kc`` varies by 8 % (AR(1), tau 20 s); in sun by 1 %.
+   Cloud enhancement: near a shadow edge the sunny ``kc`` is raised by up to 12 %
+   (exponential kernel of 30 s around each edge), as observed at broken-cloud edges.
+5. Edge smoothing: a point sensor sees a shadow edge pass in ~3 s (moving average 3 s);
+   a 1 MW plant (~150 m across) averages over ~20 s (Lave & Kleissl's observation that
+   plant size filters short time scales).
+6. Decomposition: ``GHI = kc * GHI_cs``; DNI and DHI from the Erbs model at 1 s, so that
+   ``GHI = DNI cos(z) + DHI`` holds exactly.
+
+A plant's local field is its weather station's field delayed by the cloud advection time
+(distance / wind speed, 20-120 s) and mixed with an independent field
+(``z_p = rho z_s(t - lag) + sqrt(1 - rho^2) z_indep``, rho = 0.85), so no forecaster can
+reproduce the plant's irradiance from the station's exactly.
+
+Air temperature is the TMY hourly value interpolated plus an AR(1) fluctuation (0.2 K,
+tau 5 min); wind speed is interpolated plus gusts (20 % AR(1), tau 8 s); wind direction is
+interpolated on the unit circle plus 10 deg AR(1) meander.
+
+Time mapping: the TMY is a typical year; a timestamp is mapped by its day of year and time
+of day in the site's local standard time (29 Feb uses 28 Feb). Solar position and clear
+sky use the real timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter
+from scipy.special import ndtri
+
+from hil.errors import ScenarioError
+
+# weather channel order used everywhere in hil (Trace.weather last axis)
+WEATHER_FIELDS: tuple[str, ...] = ("ghi", "dni", "dhi", "temp_air", "wind_speed", "wind_dir")
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    key: str
+    filename: str
+    fmt: str  # "tmy3" or "tmy2"
+    description: str
+
+
+SITES: dict[str, SiteInfo] = {
+    "greensboro": SiteInfo("greensboro", "723170TYA.CSV", "tmy3",
+                           "Greensboro Piedmont Triad Intl, NC, USA (NSRDB TMY3 723170)"),
+    "sandpoint": SiteInfo("sandpoint", "703165TY.csv", "tmy3",
+                          "Sand Point, AK, USA (NSRDB TMY3 703165)"),
+    "miami": SiteInfo("miami", "12839.tm2", "tmy2", "Miami Intl, FL, USA (NSRDB TMY2 12839)"),
+}
+
+LINKE_TURBIDITY = 3.0
+
+
+@dataclass(frozen=True)
+class Tmy:
+    """Hourly typical-year data; row i is the hour interval [i, i+1) of the year (LST)."""
+
+    site: str
+    name: str
+    latitude: float
+    longitude: float
+    altitude: float
+    tz_hours: float
+    ghi: np.ndarray
+    dni: np.ndarray
+    dhi: np.ndarray
+    temp_air: np.ndarray
+    wind_speed: np.ndarray
+    wind_dir: np.ndarray
+    source: str
+
+
+def site_keys() -> list[str]:
+    return sorted(SITES)
+
+
+def _pvlib_data_dir() -> str:
+    import pvlib
+
+    return os.path.join(os.path.dirname(pvlib.__file__), "data")
+
+
+@lru_cache(maxsize=8)
+def load_tmy(site: str) -> Tmy:
+    """Read the TMY file that pvlib ships for ``site`` (see :data:`SITES`)."""
+    import pvlib
+
+    info = SITES.get(site)
+    if info is None:
+        raise ScenarioError(f"unknown TMY site {site!r}; choose one of {site_keys()}")
+    path = os.path.join(_pvlib_data_dir(), info.filename)
+    if not os.path.exists(path):
+        raise ScenarioError(f"pvlib does not ship {info.filename} (looked in {path})")
+    if info.fmt == "tmy3":
+        df, meta = pvlib.iotools.read_tmy3(path, map_variables=True)
+        cols = ("ghi", "dni", "dhi", "temp_air", "wind_speed", "wind_direction")
+        arrays = [df[c].to_numpy(float) for c in cols]
+        name = str(meta["Name"]).strip('"')
+        tz = float(meta["TZ"])
+    else:
+        df, meta = pvlib.iotools.read_tmy2(path)
+        arrays = [df["GHI"].to_numpy(float), df["DNI"].to_numpy(float),
+                  df["DHI"].to_numpy(float),
+                  df["DryBulb"].to_numpy(float) * 0.1,  # TMY2 stores 0.1 degC
+                  df["Wspd"].to_numpy(float) * 0.1,  # and 0.1 m/s
+                  df["Wdir"].to_numpy(float)]
+        name = str(meta["City"])
+        tz = float(meta["TZ"])
+    if any(len(a) != 8760 for a in arrays):
+        raise ScenarioError(f"{info.filename}: expected 8760 hourly rows")
+    return Tmy(site=site, name=name, latitude=float(meta["latitude"]),
+               longitude=float(meta["longitude"]), altitude=float(meta["altitude"]),
+               tz_hours=tz, ghi=arrays[0], dni=arrays[1], dhi=arrays[2], temp_air=arrays[3],
+               wind_speed=arrays[4], wind_dir=arrays[5],
+               source=f"pvlib {pvlib.__version__} data/{info.filename}: {info.description}")
+
+
+def hour_of_typical_year(time_s: np.ndarray, tz_hours: float) -> np.ndarray:
+    """Fractional hour of a 365-day year in local standard time (29 Feb -> 28 Feb)."""
+    local = np.asarray(time_s, dtype=np.float64) + tz_hours * 3600.0
+    days = np.floor(local / 86400.0)
+    # civil calendar from days since epoch (vectorised via numpy datetime64)
+    d64 = days.astype("int64").astype("datetime64[D]")
+    year_start = d64.astype("datetime64[Y]").astype("datetime64[D]")
+    doy = (d64 - year_start).astype(np.int64)  # 0-based
+    year = d64.astype("datetime64[Y]").astype(np.int64) + 1970
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    doy = np.where(leap & (doy >= 59), doy - 1, doy)
+    return doy * 24.0 + (local - days * 86400.0) / 3600.0
+
+
+def interp_hourly(values: np.ndarray, hoy: np.ndarray) -> np.ndarray:
+    """Periodic linear interpolation of hour-interval values (centres at i + 0.5)."""
+    centres = np.arange(8760, dtype=np.float64) + 0.5
+    return np.interp(hoy, centres, values, period=8760.0)
+
+
+def ar1(rng: np.random.Generator, n: int, tau_steps: float) -> np.ndarray:
+    """Unit-variance stationary AR(1): x_k = phi x_{k-1} + sqrt(1 - phi^2) e_k."""
+    phi = float(np.exp(-1.0 / max(tau_steps, 1e-9)))
+    x0 = rng.standard_normal()
+    e = rng.standard_normal(n)
+    # x_k = phi x_{k-1} + sqrt(1-phi^2) e_k, started in the stationary distribution
+    y, _ = lfilter([np.sqrt(1.0 - phi * phi)], [1.0, -phi], e, zi=[phi * x0])
+    return np.asarray(y)
+
+
+def smooth_field(rng: np.random.Generator, n: int, tau_steps: float) -> np.ndarray:
+    """Unit-variance Gaussian process: white noise through two cascaded AR(1) filters.
+
+    Smoother than a single AR(1) (no chattering at a threshold); normalised by the
+    impulse response energy; a burn-in of 8 tau makes it stationary from the first step.
+    """
+    phi = float(np.exp(-1.0 / max(tau_steps, 1e-9)))
+    burn = int(min(8 * tau_steps, 20000)) + 1
+    e = rng.standard_normal(n + burn)
+    a = np.convolve([1.0, -phi], [1.0, -phi])
+    y = lfilter([1.0], a, e)[burn:]
+    h = lfilter([1.0], a, np.r_[1.0, np.zeros(int(12 * tau_steps) + 50)])
+    return np.asarray(y / np.sqrt(np.sum(h * h)))
+
+
+def moving_average(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average (edge-padded); width 1 returns x."""
+    if width <= 1:
+        return x
+    pad = width // 2
+    xp = np.pad(x, (pad, width - 1 - pad), mode="edge")
+    c = np.cumsum(np.r_[0.0, xp])
+    return (c[width:] - c[:-width]) / width
+
+
+def shift(x: np.ndarray, lag: int) -> np.ndarray:
+    """x delayed by ``lag`` steps (edge value repeated at the start)."""
+    if lag <= 0:
+        return x
+    lag = min(lag, len(x))
+    return np.r_[np.full(lag, x[0]), x[: len(x) - lag]]
+
+
+@dataclass
+class SolarGeometry:
+    zenith: np.ndarray
+    apparent_zenith: np.ndarray
+    azimuth: np.ndarray
+    ghi_clear: np.ndarray
+    dni_extra: np.ndarray
+    doy: np.ndarray
+
+
+def solar_geometry(tmy: Tmy, time_s: np.ndarray, *, coarse_s: float = 60.0) -> SolarGeometry:
+    """Solar position and clear-sky GHI at ``time_s``; computed every ``coarse_s`` and
+    linearly interpolated (error << 0.01 deg at 60 s)."""
+    import pvlib
+
+    t = np.asarray(time_s, dtype=np.float64)
+    t0, t1 = float(t[0]), float(t[-1])
+    grid = np.arange(np.floor(t0 / coarse_s) * coarse_s, t1 + 2 * coarse_s, coarse_s)
+    idx = pd.to_datetime(grid, unit="s", utc=True)
+    sp = pvlib.solarposition.get_solarposition(idx, tmy.latitude, tmy.longitude,
+                                               altitude=tmy.altitude, method="nrel_numpy")
+    zen = sp["zenith"].to_numpy(float)
+    azz = np.unwrap(np.radians(sp["azimuth"].to_numpy(float)))
+    app = sp["apparent_zenith"].to_numpy(float)
+    dni_extra = pvlib.irradiance.get_extra_radiation(idx).to_numpy(float)
+    am = pvlib.atmosphere.get_relative_airmass(app)
+    am_abs = pvlib.atmosphere.get_absolute_airmass(am, pvlib.atmosphere.alt2pres(tmy.altitude))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cs = pvlib.clearsky.ineichen(app, am_abs, LINKE_TURBIDITY, altitude=tmy.altitude,
+                                     dni_extra=dni_extra)
+    ghi_cs = np.nan_to_num(np.asarray(cs["ghi"], dtype=float))
+    doy = idx.dayofyear.to_numpy(float)
+    return SolarGeometry(
+        zenith=np.interp(t, grid, zen),
+        apparent_zenith=np.interp(t, grid, app),
+        azimuth=np.degrees(np.interp(t, grid, azz)) % 360.0,
+        ghi_clear=np.maximum(np.interp(t, grid, ghi_cs), 0.0),
+        dni_extra=np.interp(t, grid, dni_extra),
+        doy=np.interp(t, grid, doy),
+    )
+
+
+def hourly_clear_sky_index(tmy: Tmy, time_s: np.ndarray) -> np.ndarray:
+    """TMY hour-mean GHI / model hour-mean clear-sky GHI, interpolated to ``time_s``."""
+    t = np.asarray(time_s, dtype=np.float64)
+    tz = tmy.tz_hours * 3600.0
+    # hour intervals (LST) covering the trace, with one hour margin each side
+    h0 = np.floor((t[0] + tz) / 3600.0) - 1
+    h1 = np.floor((t[-1] + tz) / 3600.0) + 2
+    hours = np.arange(h0, h1 + 1)  # interval starts, in LST hours since epoch
+    fine = (hours[:, None] + (np.arange(12) + 0.5)[None, :] / 12.0) * 3600.0 - tz  # UTC s
+    geo = solar_geometry(tmy, fine.ravel(), coarse_s=300.0)
+    cs_mean = geo.ghi_clear.reshape(fine.shape).mean(axis=1)
+    hoy = hour_of_typical_year(hours * 3600.0 - tz + 1800.0, tmy.tz_hours)
+    ghi_tmy = tmy.ghi[np.floor(hoy).astype(int) % 8760]
+    # kc_h = GHI_tmy / mean(GHI_cs); where the sun is barely up, fall back to a plain ratio
+    kc_h = np.where(cs_mean > 5.0, ghi_tmy / np.maximum(cs_mean, 1e-9), 1.0)
+    kc_h = np.where((cs_mean <= 5.0) & (ghi_tmy <= 0.0) & (cs_mean > 0.5), 0.3, kc_h)
+    kc_h = np.clip(kc_h, 0.0, 1.15)
+    centres = (hours + 0.5) * 3600.0 - tz
+    return np.interp(t, centres, kc_h)
+
+
+@dataclass
+class CloudField:
+    """Latent field z and the hourly parameters needed to turn it into kc."""
+
+    z: np.ndarray
+    kc_mean: np.ndarray
+
+
+def kc_from_field(z: np.ndarray, kc_mean: np.ndarray, rng: np.random.Generator,
+                  *, edge_smooth_steps: int, step_s: float) -> np.ndarray:
+    """Sub-hourly clear-sky index from latent field ``z`` (see module docstring)."""
+    n = len(z)
+    kc_sun = 1.0
+    kc_shade = np.minimum(0.35, 0.9 * kc_mean)
+    # f = (kc_sun - kc) / (kc_sun - kc_shade): share of time in shadow keeping the mean
+    frac = np.clip((kc_sun - kc_mean) / np.maximum(kc_sun - kc_shade, 1e-6), 0.0, 1.0)
+    threshold = ndtri(np.clip(frac, 1e-6, 1 - 1e-6))
+    shade = (z < threshold).astype(np.float64)
+    tex_shade = 1.0 + 0.08 * ar1(rng, n, 20.0 / step_s)
+    tex_sun = 1.0 + 0.01 * ar1(rng, n, 60.0 / step_s)
+    # cloud enhancement: exp kernel (30 s) around shadow pixels, applied in sun only
+    alpha = 1.0 - np.exp(-step_s / 30.0)
+    fwd = lfilter([alpha], [1.0, alpha - 1.0], shade)
+    bwd = lfilter([alpha], [1.0, alpha - 1.0], shade[::-1])[::-1]
+    near = np.clip(np.maximum(fwd, bwd) * 2.5, 0.0, 1.0)
+    # enhancement only in broken-cloud conditions (not under overcast)
+    enh = 0.12 * near * (1.0 - shade) * np.clip((kc_mean - 0.3) / 0.3, 0.0, 1.0)
+    kc = shade * kc_shade * tex_shade + (1.0 - shade) * (kc_sun + enh) * tex_sun
+    kc = moving_average(kc, edge_smooth_steps)
+    return np.clip(kc, 0.0, 1.5)
+
+
+def decompose(ghi: np.ndarray, geo: SolarGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """DNI, DHI from GHI by the Erbs model, so GHI = DNI cos(z) + DHI."""
+    import pvlib
+
+    out = pvlib.irradiance.erbs(ghi, geo.zenith, geo.doy)
+    dni = np.nan_to_num(np.asarray(out["dni"], dtype=float))
+    dhi = np.nan_to_num(np.asarray(out["dhi"], dtype=float))
+    cosz = np.cos(np.radians(geo.zenith))
+    # keep the closure exact where the sun is up; where erbs zeroes DNI, DHI = GHI
+    dhi = np.where(cosz > 0, ghi - dni * np.maximum(cosz, 0.0), ghi)
+    return dni, np.maximum(dhi, 0.0)
+
+
+@dataclass
+class StationWeather:
+    """True weather at one weather station (no sensor noise), plus what plants need."""
+
+    site: str
+    ghi: np.ndarray
+    dni: np.ndarray
+    dhi: np.ndarray
+    temp_air: np.ndarray
+    wind_speed: np.ndarray
+    wind_dir: np.ndarray
+    z: np.ndarray  # latent cloud field at the station
+    kc_mean: np.ndarray
+    geo: SolarGeometry
+    step_s: float
+
+    def stack(self) -> np.ndarray:
+        """(T, 6) in :data:`WEATHER_FIELDS` order."""
+        return np.stack([self.ghi, self.dni, self.dhi, self.temp_air, self.wind_speed,
+                         self.wind_dir], axis=1)
+
+
+@dataclass
+class SiteSky:
+    """What every station of one site shares: geometry, hourly kc, a regional cloud field."""
+
+    site: str
+    geo: SolarGeometry
+    kc_mean: np.ndarray
+    z: np.ndarray
+
+
+def site_sky(site: str, time_s: np.ndarray, rng: np.random.Generator,
+             *, tau_cloud_s: float = 90.0) -> SiteSky:
+    tmy = load_tmy(site)
+    t = np.asarray(time_s, dtype=np.float64)
+    step = float(t[1] - t[0]) if len(t) > 1 else 1.0
+    return SiteSky(site=site, geo=solar_geometry(tmy, t),
+                   kc_mean=hourly_clear_sky_index(tmy, t),
+                   z=smooth_field(rng, len(t), tau_cloud_s / step))
+
+
+def station_weather(site: str, time_s: np.ndarray, rng: np.random.Generator,
+                    *, sky: SiteSky | None = None, rho: float = 0.8,
+                    tau_cloud_s: float = 90.0) -> StationWeather:
+    """True 1 s (or any step) weather at a station of ``site``.
+
+    With ``sky`` (shared by the stations of a site) the station's cloud field is
+    ``rho z_site + sqrt(1 - rho^2) z_own``: stations of one site are correlated, not equal.
+    """
+    tmy = load_tmy(site)
+    t = np.asarray(time_s, dtype=np.float64)
+    n = len(t)
+    step = float(t[1] - t[0]) if n > 1 else 1.0
+    if sky is None:
+        geo = solar_geometry(tmy, t)
+        kc_mean = hourly_clear_sky_index(tmy, t)
+        regional_z = None
+    else:
+        geo, kc_mean, regional_z = sky.geo, sky.kc_mean, sky.z
+    z = smooth_field(rng, n, tau_cloud_s / step)
+    if regional_z is not None:
+        z = rho * regional_z + np.sqrt(1.0 - rho * rho) * z
+    kc = kc_from_field(z, kc_mean, rng, edge_smooth_steps=max(1, round(3.0 / step)),
+                       step_s=step)
+    ghi = kc * geo.ghi_clear
+    dni, dhi = decompose(ghi, geo)
+    hoy = hour_of_typical_year(t, tmy.tz_hours)
+    temp = interp_hourly(tmy.temp_air, hoy) + 0.2 * ar1(rng, n, 300.0 / step)
+    ws_mean = np.maximum(interp_hourly(tmy.wind_speed, hoy), 0.0)
+    ws = np.maximum(ws_mean * (1.0 + 0.2 * ar1(rng, n, 8.0 / step)), 0.0)
+    rad = np.radians(tmy.wind_dir)
+    u = interp_hourly(np.sin(rad), hoy)
+    v = interp_hourly(np.cos(rad), hoy)
+    wd = (np.degrees(np.arctan2(u, v)) + 10.0 * ar1(rng, n, 60.0 / step)) % 360.0
+    return StationWeather(site=site, ghi=ghi, dni=dni, dhi=dhi, temp_air=temp,
+                          wind_speed=ws, wind_dir=wd, z=z, kc_mean=kc_mean, geo=geo,
+                          step_s=step)
+
+
+@dataclass
+class LocalIrradiance:
+    ghi: np.ndarray
+    dni: np.ndarray
+    dhi: np.ndarray
+    lag_s: float
+
+
+def plant_irradiance(station: StationWeather, rng: np.random.Generator, *, rho: float = 0.85,
+                     smooth_s: float = 20.0) -> LocalIrradiance:
+    """Irradiance over a plant: the station's cloud field advected by a lag and partly
+    decorrelated, averaged over the plant's area (see module docstring)."""
+    n = len(station.z)
+    t_step = station.step_s
+    distance_m = float(rng.uniform(400.0, 1500.0))
+    speed = max(float(np.median(station.wind_speed)), 2.0) * 3.0  # cloud-level wind
+    lag_s = float(np.clip(distance_m / speed, 20.0, 120.0))
+    z_local = (rho * shift(station.z, round(lag_s / t_step))
+               + np.sqrt(1.0 - rho * rho) * smooth_field(rng, n, 90.0 / t_step))
+    kc = kc_from_field(z_local, station.kc_mean, rng,
+                       edge_smooth_steps=max(1, round(smooth_s / t_step)), step_s=t_step)
+    ghi = kc * station.geo.ghi_clear
+    dni, dhi = decompose(ghi, station.geo)
+    return LocalIrradiance(ghi=ghi, dni=dni, dhi=dhi, lag_s=lag_s)
