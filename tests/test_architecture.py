@@ -1,7 +1,8 @@
 """One-way imports (DESIGN.md): the gateway and the estimator are separate processes.
 
 ``hil -> gateway.codecs, gateway.config, estimator.network``; the gateway reaches into the
-estimator only for the network model (config validation); the estimator reads only the
+estimator only for the network model (config validation) and into ``models`` only for the
+ONNX runtime of the data-quality stage; the estimator reads only the
 config and snapshot contracts of the gateway; nothing imports ``hil`` but tests and the
 command-line/benchmark entry points; torch is never loaded by what runs live.
 """
@@ -19,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package -> prefixes of other packages it may import (anywhere in a module)
 ALLOWED: dict[str, tuple[str, ...]] = {
-    "gateway": ("estimator.network", "estimator.errors"),
+    # the data-quality stage runs the ONNX models in the gateway process
+    "gateway": ("estimator.network", "estimator.errors", "models.runtime", "models.card",
+                "models.detector", "models.features", "models.errors"),
     "estimator": ("gateway.config", "gateway.snapshot", "gateway.errors", "gateway.bench"),
     "hil": ("gateway.codecs", "gateway.config", "gateway.snapshot", "gateway.errors",
             "gateway.bench", "estimator.network", "estimator.pgm", "estimator.errors"),
