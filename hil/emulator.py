@@ -56,6 +56,7 @@ from hil.closedloop import ClosedLoop, CommandError, CommandRecord, StepState
 from hil.errors import HilError
 from hil.faults import Emission, FaultInjector, FaultPlan, FaultRecord
 
+PACING_WINDOW = 1_000_000  # steps of pacing error kept for the summary's percentiles
 SPIN_S = 0.0005  # spin the last 500 µs before a slot on perf_counter
 SELECT_MARGIN_S = 0.002  # stop select()ing (ms granularity) this long before a slot
 INT32_MISSING = -(2**31)
@@ -430,7 +431,8 @@ class EmulatorRunner:
         self._udp_peers: dict[str, set[tuple[str, int]]] = {}
         self._foreign: socket.socket | None = None
         self._cmd: socket.socket | None = None
-        self.errors = np.zeros(n)
+        # pacing errors of the last PACING_WINDOW steps (a ring: a service runs for ever)
+        self.errors = np.zeros(min(n, PACING_WINDOW))
         self.command_errors = 0
         self._plans = {p.name: p for p in emulator.plans}
 
@@ -761,7 +763,7 @@ class EmulatorRunner:
                     self._send(item)
                 if not self.fast:
                     self._wait_until(deadline)
-                self.errors[k] = clock() - deadline
+                self.errors[k % self.errors.size] = clock() - deadline
                 self._mark_sent(step, deadline)
                 for out in step_outs:
                     if out.emission.delay_s > 0:
@@ -794,7 +796,7 @@ class EmulatorRunner:
                 steps=done, first_step=first, duration_s=duration, rate_hz=em.rate_hz,
                 speed=None if self.fast else self.speed, streams=self.stats,
                 faults=em.injector.summary(), fault_log=list(em.fault_log),
-                pacing_us={} if self.fast else pacing_stats(self.errors[:done]),
+                pacing_us={} if self.fast else pacing_stats(self._recent_errors(done)),
                 commands=list(em.closed_loop.records) if em.closed_loop else [],
                 command_errors=self.command_errors)
             if self.progress is not None:
@@ -821,6 +823,9 @@ class EmulatorRunner:
         self.realtime_active = True
         return old
 
+    def _recent_errors(self, done: int) -> np.ndarray:
+        return self.errors[:min(done, self.errors.size)]
+
     def _mark_sent(self, step: int, t: float) -> None:
         self.sent_at[step] = t
         self._sent_order.append(step)
@@ -830,7 +835,8 @@ class EmulatorRunner:
     def _progress_line(self, done: int) -> str:
         frames = sum(s.frames for s in self.stats.values())
         faults = sum(self.em.injector.counts.values())
-        p99 = np.percentile(self.errors[:done], 99) * 1e6 if done and not self.fast else 0.0
+        recent = self._recent_errors(done)
+        p99 = np.percentile(recent, 99) * 1e6 if done and not self.fast else 0.0
         return (f"emulate: step {done}/{self.n_steps}, {frames} frames, {faults} faults, "
                 f"pacing p99 {p99:.0f} us")
 
