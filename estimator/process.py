@@ -1,0 +1,268 @@
+"""The estimator process: ``python -m estimator.process --config CFG --fd N``.
+
+Started and supervised by the gateway (:mod:`gateway.supervisor`); it is the only place
+that imports the estimator's internals for the live twin. It builds the measurement model
+and the linear state estimator from the twin config once (factorize once, solve many),
+says READY, then loops: receive one snapshot, estimate, send the state back.
+
+The socket (inherited fd ``N``) is an AF_UNIX ``SOCK_SEQPACKET`` pair end. The wire
+layouts are defined in :mod:`gateway.handoff`; the import rules keep ``estimator`` from
+importing it, so this module carries its own copy of the same layouts, and
+``tests/test_supervisor.py`` checks the two agree byte for byte.
+
+``--method flat`` answers every snapshot with the flat start (1 pu, 0 rad) without any
+estimator maths: it exists for supervision tests and the handoff benchmark only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gateway.snapshot import Snapshot
+
+SNAP, READY, STATE, FAIL, STOP = b"S", b"R", b"T", b"F", b"Q"
+_SNAP_HEAD = struct.Struct("<cId")
+_READY = struct.Struct("<cIId")
+_STATE_HEAD = struct.Struct("<cqddddddddddIIB")
+_FAIL_HEAD = struct.Struct("<cqdd")
+MAX_MESSAGE = 4 * 1024 * 1024
+DEFAULT_SPIN_US = 1000.0
+#: below this period snapshots come often enough to keep the process warm: no polling,
+#: the CPU is better left to the gateway and the sender
+MIN_SPIN_PERIOD_S = 0.004
+
+#: solve(values, flags, pv_mw, pv_sigma_mw)
+#:   -> (vm_pu, va_rad, chi2, chi2_threshold, iterations, converged)
+SolveFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                   tuple[np.ndarray, np.ndarray, float, float, int, bool]]
+
+
+def build_solver(config: str, method: str) -> tuple[int, SolveFn]:
+    """(number of buses, solve function) for the twin config (estimator internals here)."""
+    from gateway.config import load_config
+
+    cfg = load_config(config)
+    n_bus = cfg.network.n_bus
+    if method == "flat":
+        vm = np.ones(n_bus)
+        va = np.zeros(n_bus)
+
+        def flat(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, float, float, int, bool]:
+            return vm, va, 0.0, float("nan"), 0, True
+
+        return n_bus, flat
+    return n_bus, _linear_solver(cfg, method)
+
+
+def _linear_solver(cfg: Any, method: str) -> SolveFn:
+    """The config's estimator (``linear``: the DT paper's constant-gain linear SE) on the
+    config's measurement model. Values the quality stage flagged BAD and did not correct
+    are left out; NaN values (missing, not filled) are inactive; the PV forecasts are the
+    pseudo-measurements (their sigma is the model's constant one: constant gain)."""
+    from estimator.baselines import make_estimator
+    from estimator.errors import DidNotConverge
+    from estimator.measurement import MeasurementModel
+
+    model = MeasurementModel.from_config(cfg)
+    est = make_estimator(method, model, tolerance=cfg.estimator.tolerance,
+                         max_iterations=cfg.estimator.max_iterations)
+    chan = model.channel
+    real = chan >= 0
+    bad, corrected = np.uint32(1), np.uint32(4)
+    _warm_up(cfg, model, est)
+
+    def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, float, float, int, bool]:
+        z = model.values_to_pu(values, pv if pv.size else None)
+        active = np.isfinite(z)
+        f = flags[chan[real]]
+        # BAD and not replaced by the predictor: leave the value out
+        active[real] &= ~(((f & bad) != 0) & ((f & corrected) == 0))
+        try:
+            st = est.solve(z, active=active)
+        except DidNotConverge as exc:
+            if exc.last is None:
+                raise
+            v = np.asarray(exc.last)  # the last iterate, reported as not converged
+            return np.abs(v), np.angle(v), float("nan"), float("nan"), exc.iterations, False
+        v = np.asarray(st.v)
+        return (np.abs(v), np.angle(v), float(st.objective), float(st.chi2_threshold),
+                int(st.iterations), True)
+
+    return solve
+
+
+class PeriodicReceiver:
+    """Receive snapshots with a low wake-up latency.
+
+    Snapshots arrive periodically, so the process sleeps until ``spin_s`` before the next
+    one is due, then polls the socket without blocking (a spin of at most ``2 * spin_s``,
+    capped at a quarter period) and only then blocks. Waking a process blocked in
+    ``recv`` costs tens of microseconds to milliseconds on a loaded host (its caches gone
+    cold); a process already polling sees the message at once. Below
+    :data:`MIN_SPIN_PERIOD_S` snapshots come often enough to keep it warm and it always
+    blocks; ``spin_s = 0`` always blocks.
+    """
+
+    def __init__(self, sock: socket.socket, spin_s: float) -> None:
+        self.sock = sock
+        self.spin_s = spin_s
+        self.period: float | None = None
+        self.last: float | None = None
+        self.spun = 0
+        self.blocked = 0
+        self.early = 0
+
+    def recv(self) -> tuple[bytes, float]:
+        clock = time.time
+        sock = self.sock
+        msg: bytes | None = None
+        if self.spin_s > 0 and self.period is not None and self.last is not None and \
+                self.period >= MIN_SPIN_PERIOD_S:
+            spin = min(self.spin_s, self.period / 4)
+            expect = self.last + self.period
+            wait = expect - spin - clock()
+            if wait > 0:
+                ready, _, _ = select.select([sock], [], [], wait)
+                if ready:
+                    msg = sock.recv(MAX_MESSAGE)
+                    self.early += 1
+            if msg is None:
+                until = max(expect, clock()) + spin
+                while clock() < until:
+                    try:
+                        msg = sock.recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+                        self.spun += 1
+                        break
+                    except BlockingIOError:
+                        continue
+        if msg is None:
+            msg = sock.recv(MAX_MESSAGE)
+            self.blocked += 1
+        now = clock()
+        if self.last is not None:
+            d = now - self.last
+            if 0 < d < 1.0:
+                # period: exponentially weighted mean of the inter-arrival times
+                self.period = d if self.period is None else 0.9 * self.period + 0.1 * d
+        self.last = now
+        return msg, now
+
+
+def _warm_up(cfg: Any, model: Any, est: Any) -> None:
+    """Factorize for the usual measurement set (every channel and pseudo-measurement
+    present) before saying READY, so the first live snapshot does not pay for it: one
+    solve on the no-load flat profile (vm = base kV, everything else 0)."""
+    values = np.zeros(len(cfg.channels))
+    net = cfg.network
+    for c in cfg.channels:
+        if c.quantity == "vm" and c.bus is not None:
+            values[c.index] = float(net.base_kv[net.index_of(c.bus)])
+    pv = np.zeros(len(cfg.plants))
+    try:
+        est.solve(model.values_to_pu(values, pv if pv.size else None))
+    except Exception as exc:  # a warm-up failure only costs the first snapshot time
+        print(f"estimator process: warm-up solve failed ({exc}); continuing",
+              file=sys.stderr)
+    reset = getattr(est, "reset", None)
+    if reset is not None:
+        reset()
+
+
+def serve(sock: socket.socket, n_bus: int, solve: SolveFn, t_build: float, *,
+          spin_s: float = 0.0) -> int:
+    clock = time.time
+    rx = PeriodicReceiver(sock, spin_s)
+    sock.send(_READY.pack(READY, n_bus, os.getpid(), clock()))
+    while True:
+        msg, recv_time = rx.recv()
+        if not msg or msg[:1] == STOP:
+            if os.environ.get("GRIDTWIN_ESTIMATOR_DEBUG"):
+                print(f"estimator {os.getpid()}: {rx.spun} received while polling, "
+                      f"{rx.early} before the window, {rx.blocked} while blocked",
+                      file=sys.stderr)
+            return 0
+        if msg[:1] != SNAP:
+            continue
+        _, n_pv, send_time = _SNAP_HEAD.unpack_from(msg)
+        off = _SNAP_HEAD.size
+        pv = np.frombuffer(msg, "<f8", n_pv, off)
+        sig = np.frombuffer(msg, "<f8", n_pv, off + 8 * n_pv)
+        seq = -1
+        try:
+            snap = Snapshot.from_bytes(memoryview(msg)[off + 16 * n_pv:])
+            seq = snap.seq
+            t0 = time.perf_counter()
+            vm, va, chi2, chi2_thr, iters, conv = solve(snap.values, snap.flags, pv, sig)
+            t_solve = time.perf_counter() - t0
+        except Exception as exc:  # report any solver failure, keep serving
+            reason = f"{type(exc).__name__}: {exc}"
+            sock.send(_FAIL_HEAD.pack(FAIL, seq, send_time, recv_time)
+                      + reason.encode("utf-8", "replace")[:4000])
+            continue
+        n = int(vm.size)
+        sock.send(b"".join((
+            _STATE_HEAD.pack(STATE, snap.seq, snap.source_time, snap.arrival_time,
+                             snap.published_time, send_time, recv_time, clock(), chi2,
+                             chi2_thr, t_build, t_solve, iters, n, int(conv)),
+            np.ascontiguousarray(vm, "<f8").tobytes(),
+            np.ascontiguousarray(va, "<f8").tobytes())))
+
+
+def _set_realtime(priority: int) -> None:
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        return
+    except (OSError, AttributeError):
+        pass
+    with contextlib.suppress(OSError):
+        os.nice(-10)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m estimator.process")
+    p.add_argument("--config", required=True, help="twin config (bundled name or .toml)")
+    p.add_argument("--fd", type=int, required=True, help="inherited SOCK_SEQPACKET fd")
+    p.add_argument("--method", default=None, help="override the config's estimator method")
+    p.add_argument("--spin-us", type=float, default=DEFAULT_SPIN_US,
+                   help="poll the socket this long around the expected snapshot arrival "
+                   "(0: always block)")
+    p.add_argument("--realtime", action="store_true",
+                   help="SCHED_FIFO priority 20 if allowed, else nice -10")
+    args = p.parse_args(argv)
+    if args.realtime:
+        _set_realtime(20)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway stops us, not Ctrl-C
+    sock = socket.socket(fileno=args.fd)
+    t0 = time.perf_counter()
+    try:
+        if args.method is None:
+            from gateway.config import load_config
+
+            args.method = load_config(args.config).estimator.method
+        n_bus, solve = build_solver(args.config, args.method)
+    except Exception as exc:
+        print(f"estimator process: cannot build the estimator: {exc}", file=sys.stderr)
+        return 3
+    try:
+        return serve(sock, n_bus, solve, time.perf_counter() - t0,
+                     spin_s=max(0.0, args.spin_us) * 1e-6)
+    except (BrokenPipeError, ConnectionResetError):
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

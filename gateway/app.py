@@ -1,0 +1,593 @@
+"""The running twin: transports → codec → aligner → quality → estimator, historian, metrics.
+
+:class:`Gateway` wires the pieces (the aiohttp ``web_runner`` split: the gateway is the
+*runner* owning the pipeline, each transport a *site* owning one socket):
+
+1. every enabled stream gets a transport (by URL scheme) whose frames land in
+   :meth:`Gateway.on_frame` with the arrival time ``now``;
+2. the stream's decoder (GTNET-SKT codec, or the C37.118 decoder built from the CFG-2
+   the PMU sent) turns bytes into (sequence, timestamp, values); per-stream statistics
+   classify the frame; the aligner groups frames into snapshots (wait-for-all with a
+   lag window; its timer is a ``call_later`` re-armed for the oldest pending slot);
+3. each snapshot is stored raw, cleaned by the quality stage (detect ▸ correct ▸ fill,
+   PV pseudo-measurements), stored corrected and handed to the estimator process via the
+   supervisor (newest wins, deadline monitor, restarts);
+4. states come back, are stored, exposed at ``/state`` and measured (end-to-end latency:
+   first frame of the snapshot received → its state back in the gateway).
+
+The pipeline runs on one asyncio loop in one thread; the historian writer commits from
+its own thread and the estimator is another process, so nothing here blocks on I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.aligner import Aligner, StreamLayout
+from gateway.config import Stream, TwinConfig
+from gateway.errors import FrameError, GatewayError, HistorianError
+from gateway.handoff import FailMsg, StateMsg
+from gateway.metrics import Metrics, MetricsServer
+from gateway.snapshot import Snapshot
+from gateway.stats import StreamStats
+from gateway.transports.base import Transport, TransportSpec, open_transport
+
+log = logging.getLogger("gridtwin.gateway")
+
+N_FLAG_BITS = 9
+DECODE_SAMPLE = 8  # the decode-time histogram observes one frame in 8 (cheap hot path)
+LATENCY_SAMPLES = 200_000
+
+
+# --------------------------------------------------------------------------- decoders
+
+class SktDecoder:
+    """GTNET-SKT: (seq, ts, values in point order) per frame."""
+
+    def __init__(self, stream: Stream) -> None:
+        from gateway.codecs.gtnet_skt import GtnetSktCodec
+
+        self.codec = GtnetSktCodec([p.type for p in stream.points], header=stream.header)
+        self.size = self.codec.size
+        self.layout = StreamLayout.of(stream.name, [p.channel for p in stream.points],
+                                      [p.scale for p in stream.points])
+
+    def decode(self, data: bytes, now: float) -> tuple[int | None, float | None,
+                                                       np.ndarray] | None:
+        f = self.codec.parse(data, now)
+        return f.seq, f.ts, f.values
+
+
+class C37Decoder:
+    """C37.118: configuration frames (re)build the data decoder; data frames give the
+    phasors as (magnitude kV/kA, angle rad) pairs in the config's PMU/phasor order.
+
+    Wire convention (``hil.c37server``): magnitude in V/A = channel value × 1000, polar.
+    """
+
+    MAG_FACTOR = 1000.0
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        chans: list[int] = []
+        for pmu in stream.pmus:
+            for ph in pmu.phasors:
+                chans += [ph.mag, ph.ang]
+        self.n_phasors = len(chans) // 2
+        self.layout = StreamLayout.of(stream.name, chans)
+        self.size = 0
+        self.config: Any = None
+        self.rate = stream.rate_hz
+        self.configs = 0
+
+    def decode(self, data: bytes, now: float) -> tuple[int | None, float | None,
+                                                       np.ndarray] | None:
+        from gateway.codecs import c37118 as c37
+
+        ftype = c37.frame_type_of(data)
+        if ftype == c37.FRAME_DATA:
+            if self.config is None:
+                raise FrameError("data frame before the configuration (CFG-2)", 0)
+            f = self.config.decoder().decode(data, now)
+            z = f.phasors
+            out = np.empty(2 * self.n_phasors)
+            out[0::2] = np.abs(z) / self.MAG_FACTOR
+            out[1::2] = np.angle(z)
+            ts = f.time
+            seq = round(ts * self.rate) & 0xFFFFFFFF if ts is not None else None
+            return seq, ts, out
+        frame = c37.parse(data, now)
+        if isinstance(frame, c37.ConfigFrame):
+            n = sum(p.n_phasors for p in frame.pmus)
+            if n != self.n_phasors:
+                raise FrameError(f"CFG has {n} phasors, stream {self.stream.name} expects "
+                                 f"{self.n_phasors}", 0)
+            self.config = frame
+            if frame.data_rate > 0:
+                self.rate = float(frame.data_rate)
+            self.configs += 1
+        return None
+
+
+def make_decoder(stream: Stream) -> SktDecoder | C37Decoder:
+    if stream.format == "c37.118":
+        return C37Decoder(stream)
+    return SktDecoder(stream)
+
+
+# --------------------------------------------------------------------------- quality seam
+
+@dataclass
+class _PassResult:
+    values: np.ndarray
+    flags: np.ndarray
+    pv_mw: np.ndarray
+    pv_sigma_mw: np.ndarray
+
+
+class PassThroughQuality:
+    """Used when the quality stage is disabled or its models are missing: values pass
+    unchanged and no PV pseudo-measurement is available (NaN)."""
+
+    def __init__(self, n_plants: int) -> None:
+        self.pv = np.full(n_plants, np.nan)
+
+    def process(self, values: np.ndarray, flags: np.ndarray, now: float) -> _PassResult:
+        return _PassResult(values, flags, self.pv, self.pv)
+
+
+# --------------------------------------------------------------------------- gateway
+
+@dataclass
+class GatewayOptions:
+    config_ref: str = "ieee33"  # what the estimator process loads (name or path)
+    historian_url: str | None = None  # None: the config's; "" or "none": no historian
+    spool_dir: str | None = None
+    metrics_bind: str | None = None  # None: the config's; "": no server
+    quality: bool | None = None  # None: the config's
+    models_dir: str | None = None
+    estimator: bool = True
+    estimator_method: str | None = None
+    spare: bool = True
+    realtime: bool = False  # the estimator process asks for real-time scheduling too
+    url_overrides: dict[str, str] | None = None  # stream name -> URL (tests, demo)
+
+
+class Gateway:
+    def __init__(self, cfg: TwinConfig, opts: GatewayOptions | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.opts = opts or GatewayOptions()
+        self.clock = clock
+        self.streams = cfg.enabled_streams
+        if not self.streams:
+            raise GatewayError(f"config {cfg.name}: no enabled stream")
+        self.decoders = {s.name: make_decoder(s) for s in self.streams}
+        self.stats = {s.name: StreamStats(s.name) for s in self.streams}
+        self.aligner = Aligner(len(cfg.channels), [d.layout for d in self.decoders.values()],
+                               rate_hz=cfg.rate_hz, lag_s=cfg.align.lag_s)
+        kinds: dict[str, int] = {}
+        for c in cfg.channels:
+            kinds[c.kind] = kinds.get(c.kind, 0) + 1
+        self._kind_names = list(kinds)
+        self._kind_code = np.array([self._kind_names.index(c.kind) for c in cfg.channels],
+                                   np.intp)
+        self.metrics = Metrics(streams=lambda: self.stats.values(), clock=clock,
+                               channel_kinds=kinds)
+        self.metrics.info.info({"version": _version(), "config": cfg.name,
+                                "digest": cfg.digest[:12]})
+        self._decode_h = {s.name: self.metrics.decode.labels(s.name) for s in self.streams}
+        self.transports: dict[str, Transport] = {}
+        self.server: MetricsServer | None = None
+        self.supervisor: Any = None
+        self.historian: Any = None
+        self.quality: Any = None
+        self.latest_state: dict[str, Any] | None = None
+        self.e2e_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.handoff_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.quality_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.align_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.estimate_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.snapshots = 0
+        self.states = 0
+        self.flag_counts = np.zeros(N_FLAG_BITS, np.int64)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_pv: np.ndarray | None = None
+        self._bus_ids = [int(b) for b in cfg.network.bus_ids]
+        self._hist_errors = 0
+        self._incomplete_seen = 0
+        self._skips_seen: dict[str, int] = {}
+        self._n_frames = 0
+        self._quality_errors = 0
+        self._passthrough = PassThroughQuality(len(cfg.plants))
+        self.started_at = 0.0
+        self.closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.started_at = self.clock()
+        cfg, o = self.cfg, self.opts
+        self._start_historian()
+        self._start_quality()
+        if o.estimator:
+            from gateway.supervisor import EstimatorSupervisor
+
+            self.supervisor = EstimatorSupervisor(
+                o.config_ref, deadline_s=cfg.estimator.deadline_s, on_state=self.on_state,
+                on_fail=self.on_fail, on_event=self.event_estimator,
+                method=o.estimator_method, spare=o.spare, clock=self.clock,
+                extra_args=["--realtime"] if o.realtime else [])
+            await self.supervisor.start()
+            self.metrics.estimator_up.set(1)
+        bind = cfg.metrics_bind if o.metrics_bind is None else o.metrics_bind
+        if bind:
+            self.server = MetricsServer(self.metrics, state=lambda: self.latest_state,
+                                        streams=self.stream_summary, summary=self.summary)
+            addr = await self.server.start(bind)
+            log.info("metrics on http://%s:%d/metrics", *addr)
+        for s in self.streams:
+            url = (o.url_overrides or {}).get(s.name, s.url)
+            dec = self.decoders[s.name]
+            spec = TransportSpec(s.name, url, s.format, dec.size, s.idcode, s.allow,
+                                 s.rate_hz)
+            t = open_transport(spec, self.on_frame, on_drop=self.on_drop,
+                               on_event=self.event_stream, clock=self.clock)
+            await t.start()
+            self.transports[s.name] = t
+        self.event("gateway_started", "gateway", {
+            "config": cfg.name, "streams": {n: _addr(t) for n, t in self.transports.items()},
+            "metrics": list(self.server.address) if self.server and self.server.address
+            else None})
+
+    def _start_historian(self) -> None:
+        o = self.opts
+        url = self.cfg.historian_url if o.historian_url is None else o.historian_url
+        if not url or url == "none":
+            return
+        from gateway.historian.writer import HistorianWriter, run_info_from_config
+
+        self.historian = HistorianWriter(url, spool_dir=o.spool_dir, clock=self.clock)
+        self.historian.start()
+        if o.realtime:
+            _demote_thread(getattr(self.historian, "_thread", None))
+        self.historian.start_run(run_info_from_config(self.cfg))
+
+    def _start_quality(self) -> None:
+        enabled = self.cfg.quality.enabled if self.opts.quality is None else self.opts.quality
+        if enabled:
+            try:
+                from gateway.quality import QualityStage
+
+                self.quality = QualityStage(self.cfg, self.opts.models_dir)
+                return
+            except GatewayError as exc:
+                log.error("quality stage unavailable (%s): values pass through unchecked "
+                          "and PV has no pseudo-measurement", exc)
+                self.event("quality_unavailable", "quality", {"error": str(exc)})
+        self.quality = PassThroughQuality(len(self.cfg.plants))
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for t in self.transports.values():
+            with contextlib.suppress(Exception):
+                await t.close()
+        if self._timer is not None:
+            self._timer.cancel()
+        for snap in self.aligner.flush(self.clock()):
+            self.on_snapshot(snap)
+        if self.supervisor is not None:
+            await self.supervisor.close()
+            self.metrics.estimator_up.set(0)
+        self.event("gateway_stopped", "gateway", self.summary())
+        if self.server is not None:
+            await self.server.close()
+        if self.historian is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.historian.close)
+
+    # ------------------------------------------------------------------ hot path
+    def on_frame(self, stream: str, data: bytes, host: str | None, now: float) -> None:
+        st = self.stats[stream]
+        self._n_frames += 1
+        timed = self._n_frames % DECODE_SAMPLE == 0
+        if timed:
+            t0 = time.perf_counter()
+        try:
+            out = self.decoders[stream].decode(data, now)
+        except FrameError as exc:
+            st.decode_error()
+            if st.decode_errors <= 10 or st.decode_errors % 1000 == 0:
+                log.warning("stream %s: frame %d undecodable: %s (%d so far)", stream,
+                            st.received + st.decode_errors, exc, st.decode_errors)
+            return
+        if timed:
+            self._decode_h[stream].observe(time.perf_counter() - t0)
+        if out is None:  # a configuration/header frame
+            return
+        seq, ts, values = out
+        if st.frame(seq, ts, now, len(data)) == "duplicate":
+            return
+        agg = self.aligner.stats
+        late0 = agg.late_frames
+        snaps = self.aligner.feed(stream, values, now, ts=ts, seq=seq)
+        if agg.late_frames != late0:
+            st.late += 1
+        for snap in snaps:
+            self.on_snapshot(snap)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        due = self.aligner.next_deadline()
+        if due is None or due >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = due
+        self._timer = self._loop.call_later(max(0.0, due - self.clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        for snap in self.aligner.tick(self.clock()):
+            self.on_snapshot(snap)
+        self._arm_timer()
+
+    def on_snapshot(self, snap: Snapshot) -> None:
+        """Clean, hand on to the estimator, then store and count (off the critical path)."""
+        m = self.metrics
+        t0 = time.perf_counter()
+        try:
+            res = self.quality.process(snap.values, snap.flags, snap.source_time)
+        except Exception as exc:  # keep ingesting: this snapshot goes on uncleaned
+            self._quality_errors += 1
+            if self._quality_errors <= 5:
+                log.exception("quality stage failed on snapshot %d", snap.seq)
+                self.event("quality_error", "quality", {"seq": snap.seq, "error": str(exc)})
+            res = self._passthrough.process(snap.values, snap.flags, snap.source_time)
+        dq = time.perf_counter() - t0
+        flags = np.asarray(res.flags, np.uint32)
+        pv = np.asarray(res.pv_mw, float)
+        if self.supervisor is not None:
+            clean = Snapshot(snap.seq, snap.source_time, snap.arrival_time, res.values,
+                             flags, snap.published_time)
+            self.supervisor.submit(clean, pv, np.asarray(res.pv_sigma_mw, float))
+            self._sync_skips()
+        # -- bookkeeping after the handoff
+        self.snapshots += 1
+        m.snapshots.inc()
+        m.quality.observe(dq)
+        self.quality_s.append(dq)
+        self.align_s.append(snap.published_time - snap.arrival_time)
+        inc = self.aligner.stats.incomplete
+        if inc != self._incomplete_seen:
+            m.incomplete.inc(inc - self._incomplete_seen)
+            self._incomplete_seen = inc
+        nzi = np.flatnonzero(flags)
+        if nzi.size:
+            self._count_flags(flags[nzi], self._kind_code[nzi])
+        h = self.historian
+        if h is not None:
+            self._put(h.put_measurements, "measurements", snap.seq, snap.source_time,
+                      snap.arrival_time, snap.values, snap.flags)
+            self._put(h.put_corrected, "corrected", snap.seq, snap.source_time, res.values,
+                      flags)
+            if pv.size and np.isfinite(pv).any() and (
+                    self._last_pv is None or not np.array_equal(pv, self._last_pv)):
+                self._last_pv = pv.copy()
+                sig = np.asarray(res.pv_sigma_mw, float)
+                names = [p.name for p in self.cfg.plants]
+                self._put(h.put_forecasts, "forecasts", snap.seq, snap.source_time,
+                          {n: float(v) for n, v in zip(names, pv, strict=True)},
+                          {n: float(v) for n, v in zip(names, sig, strict=True)})
+
+    def _sync_skips(self) -> None:
+        ss = self.supervisor.stats
+        for reason in ("superseded", "stale", "no_estimator"):
+            n = getattr(ss, reason)
+            seen = self._skips_seen.get(reason, 0)
+            if n != seen:
+                self.metrics.skipped.labels(reason).inc(n - seen)
+                self._skips_seen[reason] = n
+
+    def _count_flags(self, f: np.ndarray, kind: np.ndarray) -> None:
+        nk = len(self._kind_names)
+        present = int(np.bitwise_or.reduce(f))
+        for b in range(N_FLAG_BITS):
+            if not (present >> b) & 1:
+                continue
+            per = np.bincount(kind[(f & (1 << b)) != 0], minlength=nk)
+            self.flag_counts[b] += int(per.sum())
+            for k in np.flatnonzero(per):
+                self.metrics.flag_child(int(k), b).inc(int(per[k]))
+
+    def _put(self, fn: Callable[..., None], kind: str, *args: Any, **kw: Any) -> None:
+        try:
+            fn(*args, **kw)
+        except HistorianError as exc:
+            self.metrics.historian_dropped.inc()
+            self._hist_errors += 1
+            if self._hist_errors <= 5:
+                log.error("historian refused a %s record: %s", kind, exc)
+            return
+        self.metrics.historian.labels(kind).inc()
+
+    # ------------------------------------------------------------------ estimator side
+    def on_state(self, st: StateMsg, received: float, met: bool) -> None:
+        m = self.metrics
+        self.states += 1
+        m.states.inc()
+        e2e = received - st.arrival_time
+        hand = st.recv_time - st.send_time
+        self.e2e_s.append(e2e)
+        self.handoff_s.append(hand)
+        m.e2e.observe(e2e)
+        m.handoff.observe(hand)
+        m.estimate.observe(st.t_solve_s)
+        self.estimate_s.append(st.t_solve_s)
+        if math.isfinite(st.chi2):
+            m.chi2.set(st.chi2)
+            if math.isfinite(st.chi2_threshold):
+                m.chi2_threshold.set(st.chi2_threshold)
+                if st.chi2 > st.chi2_threshold:
+                    m.chi2_failures.inc()
+        if st.vm.size:
+            m.vm_min.set(float(st.vm.min()))
+            m.vm_max.set(float(st.vm.max()))
+        m.state_time.set(st.source_time)
+        self._sync_skips()
+        timings = {"handoff_s": hand, "solve_s": st.t_solve_s, "e2e_s": e2e}
+        if self.historian is not None:
+            self._put(self.historian.put_state, "states", st.seq, st.source_time, st.vm,
+                      st.va, chi2=st.chi2 if math.isfinite(st.chi2) else None,
+                      iterations=st.iterations, converged=st.converged, deadline_met=met,
+                      timings=timings)
+        self.latest_state = {
+            "seq": st.seq, "source_time": st.source_time, "received_time": received,
+            "bus": self._bus_ids, "vm_pu": st.vm.tolist(), "va_rad": st.va.tolist(),
+            "chi2": st.chi2 if math.isfinite(st.chi2) else None,
+            "chi2_threshold": st.chi2_threshold if math.isfinite(st.chi2_threshold)
+            else None,
+            "iterations": st.iterations, "converged": st.converged, "deadline_met": met,
+            "latency_ms": {"e2e": e2e * 1e3, "handoff": hand * 1e3,
+                           "estimate": st.t_solve_s * 1e3},
+        }
+
+    def on_fail(self, f: FailMsg) -> None:
+        self.metrics.failures.inc()
+        self.event("estimate_failed", "estimator", {"seq": f.seq, "reason": f.reason})
+
+    # ------------------------------------------------------------------ events
+    def event(self, kind: str, source: str, detail: dict[str, Any]) -> None:
+        self.metrics.events.labels(kind).inc()
+        if self.historian is not None:
+            self._put(self.historian.put_event, "events", self.clock(), kind, source,
+                      _jsonable(detail))
+
+    def event_estimator(self, kind: str, detail: dict[str, Any]) -> None:
+        m = self.metrics
+        if kind == "estimator_restarted":
+            m.restarts.inc()
+            m.estimator_up.set(1)
+        elif kind == "estimator_crashed":
+            m.estimator_up.set(0)
+        elif kind == "deadline_missed":
+            m.deadline_misses.inc()
+            if self.historian is not None and self.supervisor.stats.deadline_misses > 100:
+                return  # counted; stop flooding the events table
+        self.event(kind, "estimator", detail)
+
+    def event_stream(self, stream: str, kind: str, detail: dict[str, object]) -> None:
+        if kind in ("listening",):
+            return
+        log.info("stream %s: %s %s", stream, kind, detail)
+        self.event(f"stream_{kind}", stream, dict(detail))
+
+    def on_drop(self, stream: str, host: str) -> None:
+        st = self.stats[stream]
+        st.dropped()
+        if st.dropped_source <= 3:
+            log.warning("stream %s: dropped a frame from %s (not in the allowlist)", stream,
+                        host)
+
+    # ------------------------------------------------------------------ reporting
+    def stream_summary(self) -> list[dict[str, Any]]:
+        return [s.as_dict() for s in self.stats.values()]
+
+    def summary(self) -> dict[str, Any]:
+        sup = self.supervisor
+        ss = sup.stats if sup is not None else None
+        hist = None
+        if self.historian is not None:
+            with contextlib.suppress(Exception):
+                hist = self.historian.stats().as_dict()
+        return {
+            "frames_received": sum(s.received for s in self.stats.values()),
+            "decode_errors": sum(s.decode_errors for s in self.stats.values()),
+            "frames_lost": sum(s.lost for s in self.stats.values()),
+            "frames_late": sum(s.late for s in self.stats.values()),
+            "snapshots": self.snapshots,
+            "snapshots_incomplete": self.aligner.stats.incomplete,
+            "states": self.states,
+            "deadline_misses": ss.deadline_misses if ss else 0,
+            "skipped": {"superseded": ss.superseded, "stale": ss.stale,
+                        "no_estimator": ss.no_estimator} if ss else {},
+            "estimator_restarts": ss.restarts if ss else 0,
+            "estimator_failures": ss.failures if ss else 0,
+            "estimator_pids": sup.pids() if sup else {},
+            "restart_s": list(sup.restart_durations) if sup else [],
+            "e2e_latency_ms": _pct_ms(self.e2e_s),
+            "stage_latency_ms": {"align_wait": _pct_ms(self.align_s),
+                                 "quality": _pct_ms(self.quality_s),
+                                 "estimate": _pct_ms(self.estimate_s)},
+            "handoff_latency_us": {k: None if v is None else v * 1e3
+                                   for k, v in _pct_ms(self.handoff_s).items()},
+            "flags": {n: int(c) for n, c in zip(
+                ("bad", "suspect", "corrected", "missing", "pseudo", "late", "duplicate",
+                 "out_of_order", "stale"), self.flag_counts, strict=True)},
+            "streams": self.stream_summary(),
+            "historian": hist,
+            "quality": type(self.quality).__name__,
+        }
+
+
+def _demote_thread(thread: Any) -> None:
+    """Run a background thread (the historian's commits) at the lowest real-time priority
+    while the pipeline thread runs at a higher one: storage may lag, the pipeline must not.
+    It stays real-time so ordinary processes cannot preempt it while it holds the GIL
+    (which would hold the pipeline thread up: priority inversion)."""
+    import os
+
+    tid = getattr(thread, "native_id", None)
+    if tid is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(1))
+
+
+def _pct_ms(xs: deque[float]) -> dict[str, float | None]:
+    if not xs:
+        return {"p50": None, "p99": None, "max": None}
+    a = np.fromiter(xs, float) * 1e3
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
+            "max": float(a.max())}
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        return v
+    return fix(d)  # type: ignore[no-any-return]
+
+
+def _addr(t: Transport) -> Any:
+    a = t.local_address
+    return list(a) if a else t.spec.url
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("gridtwin")
+    except metadata.PackageNotFoundError:
+        return "0"

@@ -1,0 +1,148 @@
+"""Benchmarks of the running twin: ``ingest.udp`` and ``e2e.ieee33.p99`` (+ ``_1khz``).
+
+* ``ingest.udp`` (frames/s): the highest offered rate of GTNET-SKT datagrams (the ieee33
+  pmu/scada/weather frames in turn, 3-word VILLASnode header) that the gateway's ingest
+  path — UDP transport, decode, per-stream statistics, alignment into snapshots,
+  snapshot hand-on with the quality stage off and no estimator — takes with **zero loss**
+  on its one asyncio thread. A separate sender process offers each rate for a fixed time
+  in 1 ms bursts; the rate steps up until a frame is lost. No peer.
+* ``e2e.ieee33.p99`` / ``e2e.ieee33.p99_1khz`` (ms): ``gridtwin demo`` at 50 Hz and 1 kHz
+  (emulator and twin as separate processes, SQLite, models, real estimator): the 99th
+  percentile of first frame received → state back in the gateway. No peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+
+from gateway.bench import BenchResult
+
+INGEST_RATES = (5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000)
+
+
+def benchmarks(quick: bool) -> list[BenchResult]:
+    out = [BenchResult("ingest.udp", float(ingest_udp(quick)), "frames/s")]
+    out += e2e(quick)
+    return out
+
+
+# --------------------------------------------------------------------------- ingest
+
+def _sender(port_list: list[int], rate: float, seconds: float) -> None:
+    """Child process: offer ``rate`` frames/s round-robin over the streams for ``seconds``."""
+    import socket
+
+    from gateway.codecs.gtnet_skt import GtnetSktCodec
+    from gateway.config import load_config
+
+    cfg = load_config("ieee33")
+    streams = cfg.enabled_streams
+    codecs = [GtnetSktCodec([p.type for p in s.points], header=True) for s in streams]
+    n = int(rate * seconds)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    # pre-build one frame per step and stream (values do not matter, headers do)
+    steps = n // len(streams) + 1
+    frames = []
+    for k in range(steps):
+        for c in codecs:
+            frames.append(c.build([0.5] * c.n_points, seq=k, ts=1_000_000.0 + k * 0.02))
+    addrs = [("127.0.0.1", p) for p in port_list]
+    per_ms = rate / 1000.0
+    t0 = time.perf_counter()
+    sent = 0
+    sendto = sock.sendto
+    while sent < n:
+        due = min(n, int((time.perf_counter() - t0) * 1000.0 * per_ms) + 1)
+        while sent < due:
+            sendto(frames[sent], addrs[sent % len(addrs)])
+            sent += 1
+        time.sleep(0.0005)
+    print(json.dumps({"sent": sent, "s": time.perf_counter() - t0}), flush=True)
+
+
+async def _ingest_once(rate: float, seconds: float, sender_cpus: list[int] | None = None
+                       ) -> tuple[int, int]:
+    from gateway.app import Gateway, GatewayOptions
+    from gateway.config import load_config
+
+    cfg = load_config("ieee33")
+    urls = {s.name: "udp://127.0.0.1:0" for s in cfg.enabled_streams}
+    gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="", quality=False,
+                                     estimator=False, url_overrides=urls))
+    await gw.start()
+    try:
+        ports = [gw.transports[s.name].local_address[1]  # type: ignore[index]
+                 for s in cfg.enabled_streams]
+        pin = f"import os; os.sched_setaffinity(0, {set(sender_cpus)!r}); " \
+            if sender_cpus else ""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", pin + "from gateway.bench_e2e import _sender; "
+            f"_sender({ports!r}, {rate!r}, {seconds!r})", stdout=subprocess.PIPE)
+        out, _ = await proc.communicate()
+        sent = int(json.loads(out)["sent"])
+        last, stable = -1, 0
+        while stable < 3:  # received count unchanged for 3 x 50 ms: all in
+            await asyncio.sleep(0.05)
+            got = sum(s.received + s.decode_errors for s in gw.stats.values())
+            stable = stable + 1 if got == last else 0
+            last = got
+        return sent, last
+    finally:
+        await gw.close()
+
+
+def ingest_udp(quick: bool) -> float:
+    """Best zero-loss rate; the receiving process is pinned to one CPU (the sender to the
+    others) and asks for real-time scheduling as ``gridtwin run --realtime`` does."""
+    import os
+
+    seconds = 1.0 if quick else 3.0
+    best = 0.0
+    cpus = sorted(os.sched_getaffinity(0))
+    old_policy = os.sched_getscheduler(0)
+    old_param = os.sched_getparam(0)
+    try:
+        if len(cpus) > 1:
+            os.sched_setaffinity(0, {cpus[0]})
+        from gateway.cli_run import set_realtime
+
+        set_realtime()
+        for rate in INGEST_RATES:
+            sent, got = asyncio.run(_ingest_once(rate, seconds, cpus[1:] or cpus))
+            if got < sent:
+                break
+            best = float(rate)
+    finally:
+        os.sched_setaffinity(0, set(cpus))
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, old_policy, old_param)
+    return best
+
+
+# --------------------------------------------------------------------------- end to end
+
+def e2e(quick: bool) -> list[BenchResult]:
+    import tempfile
+    from pathlib import Path
+
+    from gateway.cli_demo import run_demo
+
+    out = []
+    for rate, name in ((50.0, "e2e.ieee33.p99"), (1000.0, "e2e.ieee33.p99_1khz")):
+        with tempfile.TemporaryDirectory(prefix="gridtwin-bench-") as tmp:
+            res = run_demo(Path(tmp), seconds=5.0 if quick else 20.0, rate=rate,
+                           bad_pct=10.0, progress=False)
+        p99 = (res.get("e2e_latency_ms") or {}).get("p99")
+        out.append(BenchResult(name, float("nan") if p99 is None else float(p99), "ms"))
+    return out
+
+
+if __name__ == "__main__":
+    for r in benchmarks("--quick" in sys.argv):
+        print(json.dumps(r.as_dict()))

@@ -1,0 +1,412 @@
+"""``gridtwin demo``: the whole twin on loopback, then its report card.
+
+Generates (or reuses, from the cache directory) a scenario trace for the bundled ieee33
+config, starts ``gridtwin run`` and ``gridtwin emulate`` as two real processes on
+loopback (UDP GTNET-SKT streams on free ports, SQLite historian in a work directory, the
+committed ONNX models), lets the emulator play for ``--seconds`` at ``--rate``, then
+collects the figures: frame counts from both sides, the gateway's ``/summary`` (deadline
+misses, end-to-end latency percentiles), and accuracy computed from the historian
+database against the trace's ground truth:
+
+* ``se_vm_mape_pct``: mean |vm_est - vm_true| / vm_true over every estimate and bus, %;
+* ``se_va_rmse_rad``: RMS of va_est - va_true (slack angle 0 in both), rad;
+* ``bad_data_missed_pct``: gross errors injected in electrical channels that the quality
+  stage did not flag BAD, % of the injected ones; ``bad_data_false_pct``: good electrical
+  values flagged BAD, % of the good ones;
+* ``pv_mape_pct``: PV pseudo-measurement (forecast) vs true plant output, over samples
+  with true output above 5 % of the rating (MAPE is undefined at night), %;
+* ``historian_rows``: rows of this run in every table.
+
+The scenario has 1 s steps, the resolution the committed quality models were trained at,
+and the emulator plays one row per frame at ``--rate`` (a time-lapse: the wire, the
+pacing and every latency are real, the grid's dynamics are those of 1 s steps). The
+frames' timestamps are the trace's own (``--timestamps trace``) so every snapshot maps to
+its trace row exactly; latency is measured on arrival times, which are wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEMO_START = "1990-06-01T10:00"  # late morning: the PV plants produce
+TRACE_STEP_S = 1.0  # the resolution the committed models were trained at
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "demo", help="run emulator + twin on loopback and report accuracy and latency",
+        description="Start the emulator and the twin as separate processes on loopback "
+        "with the bundled ieee33 config, SQLite and the committed models; after S seconds "
+        "print a summary (or JSON with --json).")
+    p.add_argument("--seconds", type=float, default=30.0, help="emulation time (s)")
+    p.add_argument("--rate", type=float, default=50.0, metavar="HZ", help="frame rate")
+    p.add_argument("--bad-data", type=float, default=10.0, metavar="PCT",
+                   help="percent of electrical values corrupted in the scenario")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--workdir", default=None,
+                   help="keep the run's config, database and logs here (default: a "
+                   "temporary directory, removed afterwards)")
+    p.add_argument("--cache", default=None,
+                   help="scenario cache directory (default: $XDG_CACHE_HOME/gridtwin)")
+    p.add_argument("--seed", type=int, default=1, help="scenario seed")
+    p.add_argument("--kill-estimator-at", type=float, default=None, metavar="S",
+                   help="SIGKILL the estimator process S seconds into the run "
+                   "(shows the supervisor restarting it)")
+    p.add_argument("--no-realtime", action="store_true",
+                   help="do not ask for real-time scheduling (by default the twin and the "
+                   "emulator run SCHED_FIFO when the OS allows it)")
+    p.add_argument("--estimator-method", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--no-quality", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from gateway.errors import GatewayError
+
+    try:
+        if args.workdir:
+            wd = Path(args.workdir)
+            wd.mkdir(parents=True, exist_ok=True)
+            res = run_demo(wd, seconds=args.seconds, rate=args.rate, bad_pct=args.bad_data,
+                           seed=args.seed, cache=args.cache,
+                           kill_at=args.kill_estimator_at, method=args.estimator_method,
+                           quality=not args.no_quality, progress=not args.json,
+                           realtime=not args.no_realtime)
+        else:
+            with tempfile.TemporaryDirectory(prefix="gridtwin-demo-") as tmp:
+                res = run_demo(Path(tmp), seconds=args.seconds, rate=args.rate,
+                               bad_pct=args.bad_data, seed=args.seed, cache=args.cache,
+                               kill_at=args.kill_estimator_at,
+                               method=args.estimator_method, quality=not args.no_quality,
+                               progress=not args.json, realtime=not args.no_realtime)
+            res["workdir"] = None  # removed with the temporary directory
+    except (GatewayError, OSError, RuntimeError) as exc:
+        print(f"gridtwin demo: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(res, default=_json_default))
+    else:
+        print(human(res))
+    return 0
+
+
+# --------------------------------------------------------------------------- scenario
+
+def cache_dir(cache: str | None) -> Path:
+    if cache:
+        return Path(cache)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gridtwin"
+
+
+def scenario_path(cache: Path, *, rows: int, bad_pct: float, seed: int) -> Path:
+    return cache / f"demo-ieee33-{rows}x{int(TRACE_STEP_S * 1000)}ms-bad{bad_pct:g}-s{seed}.npz"
+
+
+def ensure_scenario(cache: Path, *, seconds: float, rate: float, bad_pct: float, seed: int,
+                    log: Any) -> tuple[Path, bool]:
+    """A trace with one row per frame, at most 3000 rows (the emulator loops it)."""
+    rows = math.ceil(min(seconds * rate, 3000) + 50)
+    rows = max(rows, 200)
+    path = scenario_path(cache, rows=rows, bad_pct=bad_pct, seed=seed)
+    if path.is_file():
+        return path, rows < seconds * rate
+    cache.mkdir(parents=True, exist_ok=True)
+    from hil.scenario import ScenarioSpec, make_scenario
+
+    log(f"demo: generating scenario {path.name} ({rows} rows of {TRACE_STEP_S:g} s, "
+        f"{bad_pct:g} % bad)")
+    spec = ScenarioSpec(config="ieee33", start=DEMO_START, hours=rows * TRACE_STEP_S / 3600,
+                        step_s=TRACE_STEP_S, bad_pct=bad_pct, seed=seed)
+    tmp = path.with_suffix(".tmp.npz")
+    out = make_scenario(spec, tmp, progress=False)
+    Path(out).replace(path)
+    return path, rows < seconds * rate
+
+
+# --------------------------------------------------------------------------- processes
+
+def write_config(path: Path, *, rate: float, db: Path, ports: dict[str, int] | None,
+                 metrics_port: int) -> Path:
+    """The bundled ieee33 config with loopback ports, this run's database and rate."""
+    import re
+    from importlib import resources
+
+    text = (resources.files("gateway") / "configs" / "ieee33.toml").read_text("utf-8")
+    for name in ("pmu", "scada", "weather"):
+        port = 0 if ports is None else ports[name]
+        text = re.sub(
+            rf'(name = "{name}"\nurl = ")udp://127\.0\.0\.1:\d+(")',
+            rf"\g<1>udp://127.0.0.1:{port}\g<2>", text)
+    text = re.sub(r"rate_hz = \d+(\.\d+)?", f"rate_hz = {rate:g}", text)
+    text = text.replace('url = "sqlite:///twin.db"', f'url = "sqlite:///{db}"')
+    text = text.replace('bind = "127.0.0.1:9108"', f'bind = "127.0.0.1:{metrics_port}"')
+    path.write_text(text, "utf-8")
+    return path
+
+
+def _wait_ready(proc: Any, logfile: Path, timeout: float) -> dict[str, Any]:
+    import time
+
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gridtwin run exited with {proc.returncode}; log:\n"
+                               + logfile.read_text(errors="replace")[-3000:])
+        for line in logfile.read_text(errors="replace").splitlines():
+            if line.startswith('{"ready"'):
+                return json.loads(line)  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise RuntimeError(f"gridtwin run not ready after {timeout:.0f} s; log:\n"
+                       + logfile.read_text(errors="replace")[-3000:])
+
+
+def http_json(port: int, path: str, timeout: float = 5.0) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def http_text(port: int, path: str, timeout: float = 5.0) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return str(r.read().decode())
+
+
+def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int = 1,
+             cache: str | None = None, kill_at: float | None = None,
+             method: str | None = None, quality: bool = True, progress: bool = True,
+             extra_run_args: list[str] | None = None, realtime: bool = True,
+             keep_metrics: bool = False) -> dict[str, Any]:
+    import signal
+    import subprocess
+    import time
+
+    def log(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    wd.mkdir(parents=True, exist_ok=True)
+    trace_path, loop = ensure_scenario(cache_dir(cache), seconds=seconds, rate=rate,
+                                       bad_pct=bad_pct, seed=seed, log=log)
+    db = wd / "twin.db"
+    if db.exists():
+        db.unlink()
+    gw_cfg = write_config(wd / "twin.toml", rate=rate, db=db, ports=None, metrics_port=0)
+    gw_log = wd / "gateway.log"
+    cmd = [sys.executable, "-m", "gateway.cli", "run", str(gw_cfg), "--summary",
+           "--spool-dir", str(wd / "spool")]
+    if method:
+        cmd += ["--estimator-method", method]
+    if not quality:
+        cmd += ["--no-quality"]
+    if realtime:
+        cmd += ["--realtime"]
+    cmd += extra_run_args or []
+    log("demo: starting the twin: " + " ".join(cmd[2:]))
+    with open(gw_log, "w") as gl:
+        gw = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=gl, cwd=wd, text=True)
+    emu: subprocess.Popen[str] | None = None
+    try:
+        ready = _wait_ready(gw, gw_log, 120.0)
+        mport = int(ready["metrics"][1])
+        ports = {k: int(v[1]) for k, v in ready["streams"].items()}
+        emu_cfg = write_config(wd / "emulator.toml", rate=rate, db=db, ports=ports,
+                               metrics_port=mport)
+        ecmd = [sys.executable, "-m", "gateway.cli", "emulate", "--config", str(emu_cfg),
+                "--scenario", str(trace_path), "--rate", f"{rate:g}", "--seconds",
+                f"{seconds:g}", "--timestamps", "trace", "--json"]
+        if loop:
+            ecmd.append("--loop")
+        if realtime:
+            ecmd.append("--realtime")
+        log(f"demo: twin ready (metrics http://127.0.0.1:{mport}/metrics); emulating "
+            f"{seconds:g} s at {rate:g} Hz")
+        emu_log = open(wd / "emulator.log", "w")  # noqa: SIM115
+        emu = subprocess.Popen(ecmd, stdout=subprocess.PIPE, stderr=emu_log, text=True)
+        killed: dict[str, Any] | None = None
+        if kill_at is not None:
+            time.sleep(kill_at)
+            before = http_json(mport, "/summary")
+            pid = before["estimator_pids"]["active"]
+            t_kill = time.time()
+            os.kill(int(pid), signal.SIGKILL)
+            killed = {"pid": pid, "at_s": kill_at, "time": t_kill}
+            log(f"demo: killed the estimator process {pid}")
+        out, _ = emu.communicate(timeout=seconds * 3 + 120)
+        emu_log.close()
+        if emu.returncode != 0:
+            raise RuntimeError(f"gridtwin emulate exited with {emu.returncode}: "
+                               + (wd / "emulator.log").read_text(errors="replace")[-2000:])
+        emu_sum = json.loads(out)
+        # let the last snapshots through (lag window + estimate), then read the summary
+        time.sleep(max(0.3, 20.0 / rate))
+        live = http_json(mport, "/summary")
+        metrics_text = http_text(mport, "/metrics")
+        try:
+            state = http_json(mport, "/state")
+        except OSError:  # 503 before the first estimate
+            state = None
+    finally:
+        if emu is not None and emu.poll() is None:
+            emu.kill()
+        if gw.poll() is None:
+            gw.send_signal(signal.SIGTERM)
+        try:
+            gw_out, _ = gw.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+            gw_out, _ = gw.communicate()
+    final = json.loads(gw_out.strip().splitlines()[-1]) if gw_out.strip() else live
+    res = collect(final, emu_sum, db, trace_path, rate=rate, seconds=seconds)
+    res["restart"] = None
+    if killed is not None:
+        res["restart"] = {"killed_pid": killed["pid"], "at_s": kill_at,
+                          "restarts": final.get("estimator_restarts"),
+                          "restart_s": final.get("restart_s"),
+                          "metric": _metric_value(metrics_text,
+                                                  "gridtwin_estimator_restarts_total"),
+                          "events": res.pop("_restart_events", None)}
+    else:
+        res.pop("_restart_events", None)
+    res["workdir"] = str(wd)
+    if keep_metrics:
+        res["_metrics_text"] = metrics_text
+        res["_state"] = state
+    return res
+
+
+def _metric_value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+# --------------------------------------------------------------------------- accuracy
+
+def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path, *,
+            rate: float, seconds: float) -> dict[str, Any]:
+    import numpy as np
+
+    from gateway.historian.reader import HistorianReader
+    from gateway.historian.schema import TABLES
+    from hil.trace import load_trace
+
+    trace = load_trace(trace_path)
+    T = trace.time.shape[0]
+    step = float(trace.step_s)
+    t0 = float(trace.time[0])
+
+    def rows_of(t: Any) -> np.ndarray:
+        return np.mod(np.rint((np.asarray(t, float) - t0) / step).astype(np.int64), T)
+
+    with HistorianReader(f"sqlite:///{db}") as rd:
+        run_id = rd.latest_run()
+        # -- state accuracy
+        vm_mape = va_rmse = None
+        st = rd.states(run_id=run_id)
+        if len(st):
+            v = trace.v[rows_of(st.source_time)]
+            if v.shape == st.vm.shape:
+                vm_mape = float(np.mean(np.abs(st.vm - np.abs(v)) / np.abs(v)) * 100)
+                va_rmse = float(np.sqrt(np.mean((st.va - np.angle(v)) ** 2)))
+        # -- bad data detection (electrical channels: the ones the detector tests)
+        missed = false = None
+        cor = rd.measurements(run_id=run_id, corrected=True)
+        if len(cor):
+            r = rows_of(cor.source_time)
+            elec = np.array([not n.startswith("wx") for n in trace.channel_names])
+            bad = trace.bad[r] & ~trace.missing[r] & elec
+            flagged = (cor.flags & 1) != 0
+            good = elec & ~trace.bad[r] & ~trace.missing[r] & ((cor.flags & 8) == 0)
+            if bad.sum():
+                missed = 100.0 * float((bad & ~flagged).sum()) / float(bad.sum())
+            if good.sum():
+                false = 100.0 * float((good & flagged).sum()) / float(good.sum())
+        # -- PV pseudo-measurement accuracy (over true output above 5 % of 1 MW)
+        plant_idx = {p: i for i, p in enumerate(trace.plant_names)}
+        ape = []
+        for f in rd.forecasts(run_id=run_id):
+            if f["plant"] not in plant_idx or f["p_mw"] is None:
+                continue
+            true = float(trace.pv_mw[int(rows_of(f["target_time"])), plant_idx[f["plant"]]])
+            if true > 0.05:
+                ape.append(abs(float(f["p_mw"]) - true) / true)
+        pv_mape = float(np.mean(ape) * 100) if ape else None
+        hist_rows = {t.name: int(rd.db.query(f"SELECT COUNT(*) FROM {t.name} WHERE run_id = ?",
+                                             (run_id,))[0][0])  # type: ignore[call-overload]
+                     for t in TABLES}
+        ev = [e for e in rd.events(run_id=run_id)
+              if e["kind"] in ("estimator_crashed", "estimator_restarted")]
+    sent = int(emu.get("frames_sent", 0))
+    received = int(gw.get("frames_received", 0))
+    return {
+        "seconds": seconds, "rate_hz": rate,
+        "frames_sent": sent,
+        "frames_received": received,
+        "frames_lost": max(0, sent - received - int(gw.get("decode_errors", 0))),
+        "snapshots": gw.get("snapshots"),
+        "states": gw.get("states"),
+        "deadline_misses": gw.get("deadline_misses"),
+        "skipped_snapshots": gw.get("skipped"),
+        "se_vm_mape_pct": vm_mape,
+        "se_va_rmse_rad": va_rmse,
+        "bad_data_missed_pct": missed,
+        "bad_data_false_pct": false,
+        "pv_mape_pct": pv_mape,
+        "e2e_latency_ms": gw.get("e2e_latency_ms"),
+        "handoff_latency_us": gw.get("handoff_latency_us"),
+        "stage_latency_ms": gw.get("stage_latency_ms"),
+        "historian_rows": sum(hist_rows.values()),
+        "historian_rows_by_table": hist_rows,
+        "estimator_restarts": gw.get("estimator_restarts"),
+        "quality": gw.get("quality"),
+        "emulator_pacing_us": emu.get("pacing_us"),
+        "_restart_events": [{"kind": e["kind"], "time": e["time"], "detail": e["detail"]}
+                            for e in ev],
+    }
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def _f(x: Any, fmt: str) -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def human(r: dict[str, Any]) -> str:
+    lat = r.get("e2e_latency_ms") or {}
+    lines = [
+        f"gridtwin demo: ieee33, {r['seconds']:g} s at {r['rate_hz']:g} Hz",
+        f"  frames     sent {r['frames_sent']}, received {r['frames_received']}, "
+        f"lost {r['frames_lost']}",
+        f"  snapshots  {r['snapshots']}, states {r['states']}, deadline misses "
+        f"{r['deadline_misses']}, skipped {r['skipped_snapshots']}",
+        f"  state      |V| MAPE {_f(r['se_vm_mape_pct'], '.4f')} %, angle RMSE "
+        f"{_f(r['se_va_rmse_rad'], '.2e')} rad",
+        f"  bad data   missed {_f(r['bad_data_missed_pct'], '.2f')} %, false alarms "
+        f"{_f(r['bad_data_false_pct'], '.3f')} %  (quality stage: {r.get('quality')})",
+        f"  PV         pseudo-measurement MAPE {_f(r['pv_mape_pct'], '.2f')} %",
+        f"  latency    end-to-end p50 {_f(lat.get('p50'), '.3f')} ms, p99 "
+        f"{_f(lat.get('p99'), '.3f')} ms, max {_f(lat.get('max'), '.3f')} ms",
+        f"  historian  {r['historian_rows']} rows",
+    ]
+    if r.get("restart"):
+        rs = r["restart"]
+        lines.append(f"  restart    killed pid {rs['killed_pid']} at {rs['at_s']} s: "
+                     f"restarts {rs['restarts']}, back after {rs['restart_s']} s")
+    return "\n".join(lines)

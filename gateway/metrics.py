@@ -1,0 +1,343 @@
+"""Prometheus metrics of the running twin and the tiny HTTP server exposing them.
+
+Names follow the Prometheus conventions (``gridtwin_`` prefix, base units, ``_seconds``,
+``_total`` for counters, ``_bytes``) and pass ``promtool check metrics``. Stage latencies
+are histograms; per-stream frame accounting is read at scrape time from the gateway's
+:class:`~gateway.stats.StreamStats` by a custom collector (no per-frame counter
+increments on the hot path).
+
+The server is a small asyncio HTTP/1.1 handler (no web framework): ``GET /metrics``
+(text exposition format 0.0.4), ``GET /state`` (the latest estimate as JSON),
+``GET /streams`` (per-stream statistics as JSON), ``GET /summary`` (run totals and
+latency percentiles as JSON, what ``gridtwin demo`` reads), ``GET /healthz``. It binds to
+127.0.0.1 unless the config says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.stats import StreamStats
+
+# latency buckets: 10 µs .. 1 s, dense around the 50 Hz / 1 kHz budgets
+LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2,
+                   5e-2, 0.1, 0.25, 1.0)
+FLAG_NAMES = ("bad", "suspect", "corrected", "missing", "pseudo", "late", "duplicate",
+              "out_of_order", "stale")
+
+#: every metric name exported (the deploy helper builds alerts and dashboards from it);
+#: (name, type, labels, help)
+METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("gridtwin_build_info", "gauge", ("version", "config", "digest"),
+     "Build and config of this gateway (value 1)."),
+    ("gridtwin_decode_seconds", "histogram", ("stream",),
+     "Time to decode one frame (one frame in 8 is timed)."),
+    ("gridtwin_quality_seconds", "histogram", (),
+     "Data-quality stage (detect, correct, fill, PV forecast) per snapshot."),
+    ("gridtwin_handoff_seconds", "histogram", (),
+     "Gateway to estimator process handoff of one snapshot."),
+    ("gridtwin_estimate_seconds", "histogram", (), "State estimation of one snapshot."),
+    ("gridtwin_e2e_latency_seconds", "histogram", (),
+     "First frame of a snapshot received to its state estimate back in the gateway."),
+    ("gridtwin_frames_total", "counter", ("stream",), "Frames received and decoded."),
+    ("gridtwin_frame_bytes_total", "counter", ("stream",), "Bytes of received frames."),
+    ("gridtwin_decode_errors_total", "counter", ("stream",), "Frames that failed to decode."),
+    ("gridtwin_frames_rejected_total", "counter", ("stream",),
+     "Frames dropped because their source is not in the stream's allowlist."),
+    ("gridtwin_frame_gaps_total", "counter", ("stream",),
+     "Sequence numbers skipped (frames lost or reordered)."),
+    ("gridtwin_frames_duplicate_total", "counter", ("stream",),
+     "Frames whose sequence number was already seen."),
+    ("gridtwin_frames_reordered_total", "counter", ("stream",),
+     "Frames older than the newest seen of their stream."),
+    ("gridtwin_frames_late_total", "counter", ("stream",),
+     "Frames that arrived after their snapshot was published."),
+    ("gridtwin_stream_rate_hertz", "gauge", ("stream",), "Frames per second, recent window."),
+    ("gridtwin_stream_one_way_delay_seconds", "gauge", ("stream",),
+     "Arrival minus source timestamp of the last frame."),
+    ("gridtwin_stream_last_frame_timestamp_seconds", "gauge", ("stream",),
+     "Arrival time (epoch) of the last frame."),
+    ("gridtwin_stream_up", "gauge", ("stream",), "1 when a frame arrived in the last second."),
+    ("gridtwin_snapshots_total", "counter", (), "Snapshots published by the aligner."),
+    ("gridtwin_snapshots_incomplete_total", "counter", (),
+     "Snapshots published with at least one stream missing."),
+    ("gridtwin_snapshots_skipped_total", "counter", ("reason",),
+     "Snapshots not estimated (superseded by a newer one, or no estimator running)."),
+    ("gridtwin_flags_total", "counter", ("flag", "kind"),
+     "Values flagged, by quality flag and meter kind."),
+    ("gridtwin_channels", "gauge", ("kind",), "Measurement channels per meter kind."),
+    ("gridtwin_states_total", "counter", (), "State estimates received from the estimator."),
+    ("gridtwin_estimator_failures_total", "counter", (),
+     "Snapshots the estimator could not solve (not observable, did not converge)."),
+    ("gridtwin_deadline_misses_total", "counter", (),
+     "Snapshots whose estimate was not back within the deadline."),
+    ("gridtwin_estimator_restarts_total", "counter", (),
+     "Estimator process restarts after a crash or hang."),
+    ("gridtwin_estimator_up", "gauge", (), "1 while the estimator process is running."),
+    ("gridtwin_state_chi2", "gauge", (), "Chi-square of the latest estimate."),
+    ("gridtwin_state_chi2_threshold", "gauge", (),
+     "Chi-square critical value (99 %, m - n degrees of freedom) of the latest estimate."),
+    ("gridtwin_chi2_test_failures_total", "counter", (),
+     "Estimates whose chi-square exceeded the critical value (bad data suspected)."),
+    ("gridtwin_state_vm_min_pu", "gauge", (), "Lowest bus voltage magnitude of the latest "
+     "estimate, per unit."),
+    ("gridtwin_state_vm_max_pu", "gauge", (), "Highest bus voltage magnitude of the latest "
+     "estimate, per unit."),
+    ("gridtwin_state_timestamp_seconds", "gauge", (),
+     "Source time (epoch) of the latest estimate."),
+    ("gridtwin_historian_records_total", "counter", ("kind",),
+     "Records handed to the historian writer."),
+    ("gridtwin_historian_dropped_total", "counter", (),
+     "Records the historian writer could not accept."),
+    ("gridtwin_events_total", "counter", ("kind",), "Events raised by the gateway."),
+)
+
+
+class _StreamCollector:
+    """Reads per-stream counters and gauges from StreamStats at scrape time."""
+
+    def __init__(self, source: Callable[[], Iterable[StreamStats]],
+                 clock: Callable[[], float]) -> None:
+        self.source = source
+        self.clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        fams: dict[str, Any] = {}
+        for name, kind, labels, doc in METRICS:
+            if labels != ("stream",) or name == "gridtwin_decode_seconds":
+                continue
+            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            short = name[:-6] if kind == "counter" else name
+            fams[name] = cls(short, doc, labels=["stream"])
+        now = self.clock()
+        for s in self.source():
+            lab = [s.name]
+            fams["gridtwin_frames_total"].add_metric(lab, s.received)
+            fams["gridtwin_frame_bytes_total"].add_metric(lab, s.bytes)
+            fams["gridtwin_decode_errors_total"].add_metric(lab, s.decode_errors)
+            fams["gridtwin_frames_rejected_total"].add_metric(lab, s.dropped_source)
+            fams["gridtwin_frame_gaps_total"].add_metric(lab, s.gaps)
+            fams["gridtwin_frames_duplicate_total"].add_metric(lab, s.duplicates)
+            fams["gridtwin_frames_reordered_total"].add_metric(lab, s.reordered)
+            fams["gridtwin_frames_late_total"].add_metric(lab, s.late)
+            fams["gridtwin_stream_rate_hertz"].add_metric(lab, s.rate())
+            owd = s.owd_last
+            fams["gridtwin_stream_one_way_delay_seconds"].add_metric(
+                lab, owd if math.isfinite(owd) else 0.0)
+            last = s.last_arrival if math.isfinite(s.last_arrival) else 0.0
+            fams["gridtwin_stream_last_frame_timestamp_seconds"].add_metric(lab, last)
+            fams["gridtwin_stream_up"].add_metric(lab, 1.0 if now - last <= 1.0 else 0.0)
+        yield from fams.values()
+
+
+class Metrics:
+    """The gateway's registry; stage histograms and counters as attributes."""
+
+    def __init__(self, *, streams: Callable[[], Iterable[StreamStats]] | None = None,
+                 clock: Callable[[], float] | None = None,
+                 channel_kinds: dict[str, int] | None = None) -> None:
+        import time
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        h = {"buckets": LATENCY_BUCKETS, "registry": r}
+        self.info = Info("gridtwin_build", "Build and config of this gateway (value 1).",
+                         registry=r)
+        self.decode = Histogram("gridtwin_decode_seconds", "Time to decode one frame (one "
+                                "frame in 8 is timed).",
+                                ["stream"], **h)  # type: ignore[arg-type]
+        self.quality = Histogram("gridtwin_quality_seconds", "Data-quality stage (detect, "
+                                 "correct, fill, PV forecast) per snapshot.", **h)  # type: ignore[arg-type]
+        self.handoff = Histogram("gridtwin_handoff_seconds", "Gateway to estimator process "
+                                 "handoff of one snapshot.", **h)  # type: ignore[arg-type]
+        self.estimate = Histogram("gridtwin_estimate_seconds",
+                                  "State estimation of one snapshot.", **h)  # type: ignore[arg-type]
+        self.e2e = Histogram("gridtwin_e2e_latency_seconds", "First frame of a snapshot "
+                             "received to its state estimate back in the gateway.", **h)  # type: ignore[arg-type]
+        self.snapshots = Counter("gridtwin_snapshots", "Snapshots published by the aligner.",
+                                 registry=r)
+        self.incomplete = Counter("gridtwin_snapshots_incomplete", "Snapshots published "
+                                  "with at least one stream missing.", registry=r)
+        self.skipped = Counter("gridtwin_snapshots_skipped", "Snapshots not estimated "
+                               "(superseded by a newer one, or no estimator running).",
+                               ["reason"], registry=r)
+        self.flags = Counter("gridtwin_flags", "Values flagged, by quality flag and meter "
+                             "kind.", ["flag", "kind"], registry=r)
+        self.channels = Gauge("gridtwin_channels", "Measurement channels per meter kind.",
+                              ["kind"], registry=r)
+        self.chi2_threshold = Gauge("gridtwin_state_chi2_threshold", "Chi-square critical "
+                                    "value (99 %, m - n degrees of freedom) of the latest "
+                                    "estimate.", registry=r)
+        self.chi2_failures = Counter("gridtwin_chi2_test_failures", "Estimates whose "
+                                     "chi-square exceeded the critical value (bad data "
+                                     "suspected).", registry=r)
+        self.vm_min = Gauge("gridtwin_state_vm_min_pu", "Lowest bus voltage magnitude of "
+                            "the latest estimate, per unit.", registry=r)
+        self.vm_max = Gauge("gridtwin_state_vm_max_pu", "Highest bus voltage magnitude of "
+                            "the latest estimate, per unit.", registry=r)
+        self.states = Counter("gridtwin_states", "State estimates received from the "
+                              "estimator.", registry=r)
+        self.failures = Counter("gridtwin_estimator_failures", "Snapshots the estimator "
+                                "could not solve (not observable, did not converge).",
+                                registry=r)
+        self.deadline_misses = Counter("gridtwin_deadline_misses", "Snapshots whose "
+                                       "estimate was not back within the deadline.",
+                                       registry=r)
+        self.restarts = Counter("gridtwin_estimator_restarts", "Estimator process restarts "
+                                "after a crash or hang.", registry=r)
+        self.estimator_up = Gauge("gridtwin_estimator_up", "1 while the estimator process "
+                                  "is running.", registry=r)
+        self.chi2 = Gauge("gridtwin_state_chi2", "Chi-square of the latest estimate.",
+                          registry=r)
+        self.state_time = Gauge("gridtwin_state_timestamp_seconds", "Source time (epoch) of "
+                                "the latest estimate.", registry=r)
+        self.historian = Counter("gridtwin_historian_records", "Records handed to the "
+                                 "historian writer.", ["kind"], registry=r)
+        self.historian_dropped = Counter("gridtwin_historian_dropped", "Records the "
+                                         "historian writer could not accept.", registry=r)
+        self.events = Counter("gridtwin_events", "Events raised by the gateway.", ["kind"],
+                              registry=r)
+        for reason in ("superseded", "stale", "no_estimator"):
+            self.skipped.labels(reason)
+        kinds = channel_kinds or {"all": 0}
+        self.kinds = list(kinds)
+        for k, n in kinds.items():
+            self.channels.labels(k).set(n)
+        #: [kind][bit] counter children, pre-initialised so every series exists at 0
+        self._flag_children = [[self.flags.labels(f, k) for f in FLAG_NAMES]
+                               for k in self.kinds]
+        if streams is not None:
+            r.register(_StreamCollector(streams, clock or time.time))  # type: ignore[arg-type]
+
+    def count_flags(self, kind: int, counts: Iterable[int]) -> None:
+        """Add per-bit counts (bit 0 = BAD ... bit 8 = STALE) of meter kind ``kind``
+        (index into the ``channel_kinds`` given at construction)."""
+        for child, n in zip(self._flag_children[kind], counts, strict=False):
+            if n:
+                child.inc(n)
+
+    def flag_child(self, kind: int, bit: int) -> Any:
+        """The ``gridtwin_flags_total`` child of meter kind index ``kind`` and flag bit."""
+        return self._flag_children[kind][bit]
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# --------------------------------------------------------------------------- HTTP server
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            503: "Service Unavailable"}
+
+
+class MetricsServer:
+    """``/metrics``, ``/state``, ``/streams``, ``/healthz`` over a minimal HTTP/1.1."""
+
+    def __init__(self, metrics: Metrics, *, state: Callable[[], dict[str, Any] | None],
+                 streams: Callable[[], list[dict[str, Any]]] | None = None,
+                 summary: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.metrics = metrics
+        self.state = state
+        self.streams = streams or (lambda: [])
+        self.summary = summary or (lambda: {})
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self, bind: str) -> tuple[str, int]:
+        host, _, port = bind.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        self._server = await asyncio.start_server(self._handle, host, int(port))
+        sock = self._server.sockets[0].getsockname()
+        return str(sock[0]), int(sock[1])
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self._server is None or not self._server.sockets:
+            return None
+        sock = self._server.sockets[0].getsockname()
+        return str(sock[0]), int(sock[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    def route(self, method: str, path: str) -> tuple[int, str, bytes]:
+        path = path.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET\n"
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, self.metrics.exposition()
+        if path == "/state":
+            st = self.state()
+            if st is None:
+                return 503, "application/json", b'{"error": "no estimate yet"}\n'
+            return 200, "application/json", json.dumps(st).encode() + b"\n"
+        if path == "/streams":
+            return 200, "application/json", json.dumps(self.streams()).encode() + b"\n"
+        if path == "/summary":
+            return 200, "application/json", json.dumps(
+                self.summary(), default=_json_default).encode() + b"\n"
+        if path in ("/healthz", "/"):
+            return 200, "text/plain", b"ok\n"
+        return 404, "text/plain", (b"not found: try /metrics, /state, /streams, /summary, "
+                                   b"/healthz\n")
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> None:
+        try:
+            while True:
+                try:
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10.0)
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                        TimeoutError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                parts = lines[0].split()
+                if len(parts) != 3:
+                    status, ctype, body = 400, "text/plain", b"bad request line\n"
+                    method, keep = "GET", False
+                else:
+                    method, path, version = parts
+                    hdrs = {k.strip().lower(): v.strip() for k, _, v in
+                            (ln.partition(":") for ln in lines[1:] if ln)}
+                    conn = hdrs.get("connection", "").lower()
+                    keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
+                    status, ctype, body = self.route(method, path)
+                resp = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+                        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                        f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode()
+                writer.write(resp + (b"" if method == "HEAD" else body))
+                await writer.drain()
+                if not keep:
+                    return
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def metric_names() -> list[str]:
+    """Every exported metric family name (histograms also export _bucket/_sum/_count)."""
+    return [n for n, *_ in METRICS]

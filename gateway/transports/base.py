@@ -1,0 +1,173 @@
+"""Transports: the I/O edge of the gateway, chosen by URL scheme behind a small Protocol.
+
+Modelled on aiohttp's ``web_runner`` (a *runner* owns the application, a *site* owns one
+socket) and nats.py's ``client/connection.py`` (one class per scheme behind a tiny
+interface). A transport owns a socket (or a file) and nothing else: it hands each
+complete frame to a :data:`FrameSink` as ``(stream, data, peer, now)`` and never decodes
+values. Framing is the only protocol knowledge a transport has (fixed-size GTNET-SKT
+frames on TCP, C37.118 FRAMESIZE on TCP, the C37.118 command handshake).
+
+A new transport is one module that defines a class and decorates it with
+:func:`register`; :func:`open_transport` picks it by the stream URL's scheme (and, for
+C37.118 streams, by ``c37+<scheme>``). Modules listed in :data:`BUILTIN` are imported
+lazily the first time their scheme is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from gateway.errors import TransportError
+
+#: ``sink(stream, data, peer_host, now)``: one complete frame received at ``now``
+FrameSink = Callable[[str, bytes, str | None, float], None]
+#: ``on_drop(stream, peer_host)``: a frame from a source outside the allowlist
+DropSink = Callable[[str, str], None]
+#: ``on_event(stream, kind, detail)``: connected, disconnected, reconnect, ...
+EventSink = Callable[[str, str, dict[str, object]], None]
+
+
+@dataclass
+class TransportSpec:
+    """What a transport needs to know about its stream (built from the config Stream)."""
+
+    name: str
+    url: str
+    format: str = "gtnet-skt"  # "gtnet-skt" or "c37.118"
+    frame_size: int = 0  # GTNET-SKT: fixed frame size (framing on TCP)
+    idcode: int = 1  # C37.118: the IDCODE commands are addressed to
+    allow: tuple[str, ...] = ("127.0.0.1",)
+    rate_hz: float = 50.0
+    options: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        try:
+            return urlsplit(self.url).port or 0
+        except ValueError as exc:
+            raise TransportError(f"stream {self.name}: bad port in {self.url!r}") from exc
+
+    @property
+    def registry_key(self) -> str:
+        return f"c37+{self.scheme}" if self.format == "c37.118" else self.scheme
+
+
+class Allowlist:
+    """Source addresses allowed to feed a stream (IP addresses or networks)."""
+
+    def __init__(self, entries: tuple[str, ...] | list[str]) -> None:
+        self._nets = [ipaddress.ip_network(str(e), strict=False) for e in entries]
+        self._cache: dict[str, bool] = {}
+
+    def __call__(self, host: str) -> bool:
+        ok = self._cache.get(host)
+        if ok is None:
+            try:
+                addr = ipaddress.ip_address(host.split("%", 1)[0])
+            except ValueError:
+                ok = False
+            else:
+                if addr.version == 6 and addr.ipv4_mapped is not None:
+                    addr = addr.ipv4_mapped
+                ok = any(addr in n for n in self._nets)
+            if len(self._cache) < 4096:
+                self._cache[host] = ok
+        return ok
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """One stream's socket or file. ``start`` returns once it is listening/connecting."""
+
+    spec: TransportSpec
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    @property
+    def local_address(self) -> tuple[str, int] | None: ...
+
+
+TransportFactory = Callable[..., Transport]
+
+_REGISTRY: dict[str, type] = {}
+
+#: scheme -> module that registers it (imported on first use)
+BUILTIN: dict[str, str] = {
+    "udp": "gateway.transports.udp",
+    "tcp": "gateway.transports.tcp",
+    "file": "gateway.transports.file",
+    "c37+tcp": "gateway.transports.c37",
+    "c37+udp": "gateway.transports.c37",
+    "c37+file": "gateway.transports.file",
+}
+
+
+def register(key: str) -> Callable[[type], type]:
+    """Class decorator: make ``key`` (a URL scheme or ``c37+scheme``) open this class."""
+
+    def deco(cls: type) -> type:
+        _REGISTRY[key] = cls
+        return cls
+
+    return deco
+
+
+def transport_class(key: str) -> type:
+    if key not in _REGISTRY and key in BUILTIN:
+        importlib.import_module(BUILTIN[key])
+    try:
+        return _REGISTRY[key]
+    except KeyError:
+        known = sorted(set(_REGISTRY) | set(BUILTIN))
+        raise TransportError(f"no transport for {key!r}; known: {', '.join(known)}") from None
+
+
+def open_transport(spec: TransportSpec, sink: FrameSink, *, on_drop: DropSink | None = None,
+                   on_event: EventSink | None = None,
+                   clock: Callable[[], float] = time.time) -> Transport:
+    """The transport for ``spec`` (not started yet: ``await t.start()``)."""
+    cls = transport_class(spec.registry_key)
+    t: Transport = cls(spec, sink, on_drop=on_drop, on_event=on_event, clock=clock)
+    return t
+
+
+def _noop_drop(stream: str, host: str) -> None:
+    return None
+
+
+def _noop_event(stream: str, kind: str, detail: dict[str, object]) -> None:
+    return None
+
+
+class TransportBase:
+    """Shared plumbing: spec, sinks, allowlist, clock."""
+
+    def __init__(self, spec: TransportSpec, sink: FrameSink, *, on_drop: DropSink | None = None,
+                 on_event: EventSink | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.spec = spec
+        self.sink = sink
+        self.on_drop = on_drop or _noop_drop
+        self.on_event = on_event or _noop_event
+        self.clock = clock
+        self.allowed = Allowlist(spec.allow)
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        return None

@@ -1,0 +1,121 @@
+"""The aligner (sans-IO): wait-for-all early publish, lag expiry, LATE and MISSING flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.aligner import Aligner, StreamLayout
+from gateway.snapshot import Flag
+from gateway.stats import StreamStats, seq_diff
+
+RATE = 50.0
+
+
+def make() -> Aligner:
+    # stream a -> channels 0, 1 ; stream b -> channel 2 (point 1), point 0 is a status word
+    a = StreamLayout.of("a", [0, 1])
+    b = StreamLayout.of("b", [None, 2], [1.0, 2.0])
+    return Aligner(3, [a, b], rate_hz=RATE, lag_s=0.010)
+
+
+def test_early_publish_when_all_streams_arrived() -> None:
+    al = make()
+    t = 1000.0
+    assert al.feed("a", np.array([1.0, 2.0]), 5.0, ts=t) == []
+    assert al.next_deadline() == pytest.approx(5.010)
+    out = al.feed("b", np.array([7.0, 3.0]), 5.001, ts=t + 0.0004)  # same 20 ms slot
+    assert len(out) == 1
+    s = out[0]
+    assert s.seq == round(t * RATE)
+    assert s.source_time == pytest.approx(t)
+    assert s.arrival_time == 5.0 and s.published_time == 5.001
+    np.testing.assert_array_equal(s.values, [1.0, 2.0, 6.0])  # scale applied
+    assert (s.flags == 0).all()
+    assert al.stats.early == 1 and al.pending == 0
+
+
+def test_lag_expiry_flags_missing_and_late() -> None:
+    al = make()
+    al.feed("b", np.array([0.0, 1.0]), 1.0, ts=999.98)  # slot k-1, complete later? no: only b
+    assert al.tick(1.005) == []  # lag not over
+    out = al.tick(1.011)
+    assert len(out) == 1
+    s = out[0]
+    # stream a never seen: its values are MISSING (not LATE: it is not alive)
+    assert s.flags[0] == Flag.MISSING and s.flags[1] == Flag.MISSING
+    assert np.isnan(s.values[:2]).all()
+    assert s.flags[2] == 0
+    # now a is alive; next slot only b arrives -> a's values MISSING|LATE
+    al.feed("a", np.array([1.0, 1.0]), 1.012, ts=1000.00)
+    al.feed("b", np.array([0.0, 1.0]), 1.012, ts=1000.00)  # completes slot 1000.00
+    al.feed("b", np.array([0.0, 1.0]), 1.030, ts=1000.02)
+    s2 = al.tick(1.050)[0]
+    assert s2.flags[0] == Flag.MISSING | Flag.LATE
+    # the late frame of a for the published slot is counted and dropped
+    assert al.feed("a", np.array([1.0, 1.0]), 1.051, ts=1000.02) == []
+    assert al.stats.late_frames == 1 and al.stats.late_by_stream["a"] == 1
+    assert al.stats.incomplete == 2
+
+
+def test_publishing_a_slot_publishes_older_pending_first() -> None:
+    al = make()
+    al.feed("a", np.array([1.0, 1.0]), 2.0, ts=100.00)
+    al.feed("a", np.array([2.0, 2.0]), 2.001, ts=100.02)
+    out = al.feed("b", np.array([0.0, 5.0]), 2.002, ts=100.02)
+    assert [s.seq for s in out] == [5000, 5001]
+    assert out[0].flags[2] & Flag.MISSING
+    assert al.stats.early == 1 and al.stats.expired == 1
+
+
+def test_nonfinite_values_are_missing_and_duplicates_ignored() -> None:
+    al = make()
+    al.feed("a", np.array([np.nan, 2.0]), 3.0, ts=50.0)
+    assert al.feed("a", np.array([9.0, 9.0]), 3.0, ts=50.0) == []
+    assert al.stats.duplicate_frames == 1
+    s = al.feed("b", np.array([0.0, 1.0]), 3.0, ts=50.0)[0]
+    assert s.flags[0] == Flag.MISSING and s.flags[1] == 0
+    assert s.values[1] == 2.0
+
+
+def test_without_timestamps_slots_follow_sequence_numbers() -> None:
+    al = make()
+    al.feed("a", np.array([1.0, 1.0]), 4.0, seq=7)
+    out = al.feed("b", np.array([0.0, 1.0]), 4.0, seq=7)
+    assert out[0].seq == 7
+
+
+def test_flush_publishes_everything() -> None:
+    al = make()
+    al.feed("a", np.array([1.0, 1.0]), 4.0, ts=10.0)
+    al.feed("a", np.array([1.0, 1.0]), 4.0, ts=10.02)
+    assert [s.seq for s in al.flush(4.1)] == [500, 501]
+
+
+def test_bounded_pending_slots() -> None:
+    a = StreamLayout.of("a", [0])
+    b = StreamLayout.of("b", [1])
+    al = Aligner(2, [a, b], rate_hz=RATE, lag_s=10.0, max_pending=4)
+    out = []
+    for k in range(10):
+        out += al.feed("a", np.array([float(k)]), 1.0, ts=k / RATE + 1.0)
+    assert al.pending == 4  # the oldest slot is published when a fifth would wait
+    assert [s.seq for s in out] == list(range(50, 56))
+
+
+def test_stream_stats_classification() -> None:
+    s = StreamStats("x")
+    assert s.frame(1, 10.0, 10.001) == "ok"
+    assert s.frame(2, None, 10.02) == "ok"
+    assert s.frame(5, None, 10.04) == "gap"
+    assert s.gaps == 2
+    assert s.frame(4, None, 10.05) == "reordered"
+    assert s.frame(4, None, 10.06) == "duplicate"
+    assert s.lost == 1 and s.duplicates == 1 and s.reordered == 1
+    assert s.owd_last == pytest.approx(0.001)
+    assert s.rate() > 0
+    # 32-bit wrap-around is a step of one, not a gap
+    w = StreamStats("w")
+    w.frame(2**32 - 1, None, 0.0)
+    assert w.frame(0, None, 0.02) == "ok" and w.gaps == 0
+    assert seq_diff(0, 2**32 - 1) == 1
