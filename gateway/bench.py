@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-# module paths providing ``benchmarks(quick) -> list[BenchResult]``; each entry's names
-# start with the given prefix so ``--only`` can skip whole modules without importing them
+# "module" or "module:function" providing ``(quick) -> list[BenchResult]`` (the function
+# defaults to ``benchmarks``); each entry's names start with the given prefix so ``--only``
+# can skip whole modules without importing them
 BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("decode.", "gateway.codecs.bench"),
     ("se.", "estimator.bench"),
@@ -22,8 +23,8 @@ BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("historian.", "gateway.historian.bench"),
     ("emulator.", "hil.bench"),
     ("scenario.", "hil.bench_scenario"),
-    ("ingest.", "gateway.bench_e2e"),
-    ("e2e.", "gateway.bench_e2e"),
+    ("ingest.", "gateway.bench_e2e:benchmarks_ingest"),
+    ("e2e.", "gateway.bench_e2e:e2e"),
 )
 
 
@@ -93,7 +94,8 @@ def selected_modules(only: str | None) -> list[str]:
 def run(only: str | None, quick: bool, progress: Callable[[str], None] | None = None
         ) -> list[BenchResult]:
     results: list[BenchResult] = []
-    for path in selected_modules(only):
+    for target in selected_modules(only):
+        path, _, func = target.partition(":")
         try:
             module = importlib.import_module(path)
         except ModuleNotFoundError as exc:
@@ -101,8 +103,8 @@ def run(only: str | None, quick: bool, progress: Callable[[str], None] | None = 
                 continue
             raise
         if progress:
-            progress(f"bench: {path}")
-        for res in module.benchmarks(quick):
+            progress(f"bench: {target}")
+        for res in getattr(module, func or "benchmarks")(quick):
             if only is None or res.name.startswith(only):
                 results.append(res)
                 if progress:
