@@ -1,0 +1,1 @@
+"""Baseline models for ``gridtwin evaluate`` (BP/LSTM predictors, ANN/BP PV forecaster)."""

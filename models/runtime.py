@@ -1,0 +1,96 @@
+"""ONNX Runtime inference for the committed models, behind a card check.
+
+:class:`OnnxModel` opens ``<name>.onnx`` together with ``<name>.card.json``, refuses the
+pair unless the file's sha256 matches the card and the session's input/output names,
+ranks and fixed dimensions match the card's tensor specs, and then runs the model with a
+single-threaded session (latency per call matters more than throughput here: one call per
+snapshot with batch = channels).
+
+Only onnxruntime and numpy are imported; torch never is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models.card import ModelCard, TensorSpec, card_path, load_card, verify_file
+from models.errors import ModelCardMismatch, ModelError
+
+PREDICTOR = "predictor"  # measurement predictor (BiLSTM, one shared model for all channels)
+PV = "pv_forecaster"  # PV forecaster (BiLSTM over weather windows)
+
+
+def default_models_dir() -> Path:
+    """The directory of the committed models: this package's own directory."""
+    return Path(__file__).resolve().parent
+
+
+def _ort_type(dtype: str) -> str:
+    return {"float32": "tensor(float)", "float64": "tensor(double)",
+            "int64": "tensor(int64)"}.get(dtype, dtype)
+
+
+def _check_specs(kind: str, specs: list[TensorSpec], got: list[object], path: Path) -> None:
+    names = [g.name for g in got]  # type: ignore[attr-defined]
+    want = [s.name for s in specs]
+    if names != want:
+        raise ModelCardMismatch(f"{path}: {kind} names {names}, card says {want}")
+    for spec, g in zip(specs, got, strict=True):
+        shape = list(g.shape)  # type: ignore[attr-defined]
+        if len(shape) != len(spec.shape):
+            raise ModelCardMismatch(
+                f"{path}: {kind} {spec.name!r} has rank {len(shape)}, card says "
+                f"{len(spec.shape)} ({list(spec.shape)})"
+            )
+        for axis, (s_card, s_file) in enumerate(zip(spec.shape, shape, strict=True)):
+            if s_card is not None and isinstance(s_file, int) and s_file != s_card:
+                raise ModelCardMismatch(
+                    f"{path}: {kind} {spec.name!r} axis {axis} is {s_file}, card says {s_card}"
+                )
+        gtype = g.type  # type: ignore[attr-defined]
+        if gtype != _ort_type(spec.dtype):
+            raise ModelCardMismatch(
+                f"{path}: {kind} {spec.name!r} is {gtype}, card says {spec.dtype}"
+            )
+
+
+class OnnxModel:
+    """A verified ONNX Runtime session for one committed model."""
+
+    def __init__(self, onnx_path: Path | str, *, threads: int = 1) -> None:
+        import onnxruntime as ort  # local: keeps `import models` light
+
+        self.path = Path(onnx_path)
+        self.card: ModelCard = load_card(card_path(self.path))
+        verify_file(self.card, self.path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"onnxruntime cannot load {self.path}: {exc}") from exc
+        _check_specs("input", self.card.inputs, self.session.get_inputs(), self.path)
+        _check_specs("output", self.card.outputs, self.session.get_outputs(), self.path)
+        self._in = self.card.inputs[0].name
+        self._out = [o.name for o in self.card.outputs]
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run on one input array (float32, the card's first input); returns the first output."""
+        out = self.session.run(self._out, {self._in: x})
+        return np.asarray(out[0])
+
+
+def load_model(name: str, models_dir: Path | str | None = None) -> OnnxModel:
+    """Open ``<models_dir>/<name>.onnx`` (the committed models when ``models_dir`` is None)."""
+    d = Path(models_dir) if models_dir is not None else default_models_dir()
+    path = d / f"{name}.onnx"
+    if not path.exists():
+        raise ModelError(f"model {path} not found (train it: gridtwin train {name})")
+    return OnnxModel(path)

@@ -1,0 +1,36 @@
+"""`gridtwin evaluate --quick --json`: the report has the contract's shape (DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from gateway.cli import main
+
+pytest.importorskip("hil.scenario")
+
+KEYS = {
+    "detection": {"method", "bad_pct", "missed_pct", "false_pct"},
+    "prediction": {"method", "mape_pct", "rmse", "r2"},
+    "pv": {"method", "site", "mape_pct", "rmse_pct"},
+    "se": {"method", "vm_mape_pct", "vm_rmse_pu", "va_rmse_rad", "ms_per_snapshot"},
+}
+
+
+def test_evaluate_quick_json(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert main(["evaluate", "--quick", "--json", "--plots", str(tmp_path)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for section, keys in KEYS.items():
+        rows = report[section]
+        assert rows, section
+        for row in rows:
+            assert keys <= set(row), (section, row)
+            assert all(math.isfinite(row[k]) for k in keys if k not in ("method", "site"))
+    rates = {r["bad_pct"] for r in report["detection"]}
+    assert rates == {5.0, 10.0, 15.0}
+    methods = {r["method"] for r in report["prediction"]}
+    assert methods == {"BP", "LSTM", "BiLSTM (ours)"}
+    assert {p.name for p in tmp_path.glob("fig1*.png")} >= {
+        "fig10_branch_p_prediction.png", "fig12_pv_forecast.png"}

@@ -1,0 +1,51 @@
+"""Training smoke run (a few steps) when torch is installed: the code path, not the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from models.card import card_path, load_card, sha256_file  # noqa: E402
+from models.data import synthetic_predictor_data  # noqa: E402
+from models.runtime import OnnxModel  # noqa: E402
+
+
+def test_predictor_training_smoke(tmp_path: Path) -> None:
+    from models.train import train_predictor
+
+    data = synthetic_predictor_data(6, 200, seed=3)
+    report = train_predictor(data, tmp_path, steps=5, seed=0, source={"kind": "test"},
+                             batch=64, log=lambda _m: None)
+    assert set(report) == {"bilstm", "lstm", "bp"}
+    for path in (tmp_path / "predictor.onnx", tmp_path / "baselines" / "predictor_bp.onnx",
+                 tmp_path / "baselines" / "predictor_lstm.onnx"):
+        card = load_card(card_path(path))
+        assert card.sha256 == sha256_file(path)
+        model = OnnxModel(path)
+        assert model.run(data.x[:7]).shape == (7, 1)
+
+
+def test_fused_export_matches_nn_lstm() -> None:
+    from models.nets import FusedBiLstm, RecurrentRegressor
+
+    torch.manual_seed(0)
+    for n_in, length in ((1, 9), (6, 10)):
+        model = RecurrentRegressor(n_in, 5, bidirectional=True, head_hidden=3).eval()
+        fused = FusedBiLstm(model, length).eval()
+        x = torch.randn(11, length, n_in)
+        with torch.inference_mode():
+            assert torch.allclose(model(x), fused(x), atol=1e-5)
+
+
+def test_pv_training_smoke(tmp_path: Path) -> None:
+    from models.train_pv import train_pv
+
+    report = train_pv(tmp_path, site="miami", test_site="greensboro", n_days=2, steps=3,
+                      seed=0, batch=32, log=lambda _m: None, sim_step_s=300.0)
+    assert "unseen_site" in report["bilstm"]
+    model = OnnxModel(tmp_path / "pv_forecaster.onnx")
+    assert model.run(np.zeros((2, 10, 6), np.float32)).shape == (2, 1)

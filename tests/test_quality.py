@@ -1,0 +1,154 @@
+"""The data-quality stage: detect, correct, fill, PV pseudo-measurements (committed models)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from gateway.config import load_config
+from gateway.quality import QualityError, QualityStage
+from gateway.snapshot import Flag
+from models.bench import synthetic_snapshots
+from models.detector import (
+    BAD,
+    CORRECTED,
+    SUSPECT,
+    DetectorParams,
+    TemporalDetector,
+    choose_threshold,
+    confirm_with_residuals,
+)
+
+
+@pytest.fixture(scope="module")
+def cfg():  # type: ignore[no-untyped-def]
+    return load_config("ieee33")
+
+
+def _clean(cfg, n: int, seed: int = 1) -> np.ndarray:  # type: ignore[no-untyped-def]
+    return synthetic_snapshots(cfg, n, seed=seed, bad_frac=0.0)
+
+
+def test_gross_errors_are_flagged_and_replaced(cfg) -> None:  # type: ignore[no-untyped-def]
+    stage = QualityStage(cfg)
+    x = _clean(cfg, 200)
+    zero = np.zeros(x.shape[1], np.uint32)
+    for k in range(150):
+        stage.process(x[k], zero, k / 50)
+    elec = np.array([c.electrical for c in cfg.channels])
+    j = np.flatnonzero(elec)[[0, 10, 40, 100]]
+    snap = x[150].copy()
+    snap[j] *= 1.45
+    r = stage.process(snap, zero, 150 / 50)
+    assert ((r.flags[j] & Flag.BAD) != 0).all()
+    assert ((r.flags[j] & Flag.CORRECTED) != 0).all()
+    rel = np.abs(r.values[j] - x[150, j]) / np.abs(x[150, j])
+    assert rel.max() < 0.02  # the replacement is the prediction, near the clean value
+    others = np.setdiff1d(np.flatnonzero(elec), j)
+    assert ((r.flags[others] & Flag.BAD) == 0).all()
+    assert np.isfinite(r.z[j]).all() and (r.z[j] > stage.threshold).all()
+
+
+def test_missing_values_are_filled_weather_held(cfg) -> None:  # type: ignore[no-untyped-def]
+    stage = QualityStage(cfg)
+    x = _clean(cfg, 60)
+    zero = np.zeros(x.shape[1], np.uint32)
+    for k in range(50):
+        stage.process(x[k], zero, float(k))
+    snap = x[50].copy()
+    snap[3] = np.nan  # electrical
+    w = cfg.channel_index["wx8.ghi"]
+    snap[w] = np.nan
+    flags = zero.copy()
+    flags[5] = Flag.MISSING  # flagged missing by the aligner
+    r = stage.process(snap, flags, 50.0)
+    for i in (3, 5):
+        assert r.flags[i] & Flag.MISSING and r.flags[i] & Flag.CORRECTED
+        tol = 0.02 * abs(x[50, i]) + 4 * cfg.channels[i].sigma_at(x[50, i])
+        assert abs(r.values[i] - x[50, i]) <= tol
+    assert r.flags[w] == Flag.MISSING | Flag.CORRECTED
+    assert r.values[w] == x[49, w]
+    assert r.pv_mw.shape == (4,) and (r.pv_mw >= 0).all() and (r.pv_sigma_mw > 0).all()
+    assert set(r.timings) >= {"predict_s", "total_s"}
+
+
+def test_first_value_bad_does_not_poison_history(cfg) -> None:  # type: ignore[no-untyped-def]
+    stage = QualityStage(cfg)
+    x = _clean(cfg, 80)
+    zero = np.zeros(x.shape[1], np.uint32)
+    first = x[0].copy()
+    first[7] *= 1.4
+    stage.process(first, zero, 0.0)
+    flagged = 0
+    for k in range(1, 80):
+        r = stage.process(x[k], zero, float(k))
+        flagged += int(r.flags[7] & Flag.BAD != 0)
+    assert flagged == 0
+    assert abs(r.values[7] - x[79, 7]) < 1e-9
+
+
+def test_level_shift_is_accepted(cfg) -> None:  # type: ignore[no-untyped-def]
+    stage = QualityStage(cfg)
+    x = _clean(cfg, 120)
+    zero = np.zeros(x.shape[1], np.uint32)
+    for k in range(80):
+        stage.process(x[k], zero, float(k))
+    flags = []
+    for k in range(80, 120):
+        snap = x[k].copy()
+        snap[20] *= 1.3  # a real step: stays there
+        flags.append(stage.process(snap, zero, float(k)).flags[20])
+    assert flags[0] & Flag.BAD
+    assert all(f & Flag.BAD == 0 for f in flags[5:])
+
+
+def test_shape_and_config_errors(cfg) -> None:  # type: ignore[no-untyped-def]
+    stage = QualityStage(cfg)
+    with pytest.raises(QualityError, match="channels"):
+        stage.process(np.zeros(3), np.zeros(3, np.uint32), 0.0)
+    bad = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, window=12))
+    with pytest.raises(QualityError, match="window"):
+        QualityStage(bad)
+    with pytest.raises(QualityError, match="not found"):
+        QualityStage(cfg, models_dir="/nonexistent")
+
+
+def test_threshold_from_card_or_config(cfg) -> None:  # type: ignore[no-untyped-def]
+    from models.card import card_path, load_card
+    from models.runtime import default_models_dir
+
+    card = load_card(card_path(default_models_dir() / "predictor.onnx"))
+    assert QualityStage(cfg).threshold == pytest.approx(float(card.extra["threshold"]))
+    c2 = dataclasses.replace(cfg, quality=dataclasses.replace(cfg.quality, threshold=11.0))
+    assert QualityStage(c2).threshold == 11.0
+
+
+def test_choose_threshold() -> None:
+    z = np.abs(np.random.default_rng(0).standard_normal(200_000))
+    k, s = choose_threshold(z)
+    assert s == pytest.approx(1.0, abs=0.02)  # |N(0, 1)|: robust scale 1
+    assert k == pytest.approx(8 * s)
+    heavy = np.concatenate([z, np.full(500, 300.0)])  # a few ramps do not move it
+    assert choose_threshold(heavy)[0] == pytest.approx(k, rel=0.01)
+    assert choose_threshold(np.array([0.1, 0.2]))[0] == 4.0
+
+
+def test_detector_warmup_and_confirmation() -> None:
+    det = TemporalDetector(2, 9, DetectorParams(threshold=6.0))
+    sig = np.array([0.01, 0.01])
+    seen = []
+    for k in range(12):
+        x = np.array([1.0, 2.0]) + 0.001 * k
+        if k == 5:
+            x[1] = 3.0
+        r = det.step(x, np.zeros(2, bool), np.full(2, np.nan), sig)
+        seen.append(r.flags.copy())
+    assert seen[5][1] == BAD | CORRECTED and seen[5][0] == 0
+    assert det.ready.all() and abs(det.ring[1].max() - 2.011) < 1e-6
+    flags = np.array([0, 0, BAD], np.uint32)
+    out = confirm_with_residuals(flags, np.array([1.0, 5.0, 9.0]), np.array([0.5, 4.0, 9.0]),
+                                 k_low=4.0)
+    assert out[0] == 0 and out[1] == SUSPECT | BAD and out[2] == BAD
+    assert CORRECTED not in (out[0], out[1])
