@@ -137,13 +137,23 @@ class _PassResult:
 
 class PassThroughQuality:
     """Used when the quality stage is disabled or its models are missing: values pass
-    unchanged and no PV pseudo-measurement is available (NaN)."""
+    unchanged, and each PV plant gets a weak pseudo-measurement so the estimate stays
+    observable: P = rating * clip(0.85 * GHI / 1000 W/m2, 0, 1) from the plant's weather
+    meter (a nameplate PVWatts-style guess), or half the rating when there is no GHI,
+    with sigma = 30 % of rating so the estimator trusts it little."""
 
-    def __init__(self, n_plants: int) -> None:
-        self.pv = np.full(n_plants, np.nan)
+    def __init__(self, cfg: TwinConfig) -> None:
+        self.rating = np.array([p.rating_mw for p in cfg.plants], float)
+        self.ghi = np.array([cfg.channel_index.get(f"{p.weather}.ghi", -1) for p in cfg.plants],
+                            int)
+        self.sigma = 0.3 * self.rating
 
     def process(self, values: np.ndarray, flags: np.ndarray, now: float) -> _PassResult:
-        return _PassResult(values, flags, self.pv, self.pv)
+        ghi = np.where(self.ghi >= 0, values[np.maximum(self.ghi, 0)], np.nan)
+        # P = rating * clip(0.85 * GHI / 1000, 0, 1); no GHI: rating / 2
+        pv = np.where(np.isfinite(ghi), self.rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
+                      0.5 * self.rating)
+        return _PassResult(values, flags, pv, self.sigma)
 
 
 # --------------------------------------------------------------------------- gateway
@@ -211,7 +221,7 @@ class Gateway:
         self._skips_seen: dict[str, int] = {}
         self._n_frames = 0
         self._quality_errors = 0
-        self._passthrough = PassThroughQuality(len(cfg.plants))
+        self._passthrough = PassThroughQuality(cfg)
         self.started_at = 0.0
         self.closed = False
 
@@ -275,9 +285,9 @@ class Gateway:
                 return
             except GatewayError as exc:
                 log.error("quality stage unavailable (%s): values pass through unchecked "
-                          "and PV has no pseudo-measurement", exc)
+                          "and PV gets a weak nameplate pseudo-measurement", exc)
                 self.event("quality_unavailable", "quality", {"error": str(exc)})
-        self.quality = PassThroughQuality(len(self.cfg.plants))
+        self.quality = PassThroughQuality(self.cfg)
 
     async def close(self) -> None:
         if self.closed:
