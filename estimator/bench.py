@@ -1,0 +1,191 @@
+"""State-estimation benchmarks (DESIGN.md measurement contract), medians.
+
+* ``se.ieee33.single`` (µs/snapshot): the linear SE on the bundled ieee33 twin config,
+  warm start, a new noisy snapshot per call; peer: power-grid-model ``iterative_linear``,
+  one ``update`` + ``calculate_state_estimation`` call per snapshot on a model built once
+  (sensor update buffers prepared outside the timing, as our per-unit vectors are).
+* ``se.ieee33.single_vs_pandapower`` (µs): the same against pandapower's WLS
+  (``estimate``; measurement table rebuilt per snapshot, as the API requires).
+* ``se.ieee33.batch`` (µs/snapshot): replaying a sequence of snapshots (a load and PV
+  ramp); peer: power-grid-model batch state estimation over the same sequence.
+* ``se.feeder1k.single``, ``se.feeder10k.single`` (ms): synthetic radial feeders, PMUs
+  every 50 buses, P/Q on every branch, one zero-injection junction in ten; peer:
+  power-grid-model ``iterative_linear`` single call. No normalized residuals at 10k buses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from gateway.bench import BenchResult, median, time_call_us
+
+PV = np.array([0.05, 0.08, 0.03, 0.07])
+
+
+def _ieee33_model() -> Any:
+    from estimator.measurement import MeasurementModel
+
+    try:
+        from gateway.config import load_config
+
+        return MeasurementModel.from_config(load_config("ieee33"))
+    except ImportError:  # pragma: no cover - config module absent
+        from estimator.synthetic import ieee33_with_plants, paper_specs
+
+        net = ieee33_with_plants()
+        return MeasurementModel(net, paper_specs(net))
+
+
+def _snapshots(model: Any, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` noisy measurement vectors along a load/PV ramp, and their true voltages."""
+    from estimator import pgm
+
+    net = model.net
+    rng = np.random.default_rng(seed)
+    scale = np.linspace(0.6, 1.2, k)[:, None]
+    p = net.p_gen - scale * net.p_load
+    q = net.q_gen - scale * net.q_load
+    if model.pv_nodes.size:
+        p[:, model.pv_nodes] = np.linspace(0.2, 1.0, k)[:, None] * PV[: model.pv_nodes.size]
+    v = pgm.power_flow(net, p, q, tolerance=1e-12, max_iterations=50)
+    z = np.array([model.h(vv) for vv in v])
+    z += rng.standard_normal(z.shape) * np.array([model.sigma(zz) for zz in z])
+    return z, v
+
+
+class _PgmRunner:
+    """power-grid-model SE with update buffers prepared ahead of the timed calls."""
+
+    def __init__(self, model: Any, zs: np.ndarray, method: str = "iterative_linear") -> None:
+        from power_grid_model import ComponentType, PowerGridModel
+
+        from estimator.baselines import PgmEstimator
+
+        self.est = PgmEstimator(model, method=method, tolerance=1e-7, max_iterations=50)
+        act = np.ones(model.m, bool)
+        lay = self.est._layout(act)
+        self.est._fill(lay, zs[0])
+        self.est._copy_into_input(lay)
+        data = dict(lay["input"])
+        data[ComponentType.sym_voltage_sensor] = lay["vs_in"]
+        data[ComponentType.sym_power_sensor] = lay["ps_in"]
+        if lay["cs"].size:
+            data[ComponentType.sym_current_sensor] = lay["cs_in"]
+        self.model = PowerGridModel(data)
+        self.updates = []
+        for z in zs:
+            self.est._fill(lay, z)
+            upd = {ComponentType.sym_voltage_sensor: lay["vs"].copy(),
+                   ComponentType.sym_power_sensor: lay["ps"].copy()}
+            if lay["cs"].size:
+                upd[ComponentType.sym_current_sensor] = lay["cs"].copy()
+            self.updates.append(upd)
+        self.method = method
+        self.out: dict[Any, Any] = {ComponentType.node: ["u_pu", "u_angle"]}
+        self.k = 0
+
+    def single(self) -> Any:
+        from power_grid_model import CalculationMethod
+
+        upd = self.updates[self.k % len(self.updates)]
+        self.k += 1
+        self.model.update(update_data=upd)
+        return self.model.calculate_state_estimation(
+            calculation_method=CalculationMethod[self.method], error_tolerance=1e-7,
+            max_iterations=50, output_component_types=self.out)
+
+    def batch(self) -> Any:
+        from power_grid_model import CalculationMethod
+
+        batch: dict[Any, np.ndarray] = {}
+        for comp in self.updates[0]:
+            batch[comp] = np.stack([u[comp] for u in self.updates])
+        return self.model.calculate_state_estimation(
+            update_data=batch, calculation_method=CalculationMethod[self.method],
+            error_tolerance=1e-7, max_iterations=50, output_component_types=self.out,
+            threading=-1)
+
+
+def _cycle(est: Any, zs: np.ndarray) -> Any:
+    state = {"k": 0}
+
+    def call() -> Any:
+        z = zs[state["k"] % len(zs)]
+        state["k"] += 1
+        return est.solve(z)
+
+    return call
+
+
+def _ieee33(quick: bool) -> list[BenchResult]:
+    from estimator.linear import LinearStateEstimator
+
+    model = _ieee33_model()
+    k = 100 if quick else 500
+    zs, _ = _snapshots(model, k)
+    lin = LinearStateEstimator(model, tolerance=1e-7, max_iterations=30)
+    lin.solve(zs[0])
+    peer = _PgmRunner(model, zs)
+    repeat = 300 if quick else 2000
+    ours = median(time_call_us(_cycle(lin, zs), repeat=repeat))
+    theirs = median(time_call_us(peer.single, repeat=max(100, repeat // 4)))
+    out = [BenchResult("se.ieee33.single", ours, "us",
+                       "power-grid-model iterative_linear single call", theirs)]
+    try:
+        import warnings
+
+        from estimator.baselines import PandapowerEstimator
+
+        pp_est = PandapowerEstimator(model, tolerance=1e-7)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pp_t = median(time_call_us(_cycle(pp_est, zs), repeat=5 if quick else 20,
+                                       warmup=1))
+        ours_pp = median(time_call_us(_cycle(lin, zs), repeat=repeat))
+        out.append(BenchResult("se.ieee33.single_vs_pandapower", ours_pp, "us",
+                               "pandapower WLS estimate", pp_t))
+    except ImportError:
+        out.append(BenchResult("se.ieee33.single_vs_pandapower", ours, "us", None, None))
+    # batch: replay the sequence once, cold cache of the warm start
+    lin.reset()
+    t0 = time.perf_counter()
+    for z in zs:
+        lin.solve(z)
+    ours_b = (time.perf_counter() - t0) / len(zs) * 1e6
+    t0 = time.perf_counter()
+    peer.batch()
+    theirs_b = (time.perf_counter() - t0) / len(zs) * 1e6
+    out.append(BenchResult("se.ieee33.batch", ours_b, "us",
+                           "power-grid-model batch state estimation", theirs_b))
+    return out
+
+
+def _feeder(n: int, quick: bool) -> BenchResult:
+    from estimator.linear import LinearStateEstimator
+    from estimator.measurement import MeasurementModel
+    from estimator.synthetic import paper_specs, radial_feeder, truth
+
+    net = radial_feeder(n, seed=1)
+    pmus = [int(net.bus_ids[i]) for i in range(0, n, 50)]
+    model = MeasurementModel(net, paper_specs(net, pmus=pmus, injections=(), plants=()))
+    _, z = truth(model)
+    rng = np.random.default_rng(3)
+    zs = np.array([z + rng.standard_normal(z.size) * model.sigma(z) for _ in range(8)])
+    lin = LinearStateEstimator(model, tolerance=1e-7, max_iterations=30)
+    lin.solve(zs[0])
+    repeat = 5 if quick else 30
+    ours = median(time_call_us(_cycle(lin, zs), repeat=repeat, warmup=3)) / 1e3
+    peer = _PgmRunner(model, zs)
+    theirs = median(time_call_us(peer.single, repeat=max(3, repeat // 3), warmup=1)) / 1e3
+    return BenchResult(f"se.feeder{n // 1000}k.single", ours, "ms",
+                       "power-grid-model iterative_linear single call", theirs)
+
+
+def benchmarks(quick: bool) -> list[BenchResult]:
+    out = _ieee33(quick)
+    out.append(_feeder(1000, quick))
+    out.append(_feeder(10000, quick))
+    return out

@@ -1,0 +1,547 @@
+"""The DT paper's estimator: constant-gain linear SE in rectangular coordinates.
+
+Method: constant-gain linear state estimation in rectangular coordinates with equivalent
+current measurements (Baran & Kelley 1995; Lu, Teng & Liu 1995), equality constraints by
+Lagrange multipliers in the augmented (Hachtel) matrix form. Section 4 of the paper.
+
+State ``x = [Vr; Vi]`` (real and imaginary voltage of every bus). Every measurement slot
+(see :mod:`estimator.measurement`) is turned into a rectangular phasor ``z_t`` that is
+linear in ``x``: ``z_t = H x + e`` where ``H`` holds only admittances (and ones for
+voltages), so the gain matrix never changes while topology and measurement set stay the
+same. The equivalent currents ``conj(S / V_k)`` depend on the voltage estimate; the
+estimator iterates them (a fixed point) until ``max |dV| < tolerance``.
+
+Fused covariance (first-order error propagation, per slot, 2x2):
+
+* phasor ``m e^{ja}``:  ``d = (cos a, sin a)``, ``p = (-sin a, cos a)``,
+  ``R = s_m^2 d d^T + m^2 s_a^2 p p^T``;
+* power ``(P, Q) -> I = (P - jQ) c``, ``c = 1 / conj(V_k)``: ``J = [[Re c, Im c],
+  [Im c, -Re c]]``, ``R = J diag(s_P^2, s_Q^2) J^T``;
+* PV pseudo ``(P, 0)``: isotropic ``R = (s_P |c|)^2 I`` (the quadrature part is the exact
+  constraint ``Q = 0``, so the isotropic weight only acts on the in-phase current);
+* an unmeasured component (|V| alone, P alone, ...) gets ``s = 1`` (no information).
+
+The covariance is evaluated once per measurement set at the nominal values (the first
+snapshot that used the set, flat voltage ``c = 1``), so the weights ``W = R^-1`` -- and
+with them the gain -- are constant: the usual constant-gain approximation. With
+noise-free measurements the fixed point is the exact power-flow state whatever the weights.
+
+Constraints ``C x = 0``: zero-injection buses (``Ybus[k] V = 0``, two real rows each,
+constant) in the factorized KKT matrix ``K0 = [[H^T W H, C^T], [C, 0]]``; zero reactive
+power at PV plant nodes, ``Im(conj(u_k) Ybus[k] V) = 0`` with ``u_k`` the unit phasor of the
+node voltage at the previous iterate, as a rank-p correction (Schur complement) using
+``K0^-1`` applied once to the fixed rows ``[Re Ybus[k]; Im Ybus[k]]``, so nothing is
+refactorized per iteration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from scipy.linalg.lapack import dgesv as gesv
+
+from estimator.blas import single_threaded
+from estimator.errors import DidNotConverge, EstimatorError
+from estimator.measurement import (
+    SLOT_I,
+    SLOT_PV,
+    SLOT_V,
+    UNMEASURED_SIGMA,
+    MeasurementModel,
+)
+from estimator.observability import check_observable, constraint_rows
+from estimator.state import State
+
+__all__ = ["LinearStateEstimator", "chi2_quantile"]
+
+DENSE_LIMIT = 700  # KKT size up to which the solution operator is stored densely
+RESIDUAL_LIMIT = 4000  # states up to which normalized residuals are computed (dense E)
+
+
+def chi2_quantile(dof: int, confidence: float = 0.99) -> float:
+    """Chi-square quantile for the J(x) test (NaN without redundancy)."""
+    if dof <= 0:
+        return float("nan")
+    from scipy.special import chdtri
+
+    # chi2.ppf(confidence, dof) = chdtri(dof, 1 - confidence)
+    return float(chdtri(dof, 1.0 - confidence))
+
+
+@dataclass
+class _Factor:
+    """Everything fixed for one measurement set (active mask) and topology."""
+
+    slots: np.ndarray  # active slot indices
+    a: sp.csr_matrix  # A rows of the active slots
+    vbus: np.ndarray
+    is_phasor: np.ndarray
+    is_pv_slot: np.ndarray
+    idx0: np.ndarray
+    idx1: np.ndarray
+    has0: np.ndarray
+    has1: np.ndarray
+    n_state: int
+    dense: bool
+    op: np.ndarray | None  # dense: x0 = op @ z_t (2n x 2g)
+    htw: sp.csr_matrix | None  # sparse: rhs = H^T W z_t
+    lu: object | None
+    e: np.ndarray | None  # covariance of x (top-left block of K0^-1), dense mode
+    pv: np.ndarray  # PV node indices
+    er: np.ndarray | None  # E R0^T (2n x 2p)
+    s0: np.ndarray | None  # R0 E R0^T (2p x 2p)
+    opc: np.ndarray | None  # dense: constraint part of the correction (2n x c)
+    h: sp.csr_matrix  # rectangular rows of the active slots (2g x 2n)
+    c: sp.csr_matrix  # zero-injection constraint rows (unscaled)
+    alpha: float
+    hd: np.ndarray | None  # dense H (dense mode)
+    ypv: np.ndarray | None  # Ybus rows of the PV nodes (dense complex, p x n)
+    s0r: np.ndarray | None  # S0 as (p, 2, p, 2)
+    r0: sp.csr_matrix | None
+    dof: int
+    chi2: float
+    n_active: int
+    phasor_pos: np.ndarray
+    power_pos: np.ndarray
+    complete: bool
+    sens: np.ndarray | None = None
+    sens_clean: bool = False
+
+
+class LinearStateEstimator:
+    """Constant-gain linear SE (see module docstring); one instance per measurement model.
+
+    Keyword-only options: ``tolerance`` (max |dV| in pu), ``max_iterations``,
+    ``constraints`` (zero-injection and PV ``Q = 0`` equality constraints),
+    ``normalized_residuals`` (None = when the network has at most 2000 buses),
+    ``cache_size`` (factorizations kept, one per measurement set), ``fill_fraction``
+    (up to this fraction of the measurements may be missing or dropped without a new
+    factorization: they are filled from the estimate instead)).
+    """
+
+    method = "linear"
+
+    def __init__(self, model: MeasurementModel, *, tolerance: float = 1e-7,
+                 max_iterations: int = 20, constraints: bool = True,
+                 normalized_residuals: bool | None = None, cache_size: int = 16,
+                 fill_fraction: float = 0.1) -> None:
+        self.model = model
+        self.net = model.net
+        self.tolerance = float(tolerance)
+        self.max_iterations = int(max_iterations)
+        self.constraints = bool(constraints)
+        n2 = 2 * model.n_bus
+        self.normalized_residuals = (n2 <= RESIDUAL_LIMIT if normalized_residuals is None
+                                     else bool(normalized_residuals))
+        self.cache_size = int(cache_size)
+        self.fill_fraction = float(fill_fraction)
+        self._all = np.ones(model.m, bool)
+        self._obs_ok: OrderedDict[bytes, bool] = OrderedDict()
+        self._chi2_cache: dict[int, float] = {}
+        self._cache: OrderedDict[bytes, _Factor] = OrderedDict()
+        self._nominal_set = np.zeros(model.m, bool)
+        self._last_v: np.ndarray | None = None
+        self._flat = np.full(model.n_bus, self.net.vm_slack * np.exp(1j * self.net.va_slack))
+        self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
+                        else sp.csr_matrix((0, n2)))
+
+    # ------------------------------------------------------------------ factorization
+    def factor(self, active: np.ndarray, z: np.ndarray | None = None) -> _Factor:
+        """The (cached) factorization for measurement set ``active``; checks observability
+        first and raises :class:`~estimator.errors.NotObservableError`."""
+        key = active.tobytes()
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        model = self.model
+        if z is not None:
+            fresh = active & ~self._nominal_set & np.isfinite(z)
+            model.nominal[fresh] = z[fresh]
+            self._nominal_set |= fresh
+        with single_threaded():
+            check_observable(model, active, pv_constraints=self.constraints)
+            fac = self._build(active)
+        self._cache[key] = fac
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return fac
+
+    def _slot_weights(self, slots: np.ndarray, active: np.ndarray) -> sp.csr_matrix:
+        model = self.model
+        nom = np.nan_to_num(model.nominal)
+        sig = model.sigma(nom)
+        mem = model.members[slots]
+        has = (mem >= 0) & active[np.maximum(mem, 0)]
+        s0 = np.where(has[:, 0], sig[np.maximum(mem[:, 0], 0)], UNMEASURED_SIGMA)
+        s1 = np.where(has[:, 1], sig[np.maximum(mem[:, 1], 0)], UNMEASURED_SIGMA)
+        v0 = np.where(has[:, 0], nom[np.maximum(mem[:, 0], 0)], 0.0)
+        v1 = np.where(has[:, 1], nom[np.maximum(mem[:, 1], 0)], 0.0)
+        st = model.slot_type[slots]
+        phasor = np.isin(st, [SLOT_V, SLOT_I])
+        pv = st == SLOT_PV
+        # phasor: m = |magnitude| (1 pu for an unmeasured voltage), a = angle (0 if unknown)
+        m0 = np.where(has[:, 0], np.abs(v0), np.where(st == SLOT_V, 1.0, 0.0))
+        a0 = np.where(has[:, 1], v1, 0.0)
+        c, s = np.cos(a0), np.sin(a0)
+        # R = s_m^2 d d^T + max(m^2 s_a^2, (0.1 s_m)^2) p p^T ; d = (c, s), p = (-s, c)
+        var_d = s0**2
+        var_p = np.maximum(m0**2 * s1**2, (0.1 * s0) ** 2)
+        r11 = np.where(phasor, var_d * c * c + var_p * s * s, 0.0)
+        r22 = np.where(phasor, var_d * s * s + var_p * c * c, 0.0)
+        r12 = np.where(phasor, (var_d - var_p) * c * s, 0.0)
+        # power at a flat voltage (c = 1): J = [[1, 0], [0, -1]], R = diag(s_P^2, s_Q^2);
+        # PV pseudo: isotropic s_P^2
+        sq = np.where(pv, s0, s1)
+        r11 = np.where(phasor, r11, s0**2)
+        r22 = np.where(phasor, r22, sq**2)
+        # W = R^-1 per 2x2 block
+        det = r11 * r22 - r12 * r12
+        w11, w22, w12 = r22 / det, r11 / det, -r12 / det
+        g = slots.size
+        i0 = 2 * np.arange(g)
+        rows = np.r_[i0, i0 + 1, i0, i0 + 1]
+        cols = np.r_[i0, i0 + 1, i0 + 1, i0]
+        return sp.csr_matrix((np.r_[w11, w22, w12, w12], (rows, cols)), shape=(2 * g, 2 * g))
+
+    def _build(self, active: np.ndarray) -> _Factor:
+        model = self.model
+        n = model.n_bus
+        n2 = 2 * n
+        slot_active = np.zeros(model.g, bool)
+        slot_active[model.slot[active]] = True
+        slots = np.flatnonzero(slot_active)
+        rows2 = np.empty(2 * slots.size, np.int64)
+        rows2[0::2] = 2 * slots
+        rows2[1::2] = 2 * slots + 1
+        h = model.H[rows2]
+        w = self._slot_weights(slots, active)
+        htw = sp.csr_matrix(h.T @ w)
+        # G = H^T W H ; K0 = [[G, C^T], [C, 0]]
+        gain = htw @ h
+        c = self._c_rows
+        # scale the constraint rows to the size of the gain entries (better pivoting);
+        # the multipliers absorb the factor
+        alpha = 1.0
+        if c.shape[0]:
+            alpha = float(np.abs(gain.diagonal()).max() / max(abs(c).max(), 1e-300))
+        cs = sp.csr_matrix(c * alpha)
+        k0 = sp.csc_matrix(sp.bmat([[gain, cs.T], [cs, None]]))
+        nk = k0.shape[0]
+        pv = model.pv_nodes if self.constraints else np.zeros(0, np.int64)
+        r0 = None
+        if pv.size:
+            y = self.net.ybus()[pv]
+            re_rows = sp.hstack([y.real, -y.imag])
+            im_rows = sp.hstack([y.imag, y.real])
+            perm = np.empty(2 * pv.size, np.int64)
+            perm[0::2] = np.arange(pv.size)
+            perm[1::2] = pv.size + np.arange(pv.size)
+            r0 = sp.csr_matrix(sp.vstack([re_rows, im_rows]))[perm]
+        dense = nk <= DENSE_LIMIT
+        op = opc = lu = e = er = s0 = None
+        try:
+            if dense:
+                kinv = sla.inv(k0.toarray())
+                e = kinv[:n2, :n2]
+                # x0 = E H^T W z_t  (the solution operator, stored once)
+                # dx = E H^T W r_t - K0^-1[x, c] (alpha C x): the correction operators
+                op = e @ htw.toarray()
+                opc = kinv[:n2, n2:] * alpha if c.shape[0] else None
+            else:
+                lu = spla.splu(k0, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1)
+        except (np.linalg.LinAlgError, RuntimeError) as exc:
+            raise EstimatorError(f"gain matrix is singular although the observability check "
+                                 f"passed: {exc}") from exc
+        if r0 is not None:
+            if dense:
+                assert e is not None and op is not None
+                er = np.asarray(r0 @ e).T  # E symmetric: E R0^T = (R0 E)^T
+            else:
+                rhs = np.zeros((nk, r0.shape[0]))
+                rhs[:n2] = r0.T.toarray()
+                er = lu.solve(rhs)[:n2]  # type: ignore[union-attr]
+            s0 = np.asarray(r0 @ er)
+        mem = model.members[slots]
+        has = (mem >= 0) & active[np.maximum(mem, 0)]
+        st = model.slot_type[slots]
+        n_active = int(np.count_nonzero(active))
+        n_con = c.shape[0] + pv.size
+        angle_ref = bool(np.any(active & model.is_angle))
+        dof = n_active + n_con - n2 + (0 if angle_ref else 1)
+        return _Factor(
+            slots=slots,
+            a=sp.csr_matrix(model.A[slots]),
+            vbus=model.vbus[slots],
+            is_phasor=np.isin(st, [SLOT_V, SLOT_I]),
+            is_pv_slot=st == SLOT_PV,
+            idx0=np.maximum(mem[:, 0], 0),
+            idx1=np.maximum(mem[:, 1], 0),
+            has0=has[:, 0],
+            has1=has[:, 1],
+            n_state=n2,
+            dense=dense,
+            op=op,
+            htw=None if dense else htw,
+            lu=lu,
+            e=e,
+            pv=pv,
+            er=er,
+            s0=s0,
+            opc=opc,
+            h=sp.csr_matrix(h),
+            c=c,
+            alpha=alpha,
+            hd=h.toarray() if dense else None,
+            ypv=self.net.ybus()[pv].toarray() if pv.size else None,
+            s0r=s0.reshape(pv.size, 2, pv.size, 2) if s0 is not None else None,
+            r0=r0,
+            dof=dof,
+            chi2=chi2_quantile(dof),
+            n_active=n_active,
+            phasor_pos=np.flatnonzero(np.isin(st, [SLOT_V, SLOT_I])),
+            power_pos=np.flatnonzero(~np.isin(st, [SLOT_V, SLOT_I])),
+            complete=bool(np.all(has[:, 0]) and np.all(has[:, 1] | (st == SLOT_PV))),
+        )
+
+    # ------------------------------------------------------------------ solve
+    def solve(self, z: np.ndarray, *, active: np.ndarray | None = None,
+              warm_start: bool | np.ndarray = True, tolerance: float | None = None,
+              max_iterations: int | None = None, now: float = 0.0) -> State:
+        """Estimate the state from measurement vector ``z`` (pu, model order).
+
+        ``active``: measurements to use (default: the finite ones). ``warm_start``: True
+        starts from the previous solution, an array from those voltages, False from flat.
+        Raises :class:`NotObservableError` or :class:`DidNotConverge`.
+        """
+        t0 = time.perf_counter()
+        model = self.model
+        z = np.asarray(z, float)
+        finite = np.isfinite(z)
+        act = finite if active is None else (np.asarray(active, bool) & finite)
+        n_off = model.m - int(np.count_nonzero(act))
+        if 0 < n_off <= self.fill_fraction * model.m:
+            # a few values missing or dropped: keep the full set's factorization and fill
+            # them from the estimate each iteration (their residual is then zero, so the
+            # fixed point solves the reduced problem); observability still checked first
+            self._observable(act)
+            fac = self.factor(self._all, z)
+            has0 = fac.has0 & act[fac.idx0]
+            has1 = fac.has1 & act[fac.idx1]
+            complete = False
+            dof = fac.dof - n_off
+            chi2 = self._chi2(dof)
+        else:
+            fac = self.factor(act, z)
+            has0, has1, complete = fac.has0, fac.has1, fac.complete
+            dof, chi2 = fac.dof, fac.chi2
+        tol = self.tolerance if tolerance is None else float(tolerance)
+        itmax = self.max_iterations if max_iterations is None else int(max_iterations)
+        if isinstance(warm_start, np.ndarray):
+            v = warm_start.astype(complex)
+        elif warm_start and self._last_v is not None:
+            v = self._last_v
+        else:
+            v = self._flat
+        zc = np.where(finite, z, 0.0)
+        z0 = np.where(has0, zc[fac.idx0], 0.0)
+        z1 = np.where(has1, zc[fac.idx1], 0.0)
+        t1 = time.perf_counter()
+        # sparse mode: SuperLU's supernodes call BLAS on tiny blocks, where OpenBLAS
+        # threads only add hand-offs (measured 2x slower on a loaded 2-core machine)
+        ctx = contextlib.nullcontext() if fac.dense else single_threaded()
+        try:
+            with ctx:
+                v, it, dv = self._iterate(fac, v, z0, z1, has0, has1, complete, tol, itmax)
+        except DidNotConverge:
+            if fac is not self._cache.get(self._all.tobytes()) or act.all():
+                raise
+            # filling from the estimate converged too slowly: factorize this set itself
+            fac = self.factor(act, z)
+            dof, chi2 = fac.dof, fac.chi2
+            z0 = np.where(fac.has0, zc[fac.idx0], 0.0)
+            z1 = np.where(fac.has1, zc[fac.idx1], 0.0)
+            v, it, dv = self._iterate(fac, v, z0, z1, fac.has0, fac.has1, fac.complete, tol,
+                                      itmax)
+        t2 = time.perf_counter()
+        self._last_v = v
+        with contextlib.nullcontext() if fac.dense else single_threaded():
+            state = self._finish(fac, v, z, act, it, dv, now)
+        state.dof, state.chi2_threshold = dof, chi2
+        t3 = time.perf_counter()
+        state.timings = {"prepare_s": t1 - t0, "iterate_s": t2 - t1,
+                         "residuals_s": t3 - t2, "total_s": t3 - t0}
+        return state
+
+    def _iterate(self, fac: _Factor, v: np.ndarray, z0: np.ndarray, z1: np.ndarray,
+                 has0: np.ndarray, has1: np.ndarray, complete: bool, tol: float,
+                 itmax: int) -> tuple[np.ndarray, int, float]:
+        n = self.model.n_bus
+        n2 = fac.n_state
+        phasor, pvs = fac.is_phasor, fac.is_pv_slot
+        a, vbus = fac.a, fac.vbus
+        pv = fac.pv
+        zt = np.empty(fac.slots.size, complex)
+        pw = fac.power_pos
+        full = complete
+        if full:
+            # every slot complete: phasors are fixed, power slots only need V_k
+            ph = fac.phasor_pos
+            # z_t = m e^{ja} (PMU phasors)
+            zt[ph] = z0[ph] * np.exp(1j * z1[ph])
+            # conj(S) with Q = 0 at PV slots
+            s_conj = z0[pw] - 1j * np.where(pvs[pw], 0.0, z1[pw])
+            vb = vbus[pw]
+        dv = np.inf
+        npv = pv.size
+        for it in range(1, itmax + 1):
+            if full:
+                # equivalent currents: I = conj(S / V_k) = conj(S) / conj(V_k)
+                zt[pw] = s_conj / np.conj(v[vb])
+            else:
+                x_model = a @ v
+                vk = v[vbus]
+                # phasor slots: z_t = m e^{ja}, a missing part taken from the estimate
+                mag = np.where(has0, z0, np.abs(x_model))
+                ang = np.where(has1, z1, np.angle(x_model))
+                # power slots: S_hat = V_k conj(X); z_t = conj((P + jQ) / V_k); PV: Q = 0
+                s_hat = vk * np.conj(x_model)
+                p = np.where(has0, z0, s_hat.real)
+                q = np.where(has1, z1, np.where(pvs, 0.0, s_hat.imag))
+                zt[:] = np.where(phasor, mag * np.exp(1j * ang), np.conj((p + 1j * q) / vk))
+            zr = zt.view(np.float64)  # [Re z_0, Im z_0, Re z_1, ...]
+            # correction form (built-in iterative refinement): r_t = z_t - H x
+            xv = np.concatenate((v.real, v.imag))
+            rt = zr - (fac.hd @ xv if fac.dense else fac.h @ xv)  # type: ignore[operator]
+            has_c = fac.c.shape[0] > 0
+            if fac.dense:
+                # dx = E H^T W r_t - K0^-1[x, c] alpha C x
+                dx = fac.op @ rt  # type: ignore[operator]
+                if has_c:
+                    dx -= fac.opc @ (fac.c @ xv)  # type: ignore[operator]
+            else:
+                rhs = np.zeros(fac.lu.shape[0])  # type: ignore[attr-defined]
+                rhs[:n2] = fac.htw @ rt  # type: ignore[operator]
+                if has_c:
+                    rhs[n2:] = -fac.alpha * (fac.c @ xv)
+                dx = fac.lu.solve(rhs)[:n2]  # type: ignore[attr-defined]
+            x = xv + dx
+            if npv:
+                # Q = 0 at PV nodes: Im(conj(u_j) Ybus[j] V) = 0, u_j the unit voltage
+                # phasor of the node at the previous iterate (row c_j = D_j^T R0_j)
+                u = v[pv]
+                u = u / np.abs(u)
+                dd = np.stack((-u.imag, u.real), axis=1)  # D_j = (-u_i, u_r)
+                # B^T x0 = Im(conj(u) Ybus[pv] V0)
+                t = (np.conj(u) * (fac.ypv @ (x[:n] + 1j * x[n:]))).imag  # type: ignore[operator]
+                # S = D^T (R0 E R0^T) D ; mu = S^-1 B^T x0 ; x = x0 - E R0^T D mu
+                s = np.einsum("ja,jalb,lb->jl", dd, fac.s0r, dd)  # type: ignore[arg-type]
+                mu = gesv(s, t)[2]
+                x = x - fac.er @ (dd * mu[:, None]).ravel()  # type: ignore[operator]
+            # converged when max |dV| < tol (the state change of this iteration)
+            dv = float(np.max(np.abs(x - xv)))
+            v = x[:n] + 1j * x[n:]
+            if dv < tol:
+                return v, it, dv
+        raise DidNotConverge(f"linear SE did not converge in {itmax} iterations "
+                             f"(max |dV| = {dv:.3e} pu)", mismatch=dv, iterations=itmax,
+                             last=v)
+
+    def _finish(self, fac: _Factor, v: np.ndarray, z: np.ndarray, act: np.ndarray, it: int,
+                dv: float, now: float) -> State:
+        model = self.model
+        r = np.full(model.m, np.nan)
+        ra = model.residual(np.where(act, z, 0.0), v)
+        r[act] = ra[act]
+        sig = model.sigma(z)
+        w = r[act] / sig[act]
+        # J(x) = sum_i (r_i / sigma_i)^2
+        obj = float(w @ w)
+        rn = np.full(model.m, np.nan)
+        if self.normalized_residuals:
+            if fac.sens is None or not fac.sens_clean:
+                # computed at a state that passes the chi-square test, then frozen: a
+                # state distorted by gross errors distorts the leverages too
+                with single_threaded():
+                    fac.sens = sensitivity(model, v, sig, act, constraints=self.constraints)
+                fac.sens_clean = bool(obj <= fac.chi2)
+            # r_N = r / sqrt(Omega_ii), Omega_ii = sigma_i^2 * s_i (s_i frozen per set)
+            rn[act] = w / np.sqrt(fac.sens[act])
+        return State(method=self.method, v=v, time=now, iterations=it, mismatch=dv,
+                     residual=r, normalized_residual=rn, active=act, objective=obj,
+                     dof=fac.dof, chi2_threshold=fac.chi2)
+
+    def _observable(self, act: np.ndarray) -> None:
+        key = act.tobytes()
+        if key in self._obs_ok:
+            self._obs_ok.move_to_end(key)
+            return
+        with single_threaded():
+            check_observable(self.model, act, pv_constraints=self.constraints)
+        self._obs_ok[key] = True
+        if len(self._obs_ok) > 256:
+            self._obs_ok.popitem(last=False)
+
+    def _chi2(self, dof: int) -> float:
+        if dof not in self._chi2_cache:
+            self._chi2_cache[dof] = chi2_quantile(dof)
+        return self._chi2_cache[dof]
+
+    def reset(self) -> None:
+        """Forget the warm start (the factorizations stay cached)."""
+        self._last_v = None
+
+
+def sensitivity(model: MeasurementModel, v: np.ndarray, sig: np.ndarray, act: np.ndarray,
+                *, constraints: bool = True) -> np.ndarray:
+    """Residual sensitivity ``s_i = Omega_ii / sigma_i^2`` of every measurement.
+
+    Classical WLS residual covariance (Handschin et al. 1975) in raw measurement space at
+    the estimate ``v``: ``Omega = R - H_r E H_r^T`` with ``E`` the top-left block of the
+    inverse of the KKT matrix ``[[H_r^T R^-1 H_r, C^T], [C, 0]]``; ``C`` holds the exact
+    rows (zero injection, dQ/dx at PV nodes, and a reference angle when no angle is
+    measured). Computed once per measurement set (first solve that uses it) and reused:
+    ``r_N,i = r_i / (sigma_i sqrt(s_i))``. Floored at 1e-6 (critical measurements).
+    """
+    n = model.n_bus
+    hr = model.jacobian(v).toarray()
+    ha = hr[act]
+    winv = 1.0 / sig[act] ** 2
+    gain = ha.T @ (winv[:, None] * ha)
+    rows = []
+    if constraints:
+        c0 = constraint_rows(model, pv_constraints=False).toarray()
+        if c0.size:
+            rows.append(c0)
+        if model.pv_nodes.size:
+            ybus = model.net.ybus()
+            for k in model.pv_nodes:
+                yk = ybus[k].toarray().ravel()
+                ik = yk @ v
+                # dS_k/dVr = conj(I_k) e_k + V_k conj(Y_k)
+                # dS_k/dVi = j conj(I_k) e_k - j V_k conj(Y_k)
+                d_vr = v[k] * np.conj(yk)
+                d_vr[k] += np.conj(ik)
+                d_vi = -1j * v[k] * np.conj(yk)
+                d_vi[k] += 1j * np.conj(ik)
+                rows.append(np.r_[d_vr.imag, d_vi.imag][None, :])
+    if not np.any(act & model.is_angle):
+        ref = np.zeros((1, 2 * n))
+        ref[0, n + model.net.slack] = 1.0
+        rows.append(ref)
+    c = np.vstack(rows) if rows else np.zeros((0, 2 * n))
+    k = np.block([[gain, c.T], [c, np.zeros((c.shape[0], c.shape[0]))]])
+    try:
+        e = np.linalg.inv(k)[: 2 * n, : 2 * n]
+    except np.linalg.LinAlgError:
+        e = np.linalg.pinv(k)[: 2 * n, : 2 * n]
+    # diag(H_r E H_r^T)
+    lev = np.sum((hr @ e) * hr, axis=1)
+    return np.clip(1.0 - lev / sig**2, 1e-6, 1.0)

@@ -1,0 +1,81 @@
+"""The estimator's answer for one snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from estimator.network import Network
+
+__all__ = ["State", "branch_quantities"]
+
+
+def branch_quantities(net: Network, v: np.ndarray) -> dict[str, np.ndarray]:
+    """Branch currents and flows at voltages ``v`` (pu): I and S at both ends, bus injection."""
+    yf, yt = net.branch_admittance()
+    br = net.branches
+    i_from = yf @ v
+    i_to = yt @ v
+    return {
+        "i_from": i_from,
+        "i_to": i_to,
+        # S = V conj(I) at each end, flowing into the branch
+        "s_from": v[br.from_idx] * np.conj(i_from),
+        "s_to": v[br.to_idx] * np.conj(i_to),
+        # S_inj = V conj(Ybus V)
+        "s_inj": v * np.conj(net.ybus() @ v),
+    }
+
+
+@dataclass
+class State:
+    """Estimated state of the feeder at ``time``.
+
+    ``v``: complex bus voltages (pu, network internal order). Per measurement (the
+    measurement model's order): ``residual`` (z - h(x), pu/rad; NaN where inactive),
+    ``normalized_residual`` (residual / sqrt(Omega_ii); NaN where inactive or not
+    computed), ``active`` (used in this solve). ``objective`` is J(x) = sum (r/sigma)^2
+    over the active measurements, tested against the chi-square quantile with ``dof``
+    degrees of freedom (m - n, equality constraints counted as exact measurements).
+    ``timings`` holds seconds per stage.
+    """
+
+    method: str
+    v: np.ndarray
+    time: float = 0.0
+    iterations: int = 0
+    mismatch: float = 0.0
+    residual: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    normalized_residual: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    active: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    objective: float = float("nan")
+    dof: int = 0
+    chi2_threshold: float = float("nan")
+    timings: dict[str, float] = field(default_factory=dict)
+    removed: list[int] = field(default_factory=list)
+    i_from: np.ndarray | None = None
+    i_to: np.ndarray | None = None
+    s_from: np.ndarray | None = None
+    s_to: np.ndarray | None = None
+    s_inj: np.ndarray | None = None
+
+    @property
+    def vm(self) -> np.ndarray:
+        return np.abs(self.v)
+
+    @property
+    def va(self) -> np.ndarray:
+        return np.angle(self.v)
+
+    @property
+    def chi2_ok(self) -> bool:
+        """True when J(x) is below the chi-square quantile (no bad data suspected)."""
+        return bool(self.objective <= self.chi2_threshold)
+
+    def with_flows(self, net: Network) -> State:
+        """Fill branch currents/flows and injections from ``v`` (in place; returns self)."""
+        q = branch_quantities(net, self.v)
+        self.i_from, self.i_to = q["i_from"], q["i_to"]
+        self.s_from, self.s_to, self.s_inj = q["s_from"], q["s_to"], q["s_inj"]
+        return self
