@@ -72,17 +72,19 @@ class C37Decoder:
     """C37.118: configuration frames (re)build the data decoder; data frames give the
     phasors as (magnitude kV/kA, angle rad) pairs in the config's PMU/phasor order.
 
-    Wire convention (``hil.c37server``): magnitude in V/A = channel value × 1000, polar.
+    Wire convention (C37.118.1): per-phase RMS volts and amperes; the channel value is the
+    wire magnitude divided by :attr:`gateway.config.C37Phasor.wire_factor`.
     """
-
-    MAG_FACTOR = 1000.0
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
         chans: list[int] = []
+        factors: list[float] = []
         for pmu in stream.pmus:
             for ph in pmu.phasors:
                 chans += [ph.mag, ph.ang]
+                factors.append(ph.wire_factor)
+        self.factor = np.array(factors)
         self.n_phasors = len(chans) // 2
         self.layout = StreamLayout.of(stream.name, chans)
         self.size = 0
@@ -101,7 +103,7 @@ class C37Decoder:
             f = self.config.decoder().decode(data, now)
             z = f.phasors
             out = np.empty(2 * self.n_phasors)
-            out[0::2] = np.abs(z) / self.MAG_FACTOR
+            out[0::2] = np.abs(z) / self.factor
             out[1::2] = np.angle(z)
             ts = f.time
             seq = round(ts * self.rate) & 0xFFFFFFFF if ts is not None else None

@@ -129,10 +129,21 @@ class Point:
 
 @dataclass(frozen=True)
 class C37Phasor:
+    """One C37.118 phasor made of a magnitude and an angle channel.
+
+    On the wire a phasor is per phase, RMS, in volts or amperes (IEEE C37.118.1 sec. 4.2):
+    ``wire = channel * wire_factor`` with 1000/sqrt(3) for a voltage (our ``vm`` channels
+    are line-to-line kV) and 1000 for a current (kA).
+    """
+
     name: str
     mag: int  # channel index of the magnitude
     ang: int  # channel index of the angle
     kind: str  # "v" or "i"
+
+    @property
+    def wire_factor(self) -> float:
+        return 1000.0 / math.sqrt(3.0) if self.kind == "v" else 1000.0
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ Conventions (written down in /work/plan/C37_CONVENTION.md, shared with the gatew
   the frame's IDCODE is ``Stream.idcode``;
 * FORMAT: polar, float phasors, float FREQ/DFREQ (0x000B); PHUNIT scale 1 (ignored for
   float phasors), PHUNIT type 0 voltage / 1 current;
-* phasor magnitude on the wire = channel value x 1000: volts from the kV *line-to-line*
-  voltage channel (no /sqrt(3)), amperes from the kA current channel; angle in rad as
+* phasor magnitude on the wire = channel value x ``C37Phasor.wire_factor``: per-phase RMS
+  volts from the kV line-to-line voltage channel (x 1000/sqrt(3)), amperes from the kA
+  current channel (x 1000); angle in rad as
   the channel carries it;
 * FREQ = nominal (50 Hz, FNOM bit set), DFREQ = 0, STAT = 0; a missing value is sent as
   NaN (the gateway flags it MISSING);
@@ -37,8 +38,6 @@ from gateway.config import Stream
 from gateway.errors import FrameError
 
 NOMINAL_HZ = 50.0
-# magnitude on the wire = channel value (kV / kA) * MAG_FACTOR (V / A)
-MAG_FACTOR = 1000.0
 FORMAT = c37.FMT_POLAR | c37.FMT_PHASOR_FLOAT | c37.FMT_FREQ_FLOAT | c37.FMT_ANALOG_FLOAT
 TIME_BASE = 1_000_000
 
@@ -69,6 +68,7 @@ class C37Stream:
         self.rate_hz = rate_hz
         self.cfg2 = stream_config(stream, rate_hz, c37.FRAME_CFG2)
         self.mag = np.array([ph.mag for p in stream.pmus for ph in p.phasors], np.intp)
+        self._factor = np.array([ph.wire_factor for p in stream.pmus for ph in p.phasors])
         self.ang = np.array([ph.ang for p in stream.pmus for ph in p.phasors], np.intp)
         n = len(stream.pmus)
         self._stat = np.zeros(n, np.uint16)
@@ -90,8 +90,8 @@ class C37Stream:
 
     def data_frame(self, values: np.ndarray, ts: float) -> bytes:
         """Data frame of one row of channel values (engineering units) stamped ``ts``."""
-        # phasor = (|.| kV or kA * 1000) * e^{j angle}
-        z = values[self.mag] * MAG_FACTOR * np.exp(1j * values[self.ang])
+        # phasor = |.| (kV line-to-line or kA) * wire_factor (V per phase or A) * e^{j angle}
+        z = values[self.mag] * self._factor * np.exp(1j * values[self.ang])
         soc, frac = _stamp(ts)
         frame = c37.DataFrame(self.idcode, soc, frac, self._stat, z, self._freq,
                               self._dfreq, self._none, self._nodig)
@@ -153,4 +153,4 @@ class PmuSession:
         return []
 
 
-__all__ = ["FORMAT", "MAG_FACTOR", "NOMINAL_HZ", "C37Stream", "PmuSession", "stream_config"]
+__all__ = ["FORMAT", "NOMINAL_HZ", "C37Stream", "PmuSession", "stream_config"]

@@ -10,7 +10,7 @@ import pytest
 from gateway.codecs import c37118 as c37
 from gateway.codecs.stream import StreamReassembler
 from gateway.config import TwinConfig, load_config
-from hil.c37server import MAG_FACTOR, NOMINAL_HZ, C37Stream, PmuSession
+from hil.c37server import NOMINAL_HZ, C37Stream, PmuSession
 from hil.emulator import Emulator, EmulatorRunner, retarget, run_in_thread
 from hil.scenario import ScenarioSpec, make_trace
 from hil.trace import Trace
@@ -33,7 +33,7 @@ def check_data(frame: c37.DataFrame, cfg: TwinConfig, row: np.ndarray) -> None:
     """Phasor k of the stream = (channel kV/kA * 1000) at the channel angle."""
     s = cfg.stream("pmu-c37")
     phs = [ph for p in s.pmus for ph in p.phasors]
-    want = np.array([row[ph.mag] * MAG_FACTOR * np.exp(1j * row[ph.ang]) for ph in phs])
+    want = np.array([row[ph.mag] * ph.wire_factor * np.exp(1j * row[ph.ang]) for ph in phs])
     got = frame.phasors
     ok = np.isfinite(want)
     assert np.array_equal(np.isfinite(got), ok)  # NaN where the trace is missing

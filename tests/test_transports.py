@@ -268,6 +268,10 @@ def test_c37_decoder_maps_phasors_to_channels() -> None:
                       np.zeros(len(pmus)), np.zeros(0), np.zeros(0, np.uint16))
     _seq, ts, values = dec.decode(f.build(ccfg), 1.0)  # type: ignore[misc]
     assert ts == pytest.approx(2_000_000.0)
-    np.testing.assert_allclose(values[0::2], mags / 1000.0, rtol=1e-6)
+    # per-phase volts -> line-to-line kV; amperes -> kA (C37.118.1 per-phase RMS phasors)
+    kinds = [ph.kind for p in stream.pmus for ph in p.phasors]
+    want = np.where(np.array(kinds) == "v", mags * np.sqrt(3.0), mags) / 1000.0
+    assert "v" in kinds and "i" in kinds
+    np.testing.assert_allclose(values[0::2], want, rtol=1e-6)
     np.testing.assert_allclose(values[1::2], angs, atol=1e-6)
     assert dec.layout.channels.size == 2 * n
