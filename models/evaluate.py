@@ -326,6 +326,7 @@ def pvlib_physical(site: str, time_s: np.ndarray, wx: np.ndarray) -> np.ndarray:
 
 def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: Log,
              with_baselines: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from hil.weather import load_tmy, solar_geometry
     from models.runtime import OnnxModel, default_models_dir
     from models.train_pv import pv_metrics
 
@@ -340,7 +341,10 @@ def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: L
     span = (HIST) * stride
     ends = np.arange(span, trace.measured.shape[0])
     idx = ends[:, None] - span + stride * np.arange(HIST + 1)[None, :]
-    sun = (wx[:, ends, 0] > 0) | (truth[:, ends] > 0)
+    # daytime = sun above the horizon at the plant's site (or the plant producing)
+    tmy_site = trace.meta["plants"][0]["site"]
+    zen = solar_geometry(load_tmy(tmy_site), trace.time).zenith
+    sun = (zen[None, ends] < 90.0) | (truth[:, ends] > 0)
     rows = []
     series: dict[str, Any] = {"t": ends, "truth": truth[:, ends]}
     for name, path in models.items():
@@ -360,7 +364,8 @@ def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: L
         series[name] = pred
         log(f"  pv {name} @ {site}: {m}")
     if with_baselines:
-        phys = np.stack([pvlib_physical(site, trace.time, wx[p]) for p in range(len(plants))])
+        phys = np.stack([pvlib_physical(tmy_site, trace.time, wx[p])
+                         for p in range(len(plants))])
         pred = phys[:, ends]
         m = pv_metrics(pred.ravel(), truth[:, ends].ravel(), sun_up=sun.ravel())
         rows.append({"method": "pvlib physical (nameplate)", "site": site,

@@ -3,20 +3,29 @@
 ``gridtwin train pv [--site miami] [--test-site greensboro] [--days N] [--steps N]``
 
 Data (:func:`models.data.pv_dataset`): the scenario's own physical truth (``hil.weather``
-TMY + sub-hourly clouds, ``hil.pvplant`` plants with hidden random parameters) at ONE
-training site; inputs are the weather station's *measured* GHI, DNI, DHI, air
-temperature, wind speed and wind direction (sensor noise of the bundled config), 10
-samples ``stride_s`` = 20 s apart ending now, min-max normalised with the training
-site's constants; target: the plant's AC output per unit of rating. Days spread over
-the year; every 6th training day is held out (same site); the test site is never seen
-in training and its days give the card's "unseen site" metrics.
+TMY + sub-hourly clouds, the station on the plant and the plant seeing the footprint
+average of the cloud field; ``hil.pvplant`` plants with hidden random parameters) at ONE
+training site, simulated at 1 s; inputs are the weather station's *measured* GHI, DNI,
+DHI, air temperature, wind speed and wind direction (sensor noise of the bundled config),
+10 samples ``stride_s`` apart ending now (see :data:`models.data.PV_STRIDE_S`); target:
+the plant's AC output now per unit of rating. Days spread over the year; every 6th day
+is held out (same site); the test site is never seen in training and its days give the
+card's "unseen site" metrics.
 
-Output uncertainty for the estimator: on the held-out days, |error| is regressed on
-the prediction, σ = a + b·p (per unit), stored in the card as ``extra.sigma_pu``.
+Normalisation: min-max (the paper's equation) with *fixed physical ranges* of the
+sensors (:data:`PV_MIN`, :data:`PV_MAX`), not the training site's extremes: a site's
+own extremes made an unseen, colder site (Greensboro in winter, -17 degC, vs Miami's
++3 degC) fall outside [0, 1] and into the clip.
+
+Output uncertainty for the estimator: on the unseen site's days (the situation the
+gateway is in), the RMS error is taken in bins of the prediction ``p`` and fitted as
+``sigma(p) = a + b p`` (per unit; weighted by bin counts), stored in the card as
+``extra.sigma_pu`` with the bin table in ``extra.sigma_bins``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -32,10 +41,11 @@ from models.nets import FusedBiLstm, MlpRegressor, RecurrentRegressor
 from models.train import export_onnx, fit, predict, set_seed, write_card
 
 PV_HIDDEN = 24
-# MSE (the conditional mean). The plant's own clouds (not seen by the station) make the
-# output bimodal given the weather, so the mean hedges between sun and shadow (low in
-# sun); L1 (the median) was tried and was worse on the unseen site (MAPE 28.7 vs 27.8 %,
-# RMSE 17.5 vs 13.1 % of rating on the card's Greensboro days).
+# fixed min-max ranges per feature (W/m2, W/m2, W/m2, degC, m/s, deg): what the sensors
+# can report anywhere the twin is deployed, so every site normalises alike
+PV_MIN = np.array([0.0, 0.0, 0.0, -30.0, 0.0, 0.0])
+PV_MAX = np.array([1400.0, 1100.0, 700.0, 50.0, 25.0, 360.0])
+# MSE: the conditional mean, which is what the estimator's pseudo-measurement wants
 PV_LOSS = "mse"
 
 
@@ -57,12 +67,34 @@ def pv_metrics(pred_pu: np.ndarray, true_pu: np.ndarray, *, above: float = 0.05,
 
 
 def _sun_up(d: PvData) -> np.ndarray:
-    return (d.ghi_now > 0.0) | (d.y > 0.0)
+    return d.sun_up | (d.y > 0.0)
+
+
+SIGMA_EDGES = (0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.01)
+
+
+def sigma_model(pred: np.ndarray, true: np.ndarray, *, edges: tuple[float, ...] = SIGMA_EDGES
+                ) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """RMS error in bins of the prediction and the weighted fit ``sigma = a + b p``."""
+    bins = []
+    for lo_, hi_ in itertools.pairwise(edges):
+        m = (pred >= lo_) & (pred < hi_)
+        if m.sum() >= 20:
+            bins.append({"p_lo": lo_, "p_hi": hi_, "p_mean": float(pred[m].mean()),
+                         "rms": float(np.sqrt(np.mean((pred[m] - true[m]) ** 2))),
+                         "bias": float(np.mean(pred[m] - true[m])), "n": int(m.sum())})
+    pm = np.array([b["p_mean"] for b in bins])
+    rm = np.array([b["rms"] for b in bins])
+    w = np.sqrt(np.array([b["n"] for b in bins], float))
+    # weighted least squares: min sum n_k (a + b p_k - rms_k)^2
+    coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(pm), pm], 1) * w[:, None], rm * w,
+                               rcond=None)
+    return {"abs": float(max(coef[0], 0.005)), "rel": float(max(coef[1], 0.0))}, bins
 
 
 def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: int, seed: int,
              batch: int = 512, lr: float = 3e-3, log: Callable[[str], None] = print,
-             sim_step_s: float = 2.0) -> dict[str, Any]:
+             sim_step_s: float = 1.0) -> dict[str, Any]:
     torch.set_num_threads(1)  # small nets: threads only add sync overhead
     days = [int(d) for d in np.linspace(3, 360, n_days)]
     val_days = days[::6]
@@ -72,9 +104,7 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
     tr = pv_dataset(site, train_days, seed=seed, step_s=sim_step_s)
     va = pv_dataset(site, val_days, seed=seed + 1, step_s=sim_step_s)
     te = pv_dataset(test_site, test_days, seed=seed + 2, step_s=sim_step_s)
-    lo = tr.x.reshape(-1, len(PV_FEATURES)).min(axis=0).astype(np.float64)
-    hi = tr.x.reshape(-1, len(PV_FEATURES)).max(axis=0).astype(np.float64)
-    lo[5], hi[5] = 0.0, 360.0  # wind direction: the full circle
+    lo, hi = PV_MIN.copy(), PV_MAX.copy()
     xtr, xva, xte = (minmax(d.x, lo, hi) for d in (tr, va, te))
     log(f"pv: {len(tr.y)} training windows, {len(va.y)} held out, {len(te.y)} unseen-site")
     set_seed(seed)
@@ -94,12 +124,11 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
         m_te = pv_metrics(pte, te.y, sun_up=_sun_up(te))
         report[name] = {"held_out_same_site": m_va, "unseen_site": m_te}
         log(f"  {name}: held-out {json.dumps(m_va)}\n  unseen {test_site}: {json.dumps(m_te)}")
-        # sigma = a + b p from held-out |errors| (E|e| = sigma sqrt(2/pi))
-        day = _sun_up(va)
-        a_mat = np.stack([np.ones(day.sum()), pva[day]], axis=1)
-        coef, *_ = np.linalg.lstsq(a_mat, np.abs(pva[day] - va.y[day]) * np.sqrt(np.pi / 2),
-                                   rcond=None)
-        sig = {"abs": float(max(coef[0], 0.005)), "rel": float(max(coef[1], 0.0))}
+        # sigma(p) = a + b p from the unseen site's binned RMS errors (daytime)
+        day = _sun_up(te)
+        sig, sig_bins = sigma_model(pte[day], te.y[day])
+        report[name]["sigma_pu"] = sig
+        report[name]["sigma_bins"] = sig_bins
         example = torch.from_numpy(xva[:64].copy())
         if name == "bilstm":
             path = out_dir / "pv_forecaster.onnx"
@@ -121,7 +150,8 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
                                 "plant AC active power now")],
             window=WINDOW,
             normalisation={"method": "min-max per feature: (x - min) / (max - min), "
-                                     "clipped to [-0.5, 1.5]",
+                                     "clipped to [-0.5, 1.5]; fixed sensor ranges, the "
+                                     "same at every site",
                            "features": list(PV_FEATURES), "units": list(PV_UNITS),
                            "min": [round(float(v), 4) for v in lo],
                            "max": [round(float(v), 4) for v in hi]},
@@ -130,6 +160,8 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
                                "site": site, "days_of_year": train_days,
                                "held_out_days": val_days, "step_s": sim_step_s,
                                "plants_per_day": 4},
+                      "unseen_site": {"site": test_site, "days_of_year": test_days,
+                                      "seed": seed + 2},
                       "seed": seed, "steps": steps, "batch": batch, "lr": lr,
                       "loss": PV_LOSS, "optimizer": "Adam, cosine decay",
                       "seconds": round(hist["seconds"], 1),
@@ -140,8 +172,11 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
                                                                  "days": test_days, **m_te},
                      "definition": "MAPE over points above 5 % of rating; RMSE in % of "
                                    "rating over daytime points"},
-            extra={"stride_s": PV_STRIDE_S, "sigma_pu": sig, "max_pu": 1.0,
-                   "train_site": site},
+            extra={"stride_s": PV_STRIDE_S, "sigma_pu": sig, "sigma_bins": sig_bins,
+                   "sigma_definition": "sigma(p) = abs + rel * p (p.u. of rating): weighted "
+                                       "fit to the RMS error in bins of the prediction p "
+                                       f"on the unseen site ({test_site})",
+                   "max_pu": 1.0, "train_site": site},
         )
         log(f"  wrote {path} ({path.stat().st_size} bytes), sigma {sig}")
     return report

@@ -72,14 +72,41 @@ def test_one_second_steps_are_not_straight_lines() -> None:
     assert np.abs(st.ghi[10:][day[10:]] - st.ghi[:-10][day[10:]]).max() > 100.0
 
 
-def test_plant_sees_other_clouds_than_station() -> None:
+def test_plant_averages_the_station_cloud_field() -> None:
     _t, st = _day("greensboro", "1990-06-05")
     local = weather.plant_irradiance(st, np.random.default_rng(5))
     day = st.geo.ghi_clear > 300
+    # the station stands on the plant: same clouds, not the same signal
     r = np.corrcoef(st.ghi[day], local.ghi[day])[0, 1]
-    assert 0.3 < r < 0.99
-    assert local.ghi[day].mean() == pytest.approx(st.ghi[day].mean(), rel=0.15)
-    assert 20.0 <= local.lag_s <= 120.0
+    assert 0.9 < r < 0.999
+    assert local.ghi[day].mean() == pytest.approx(st.ghi[day].mean(), rel=0.05)
+    # footprint / cloud speed: 5-40 s of averaging; station within the footprint
+    assert 5.0 <= local.avg_s <= 40.0 and abs(local.lag_s) <= 0.5 * local.avg_s + 1e-9
+    assert 0.9 < local.rho <= 1.0
+    # the spatial average is a low-pass: 1 s changes shrink, the slow level stays
+    assert np.std(np.diff(local.ghi[day])) < 0.7 * np.std(np.diff(st.ghi[day]))
+    slow = np.corrcoef(weather.moving_average(st.ghi, 300)[day],
+                       weather.moving_average(local.ghi, 300)[day])[0, 1]
+    assert slow > 0.98
+
+
+def test_plant_average_is_the_advected_boxcar() -> None:
+    # a clear-to-shadow edge passing: the plant's irradiance ramps linearly over W = L/v,
+    # centred lag = -offset/v after the station's point edge
+    x = np.r_[np.ones(100), np.zeros(100)]
+    y = weather.window_average(x, 1.0, lag_s=5.0, width_s=10.0)
+    assert y[99 + 5 - 5] == pytest.approx(1.0) and y[100 + 5 + 5] == pytest.approx(0.0)
+    assert y[100 + 5] == pytest.approx(0.45)  # window [95, 105] s: sun until 99.5 s
+    assert np.array_equal(weather.window_average(x, 1.0, lag_s=0.0, width_s=1.0), x)
+    half = weather.window_average(x, 2.0, lag_s=-1.0, width_s=2.0)
+    assert half[99] == pytest.approx(0.5)
+
+
+def test_plant_irradiance_is_deterministic() -> None:
+    _t, st = _day("miami", "1990-02-10", seed=3, step=10.0)
+    a = weather.plant_irradiance(st, np.random.default_rng(1))
+    b = weather.plant_irradiance(st, np.random.default_rng(1))
+    assert np.array_equal(a.ghi, b.ghi) and a.lag_s == b.lag_s
 
 
 def test_sites_differ() -> None:
