@@ -65,6 +65,8 @@ class Plant:
     x_pu: float
     site: str
     weather: str | None  # id of the weather meter at the plant
+    latitude: float | None = None  # degrees north; the PV forecaster's sun position
+    longitude: float | None = None  # degrees east
 
 
 @dataclass(frozen=True)
@@ -452,7 +454,7 @@ class _Validator:
         for i, t in enumerate(self.array(val, "plants")):
             key = f"plants[{i}]"
             self.unknown_keys(t, key, {"name", "bus", "node", "rating_mw", "transformer",
-                                       "site", "weather"})
+                                       "site", "weather", "latitude", "longitude"})
             name = self.get(t, "name", key, str)
             bus = self.get(t, "bus", key, int)
             node = self.get(t, "node", key, int)
@@ -462,6 +464,14 @@ class _Validator:
             x = self.get(tr, "x_pu", f"{key}.transformer", (int, float))
             site = self.get(t, "site", key, str, default="")
             weather = self.get(t, "weather", key, str, default=None)
+            lat = self.get(t, "latitude", key, (int, float), default=None)
+            lon = self.get(t, "longitude", key, (int, float), default=None)
+            if lat is not None and not -90 <= lat <= 90:
+                self.err(f"{key}.latitude", f"must be in [-90, 90] degrees, got {lat}",
+                         "give the plant's latitude in degrees north")
+            if lon is not None and not -180 <= lon <= 180:
+                self.err(f"{key}.longitude", f"must be in [-180, 180] degrees, got {lon}",
+                         "give the plant's longitude in degrees east (west is negative)")
             if None in (name, bus, node, rating, x):
                 continue
             if rating <= 0:
@@ -482,7 +492,9 @@ class _Validator:
             base_kv = float(net.base_kv[net.index_of(bus)])
             net = net.with_bus(node, base_kv).with_branch(bus, node, float(r), float(x))
             ids.add(node)
-            out.append(Plant(name, bus, node, float(rating), float(r), float(x), site, weather))
+            out.append(Plant(name, bus, node, float(rating), float(r), float(x), site, weather,
+                             None if lat is None else float(lat),
+                             None if lon is None else float(lon)))
         names = [p.name for p in out]
         for n in set(names):
             if names.count(n) > 1:

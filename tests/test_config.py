@@ -20,6 +20,7 @@ def test_bundled_ieee33_describes_the_paper_case() -> None:
     assert net.n_bus == 37  # 33 feeder buses + 4 plant nodes
     assert [p.bus for p in cfg.plants] == [8, 16, 22, 33]
     assert [p.node for p in cfg.plants] == [34, 35, 36, 37]
+    assert all(p.latitude == 36.1 and p.longitude == -79.95 for p in cfg.plants)
     pmu_buses = sorted({c.bus for c in cfg.channels if c.kind == "pmu" and c.bus})
     assert pmu_buses == [1, 3, 6, 11, 15, 21, 29]
     flows = [c for c in cfg.channels if c.quantity in ("p", "q")]
@@ -99,13 +100,14 @@ BROKEN = [
     ('enabled = false\nurl = "tcp://127.0.0.1:4712"', 'enabled = true\nurl = "tcp://127.0.0.1:4712"',
      "streams[3] (pmu-c37).points"),
     ('url = "sqlite:///twin.db"', 'url = "postgres://x/y"', "historian.url"),
+    ("latitude = 36.1", "latitude = 136.1", "plants[0].latitude"),
     ('bind = "127.0.0.1:9108"', 'bind = "everywhere"', "metrics.bind"),
     ("[commands]\nenabled = false", "[commands]\nenabled = true", "commands.url"),
     ('method = "linear"', 'method = "linear"\ndeadline_ms = -1', "estimator.deadline_ms"),
     ("[align]\nlag_ms = 10", "[align]\nlag_ms = 10\nwait = true", "align.wait"),
     ('name = "pv22"', 'name = "pv16"', "plants"),
-    ("transformer = { r_pu = 0.08, x_pu = 0.48 }\nsite = \"greensboro\"\nweather = \"wx8\"",
-     "transformer = { r_pu = 0.0, x_pu = 0.0 }\nsite = \"greensboro\"\nweather = \"wx8\"",
+    ("node = 34\nrating_mw = 1.0\ntransformer = { r_pu = 0.08, x_pu = 0.48 }",
+     "node = 34\nrating_mw = 1.0\ntransformer = { r_pu = 0.0, x_pu = 0.0 }",
      "plants[0].transformer"),
 ]
 
