@@ -35,6 +35,7 @@ from gateway.snapshot import Flag
 
 if TYPE_CHECKING:
     from gateway.config import TwinConfig
+    from models.runtime import BoundModel
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 _MISSING = np.uint32(Flag.MISSING)
@@ -85,8 +86,6 @@ class QualityStage:
         if k is None:
             k = float(card.extra.get("threshold", 8.0))
         self.threshold = float(k)
-        self._predict: Predictor = predictor or self.model.run
-
         det = [c for c in cfg.channels if c.electrical]
         self.det_idx = np.array([c.index for c in det], dtype=np.int64)
         self._rel = np.array([c.rel for c in det])
@@ -107,6 +106,32 @@ class QualityStage:
         self.detector = TemporalDetector(len(det), self.hist_len, DetectorParams(
             threshold=self.threshold, kappa=float(card.extra.get("kappa", 0.0))))
         self._last_other = np.full(self.other_idx.size, np.nan)
+        n_oth = self.other_idx.size
+        self._oi: slice | np.ndarray = (
+            slice(int(self.other_idx[0]), int(self.other_idx[0]) + n_oth)
+            if n_oth and bool((self.other_idx == np.arange(
+                self.other_idx[0], self.other_idx[0] + n_oth)).all())
+            else self.other_idx)
+
+        # the predictor: by default the ONNX model with its input and output bound to
+        # preallocated buffers (IO binding); the prepared windows are written straight
+        # into the bound input. A callable (the bench's PyTorch peer) gets the same
+        # float32 (n, T-1, 1) array.
+        self._predict: Predictor | None = predictor
+        self._bound: BoundModel | None = None
+        if predictor is None and n_det:
+            self._bound = self.model.bind(n_det)
+            self._xn = self._bound.input
+        else:
+            self._xn = np.zeros((n_det, self.hist_len, 1), np.float32)
+        # per-snapshot scratch (no allocation on the steady path)
+        self._c = np.empty(n_det)
+        self._s = np.empty(n_det)
+        self._floor = np.empty(n_det)
+        self._dev = np.empty((n_det, self.hist_len))
+        self._pred = np.empty(n_det)
+        self._sigma_meas = np.empty(n_det)
+        self._no_missing = np.zeros(n_det, bool)
 
         # PV: weather channel indices per plant in the forecaster's feature order
         self.n_plants = len(cfg.plants)
@@ -138,6 +163,17 @@ class QualityStage:
         self._pv_out = np.zeros(self.n_plants)
         self._pv_sig = np.zeros(self.n_plants)
 
+    @property
+    def predictor_input(self) -> np.ndarray:
+        """The float32 (n_electrical, T-1, 1) windows the predictor read for the last
+        snapshot (normalised; the buffer is reused: copy it to keep it)."""
+        return self._xn
+
+    @property
+    def predictor_bound(self) -> BoundModel | None:
+        """The IO-bound ONNX predictor (None when a callable predictor was given)."""
+        return self._bound
+
     # ------------------------------------------------------------------ per snapshot
 
     def process(self, values: np.ndarray, flags: np.ndarray, now: float) -> QualityResult:
@@ -148,8 +184,14 @@ class QualityStage:
         if x.shape != (self.m,) or fin.shape != (self.m,):
             raise QualityError(f"snapshot has {x.shape} values / {fin.shape} flags, "
                                f"config has {self.m} channels")
-        missing = ~np.isfinite(x)
-        if fin.any():
+        # healthy snapshot (every value finite, no input flag): no masks needed below.
+        # A non-finite sum means a NaN/inf somewhere (or an overflow: the general path
+        # is taken, which is only slower)
+        healthy = np.isfinite(np.add.reduce(x)) and not fin.any()
+        if healthy:
+            missing = None
+        else:
+            missing = ~np.isfinite(x)
             missing |= (fin & _MISSING) != 0
         out = x.copy()
         out_flags = fin.copy()
@@ -159,36 +201,63 @@ class QualityStage:
         di = self._di
         xd = x[di]
         win = self.detector.windows()
-        c = win.mean(axis=1)
-        dev = win - c[:, None]
-        s = np.sqrt(np.einsum("ij,ij->i", dev, dev) * (1.0 / dev.shape[1]))
-        s = np.maximum(s, np.maximum(self._rel_k * np.abs(c), self._abs_k))
-        xn = (dev / s[:, None]).astype(np.float32)[:, :, None]
+        c, s, dev, floor = self._c, self._s, self._dev, self._floor
+        # c = mean(w)
+        np.add.reduce(win, axis=1, out=c)
+        np.divide(c, win.shape[1], out=c)
+        np.subtract(win, c[:, None], out=dev)
+        # s = max(sqrt(mean((w - c)^2)), sigma_meas(c)),  sigma_meas(c) = max(rel |c|, abs) / k
+        np.einsum("ij,ij->i", dev, dev, out=s)
+        s *= 1.0 / dev.shape[1]
+        np.sqrt(s, out=s)
+        np.abs(c, out=floor)
+        floor *= self._rel_k
+        np.maximum(floor, self._abs_k, out=floor)
+        np.maximum(s, floor, out=s)
+        xn = self._xn
+        np.divide(dev, s[:, None], out=xn[:, :, 0])  # float64 maths, float32 result
         t1 = clock()
-        yn = self._predict(xn)
+        if self._bound is not None:
+            yn = self._bound()
+        elif self._predict is not None:
+            yn = self._predict(xn)
+        else:
+            yn = np.zeros((0, 1), np.float32)
         t2 = clock()
         # x̂ = mean(w) + s * f(x_n)
-        pred = c + s * np.asarray(yn, dtype=np.float64).reshape(-1)
-        sigma_meas = np.maximum(self._rel_k * np.abs(pred), self._abs_k)
+        pred = self._pred
+        np.multiply(s, np.asarray(yn).reshape(-1), out=pred)
+        pred += c
+        sigma_meas = self._sigma_meas
+        np.abs(pred, out=sigma_meas)
+        sigma_meas *= self._rel_k
+        np.maximum(sigma_meas, self._abs_k, out=sigma_meas)
         # 2. statistic, flags, replacement
-        res = self.detector.step(xd, missing[di], pred, sigma_meas, s)
+        res = self.detector.step(xd, self._no_missing if missing is None else missing[di],
+                                 pred, sigma_meas, s)
         out[di] = res.values
-        out_flags[di] = (fin[di] & _NOT_MISSING) | res.flags
+        if missing is None:
+            out_flags[di] = res.flags
+        else:
+            out_flags[di] = (fin[di] & _NOT_MISSING) | res.flags
         z = np.full(self.m, np.nan)
         z[di] = res.z
         # 3. weather / other channels: hold the last value over gaps
-        oi = self.other_idx
-        if oi.size:
-            xo = x[oi]
-            gap = missing[oi]
-            if gap.any():
-                held = np.where(gap, self._last_other, xo)
-                filled = gap & np.isfinite(held)
-                out[oi] = held
-                out_flags[oi[filled]] |= _FILLED
-                self._last_other = np.where(np.isfinite(held), held, self._last_other)
+        oi = self._oi
+        if self.other_idx.size:
+            if missing is None:
+                self._last_other = x[oi].copy()
             else:
-                self._last_other = xo
+                xo = x[oi]
+                gap = missing[oi]
+                if gap.any():
+                    held = np.where(gap, self._last_other, xo)
+                    filled = gap & np.isfinite(held)
+                    out[oi] = held
+                    out_flags[self.other_idx[filled]] |= _FILLED
+                    self._last_other = np.where(np.isfinite(held), held, self._last_other)
+                else:
+                    self._last_other = xo.copy()
         t3 = clock()
         # 4. PV pseudo-measurements
         self._pv_step(out, now)

@@ -6,14 +6,27 @@
   output ``(B, 1)``) are both this class; the LSTM baseline is the unidirectional one.
 * :class:`MlpRegressor` — the BP (back-propagation MLP) / ANN baselines on the flattened window.
 * :class:`FusedBiLstm` — the export form of a trained one-layer BiLSTM: the same maths,
-  unrolled over the fixed window with both directions fused into one gate matmul per step,
-  so ONNX Runtime runs ~90 small kernels instead of its generic LSTM operator (which loops
-  over the batch and is 2-3x slower at batch = 124 channels, seq = 9, hidden = 8).
-  It matches ``nn.LSTM`` to float32 rounding (checked at export).
+  unrolled over the fixed window with both directions fused into one gate matmul per step.
+  It matches ``nn.LSTM`` to float32 rounding (checked at export). Traced by
+  ``torch.onnx.export`` it gives ~100 small nodes (the PV forecaster's export).
+* :func:`bilstm_onnx` — the same fused, unrolled maths written directly as a lean ONNX
+  graph (the measurement predictor's export): the input part of every gate at every step
+  in two time-major Gemms, then per step two Gemm+activation nodes (ONNX Runtime fuses
+  them into ``FusedGemm``) and six element-wise nodes: 79 nodes after ONNX Runtime's
+  fusions instead of 103, and no strided copies (the traced graph slices every step out
+  of a batch-major tensor). 1.3-1.5x faster than the traced graph at batch 124.
+  Why not the ONNX ``LSTM`` operator: onnxruntime's CPU kernel applies the gate
+  activations row by row (per channel, per step, per direction); at batch = 124
+  channels, seq = 9, hidden = 8 it is ~2x slower than the unrolled graph (measured
+  500 vs 240 µs; block-diagonal packing of 4 channels per row brings it to ~190 µs, on
+  par with the traced graph but only for batches that are multiples of 4).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -125,3 +138,116 @@ class FusedBiLstm(nn.Module):
             hs = o * torch.tanh(cs)
         assert hs is not None
         return self.head(hs)
+
+
+def bilstm_onnx(model: RecurrentRegressor, length: int, *, input_name: str,
+                output_name: str, opset: int = 17) -> Any:
+    """A lean ONNX graph of a trained one-layer bidirectional :class:`RecurrentRegressor`.
+
+    Same weights and maths as :class:`FusedBiLstm` (gate blocks ``[i f o | g]``, each
+    ``[fwd | bwd]``, state ``h = [h_fwd, h_bwd]``), input ``(B, L, F)``, output
+    ``(B, n_out)``, dynamic batch::
+
+        P_t = [x_t, x_{L-1-t}] W + b           # input part of every gate: two Gemms over
+                                               #   all steps at once (time-major, L*B rows)
+        s_t = sigmoid(P_t,ifo + h_{t-1} U_ifo)  # Gemm + Sigmoid  -> FusedGemm
+        g_t = tanh(P_t,g + h_{t-1} U_g)         # Gemm + Tanh     -> FusedGemm
+        i, f, o = split(s_t)
+        c_t = f * c_{t-1} + i * g_t             # (t = 0: h = c = 0, no Gemm)
+        h_t = o * tanh(c_t)
+        y = head(h_{L-1})
+
+    Returns an ``onnx.ModelProto`` (onnx is imported here: training extra only).
+    """
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    fused = FusedBiLstm(model, length)
+    w = fused.w.numpy().astype(np.float32)  # (2F, 8H): rows [:F] fwd input, [F:] bwd input
+    u = fused.u.numpy().astype(np.float32)  # (2H, 8H)
+    b = fused.b.numpy().astype(np.float32)  # (8H,)
+    h = fused.h
+    f = model.n_in
+    g2 = 2 * h
+    inits = [
+        nh.from_array(np.ascontiguousarray(w[:, :3 * g2]), "w_ifo"),
+        nh.from_array(np.ascontiguousarray(w[:, 3 * g2:]), "w_g"),
+        nh.from_array(np.ascontiguousarray(b[:3 * g2]), "b_ifo"),
+        nh.from_array(np.ascontiguousarray(b[3 * g2:]), "b_g"),
+        nh.from_array(np.ascontiguousarray(u[:, :3 * g2]), "u_ifo"),
+        nh.from_array(np.ascontiguousarray(u[:, 3 * g2:]), "u_g"),
+        nh.from_array(np.array([g2, g2, g2], np.int64), "split_ifo"),
+        nh.from_array(np.array([-1], np.int64), "minus_one"),
+        nh.from_array(np.array([-(2**62)], np.int64), "before_start"),
+        nh.from_array(np.array([0], np.int64), "axis0"),
+        nh.from_array(np.array([-1, 2 * f], np.int64), "shape_steps"),
+    ]
+    # time-major input part of the gates: row block t of P holds [x_t, x_{L-1-t}] W + b,
+    # so each step's slice is one contiguous block (the Splits along axis 0 are memcpys)
+    nodes = [
+        oh.make_node("Transpose", [input_name], ["x_t"], perm=[1, 0, 2]),  # (L, B, F)
+        oh.make_node("Slice", ["x_t", "minus_one", "before_start", "axis0", "minus_one"],
+                     ["x_rev"]),  # x_{L-1-t}
+        oh.make_node("Concat", ["x_t", "x_rev"], ["xx"], axis=2),  # (L, B, 2F)
+        oh.make_node("Reshape", ["xx", "shape_steps"], ["xx2"]),  # (L*B, 2F)
+        oh.make_node("Gemm", ["xx2", "w_ifo", "b_ifo"], ["p_ifo"]),  # (L*B, 6H)
+        oh.make_node("Gemm", ["xx2", "w_g", "b_g"], ["p_g"]),  # (L*B, 2H)
+        oh.make_node("Split", ["p_ifo"], [f"p{t}_ifo" for t in range(length)], axis=0),
+        oh.make_node("Split", ["p_g"], [f"p{t}_g" for t in range(length)], axis=0),
+    ]
+    hs = cs = ""
+    for t in range(length):
+        if t == 0:  # h = c = 0: the gates are the input part alone
+            nodes += [oh.make_node("Sigmoid", ["p0_ifo"], ["s0"]),
+                      oh.make_node("Tanh", ["p0_g"], ["g0"])]
+        else:
+            nodes += [oh.make_node("Gemm", [hs, "u_ifo", f"p{t}_ifo"], [f"zs{t}"]),
+                      oh.make_node("Sigmoid", [f"zs{t}"], [f"s{t}"]),
+                      oh.make_node("Gemm", [hs, "u_g", f"p{t}_g"], [f"zg{t}"]),
+                      oh.make_node("Tanh", [f"zg{t}"], [f"g{t}"])]
+        nodes += [oh.make_node("Split", [f"s{t}", "split_ifo"], [f"i{t}", f"f{t}", f"o{t}"],
+                               axis=1),
+                  oh.make_node("Mul", [f"i{t}", f"g{t}"], [f"ig{t}"])]
+        if t == 0:
+            c_new = "ig0"
+        else:
+            c_new = f"c{t}"
+            nodes += [oh.make_node("Mul", [f"f{t}", cs], [f"fc{t}"]),
+                      oh.make_node("Add", [f"fc{t}", f"ig{t}"], [c_new])]
+        nodes += [oh.make_node("Tanh", [c_new], [f"tc{t}"]),
+                  oh.make_node("Mul", [f"o{t}", f"tc{t}"], [f"h{t}"])]
+        hs, cs = f"h{t}", c_new
+    linears: list[nn.Module] = (
+        [model.head] if isinstance(model.head, nn.Linear)
+        else list(model.head.children()))
+    feat = hs
+    for k, layer in enumerate(linears):
+        last = k == len(linears) - 1
+        if isinstance(layer, nn.Linear):
+            out = output_name if last else f"head{k}"
+            inits += [nh.from_array(layer.weight.detach().numpy().T.astype(np.float32).copy(),
+                                    f"head{k}_w"),
+                      nh.from_array(layer.bias.detach().numpy().astype(np.float32),
+                                    f"head{k}_b")]
+            nodes.append(oh.make_node("Gemm", [feat, f"head{k}_w", f"head{k}_b"], [out]))
+        elif isinstance(layer, nn.Tanh):
+            out = f"head{k}_tanh"
+            nodes.append(oh.make_node("Tanh", [feat], [out]))
+        else:
+            raise ValueError(f"bilstm_onnx: head layer {layer!r} is not supported")
+        feat = out
+    if feat != output_name:
+        raise ValueError("bilstm_onnx: the head must end with nn.Linear")
+    n_out = int(linears[-1].out_features)  # type: ignore[arg-type]
+    graph = oh.make_graph(
+        nodes, "bilstm",
+        [oh.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", length, f])],
+        [oh.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_out])],
+        inits)
+    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)],
+                          producer_name="gridtwin models.nets.bilstm_onnx")
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    return proto

@@ -6,6 +6,12 @@ ranks and fixed dimensions match the card's tensor specs, and then runs the mode
 single-threaded session (latency per call matters more than throughput here: one call per
 snapshot with batch = channels).
 
+Per-snapshot fast path: :meth:`OnnxModel.bind` returns a :class:`BoundModel` whose input
+and output are preallocated numpy arrays bound to the session once (onnxruntime IO
+binding): the caller writes the input in place and each call runs the graph with no
+input dict, no output allocation and no copy (~10 µs less per call than
+``InferenceSession.run`` for the predictor).
+
 Only onnxruntime and numpy are imported; torch never is.
 """
 
@@ -70,6 +76,9 @@ class OnnxModel:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no busy-waiting worker threads: the gateway shares its cores with the estimator
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=opts, providers=["CPUExecutionProvider"]
@@ -85,6 +94,59 @@ class OnnxModel:
         """Run on one input array (float32, the card's first input); returns the first output."""
         out = self.session.run(self._out, {self._in: x})
         return np.asarray(out[0])
+
+    def bind(self, batch: int) -> BoundModel:
+        """Preallocated, bound input and output buffers for a fixed ``batch`` (IO binding)."""
+        return BoundModel(self, batch)
+
+
+def _fixed_shape(spec: TensorSpec, batch: int, path: Path) -> tuple[int, ...]:
+    dims = [batch if k == 0 and d is None else d for k, d in enumerate(spec.shape)]
+    if any(d is None for d in dims):
+        raise ModelError(f"{path}: {spec.name!r} has dynamic axes beyond the batch "
+                         f"({list(spec.shape)}): cannot preallocate it")
+    return tuple(int(d) for d in dims)  # type: ignore[arg-type]
+
+
+class BoundModel:
+    """One model with its first input and output bound to preallocated float32 arrays.
+
+    Write the input into :attr:`input` (in place: ``bound.input[...] = x``), call, read
+    :attr:`output` (the same array every call: copy it if it must outlive the next call).
+    """
+
+    def __init__(self, model: OnnxModel, batch: int) -> None:
+        import onnxruntime as ort
+
+        if len(model.card.inputs) != 1:
+            raise ModelError(f"{model.path}: IO binding needs exactly one input")
+        self.model = model
+        self.batch = batch
+        self.input = np.zeros(_fixed_shape(model.card.inputs[0], batch, model.path),
+                              np.float32)
+        self.output = np.zeros(_fixed_shape(model.card.outputs[0], batch, model.path),
+                               np.float32)
+        sess = model.session
+        self._io = sess.io_binding()
+        # the OrtValues wrap the numpy buffers (no copy): writes to self.input are seen
+        self._in_val = ort.OrtValue.ortvalue_from_numpy(self.input)
+        self._out_val = ort.OrtValue.ortvalue_from_numpy(self.output)
+        self._io.bind_ortvalue_input(model._in, self._in_val)
+        self._io.bind_ortvalue_output(model._out[0], self._out_val)
+        self._ro = ort.RunOptions()
+        # the C++ entry point of InferenceSession.run_with_iobinding (its Python wrapper
+        # only adds WebGPU graph-capture bookkeeping); the public one where it is absent
+        c_sess = getattr(sess, "_sess", None)
+        c_io = getattr(self._io, "_iobinding", None)
+        if c_sess is not None and c_io is not None and hasattr(c_sess, "run_with_iobinding"):
+            self._run = lambda: c_sess.run_with_iobinding(c_io, self._ro)
+        else:  # pragma: no cover - other onnxruntime versions
+            self._run = lambda: sess.run_with_iobinding(self._io, self._ro)
+
+    def __call__(self) -> np.ndarray:
+        """Run on :attr:`input`; returns :attr:`output` (filled in place)."""
+        self._run()
+        return self.output
 
 
 def load_model(name: str, models_dir: Path | str | None = None) -> OnnxModel:

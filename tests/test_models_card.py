@@ -89,6 +89,17 @@ def test_models_run_with_any_batch() -> None:
     assert pv.run(x).shape == (4, 1)
 
 
+def test_bound_model_matches_run() -> None:
+    pred = load_model(PREDICTOR)
+    bound = pred.bind(124)
+    for seed in (0, 1):
+        x = np.random.default_rng(seed).standard_normal((124, 9, 1)).astype(np.float32)
+        bound.input[...] = x
+        y = bound()
+        assert y is bound.output  # filled in place, no allocation
+        assert np.array_equal(y, pred.run(x))
+
+
 def test_card_records_threshold_and_pv_error_model() -> None:
     card = load_card(card_path(MODELS / "predictor.onnx"))
     assert 4.0 <= float(card.extra["threshold"]) <= 50.0

@@ -41,6 +41,44 @@ def test_fused_export_matches_nn_lstm() -> None:
             assert torch.allclose(model(x), fused(x), atol=1e-5)
 
 
+def test_lean_bilstm_export_matches_nn_lstm(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from models.nets import RecurrentRegressor
+    from models.train import export_bilstm
+
+    torch.manual_seed(0)
+    for n_in, length, head_hidden in ((1, 9, 0), (6, 10, 3)):
+        model = RecurrentRegressor(n_in, 5, bidirectional=True, head_hidden=head_hidden).eval()
+        x = torch.randn(13, length, n_in)
+        path = tmp_path / f"m{n_in}.onnx"
+        export_bilstm(model, length, x, path, input_name="x", output_name="y")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        for b in (1, 13):
+            with torch.inference_mode():
+                ref = model(x[:b]).numpy()
+            got = sess.run(None, {"x": x[:b].numpy()})[0]
+            assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-5
+
+
+def test_committed_predictor_matches_its_torch_weights() -> None:
+    from models.nets import RecurrentRegressor
+    from models.runtime import PREDICTOR, default_models_dir, load_model
+
+    d = default_models_dir()
+    card = load_card(card_path(d / "predictor.onnx"))
+    wpath = d / str(card.extra["torch_weights"])
+    assert sha256_file(wpath) == card.extra["torch_weights_sha256"]
+    model = RecurrentRegressor(1, int(card.extra["hidden"]), bidirectional=True)
+    with np.load(wpath) as w:
+        model.load_state_dict({k: torch.from_numpy(w[k]) for k in w.files})
+    model.eval()
+    x = np.random.default_rng(0).standard_normal((500, 9, 1)).astype(np.float32) * 3
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(load_model(PREDICTOR).run(x) - ref).max() < 1e-5
+
+
 def test_pv_training_smoke(tmp_path: Path) -> None:
     from models.train_pv import train_pv
 

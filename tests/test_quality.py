@@ -152,3 +152,35 @@ def test_detector_warmup_and_confirmation() -> None:
                                  k_low=4.0)
     assert out[0] == 0 and out[1] == SUSPECT | BAD and out[2] == BAD
     assert CORRECTED not in (out[0], out[1])
+
+
+def test_steady_fast_path_matches_general_path(cfg) -> None:  # type: ignore[no-untyped-def]
+    # a LATE bit on one weather channel sends every snapshot through the general (masked)
+    # path; the healthy feed takes the steady path after warm-up: same values, flags, z
+    x = synthetic_snapshots(cfg, 400, seed=11, bad_frac=0.05)
+    x[250:, 20] *= 1.3  # a level shift (ramp rule) on the steady path too
+    zero = np.zeros(x.shape[1], np.uint32)
+    late = zero.copy()
+    w = cfg.channel_index["wx8.ghi"]
+    late[w] = Flag.LATE
+    fast, general = QualityStage(cfg), QualityStage(cfg)
+    for k in range(x.shape[0]):
+        a = fast.process(x[k], zero, k / 50)
+        b = general.process(x[k], late, k / 50)
+        assert np.array_equal(a.values, b.values)
+        assert np.array_equal(a.flags | late, b.flags)
+        assert np.array_equal(a.z, b.z, equal_nan=True)
+        assert np.array_equal(a.pv_mw, b.pv_mw)
+
+
+def test_results_do_not_alias_reused_buffers(cfg) -> None:  # type: ignore[no-untyped-def]
+    stage = QualityStage(cfg)
+    x = _clean(cfg, 40)
+    zero = np.zeros(x.shape[1], np.uint32)
+    first = stage.process(x[0], zero, 0.0)
+    keep = (first.values.copy(), first.flags.copy(), first.z.copy())
+    for k in range(1, 40):
+        stage.process(x[k], zero, k / 50)
+    assert np.array_equal(first.values, keep[0]) and np.array_equal(first.flags, keep[1])
+    assert np.array_equal(first.z, keep[2], equal_nan=True)
+    assert stage.predictor_input.shape == (stage.det_idx.size, stage.hist_len, 1)
