@@ -67,9 +67,9 @@ def describe(cfg: object, *, points: bool = False) -> str:
         lines.append(f"stream {s.name}{state}: {s.format} {s.url} @ {s.rate_hz:g} Hz, "
                      f"{len(s.points)} points{extra}, allow {', '.join(s.allow)}")
         if points:
-            for i, p in enumerate(s.points):
-                unit = cfg.channels[p.channel].unit if p.channel is not None else "-"
-                lines.append(f"    {i:3d} {p.name:28} {p.type:7} {unit}")
+            for i, pt in enumerate(s.points):
+                unit = cfg.channels[pt.channel].unit if pt.channel is not None else "-"
+                lines.append(f"    {i:3d} {pt.name:28} {pt.type:7} {unit}")
     lines.append(f"estimator: {cfg.estimator.method}, deadline "
                  f"{cfg.estimator.deadline_s * 1000:g} ms; historian {cfg.historian_url}; "
                  f"metrics {cfg.metrics_bind}; commands "
