@@ -65,6 +65,22 @@ DENSE_LIMIT = 700  # KKT size up to which the solution operator is stored densel
 RESIDUAL_LIMIT = 4000  # states up to which normalized residuals are computed (dense E)
 
 
+def _interleave(n: int) -> np.ndarray:
+    """Permutation from ``[Vr; Vi]`` to ``[Vr_0, Vi_0, Vr_1, Vi_1, ...]``."""
+    il = np.empty(2 * n, np.int64)
+    il[0::2] = np.arange(n)
+    il[1::2] = n + np.arange(n)
+    return il
+
+
+def _pair(idx: np.ndarray) -> np.ndarray:
+    """Real columns ``2k, 2k + 1`` of the complex entries ``idx`` (interleaved)."""
+    out = np.empty(2 * idx.size, np.int64)
+    out[0::2] = 2 * idx
+    out[1::2] = 2 * idx + 1
+    return out
+
+
 def chi2_quantile(dof: int, confidence: float = 0.99) -> float:
     """Chi-square quantile for the J(x) test (NaN without redundancy)."""
     if dof <= 0:
@@ -113,6 +129,31 @@ class _Factor:
     complete: bool
     sens: np.ndarray | None = None
     sens_clean: bool = False
+    inv_sqrt_sens: np.ndarray | None = None
+    fast: _Fast | None = None
+
+
+@dataclass
+class _Fast:
+    """Operators of the fast path (every slot of the set complete), state interleaved:
+    phasor slots fixed per snapshot, power slots give the equivalent currents per
+    iteration; the PV constraint's terms stacked under the state's products (dense)."""
+
+    ph0: np.ndarray  # measurement index of |.| and angle of every phasor slot
+    ph1: np.ndarray
+    pw0: np.ndarray  # measurement index of P and Q of every power slot
+    pw1: np.ndarray
+    pw_pv: np.ndarray  # power slot is a PV pseudo (Q = 0 exactly)
+    vb: np.ndarray  # converting bus of every power slot
+    ph: np.ndarray  # positions of the phasor / power slots among the active slots
+    pw: np.ndarray
+    opx: np.ndarray | sp.csr_matrix  # dense: [op; R0 op]; sparse: H^T W
+    hx: np.ndarray | sp.csr_matrix  # dense: [H; R0]; sparse: H
+    opc: np.ndarray | None  # dense: K0^-1[x, c] alpha (zero-injection correction)
+    rhs: np.ndarray | None  # sparse: KKT right-hand side work array
+    m1: np.ndarray | None  # PV: Pc E Pc^T (complex p x p), Pc = rows of Ybus[pv]
+    m2: np.ndarray | None  # PV: Pc E Pc^H
+    er: np.ndarray | None  # PV: E R0^T (2n x 2p), interleaved
 
 
 class LinearStateEstimator:
@@ -221,12 +262,15 @@ class LinearStateEstimator:
         rows2 = np.empty(2 * slots.size, np.int64)
         rows2[0::2] = 2 * slots
         rows2[1::2] = 2 * slots + 1
-        h = model.H[rows2]
+        # state order interleaved per bus, x = [Vr_0, Vi_0, Vr_1, ...], so that
+        # x.view(complex) is V itself (no gather per iteration)
+        il = _interleave(n)
+        h = sp.csr_matrix(model.H[rows2][:, il])
         w = self._slot_weights(slots, active)
         htw = sp.csr_matrix(h.T @ w)
         # G = H^T W H ; K0 = [[G, C^T], [C, 0]]
         gain = htw @ h
-        c = self._c_rows
+        c = sp.csr_matrix(self._c_rows[:, il])
         # scale the constraint rows to the size of the gain entries (better pivoting);
         # the multipliers absorb the factor
         alpha = 1.0
@@ -244,16 +288,23 @@ class LinearStateEstimator:
             perm = np.empty(2 * pv.size, np.int64)
             perm[0::2] = np.arange(pv.size)
             perm[1::2] = pv.size + np.arange(pv.size)
-            r0 = sp.csr_matrix(sp.vstack([re_rows, im_rows]))[perm]
+            r0 = sp.csr_matrix(sp.csr_matrix(sp.vstack([re_rows, im_rows]))[perm][:, il])
         dense = nk <= DENSE_LIMIT
         op = opc = lu = e = er = s0 = None
         try:
             if dense:
-                kinv = sla.inv(k0.toarray())
+                kd = k0.toarray()
+                lu_piv = sla.lu_factor(kd)
+                kinv = sla.lu_solve(lu_piv, np.eye(nk))
                 e = kinv[:n2, :n2]
-                # x0 = E H^T W z_t  (the solution operator, stored once)
-                # dx = E H^T W r_t - K0^-1[x, c] (alpha C x): the correction operators
-                op = e @ htw.toarray()
+                # x0 = E H^T W z_t (the solution operator, stored once): K0 [op; .] =
+                # [H^T W; 0], solved with one step of iterative refinement so that the
+                # direct form x = op z_t is as exact as the correction form
+                b = np.zeros((nk, htw.shape[1]))
+                b[:n2] = htw.toarray()
+                sol = sla.lu_solve(lu_piv, b)
+                sol += sla.lu_solve(lu_piv, b - kd @ sol)
+                op = sol[:n2]
                 opc = kinv[:n2, n2:] * alpha if c.shape[0] else None
             else:
                 lu = spla.splu(k0, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1)
@@ -311,6 +362,122 @@ class LinearStateEstimator:
             complete=bool(np.all(has[:, 0]) and np.all(has[:, 1] | (st == SLOT_PV))),
         )
 
+    def _fast(self, fac: _Factor) -> _Fast:
+        """Build (once per factorization) the fast-path operators."""
+        if fac.fast is not None:
+            return fac.fast
+        ph, pw = fac.phasor_pos, fac.power_pos
+        m1 = m2 = None
+        if fac.pv.size:
+            s0 = fac.s0
+            assert s0 is not None
+            srr, sri = s0[0::2, 0::2], s0[0::2, 1::2]
+            sir, sii = s0[1::2, 0::2], s0[1::2, 1::2]
+            # Pc = R0_re + j R0_im: M1 = Pc E Pc^T, M2 = Pc E Pc^H
+            m1 = (srr - sii) + 1j * (sri + sir)
+            m2 = (srr + sii) + 1j * (sir - sri)
+        rhs = None
+        if fac.dense:
+            assert fac.op is not None and fac.hd is not None
+            r0 = None if fac.r0 is None else fac.r0.toarray()
+            # y = [op; R0 op] r_t and [H; R0] x in one product each
+            opx: np.ndarray | sp.csr_matrix = np.ascontiguousarray(
+                fac.op if r0 is None else np.vstack([fac.op, r0 @ fac.op]))
+            hx: np.ndarray | sp.csr_matrix = np.ascontiguousarray(
+                fac.hd if r0 is None else np.vstack([fac.hd, r0]))
+            opc = fac.opc
+        else:
+            assert fac.htw is not None
+            opx = fac.htw
+            hx = fac.h
+            opc = None
+            rhs = np.zeros(fac.lu.shape[0])  # type: ignore[attr-defined]
+        fac.fast = _Fast(
+            ph0=fac.idx0[ph], ph1=fac.idx1[ph], pw0=fac.idx0[pw], pw1=fac.idx1[pw],
+            pw_pv=fac.is_pv_slot[pw], vb=fac.vbus[pw], ph=ph, pw=pw, opx=opx, hx=hx,
+            opc=opc, rhs=rhs, m1=m1, m2=m2,
+            er=None if fac.er is None else np.ascontiguousarray(fac.er))
+        return fac.fast
+
+    def _iterate_fast(self, fac: _Factor, v: np.ndarray, z: np.ndarray, tol: float,
+                      itmax: int) -> tuple[np.ndarray, int, float]:
+        """The fixed point when every slot is complete (phasors fixed per snapshot).
+
+        Correction form (iterative refinement built in): ``r_t = z_t - H x``,
+        ``dx = E H^T W r_t - K0^-1[x, c] alpha C x``; exact to rounding at the fixed point
+        however ill-conditioned the gain.
+        """
+        f = self._fast(fac)
+        n2 = fac.n_state
+        g2 = 2 * fac.slots.size
+        dense = fac.dense
+        zt = np.empty(fac.slots.size, complex)
+        # z_t = m e^{ja} (PMU phasors): fixed for the snapshot
+        zt[f.ph] = z[f.ph0] * np.exp(1j * z[f.ph1])
+        # conj(S) = P - jQ, with Q = 0 at PV slots
+        q = z[f.pw1]
+        q[f.pw_pv] = 0.0
+        s_conj = z[f.pw0] - 1j * q
+        zr = zt.view(np.float64)
+        npv = fac.pv.size
+        pv = fac.pv
+        rhs = f.rhs
+        lu = fac.lu
+        opx, hx, opc = f.opx, f.hx, f.opc
+        has_c = fac.c.shape[0] > 0
+        v = np.ascontiguousarray(v, complex)
+        dv = np.inf
+        for it in range(1, itmax + 1):
+            xv = v.view(np.float64)
+            # equivalent currents: I = conj(S / V_k) = conj(S) / conj(V_k)
+            vk = v[f.vb]
+            np.conjugate(vk, out=vk)
+            zt[f.pw] = s_conj / vk
+            # [H x; R0 x]
+            hxv = hx @ xv
+            # r_t = z_t - H x
+            rt = zr - hxv[:g2]
+            if dense:
+                # [dx; R0 dx] = [op; R0 op] r_t  (- K0^-1[x, c] alpha C x)
+                y = opx @ rt
+                x = y[:n2]
+                x += xv
+                if has_c:
+                    x -= opc @ (fac.c @ xv)  # type: ignore[operator]
+            else:
+                # K0 [dx; mu] = [H^T W r_t; -alpha C x]
+                assert rhs is not None
+                rhs[:n2] = opx @ rt
+                if has_c:
+                    rhs[n2:] = -fac.alpha * (fac.c @ xv)
+                y = lu.solve(rhs)  # type: ignore[attr-defined]
+                x = y[:n2]
+                x += xv
+            if npv:
+                # Q = 0 at PV nodes: Im(conj(u_j) Ybus[j] V) = 0, u_j the unit voltage
+                # phasor at the previous iterate; B^T x0 = Im(conj(u) (R0 x0))
+                if dense and not has_c:
+                    yp = (hxv[g2:] + y[n2:]).view(complex)
+                else:
+                    yp = (fac.r0 @ x).view(complex)  # type: ignore[operator]
+                u = v[pv]
+                u /= np.abs(u)
+                ub = u.conj()
+                t = (ub * yp).imag
+                # S = D^T (R0 E R0^T) D = Re(conj(u) u^T o M2 - conj(u) conj(u)^T o M1) / 2
+                s = (ub[:, None] * (f.m2 * u - f.m1 * ub)).real  # type: ignore[operator]
+                mu = gesv(s, t)[2]
+                # x = x0 - E R0^T D mu ; D mu interleaved = j u mu (mu from 2 S)
+                x = x - f.er @ (2j * u * mu).view(np.float64)  # type: ignore[operator]
+            # converged when max |dV| < tol (the state change of this iteration)
+            dv = float(np.abs(x - xv).max())
+            v = x.view(complex)
+            if dv < tol:
+                return v, it, dv
+        raise DidNotConverge(f"linear SE did not converge in {itmax} iterations "
+                             f"(max |dV| = {dv:.3e} pu)", mismatch=dv, iterations=itmax,
+                             last=v)
+
     # ------------------------------------------------------------------ solve
     def solve(self, z: np.ndarray, *, active: np.ndarray | None = None,
               warm_start: bool | np.ndarray = True, tolerance: float | None = None,
@@ -350,22 +517,28 @@ class LinearStateEstimator:
             v = self._last_v
         else:
             v = self._flat
-        zc = np.where(finite, z, 0.0)
-        z0 = np.where(has0, zc[fac.idx0], 0.0)
-        z1 = np.where(has1, zc[fac.idx1], 0.0)
         t1 = time.perf_counter()
         # sparse mode: SuperLU's supernodes call BLAS on tiny blocks, where OpenBLAS
         # threads only add hand-offs (measured 2x slower on a loaded 2-core machine)
         ctx = contextlib.nullcontext() if fac.dense else single_threaded()
         try:
             with ctx:
-                v, it, dv = self._iterate(fac, v, z0, z1, has0, has1, complete, tol, itmax)
+                if complete:
+                    # every member of every slot active (and so finite)
+                    v, it, dv = self._iterate_fast(fac, v, z, tol, itmax)
+                else:
+                    zc = np.where(finite, z, 0.0)
+                    z0 = np.where(has0, zc[fac.idx0], 0.0)
+                    z1 = np.where(has1, zc[fac.idx1], 0.0)
+                    v, it, dv = self._iterate(fac, v, z0, z1, has0, has1, complete, tol,
+                                              itmax)
         except DidNotConverge:
             if fac is not self._cache.get(self._all.tobytes()) or act.all():
                 raise
             # filling from the estimate converged too slowly: factorize this set itself
             fac = self.factor(act, z)
             dof, chi2 = fac.dof, fac.chi2
+            zc = np.where(finite, z, 0.0)
             z0 = np.where(fac.has0, zc[fac.idx0], 0.0)
             z1 = np.where(fac.has1, zc[fac.idx1], 0.0)
             v, it, dv = self._iterate(fac, v, z0, z1, fac.has0, fac.has1, fac.complete, tol,
@@ -383,8 +556,8 @@ class LinearStateEstimator:
     def _iterate(self, fac: _Factor, v: np.ndarray, z0: np.ndarray, z1: np.ndarray,
                  has0: np.ndarray, has1: np.ndarray, complete: bool, tol: float,
                  itmax: int) -> tuple[np.ndarray, int, float]:
-        n = self.model.n_bus
         n2 = fac.n_state
+        v = np.ascontiguousarray(v, complex)
         phasor, pvs = fac.is_phasor, fac.is_pv_slot
         a, vbus = fac.a, fac.vbus
         pv = fac.pv
@@ -418,7 +591,7 @@ class LinearStateEstimator:
                 zt[:] = np.where(phasor, mag * np.exp(1j * ang), np.conj((p + 1j * q) / vk))
             zr = zt.view(np.float64)  # [Re z_0, Im z_0, Re z_1, ...]
             # correction form (built-in iterative refinement): r_t = z_t - H x
-            xv = np.concatenate((v.real, v.imag))
+            xv = v.view(np.float64)  # interleaved [Vr_0, Vi_0, ...]
             rt = zr - (fac.hd @ xv if fac.dense else fac.h @ xv)  # type: ignore[operator]
             has_c = fac.c.shape[0] > 0
             if fac.dense:
@@ -440,14 +613,14 @@ class LinearStateEstimator:
                 u = u / np.abs(u)
                 dd = np.stack((-u.imag, u.real), axis=1)  # D_j = (-u_i, u_r)
                 # B^T x0 = Im(conj(u) Ybus[pv] V0)
-                t = (np.conj(u) * (fac.ypv @ (x[:n] + 1j * x[n:]))).imag  # type: ignore[operator]
+                t = (np.conj(u) * (fac.ypv @ x.view(complex))).imag  # type: ignore[operator]
                 # S = D^T (R0 E R0^T) D ; mu = S^-1 B^T x0 ; x = x0 - E R0^T D mu
                 s = np.einsum("ja,jalb,lb->jl", dd, fac.s0r, dd)  # type: ignore[arg-type]
                 mu = gesv(s, t)[2]
                 x = x - fac.er @ (dd * mu[:, None]).ravel()  # type: ignore[operator]
             # converged when max |dV| < tol (the state change of this iteration)
-            dv = float(np.max(np.abs(x - xv)))
-            v = x[:n] + 1j * x[n:]
+            dv = float(np.abs(x - xv).max())
+            v = x.view(complex)
             if dv < tol:
                 return v, it, dv
         raise DidNotConverge(f"linear SE did not converge in {itmax} iterations "
@@ -457,23 +630,35 @@ class LinearStateEstimator:
     def _finish(self, fac: _Factor, v: np.ndarray, z: np.ndarray, act: np.ndarray, it: int,
                 dv: float, now: float) -> State:
         model = self.model
-        r = np.full(model.m, np.nan)
-        ra = model.residual(np.where(act, z, 0.0), v)
-        r[act] = ra[act]
+        full = bool(act.all())
         sig = model.sigma(z)
-        w = r[act] / sig[act]
+        if full:
+            r = model.residual(z, v)
+            w = r / sig
+        else:
+            r = np.full(model.m, np.nan)
+            ra = model.residual(np.where(act, z, 0.0), v)
+            r[act] = ra[act]
+            w = r[act] / sig[act]
         # J(x) = sum_i (r_i / sigma_i)^2
         obj = float(w @ w)
-        rn = np.full(model.m, np.nan)
         if self.normalized_residuals:
             if fac.sens is None or not fac.sens_clean:
                 # computed at a state that passes the chi-square test, then frozen: a
                 # state distorted by gross errors distorts the leverages too
                 with single_threaded():
                     fac.sens = sensitivity(model, v, sig, act, constraints=self.constraints)
+                fac.inv_sqrt_sens = 1.0 / np.sqrt(fac.sens)
                 fac.sens_clean = bool(obj <= fac.chi2)
+            assert fac.inv_sqrt_sens is not None
             # r_N = r / sqrt(Omega_ii), Omega_ii = sigma_i^2 * s_i (s_i frozen per set)
-            rn[act] = w / np.sqrt(fac.sens[act])
+            if full:
+                rn = w * fac.inv_sqrt_sens
+            else:
+                rn = np.full(model.m, np.nan)
+                rn[act] = w * fac.inv_sqrt_sens[act]
+        else:
+            rn = np.full(model.m, np.nan)
         return State(method=self.method, v=v, time=now, iterations=it, mismatch=dv,
                      residual=r, normalized_residual=rn, active=act, objective=obj,
                      dof=fac.dof, chi2_threshold=fac.chi2)

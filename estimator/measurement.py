@@ -74,6 +74,7 @@ _EVAL = {"vm": 0, "va": 1, "im": 0, "ia": 1, "p": 2, "q": 3, "pinj": 2, "qinj": 
 # standard deviation given to the unmeasured component of a slot (pu or rad): large
 # enough to carry no information, small enough to keep the 2x2 covariance well scaled
 UNMEASURED_SIGMA = 1.0
+DENSE_A_LIMIT = 40_000  # slots x buses up to which X = A V is a dense product
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class MeasurementModel:
         self.channel = (np.asarray(channel, np.int64) if channel is not None
                         else -np.ones(m, np.int64))
         self.scale = np.asarray(scale, float) if scale is not None else np.ones(m)
+        self._floored = bool(np.all(self.floor > 0))
         self._build_slots()
         code = self.eval_code
         pq = np.flatnonzero(code >= 2)
@@ -214,6 +216,8 @@ class MeasurementModel:
         self.vbus = vbus
         # X = A @ V : the complex model value of every slot (voltage or current phasor)
         self.A = sp.csr_matrix(sp.vstack(rows, format="csr"), dtype=complex)
+        # small models: a dense copy (a dense product beats the sparse call overhead)
+        self._a_dense = self.A.toarray() if g * n <= DENSE_A_LIMIT else None
         self.is_power = np.isin(self.slot_type, [SLOT_S, SLOT_J, SLOT_PV])
         # rectangular real rows, interleaved per slot: [Re X_0, Im X_0, Re X_1, ...]
         # Re X = Re(A) Vr - Im(A) Vi ; Im X = Im(A) Vr + Re(A) Vi
@@ -319,6 +323,9 @@ class MeasurementModel:
     def sigma(self, z: np.ndarray) -> np.ndarray:
         """Standard deviation per measurement at value ``z``: max(rel |z|, floor)."""
         # sigma_i = max(rel_i * |z_i|, floor_i)
+        if self._floored:
+            # every measurement has a floor: fmax takes the floor for a NaN value
+            return np.fmax(self.rel * np.abs(z), self.floor)
         a = np.abs(z)
         s = np.maximum(self.rel * np.where(a < np.inf, a, 0.0), self.floor)
         # a relative-only accuracy without a usable value: take it at the nominal value
@@ -327,7 +334,8 @@ class MeasurementModel:
     # ------------------------------------------------------------------ model functions
     def slot_values(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(X, V_k)`` per slot: model phasor and the voltage of its converting bus."""
-        return self.A @ v, v[self.vbus]
+        x = self._a_dense @ v if self._a_dense is not None else self.A @ v
+        return x, v[self.vbus]
 
     def h(self, v: np.ndarray) -> np.ndarray:
         """Raw measurement functions at complex bus voltages ``v`` (pu, rad)."""
