@@ -178,7 +178,31 @@ def _polar_update(v: np.ndarray, dx: np.ndarray, keep: np.ndarray) -> np.ndarray
 
 
 # --------------------------------------------------------------------------- WLS polar
-class WlsPolar(_Base):
+class _PolarBase(_Base):
+    """Shared by the polar Gauss-Newton methods (WLS, WLAV): unknowns and linearisation."""
+
+    def _polar_unknowns(self, act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Polar unknowns kept (the slack angle is dropped when no angle is measured) and
+        the indices of the active measurements."""
+        keep = np.arange(2 * self.model.n_bus)
+        if not np.any(act & self.model.is_angle):
+            keep = np.delete(keep, self.net.slack)
+        return keep, np.flatnonzero(act)
+
+    def _linearise(self, v: np.ndarray, keep: np.ndarray, idx: np.ndarray, za: np.ndarray
+                   ) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
+        """Transform to the kept polar unknowns, Jacobian ``H`` and residual ``r`` at ``v``
+        (angle residuals wrapped to (-pi, pi])."""
+        t = _polar_transform(v, keep)
+        h = sp.csr_matrix(self.model.jacobian(v)[idx] @ t)
+        # r = z - h(v)
+        r = za - self.model.h(v)[idx]
+        ang = self.model.is_angle[idx]
+        r[ang] = np.angle(np.exp(1j * r[ang]))
+        return t, h, r
+
+
+class WlsPolar(_PolarBase):
     """Classical WLS SE in polar coordinates (Gauss-Newton, Jacobian rebuilt each iteration).
 
     Each iteration solves the KKT system
@@ -196,21 +220,13 @@ class WlsPolar(_Base):
         model = self.model
         z = np.asarray(z, float)
         act, dof, chi2 = self._prepare(z, active)
-        n = model.n_bus
-        keep = np.arange(2 * n)
-        if not np.any(act & model.is_angle):
-            keep = np.delete(keep, self.net.slack)
-        idx = np.flatnonzero(act)
+        keep, idx = self._polar_unknowns(act)
         za = z[idx]
         w = sp.diags(1.0 / model.sigma(z)[idx] ** 2)
         v = self._start(warm_start)
         dxmax = np.inf
         for it in range(1, self.max_iterations + 1):
-            t = _polar_transform(v, keep)
-            h = sp.csr_matrix(model.jacobian(v)[idx] @ t)
-            r = za - model.h(v)[idx]
-            ang = model.is_angle[idx]
-            r[ang] = np.angle(np.exp(1j * r[ang]))
+            t, h, r = self._linearise(v, keep, idx, za)
             # G = H^T W H ; rhs = H^T W r
             g = h.T @ w @ h
             rhs = h.T @ (w @ r)
@@ -237,7 +253,7 @@ class WlsPolar(_Base):
 
 
 # --------------------------------------------------------------------------- WLAV
-class Wlav(_Base):
+class Wlav(_PolarBase):
     """Weighted least absolute value SE: ``min sum |r_i| / sigma_i`` s.t. ``c(x) = 0``.
 
     Successive linearisation in polar coordinates; each step is the linear program
@@ -255,12 +271,8 @@ class Wlav(_Base):
         model = self.model
         z = np.asarray(z, float)
         act, dof, chi2 = self._prepare(z, active)
-        n = model.n_bus
-        keep = np.arange(2 * n)
-        if not np.any(act & model.is_angle):
-            keep = np.delete(keep, self.net.slack)
+        keep, idx = self._polar_unknowns(act)
         nx = keep.size
-        idx = np.flatnonzero(act)
         m = idx.size
         za = z[idx]
         sig = model.sigma(z)[idx]
@@ -270,11 +282,7 @@ class Wlav(_Base):
         bounds = [(None, None)] * nx + [(0, None)] * (2 * m)
         eye = sp.identity(m, format="csr")
         for it in range(1, self.max_iterations + 1):
-            t = _polar_transform(v, keep)
-            h = sp.csr_matrix(model.jacobian(v)[idx] @ t)
-            r = za - model.h(v)[idx]
-            ang = model.is_angle[idx]
-            r[ang] = np.angle(np.exp(1j * r[ang]))
+            t, h, r = self._linearise(v, keep, idx, za)
             a_eq = sp.hstack([h, eye, -eye])
             b_eq = r
             if self.cmodel is not None:
