@@ -12,9 +12,14 @@ Per snapshot (``QualityStage.process``):
 3. Weather channels are not tested (irradiance legitimately jumps with clouds); a
    missing weather value holds the last one (MISSING|CORRECTED).
 4. Each PV plant's weather channels are sampled every ``stride_s`` (model card) into a
-   10-sample window; the PV forecaster (BiLSTM, ONNX) turns it into the plant's output
-   per unit of rating: ``pv_mw`` and ``pv_sigma_mw`` are the estimator's PSEUDO
-   measurements (σ from the card's held-out error model: σ = a + b·p).
+   10-sample window; each sample also carries the inputs the card lists beyond the
+   weather (the sun terms of ``models.pv_features``, from ``now`` and the plant's
+   latitude/longitude); the PV forecaster (BiLSTM, ONNX) turns the window into the plant's
+   output per unit of rating: ``pv_mw`` and ``pv_sigma_mw`` are the estimator's PSEUDO
+   measurements (σ from the card's held-out error model: σ = a + b·g(p), g(p) = p or
+   p(1 − p) as the card's ``sigma_pu.form`` says). A plant without coordinates, when the
+   model needs them, gets the weak nameplate guess instead (P = 0.85 · GHI/1000 W/m² ·
+   rating, σ = 30 % of rating, as with the quality stage disabled).
 
 ``now`` is passed in (seconds); nothing here reads the clock except for the timings.
 No torch: the predictor can be swapped for a callable (the bench's PyTorch-eager peer).
@@ -65,7 +70,7 @@ class QualityStage:
                  pv_predictor: Predictor | None = None) -> None:
         from models.detector import DetectorParams, TemporalDetector
         from models.errors import ModelError
-        from models.features import PV_FEATURES
+        from models.features import PV_FEATURES, PvInputs, needs_sun
         from models.runtime import PREDICTOR, PV, load_model
 
         self.cfg = cfg
@@ -144,6 +149,7 @@ class QualityStage:
                     wx[i, j] = cfg.channel_index[name]
         self.wx_idx = wx
         self.pv_ok = (wx >= 0).all(axis=1)
+        self.pv_fallback = np.zeros(self.n_plants, bool)
         self._pv_predict: Predictor | None = None
         if self.pv_model is not None:
             pc = self.pv_model.card
@@ -155,10 +161,31 @@ class QualityStage:
             sig = pc.extra.get("sigma_pu", {"abs": 0.03, "rel": 0.1})
             self.pv_sig_a = float(sig["abs"])
             self.pv_sig_b = float(sig["rel"])
+            # sigma = a + b g(p): g(p) = p ("linear", the default) or p (1 - p)
+            self.pv_sig_quad = sig.get("form", "linear") == "p(1-p)"
             self.pv_max = float(pc.extra.get("max_pu", 1.0))
             self._pv_predict = pv_predictor or self.pv_model.run
+            # the card's inputs: the weather values, then the derived (sun) terms
+            features = tuple(norm.get("features", PV_FEATURES))
+            if len(features) != len(self.pv_lo):
+                raise QualityError(f"{self.pv_model.path}: card lists {len(features)} PV "
+                                   f"inputs but {len(self.pv_lo)} normalisation ranges")
+            # a plant without coordinates cannot get the sun terms: weak nameplate guess
+            has_coords = np.array([p.latitude is not None and p.longitude is not None
+                                   for p in cfg.plants], bool)
+            if needs_sun(features):
+                self.pv_fallback = ~has_coords
+                self.pv_ok &= has_coords
+            try:
+                self._pv_inputs = PvInputs(
+                    features,
+                    [p.latitude if p.latitude is not None else 0.0 for p in cfg.plants],
+                    [p.longitude if p.longitude is not None else 0.0 for p in cfg.plants])
+            except ModelError as exc:
+                raise QualityError(f"quality stage: {exc}") from exc
+            self.pv_n_inputs = len(features)
         self._pv_ring = np.zeros((self.n_plants, getattr(self, "pv_window", 10),
-                                  len(PV_FEATURES)))
+                                  getattr(self, "pv_n_inputs", len(PV_FEATURES))))
         self._pv_last_t: float | None = None
         self._pv_out = np.zeros(self.n_plants)
         self._pv_sig = np.zeros(self.n_plants)
@@ -277,7 +304,17 @@ class QualityStage:
             return
         from models.features import minmax
 
-        sample = np.where(self.wx_idx >= 0, cleaned[np.maximum(self.wx_idx, 0)], np.nan)
+        weather = np.where(self.wx_idx >= 0, cleaned[np.maximum(self.wx_idx, 0)], np.nan)
+        # the model's inputs for this sample: weather (+ sun terms at `now`)
+        sample = self._pv_inputs(weather, now)
+        if self.pv_fallback.any():
+            # P = rating * clip(0.85 * GHI / 1000, 0, 1), sigma = 0.3 rating (no coordinates)
+            fb = self.pv_fallback
+            ghi = weather[fb, 0]
+            self._pv_out[fb] = np.where(  # no GHI: half the rating
+                np.isfinite(ghi), self.rating[fb] * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
+                0.5 * self.rating[fb])
+            self._pv_sig[fb] = 0.3 * self.rating[fb]
         if self._pv_last_t is None or now - self._pv_last_t > 10 * self.pv_stride_s:
             self._pv_ring[:] = sample[:, None, :]  # start (or restart after a long gap)
             self._pv_last_t = now
@@ -293,8 +330,8 @@ class QualityStage:
         xw = minmax(self._pv_ring[ok], self.pv_lo, self.pv_hi)
         pu = np.clip(np.asarray(self._pv_predict(xw), dtype=np.float64).reshape(-1),
                      0.0, self.pv_max)
-        # σ = a + b p (per unit of rating), held-out error model from the card
-        sig = self.pv_sig_a + self.pv_sig_b * pu
+        # σ = a + b g(p) (per unit of rating), g(p) = p or p (1 - p): the card's error model
+        sig = self.pv_sig_a + self.pv_sig_b * (pu * (1.0 - pu) if self.pv_sig_quad else pu)
         dark = self._pv_ring[ok, -1, 0] <= 1.0  # no irradiance: output is exactly 0
         pu = np.where(dark, 0.0, pu)
         sig = np.where(dark, 1e-3, sig)

@@ -8,7 +8,9 @@
 * PV forecaster: station weather from ``hil.weather`` (TMY hourly + sub-hourly cloud
   model) with sensor noise, and the AC output of plants with hidden random parameters
   from ``hil.pvplant`` (the same physical truth the scenario traces use), per unit of
-  rating. The weather window is 10 samples ``stride_s`` apart ending at the current time.
+  rating. The weather window is 10 samples ``stride_s`` apart ending at the current time;
+  each sample carries the measured weather and, when the model reads them, the sun terms
+  of :mod:`models.pv_features` (from the sample's time and the site's coordinates).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import lfilter
 
-from models.features import HIST, PV_FEATURES, TARGET_CLIP, normalise_windows, sliding_windows
+from models.features import HIST, TARGET_CLIP, normalise_windows, sliding_windows
+from models.pv_features import PV_SUN_FEATURES, feature_series
 
 # weather sensor accuracy of the bundled config (maximum errors; sigma = figure / 3):
 # pyranometers 2 % with a 5 W/m2 floor, 0.5 degC, 0.5 m/s, 5 deg
@@ -140,7 +143,7 @@ def trace_predictor_data(trace: object, cfg: object, *, max_per_channel: int,
 
 @dataclass
 class PvData:
-    x: np.ndarray  # (N, 10, 6) raw weather windows (measured, with sensor noise)
+    x: np.ndarray  # (N, 10, F) raw input windows (measured weather with sensor noise + sun)
     y: np.ndarray  # (N,) true AC output per unit of rating
     ghi_now: np.ndarray  # (N,) measured GHI at the current sample
     day: np.ndarray  # (N,) day index (for splits)
@@ -149,7 +152,7 @@ class PvData:
 
 def pv_windows(weather: np.ndarray, pu: np.ndarray, stride: int, window: int
                ) -> tuple[np.ndarray, np.ndarray]:
-    """(T, 6) weather, (T,) output -> windows (N, window, 6) ending at each sample.
+    """(T, F) inputs, (T,) output -> windows (N, window, F) ending at each sample.
 
     Window ``i`` holds samples ``e - (window-1) stride, ..., e - stride, e`` with
     ``e = (window-1) stride + i``; its target is the output at ``e`` (now, not later).
@@ -174,7 +177,8 @@ def measured_weather(wx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def pv_dataset(site: str, days: list[int], *, seed: int, step_s: float = 1.0,
                plants_per_day: int = 4, stride_s: float = PV_STRIDE_S, window: int = 10,
-               night_keep: float = 0.02, subsample: int = 10, year: int = 2021) -> PvData:
+               night_keep: float = 0.02, subsample: int = 10, year: int = 2021,
+               features: tuple[str, ...] = PV_SUN_FEATURES) -> PvData:
     """Simulated measured station weather and true plant output at ``site`` on ``days``.
 
     Uses ``hil.weather`` / ``hil.pvplant`` (the scenario's physical truth: the station
@@ -182,7 +186,8 @@ def pv_dataset(site: str, days: list[int], *, seed: int, step_s: float = 1.0,
     day (local standard time, day of year ``d`` counted from 0) gets its own station and
     ``plants_per_day`` plants with freshly drawn hidden parameters and footprints; every
     ``subsample``-th window (random phase) with the sun up is kept, plus ``night_keep``
-    of the night ones.
+    of the night ones. ``features`` (:mod:`models.pv_features`) are built per sample from
+    the measured weather, the sample's time and the TMY site's coordinates.
     """
     from hil import pvplant, weather
 
@@ -203,8 +208,9 @@ def pv_dataset(site: str, days: list[int], *, seed: int, step_s: float = 1.0,
             loc = weather.plant_irradiance(st, rng)
             par = pvplant.draw_params(rng, 1.0, tmy.latitude)
             out = pvplant.plant_output(par, loc, st, t - t[0])
-            x, y = pv_windows(measured_weather(wx, rng), out.p_ac_mw / par.rating_mw, stride,
-                              window)
+            feats = feature_series(measured_weather(wx, rng), t, tmy.latitude, tmy.longitude,
+                                   features)
+            x, y = pv_windows(feats, out.p_ac_mw / par.rating_mw, stride, window)
             keep = up | (rng.random(y.size) < night_keep)
             sel = np.flatnonzero(keep)[rng.integers(0, subsample)::subsample]
             xs.append(x[sel])
@@ -217,4 +223,5 @@ def pv_dataset(site: str, days: list[int], *, seed: int, step_s: float = 1.0,
 
 
 def pv_feature_names() -> tuple[str, ...]:
-    return PV_FEATURES
+    """The PV forecaster's default inputs (weather + sun terms)."""
+    return PV_SUN_FEATURES

@@ -327,6 +327,8 @@ def pvlib_physical(site: str, time_s: np.ndarray, wx: np.ndarray) -> np.ndarray:
 def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: Log,
              with_baselines: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from hil.weather import load_tmy, solar_geometry
+    from models.features import PV_FEATURES
+    from models.pv_features import feature_series
     from models.runtime import OnnxModel, default_models_dir
     from models.train_pv import pv_metrics
 
@@ -345,15 +347,27 @@ def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: L
     tmy_site = trace.meta["plants"][0]["site"]
     zen = solar_geometry(load_tmy(tmy_site), trace.time).zenith
     sun = (zen[None, ends] < 90.0) | (truth[:, ends] > 0)
+    # plant coordinates for the sun terms: the config's (what the gateway uses) when the
+    # trace is at the config's site, else the trace's TMY site (the training-site row)
+    coords = []
+    for plant, meta in zip(plants, trace.meta["plants"], strict=True):
+        tmy = load_tmy(meta["site"])
+        if plant.site == meta["site"] and plant.latitude is not None:
+            coords.append((plant.latitude, plant.longitude))
+        else:
+            coords.append((tmy.latitude, tmy.longitude))
     rows = []
     series: dict[str, Any] = {"t": ends, "truth": truth[:, ends]}
     for name, path in models.items():
         model = OnnxModel(path)
         norm = model.card.normalisation
         lo, hi = np.asarray(norm["min"]), np.asarray(norm["max"])
+        features = tuple(norm.get("features", PV_FEATURES))
         preds = []
         for p in range(len(plants)):
-            xw = minmax(wx[p][idx], lo, hi)
+            # the card's inputs per sample: weather (+ sun terms), as the gateway builds them
+            feats = feature_series(wx[p], trace.time, *coords[p], features)
+            xw = minmax(feats[idx], lo, hi)
             y = np.clip(model.run(xw).reshape(-1), 0, 1.0)
             y = np.where(wx[p][ends, 0] <= 1.0, 0.0, y)
             preds.append(y)

@@ -20,10 +20,15 @@ Weather windows (irradiance GHI, DNI, DHI in W/m2, air temperature degC, wind sp
 wind direction deg) are min-max normalised per feature with the training constants
 stored in the model card: ``x_n = (x - x_min) / (x_max - x_min)`` (paper eq. for the PV
 inputs); values are clipped to [-0.5, 1.5] so an unseen site a little outside the
-training range extrapolates gently rather than wildly.
+training range extrapolates gently rather than wildly. The forecaster's further inputs
+(the sun's position and the plane-of-array proxy, from the sample's time and the plant's
+coordinates) are built by :mod:`models.pv_features` and normalised the same way; the
+model card's ``normalisation.features`` lists what a model reads.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -63,3 +68,22 @@ def sliding_windows(series: np.ndarray, length: int) -> np.ndarray:
         return np.empty((0, length, *series.shape[1:]), series.dtype)
     idx = np.arange(length)[None, :] + np.arange(n - length + 1)[:, None]
     return series[idx]
+
+
+
+# The PV forecaster's full inputs (weather + sun terms) are built in models.pv_features;
+# re-exported here lazily (PEP 562: models.pv_features itself imports this module), the
+# gateway's one entry point into the models' input preparation
+_PV_EXPORTS = ("PV_SUN_FEATURES", "PvInputs", "needs_sun")
+if TYPE_CHECKING:
+    from models.pv_features import PV_SUN_FEATURES as PV_SUN_FEATURES
+    from models.pv_features import PvInputs as PvInputs
+    from models.pv_features import needs_sun as needs_sun
+
+
+def __getattr__(name: str) -> object:
+    if name in _PV_EXPORTS:
+        from models import pv_features
+
+        return getattr(pv_features, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,13 +2,22 @@
 
 ``gridtwin train pv [--site miami] [--test-site greensboro] [--days N] [--steps N]``
 
+Method: the paper's BiLSTM over a window of weather samples (sec. 5.4.1), with
+physically derived inputs appended to each sample (:mod:`models.pv_features`): the sun's
+direction (cos zenith, sin/cos azimuth from the NOAA solar position, :mod:`models.solar`)
+and the cosine of the angle of incidence on, and the isotropic-sky (Liu-Jordan)
+transposition of the measured DNI/DHI/GHI to, a nominal equator-facing plane tilted at
+the latitude. Without them the window does not say where the sun is and the
+plane-of-array irradiance of a tilted plant is undetermined (a slow bias that moved with
+the season and the site).
+
 Data (:func:`models.data.pv_dataset`): the scenario's own physical truth (``hil.weather``
 TMY + sub-hourly clouds, the station on the plant and the plant seeing the footprint
 average of the cloud field; ``hil.pvplant`` plants with hidden random parameters) at ONE
-training site, simulated at 1 s; inputs are the weather station's *measured* GHI, DNI,
-DHI, air temperature, wind speed and wind direction (sensor noise of the bundled config),
-10 samples ``stride_s`` apart ending now (see :data:`models.data.PV_STRIDE_S`); target:
-the plant's AC output now per unit of rating. Days spread over the year; every 6th day
+training site; inputs are the weather station's *measured* GHI, DNI, DHI, air
+temperature, wind speed and wind direction (sensor noise of the bundled config) plus the
+sun terms, 10 samples ``stride_s`` apart ending now (see :data:`models.data.PV_STRIDE_S`);
+target: the plant's AC output now per unit of rating. Days spread over the year; every 6th day
 is held out (same site); the test site is never seen in training and its days give the
 card's "unseen site" metrics.
 
@@ -18,9 +27,11 @@ own extremes made an unseen, colder site (Greensboro in winter, -17 degC, vs Mia
 +3 degC) fall outside [0, 1] and into the clip.
 
 Output uncertainty for the estimator: on the unseen site's days (the situation the
-gateway is in), the RMS error is taken in bins of the prediction ``p`` and fitted as
-``sigma(p) = a + b p`` (per unit; weighted by bin counts), stored in the card as
-``extra.sigma_pu`` with the bin table in ``extra.sigma_bins``.
+gateway is in), the RMS error is taken in bins of the prediction ``p`` and fitted both
+as ``sigma(p) = a + b p`` and as ``sigma(p) = a + b p (1 - p)`` (per unit; weighted by
+bin counts); the better fit is stored in the card as ``extra.sigma_pu =
+{"abs": a, "rel": b, "form": "linear" | "p(1-p)"}`` with the bin table in
+``extra.sigma_bins`` and both fits' weighted RMS misfit in ``extra.sigma_fits``.
 """
 
 from __future__ import annotations
@@ -36,15 +47,21 @@ import torch
 
 from models.card import TensorSpec
 from models.data import PV_STRIDE_S, PvData, pv_dataset
-from models.features import PV_FEATURES, PV_UNITS, WINDOW, minmax
+from models.features import WINDOW, minmax
 from models.nets import FusedBiLstm, MlpRegressor, RecurrentRegressor
+from models.pv_features import (
+    PV_SUN_FEATURES,
+    PV_SUN_UNITS,
+    WEATHER_MAX,
+    WEATHER_MIN,
+    feature_ranges,
+)
 from models.train import export_onnx, fit, predict, set_seed, write_card
 
 PV_HIDDEN = 24
-# fixed min-max ranges per feature (W/m2, W/m2, W/m2, degC, m/s, deg): what the sensors
-# can report anywhere the twin is deployed, so every site normalises alike
-PV_MIN = np.array([0.0, 0.0, 0.0, -30.0, 0.0, 0.0])
-PV_MAX = np.array([1400.0, 1100.0, 700.0, 50.0, 25.0, 360.0])
+# fixed min-max ranges of the weather inputs (see models.pv_features)
+PV_MIN = WEATHER_MIN
+PV_MAX = WEATHER_MAX
 # MSE: the conditional mean, which is what the estimator's pseudo-measurement wants
 PV_LOSS = "mse"
 
@@ -73,9 +90,19 @@ def _sun_up(d: PvData) -> np.ndarray:
 SIGMA_EDGES = (0.0, 0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.01)
 
 
+SIGMA_FORMS = ("linear", "p(1-p)")
+
+
+def sigma_shape(form: str, p: np.ndarray) -> np.ndarray:
+    """The p-dependent term of the error model: ``p`` (linear) or ``p (1 - p)``."""
+    return p if form == "linear" else p * (1.0 - p)
+
+
 def sigma_model(pred: np.ndarray, true: np.ndarray, *, edges: tuple[float, ...] = SIGMA_EDGES
-                ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """RMS error in bins of the prediction and the weighted fit ``sigma = a + b p``."""
+                ) -> tuple[dict[str, Any], list[dict[str, float]], dict[str, float]]:
+    """RMS error in bins of the prediction; weighted fits ``sigma = a + b p`` and
+    ``sigma = a + b p (1 - p)``; returns the better one (smaller weighted RMS misfit,
+    as ``{"abs": a, "rel": b, "form": ...}``), the bins and each form's misfit."""
     bins = []
     for lo_, hi_ in itertools.pairwise(edges):
         m = (pred >= lo_) & (pred < hi_)
@@ -85,33 +112,45 @@ def sigma_model(pred: np.ndarray, true: np.ndarray, *, edges: tuple[float, ...] 
                          "bias": float(np.mean(pred[m] - true[m])), "n": int(m.sum())})
     pm = np.array([b["p_mean"] for b in bins])
     rm = np.array([b["rms"] for b in bins])
-    w = np.sqrt(np.array([b["n"] for b in bins], float))
-    # weighted least squares: min sum n_k (a + b p_k - rms_k)^2
-    coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(pm), pm], 1) * w[:, None], rm * w,
-                               rcond=None)
-    return {"abs": float(max(coef[0], 0.005)), "rel": float(max(coef[1], 0.0))}, bins
+    n = np.array([b["n"] for b in bins], float)
+    w = np.sqrt(n)
+    best: dict[str, Any] | None = None
+    misfit: dict[str, float] = {}
+    for form in SIGMA_FORMS:
+        g = sigma_shape(form, pm)
+        # weighted least squares: min sum n_k (a + b g(p_k) - rms_k)^2
+        coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(pm), g], 1) * w[:, None], rm * w,
+                                   rcond=None)
+        a, b = float(max(coef[0], 0.005)), float(max(coef[1], 0.0))
+        misfit[form] = float(np.sqrt(np.sum(n * (a + b * g - rm) ** 2) / n.sum()))
+        if best is None or misfit[form] < misfit[best["form"]]:
+            best = {"abs": a, "rel": b, "form": form}
+    assert best is not None
+    return best, bins, misfit
 
 
 def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: int, seed: int,
              batch: int = 512, lr: float = 3e-3, log: Callable[[str], None] = print,
-             sim_step_s: float = 1.0) -> dict[str, Any]:
+             sim_step_s: float = 1.0,
+             features: tuple[str, ...] = PV_SUN_FEATURES) -> dict[str, Any]:
     torch.set_num_threads(1)  # small nets: threads only add sync overhead
     days = [int(d) for d in np.linspace(3, 360, n_days)]
     val_days = days[::6]
     train_days = [d for d in days if d not in val_days]
     test_days = [int(d) for d in np.linspace(10, 350, max(4, n_days // 3))]
     log(f"pv: simulating {len(days)} days at {site}, {len(test_days)} at {test_site}")
-    tr = pv_dataset(site, train_days, seed=seed, step_s=sim_step_s)
-    va = pv_dataset(site, val_days, seed=seed + 1, step_s=sim_step_s)
-    te = pv_dataset(test_site, test_days, seed=seed + 2, step_s=sim_step_s)
-    lo, hi = PV_MIN.copy(), PV_MAX.copy()
+    tr = pv_dataset(site, train_days, seed=seed, step_s=sim_step_s, features=features)
+    va = pv_dataset(site, val_days, seed=seed + 1, step_s=sim_step_s, features=features)
+    te = pv_dataset(test_site, test_days, seed=seed + 2, step_s=sim_step_s, features=features)
+    lo, hi = feature_ranges(features)
+    units = [PV_SUN_UNITS[PV_SUN_FEATURES.index(f)] for f in features]
     xtr, xva, xte = (minmax(d.x, lo, hi) for d in (tr, va, te))
     log(f"pv: {len(tr.y)} training windows, {len(va.y)} held out, {len(te.y)} unseen-site")
     set_seed(seed)
     models = {
-        "bilstm": RecurrentRegressor(len(PV_FEATURES), PV_HIDDEN, bidirectional=True,
+        "bilstm": RecurrentRegressor(len(features), PV_HIDDEN, bidirectional=True,
                                      head_hidden=16),
-        "bp": MlpRegressor(len(PV_FEATURES), WINDOW, 64),
+        "bp": MlpRegressor(len(features), WINDOW, 64),
     }
     report: dict[str, Any] = {}
     for name, model in models.items():
@@ -124,9 +163,9 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
         m_te = pv_metrics(pte, te.y, sun_up=_sun_up(te))
         report[name] = {"held_out_same_site": m_va, "unseen_site": m_te}
         log(f"  {name}: held-out {json.dumps(m_va)}\n  unseen {test_site}: {json.dumps(m_te)}")
-        # sigma(p) = a + b p from the unseen site's binned RMS errors (daytime)
+        # sigma(p) from the unseen site's binned RMS errors (daytime)
         day = _sun_up(te)
-        sig, sig_bins = sigma_model(pte[day], te.y[day])
+        sig, sig_bins, sig_fits = sigma_model(pte[day], te.y[day])
         report[name]["sigma_pu"] = sig
         report[name]["sigma_bins"] = sig_bins
         example = torch.from_numpy(xva[:64].copy())
@@ -141,18 +180,21 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
         write_card(
             path, name=path.stem,
             task=f"PV forecaster ({name}): station weather window -> plant AC output / rating",
-            inputs=[TensorSpec("weather", (None, WINDOW, len(PV_FEATURES)), "float32", "1",
+            inputs=[TensorSpec("weather", (None, WINDOW, len(features)), "float32", "1",
                                "min-max normalised " + ", ".join(
-                                   f"{f} [{u}]" for f, u in zip(PV_FEATURES, PV_UNITS,
-                                                                strict=True))
-                               + f"; {WINDOW} samples {PV_STRIDE_S:g} s apart ending now")],
+                                   f"{f} [{u}]" for f, u in zip(features, units, strict=True))
+                               + f"; {WINDOW} samples {PV_STRIDE_S:g} s apart ending now; "
+                               "sun terms from the sample time (UTC) and the plant's "
+                               "latitude/longitude (models.pv_features)")],
             outputs=[TensorSpec("p_pu", (None, 1), "float32", "p.u. of plant AC rating",
                                 "plant AC active power now")],
             window=WINDOW,
             normalisation={"method": "min-max per feature: (x - min) / (max - min), "
                                      "clipped to [-0.5, 1.5]; fixed sensor ranges, the "
                                      "same at every site",
-                           "features": list(PV_FEATURES), "units": list(PV_UNITS),
+                           "features": list(features), "units": units,
+                           "builder": "models.pv_features.PvInputs (run time), "
+                                      "models.pv_features.feature_series (training)",
                            "min": [round(float(v), 4) for v in lo],
                            "max": [round(float(v), 4) for v in hi]},
             training={"data": {"generator": "hil.weather + hil.pvplant (TMY from pvlib, "
@@ -167,15 +209,23 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
                       "seconds": round(hist["seconds"], 1),
                       "architecture": (f"1-layer BiLSTM hidden {PV_HIDDEN}/direction -> "
                                        "16 tanh -> 1" if name == "bilstm"
-                                       else "MLP 60-64-64-1 tanh (ANN/BP)")},
+                                       else f"MLP {WINDOW * len(features)}-64-64-1 tanh "
+                                            "(ANN/BP)"),
+                      "method": "the paper's BiLSTM over weather windows with derived "
+                                "sun-position inputs (NOAA solar position; cos AOI and "
+                                "isotropic-sky POA on a nominal latitude-tilt plane)"},
             metrics={"held_out_same_site": m_va, "unseen_site": {"site": test_site,
                                                                  "days": test_days, **m_te},
                      "definition": "MAPE over points above 5 % of rating; RMSE in % of "
                                    "rating over daytime points"},
             extra={"stride_s": PV_STRIDE_S, "sigma_pu": sig, "sigma_bins": sig_bins,
-                   "sigma_definition": "sigma(p) = abs + rel * p (p.u. of rating): weighted "
-                                       "fit to the RMS error in bins of the prediction p "
-                                       f"on the unseen site ({test_site})",
+                   "sigma_fits": sig_fits,
+                   "sigma_definition": "sigma(p) = abs + rel * g(p) (p.u. of rating), "
+                                       "g(p) = p if form == 'linear', p (1 - p) if form == "
+                                       "'p(1-p)': weighted fit to the RMS error in bins of "
+                                       f"the prediction p on the unseen site ({test_site}); "
+                                       "the form with the smaller weighted misfit "
+                                       "(sigma_fits) is kept",
                    "max_pu": 1.0, "train_site": site},
         )
         log(f"  wrote {path} ({path.stat().st_size} bytes), sigma {sig}")

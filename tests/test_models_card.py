@@ -85,7 +85,8 @@ def test_models_run_with_any_batch() -> None:
         y = pred.run(x)
         assert y.shape == (b, 1) and np.isfinite(y).all()
     pv = load_model(PV)
-    x = np.random.default_rng(0).random((4, 10, 6)).astype(np.float32)
+    n_in = len(pv.card.normalisation["features"])
+    x = np.random.default_rng(0).random((4, 10, n_in)).astype(np.float32)
     assert pv.run(x).shape == (4, 1)
 
 
@@ -106,4 +107,13 @@ def test_card_records_threshold_and_pv_error_model() -> None:
     assert "median" in card.extra["threshold_method"]
     pv = load_card(card_path(MODELS / "pv_forecaster.onnx"))
     assert pv.extra["train_site"] != pv.metrics["unseen_site"]["site"]
-    assert len(pv.normalisation["min"]) == 6 and pv.extra["sigma_pu"]["abs"] > 0
+    feats = pv.normalisation["features"]
+    assert len(pv.normalisation["min"]) == len(feats) == pv.inputs[0].shape[-1]
+    assert pv.extra["sigma_pu"]["abs"] > 0
+    assert pv.extra["sigma_pu"].get("form", "linear") in ("linear", "p(1-p)")
+    # every input the card lists is one the runtime can build (models.pv_features)
+    from models.pv_features import PV_SUN_FEATURES, feature_ranges
+
+    assert set(feats) <= set(PV_SUN_FEATURES)
+    lo, hi = feature_ranges(feats)
+    assert lo.tolist() == pv.normalisation["min"] and hi.tolist() == pv.normalisation["max"]

@@ -86,4 +86,6 @@ def test_pv_training_smoke(tmp_path: Path) -> None:
                       seed=0, batch=32, log=lambda _m: None, sim_step_s=300.0)
     assert "unseen_site" in report["bilstm"]
     model = OnnxModel(tmp_path / "pv_forecaster.onnx")
-    assert model.run(np.zeros((2, 10, 6), np.float32)).shape == (2, 1)
+    n_in = len(model.card.normalisation["features"])
+    assert n_in == 11  # the paper's six weather inputs + five sun terms (models.pv_features)
+    assert model.run(np.zeros((2, 10, n_in), np.float32)).shape == (2, 1)

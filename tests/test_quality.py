@@ -184,3 +184,23 @@ def test_results_do_not_alias_reused_buffers(cfg) -> None:  # type: ignore[no-un
     assert np.array_equal(first.values, keep[0]) and np.array_equal(first.flags, keep[1])
     assert np.array_equal(first.z, keep[2], equal_nan=True)
     assert stage.predictor_input.shape == (stage.det_idx.size, stage.hist_len, 1)
+
+
+def test_pv_plants_without_coordinates_get_the_nameplate_guess(cfg) -> None:  # type: ignore[no-untyped-def]
+    from models.pv_features import needs_sun
+
+    stage = QualityStage(cfg)
+    if stage.pv_model is None or not needs_sun(stage.pv_model.card.normalisation["features"]):
+        pytest.skip("the committed PV forecaster does not read the sun's position")
+    plants = list(cfg.plants)
+    plants[1] = dataclasses.replace(plants[1], latitude=None, longitude=None)
+    cfg2 = dataclasses.replace(cfg, plants=plants)
+    stage2 = QualityStage(cfg2)
+    assert stage2.pv_fallback.tolist() == [False, True, False, False]
+    x = _clean(cfg, 40)
+    zero = np.zeros(x.shape[1], np.uint32)
+    t0 = float(np.datetime64("1990-06-01T16:00", "s").astype(np.int64))
+    for k in range(40):
+        r = stage2.process(x[k], zero, t0 + k)
+    assert r.pv_sigma_mw[1] == pytest.approx(0.3 * plants[1].rating_mw)
+    assert (r.pv_sigma_mw[[0, 2, 3]] < 0.3 * plants[1].rating_mw).all()
