@@ -17,12 +17,21 @@
 
 The pipeline runs on one asyncio loop in one thread; the historian writer commits from
 its own thread and the estimator is another process, so nothing here blocks on I/O.
+
+Hot-path budget (1 kHz: three frames and one snapshot per millisecond): per frame only
+decode, statistics and alignment; per snapshot the quality stage, the handoff and the
+bookkeeping that cannot wait (latency samples, one historian put for raw + corrected,
+one for the state, whose encoding the writer thread does). Metrics are batched: latency
+samples, counters and the per-flag per-kind counts accumulate in plain Python/numpy and
+are flushed into the Prometheus registry every :data:`METRICS_FLUSH_S` and before every
+scrape; ``/state`` is built from the latest estimate when asked for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import time
@@ -37,7 +46,7 @@ from gateway.aligner import Aligner, StreamLayout
 from gateway.config import Stream, TwinConfig
 from gateway.errors import FrameError, GatewayError, HistorianError
 from gateway.handoff import FailMsg, StateMsg
-from gateway.metrics import Metrics, MetricsServer
+from gateway.metrics import Metrics, MetricsServer, observe_many
 from gateway.snapshot import Snapshot
 from gateway.stats import StreamStats
 from gateway.transports.base import Transport, TransportSpec, open_transport
@@ -45,8 +54,13 @@ from gateway.transports.base import Transport, TransportSpec, open_transport
 log = logging.getLogger("gridtwin.gateway")
 
 N_FLAG_BITS = 9
+FLAG_WORDS = 1 << N_FLAG_BITS  # flag words counted per meter kind (bits above: ignored)
 DECODE_SAMPLE = 8  # the decode-time histogram observes one frame in 8 (cheap hot path)
 LATENCY_SAMPLES = 200_000
+METRICS_FLUSH_S = 1.0  # batched metrics reach the registry at least this often
+#: BIT_OF_WORD[w, b] = 1 when flag word w has bit b (flag-word counts -> per-bit counts)
+BIT_OF_WORD = ((np.arange(FLAG_WORDS)[:, None] >> np.arange(N_FLAG_BITS)) & 1).astype(
+    np.int64)
 
 
 # --------------------------------------------------------------------------- decoders
@@ -194,17 +208,34 @@ class Gateway:
         self._kind_names = list(kinds)
         self._kind_code = np.array([self._kind_names.index(c.kind) for c in cfg.channels],
                                    np.intp)
+        # flag words counted per (kind, word): index kind * FLAG_WORDS + (flags & 511)
+        self._kind_base = (self._kind_code * FLAG_WORDS).astype(np.intp)
+        self._flag_words = np.zeros(len(self._kind_names) * FLAG_WORDS, np.int64)
+        self._flag_words_flushed = np.zeros_like(self._flag_words)
         self.metrics = Metrics(streams=lambda: self.stats.values(), clock=clock,
                                channel_kinds=kinds)
         self.metrics.info.info({"version": _version(), "config": cfg.name,
                                 "digest": cfg.digest[:12]})
         self._decode_h = {s.name: self.metrics.decode.labels(s.name) for s in self.streams}
+        # batched metrics (flushed by _flush_metrics)
+        self._obs_decode: dict[str, list[float]] = {s.name: [] for s in self.streams}
+        self._obs_quality: list[float] = []
+        self._obs_e2e: list[float] = []
+        self._obs_handoff: list[float] = []
+        self._obs_estimate: list[float] = []
+        self._hist_counts: dict[str, int] = {}
+        self._hist_children: dict[str, Any] = {}
+        self._flushed = {"snapshots": 0, "states": 0, "chi2_failures": 0}
+        self._chi2_failures = 0
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self.metrics.before_scrape.append(self._flush_metrics)
         self.transports: dict[str, Transport] = {}
         self.server: MetricsServer | None = None
         self.supervisor: Any = None
         self.historian: Any = None
         self.quality: Any = None
-        self.latest_state: dict[str, Any] | None = None
+        self._last_state: tuple[StateMsg, float, bool, float, float] | None = None
+        self._latest_json: dict[str, Any] | None = None
         self.e2e_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.handoff_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.quality_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -212,11 +243,11 @@ class Gateway:
         self.estimate_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.snapshots = 0
         self.states = 0
-        self.flag_counts = np.zeros(N_FLAG_BITS, np.int64)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_pv: np.ndarray | None = None
+        self._last_pv: bytes | None = None
+        self._plant_names = [p.name for p in cfg.plants]
         self._bus_ids = [int(b) for b in cfg.network.bus_ids]
         self._hist_errors = 0
         self._incomplete_seen = 0
@@ -259,6 +290,10 @@ class Gateway:
                                on_event=self.event_stream, clock=self.clock)
             await t.start()
             self.transports[s.name] = t
+        self._flush_timer = self._loop.call_later(METRICS_FLUSH_S, self._on_flush_timer)
+        # everything built so far lives as long as the process: keep the cyclic garbage
+        # collector from walking it again and again (shorter gen-2 pauses on the loop)
+        gc.freeze()
         self.event("gateway_started", "gateway", {
             "config": cfg.name, "streams": {n: _addr(t) for n, t in self.transports.items()},
             "metrics": list(self.server.address) if self.server and self.server.address
@@ -300,11 +335,14 @@ class Gateway:
                 await t.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         for snap in self.aligner.flush(self.clock()):
             self.on_snapshot(snap)
         if self.supervisor is not None:
             await self.supervisor.close()
             self.metrics.estimator_up.set(0)
+        self._flush_metrics()
         self.event("gateway_stopped", "gateway", self.summary())
         if self.server is not None:
             await self.server.close()
@@ -327,7 +365,7 @@ class Gateway:
                             st.received + st.decode_errors, exc, st.decode_errors)
             return
         if timed:
-            self._decode_h[stream].observe(time.perf_counter() - t0)
+            self._obs_decode[stream].append(time.perf_counter() - t0)
         if out is None:  # a configuration/header frame
             return
         seq, ts, values = out
@@ -340,7 +378,8 @@ class Gateway:
             st.late += 1
         for snap in snaps:
             self.on_snapshot(snap)
-        self._arm_timer()
+        if self._timer is None:  # an armed timer is never later than the oldest slot's
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         due = self.aligner.next_deadline()
@@ -361,7 +400,6 @@ class Gateway:
 
     def on_snapshot(self, snap: Snapshot) -> None:
         """Clean, hand on to the estimator, then store and count (off the critical path)."""
-        m = self.metrics
         t0 = time.perf_counter()
         try:
             res = self.quality.process(snap.values, snap.flags, snap.source_time)
@@ -378,36 +416,35 @@ class Gateway:
             clean = Snapshot(snap.seq, snap.source_time, snap.arrival_time, res.values,
                              flags, snap.published_time)
             self.supervisor.submit(clean, pv, np.asarray(res.pv_sigma_mw, float))
-            self._sync_skips()
-        # -- bookkeeping after the handoff
+        # -- bookkeeping after the handoff (metrics batched: see _flush_metrics)
         self.snapshots += 1
-        m.snapshots.inc()
-        m.quality.observe(dq)
+        self._obs_quality.append(dq)
         self.quality_s.append(dq)
         self.align_s.append(snap.published_time - snap.arrival_time)
-        inc = self.aligner.stats.incomplete
-        if inc != self._incomplete_seen:
-            m.incomplete.inc(inc - self._incomplete_seen)
-            self._incomplete_seen = inc
-        nzi = np.flatnonzero(flags)
-        if nzi.size:
-            self._count_flags(flags[nzi], self._kind_code[nzi])
+        if flags.any():
+            # count flag words per meter kind: one bincount; bits are split at flush time
+            self._flag_words += np.bincount(self._kind_base + (flags & (FLAG_WORDS - 1)),
+                                            minlength=self._flag_words.size)
         h = self.historian
         if h is not None:
-            self._put(h.put_measurements, "measurements", snap.seq, snap.source_time,
-                      snap.arrival_time, snap.values, snap.flags)
-            self._put(h.put_corrected, "corrected", snap.seq, snap.source_time, res.values,
-                      flags)
-            if pv.size and np.isfinite(pv).any() and (
-                    self._last_pv is None or not np.array_equal(pv, self._last_pv)):
-                self._last_pv = pv.copy()
-                sig = np.asarray(res.pv_sigma_mw, float)
-                names = [p.name for p in self.cfg.plants]
+            # raw and corrected rows in one put; the writer thread encodes them. The
+            # arrays are not touched again here (the aligner and the quality stage hand
+            # out fresh ones per snapshot)
+            self._put(h.put_snapshot, "measurements", snap.seq, snap.source_time,
+                      snap.arrival_time, snap.values, snap.flags, res.values, flags,
+                      also="corrected")
+            pv_key = pv.tobytes()  # the forecast changes every stride, not every snapshot
+            if pv.size and pv_key != self._last_pv and np.isfinite(pv).any():
+                self._last_pv = pv_key
+                names = self._plant_names
                 self._put(h.put_forecasts, "forecasts", snap.seq, snap.source_time,
-                          {n: float(v) for n, v in zip(names, pv, strict=True)},
-                          {n: float(v) for n, v in zip(names, sig, strict=True)})
+                          dict(zip(names, pv.tolist(), strict=True)),
+                          dict(zip(names, np.asarray(res.pv_sigma_mw, float).tolist(),
+                                   strict=True)))
 
     def _sync_skips(self) -> None:
+        if self.supervisor is None:
+            return
         ss = self.supervisor.stats
         for reason in ("superseded", "stale", "no_estimator"):
             n = getattr(ss, reason)
@@ -416,68 +453,126 @@ class Gateway:
                 self.metrics.skipped.labels(reason).inc(n - seen)
                 self._skips_seen[reason] = n
 
-    def _count_flags(self, f: np.ndarray, kind: np.ndarray) -> None:
-        nk = len(self._kind_names)
-        present = int(np.bitwise_or.reduce(f))
-        for b in range(N_FLAG_BITS):
-            if not (present >> b) & 1:
-                continue
-            per = np.bincount(kind[(f & (1 << b)) != 0], minlength=nk)
-            self.flag_counts[b] += int(per.sum())
-            for k in np.flatnonzero(per):
-                self.metrics.flag_child(int(k), b).inc(int(per[k]))
+    def flag_counts_by_bit(self) -> np.ndarray:
+        """(n_kinds, N_FLAG_BITS) values flagged so far, per meter kind and flag bit."""
+        words = self._flag_words.reshape(len(self._kind_names), FLAG_WORDS)
+        return words @ BIT_OF_WORD  # type: ignore[no-any-return]
 
-    def _put(self, fn: Callable[..., None], kind: str, *args: Any, **kw: Any) -> None:
+    @property
+    def flag_counts(self) -> np.ndarray:
+        """Values flagged so far per flag bit (every meter kind)."""
+        return self.flag_counts_by_bit().sum(axis=0)  # type: ignore[no-any-return]
+
+    def _on_flush_timer(self) -> None:
+        self._flush_metrics()
+        if not self.closed and self._loop is not None:
+            self._flush_timer = self._loop.call_later(METRICS_FLUSH_S, self._on_flush_timer)
+
+    def _flush_metrics(self) -> None:
+        """Move the batched counts and latency samples into the Prometheus registry."""
+        m = self.metrics
+        for name, buf in self._obs_decode.items():
+            if buf:
+                observe_many(self._decode_h[name], buf)
+                buf.clear()
+        for hist, buf in ((m.quality, self._obs_quality), (m.e2e, self._obs_e2e),
+                          (m.handoff, self._obs_handoff), (m.estimate, self._obs_estimate)):
+            if buf:
+                observe_many(hist, buf)
+                buf.clear()
+        f = self._flushed
+        for key, counter, now_n in (("snapshots", m.snapshots, self.snapshots),
+                                    ("states", m.states, self.states),
+                                    ("chi2_failures", m.chi2_failures, self._chi2_failures)):
+            if now_n != f[key]:
+                counter.inc(now_n - f[key])
+                f[key] = now_n
+        inc = self.aligner.stats.incomplete
+        if inc != self._incomplete_seen:
+            m.incomplete.inc(inc - self._incomplete_seen)
+            self._incomplete_seen = inc
+        for kind, n in self._hist_counts.items():
+            if n:
+                child = self._hist_children.get(kind)
+                if child is None:
+                    child = self._hist_children[kind] = m.historian.labels(kind)
+                child.inc(n)
+        self._hist_counts.clear()
+        if not np.array_equal(self._flag_words, self._flag_words_flushed):
+            delta = self._flag_words - self._flag_words_flushed
+            per = delta.reshape(len(self._kind_names), FLAG_WORDS) @ BIT_OF_WORD
+            for k, b in zip(*np.nonzero(per), strict=True):
+                m.flag_child(int(k), int(b)).inc(int(per[k, b]))
+            self._flag_words_flushed[:] = self._flag_words
+        self._sync_skips()
+        last = self._last_state
+        if last is not None:
+            st = last[0]
+            if math.isfinite(st.chi2):
+                m.chi2.set(st.chi2)
+                if math.isfinite(st.chi2_threshold):
+                    m.chi2_threshold.set(st.chi2_threshold)
+            if st.vm.size:
+                m.vm_min.set(float(st.vm.min()))
+                m.vm_max.set(float(st.vm.max()))
+            m.state_time.set(st.source_time)
+
+    def _put(self, fn: Callable[..., None], kind: str, *args: Any, also: str | None = None,
+             **kw: Any) -> None:
+        """Hand records to the historian; ``also`` names a second record kind the same
+        call stores (put_snapshot: measurements and corrected)."""
         try:
             fn(*args, **kw)
         except HistorianError as exc:
-            self.metrics.historian_dropped.inc()
+            self.metrics.historian_dropped.inc(1 if also is None else 2)
             self._hist_errors += 1
             if self._hist_errors <= 5:
                 log.error("historian refused a %s record: %s", kind, exc)
             return
-        self.metrics.historian.labels(kind).inc()
+        hc = self._hist_counts
+        hc[kind] = hc.get(kind, 0) + 1
+        if also is not None:
+            hc[also] = hc.get(also, 0) + 1
 
     # ------------------------------------------------------------------ estimator side
     def on_state(self, st: StateMsg, received: float, met: bool) -> None:
-        m = self.metrics
         self.states += 1
-        m.states.inc()
         e2e = received - st.arrival_time
         hand = st.recv_time - st.send_time
         self.e2e_s.append(e2e)
         self.handoff_s.append(hand)
-        m.e2e.observe(e2e)
-        m.handoff.observe(hand)
-        m.estimate.observe(st.t_solve_s)
         self.estimate_s.append(st.t_solve_s)
-        if math.isfinite(st.chi2):
-            m.chi2.set(st.chi2)
-            if math.isfinite(st.chi2_threshold):
-                m.chi2_threshold.set(st.chi2_threshold)
-                if st.chi2 > st.chi2_threshold:
-                    m.chi2_failures.inc()
-        if st.vm.size:
-            m.vm_min.set(float(st.vm.min()))
-            m.vm_max.set(float(st.vm.max()))
-        m.state_time.set(st.source_time)
-        self._sync_skips()
-        timings = {"handoff_s": hand, "solve_s": st.t_solve_s, "e2e_s": e2e}
+        self._obs_e2e.append(e2e)
+        self._obs_handoff.append(hand)
+        self._obs_estimate.append(st.t_solve_s)
+        if math.isfinite(st.chi2) and math.isfinite(st.chi2_threshold) and \
+                st.chi2 > st.chi2_threshold:
+            self._chi2_failures += 1
+        self._last_state = (st, received, met, e2e, hand)
+        self._latest_json = None
         if self.historian is not None:
             self._put(self.historian.put_state, "states", st.seq, st.source_time, st.vm,
                       st.va, chi2=st.chi2 if math.isfinite(st.chi2) else None,
                       iterations=st.iterations, converged=st.converged, deadline_met=met,
-                      timings=timings)
-        self.latest_state = {
-            "seq": st.seq, "source_time": st.source_time, "received_time": received,
-            "bus": self._bus_ids, "vm_pu": st.vm.tolist(), "va_rad": st.va.tolist(),
-            "chi2": st.chi2 if math.isfinite(st.chi2) else None,
-            "chi2_threshold": st.chi2_threshold if math.isfinite(st.chi2_threshold)
-            else None,
-            "iterations": st.iterations, "converged": st.converged, "deadline_met": met,
-            "latency_ms": {"e2e": e2e * 1e3, "handoff": hand * 1e3,
-                           "estimate": st.t_solve_s * 1e3},
-        }
+                      timings={"handoff_s": hand, "solve_s": st.t_solve_s, "e2e_s": e2e})
+
+    @property
+    def latest_state(self) -> dict[str, Any] | None:
+        """The latest estimate as the ``/state`` JSON object (built when asked for)."""
+        if self._latest_json is None and self._last_state is not None:
+            st, received, met, e2e, hand = self._last_state
+            self._latest_json = {
+                "seq": st.seq, "source_time": st.source_time, "received_time": received,
+                "bus": self._bus_ids, "vm_pu": st.vm.tolist(), "va_rad": st.va.tolist(),
+                "chi2": st.chi2 if math.isfinite(st.chi2) else None,
+                "chi2_threshold": st.chi2_threshold if math.isfinite(st.chi2_threshold)
+                else None,
+                "iterations": st.iterations, "converged": st.converged,
+                "deadline_met": met,
+                "latency_ms": {"e2e": e2e * 1e3, "handoff": hand * 1e3,
+                               "estimate": st.t_solve_s * 1e3},
+            }
+        return self._latest_json
 
     def on_fail(self, f: FailMsg) -> None:
         self.metrics.failures.inc()

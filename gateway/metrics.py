@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -220,6 +221,8 @@ class Metrics:
                                for k in self.kinds]
         if streams is not None:
             r.register(_StreamCollector(streams, clock or time.time))  # type: ignore[arg-type]
+        #: called before every exposition: the gateway flushes its batched counts here
+        self.before_scrape: list[Callable[[], None]] = []
 
     def count_flags(self, kind: int, counts: Iterable[int]) -> None:
         """Add per-bit counts (bit 0 = BAD ... bit 8 = STALE) of meter kind ``kind``
@@ -233,7 +236,33 @@ class Metrics:
         return self._flag_children[kind][bit]
 
     def exposition(self) -> bytes:
+        for hook in self.before_scrape:
+            hook()
         return generate_latest(self.registry)
+
+
+def observe_many(hist: Any, values: Sequence[float]) -> None:
+    """``hist.observe(v)`` for every ``v`` of ``values`` in one pass (bucket counts with
+    numpy, one increment per bucket): the gateway batches its per-snapshot latencies and
+    flushes them every second or at scrape time instead of observing each on the hot path.
+    ``hist`` is a labelled-or-plain ``prometheus_client.Histogram`` (child)."""
+    n = len(values)
+    if n == 0:
+        return
+    bounds = getattr(hist, "_upper_bounds", None)
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if bounds is None or buckets is None or total is None:  # another client version
+        for v in values:
+            hist.observe(float(v))
+        return
+    a = np.asarray(values, dtype=np.float64)
+    # bucket i holds bounds[i-1] < v <= bounds[i] (prometheus_client's observe)
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), a, side="left")
+    counts = np.bincount(idx, minlength=len(bounds))
+    for i in np.flatnonzero(counts[:len(bounds)]).tolist():
+        buckets[i].inc(int(counts[i]))
+    total.inc(float(a.sum()))
 
 
 # --------------------------------------------------------------------------- HTTP server

@@ -67,6 +67,12 @@ StateSink = Callable[[StateMsg, float, bool], None]
 EventSink = Callable[[str, dict[str, object]], None]
 
 
+def _log_miss(n: int) -> bool:
+    """Log the first 10 deadline misses, then every 1000th (an overloaded host misses
+    many; the counter and the events carry them all, the log must not add load)."""
+    return n <= 10 or n % 1000 == 0
+
+
 class SupervisorError(GatewayError):
     """The estimator process could not be started at all."""
 
@@ -408,8 +414,10 @@ class EstimatorSupervisor:
         if self.inflight is inf and not inf.missed:
             inf.missed = True
             self.stats.deadline_misses += 1
-            log.warning("deadline missed: snapshot %d not estimated within %.1f ms",
-                        inf.snap.seq, self.deadline_s * 1e3)
+            if _log_miss(self.stats.deadline_misses):
+                log.warning("deadline missed: snapshot %d not estimated within %.1f ms "
+                            "(%d misses so far)", inf.snap.seq, self.deadline_s * 1e3,
+                            self.stats.deadline_misses)
             self.on_event("deadline_missed", {"seq": inf.snap.seq,
                                               "deadline_ms": self.deadline_s * 1e3})
 
@@ -424,8 +432,10 @@ class EstimatorSupervisor:
         met = now <= inf.deadline_at and not inf.missed
         if not met and not inf.missed:
             self.stats.deadline_misses += 1
-            log.warning("deadline missed: snapshot %d estimated after %.2f ms", inf.snap.seq,
-                        (now - inf.snap.published_time) * 1e3)
+            if _log_miss(self.stats.deadline_misses):
+                log.warning("deadline missed: snapshot %d estimated after %.2f ms (%d misses "
+                            "so far)", inf.snap.seq, (now - inf.snap.published_time) * 1e3,
+                            self.stats.deadline_misses)
             self.on_event("deadline_missed", {"seq": inf.snap.seq,
                                               "deadline_ms": self.deadline_s * 1e3})
         if isinstance(reply, StateMsg):

@@ -113,3 +113,27 @@ async def test_promtool_accepts_the_real_endpoint_output() -> None:
     res = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
                          timeout=60)
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+
+
+def test_observe_many_matches_observe_one_by_one() -> None:
+    """The gateway's batched latency flush gives the same exposition as observe()."""
+    from gateway.metrics import observe_many
+
+    xs = [0.0, 1e-5, 1.5e-5, 2.5e-5, 3e-4, 1e-3, 0.7, 1.0, 3.0, 5e-6, 2e-3]
+    a, b = Metrics(), Metrics()
+    for x in xs:
+        a.e2e.observe(x)
+        a.decode.labels("pmu").observe(x)
+    observe_many(b.e2e, xs)
+    observe_many(b.decode.labels("pmu"), xs)
+    observe_many(b.quality, [])
+
+    def samples(m: Metrics) -> list[str]:
+        return [ln for ln in m.exposition().decode().splitlines() if "_created" not in ln]
+    assert samples(a) == samples(b)
+
+
+def test_scrape_hooks_run_before_the_exposition() -> None:
+    m = Metrics()
+    m.before_scrape.append(lambda: m.states.inc(3))
+    assert "gridtwin_states_total 3.0" in m.exposition().decode()

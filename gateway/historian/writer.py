@@ -20,6 +20,13 @@ One thread commits in acceptance order. The logical FIFO is
 * on :meth:`close`, rows still in memory are written in front of the spool, so the next
   start (same spool directory) replays them first.
 
+Hot path: :meth:`HistorianWriter.put_snapshot` (raw and corrected rows of one snapshot),
+:meth:`HistorianWriter.put_state` and :meth:`HistorianWriter.put_forecasts` take one lock
+and keep the values; the writer thread encodes them (blobs, flagged counts, JSON) when it
+takes the batch, so the producer's loop pays neither the encoding nor a writer wake-up per
+row (the writer is woken when the queue turns non-empty or a batch is full, and otherwise
+lingers).
+
 Back-pressure is bounded and counted (:class:`HistorianStats`): ``queue_full`` counts puts
 that found the queue full, ``spooled`` rows that went to disk. Replays are idempotent
 (unique keys), so a batch whose commit outcome is unknown (connection reset during COMMIT)
@@ -61,6 +68,64 @@ from gateway.historian.schema import (
 from gateway.historian.spool import Record, Spool, encode_record
 
 log = logging.getLogger("gridtwin.historian")
+
+#: record kind of a queued :class:`_Lazy` (never committed or spooled as such)
+LAZY = "lazy"
+
+
+class _Lazy:
+    """Rows whose encoding is deferred to the writer thread: ``fn(*args)`` gives them."""
+
+    __slots__ = ("args", "fn", "rows")
+
+    def __init__(self, fn: Callable[..., list[Record]], args: tuple[Any, ...],
+                 rows: int) -> None:
+        self.fn = fn
+        self.args = args
+        self.rows = rows
+
+
+def _materialize(recs: Sequence[Record] | deque[Record]) -> list[Record]:
+    """``recs`` with every deferred record replaced by its encoded rows (same order)."""
+    out: list[Record] = []
+    for kind, row in recs:
+        if kind == LAZY:
+            lz = row[0]
+            assert isinstance(lz, _Lazy)
+            out.extend(lz.fn(*lz.args))
+        else:
+            out.append((kind, row))
+    return out
+
+
+def _snapshot_rows(rid: int, seq: int, src: float, arr: float, raw_v: np.ndarray,
+                   raw_f: np.ndarray, v: np.ndarray, f: np.ndarray) -> list[Record]:
+    rf = np.asarray(raw_f, dtype=np.uint32)
+    cf = np.asarray(f, dtype=np.uint32)
+    return [("measurements", (rid, seq, src, arr, len(rf),
+                              int(np.count_nonzero(rf & FLAGGED_MASK)), encode_f64(raw_v),
+                              encode_u32(rf))),
+            ("corrected", (rid, seq, src, len(cf), int(np.count_nonzero(cf & FLAGGED_MASK)),
+                           encode_f64(v), encode_u32(cf)))]
+
+
+def _forecast_rows(rid: int, seq: int, t: float, step: int, target: float,
+                   p_mw: Mapping[str, float], sigma_mw: Mapping[str, float] | None
+                   ) -> list[Record]:
+    return [("forecasts", (rid, seq, t, step, target, json_object(p_mw),
+                           None if sigma_mw is None else json_object(sigma_mw)))]
+
+
+def _state_rows(rid: int, seq: int, src: float, vm: np.ndarray, va: np.ndarray,
+                chi2: float | None, iterations: int, converged: bool, deadline_met: bool,
+                timings: Mapping[str, float] | None) -> list[Record]:
+    tj = None
+    if timings:
+        tj = json.dumps({k: finite_or_none(float(v)) for k, v in timings.items()})
+    return [("states", (
+        rid, seq, src, int(np.size(vm)), json_vector(vm), json_vector(va),
+        finite_or_none(None if chi2 is None else float(chi2)), int(iterations),
+        int(bool(converged)), int(bool(deadline_met)), tj))]
 
 
 @dataclass(frozen=True)
@@ -328,31 +393,39 @@ class HistorianWriter:
             self._rid(run_id), int(seq), float(source_time), len(f),
             int(np.count_nonzero(f & FLAGGED_MASK)), encode_f64(values), encode_u32(f)))
 
+    def put_snapshot(self, seq: int, source_time: float, arrival_time: float,
+                     raw_values: np.ndarray, raw_flags: np.ndarray, values: np.ndarray,
+                     flags: np.ndarray, *, run_id: int | None = None) -> None:
+        """One snapshot raw (as :meth:`put_measurements`) and cleaned (as
+        :meth:`put_corrected`) in one call: the two rows are accepted together and
+        encoded by the writer thread. The arrays are kept by reference until then: the
+        caller hands them over and must not modify them afterwards."""
+        self._accept_lazy(_Lazy(_snapshot_rows, (
+            self._rid(run_id), int(seq), float(source_time), float(arrival_time),
+            raw_values, raw_flags, values, flags), 2))
+
     def put_forecasts(self, seq: int, time: float, p_mw: Mapping[str, float],
                       sigma_mw: Mapping[str, float] | None = None, *, step: int = 0,
                       target_time: float | None = None, run_id: int | None = None) -> None:
         """PV forecasts of all plants issued at ``time`` for ``target_time`` (default
         ``time``), horizon step ``step``: ``p_mw``/``sigma_mw`` map plant name -> MW."""
-        self._accept("forecasts", (
+        self._accept_lazy(_Lazy(_forecast_rows, (
             self._rid(run_id), int(seq), float(time), int(step),
-            float(time if target_time is None else target_time), json_object(p_mw),
-            None if sigma_mw is None else json_object(sigma_mw)))
+            float(time if target_time is None else target_time), dict(p_mw),
+            None if sigma_mw is None else dict(sigma_mw)), 1))
 
     def put_state(self, seq: int, source_time: float, vm: np.ndarray, va: np.ndarray, *,
                   chi2: float | None = None, iterations: int = 0, converged: bool = True,
                   deadline_met: bool = True, timings: Mapping[str, float] | None = None,
                   run_id: int | None = None) -> None:
-        """One estimate: ``vm`` pu and ``va`` rad per bus (state-vector order)."""
+        """One estimate: ``vm`` pu and ``va`` rad per bus (state-vector order). The
+        vectors are copied; the JSON is written by the writer thread."""
         if np.shape(vm) != np.shape(va):
             raise ValueError("vm and va differ in length")
-        tj = None
-        if timings:
-            tj = json.dumps({k: finite_or_none(float(v)) for k, v in timings.items()})
-        self._accept("states", (
-            self._rid(run_id), int(seq), float(source_time), int(np.size(vm)),
-            json_vector(vm), json_vector(va),
-            finite_or_none(None if chi2 is None else float(chi2)), int(iterations),
-            int(bool(converged)), int(bool(deadline_met)), tj))
+        self._accept_lazy(_Lazy(_state_rows, (
+            self._rid(run_id), int(seq), float(source_time), np.array(vm, np.float64),
+            np.array(va, np.float64), chi2, int(iterations), bool(converged),
+            bool(deadline_met), dict(timings) if timings else None), 1))
 
     def put_event(self, time: float, kind: str, source: str = "",
                   detail: Mapping[str, Any] | None = None, *,
@@ -372,6 +445,25 @@ class HistorianWriter:
             raise HistorianError("no run: call start_run() before put_*()")
         return rid
 
+    def _accept_lazy(self, lazy: _Lazy) -> None:
+        """Accept ``lazy.rows`` rows at once (queued unencoded; see :meth:`_accept`)."""
+        with self._lock:
+            if self._closing or self._closed or self._spool is None:
+                raise HistorianError("historian writer is not running (start() it; "
+                                     "or it was closed)")
+            spool = self._spool
+            q = self._queue
+            if spool.empty() and len(q) < self.max_queue:
+                q.append((LAZY, (lazy,)))
+                self._stats.accepted += lazy.rows
+                # wake the writer only when it has something new to do: the queue was
+                # empty (it is idle) or a batch is full (it is lingering for one)
+                if len(q) == 1 or len(q) >= self.batch_rows:
+                    self._not_empty.notify()
+                return
+        for kind, row in lazy.fn(*lazy.args):  # queue full or spooling: encode here
+            self._accept(kind, row)
+
     def _accept(self, kind: str, row: Row) -> None:
         with self._lock:
             if self._closing or self._closed or self._spool is None:
@@ -387,6 +479,11 @@ class HistorianWriter:
                     self._not_full.wait(left)
             if spool.empty() and len(self._queue) < self.max_queue:
                 self._queue.append((kind, row))
+                self._stats.accepted += 1
+                n = len(self._queue)
+                if n == 1 or n >= self.batch_rows:  # see _accept_lazy
+                    self._not_empty.notify()
+                return
             else:
                 if len(self._queue) >= self.max_queue:
                     self._stats.queue_full += 1
@@ -429,6 +526,8 @@ class HistorianWriter:
                             from_spool = True
                         elif self._closing:
                             return
+                    if pending:  # encode deferred rows here, outside the lock
+                        pending = _materialize(pending)
                     if from_spool and not pending:
                         pending, spool_end = spool.read(self.batch_rows)
                     if not pending:
@@ -456,7 +555,8 @@ class HistorianWriter:
                         if not from_spool and spool.empty():
                             # outage: move the batch and the queue to disk, in order
                             recs = [encode_record(k, r) for k, r in pending]
-                            recs.extend(encode_record(k, r) for k, r in self._queue)
+                            recs.extend(encode_record(k, r)
+                                        for k, r in _materialize(self._queue))
                             spool.append(recs)
                             self._stats.spooled += len(recs)
                             self._queue.clear()
@@ -485,8 +585,8 @@ class HistorianWriter:
         assert spool is not None
         with self._lock:
             self._closing = True
-            mem = [encode_record(k, r) for k, r in pending]
-            mem.extend(encode_record(k, r) for k, r in self._queue)
+            mem = [encode_record(k, r) for k, r in _materialize(pending)]
+            mem.extend(encode_record(k, r) for k, r in _materialize(self._queue))
             self._queue.clear()
             if mem:
                 if spool.empty():

@@ -1,9 +1,9 @@
 """``udp://HOST:PORT``: the gateway listens; every datagram is one frame.
 
-The socket is drained with ``recvfrom`` until it would block on each readiness callback
-(one selector wake-up serves a whole burst), which sustains far more frames per second on
-one core than a per-datagram protocol callback or an awaiting ``recv`` wrapper
-(asyncio-dgram), and the receive buffer is enlarged so bursts do not overflow it.
+Each readiness callback reads up to :data:`BURST` datagrams with ``recvfrom`` (no
+protocol object, no awaiting ``recv`` wrapper such as asyncio-dgram), then yields so the
+other streams' sockets are read in turn: a backlog is worked off snapshot by snapshot
+instead of stream by stream. The receive buffer is enlarged so bursts do not overflow it.
 Datagrams from sources outside the stream's allowlist are dropped and counted.
 """
 
@@ -17,7 +17,11 @@ from gateway.transports.base import TransportBase, register
 
 RCVBUF_BYTES = 8 * 1024 * 1024
 MAX_DATAGRAM = 65535
-BURST = 64  # datagrams read per wake-up before yielding (streams stay interleaved)
+#: datagrams read per wake-up before yielding to the other streams. Small on purpose: a
+#: snapshot needs one frame of every stream, so when the loop is behind, reading one
+#: stream's backlog ahead of the others would leave every slot waiting for the slowest
+#: stream (latency, late frames); the selector round trip is cheap next to a snapshot
+BURST = 2
 
 
 @register("udp")
