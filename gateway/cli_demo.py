@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_START = "1990-06-01T10:00"  # late morning: the PV plants produce
-TRACE_STEP_S = 1.0  # the resolution the committed models were trained at
+MAX_TRACE_ROWS = 60_000  # a longer demo loops the trace
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -107,25 +107,28 @@ def cache_dir(cache: str | None) -> Path:
     return Path(base) / "gridtwin"
 
 
-def scenario_path(cache: Path, *, rows: int, bad_pct: float, seed: int) -> Path:
-    return cache / f"demo-ieee33-{rows}x{int(TRACE_STEP_S * 1000)}ms-bad{bad_pct:g}-s{seed}.npz"
+def scenario_path(cache: Path, *, rows: int, step_s: float, bad_pct: float, seed: int
+                  ) -> Path:
+    return cache / f"demo-ieee33-{rows}x{round(step_s * 1e6)}us-bad{bad_pct:g}-s{seed}.npz"
 
 
 def ensure_scenario(cache: Path, *, seconds: float, rate: float, bad_pct: float, seed: int,
                     log: Any) -> tuple[Path, bool]:
-    """A trace with one row per frame, at most 3000 rows (the emulator loops it)."""
-    rows = math.ceil(min(seconds * rate, 3000) + 50)
+    """A real-time trace: one row per frame at the frame period, so the grid moves as it
+    would at that rate (at most MAX_TRACE_ROWS rows; the emulator loops a longer run)."""
+    step_s = 1.0 / rate
+    rows = math.ceil(min(seconds * rate, MAX_TRACE_ROWS) + 50)
     rows = max(rows, 200)
-    path = scenario_path(cache, rows=rows, bad_pct=bad_pct, seed=seed)
+    path = scenario_path(cache, rows=rows, step_s=step_s, bad_pct=bad_pct, seed=seed)
     if path.is_file():
         return path, rows < seconds * rate
     cache.mkdir(parents=True, exist_ok=True)
     from hil.scenario import ScenarioSpec, make_scenario
 
-    log(f"demo: generating scenario {path.name} ({rows} rows of {TRACE_STEP_S:g} s, "
+    log(f"demo: generating scenario {path.name} ({rows} rows of {step_s * 1000:g} ms, "
         f"{bad_pct:g} % bad)")
-    spec = ScenarioSpec(config="ieee33", start=DEMO_START, hours=rows * TRACE_STEP_S / 3600,
-                        step_s=TRACE_STEP_S, bad_pct=bad_pct, seed=seed)
+    spec = ScenarioSpec(config="ieee33", start=DEMO_START, hours=rows * step_s / 3600,
+                        step_s=step_s, bad_pct=bad_pct, seed=seed)
     tmp = path.with_suffix(".tmp.npz")
     out = make_scenario(spec, tmp, progress=False)
     Path(out).replace(path)
