@@ -27,11 +27,22 @@ with them the gain -- are constant: the usual constant-gain approximation. With
 noise-free measurements the fixed point is the exact power-flow state whatever the weights.
 
 Constraints ``C x = 0``: zero-injection buses (``Ybus[k] V = 0``, two real rows each,
-constant) in the factorized KKT matrix ``K0 = [[H^T W H, C^T], [C, 0]]``; zero reactive
-power at PV plant nodes, ``Im(conj(u_k) Ybus[k] V) = 0`` with ``u_k`` the unit phasor of the
-node voltage at the previous iterate, as a rank-p correction (Schur complement) using
-``K0^-1`` applied once to the fixed rows ``[Re Ybus[k]; Im Ybus[k]]``, so nothing is
-refactorized per iteration.
+constant). Small networks (dense mode): the factorized KKT matrix
+``K0 = [[H^T W H, C^T], [C, 0]]``. Large networks (sparse mode): the null-space method
+(Gill, Murray & Wright 1981; for state estimation e.g. Gomez-Exposito & Abur 2004,
+ch. 6): with the buses split into zero-injection ``Z`` and others ``O``,
+``Y_ZZ V_Z + Y_ZO V_O = 0`` gives ``V_Z = -Y_ZZ^-1 Y_ZO V_O``, i.e. ``x = N x_O`` with a
+sparse ``N`` (built once per topology, component by component of the ``Z`` subgraph), and
+the reduced gain ``G_r = N^T H^T W H N`` is symmetric positive definite: factorized once
+by a sparse LDL^T (``qdldl``; SciPy ``splu`` when it is not installed). Same minimizer as
+the KKT form (``range(N)`` is the null space of ``C``). Zero reactive power at PV plant
+nodes, ``Im(conj(u_k) Ybus[k] V) = 0`` with ``u_k`` the unit phasor of the node voltage at
+the previous iterate, as a rank-p correction (Schur complement) using ``E = K0^-1[x, x]``
+(``N G_r^-1 N^T`` in sparse mode) applied once to the fixed rows
+``[Re Ybus[k]; Im Ybus[k]]``, so nothing is refactorized per iteration.
+
+Normalized residuals (bad-data tests) use the residual covariance of this estimator's own
+fixed point, not the textbook WLS one: see :func:`linear_sensitivity`.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.linalg.lapack import dgesv as gesv
+from scipy.sparse.csgraph import connected_components
 
 from estimator.blas import single_threaded
 from estimator.errors import DidNotConverge, EstimatorError
@@ -59,7 +71,17 @@ from estimator.measurement import (
 from estimator.observability import check_observable, constraint_rows
 from estimator.state import State
 
-__all__ = ["LinearStateEstimator", "chi2_quantile"]
+try:  # the C kernel behind ``csr @ vector``, without its per-call checks and allocation
+    from scipy.sparse._sparsetools import csr_matvec as _csr_matvec
+except ImportError:  # pragma: no cover - private SciPy module moved
+    _csr_matvec = None
+
+try:  # sparse LDL^T of the reduced gain (manylinux wheel, no system libraries)
+    import qdldl as _qdldl
+except ImportError:  # pragma: no cover - exercised by forcing sparse_solver="splu"
+    _qdldl = None
+
+__all__ = ["LinearStateEstimator", "chi2_quantile", "linear_sensitivity"]
 
 DENSE_LIMIT = 700  # KKT size up to which the solution operator is stored densely
 RESIDUAL_LIMIT = 4000  # states up to which normalized residuals are computed (dense E)
@@ -91,6 +113,139 @@ def chi2_quantile(dof: int, confidence: float = 0.99) -> float:
     return float(chdtri(dof, 1.0 - confidence))
 
 
+def _spmv(a: sp.csr_matrix, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out = a @ x`` into a preallocated ``out`` (CSR, float64, contiguous ``x``)."""
+    if _csr_matvec is None:  # pragma: no cover
+        out[:] = a @ x
+        return out
+    out.fill(0.0)
+    _csr_matvec(a.shape[0], a.shape[1], a.indptr, a.indices, a.data, x, out)
+    return out
+
+
+def _null_space(ybus: sp.csr_matrix, zi: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``(N, o)``: ``x = N x_O`` for every interleaved state ``x`` with zero injection at
+    the buses ``zi``; ``o`` are the other buses (the columns of ``N``, interleaved).
+
+    ``Y_ZZ V_Z + Y_ZO V_O = 0``  =>  ``V_Z = -Y_ZZ^-1 Y_ZO V_O``; ``Y_ZZ`` is block diagonal
+    over the connected components of the zero-injection buses (mostly single junctions on
+    a feeder), so each block is solved on its own (dense, small).
+    """
+    n = ybus.shape[0]
+    isz = np.zeros(n, bool)
+    isz[zi] = True
+    o = np.flatnonzero(~isz)
+    yz = sp.csr_matrix(ybus[zi])
+    yzz = sp.csr_matrix(yz[:, zi])
+    yzo = sp.csr_matrix(yz[:, o])
+    # groups of adjacent junctions (on the pattern: a purely reactive coupling counts)
+    pattern = sp.csr_matrix((np.ones(yzz.nnz), yzz.indices, yzz.indptr), shape=yzz.shape)
+    ncomp, lab = connected_components(pattern, directed=False)
+    size = np.bincount(lab, minlength=ncomp)
+    # O buses: identity rows
+    rows = [o]
+    cols = [np.arange(o.size)]
+    vals: list[np.ndarray] = [np.ones(o.size, complex)]
+    # single junctions: V_z = -(Y_zO / Y_zz) V_O
+    si = np.flatnonzero(size[lab] == 1)
+    diag = yzz.diagonal()[si]
+    if np.any(diag == 0):
+        raise EstimatorError("a zero-injection bus has no admittance to the network")
+    sub = sp.coo_matrix(yzo[si])
+    rows.append(zi[si][sub.row])
+    cols.append(sub.col)
+    vals.append(-sub.data / diag[sub.row])
+    # groups of adjacent junctions: N_g = -Y_gg^-1 Y_gO on the columns it touches
+    order = np.argsort(lab, kind="stable")
+    starts = np.searchsorted(lab[order], np.arange(ncomp + 1))
+    for comp in np.flatnonzero(size > 1):
+        idx = order[starts[comp]:starts[comp + 1]]
+        b = yzo[idx]
+        nzc = np.unique(b.indices)
+        try:
+            blk = -np.linalg.solve(yzz[idx][:, idx].toarray(), b[:, nzc].toarray())
+        except np.linalg.LinAlgError as exc:
+            raise EstimatorError(f"zero-injection buses {zi[idx].tolist()} form a singular "
+                                 "group") from exc
+        rr, cc = np.indices(blk.shape)
+        rows.append(zi[idx][rr.ravel()])
+        cols.append(nzc[cc.ravel()])
+        vals.append(blk.ravel())
+    r = np.concatenate(rows)
+    c = np.concatenate(cols)
+    a = np.concatenate(vals)
+    # complex entry a + jb as the real 2x2 block [[a, -b], [b, a]] (interleaved state)
+    nr = sp.csr_matrix((np.r_[a.real, -a.imag, a.imag, a.real],
+                        (np.r_[2 * r, 2 * r, 2 * r + 1, 2 * r + 1],
+                         np.r_[2 * c, 2 * c + 1, 2 * c, 2 * c + 1])),
+                       shape=(2 * n, 2 * o.size))
+    nr.eliminate_zeros()
+    nr.sort_indices()
+    return nr, _pair(o)
+
+
+class _Reduced:
+    """The reduced normal equations of sparse mode, factorized once (see module docstring).
+
+    ``step(r_t) = N G_r^-1 N^T H^T W r_t``, ``G_r = (H N)^T W (H N)``; without
+    zero-injection buses ``N = I``.
+    """
+
+    def __init__(self, h: sp.csr_matrix, w: sp.csr_matrix, nmat: sp.csr_matrix | None,
+                 opos: np.ndarray | None, *, solver: str) -> None:
+        self.n = nmat
+        self.opos = opos
+        hn = h if nmat is None else sp.csr_matrix(h @ nmat)
+        # M = N^T H^T W (the reduced right-hand side operator)
+        self.m = sp.csr_matrix(hn.T @ w)
+        self.m.sort_indices()
+        # G_r = M H N
+        gain = sp.csc_matrix(self.m @ hn)
+        gain.sort_indices()
+        self.size = gain.shape[0]
+        self.work = np.empty(self.size)  # N^T H^T W r_t
+        self.solver = solver
+        if solver == "qdldl":
+            assert _qdldl is not None
+            self.solve = _qdldl.Solver(gain).solve
+        else:
+            # SPD: no pivoting needed, symmetric ordering
+            lu = spla.splu(gain, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                           options={"SymmetricMode": True})
+            self.solve = lu.solve
+
+    def step(self, rt: np.ndarray) -> np.ndarray:
+        # dx = N G_r^-1 N^T H^T W r_t
+        y = self.solve(_spmv(self.m, rt, self.work))
+        return y if self.n is None else _spmv(self.n, y, np.empty(self.n.shape[0]))
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """``N x_O``: ``x`` with the zero-injection buses' voltages implied by the others."""
+        if self.n is None or self.opos is None:
+            return x
+        return _spmv(self.n, np.ascontiguousarray(x[self.opos]), np.empty(self.n.shape[0]))
+
+    def inverse_times(self, b: np.ndarray) -> np.ndarray:
+        """``N G_r^-1 N^T b`` for the columns of dense ``b`` (2n x k)."""
+        bt = b if self.n is None else np.asarray(self.n.T @ b)
+        y = np.column_stack([self.solve(np.ascontiguousarray(bt[:, j]))
+                             for j in range(bt.shape[1])])
+        return y if self.n is None else np.asarray(self.n @ y)
+
+
+def _converged(dv: float, dv_prev: float, tol: float) -> bool:
+    """Stopping test of the fixed point: ``max |dV| < tol``, or the distance to the fixed
+    point bounded from the observed contraction ``rho = dv / dv_prev`` below ``tol``.
+
+    A-posteriori bound of a contraction (Ortega & Rheinboldt 1970, 12.1): ``|x_k - x*| <=
+    rho / (1 - rho) |x_k - x_{k-1}|``; used only when ``rho < 1/2`` (a clear contraction;
+    ``dv_prev = 0`` on the first iteration), where it ends the iteration one step before
+    the plain test without loosening what ``tol`` means.
+    """
+    # dv < tol  or  dv rho / (1 - rho) = dv^2 / (dv_prev - dv) < tol with 2 dv < dv_prev
+    return dv < tol or (2.0 * dv < dv_prev and dv * dv < tol * (dv_prev - dv))
+
+
 @dataclass
 class _Factor:
     """Everything fixed for one measurement set (active mask) and topology."""
@@ -107,8 +262,7 @@ class _Factor:
     n_state: int
     dense: bool
     op: np.ndarray | None  # dense: x0 = op @ z_t (2n x 2g)
-    htw: sp.csr_matrix | None  # sparse: rhs = H^T W z_t
-    lu: object | None
+    red: _Reduced | None  # sparse: the reduced normal equations, factorized
     e: np.ndarray | None  # covariance of x (top-left block of K0^-1), dense mode
     pv: np.ndarray  # PV node indices
     er: np.ndarray | None  # E R0^T (2n x 2p)
@@ -127,9 +281,7 @@ class _Factor:
     phasor_pos: np.ndarray
     power_pos: np.ndarray
     complete: bool
-    sens: np.ndarray | None = None
-    sens_clean: bool = False
-    inv_sqrt_sens: np.ndarray | None = None
+    w: sp.csr_matrix | None = None  # slot weights W (2g x 2g)
     fast: _Fast | None = None
 
 
@@ -146,11 +298,10 @@ class _Fast:
     pw_pv: np.ndarray  # power slot is a PV pseudo (Q = 0 exactly)
     vb: np.ndarray  # converting bus of every power slot
     ph: np.ndarray  # positions of the phasor / power slots among the active slots
-    pw: np.ndarray
+    pw: np.ndarray | slice  # a slice when contiguous (the usual order: PMUs first)
     opx: np.ndarray | sp.csr_matrix  # dense: [op; R0 op]; sparse: H^T W
     hx: np.ndarray | sp.csr_matrix  # dense: [H; R0]; sparse: H
     opc: np.ndarray | None  # dense: K0^-1[x, c] alpha (zero-injection correction)
-    rhs: np.ndarray | None  # sparse: KKT right-hand side work array
     m1: np.ndarray | None  # PV: Pc E Pc^T (complex p x p), Pc = rows of Ybus[pv]
     m2: np.ndarray | None  # PV: Pc E Pc^H
     er: np.ndarray | None  # PV: E R0^T (2n x 2p), interleaved
@@ -164,7 +315,9 @@ class LinearStateEstimator:
     ``normalized_residuals`` (None = when the network has at most 2000 buses),
     ``cache_size`` (factorizations kept, one per measurement set), ``fill_fraction``
     (up to this fraction of the measurements may be missing or dropped without a new
-    factorization: they are filled from the estimate instead)).
+    factorization: they are filled from the estimate instead), ``dense_limit`` (KKT size
+    up to which the dense solution operator is used; above it the sparse reduced form),
+    ``sparse_solver`` (``"auto"``: ``qdldl`` when installed, else ``"splu"``).
     """
 
     method = "linear"
@@ -172,7 +325,8 @@ class LinearStateEstimator:
     def __init__(self, model: MeasurementModel, *, tolerance: float = 1e-7,
                  max_iterations: int = 20, constraints: bool = True,
                  normalized_residuals: bool | None = None, cache_size: int = 16,
-                 fill_fraction: float = 0.1) -> None:
+                 fill_fraction: float = 0.1, dense_limit: int = DENSE_LIMIT,
+                 sparse_solver: str = "auto") -> None:
         self.model = model
         self.net = model.net
         self.tolerance = float(tolerance)
@@ -183,6 +337,19 @@ class LinearStateEstimator:
                                      else bool(normalized_residuals))
         self.cache_size = int(cache_size)
         self.fill_fraction = float(fill_fraction)
+        self.dense_limit = int(dense_limit)
+        if sparse_solver == "auto":
+            sparse_solver = "qdldl" if _qdldl is not None else "splu"
+        if sparse_solver not in ("qdldl", "splu"):
+            raise EstimatorError(f"sparse_solver must be 'auto', 'qdldl' or 'splu', not "
+                                 f"{sparse_solver!r}")
+        if sparse_solver == "qdldl" and _qdldl is None:
+            raise EstimatorError("sparse_solver='qdldl' needs the qdldl package "
+                                 "(pip install qdldl)")
+        self.sparse_solver = sparse_solver
+        self._nspace: tuple[sp.csr_matrix, np.ndarray] | None = None
+        # per measurement set: (1 / sqrt(s_i), computed at a chi-square-clean state)
+        self._sens: OrderedDict[bytes, tuple[np.ndarray, bool]] = OrderedDict()
         self._all = np.ones(model.m, bool)
         self._obs_ok: OrderedDict[bytes, bool] = OrderedDict()
         self._chi2_cache: dict[int, float] = {}
@@ -214,6 +381,13 @@ class LinearStateEstimator:
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return fac
+
+    def _null_space(self) -> tuple[sp.csr_matrix, np.ndarray]:
+        """``(N, o)`` of the zero-injection buses (once per estimator: fixed topology)."""
+        if self._nspace is None:
+            self._nspace = _null_space(sp.csr_matrix(self.net.ybus()),
+                                       self.model.zero_injection)
+        return self._nspace
 
     def _slot_weights(self, slots: np.ndarray, active: np.ndarray) -> sp.csr_matrix:
         model = self.model
@@ -276,9 +450,7 @@ class LinearStateEstimator:
         alpha = 1.0
         if c.shape[0]:
             alpha = float(np.abs(gain.diagonal()).max() / max(abs(c).max(), 1e-300))
-        cs = sp.csr_matrix(c * alpha)
-        k0 = sp.csc_matrix(sp.bmat([[gain, cs.T], [cs, None]]))
-        nk = k0.shape[0]
+        nk = n2 + c.shape[0]
         pv = model.pv_nodes if self.constraints else np.zeros(0, np.int64)
         r0 = None
         if pv.size:
@@ -289,11 +461,12 @@ class LinearStateEstimator:
             perm[0::2] = np.arange(pv.size)
             perm[1::2] = pv.size + np.arange(pv.size)
             r0 = sp.csr_matrix(sp.csr_matrix(sp.vstack([re_rows, im_rows]))[perm][:, il])
-        dense = nk <= DENSE_LIMIT
-        op = opc = lu = e = er = s0 = None
+        dense = nk <= self.dense_limit
+        op = opc = red = e = er = s0 = None
         try:
             if dense:
-                kd = k0.toarray()
+                cs = sp.csr_matrix(c * alpha)
+                kd = sp.bmat([[gain, cs.T], [cs, None]]).toarray()
                 lu_piv = sla.lu_factor(kd)
                 kinv = sla.lu_solve(lu_piv, np.eye(nk))
                 e = kinv[:n2, :n2]
@@ -307,8 +480,11 @@ class LinearStateEstimator:
                 op = sol[:n2]
                 opc = kinv[:n2, n2:] * alpha if c.shape[0] else None
             else:
-                lu = spla.splu(k0, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1)
-        except (np.linalg.LinAlgError, RuntimeError) as exc:
+                nmat = opos = None
+                if c.shape[0]:
+                    nmat, opos = self._null_space()
+                red = _Reduced(h, w, nmat, opos, solver=self.sparse_solver)
+        except (np.linalg.LinAlgError, RuntimeError, ValueError) as exc:
             raise EstimatorError(f"gain matrix is singular although the observability check "
                                  f"passed: {exc}") from exc
         if r0 is not None:
@@ -316,9 +492,9 @@ class LinearStateEstimator:
                 assert e is not None and op is not None
                 er = np.asarray(r0 @ e).T  # E symmetric: E R0^T = (R0 E)^T
             else:
-                rhs = np.zeros((nk, r0.shape[0]))
-                rhs[:n2] = r0.T.toarray()
-                er = lu.solve(rhs)[:n2]  # type: ignore[union-attr]
+                assert red is not None
+                # E R0^T = N G_r^-1 N^T R0^T
+                er = red.inverse_times(r0.T.toarray())
             s0 = np.asarray(r0 @ er)
         mem = model.members[slots]
         has = (mem >= 0) & active[np.maximum(mem, 0)]
@@ -340,8 +516,7 @@ class LinearStateEstimator:
             n_state=n2,
             dense=dense,
             op=op,
-            htw=None if dense else htw,
-            lu=lu,
+            red=red,
             e=e,
             pv=pv,
             er=er,
@@ -360,6 +535,7 @@ class LinearStateEstimator:
             phasor_pos=np.flatnonzero(np.isin(st, [SLOT_V, SLOT_I])),
             power_pos=np.flatnonzero(~np.isin(st, [SLOT_V, SLOT_I])),
             complete=bool(np.all(has[:, 0]) and np.all(has[:, 1] | (st == SLOT_PV))),
+            w=w,
         )
 
     def _fast(self, fac: _Factor) -> _Fast:
@@ -376,7 +552,6 @@ class LinearStateEstimator:
             # Pc = R0_re + j R0_im: M1 = Pc E Pc^T, M2 = Pc E Pc^H
             m1 = (srr - sii) + 1j * (sri + sir)
             m2 = (srr + sii) + 1j * (sir - sri)
-        rhs = None
         if fac.dense:
             assert fac.op is not None and fac.hd is not None
             r0 = None if fac.r0 is None else fac.r0.toarray()
@@ -387,15 +562,17 @@ class LinearStateEstimator:
                 fac.hd if r0 is None else np.vstack([fac.hd, r0]))
             opc = fac.opc
         else:
-            assert fac.htw is not None
-            opx = fac.htw
+            assert fac.red is not None
+            opx = fac.red.m
             hx = fac.h
             opc = None
-            rhs = np.zeros(fac.lu.shape[0])  # type: ignore[attr-defined]
         fac.fast = _Fast(
             ph0=fac.idx0[ph], ph1=fac.idx1[ph], pw0=fac.idx0[pw], pw1=fac.idx1[pw],
-            pw_pv=fac.is_pv_slot[pw], vb=fac.vbus[pw], ph=ph, pw=pw, opx=opx, hx=hx,
-            opc=opc, rhs=rhs, m1=m1, m2=m2,
+            pw_pv=fac.is_pv_slot[pw], vb=fac.vbus[pw], ph=ph,
+            pw=(slice(int(pw[0]), int(pw[-1]) + 1) if pw.size and np.all(np.diff(pw) == 1)
+                else pw),
+            opx=opx, hx=hx,
+            opc=opc, m1=m1, m2=m2,
             er=None if fac.er is None else np.ascontiguousarray(fac.er))
         return fac.fast
 
@@ -404,8 +581,9 @@ class LinearStateEstimator:
         """The fixed point when every slot is complete (phasors fixed per snapshot).
 
         Correction form (iterative refinement built in): ``r_t = z_t - H x``,
-        ``dx = E H^T W r_t - K0^-1[x, c] alpha C x``; exact to rounding at the fixed point
-        however ill-conditioned the gain.
+        ``dx = E H^T W r_t - K0^-1[x, c] alpha C x`` (dense) or ``dx = N G_r^-1 N^T H^T W
+        r_t`` from ``x = N x_O`` (sparse); exact to rounding at the fixed point however
+        ill-conditioned the gain.
         """
         f = self._fast(fac)
         n2 = fac.n_state
@@ -421,12 +599,16 @@ class LinearStateEstimator:
         zr = zt.view(np.float64)
         npv = fac.pv.size
         pv = fac.pv
-        rhs = f.rhs
-        lu = fac.lu
+        red = fac.red
         opx, hx, opc = f.opx, f.hx, f.opc
+        hbuf = np.empty(g2)
         has_c = fac.c.shape[0] > 0
         v = np.ascontiguousarray(v, complex)
+        if red is not None:
+            # start on the constraint manifold: x = N x_O (then every step stays on it)
+            v = red.project(v.view(np.float64)).view(complex)
         dv = np.inf
+        dv_prev = 0.0
         for it in range(1, itmax + 1):
             xv = v.view(np.float64)
             # equivalent currents: I = conj(S / V_k) = conj(S) / conj(V_k)
@@ -434,7 +616,7 @@ class LinearStateEstimator:
             np.conjugate(vk, out=vk)
             zt[f.pw] = s_conj / vk
             # [H x; R0 x]
-            hxv = hx @ xv
+            hxv = hx @ xv if dense else _spmv(hx, xv, hbuf)  # type: ignore[arg-type]
             # r_t = z_t - H x
             rt = zr - hxv[:g2]
             if dense:
@@ -445,13 +627,9 @@ class LinearStateEstimator:
                 if has_c:
                     x -= opc @ (fac.c @ xv)  # type: ignore[operator]
             else:
-                # K0 [dx; mu] = [H^T W r_t; -alpha C x]
-                assert rhs is not None
-                rhs[:n2] = opx @ rt
-                if has_c:
-                    rhs[n2:] = -fac.alpha * (fac.c @ xv)
-                y = lu.solve(rhs)  # type: ignore[attr-defined]
-                x = y[:n2]
+                # dx = N G_r^-1 (N^T H^T W) r_t
+                assert red is not None
+                x = red.step(rt)
                 x += xv
             if npv:
                 # Q = 0 at PV nodes: Im(conj(u_j) Ybus[j] V) = 0, u_j the unit voltage
@@ -469,11 +647,12 @@ class LinearStateEstimator:
                 mu = gesv(s, t)[2]
                 # x = x0 - E R0^T D mu ; D mu interleaved = j u mu (mu from 2 S)
                 x = x - f.er @ (2j * u * mu).view(np.float64)  # type: ignore[operator]
-            # converged when max |dV| < tol (the state change of this iteration)
+            # the state change of this iteration: dv = max |dV|
             dv = float(np.abs(x - xv).max())
             v = x.view(complex)
-            if dv < tol:
+            if _converged(dv, dv_prev, tol):
                 return v, it, dv
+            dv_prev = dv
         raise DidNotConverge(f"linear SE did not converge in {itmax} iterations "
                              f"(max |dV| = {dv:.3e} pu)", mismatch=dv, iterations=itmax,
                              last=v)
@@ -518,9 +697,11 @@ class LinearStateEstimator:
         else:
             v = self._flat
         t1 = time.perf_counter()
-        # sparse mode: SuperLU's supernodes call BLAS on tiny blocks, where OpenBLAS
-        # threads only add hand-offs (measured 2x slower on a loaded 2-core machine)
-        ctx = contextlib.nullcontext() if fac.dense else single_threaded()
+        # SuperLU's supernodes call BLAS on tiny blocks, where OpenBLAS threads only add
+        # hand-offs (measured 2x slower on a loaded 2-core machine); qdldl and the dense
+        # products need no limit (entering the context costs about 60 us)
+        ctx = (single_threaded() if fac.red is not None and fac.red.solver == "splu"
+               else contextlib.nullcontext())
         try:
             with ctx:
                 if complete:
@@ -545,8 +726,7 @@ class LinearStateEstimator:
                                       itmax)
         t2 = time.perf_counter()
         self._last_v = v
-        with contextlib.nullcontext() if fac.dense else single_threaded():
-            state = self._finish(fac, v, z, act, it, dv, now)
+        state = self._finish(fac, v, z, act, it, dv, now)
         state.dof, state.chi2_threshold = dof, chi2
         t3 = time.perf_counter()
         state.timings = {"prepare_s": t1 - t0, "iterate_s": t2 - t1,
@@ -556,8 +736,10 @@ class LinearStateEstimator:
     def _iterate(self, fac: _Factor, v: np.ndarray, z0: np.ndarray, z1: np.ndarray,
                  has0: np.ndarray, has1: np.ndarray, complete: bool, tol: float,
                  itmax: int) -> tuple[np.ndarray, int, float]:
-        n2 = fac.n_state
         v = np.ascontiguousarray(v, complex)
+        if fac.red is not None:
+            # start on the zero-injection manifold: x = N x_O
+            v = fac.red.project(v.view(np.float64)).view(complex)
         phasor, pvs = fac.is_phasor, fac.is_pv_slot
         a, vbus = fac.a, fac.vbus
         pv = fac.pv
@@ -573,6 +755,7 @@ class LinearStateEstimator:
             s_conj = z0[pw] - 1j * np.where(pvs[pw], 0.0, z1[pw])
             vb = vbus[pw]
         dv = np.inf
+        dv_prev = 0.0
         npv = pv.size
         for it in range(1, itmax + 1):
             if full:
@@ -600,11 +783,8 @@ class LinearStateEstimator:
                 if has_c:
                     dx -= fac.opc @ (fac.c @ xv)  # type: ignore[operator]
             else:
-                rhs = np.zeros(fac.lu.shape[0])  # type: ignore[attr-defined]
-                rhs[:n2] = fac.htw @ rt  # type: ignore[operator]
-                if has_c:
-                    rhs[n2:] = -fac.alpha * (fac.c @ xv)
-                dx = fac.lu.solve(rhs)[:n2]  # type: ignore[attr-defined]
+                # dx = N G_r^-1 N^T H^T W r_t (x stays on the zero-injection manifold)
+                dx = fac.red.step(rt)  # type: ignore[union-attr]
             x = xv + dx
             if npv:
                 # Q = 0 at PV nodes: Im(conj(u_j) Ybus[j] V) = 0, u_j the unit voltage
@@ -618,11 +798,12 @@ class LinearStateEstimator:
                 s = np.einsum("ja,jalb,lb->jl", dd, fac.s0r, dd)  # type: ignore[arg-type]
                 mu = gesv(s, t)[2]
                 x = x - fac.er @ (dd * mu[:, None]).ravel()  # type: ignore[operator]
-            # converged when max |dV| < tol (the state change of this iteration)
+            # the state change of this iteration: dv = max |dV|
             dv = float(np.abs(x - xv).max())
             v = x.view(complex)
-            if dv < tol:
+            if _converged(dv, dv_prev, tol):
                 return v, it, dv
+            dv_prev = dv
         raise DidNotConverge(f"linear SE did not converge in {itmax} iterations "
                              f"(max |dV| = {dv:.3e} pu)", mismatch=dv, iterations=itmax,
                              last=v)
@@ -640,23 +821,34 @@ class LinearStateEstimator:
             ra = model.residual(np.where(act, z, 0.0), v)
             r[act] = ra[act]
             w = r[act] / sig[act]
-        # J(x) = sum_i (r_i / sigma_i)^2
-        obj = float(w @ w)
+        # J(x) = sum_i (r_i / sigma_i)^2 (not w @ w: a long BLAS ddot wakes OpenBLAS's
+        # threads, which then spin next to the estimator)
+        obj = float(np.square(w).sum())
         if self.normalized_residuals:
-            if fac.sens is None or not fac.sens_clean:
-                # computed at a state that passes the chi-square test, then frozen: a
-                # state distorted by gross errors distorts the leverages too
+            key = act.tobytes()
+            hit = self._sens.get(key)
+            if hit is None or not hit[1]:
+                # per measurement set; computed at a state that passes the chi-square test,
+                # then frozen: a state distorted by gross errors distorts the leverages too
                 with single_threaded():
-                    fac.sens = sensitivity(model, v, sig, act, constraints=self.constraints)
-                fac.inv_sqrt_sens = 1.0 / np.sqrt(fac.sens)
-                fac.sens_clean = bool(obj <= fac.chi2)
-            assert fac.inv_sqrt_sens is not None
+                    sens = linear_sensitivity(model, fac, v, sig, act,
+                                              constraints=self.constraints)
+                # chi-square test with this set's redundancy (fewer values than fac's set
+                # when a few are filled from the estimate)
+                dof = fac.dof - (fac.n_active - int(np.count_nonzero(act)))
+                hit = (1.0 / np.sqrt(sens), bool(obj <= self._chi2(dof)))
+                self._sens[key] = hit
+                if len(self._sens) > 4 * self.cache_size:
+                    self._sens.popitem(last=False)
+            else:
+                self._sens.move_to_end(key)
+            inv_sqrt_sens = hit[0]
             # r_N = r / sqrt(Omega_ii), Omega_ii = sigma_i^2 * s_i (s_i frozen per set)
             if full:
-                rn = w * fac.inv_sqrt_sens
+                rn = w * inv_sqrt_sens
             else:
                 rn = np.full(model.m, np.nan)
-                rn[act] = w * fac.inv_sqrt_sens[act]
+                rn[act] = w * inv_sqrt_sens[act]
         else:
             rn = np.full(model.m, np.nan)
         return State(method=self.method, v=v, time=now, iterations=it, mismatch=dv,
@@ -730,3 +922,155 @@ def sensitivity(model: MeasurementModel, v: np.ndarray, sig: np.ndarray, act: np
     # diag(H_r E H_r^T)
     lev = np.sum((hr @ e) * hr, axis=1)
     return np.clip(1.0 - lev / sig**2, 1e-6, 1.0)
+
+
+def _block(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Real 2x2 blocks of ``df = a dw + b conj(dw)`` (per entry): ``(d_rr, d_ri, d_ir, d_ii)``.
+
+    ``dw = du + j dv``: ``Re df = Re(a + b) du - Im(a - b) dv``,
+    ``Im df = Im(a + b) du + Re(a - b) dv``.
+    """
+    s, d = a + b, a - b
+    return s.real, -d.imag, s.imag, d.real
+
+
+def _blocks_matrix(blk: tuple[np.ndarray, ...], rows: np.ndarray, cols: np.ndarray,
+                   shape: tuple[int, int]) -> sp.csr_matrix:
+    """Sparse matrix of 2x2 blocks ``blk`` at block rows/columns ``rows``/``cols``."""
+    rr, ri, ir, ii = blk
+    r2, c2 = 2 * rows, 2 * cols
+    return sp.csr_matrix((np.r_[rr, ri, ir, ii],
+                          (np.r_[r2, r2, r2 + 1, r2 + 1], np.r_[c2, c2 + 1, c2, c2 + 1])),
+                         shape=shape)
+
+
+def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                       sig: np.ndarray, act: np.ndarray, *,
+                       constraints: bool = True) -> np.ndarray:
+    """Residual sensitivity ``s_i = Omega_ii / sigma_i^2`` of the linear estimator itself.
+
+    The estimator's answer is the fixed point ``x(z)`` of ``F(x, z) = 0``, not the WLS
+    minimizer in raw measurement space, so the textbook ``Omega = R - H_r E H_r^T``
+    misjudges its residuals (and the largest-normalized-residual test then removes good
+    measurements). First-order error propagation through the fixed point instead
+    (implicit function theorem; Schweppe & Wildes 1970 for the residual covariance of a
+    linear estimator): with ``z_t(z, x)`` the equivalent-current transform of the slots,
+
+    ``H^T W (z_t(z, x) - H x) - Ct^T lambda = 0``,  ``Cb x = 0``  (at the fixed point)
+
+    ``=> [[H^T W (H - J_x), Ct^T], [Cb, 0]] [dx; dlambda] = [H^T W J_z dz; 0]``,
+    ``S = dx/dz``, ``dr = (I - H_r S) dz``, ``Omega = (I - H_r S) R (I - H_r S)^T``.
+
+    ``J_x``, ``J_z`` are the derivatives of ``z_t`` (power slots: ``conj(S / V_k)``;
+    partial slots: the missing component from the estimate), evaluated at the estimate's
+    own slot values (``z_t = X = A V``) so that residuals do not enter the leverages;
+    ``Ct`` holds the zero-injection rows and the PV rows the iteration uses
+    (``Im(conj(u) Ybus[k] V)``, ``u`` frozen), ``Cb`` the zero-injection rows and the full
+    ``dQ_k/dx`` (what the fixed point keeps at zero); a reference angle row when no angle
+    is measured. Dense (for the sizes where normalized residuals are computed). Floored at
+    1e-6 (critical measurements).
+    """
+    n = model.n_bus
+    n2 = 2 * n
+    il = _interleave(n)
+    g = fac.slots.size
+    has0 = fac.has0 & act[fac.idx0]
+    has1 = fac.has1 & act[fac.idx1]
+    ph, pvs = fac.is_phasor, fac.is_pv_slot
+    x = fac.a @ v  # X = A V per slot
+    vk = v[fac.vbus]
+    zero = np.zeros(g, complex)
+    safe = np.where(np.abs(x) > 1e-12, x, 1e-12)
+    # phasor slots: |.| measured, angle from X: dz_t = dX / 2 - X / (2 conj X) conj(dX);
+    # angle measured, |.| from X: dz_t = dX / 2 + X / (2 conj X) conj(dX)
+    ratio = safe / (2.0 * np.conj(safe))
+    m_only = ph & has0 & ~has1
+    a_only = ph & ~has0 & has1
+    # power slots: z_t = conj((p + jq) / V_k), a missing p / q from S = V_k conj(X):
+    # dp + j dq = k1 dS + k2 conj(dS) (both missing: 1, 0; p: 1/2, 1/2; q: 1/2, -1/2)
+    p_miss = ~ph & ~has0
+    q_miss = ~ph & ~has1 & ~pvs
+    k1 = np.where(p_miss & q_miss, 1.0, np.where(p_miss | q_miss, 0.5, 0.0))
+    k2 = np.where(p_miss & q_miss, 0.0, np.where(p_miss, 0.5, np.where(q_miss, -0.5, 0.0)))
+    cvk = np.conj(vk)
+    # dz_t = alpha dX + beta conj(dX) + gamma dV_k + delta conj(dV_k)
+    alpha = np.where(ph, np.where(m_only | a_only, 0.5, 0.0), k1)
+    beta = np.where(ph, np.where(m_only, -ratio, np.where(a_only, ratio, 0.0)),
+                    k2 * vk / cvk)
+    gamma = np.where(ph, zero, k2 * np.conj(x) / cvk)
+    delta = np.where(ph, zero, (k1 - 1.0) * x / cvk)
+    pos = np.arange(g)
+    h = fac.h  # 2g x 2n (interleaved state)
+    # J_x = B(alpha, beta) H + B(gamma, delta) Sel(V_k)
+    jx = (_blocks_matrix(_block(alpha, beta), pos, pos, (2 * g, 2 * g)) @ h
+          + _blocks_matrix(_block(gamma, delta), pos, fac.vbus, (2 * g, n2)))
+    # J_z: one column per active member; phasor |.|: X/|X|, angle: jX; power P: 1/conj(V_k),
+    # Q: -j/conj(V_k)
+    slot_pos = np.full(model.g, -1)
+    slot_pos[fac.slots] = pos
+    idx = np.flatnonzero(act)
+    sp_i = slot_pos[model.slot[idx]]
+    comp = model.comp[idx]
+    unit = safe / np.abs(safe)
+    d = np.where(ph[sp_i], np.where(comp == 0, unit[sp_i], 1j * x[sp_i]),
+                 np.where(comp == 0, 1.0, -1j) / cvk[sp_i])
+    jz = sp.csr_matrix((np.r_[d.real, d.imag], (np.r_[2 * sp_i, 2 * sp_i + 1],
+                                                np.r_[idx, idx])), shape=(2 * g, model.m))
+    assert fac.w is not None
+    htw = fac.w @ h
+    htw = sp.csr_matrix(htw.T)
+    # top-left H^T W (H - J_x); right-hand side H^T W J_z
+    k11 = (htw @ (h - jx)).toarray()
+    bz = (htw @ jz).toarray()
+    top: list[np.ndarray] = []
+    bottom: list[np.ndarray] = []
+    if constraints:
+        if fac.c.shape[0]:
+            c0 = fac.c.toarray()
+            top.append(c0)
+            bottom.append(c0)
+        if fac.pv.size:
+            ybus = model.net.ybus()
+            for k in fac.pv:
+                yk = ybus[k].toarray().ravel()
+                ik = yk @ v
+                u = v[k] / abs(v[k])
+                # iteration's row: Im(conj(u) Y_k V), u frozen
+                dr = np.conj(u) * yk
+                row_t = np.empty(n2)
+                row_t[0::2], row_t[1::2] = dr.imag, dr.real
+                # dQ_k/dx: dS_k/dVr = conj(I_k) e_k + V_k conj(Y_k), dS_k/dVi = j conj(I_k)
+                # e_k - j V_k conj(Y_k)
+                d_vr = v[k] * np.conj(yk)
+                d_vr[k] += np.conj(ik)
+                d_vi = -1j * v[k] * np.conj(yk)
+                d_vi[k] += 1j * np.conj(ik)
+                row_b = np.empty(n2)
+                row_b[0::2], row_b[1::2] = d_vr.imag, d_vi.imag
+                top.append(row_t[None, :])
+                bottom.append(row_b[None, :])
+    if not np.any(act & model.is_angle):
+        ref = np.zeros((1, n2))
+        ref[0, 2 * model.net.slack + 1] = 1.0
+        top.append(ref)
+        bottom.append(ref)
+    if top:
+        ct, cb = np.vstack(top), np.vstack(bottom)
+        # constraint rows scaled to the gain's size (pivoting)
+        scale = np.abs(np.diag(k11)).max() / max(np.abs(ct).max(), np.abs(cb).max())
+        nc = ct.shape[0]
+        kk = np.block([[k11, scale * ct.T], [scale * cb, np.zeros((nc, nc))]])
+        rhs = np.vstack([bz, np.zeros((nc, model.m))])
+    else:
+        kk, rhs = k11, bz
+    try:
+        sens = np.linalg.solve(kk, rhs)[:n2]
+    except np.linalg.LinAlgError:
+        sens = np.linalg.lstsq(kk, rhs, rcond=None)[0][:n2]
+    # T = H_r S (raw Jacobian, interleaved columns); Omega_ii = sum_j (I - T)_ij^2 s_j^2
+    hr = model.jacobian(v)[:, il]
+    t = -np.asarray(hr @ sens)
+    t[np.arange(model.m), np.arange(model.m)] += 1.0
+    var = np.where(act, sig, 0.0) ** 2
+    omega = (t * t) @ var
+    return np.where(act, np.maximum(omega / sig**2, 1e-6), 1.0)

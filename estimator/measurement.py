@@ -130,6 +130,14 @@ class MeasurementModel:
         pq = np.flatnonzero(code >= 2)
         self._by_code = [np.flatnonzero(code == c) for c in range(4)] + [pq]
         self._pq_is_p = code[pq] == 2
+        # per-slot gathers of h(): the phasor slots of |.| and angle specs, the power slots
+        # (unique) and, per P/Q spec, its position in the real view of S over those slots
+        self._slot_mag = self.slot[self._by_code[0]]
+        self._slot_ang = self.slot[self._by_code[1]]
+        pslots, pos = np.unique(self.slot[pq], return_inverse=True)
+        self._pslots = pslots
+        self._pvbus = self.vbus[pslots]
+        self._pq_pick = 2 * pos.ravel() + (code[pq] == 3)
         pv_nodes = sorted({int(s.bus) for s in self.specs if s.kind == "ppv"
                            and s.bus is not None})
         self.pv_nodes = np.asarray(pv_nodes, np.int64)
@@ -339,16 +347,15 @@ class MeasurementModel:
 
     def h(self, v: np.ndarray) -> np.ndarray:
         """Raw measurement functions at complex bus voltages ``v`` (pu, rad)."""
-        x, vk = self.slot_values(v)
-        xs = x[self.slot]
+        x = self._a_dense @ v if self._a_dense is not None else self.A @ v
         out = np.empty(self.m)
         g = self._by_code
-        out[g[0]] = np.abs(xs[g[0]])
-        out[g[1]] = np.angle(xs[g[1]])
-        # S = V_k conj(X) for power slots (X is the current into the branch / network)
-        pq = g[4]
-        s = vk[self.slot[pq]] * np.conj(xs[pq])
-        out[pq] = np.where(self._pq_is_p, s.real, s.imag)
+        out[g[0]] = np.abs(x[self._slot_mag])
+        out[g[1]] = np.angle(x[self._slot_ang])
+        # S = V_k conj(X) per power slot (X is the current into the branch / network);
+        # P = Re S, Q = Im S picked from the interleaved real view
+        s = v[self._pvbus] * np.conj(x[self._pslots])
+        out[g[4]] = s.view(np.float64)[self._pq_pick]
         return out
 
     def residual(self, z: np.ndarray, v: np.ndarray) -> np.ndarray:
