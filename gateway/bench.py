@@ -96,12 +96,7 @@ def run(only: str | None, quick: bool, progress: Callable[[str], None] | None = 
     results: list[BenchResult] = []
     for target in selected_modules(only):
         path, _, func = target.partition(":")
-        try:
-            module = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name and (path == exc.name or path.startswith(exc.name + ".")):
-                continue
-            raise
+        module = importlib.import_module(path)
         if progress:
             progress(f"bench: {target}")
         for res in getattr(module, func or "benchmarks")(quick):

@@ -34,14 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for path in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name and (path == exc.name or path.startswith(exc.name + ".")):
-                # not written yet: the command does not exist
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(path).register(sub)
     return parser
 
 

@@ -31,6 +31,14 @@ def test_estimator_killed_mid_run(tmp_path: Path) -> None:
                    # supervision path is then exercised with the no-maths estimator
                    method=None if have_models else "flat", progress=False,
                    keep_metrics=True)
+    # the demo's JSON contract (DESIGN.md, measurement contracts)
+    contract = {"frames_sent", "frames_received", "frames_lost", "snapshots", "states",
+                "deadline_misses", "se_vm_mape_pct", "se_va_rmse_rad", "bad_data_missed_pct",
+                "bad_data_false_pct", "pv_mape_pct", "e2e_latency_ms", "historian_rows"}
+    assert contract <= set(res), contract - set(res)
+    lat = res["e2e_latency_ms"]
+    assert set(lat) >= {"p50", "p99", "max"} and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
+    assert res["historian_rows"] == sum(res["historian_rows_by_table"].values())
     assert res["frames_sent"] > 0
     assert res["frames_received"] == res["frames_sent"]
     assert res["frames_lost"] == 0
