@@ -18,11 +18,10 @@ from estimator.network import load_case
 from estimator.synthetic import ieee33_with_plants, paper_specs, radial_feeder, truth
 
 GOLDEN = Path(__file__).parent / "data" / "se_golden"
-# the sparse (null-space reduced) mode on small cases: dense_limit=0 forces it; qdldl and the
-# SciPy fallback both checked (qdldl skipped where the wheel is not installed)
+# the sparse (null-space reduced) mode on small cases: dense_limit=0 forces it; qdldl (a
+# dependency) and the SciPy fallback both checked
 SPARSE = [pytest.param({"dense_limit": 0, "sparse_solver": "splu"}, id="splu"),
-          pytest.param({"dense_limit": 0, "sparse_solver": "qdldl"}, id="qdldl",
-                       marks=pytest.mark.skipif(not linear_mod._qdldl, reason="no qdldl"))]
+          pytest.param({"dense_limit": 0, "sparse_solver": "qdldl"}, id="qdldl")]
 PV = np.array([0.05, 0.08, 0.03, 0.07])  # plant outputs, pu on 10 MVA
 
 
@@ -292,7 +291,8 @@ def test_unknown_kind_and_bad_index():
 
 
 def test_from_config_units():
-    config = pytest.importorskip("gateway.config")
+    from gateway import config
+
     cfg = config.load_config("ieee33")
     model = MeasurementModel.from_config(cfg)
     net = cfg.network
@@ -352,10 +352,10 @@ def test_golden_case(case: Path, mode: dict):
 
 # ---------------------------------------------------------------------- CLI
 def test_cli_estimate_on_a_small_trace(tmp_path, capsys):
-    config = pytest.importorskip("gateway.config")
-    trace_mod = pytest.importorskip("hil.trace")
     from estimator import pgm
+    from gateway import config
     from gateway.cli import main
+    from hil import trace as trace_mod
 
     cfg = config.load_config("ieee33")
     model = MeasurementModel.from_config(cfg)

@@ -15,8 +15,6 @@ from gateway.config import load_config
 from models.evaluate import branch_power_channels, predictor_windows, rates, run_stage
 from models.runtime import PREDICTOR, load_model
 
-pytest.importorskip("hil.scenario")
-
 
 @pytest.fixture(scope="module")
 def setup():  # type: ignore[no-untyped-def]

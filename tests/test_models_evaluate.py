@@ -9,8 +9,6 @@ import pytest
 
 from gateway.cli import main
 
-pytest.importorskip("hil.scenario")
-
 KEYS = {
     "detection": {"method", "bad_pct", "missed_pct", "false_pct"},
     "prediction": {"method", "mape_pct", "rmse", "r2"},

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pvlib
 import pytest
 
 from models.solar import SunTracker, solar_position
-
-pvlib = pytest.importorskip("pvlib")
 
 SITES = [(36.1, -79.95), (25.8, -80.3), (-33.9, 151.2), (64.8, -147.7), (0.5, 30.0)]
 
