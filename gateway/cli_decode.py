@@ -61,7 +61,8 @@ def _chunks(path: Path, stream: Any) -> Iterator[tuple[float, Any, bytes]]:
     """
     from gateway import capture
 
-    head = path.read_bytes()[:4]
+    with path.open("rb") as fh:
+        head = fh.read(4)
     if not capture.is_capture(head):
         yield 0.0, "raw", path.read_bytes()
         return

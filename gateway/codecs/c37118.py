@@ -26,6 +26,7 @@ import construct as cs
 import numpy as np
 
 from gateway.codecs.crc import crc_ccitt
+from gateway.codecs.layout import declaration_leaves
 from gateway.errors import (
     BadCrc,
     BadSync,
@@ -678,43 +679,6 @@ def data_struct(config: ConfigFrame) -> cs.Struct:
     )
 
 
-def format_dtype(fmtstr: str) -> np.dtype[Any]:
-    """numpy dtype of a ``struct`` format with standard sizes (``>L`` is 4 bytes, not 8)."""
-    endian, code = fmtstr[0], fmtstr[1:]
-    kind = "f" if code in "efd" else ("i" if code.islower() else "u")
-    return np.dtype(f"{endian}{kind}{struct.calcsize(fmtstr)}")
-
-
-def declaration_leaves(decl: cs.Construct) -> list[tuple[tuple[str | int, ...], int,
-                                                           np.dtype[Any]]]:
-    """(path, byte offset, numpy dtype) of every fixed-size field of a declaration.
-
-    Handles the pieces :func:`data_struct` uses (Struct, Array, FormatField); this is the
-    bridge that keeps the fast decoder and the construct declaration the same thing.
-    """
-    out: list[tuple[tuple[str | int, ...], int, np.dtype[Any]]] = []
-
-    def walk(c: cs.Construct, path: tuple[str | int, ...], off: int) -> int:
-        if isinstance(c, cs.Renamed):
-            return walk(c.subcon, (*path, c.name), off)
-        if isinstance(c, cs.Struct):
-            for sub in c.subcons:
-                off = walk(sub, path, off)
-            return off
-        if isinstance(c, cs.Array):
-            for k in range(int(c.count)):
-                off = walk(c.subcon, (*path, k), off)
-            return off
-        if isinstance(c, cs.FormatField):
-            dt = format_dtype(c.fmtstr)
-            out.append((path, off, dt))
-            return off + dt.itemsize
-        raise TypeError(f"{path}: {type(c).__name__} has no fixed numpy layout")
-
-    walk(decl, (), 0)
-    return out
-
-
 class _Gather:
     """Byte-gather of fields sharing one dtype: ``raw[idx].view(dtype)``."""
 
@@ -813,8 +777,6 @@ class DataDecoder:
             self._amul = self._aoff = np.zeros(0)
         self._analog_unit = bool(np.all(self._amul == 1) and np.all(self._aoff == 0))
         self._inv_tb = 1.0 / config.time_base
-        # int16/uint16 limits per numeric slot, for encode
-        self._encode_dtypes = num
 
     def _block_layout(self, leaves: list[tuple[tuple[str | int, ...], int, np.dtype[Any]]]
                       ) -> np.dtype[Any] | None:
@@ -872,8 +834,31 @@ class DataDecoder:
         stat = blk["stat"].astype(np.uint16)
         dg = blk["dig"].astype(np.uint16).reshape(-1) if self.n_digitals else _EMPTY_U
         if self._all_rect:
-            return ph.view(np.complex128).reshape(P), f, df, an, stat, dg, _EMPTY_F
-        return ph[:, 0::2].reshape(P), f, df, an, stat, dg, ph[:, 1::2].reshape(P)
+            return ph.view(np.complex128).reshape(P), _EMPTY_F, f, df, an, stat, dg
+        return ph[:, 0::2].reshape(P), ph[:, 1::2].reshape(P), f, df, an, stat, dg
+
+    def _units(self, a: np.ndarray, b: np.ndarray, f: np.ndarray, df: np.ndarray,
+               an: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Wire numbers to engineering units: phasors, FREQ, DFREQ, analogs.
+
+        ``a`` is already the complex phasor vector when every phasor is rectangular (``b``
+        unused); otherwise ``a``/``b`` are the first/second components.
+        """
+        if self._all_rect:
+            z = a
+        else:
+            if not self._ang_unit:
+                b = b * self._ang_scale
+            zp = a * np.exp(1j * b)
+            z = zp if self._all_polar else np.where(self._polar, zp, a + 1j * b)
+        if not self._factor_unit:
+            z = z * self._factor
+        if not self._freq_unit:
+            f = f * self._fmul + self._fadd
+            df = df * self._dmul
+        if not self._analog_unit:
+            an = an * self._amul + self._aoff
+        return z, f, df, an
 
     # -- decode -----------------------------------------------------------------------
     def decode(self, data: bytes | bytearray | memoryview, now: float) -> DataFrame:
@@ -898,20 +883,8 @@ class DataDecoder:
         P, N = self.n_phasors, self.n_pmu
         fr = frac & 0xFFFFFF
         if self._block is not None:
-            z, f, df, an, stat, dg, b = self._decode_blocks(data)
-            if not self._all_rect:
-                a = z
-                if not self._ang_unit:
-                    b = b * self._ang_scale
-                zp = a * np.exp(1j * b)
-                z = zp if self._all_polar else np.where(self._polar, zp, a + 1j * b)
-            if not self._factor_unit:
-                z = z * self._factor
-            if not self._freq_unit:
-                f = f * self._fmul + self._fadd
-                df = df * self._dmul
-            if not self._analog_unit:
-                an = an * self._amul + self._aoff
+            a, b, f, df, an, stat, dg = self._decode_blocks(data)
+            z, f, df, an = self._units(a, b, f, df, an)
             return DataFrame(idcode, soc, fr, stat, z, f, df, an, dg, frac >> 24,
                              kind & 0x0F, soc + fr * self._inv_tb, now)
         raw = np.frombuffer(data, np.uint8)
@@ -931,22 +904,9 @@ class DataDecoder:
         a = v[:P]
         b = v[P:2 * P]
         if self._all_rect:
-            z = a + 1j * b
-        else:
-            if not self._ang_unit:
-                b = b * self._ang_scale
-            zp = a * np.exp(1j * b)
-            z = zp if self._all_polar else np.where(self._polar, zp, a + 1j * b)
-        if not self._factor_unit:
-            z = z * self._factor
-        f = v[2 * P:2 * P + N]
-        df = v[2 * P + N:2 * P + 2 * N]
-        if not self._freq_unit:
-            f = f * self._fmul + self._fadd
-            df = df * self._dmul
-        an = v[2 * P + 2 * N:]
-        if not self._analog_unit:
-            an = an * self._amul + self._aoff
+            a = a + 1j * b
+        z, f, df, an = self._units(a, b, v[2 * P:2 * P + N], v[2 * P + N:2 * P + 2 * N],
+                                   v[2 * P + 2 * N:])
         return DataFrame(idcode, soc, fr, wv[:N], z, f, df, an, wv[N:], frac >> 24,
                          kind & 0x0F, soc + fr * self._inv_tb, now)
 
@@ -982,6 +942,10 @@ class DataDecoder:
                 if not ok.all():
                     raise ValueError(f"a value does not fit {g.dtype} at byte "
                                      f"{int(g.idx[np.flatnonzero(~ok)[0], 0])}")
+            else:
+                # -0.0 -> +0.0: decoding applies units with + and *, which do not keep a
+                # zero's sign, so a decoded frame would not rebuild to the same bytes
+                vals = vals + 0.0
             raw[g.idx] = vals.astype(g.dtype).view(np.uint8).reshape(g.idx.shape)
         words = np.concatenate([st, dg]).astype(np.int64)
         if ((words < 0) | (words > 0xFFFF)).any():
@@ -999,11 +963,6 @@ class DataDecoder:
     def parse_reference(self, data: bytes) -> Any:
         """Plain construct parse of the same frame (the bench's peer; no unit handling)."""
         return self.declaration.parse(data)
-
-
-def time_of(soc: int, fracsec: int, time_base: int) -> float:
-    """POSIX seconds of a SOC/FRACSEC pair (6.2.2)."""
-    return soc + fracsec / time_base
 
 
 def split_time(t: float, time_base: int) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import construct as cs
 import numpy as np
 
+from gateway.codecs.layout import declaration_leaves
 from gateway.errors import FrameSizeMismatch, FrameTooShort, NonFiniteValue, WrongPointCount
 
 MAX_WORDS = 300  # the GTNET-SKT component's limit, header words included
@@ -42,24 +43,6 @@ def skt_struct(types: Sequence[str], *, header: bool) -> cs.Struct:
             raise ValueError(f"point {i}: type {t!r} is not one of {POINT_TYPES}")
         fields.append(f"p{i}" / _FIELD[t])
     return cs.Struct(*fields)
-
-
-def format_dtype(fmtstr: str) -> np.dtype[np.generic]:
-    """numpy dtype of a ``struct`` format with standard sizes (``>L`` is 4 bytes, not 8)."""
-    endian, code = fmtstr[0], fmtstr[1:]
-    kind = "f" if code in "efd" else ("i" if code.islower() else "u")
-    return np.dtype(f"{endian}{kind}{struct.calcsize(fmtstr)}")
-
-
-def word_dtypes(declaration: cs.Struct) -> list[tuple[str, np.dtype[np.generic]]]:
-    """(name, numpy dtype) per word, read off the construct declaration's format fields."""
-    out: list[tuple[str, np.dtype[np.generic]]] = []
-    for sub in declaration.subcons:
-        field = sub.subcon
-        if not isinstance(field, cs.FormatField):
-            raise TypeError(f"{sub.name}: only fixed-size format fields map to a dtype")
-        out.append((sub.name, format_dtype(field.fmtstr)))
-    return out
 
 
 @dataclass(slots=True)
@@ -103,13 +86,13 @@ class GtnetSktCodec:
         if n_words > MAX_WORDS:
             raise ValueError(f"{n_words} words exceed the GTNET-SKT limit of {MAX_WORDS}")
         self.declaration = skt_struct(self.types, header=header)
-        words = word_dtypes(self.declaration)
+        words = declaration_leaves(self.declaration)
         self.n_points = len(self.types)
         self.n_words = n_words
         self.size = self.declaration.sizeof()
         self._hdr = HEADER_WORDS * 4 if header else 0
         points = words[HEADER_WORDS:] if header else words
-        kinds = np.array([dt.kind for _, dt in points])
+        kinds = np.array([dt.kind for _, _, dt in points])
         self._int_idx = np.flatnonzero(kinds == "i")
         self._float_idx = np.flatnonzero(kinds == "f")
         self._all_float = self._int_idx.size == 0
@@ -131,6 +114,12 @@ class GtnetSktCodec:
             min(n, self.size),
         )
 
+    def _reject_nonfinite(self, values: np.ndarray) -> None:
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise NonFiniteValue(f"point {bad} is {values[bad]!r}", self._hdr + 4 * bad)
+
     def parse(self, data: bytes | bytearray | memoryview, now: float) -> SktFrame:
         """Decode one datagram (or one fixed-size TCP chunk) received at ``now``."""
         self._check_size(len(data))
@@ -145,10 +134,7 @@ class GtnetSktCodec:
             ints = np.frombuffer(data, self._i4, n, hdr)
             values[self._int_idx] = ints[self._int_idx]
         if not self.allow_nonfinite and not self._all_int:
-            finite = np.isfinite(values)
-            if not finite.all():
-                bad = int(np.flatnonzero(~finite)[0])
-                raise NonFiniteValue(f"point {bad} is {values[bad]!r}", hdr + 4 * bad)
+            self._reject_nonfinite(values)
         if hdr:
             seq, sec, nsec = _HEADER.unpack_from(data)
             return SktFrame(seq, sec + nsec * 1e-9, values, now)
@@ -159,9 +145,8 @@ class GtnetSktCodec:
         self._check_size(len(data))
         c = self.declaration.parse(data)
         values = np.array([float(c[f"p{i}"]) for i in range(self.n_points)])
-        if not self.allow_nonfinite and not np.isfinite(values).all():
-            bad = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise NonFiniteValue(f"point {bad} is {values[bad]!r}", self._hdr + 4 * bad)
+        if not self.allow_nonfinite:
+            self._reject_nonfinite(values)
         if self.header:
             return SktFrame(c.seq, c.ts_sec + c.ts_nsec * 1e-9, values, now)
         return SktFrame(None, None, values, now)

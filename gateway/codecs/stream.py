@@ -41,16 +41,26 @@ class StreamReassembler:
         del self._buf[:n]
         self.garbage_bytes += n
 
-    def _valid_at(self, buf: bytearray, i: int) -> bool:
+    def _announced(self, buf: bytearray, i: int) -> int:
+        """FRAMESIZE of a plausible common header at ``i`` (SYNC byte already there), 0 when
+        the frame type, version or size rule it out, -1 while the header is incomplete."""
         if i + 4 > len(buf):
-            return False
+            return -1
         kind = buf[i + 1]
         size = (buf[i + 2] << 8) | buf[i + 3]
         if (kind & 0x80 or (kind & 0x0F) not in VERSIONS
                 or (kind >> 4) & 0x07 not in FRAME_NAMES
-                or size < MIN_FRAME or i + size > len(buf)):
-            return False
+                or size < MIN_FRAME or size > self.max_frame):
+            return 0
+        return size
+
+    @staticmethod
+    def _crc_ok(buf: bytearray, i: int, size: int) -> bool:
         return crc_ccitt(buf[i:i + size - 2]) == (buf[i + size - 2] << 8) | buf[i + size - 1]
+
+    def _valid_at(self, buf: bytearray, i: int) -> bool:
+        size = self._announced(buf, i)
+        return size > 0 and i + size <= len(buf) and self._crc_ok(buf, i, size)
 
     def _later_frame(self, buf: bytearray) -> int:
         """Offset of a complete CRC-valid frame after position 0, or -1.
@@ -79,13 +89,10 @@ class StreamReassembler:
                 return out
             if start:
                 self._skip(start)
-            if len(buf) < 4:
+            size = self._announced(buf, 0)
+            if size < 0:
                 return out
-            kind = buf[1]
-            size = (buf[2] << 8) | buf[3]
-            if (kind & 0x80 or (kind & 0x0F) not in VERSIONS
-                    or (kind >> 4) & 0x07 not in FRAME_NAMES
-                    or size < MIN_FRAME or size > self.max_frame):
+            if size == 0:
                 self.resyncs += 1
                 self._skip(1)
                 continue
@@ -96,12 +103,11 @@ class StreamReassembler:
                 self.resyncs += 1
                 self._skip(later)
                 continue
-            frame = bytes(buf[:size])
-            if self.check_crc and crc_ccitt(frame[:-2]) != (frame[-2] << 8) | frame[-1]:
+            if self.check_crc and not self._crc_ok(buf, 0, size):
                 self.crc_rejects += 1
                 self.resyncs += 1
                 self._skip(1)
                 continue
+            out.append(bytes(buf[:size]))
             del buf[:size]
             self.frames += 1
-            out.append(frame)
