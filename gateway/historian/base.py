@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.errors import HistorianError
@@ -25,6 +25,8 @@ from gateway.historian.schema import (
     ddl,
     insert_sql,
 )
+
+_T = TypeVar("_T")
 
 
 class Unavailable(HistorianError):
@@ -90,10 +92,19 @@ class Backend(abc.ABC):
     # -- shared -----------------------------------------------------------------------
     def write(self, batch: Mapping[str, Sequence[Row]]) -> None:
         """Commit ``batch`` (table -> rows) atomically; see the module docstring."""
+        self._guarded(self._write, batch)
+
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read query; ``sql`` uses ``?`` placeholders on every backend."""
+        return self._guarded(self._query, sql, params)
+
+    def _guarded(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` on a connection, a driver error turned into Unavailable (the
+        connection closed) or Rejected."""
         if not self.connected:
             self.connect()
         try:
-            self._write(batch)
+            return fn(*args)
         except HistorianError:
             raise
         except Exception as exc:
@@ -104,19 +115,16 @@ class Backend(abc.ABC):
                 self.close()
             raise kind(f"{self.display_url}: {exc}") from exc
 
-    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read query; ``sql`` uses ``?`` placeholders on every backend."""
-        if not self.connected:
-            self.connect()
+    def _setup_schema(self) -> None:
+        """:meth:`ensure_schema` on a fresh connection (by ``connect``); on failure the
+        connection is closed and a driver error becomes Unavailable."""
         try:
-            return self._query(sql, params)
-        except Exception as exc:
-            kind = self._classify(exc)
-            if kind is None:
+            self.ensure_schema()
+        except BaseException as exc:
+            self.close()
+            if self._classify(exc) is None:
                 raise
-            if kind is Unavailable:
-                self.close()
-            raise kind(f"{self.display_url}: {exc}") from exc
+            raise Unavailable(f"{self.display_url}: schema setup failed: {exc}") from exc
 
     def bus_ids(self, run_id: int) -> list[int] | None:
         """External bus ids of the run's state vectors (cached; None when not recorded)."""

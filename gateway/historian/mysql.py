@@ -108,16 +108,7 @@ class MysqlBackend(Backend):
                 raise
             raise Unavailable(f"cannot connect to {self.display_url}: {exc}") from exc
         self._conn = conn
-        try:
-            self.ensure_schema()
-        except HistorianError:
-            self.close()
-            raise
-        except Exception as exc:
-            self.close()
-            if self._classify(exc) is None:
-                raise
-            raise Unavailable(f"{self.display_url}: schema setup failed: {exc}") from exc
+        self._setup_schema()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

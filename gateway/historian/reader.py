@@ -107,18 +107,25 @@ class TrainingData:
 
 
 def _where(start: float | None, end: float | None, run_id: int | None,
-           col: str = "source_time") -> tuple[str, list[object]]:
+           col: str = "source_time", *, alias: str = "",
+           extra: Sequence[tuple[str, object]] = ()) -> tuple[str, list[object]]:
+    """`` WHERE …`` (or "") for the range and run on table ``alias`` (columns prefixed
+    ``alias.``), then the ``extra`` (condition, parameter) pairs; and its parameters."""
+    p = f"{alias}." if alias else ""
     conds: list[str] = []
     params: list[object] = []
     if start is not None:
-        conds.append(f"{col} >= ?")
+        conds.append(f"{p}{col} >= ?")
         params.append(float(start))
     if end is not None:
-        conds.append(f"{col} < ?")
+        conds.append(f"{p}{col} < ?")
         params.append(float(end))
     if run_id is not None:
-        conds.append("run_id = ?")
+        conds.append(f"{p}run_id = ?")
         params.append(int(run_id))
+    for cond, param in extra:
+        conds.append(cond)
+        params.append(param)
     return (" WHERE " + " AND ".join(conds)) if conds else "", params
 
 
@@ -262,15 +269,13 @@ class HistorianReader:
                     run_id: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(source_time, vm_pu, va_rad)`` of one bus (external id), extracted in SQL from
         the JSON state vectors (the documented example query)."""
-        where, params = _where(start, end, run_id, col="s.source_time")
-        where = where.replace("run_id", "s.run_id")
-        where = (where + " AND" if where else " WHERE") + " b.bus = ?"
+        where, params = _where(start, end, run_id, alias="s",
+                               extra=[("b.bus = ?", int(bus))])
         vm = json_at(self.db.dialect, "s.vm", "b.idx")
         va = json_at(self.db.dialect, "s.va", "b.idx")
         rows = self.db.query(
             f"SELECT s.source_time, {vm}, {va} FROM states s JOIN buses b"
-            f" ON b.run_id = s.run_id{where} ORDER BY s.source_time, s.id",
-            [*params, int(bus)])
+            f" ON b.run_id = s.run_id{where} ORDER BY s.source_time, s.id", params)
         a = np.array([[np.nan if x is None else float(x) for x in r] for r in rows],
                      dtype=np.float64).reshape(-1, 3)
         return a[:, 0], a[:, 1], a[:, 2]
@@ -280,29 +285,20 @@ class HistorianReader:
                  end: float | None = None, *, run_id: int | None = None,
                  mask: int = 0x1) -> list[dict[str, Any]]:
         """Flagged values (``flags & mask``; default BAD) with their channel, by time."""
-        where, params = _where(start, end, run_id, col="f.source_time")
-        where = where.replace("run_id", "f.run_id")
-        conds = [where[7:]] if where else []
-        if meter is not None:
-            conds.append("c.meter = ?")
-            params.append(meter)
-        conds.append("(f.flags & ?) <> 0")
-        params.append(int(mask))
+        extra: list[tuple[str, object]] = [] if meter is None else [("c.meter = ?", meter)]
+        extra.append(("(f.flags & ?) <> 0", int(mask)))
+        where, params = _where(start, end, run_id, alias="f", extra=extra)
         sql = ("SELECT f.run_id, f.seq, f.source_time, f.stage, c.name, c.meter, f.value,"
                " f.flags FROM flagged f JOIN channels c"
-               " ON c.run_id = f.run_id AND c.idx = f.channel")
-        if conds:
-            sql += " WHERE " + " AND ".join(conds)
-        sql += " ORDER BY f.source_time, f.id"
+               f" ON c.run_id = f.run_id AND c.idx = f.channel{where}"
+               " ORDER BY f.source_time, f.id")
         keys = ("run_id", "seq", "source_time", "stage", "channel", "meter", "value", "flags")
         return [dict(zip(keys, r, strict=True)) for r in self.db.query(sql, params)]
 
     def events(self, start: float | None = None, end: float | None = None, *,
                kind: str | None = None, run_id: int | None = None) -> list[dict[str, Any]]:
-        where, params = _where(start, end, run_id, col="time")
-        if kind is not None:
-            where = (where + " AND" if where else " WHERE") + " kind = ?"
-            params.append(kind)
+        where, params = _where(start, end, run_id, col="time",
+                               extra=[] if kind is None else [("kind = ?", kind)])
         keys = ("run_id", "event_no", "time", "kind", "source", "detail")
         out = []
         for r in self.db.query(f"SELECT {', '.join(keys)} FROM events{where} ORDER BY time, id",

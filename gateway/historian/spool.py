@@ -150,9 +150,10 @@ class Spool:
             return
         rest = os.pread(self._fd, self._size - self._read, self._read) if not self.empty() \
             else b""
+        head = b"".join(records)
         tmp = self.dir / "spool.log.tmp"
         with open(tmp, "wb") as f:
-            f.write(b"".join(records))
+            f.write(head)
             f.write(rest)
             f.flush()
             os.fsync(f.fileno())
@@ -161,7 +162,7 @@ class Spool:
         self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
         self._read = 0
         self._size = os.fstat(self._fd).st_size
-        self.records = _count(b"".join(records)) + _count(rest)
+        self.records = _count(head) + _count(rest)
         self._fsync_dir()
 
     def sync(self) -> None:

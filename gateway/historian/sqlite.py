@@ -60,11 +60,7 @@ class SqliteBackend(Backend):
         except sqlite3.Error as exc:
             raise Unavailable(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
-        try:
-            self.ensure_schema()
-        except BaseException:
-            self.close()
-            raise
+        self._setup_schema()
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -98,15 +98,24 @@ def _materialize(recs: Sequence[Record] | deque[Record]) -> list[Record]:
     return out
 
 
+def _measurement_row(rid: int, seq: int, src: float, arr: float, values: np.ndarray,
+                    flags: np.ndarray) -> Row:
+    f = np.asarray(flags, dtype=np.uint32)
+    return (rid, seq, src, arr, len(f), int(np.count_nonzero(f & FLAGGED_MASK)),
+            encode_f64(values), encode_u32(f))
+
+
+def _corrected_row(rid: int, seq: int, src: float, values: np.ndarray,
+                   flags: np.ndarray) -> Row:
+    f = np.asarray(flags, dtype=np.uint32)
+    return (rid, seq, src, len(f), int(np.count_nonzero(f & FLAGGED_MASK)),
+            encode_f64(values), encode_u32(f))
+
+
 def _snapshot_rows(rid: int, seq: int, src: float, arr: float, raw_v: np.ndarray,
                    raw_f: np.ndarray, v: np.ndarray, f: np.ndarray) -> list[Record]:
-    rf = np.asarray(raw_f, dtype=np.uint32)
-    cf = np.asarray(f, dtype=np.uint32)
-    return [("measurements", (rid, seq, src, arr, len(rf),
-                              int(np.count_nonzero(rf & FLAGGED_MASK)), encode_f64(raw_v),
-                              encode_u32(rf))),
-            ("corrected", (rid, seq, src, len(cf), int(np.count_nonzero(cf & FLAGGED_MASK)),
-                           encode_f64(v), encode_u32(cf)))]
+    return [("measurements", _measurement_row(rid, seq, src, arr, raw_v, raw_f)),
+            ("corrected", _corrected_row(rid, seq, src, v, f))]
 
 
 def _forecast_rows(rid: int, seq: int, t: float, step: int, target: float,
@@ -380,18 +389,15 @@ class HistorianWriter:
                          values: np.ndarray, flags: np.ndarray, *,
                          run_id: int | None = None) -> None:
         """One raw snapshot: ``values`` float64[m] in channel order, ``flags`` uint32[m]."""
-        f = np.asarray(flags, dtype=np.uint32)
-        self._accept("measurements", (
-            self._rid(run_id), int(seq), float(source_time), float(arrival_time), len(f),
-            int(np.count_nonzero(f & FLAGGED_MASK)), encode_f64(values), encode_u32(f)))
+        self._accept("measurements", _measurement_row(
+            self._rid(run_id), int(seq), float(source_time), float(arrival_time), values,
+            flags))
 
     def put_corrected(self, seq: int, source_time: float, values: np.ndarray,
                       flags: np.ndarray, *, run_id: int | None = None) -> None:
         """One cleaned snapshot (after detection/correction), same layout as raw."""
-        f = np.asarray(flags, dtype=np.uint32)
-        self._accept("corrected", (
-            self._rid(run_id), int(seq), float(source_time), len(f),
-            int(np.count_nonzero(f & FLAGGED_MASK)), encode_f64(values), encode_u32(f)))
+        self._accept("corrected", _corrected_row(
+            self._rid(run_id), int(seq), float(source_time), values, flags))
 
     def put_snapshot(self, seq: int, source_time: float, arrival_time: float,
                      raw_values: np.ndarray, raw_flags: np.ndarray, values: np.ndarray,
@@ -484,15 +490,14 @@ class HistorianWriter:
                 if n == 1 or n >= self.batch_rows:  # see _accept_lazy
                     self._not_empty.notify()
                 return
-            else:
-                if len(self._queue) >= self.max_queue:
-                    self._stats.queue_full += 1
-                try:
-                    spool.append([encode_record(kind, row)])
-                except OSError as exc:
-                    raise HistorianError(
-                        f"queue full and spool {spool.path} not writable: {exc}") from exc
-                self._stats.spooled += 1
+            if len(self._queue) >= self.max_queue:
+                self._stats.queue_full += 1
+            try:
+                spool.append([encode_record(kind, row)])
+            except OSError as exc:
+                raise HistorianError(
+                    f"queue full and spool {spool.path} not writable: {exc}") from exc
+            self._stats.spooled += 1
             self._stats.accepted += 1
             self._not_empty.notify()
 
