@@ -40,9 +40,12 @@ class StreamLayout:
     points: np.ndarray  # indices into the decoded point vector
     channels: np.ndarray  # channel index for each of those points
     scale: np.ndarray  # engineering value = wire value * scale
+    # fast path, derived: contiguous runs become slices (views), unit scale skips the multiply
+    point_sel: slice | np.ndarray = field(init=False, repr=False, compare=False)
+    chan_sel: slice | np.ndarray = field(init=False, repr=False, compare=False)
+    unit: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # fast path: contiguous runs become slices (views), unit scale skips the multiply
         object.__setattr__(self, "point_sel", _as_slice(self.points))
         object.__setattr__(self, "chan_sel", _as_slice(self.channels))
         object.__setattr__(self, "unit", bool(np.all(self.scale == 1.0)))
@@ -81,7 +84,6 @@ class AlignerStats:
     incomplete: int = 0  # published with at least one stream missing
     late_frames: int = 0
     duplicate_frames: int = 0
-    dropped_old: int = 0
     late_by_stream: dict[str, int] = field(default_factory=dict)
 
 
@@ -137,10 +139,10 @@ class Aligner:
             return []
         slot.got |= bit
         lay = self.streams[i]
-        v = values[lay.point_sel]  # type: ignore[attr-defined]
-        if not lay.unit:  # type: ignore[attr-defined]
+        v = values[lay.point_sel]
+        if not lay.unit:
             v = v * lay.scale
-        cs = lay.chan_sel  # type: ignore[attr-defined]
+        cs = lay.chan_sel
         slot.values[cs] = v
         if math.isfinite(v.sum()):  # one reduction: NaN or inf anywhere makes it non-finite
             slot.flags[cs] = 0

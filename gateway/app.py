@@ -46,7 +46,7 @@ from gateway.aligner import Aligner, StreamLayout
 from gateway.config import Stream, TwinConfig
 from gateway.errors import FrameError, GatewayError, HistorianError
 from gateway.handoff import FailMsg, StateMsg
-from gateway.metrics import Metrics, MetricsServer, observe_many
+from gateway.metrics import FLAG_NAMES, Metrics, MetricsServer, observe_many
 from gateway.snapshot import Snapshot
 from gateway.stats import StreamStats
 from gateway.transports.base import Transport, TransportSpec, open_transport
@@ -91,6 +91,9 @@ class C37Decoder:
     """
 
     def __init__(self, stream: Stream) -> None:
+        from gateway.codecs import c37118  # here, not per frame: only C37.118 streams need it
+
+        self._c37 = c37118
         self.stream = stream
         chans: list[int] = []
         factors: list[float] = []
@@ -103,18 +106,17 @@ class C37Decoder:
         self.layout = StreamLayout.of(stream.name, chans)
         self.size = 0
         self.config: Any = None
+        self._data: Any = None  # the data-frame decoder of ``config``
         self.rate = stream.rate_hz
         self.configs = 0
 
     def decode(self, data: bytes, now: float) -> tuple[int | None, float | None,
                                                        np.ndarray] | None:
-        from gateway.codecs import c37118 as c37
-
-        ftype = c37.frame_type_of(data)
-        if ftype == c37.FRAME_DATA:
-            if self.config is None:
+        c37 = self._c37
+        if c37.frame_type_of(data) == c37.FRAME_DATA:
+            if self._data is None:
                 raise FrameError("data frame before the configuration (CFG-2)", 0)
-            f = self.config.decoder().decode(data, now)
+            f = self._data.decode(data, now)
             z = f.phasors
             out = np.empty(2 * self.n_phasors)
             out[0::2] = np.abs(z) / self.factor
@@ -129,6 +131,7 @@ class C37Decoder:
                 raise FrameError(f"CFG has {n} phasors, stream {self.stream.name} expects "
                                  f"{self.n_phasors}", 0)
             self.config = frame
+            self._data = frame.decoder()
             if frame.data_rate > 0:
                 self.rate = float(frame.data_rate)
             self.configs += 1
@@ -599,7 +602,7 @@ class Gateway:
         self.event(kind, "estimator", detail)
 
     def event_stream(self, stream: str, kind: str, detail: dict[str, object]) -> None:
-        if kind in ("listening",):
+        if kind == "listening":
             return
         log.info("stream %s: %s %s", stream, kind, detail)
         self.event(f"stream_{kind}", stream, dict(detail))
@@ -643,9 +646,7 @@ class Gateway:
                                  "estimate": _pct_ms(self.estimate_s)},
             "handoff_latency_us": {k: None if v is None else v * 1e3
                                    for k, v in _pct_ms(self.handoff_s).items()},
-            "flags": {n: int(c) for n, c in zip(
-                ("bad", "suspect", "corrected", "missing", "pseudo", "late", "duplicate",
-                 "out_of_order", "stale"), self.flag_counts, strict=True)},
+            "flags": {n: int(c) for n, c in zip(FLAG_NAMES, self.flag_counts, strict=True)},
             "streams": self.stream_summary(),
             "historian": hist,
             "quality": type(self.quality).__name__,

@@ -67,26 +67,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import tempfile
 
     from gateway.errors import GatewayError
 
+    workdir: contextlib.AbstractContextManager[str] = (
+        contextlib.nullcontext(args.workdir) if args.workdir
+        else tempfile.TemporaryDirectory(prefix="gridtwin-demo-"))
     try:
-        if args.workdir:
-            wd = Path(args.workdir)
-            wd.mkdir(parents=True, exist_ok=True)
-            res = run_demo(wd, seconds=args.seconds, rate=args.rate, bad_pct=args.bad_data,
-                           seed=args.seed, cache=args.cache,
+        with workdir as wd:
+            res = run_demo(Path(wd), seconds=args.seconds, rate=args.rate,
+                           bad_pct=args.bad_data, seed=args.seed, cache=args.cache,
                            kill_at=args.kill_estimator_at, method=args.estimator_method,
                            quality=not args.no_quality, progress=not args.json,
                            realtime=not args.no_realtime)
-        else:
-            with tempfile.TemporaryDirectory(prefix="gridtwin-demo-") as tmp:
-                res = run_demo(Path(tmp), seconds=args.seconds, rate=args.rate,
-                               bad_pct=args.bad_data, seed=args.seed, cache=args.cache,
-                               kill_at=args.kill_estimator_at,
-                               method=args.estimator_method, quality=not args.no_quality,
-                               progress=not args.json, realtime=not args.no_realtime)
+        if not args.workdir:
             res["workdir"] = None  # removed with the temporary directory
     except (GatewayError, OSError, RuntimeError) as exc:
         print(f"gridtwin demo: {exc}", file=sys.stderr)
@@ -173,10 +169,7 @@ def _wait_ready(proc: Any, logfile: Path, timeout: float) -> dict[str, Any]:
 
 
 def http_json(port: int, path: str, timeout: float = 5.0) -> Any:
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-        return json.loads(r.read())
+    return json.loads(http_text(port, path, timeout))
 
 
 def http_text(port: int, path: str, timeout: float = 5.0) -> str:

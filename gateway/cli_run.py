@@ -58,8 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
+    import contextlib
     import json
     import logging
+    import os
     import signal
     import sys
 
@@ -107,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             await gw.start()
-            ready = {"ready": True, "pid": __import__("os").getpid(),
+            ready = {"ready": True, "pid": os.getpid(),
                      "metrics": list(gw.server.address) if gw.server and gw.server.address
                      else None,
                      "streams": {n: list(t.local_address) if t.local_address else None
                                  for n, t in gw.transports.items()}}
             print(json.dumps(ready), file=sys.stderr, flush=True)
             if args.seconds is not None:
-                with __import__("contextlib").suppress(TimeoutError):
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.seconds)
             else:
                 await stop.wait()

@@ -170,15 +170,15 @@ class Stream:
 
     @property
     def scheme(self) -> str:
-        return urlsplit(self.url).scheme
+        return url_parts(self.url)[0]
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+        return url_parts(self.url)[1]
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 0
+        return url_parts(self.url)[2]
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -186,6 +186,13 @@ class Stream:
         if self.format == "c37.118":
             return tuple(i for pmu in self.pmus for ph in pmu.phasors for i in (ph.mag, ph.ang))
         return tuple(p.channel for p in self.points if p.channel is not None)
+
+
+def url_parts(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of a stream URL; host defaults to 127.0.0.1 and port to 0.
+    A port that is not a number raises ValueError."""
+    u = urlsplit(url)
+    return u.scheme, u.hostname or "127.0.0.1", u.port or 0
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ estimator → gateway: ``READY`` (n_bus, pid) once the model is built; ``STATE``
 estimate: times, χ², iterations, vm pu and va rad per bus in network order, solve time);
 ``FAIL`` (seq and a reason: not observable, did not converge, bad snapshot).
 
-This module sits in ``gateway`` and imports only numpy and the snapshot contract, so
-``estimator.process`` may import it (estimator → gateway.snapshot direction).
+This module sits in ``gateway`` and imports only numpy and the snapshot contract. The
+import rules (tests/test_architecture.py) keep ``estimator`` from importing it, so
+``estimator.process`` carries a copy of these layouts; ``tests/test_supervisor.py`` checks
+that the two agree.
 """
 
 from __future__ import annotations

@@ -102,6 +102,9 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("gridtwin_events_total", "counter", ("kind",), "Events raised by the gateway."),
 )
 
+#: name -> (type, labels, help)
+_SPEC = {name: (kind, labels, doc) for name, kind, labels, doc in METRICS}
+
 
 class _StreamCollector:
     """Reads per-stream counters and gauges from StreamStats at scrape time."""
@@ -152,64 +155,32 @@ class Metrics:
         import time
 
         self.registry = CollectorRegistry(auto_describe=False)
-        r = self.registry
-        h = {"buckets": LATENCY_BUCKETS, "registry": r}
-        self.info = Info("gridtwin_build", "Build and config of this gateway (value 1).",
-                         registry=r)
-        self.decode = Histogram("gridtwin_decode_seconds", "Time to decode one frame (one "
-                                "frame in 8 is timed).",
-                                ["stream"], **h)  # type: ignore[arg-type]
-        self.quality = Histogram("gridtwin_quality_seconds", "Data-quality stage (detect, "
-                                 "correct, fill, PV forecast) per snapshot.", **h)  # type: ignore[arg-type]
-        self.handoff = Histogram("gridtwin_handoff_seconds", "Gateway to estimator process "
-                                 "handoff of one snapshot.", **h)  # type: ignore[arg-type]
-        self.estimate = Histogram("gridtwin_estimate_seconds",
-                                  "State estimation of one snapshot.", **h)  # type: ignore[arg-type]
-        self.e2e = Histogram("gridtwin_e2e_latency_seconds", "First frame of a snapshot "
-                             "received to its state estimate back in the gateway.", **h)  # type: ignore[arg-type]
-        self.snapshots = Counter("gridtwin_snapshots", "Snapshots published by the aligner.",
-                                 registry=r)
-        self.incomplete = Counter("gridtwin_snapshots_incomplete", "Snapshots published "
-                                  "with at least one stream missing.", registry=r)
-        self.skipped = Counter("gridtwin_snapshots_skipped", "Snapshots not estimated "
-                               "(superseded by a newer one, or no estimator running).",
-                               ["reason"], registry=r)
-        self.flags = Counter("gridtwin_flags", "Values flagged, by quality flag and meter "
-                             "kind.", ["flag", "kind"], registry=r)
-        self.channels = Gauge("gridtwin_channels", "Measurement channels per meter kind.",
-                              ["kind"], registry=r)
-        self.chi2_threshold = Gauge("gridtwin_state_chi2_threshold", "Chi-square critical "
-                                    "value (99 %, m - n degrees of freedom) of the latest "
-                                    "estimate.", registry=r)
-        self.chi2_failures = Counter("gridtwin_chi2_test_failures", "Estimates whose "
-                                     "chi-square exceeded the critical value (bad data "
-                                     "suspected).", registry=r)
-        self.vm_min = Gauge("gridtwin_state_vm_min_pu", "Lowest bus voltage magnitude of "
-                            "the latest estimate, per unit.", registry=r)
-        self.vm_max = Gauge("gridtwin_state_vm_max_pu", "Highest bus voltage magnitude of "
-                            "the latest estimate, per unit.", registry=r)
-        self.states = Counter("gridtwin_states", "State estimates received from the "
-                              "estimator.", registry=r)
-        self.failures = Counter("gridtwin_estimator_failures", "Snapshots the estimator "
-                                "could not solve (not observable, did not converge).",
-                                registry=r)
-        self.deadline_misses = Counter("gridtwin_deadline_misses", "Snapshots whose "
-                                       "estimate was not back within the deadline.",
-                                       registry=r)
-        self.restarts = Counter("gridtwin_estimator_restarts", "Estimator process restarts "
-                                "after a crash or hang.", registry=r)
-        self.estimator_up = Gauge("gridtwin_estimator_up", "1 while the estimator process "
-                                  "is running.", registry=r)
-        self.chi2 = Gauge("gridtwin_state_chi2", "Chi-square of the latest estimate.",
-                          registry=r)
-        self.state_time = Gauge("gridtwin_state_timestamp_seconds", "Source time (epoch) of "
-                                "the latest estimate.", registry=r)
-        self.historian = Counter("gridtwin_historian_records", "Records handed to the "
-                                 "historian writer.", ["kind"], registry=r)
-        self.historian_dropped = Counter("gridtwin_historian_dropped", "Records the "
-                                         "historian writer could not accept.", registry=r)
-        self.events = Counter("gridtwin_events", "Events raised by the gateway.", ["kind"],
-                              registry=r)
+        self.info = Info("gridtwin_build", _SPEC["gridtwin_build_info"][2],
+                         registry=self.registry)
+        self.decode = self._histogram("gridtwin_decode_seconds")
+        self.quality = self._histogram("gridtwin_quality_seconds")
+        self.handoff = self._histogram("gridtwin_handoff_seconds")
+        self.estimate = self._histogram("gridtwin_estimate_seconds")
+        self.e2e = self._histogram("gridtwin_e2e_latency_seconds")
+        self.snapshots = self._counter("gridtwin_snapshots_total")
+        self.incomplete = self._counter("gridtwin_snapshots_incomplete_total")
+        self.skipped = self._counter("gridtwin_snapshots_skipped_total")
+        self.flags = self._counter("gridtwin_flags_total")
+        self.channels = self._gauge("gridtwin_channels")
+        self.chi2_threshold = self._gauge("gridtwin_state_chi2_threshold")
+        self.chi2_failures = self._counter("gridtwin_chi2_test_failures_total")
+        self.vm_min = self._gauge("gridtwin_state_vm_min_pu")
+        self.vm_max = self._gauge("gridtwin_state_vm_max_pu")
+        self.states = self._counter("gridtwin_states_total")
+        self.failures = self._counter("gridtwin_estimator_failures_total")
+        self.deadline_misses = self._counter("gridtwin_deadline_misses_total")
+        self.restarts = self._counter("gridtwin_estimator_restarts_total")
+        self.estimator_up = self._gauge("gridtwin_estimator_up")
+        self.chi2 = self._gauge("gridtwin_state_chi2")
+        self.state_time = self._gauge("gridtwin_state_timestamp_seconds")
+        self.historian = self._counter("gridtwin_historian_records_total")
+        self.historian_dropped = self._counter("gridtwin_historian_dropped_total")
+        self.events = self._counter("gridtwin_events_total")
         for reason in ("superseded", "stale", "no_estimator"):
             self.skipped.labels(reason)
         kinds = channel_kinds or {"all": 0}
@@ -220,9 +191,22 @@ class Metrics:
         self._flag_children = [[self.flags.labels(f, k) for f in FLAG_NAMES]
                                for k in self.kinds]
         if streams is not None:
-            r.register(_StreamCollector(streams, clock or time.time))  # type: ignore[arg-type]
+            self.registry.register(_StreamCollector(streams, clock or time.time))  # type: ignore[arg-type]
         #: called before every exposition: the gateway flushes its batched counts here
         self.before_scrape: list[Callable[[], None]] = []
+
+    # metrics as :data:`METRICS` describes them (one place for names, labels and help)
+    def _histogram(self, name: str) -> Histogram:
+        _, labels, doc = _SPEC[name]
+        return Histogram(name, doc, labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def _counter(self, name: str) -> Counter:
+        _, labels, doc = _SPEC[name]  # prometheus_client appends the _total itself
+        return Counter(name.removesuffix("_total"), doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str) -> Gauge:
+        _, labels, doc = _SPEC[name]
+        return Gauge(name, doc, labels, registry=self.registry)
 
     def count_flags(self, kind: int, counts: Iterable[int]) -> None:
         """Add per-bit counts (bit 0 = BAD ... bit 8 = STALE) of meter kind ``kind``

@@ -36,7 +36,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -90,7 +90,6 @@ class SupervisorStats:
     restarts: int = 0
     crashes: int = 0
     spawned: int = 0
-    handoff_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
     @property
     def skipped(self) -> int:
@@ -190,10 +189,6 @@ class EstimatorSupervisor:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
 
-    @property
-    def up(self) -> bool:
-        return self.active is not None and not self.active.dead
-
     def pids(self) -> dict[str, int | None]:
         return {"active": self.active.pid if self.active else None,
                 "spare": self.spare.pid if self.spare else None}
@@ -255,14 +250,18 @@ class EstimatorSupervisor:
             elif child is self.active:
                 self._reply(reply)
 
-    def _child_gone(self, child: _Child, why: str) -> None:
-        if child.dead:
-            return
+    def _detach(self, child: _Child) -> None:
+        """Mark ``child`` dead and stop reading its socket."""
         child.dead = True
         with contextlib.suppress(Exception):
             assert self._loop is not None
             self._loop.remove_reader(child.sock.fileno())
         child.sock.close()
+
+    def _child_gone(self, child: _Child, why: str) -> None:
+        if child.dead:
+            return
+        self._detach(child)
         if not child.ready.done():
             child.ready.set_exception(SupervisorError(f"estimator {child.pid} {why}"))
             child.ready.exception()  # mark retrieved
@@ -341,11 +340,7 @@ class EstimatorSupervisor:
         except TimeoutError:
             await self._kill(child)
         if not child.dead:
-            child.dead = True
-            with contextlib.suppress(Exception):
-                assert self._loop is not None
-                self._loop.remove_reader(child.sock.fileno())
-            child.sock.close()
+            self._detach(child)
 
     async def _kill(self, child: _Child) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -410,42 +405,40 @@ class EstimatorSupervisor:
         inf.timer = self._loop.call_later(delay, self._deadline_check, inf)
         self.inflight = inf
 
+    def _count_miss(self, inf: _InFlight, how: str, ms: float) -> None:
+        """Count (and maybe log) one deadline miss of ``inf``; ``how % ms`` says what
+        happened (formatted only when logged)."""
+        n = self.stats.deadline_misses = self.stats.deadline_misses + 1
+        if _log_miss(n):
+            log.warning("deadline missed: snapshot %d " + how + " (%d misses so far)",
+                        inf.snap.seq, ms, n)
+        self.on_event("deadline_missed", {"seq": inf.snap.seq,
+                                          "deadline_ms": self.deadline_s * 1e3})
+
     def _deadline_check(self, inf: _InFlight) -> None:
         if self.inflight is inf and not inf.missed:
             inf.missed = True
-            self.stats.deadline_misses += 1
-            if _log_miss(self.stats.deadline_misses):
-                log.warning("deadline missed: snapshot %d not estimated within %.1f ms "
-                            "(%d misses so far)", inf.snap.seq, self.deadline_s * 1e3,
-                            self.stats.deadline_misses)
-            self.on_event("deadline_missed", {"seq": inf.snap.seq,
-                                              "deadline_ms": self.deadline_s * 1e3})
+            self._count_miss(inf, "not estimated within %.1f ms", self.deadline_s * 1e3)
 
-    def _reply(self, reply: StateMsg | FailMsg | ReadyMsg) -> None:
+    def _reply(self, reply: StateMsg | FailMsg) -> None:
         now = self.clock()
         inf = self.inflight
-        if inf is None or reply.seq != inf.snap.seq:  # type: ignore[union-attr]
+        if inf is None or reply.seq != inf.snap.seq:
             return  # an answer to a snapshot we gave up on
         self.inflight = None
         if inf.timer:
             inf.timer.cancel()
         met = now <= inf.deadline_at and not inf.missed
         if not met and not inf.missed:
-            self.stats.deadline_misses += 1
-            if _log_miss(self.stats.deadline_misses):
-                log.warning("deadline missed: snapshot %d estimated after %.2f ms (%d misses "
-                            "so far)", inf.snap.seq, (now - inf.snap.published_time) * 1e3,
-                            self.stats.deadline_misses)
-            self.on_event("deadline_missed", {"seq": inf.snap.seq,
-                                              "deadline_ms": self.deadline_s * 1e3})
+            self._count_miss(inf, "estimated after %.2f ms",
+                             (now - inf.snap.published_time) * 1e3)
         if isinstance(reply, StateMsg):
             self.stats.states += 1
-            self.stats.handoff_s.append(reply.recv_time - reply.send_time)
             try:
                 self.on_state(reply, now, met)
             finally:
                 self._send_pending()
-        elif isinstance(reply, FailMsg):
+        else:
             self.stats.failures += 1
             try:
                 self.on_fail(reply)

@@ -15,14 +15,16 @@ lazily the first time their scheme is asked for.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
+from gateway.config import url_parts
 from gateway.errors import TransportError
 
 #: ``sink(stream, data, peer_host, now)``: one complete frame received at ``now``
@@ -48,16 +50,16 @@ class TransportSpec:
 
     @property
     def scheme(self) -> str:
-        return urlsplit(self.url).scheme
+        return url_parts(self.url)[0]
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+        return url_parts(self.url)[1]
 
     @property
     def port(self) -> int:
         try:
-            return urlsplit(self.url).port or 0
+            return url_parts(self.url)[2]
         except ValueError as exc:
             raise TransportError(f"stream {self.name}: bad port in {self.url!r}") from exc
 
@@ -156,7 +158,10 @@ def _noop_event(stream: str, kind: str, detail: dict[str, object]) -> None:
 
 
 class TransportBase:
-    """Shared plumbing: spec, sinks, allowlist, clock."""
+    """Shared plumbing: spec, sinks, allowlist, clock, and the transport's own task
+    (``_task``, cancelled by the default :meth:`close`)."""
+
+    _task: asyncio.Task[None] | None = None
 
     def __init__(self, spec: TransportSpec, sink: FrameSink, *, on_drop: DropSink | None = None,
                  on_event: EventSink | None = None,
@@ -171,3 +176,10 @@ class TransportBase:
     @property
     def local_address(self) -> tuple[str, int] | None:
         return None
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

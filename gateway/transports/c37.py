@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.codecs.c37118 import (
     CMD_CFG2,
@@ -36,13 +37,8 @@ from gateway.transports.base import TransportBase, register
 from gateway.transports.tcp import StreamClientBase
 
 _SIZE = struct.Struct(">H")
-MAX_FRAME = 65535
 SILENCE_S = 5.0
 CFG_RETRY_S = 1.0
-
-
-def cmd_bytes(idcode: int, cmd: int, now: float) -> bytes:
-    return command(idcode, cmd, now=now)
 
 
 @register("c37+tcp")
@@ -52,7 +48,7 @@ class C37TcpTransport(StreamClientBase):
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       host: str) -> None:
         spec, sink, clock = self.spec, self.sink, self.clock
-        writer.write(cmd_bytes(spec.idcode, CMD_CFG2, clock()))
+        writer.write(command(spec.idcode, CMD_CFG2, now=clock()))
         await writer.drain()
         started = False
         while True:
@@ -66,7 +62,7 @@ class C37TcpTransport(StreamClientBase):
             data = head + await reader.readexactly(size - 4)
             sink(spec.name, data, host, clock())
             if not started and frame_type_of(data) in (FRAME_CFG2, FRAME_CFG3):
-                writer.write(cmd_bytes(spec.idcode, CMD_START, clock()))
+                writer.write(command(spec.idcode, CMD_START, now=clock()))
                 await writer.drain()
                 started = True
                 self.handshakes += 1
@@ -77,7 +73,7 @@ class C37TcpTransport(StreamClientBase):
         w = self._writer
         if w is not None:
             with contextlib.suppress(OSError, RuntimeError):
-                w.write(cmd_bytes(self.spec.idcode, CMD_STOP, self.clock()))
+                w.write(command(self.spec.idcode, CMD_STOP, now=self.clock()))
                 await asyncio.wait_for(w.drain(), 0.5)
         await super().close()
 
@@ -104,7 +100,6 @@ class C37UdpTransport(TransportBase):
     """
 
     _transport: asyncio.DatagramTransport | None = None
-    _task: asyncio.Task[None] | None = None
     have_cfg = False
     last_rx = 0.0
     last_ask = -1e9
@@ -112,8 +107,6 @@ class C37UdpTransport(TransportBase):
     peer: tuple[str, int] | None = None
 
     async def start(self) -> None:
-        from urllib.parse import parse_qs, urlsplit
-
         spec = self.spec
         q = parse_qs(urlsplit(spec.url).query)
         if "pmu" in q:
@@ -130,7 +123,7 @@ class C37UdpTransport(TransportBase):
 
     def _send(self, cmd: int, addr: tuple[str, int] | None) -> None:
         if self._transport is not None and addr is not None:
-            self._transport.sendto(cmd_bytes(self.spec.idcode, cmd, self.clock()), addr)
+            self._transport.sendto(command(self.spec.idcode, cmd, now=self.clock()), addr)
 
     def _ask_cfg(self, addr: tuple[str, int] | None) -> None:
         now = self.clock()
@@ -176,11 +169,7 @@ class C37UdpTransport(TransportBase):
         return str(host), int(port)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await super().close()  # the watchdog task first, then STOP and the socket
         if self._transport is not None:
             with contextlib.suppress(OSError):
                 self._send(CMD_STOP, self.peer)

@@ -14,7 +14,6 @@ end; default 0). The arrival time handed on is the replay clock, as for live fra
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,7 +105,6 @@ def split_raw(data: bytes, fmt: str, frame_size: int) -> Iterator[bytes]:
 
 @register("file")
 class FileTransport(TransportBase):
-    _task: asyncio.Task[None] | None = None
     frames = 0
     done: asyncio.Event
 
@@ -162,17 +160,6 @@ class FileTransport(TransportBase):
         finally:
             self.on_event(spec.name, "replay_done", {"frames": self.frames})
             self.done.set()
-
-    @property
-    def local_address(self) -> tuple[str, int] | None:
-        return None
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
 
 def write_pcap(path: str | Path, packets: list[tuple[float, str, str, int, int, bytes]]

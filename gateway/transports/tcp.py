@@ -8,6 +8,7 @@ peer address is checked against the allowlist once per connection.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 
@@ -36,10 +37,9 @@ class Backoff:
         self.delay = self.start
 
 
-class StreamClientBase(TransportBase):
+class StreamClientBase(TransportBase, abc.ABC):
     """A reconnecting TCP client; subclasses implement :meth:`session`."""
 
-    _task: asyncio.Task[None] | None = None
     _writer: asyncio.StreamWriter | None = None
     connected = False
     connects = 0
@@ -86,16 +86,10 @@ class StreamClientBase(TransportBase):
                     await writer.wait_closed()
             await asyncio.sleep(self.backoff.next())
 
+    @abc.abstractmethod
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       host: str) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Talk to the connected peer until the connection fails (raise) or is cancelled."""
 
     @property
     def local_address(self) -> tuple[str, int] | None:
