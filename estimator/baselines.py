@@ -20,6 +20,8 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -178,8 +180,49 @@ def _polar_update(v: np.ndarray, dx: np.ndarray, keep: np.ndarray) -> np.ndarray
 
 
 # --------------------------------------------------------------------------- WLS polar
-class _PolarBase(_Base):
-    """Shared by the polar Gauss-Newton methods (WLS, WLAV): unknowns and linearisation."""
+_Step = Callable[[np.ndarray, sp.csr_matrix, sp.csr_matrix, np.ndarray], np.ndarray]
+
+
+class _StepFailed(Exception):
+    """A polar step could not be computed; :meth:`_PolarBase.solve` reports it as
+    :class:`DidNotConverge` with the iteration's state."""
+
+
+class _PolarBase(_Base, ABC):
+    """Shared by the polar Gauss-Newton methods (WLS, WLAV): unknowns, linearisation and
+    the iteration; a subclass supplies the step ``dx`` from ``(v, T, H, r)``."""
+
+    label = "polar"
+
+    @abstractmethod
+    def _stepper(self, z: np.ndarray, keep: np.ndarray, idx: np.ndarray) -> _Step:
+        """The step function for measurements ``z`` (all), unknowns ``keep`` and active
+        measurement indices ``idx``."""
+
+    def solve(self, z: np.ndarray, *, active: np.ndarray | None = None,
+              warm_start: bool | np.ndarray = True, now: float = 0.0) -> State:
+        t0 = time.perf_counter()
+        z = np.asarray(z, float)
+        act, dof, chi2 = self._prepare(z, active)
+        keep, idx = self._polar_unknowns(act)
+        za = z[idx]
+        step = self._stepper(z, keep, idx)
+        v = self._start(warm_start)
+        dxmax = np.inf
+        for it in range(1, self.max_iterations + 1):
+            t, h, r = self._linearise(v, keep, idx, za)
+            try:
+                dx = step(v, t, h, r)
+            except _StepFailed as exc:
+                raise DidNotConverge(f"{self.label} {exc}", mismatch=dxmax, iterations=it,
+                                     last=v) from None
+            v = _polar_update(v, dx, keep)
+            dxmax = float(np.max(np.abs(dx)))
+            if dxmax < self.tolerance:
+                return self._state(v, z, act, it, dxmax, dof, chi2, now, t0)
+        raise DidNotConverge(f"{self.label} did not converge in {self.max_iterations} "
+                             f"iterations (max |dx| = {dxmax:.3e})", mismatch=dxmax,
+                             iterations=self.max_iterations, last=v)
 
     def _polar_unknowns(self, act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Polar unknowns kept (the slack angle is dropped when no angle is measured) and
@@ -213,20 +256,13 @@ class WlsPolar(_PolarBase):
     """
 
     method = "wls"
+    label = "WLS"
 
-    def solve(self, z: np.ndarray, *, active: np.ndarray | None = None,
-              warm_start: bool | np.ndarray = True, now: float = 0.0) -> State:
-        t0 = time.perf_counter()
-        model = self.model
-        z = np.asarray(z, float)
-        act, dof, chi2 = self._prepare(z, active)
-        keep, idx = self._polar_unknowns(act)
-        za = z[idx]
-        w = sp.diags(1.0 / model.sigma(z)[idx] ** 2)
-        v = self._start(warm_start)
-        dxmax = np.inf
-        for it in range(1, self.max_iterations + 1):
-            t, h, r = self._linearise(v, keep, idx, za)
+    def _stepper(self, z: np.ndarray, keep: np.ndarray, idx: np.ndarray) -> _Step:
+        w = sp.diags(1.0 / self.model.sigma(z)[idx] ** 2)
+
+        def step(v: np.ndarray, t: sp.csr_matrix, h: sp.csr_matrix, r: np.ndarray
+                 ) -> np.ndarray:
             # G = H^T W H ; rhs = H^T W r
             g = h.T @ w @ h
             rhs = h.T @ (w @ r)
@@ -242,14 +278,9 @@ class WlsPolar(_PolarBase):
                 sol = spla.splu(k).solve(b)
             except RuntimeError as exc:
                 raise NotObservableError(f"WLS gain matrix singular: {exc}") from exc
-            dx = sol[: keep.size]
-            v = _polar_update(v, dx, keep)
-            dxmax = float(np.max(np.abs(dx)))
-            if dxmax < self.tolerance:
-                return self._state(v, z, act, it, dxmax, dof, chi2, now, t0)
-        raise DidNotConverge(f"WLS did not converge in {self.max_iterations} iterations "
-                             f"(max |dx| = {dxmax:.3e})", mismatch=dxmax,
-                             iterations=self.max_iterations, last=v)
+            return sol[: keep.size]
+
+        return step
 
 
 # --------------------------------------------------------------------------- WLAV
@@ -262,27 +293,20 @@ class Wlav(_PolarBase):
     """
 
     method = "wlav"
+    label = "WLAV"
 
-    def solve(self, z: np.ndarray, *, active: np.ndarray | None = None,
-              warm_start: bool | np.ndarray = True, now: float = 0.0) -> State:
+    def _stepper(self, z: np.ndarray, keep: np.ndarray, idx: np.ndarray) -> _Step:
         from scipy.optimize import linprog
 
-        t0 = time.perf_counter()
-        model = self.model
-        z = np.asarray(z, float)
-        act, dof, chi2 = self._prepare(z, active)
-        keep, idx = self._polar_unknowns(act)
         nx = keep.size
         m = idx.size
-        za = z[idx]
-        sig = model.sigma(z)[idx]
-        v = self._start(warm_start)
-        dxmax = np.inf
+        sig = self.model.sigma(z)[idx]
         cost = np.r_[np.zeros(nx), 1.0 / sig, 1.0 / sig]
         bounds = [(None, None)] * nx + [(0, None)] * (2 * m)
         eye = sp.identity(m, format="csr")
-        for it in range(1, self.max_iterations + 1):
-            t, h, r = self._linearise(v, keep, idx, za)
+
+        def step(v: np.ndarray, t: sp.csr_matrix, h: sp.csr_matrix, r: np.ndarray
+                 ) -> np.ndarray:
             a_eq = sp.hstack([h, eye, -eye])
             b_eq = r
             if self.cmodel is not None:
@@ -293,16 +317,10 @@ class Wlav(_PolarBase):
             res = linprog(cost, A_eq=sp.csr_matrix(a_eq), b_eq=b_eq, bounds=bounds,
                           method="highs")
             if res.status != 0:
-                raise DidNotConverge(f"WLAV linear program failed: {res.message}",
-                                     mismatch=dxmax, iterations=it, last=v)
-            dx = res.x[:nx]
-            v = _polar_update(v, dx, keep)
-            dxmax = float(np.max(np.abs(dx)))
-            if dxmax < self.tolerance:
-                return self._state(v, z, act, it, dxmax, dof, chi2, now, t0)
-        raise DidNotConverge(f"WLAV did not converge in {self.max_iterations} iterations "
-                             f"(max |dx| = {dxmax:.3e})", mismatch=dxmax,
-                             iterations=self.max_iterations, last=v)
+                raise _StepFailed(f"linear program failed: {res.message}")
+            return np.asarray(res.x[:nx])
+
+        return step
 
 
 # --------------------------------------------------------------------------- PGM

@@ -246,6 +246,11 @@ def _converged(dv: float, dv_prev: float, tol: float) -> bool:
     return dv < tol or (2.0 * dv < dv_prev and dv * dv < tol * (dv_prev - dv))
 
 
+def _not_converged(itmax: int, dv: float, v: np.ndarray) -> DidNotConverge:
+    return DidNotConverge(f"linear SE did not converge in {itmax} iterations "
+                          f"(max |dV| = {dv:.3e} pu)", mismatch=dv, iterations=itmax, last=v)
+
+
 @dataclass
 class _Factor:
     """Everything fixed for one measurement set (active mask) and topology."""
@@ -653,9 +658,7 @@ class LinearStateEstimator:
             if _converged(dv, dv_prev, tol):
                 return v, it, dv
             dv_prev = dv
-        raise DidNotConverge(f"linear SE did not converge in {itmax} iterations "
-                             f"(max |dV| = {dv:.3e} pu)", mismatch=dv, iterations=itmax,
-                             last=v)
+        raise _not_converged(itmax, dv, v)
 
     # ------------------------------------------------------------------ solve
     def solve(self, z: np.ndarray, *, active: np.ndarray | None = None,
@@ -704,26 +707,15 @@ class LinearStateEstimator:
                else contextlib.nullcontext())
         try:
             with ctx:
-                if complete:
-                    # every member of every slot active (and so finite)
-                    v, it, dv = self._iterate_fast(fac, v, z, tol, itmax)
-                else:
-                    zc = np.where(finite, z, 0.0)
-                    z0 = np.where(has0, zc[fac.idx0], 0.0)
-                    z1 = np.where(has1, zc[fac.idx1], 0.0)
-                    v, it, dv = self._iterate(fac, v, z0, z1, has0, has1, complete, tol,
-                                              itmax)
+                v, it, dv = self._run(fac, v, z, finite, has0, has1, complete, tol, itmax)
         except DidNotConverge:
             if fac is not self._cache.get(self._all.tobytes()) or act.all():
                 raise
             # filling from the estimate converged too slowly: factorize this set itself
             fac = self.factor(act, z)
             dof, chi2 = fac.dof, fac.chi2
-            zc = np.where(finite, z, 0.0)
-            z0 = np.where(fac.has0, zc[fac.idx0], 0.0)
-            z1 = np.where(fac.has1, zc[fac.idx1], 0.0)
-            v, it, dv = self._iterate(fac, v, z0, z1, fac.has0, fac.has1, fac.complete, tol,
-                                      itmax)
+            v, it, dv = self._run(fac, v, z, finite, fac.has0, fac.has1, fac.complete, tol,
+                                  itmax)
         t2 = time.perf_counter()
         self._last_v = v
         state = self._finish(fac, v, z, act, it, dv, now)
@@ -733,9 +725,22 @@ class LinearStateEstimator:
                          "residuals_s": t3 - t2, "total_s": t3 - t0}
         return state
 
+    def _run(self, fac: _Factor, v: np.ndarray, z: np.ndarray, finite: np.ndarray,
+             has0: np.ndarray, has1: np.ndarray, complete: bool, tol: float,
+             itmax: int) -> tuple[np.ndarray, int, float]:
+        if complete:
+            # every member of every slot active (and so finite)
+            return self._iterate_fast(fac, v, z, tol, itmax)
+        zc = np.where(finite, z, 0.0)
+        z0 = np.where(has0, zc[fac.idx0], 0.0)
+        z1 = np.where(has1, zc[fac.idx1], 0.0)
+        return self._iterate(fac, v, z0, z1, has0, has1, tol, itmax)
+
     def _iterate(self, fac: _Factor, v: np.ndarray, z0: np.ndarray, z1: np.ndarray,
-                 has0: np.ndarray, has1: np.ndarray, complete: bool, tol: float,
+                 has0: np.ndarray, has1: np.ndarray, tol: float,
                  itmax: int) -> tuple[np.ndarray, int, float]:
+        """The fixed point with incomplete slots: a missing member of a slot is taken from
+        the estimate each iteration."""
         v = np.ascontiguousarray(v, complex)
         if fac.red is not None:
             # start on the zero-injection manifold: x = N x_O
@@ -743,35 +748,20 @@ class LinearStateEstimator:
         phasor, pvs = fac.is_phasor, fac.is_pv_slot
         a, vbus = fac.a, fac.vbus
         pv = fac.pv
-        zt = np.empty(fac.slots.size, complex)
-        pw = fac.power_pos
-        full = complete
-        if full:
-            # every slot complete: phasors are fixed, power slots only need V_k
-            ph = fac.phasor_pos
-            # z_t = m e^{ja} (PMU phasors)
-            zt[ph] = z0[ph] * np.exp(1j * z1[ph])
-            # conj(S) with Q = 0 at PV slots
-            s_conj = z0[pw] - 1j * np.where(pvs[pw], 0.0, z1[pw])
-            vb = vbus[pw]
         dv = np.inf
         dv_prev = 0.0
         npv = pv.size
         for it in range(1, itmax + 1):
-            if full:
-                # equivalent currents: I = conj(S / V_k) = conj(S) / conj(V_k)
-                zt[pw] = s_conj / np.conj(v[vb])
-            else:
-                x_model = a @ v
-                vk = v[vbus]
-                # phasor slots: z_t = m e^{ja}, a missing part taken from the estimate
-                mag = np.where(has0, z0, np.abs(x_model))
-                ang = np.where(has1, z1, np.angle(x_model))
-                # power slots: S_hat = V_k conj(X); z_t = conj((P + jQ) / V_k); PV: Q = 0
-                s_hat = vk * np.conj(x_model)
-                p = np.where(has0, z0, s_hat.real)
-                q = np.where(has1, z1, np.where(pvs, 0.0, s_hat.imag))
-                zt[:] = np.where(phasor, mag * np.exp(1j * ang), np.conj((p + 1j * q) / vk))
+            x_model = a @ v
+            vk = v[vbus]
+            # phasor slots: z_t = m e^{ja}, a missing part taken from the estimate
+            mag = np.where(has0, z0, np.abs(x_model))
+            ang = np.where(has1, z1, np.angle(x_model))
+            # power slots: S_hat = V_k conj(X); z_t = conj((P + jQ) / V_k); PV: Q = 0
+            s_hat = vk * np.conj(x_model)
+            p = np.where(has0, z0, s_hat.real)
+            q = np.where(has1, z1, np.where(pvs, 0.0, s_hat.imag))
+            zt = np.where(phasor, mag * np.exp(1j * ang), np.conj((p + 1j * q) / vk))
             zr = zt.view(np.float64)  # [Re z_0, Im z_0, Re z_1, ...]
             # correction form (built-in iterative refinement): r_t = z_t - H x
             xv = v.view(np.float64)  # interleaved [Vr_0, Vi_0, ...]
@@ -804,9 +794,7 @@ class LinearStateEstimator:
             if _converged(dv, dv_prev, tol):
                 return v, it, dv
             dv_prev = dv
-        raise DidNotConverge(f"linear SE did not converge in {itmax} iterations "
-                             f"(max |dV| = {dv:.3e} pu)", mismatch=dv, iterations=itmax,
-                             last=v)
+        raise _not_converged(itmax, dv, v)
 
     def _finish(self, fac: _Factor, v: np.ndarray, z: np.ndarray, act: np.ndarray, it: int,
                 dv: float, now: float) -> State:
