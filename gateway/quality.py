@@ -70,7 +70,7 @@ class QualityStage:
                  pv_predictor: Predictor | None = None) -> None:
         from models.detector import DetectorParams, TemporalDetector
         from models.errors import ModelError
-        from models.features import PV_FEATURES, PvInputs, needs_sun
+        from models.features import PV_FEATURES, PvInputs, minmax, needs_sun
         from models.runtime import PREDICTOR, PV, load_model
 
         self.cfg = cfg
@@ -93,30 +93,18 @@ class QualityStage:
         self.threshold = float(k)
         det = [c for c in cfg.channels if c.electrical]
         self.det_idx = np.array([c.index for c in det], dtype=np.int64)
-        self._rel = np.array([c.rel for c in det])
-        self._abs = np.array([c.abs for c in det])
         k_div = np.array([c.k for c in det])
         # sigma_meas(x) = max(rel |x|, abs) / k  (Channel.sigma_at), floored at 1e-12
-        self._rel_k = self._rel / k_div
-        self._abs_k = np.maximum(self._abs / k_div, 1e-12)
+        self._rel_k = np.array([c.rel for c in det]) / k_div
+        self._abs_k = np.maximum(np.array([c.abs for c in det]) / k_div, 1e-12)
         self.other_idx = np.array([c.index for c in cfg.channels if not c.electrical],
                                   dtype=np.int64)
-        # a contiguous block of electrical channels is indexed by a slice (views, no copies)
         n_det = self.det_idx.size
-        contiguous = n_det > 0 and bool(
-            (self.det_idx == np.arange(self.det_idx[0], self.det_idx[0] + n_det)).all())
-        self._di: slice | np.ndarray = (
-            slice(int(self.det_idx[0]), int(self.det_idx[0]) + n_det) if contiguous
-            else self.det_idx)
+        self._di = _as_slice(self.det_idx)
+        self._oi = _as_slice(self.other_idx)
         self.detector = TemporalDetector(len(det), self.hist_len, DetectorParams(
             threshold=self.threshold, kappa=float(card.extra.get("kappa", 0.0))))
         self._last_other = np.full(self.other_idx.size, np.nan)
-        n_oth = self.other_idx.size
-        self._oi: slice | np.ndarray = (
-            slice(int(self.other_idx[0]), int(self.other_idx[0]) + n_oth)
-            if n_oth and bool((self.other_idx == np.arange(
-                self.other_idx[0], self.other_idx[0] + n_oth)).all())
-            else self.other_idx)
 
         # the predictor: by default the ONNX model with its input and output bound to
         # preallocated buffers (IO binding); the prepared windows are written straight
@@ -151,6 +139,7 @@ class QualityStage:
         self.pv_ok = (wx >= 0).all(axis=1)
         self.pv_fallback = np.zeros(self.n_plants, bool)
         self._pv_predict: Predictor | None = None
+        self._minmax = minmax
         if self.pv_model is not None:
             pc = self.pv_model.card
             norm = pc.normalisation
@@ -302,8 +291,6 @@ class QualityStage:
             return
         if self._pv_last_t is not None and now - self._pv_last_t < self.pv_stride_s:
             return
-        from models.features import minmax
-
         weather = np.where(self.wx_idx >= 0, cleaned[np.maximum(self.wx_idx, 0)], np.nan)
         # the model's inputs for this sample: weather (+ sun terms at `now`)
         sample = self._pv_inputs(weather, now)
@@ -327,7 +314,7 @@ class QualityStage:
         ok = self.pv_ok & np.isfinite(self._pv_ring).all(axis=(1, 2))
         if not ok.any():
             return
-        xw = minmax(self._pv_ring[ok], self.pv_lo, self.pv_hi)
+        xw = self._minmax(self._pv_ring[ok], self.pv_lo, self.pv_hi)
         pu = np.clip(np.asarray(self._pv_predict(xw), dtype=np.float64).reshape(-1),
                      0.0, self.pv_max)
         # σ = a + b g(p) (per unit of rating), g(p) = p or p (1 - p): the card's error model
@@ -339,6 +326,10 @@ class QualityStage:
         self._pv_sig[ok] = sig * self.rating[ok]
 
 
-def flag_names(bits: int) -> str:
-    """'BAD|CORRECTED' for a flag word (for logs and the CLI)."""
-    return str(Flag(bits)).replace("Flag.", "")
+def _as_slice(idx: np.ndarray) -> slice | np.ndarray:
+    """``idx`` as a slice when it is one contiguous block (indexing gives views, no
+    copies), else ``idx`` itself."""
+    n = idx.size
+    if n and bool((idx == np.arange(idx[0], idx[0] + n)).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx

@@ -6,9 +6,9 @@ through the BiLSTM predictor in one batched call), after a warm-up of 200 snapsh
 
 * ``quality.ieee33.snapshot`` (µs, p99) and ``quality.ieee33.snapshot_p50`` (µs, median):
   one whole call of ``QualityStage.process`` (normalise ▸ predict ▸ detect ▸ correct ▸
-  weather hold ▸ PV forecaster every 20 s of snapshot time). Peer: the identical stage
-  with the predictor run by PyTorch eager (``nn.LSTM`` with the committed weights
-  ``predictor.torch.npz``, one thread, inference mode).
+  weather hold ▸ PV forecaster every card ``stride_s`` = 2 s of snapshot time). Peer: the
+  identical stage with the predictor run by PyTorch eager (``nn.LSTM`` with the committed
+  weights ``predictor.torch.npz``, one thread, inference mode).
 * ``quality.ieee33.predictor_p99`` / ``quality.ieee33.predictor`` (µs, p99 / median):
   the network alone on the windows the stage prepared for each snapshot: our
   onnxruntime call (IO-bound buffers) against ``nn.LSTM`` on the same float32 array.

@@ -220,8 +220,3 @@ def pv_dataset(site: str, days: list[int], *, seed: int, step_s: float = 1.0,
             us.append(up[sel])
     return PvData(np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32),
                   np.concatenate(gs), np.concatenate(ds), np.concatenate(us))
-
-
-def pv_feature_names() -> tuple[str, ...]:
-    """The PV forecaster's default inputs (weather + sun terms)."""
-    return PV_SUN_FEATURES

@@ -1,7 +1,8 @@
 """Temporal-correlation bad-data detector (the DT paper's contribution, sec. 3/5.2).
 
-numpy only: the gateway's quality stage runs this per snapshot next to one batched
-ONNX Runtime call of the measurement predictor.
+numpy only (and the quality bits of ``gateway.snapshot.Flag``): the gateway's quality
+stage runs this per snapshot next to one batched ONNX Runtime call of the measurement
+predictor.
 
 The statistic
 -------------
@@ -63,11 +64,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-BAD = 1
-SUSPECT = 2
-CORRECTED = 4
-MISSING = 8
-PSEUDO = 16
+from gateway.snapshot import Flag
+
+# the snapshot's quality bits as plain ints (IntFlag arithmetic is slow on the steady path)
+BAD = int(Flag.BAD)
+SUSPECT = int(Flag.SUSPECT)
+CORRECTED = int(Flag.CORRECTED)
+MISSING = int(Flag.MISSING)
 
 SQRT_PI_2 = float(np.sqrt(np.pi / 2.0))
 
@@ -370,17 +373,3 @@ def confirm_with_residuals(flags: np.ndarray, z: np.ndarray, rn: np.ndarray, *,
     confirm = grey & (np.abs(rn) > rn_threshold)
     out[confirm] |= BAD
     return out
-
-
-class _quiet:
-    """Silence numpy's all-NaN-slice RuntimeWarning (expected before warm-up)."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._cm = warnings.catch_warnings()
-        self._cm.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._cm.__exit__(None, None, None)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from models.data import PV_STRIDE_S
+from models.data import PV_STRIDE_S, channel_sigma
 from models.features import HIST, minmax, normalise_windows, sliding_windows
 
 Log = Callable[[str], None]
@@ -235,7 +235,7 @@ def predictor_windows(trace: Any, ch: Any, every: int) -> tuple[np.ndarray, ...]
     keep = np.flatnonzero(~bad)
     keep = keep[keep % every == 0]
     hist = w[keep, :HIST]
-    floor = np.maximum(ch.rel * np.abs(hist.mean(axis=1)), ch.abs) / ch.k
+    floor = channel_sigma(ch.rel, ch.abs, ch.k, hist.mean(axis=1))
     xn, c, s = normalise_windows(hist, floor)
     return xn, c, s, trace.truth[keep + HIST, ch.index], keep + HIST
 
@@ -346,7 +346,8 @@ def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: L
     # daytime = sun above the horizon at the plant's site (or the plant producing)
     tmy_site = trace.meta["plants"][0]["site"]
     zen = solar_geometry(load_tmy(tmy_site), trace.time).zenith
-    sun = (zen[None, ends] < 90.0) | (truth[:, ends] > 0)
+    truth_now = truth[:, ends]  # (P, N): the target at each window's end
+    sun = (zen[None, ends] < 90.0) | (truth_now > 0)
     # plant coordinates for the sun terms: the config's (what the gateway uses) when the
     # trace is at the config's site, else the trace's TMY site (the training-site row)
     coords = []
@@ -356,8 +357,17 @@ def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: L
             coords.append((plant.latitude, plant.longitude))
         else:
             coords.append((tmy.latitude, tmy.longitude))
-    rows = []
-    series: dict[str, Any] = {"t": ends, "truth": truth[:, ends]}
+    rows: list[dict[str, Any]] = []
+    series: dict[str, Any] = {"t": ends, "truth": truth_now}
+
+    def score(method: str, pred: np.ndarray, ref: np.ndarray = truth_now,
+              up: np.ndarray = sun) -> dict[str, float]:
+        """pv_metrics of ``pred`` against ``ref``; appends the table row."""
+        m = pv_metrics(pred.ravel(), ref.ravel(), sun_up=up.ravel())
+        rows.append({"method": method, "site": site, "mape_pct": m["mape_pct"],
+                     "rmse_pct": m["rmse_pct"]})
+        return m
+
     for name, path in models.items():
         model = OnnxModel(path)
         norm = model.card.normalisation
@@ -372,35 +382,27 @@ def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: L
             y = np.where(wx[p][ends, 0] <= 1.0, 0.0, y)
             preds.append(y)
         pred = np.stack(preds)
-        m = pv_metrics(pred.ravel(), truth[:, ends].ravel(), sun_up=sun.ravel())
-        rows.append({"method": name, "site": site, "mape_pct": m["mape_pct"],
-                     "rmse_pct": m["rmse_pct"]})
+        m = score(name, pred)
         series[name] = pred
         log(f"  pv {name} @ {site}: {m}")
     if with_baselines:
         phys = np.stack([pvlib_physical(tmy_site, trace.time, wx[p])
                          for p in range(len(plants))])
         pred = phys[:, ends]
-        m = pv_metrics(pred.ravel(), truth[:, ends].ravel(), sun_up=sun.ravel())
-        rows.append({"method": "pvlib physical (nameplate)", "site": site,
-                     "mape_pct": m["mape_pct"], "rmse_pct": m["rmse_pct"]})
+        m = score("pvlib physical (nameplate)", pred)
         series["pvlib physical (nameplate)"] = pred
         log(f"  pv pvlib @ {site}: {m}")
         orc = pv_oracle(trace)[:, ends]
-        m = pv_metrics(orc.ravel(), truth[:, ends].ravel(), sun_up=sun.ravel())
-        rows.append({"method": "bound: plant physics, true hidden parameters, true station "
-                               "weather", "site": site,
-                     "mape_pct": m["mape_pct"], "rmse_pct": m["rmse_pct"]})
+        m = score("bound: plant physics, true hidden parameters, true station weather", orc)
         series["bound"] = orc
         log(f"  pv bound @ {site}: {m}")
         # the same on 15-minute means (what hourly/15-min PV studies report)
         blk = max(1, round(900.0 / trace.step_s))
+        truth_b = _block_mean(truth_now, blk)
+        sun_b = _block_mean(sun.astype(float), blk) > 0
         for name in ("BiLSTM (ours)", "bound"):
-            pr, tr_ = _block_mean(series[name], blk), _block_mean(truth[:, ends], blk)
-            sun_b = _block_mean(sun.astype(float), blk) > 0
-            m = pv_metrics(pr.ravel(), tr_.ravel(), sun_up=sun_b.ravel())
-            rows.append({"method": f"{name.split(':')[0]}, 15-min means", "site": site,
-                         "mape_pct": m["mape_pct"], "rmse_pct": m["rmse_pct"]})
+            m = score(f"{name.split(':')[0]}, 15-min means", _block_mean(series[name], blk),
+                      truth_b, sun_b)
             log(f"  pv {name} 15-min means @ {site}: {m}")
     return rows, series
 

@@ -50,11 +50,6 @@ def normalise_windows(
     return xn[:, :, None], c, s
 
 
-def denormalise(yn: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """y = c + s * y_n."""
-    return centre + scale * np.asarray(yn, dtype=np.float64).reshape(-1)
-
-
 def minmax(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """x_n = (x - x_min) / (x_max - x_min), clipped to [-0.5, 1.5]; float32."""
     span = np.where(hi - lo > 0, hi - lo, 1.0)
@@ -70,13 +65,12 @@ def sliding_windows(series: np.ndarray, length: int) -> np.ndarray:
     return series[idx]
 
 
-
 # The PV forecaster's full inputs (weather + sun terms) are built in models.pv_features;
-# re-exported here lazily (PEP 562: models.pv_features itself imports this module), the
-# gateway's one entry point into the models' input preparation
-_PV_EXPORTS = ("PV_SUN_FEATURES", "PvInputs", "needs_sun")
+# what the gateway's quality stage needs of it is re-exported here (the gateway may import
+# models.features, not models.pv_features: tests/test_architecture.py), lazily (PEP 562)
+# because models.pv_features itself imports this module
+_PV_EXPORTS = ("PvInputs", "needs_sun")
 if TYPE_CHECKING:
-    from models.pv_features import PV_SUN_FEATURES as PV_SUN_FEATURES
     from models.pv_features import PvInputs as PvInputs
     from models.pv_features import needs_sun as needs_sun
 

@@ -38,12 +38,7 @@ def write_plots(out: Path, pred: dict[str, Any], pv: dict[str, Any], se: dict[st
         unit = "MW" if name == "p" else "MVAr"
         ax.set(xlabel="test point", ylabel=f"{name.upper()} ({unit})",
                title=f"Figure {fig_no}: predicted vs true {name.upper()}, {key}")
-        ax.legend()
-        path = out / f"fig{fig_no}_branch_{name}_prediction.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, ax, out / f"fig{fig_no}_branch_{name}_prediction.png"))
 
     # Figure 12: PV forecast vs actual at the bus-22 plant, 300 consecutive 20 s points
     if pv:
@@ -62,12 +57,7 @@ def write_plots(out: Path, pred: dict[str, Any], pv: dict[str, Any], se: dict[st
                 ax.plot(pv[method][k][idx], lw=1, label=method)
         ax.set(xlabel="time point (20 s)", ylabel="PV output (p.u. of rating)",
                title=f"Figure 12: PV forecast vs actual, plant {names[k]}")
-        ax.legend()
-        path = out / "fig12_pv_forecast.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, ax, out / "fig12_pv_forecast.png"))
 
     # Figures 13 and 14: SE voltage magnitude per bus (one snapshot) and bus 10 over time
     if se and "truth" in se:
@@ -80,12 +70,7 @@ def write_plots(out: Path, pred: dict[str, Any], pv: dict[str, Any], se: dict[st
             ax.plot(np.abs(se[mth][t]), ".-", lw=1, label=mth)
         ax.set(xlabel="bus (internal index)", ylabel="|V| (p.u.)",
                title="Figure 13: estimated vs true voltage magnitude, one snapshot")
-        ax.legend()
-        path = out / "fig13_se_profile.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, ax, out / "fig13_se_profile.png"))
         b = cfg.network.index_of(10)
         fig, ax = plt.subplots(figsize=(9, 4))
         n = min(50, len(truth))
@@ -94,12 +79,16 @@ def write_plots(out: Path, pred: dict[str, Any], pv: dict[str, Any], se: dict[st
             ax.plot(np.abs(se[mth][:n, b]), lw=1, label=mth)
         ax.set(xlabel="time section (1 s)", ylabel="|V| bus 10 (p.u.)",
                title="Figure 14: state estimate at bus 10, sections 0-50")
-        ax.legend()
-        path = out / "fig14_se_bus10.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, ax, out / "fig14_se_bus10.png"))
     for p in written:
         log(f"  wrote {p}")
     return written
+
+
+def _save(plt: Any, fig: Any, ax: Any, path: Path) -> Path:
+    """Legend, tight layout, ``path`` at 110 dpi; closes the figure."""
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

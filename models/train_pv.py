@@ -22,9 +22,9 @@ is held out (same site); the test site is never seen in training and its days gi
 card's "unseen site" metrics.
 
 Normalisation: min-max (the paper's equation) with *fixed physical ranges* of the
-sensors (:data:`PV_MIN`, :data:`PV_MAX`), not the training site's extremes: a site's
-own extremes made an unseen, colder site (Greensboro in winter, -17 degC, vs Miami's
-+3 degC) fall outside [0, 1] and into the clip.
+sensors (``models.pv_features.WEATHER_MIN`` / ``WEATHER_MAX``), not the training site's
+extremes: a site's own extremes made an unseen, colder site (Greensboro in winter,
+-17 degC, vs Miami's +3 degC) fall outside [0, 1] and into the clip.
 
 Output uncertainty for the estimator: on the unseen site's days (the situation the
 gateway is in), the RMS error is taken in bins of the prediction ``p`` and fitted both
@@ -49,19 +49,10 @@ from models.card import TensorSpec
 from models.data import PV_STRIDE_S, PvData, pv_dataset
 from models.features import WINDOW, minmax
 from models.nets import FusedBiLstm, MlpRegressor, RecurrentRegressor
-from models.pv_features import (
-    PV_SUN_FEATURES,
-    PV_SUN_UNITS,
-    WEATHER_MAX,
-    WEATHER_MIN,
-    feature_ranges,
-)
+from models.pv_features import PV_SUN_FEATURES, PV_SUN_UNITS, feature_ranges
 from models.train import export_onnx, fit, predict, set_seed, write_card
 
 PV_HIDDEN = 24
-# fixed min-max ranges of the weather inputs (see models.pv_features)
-PV_MIN = WEATHER_MIN
-PV_MAX = WEATHER_MAX
 # MSE: the conditional mean, which is what the estimator's pseudo-measurement wants
 PV_LOSS = "mse"
 
