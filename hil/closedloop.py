@@ -148,13 +148,6 @@ class ClosedLoop:
         self.records.append(rec)
         return rec
 
-    def caps_at(self, step: int) -> np.ndarray:
-        caps = np.full(len(self.cfg.plants), np.inf)
-        for first, c in self.history:
-            if first <= step:
-                caps = c
-        return caps
-
     # -- truth ------------------------------------------------------------------------
     def binds(self, row: int) -> bool:
         return bool(np.any(self.trace.pv_mw[row] > self.caps))

@@ -41,7 +41,7 @@ import selectors
 import socket
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -65,6 +65,7 @@ REALTIME_PRIORITY = 10  # SCHED_FIFO priority with realtime=True
 _SEQ_NAMES = ("seq", "step")
 _MAX_TCP_BACKLOG = 4 << 20  # bytes queued for a slow TCP client before it is dropped
 _GROUND_TRUTH_KEEP = 100_000  # closed-loop steps whose re-solved truth is kept
+_SENT_KEEP = 100_000  # steps whose send time is kept (command round trips)
 
 
 class EmulatorError(HilError):
@@ -156,8 +157,7 @@ class Emulator:
         use_loop = cfg.commands.enabled if closed_loop is None else closed_loop
         self.closed_loop = ClosedLoop(cfg, trace) if use_loop else None
         self.next_step = start_step
-        self.ground_truth: dict[int, StepState] = {}
-        self._gt_order: deque[int] = deque()
+        self.ground_truth: OrderedDict[int, StepState] = OrderedDict()
         step_s = float(trace.time[1] - trace.time[0]) if self.n_rows > 1 else 1.0
         self._span = step_s * self.n_rows
 
@@ -208,11 +208,7 @@ class Emulator:
         return np.asarray(self.trace.measured[row], float)
 
     def _keep(self, step: int, st: StepState) -> None:
-        if step not in self.ground_truth:
-            self._gt_order.append(step)
-            if len(self._gt_order) > _GROUND_TRUTH_KEEP:
-                self.ground_truth.pop(self._gt_order.popleft(), None)
-        self.ground_truth[step] = st
+        _put_bounded(self.ground_truth, step, st, _GROUND_TRUTH_KEEP)
 
     def truth(self, step: int) -> np.ndarray:
         """Ground-truth channel values of a step already built (the re-solved truth where a
@@ -300,6 +296,13 @@ def retarget(cfg: TwinConfig, urls: dict[str, str], *, enable: tuple[str, ...] =
     if commands_url is not None:
         out.commands = dataclasses.replace(cfg.commands, enabled=True, url=commands_url)
     return out
+
+
+def _put_bounded(d: OrderedDict[int, Any], key: int, value: Any, keep: int) -> None:
+    """``d[key] = value``, dropping the oldest key once ``d`` holds more than ``keep``."""
+    d[key] = value
+    if len(d) > keep:
+        d.popitem(last=False)
 
 
 def _is_seq(name: str) -> bool:
@@ -420,8 +423,7 @@ class EmulatorRunner:
         self.sel = selectors.DefaultSelector()
         self.stats = {p.name: StreamStats() for p in emulator.plans}
         self.addresses: dict[str, tuple[str, int]] = {}
-        self.sent_at: dict[int, float] = {}
-        self._sent_order: deque[int] = deque()
+        self.sent_at: OrderedDict[int, float] = OrderedDict()
         self._stop = threading.Event()
         self._opened = False
         self._udp: dict[str, socket.socket] = {}
@@ -827,10 +829,7 @@ class EmulatorRunner:
         return self.errors[:min(done, self.errors.size)]
 
     def _mark_sent(self, step: int, t: float) -> None:
-        self.sent_at[step] = t
-        self._sent_order.append(step)
-        if len(self._sent_order) > 100_000:
-            self.sent_at.pop(self._sent_order.popleft(), None)
+        _put_bounded(self.sent_at, step, t, _SENT_KEEP)
 
     def _progress_line(self, done: int) -> str:
         frames = sum(s.frames for s in self.stats.values())

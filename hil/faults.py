@@ -54,6 +54,7 @@ from hil.errors import HilError
 FAULT_KINDS = ("burst", "loss", "malformed", "duplicate", "reorder", "delay", "foreign")
 MALFORMED_KINDS = ("truncated", "wrong_length", "bad_crc")
 _N_DRAWS = 9  # uniforms drawn per offered frame (fixed, for reproducibility)
+_PCT_FIELDS = ("loss_pct", "dup_pct", "reorder_pct", "malformed_pct", "foreign_pct")
 
 
 class FaultSpecError(HilError):
@@ -103,7 +104,7 @@ class FaultPlan:
     malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
 
     def __post_init__(self) -> None:
-        for name in ("loss_pct", "dup_pct", "reorder_pct", "malformed_pct", "foreign_pct"):
+        for name in _PCT_FIELDS:
             v = getattr(self, name)
             if not 0.0 <= v <= 100.0:
                 raise FaultSpecError(f"{name} = {v}: a percentage in 0..100")
@@ -115,8 +116,8 @@ class FaultPlan:
 
     @property
     def active(self) -> bool:
-        return bool(self.loss_pct or self.dup_pct or self.reorder_pct or self.jitter_ms
-                    or self.bursts or self.malformed_pct or self.foreign_pct)
+        return bool(self.jitter_ms or self.bursts
+                    or any(getattr(self, name) for name in _PCT_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class FaultInjector:
 
     def __post_init__(self) -> None:
         self._rng = np.random.default_rng(self.plan.seed)
+        self._active = self.plan.active  # the plan is frozen: decided once, not per frame
         self._streams: dict[str, _StreamState] = {}
         self.counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
 
@@ -176,7 +178,7 @@ class FaultInjector:
         out: list[Emission] = []
         released = st.held
         st.held = None
-        if not plan.active:
+        if not self._active:
             out.append(Emission(frame, seq))
         elif any(b.covers(step, stream) for b in plan.bursts):
             self._record(step, stream, seq, "burst")

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from hil.errors import ScenarioError
-from hil.trace import Trace, save_trace
+from hil.trace import WEATHER_FIELDS, Trace, save_trace
 
 # channel quantity -> weather field column
-_WEATHER_COL = {"ghi": 0, "dni": 1, "dhi": 2, "temp_air": 3, "wind_speed": 4, "wind_dir": 5}
+_WEATHER_COL = {f: i for i, f in enumerate(WEATHER_FIELDS)}
 DEFAULT_SITE = "greensboro"
 PF_CHUNK = 3600
 PF_TOLERANCE = 1e-10
@@ -268,7 +268,7 @@ def make_trace(spec: ScenarioSpec, *, progress: bool = False,
         plant_meta.append({"name": p.name, "site": st.site, "cloud_lag_s": local.lag_s,
                            **prm.as_dict()})
     wx = np.stack([s.stack() for s in station_of_plant], axis=1) if plants else np.zeros(
-        (n, 0, len(weather.WEATHER_FIELDS)))
+        (n, 0, len(WEATHER_FIELDS)))
     bar.update(n)
 
     # ---- loads

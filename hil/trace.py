@@ -25,6 +25,8 @@ ARRAY_FIELDS: tuple[str, ...] = (
     "time", "measured", "truth", "bad", "missing", "v", "i_branch_from",
     "s_branch_from", "s_branch_to", "s_inj", "pv_mw", "weather",
 )
+# weather channel order used everywhere in hil (last axis of Trace.weather)
+WEATHER_FIELDS: tuple[str, ...] = ("ghi", "dni", "dhi", "temp_air", "wind_speed", "wind_dir")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 

@@ -86,9 +86,7 @@ from scipy.signal import lfilter
 from scipy.special import ndtri
 
 from hil.errors import ScenarioError
-
-# weather channel order used everywhere in hil (Trace.weather last axis)
-WEATHER_FIELDS: tuple[str, ...] = ("ghi", "dni", "dhi", "temp_air", "wind_speed", "wind_dir")
+from hil.trace import WEATHER_FIELDS
 
 
 @dataclass(frozen=True)
@@ -111,7 +109,23 @@ LINKE_TURBIDITY = 3.0
 
 
 @dataclass(frozen=True)
-class Tmy:
+class WeatherSeries:
+    """One array per :data:`WEATHER_FIELDS` channel, over the same time axis."""
+
+    ghi: np.ndarray
+    dni: np.ndarray
+    dhi: np.ndarray
+    temp_air: np.ndarray
+    wind_speed: np.ndarray
+    wind_dir: np.ndarray
+
+    def stack(self) -> np.ndarray:
+        """(T, 6) in :data:`WEATHER_FIELDS` order."""
+        return np.stack([getattr(self, f) for f in WEATHER_FIELDS], axis=1)
+
+
+@dataclass(frozen=True)
+class Tmy(WeatherSeries):
     """Hourly typical-year data; row i is the hour interval [i, i+1) of the year (LST)."""
 
     site: str
@@ -120,12 +134,6 @@ class Tmy:
     longitude: float
     altitude: float
     tz_hours: float
-    ghi: np.ndarray
-    dni: np.ndarray
-    dhi: np.ndarray
-    temp_air: np.ndarray
-    wind_speed: np.ndarray
-    wind_dir: np.ndarray
     source: str
 
 
@@ -292,14 +300,6 @@ def hourly_clear_sky_index(tmy: Tmy, time_s: np.ndarray) -> np.ndarray:
     return np.interp(t, centres, kc_h)
 
 
-@dataclass
-class CloudField:
-    """Latent field z and the hourly parameters needed to turn it into kc."""
-
-    z: np.ndarray
-    kc_mean: np.ndarray
-
-
 def point_kc(z: np.ndarray, kc_mean: np.ndarray, tex_shade: np.ndarray,
              tex_sun: np.ndarray, *, step_s: float) -> np.ndarray:
     """Point clear-sky index of the cloud field (steps 2-4 of the module docstring).
@@ -331,15 +331,6 @@ def cloud_textures(rng: np.random.Generator, n: int, step_s: float
     tex_shade = 1.0 + 0.08 * ar1(rng, n, 20.0 / step_s)
     tex_sun = 1.0 + 0.01 * ar1(rng, n, 60.0 / step_s)
     return tex_shade, tex_sun
-
-
-def kc_from_field(z: np.ndarray, kc_mean: np.ndarray, rng: np.random.Generator,
-                  *, edge_smooth_steps: int, step_s: float) -> np.ndarray:
-    """Sub-hourly clear-sky index from latent field ``z`` with fresh textures from ``rng``,
-    seen through a moving average of ``edge_smooth_steps`` (see module docstring)."""
-    tex_shade, tex_sun = cloud_textures(rng, len(z), step_s)
-    kc = point_kc(z, kc_mean, tex_shade, tex_sun, step_s=step_s)
-    return np.clip(moving_average(kc, edge_smooth_steps), 0.0, 1.5)
 
 
 def window_average(x: np.ndarray, step_s: float, *, lag_s: float, width_s: float
@@ -376,28 +367,17 @@ def decompose(ghi: np.ndarray, geo: SolarGeometry) -> tuple[np.ndarray, np.ndarr
     return dni, np.maximum(dhi, 0.0)
 
 
-@dataclass
-class StationWeather:
+@dataclass(frozen=True)
+class StationWeather(WeatherSeries):
     """True weather at one weather station (no sensor noise), plus what plants need."""
 
     site: str
-    ghi: np.ndarray
-    dni: np.ndarray
-    dhi: np.ndarray
-    temp_air: np.ndarray
-    wind_speed: np.ndarray
-    wind_dir: np.ndarray
     z: np.ndarray  # latent cloud field at the station
     kc_mean: np.ndarray
     geo: SolarGeometry
     step_s: float
     tex_shade: np.ndarray | None = None  # cloud textures (shared with the plant)
     tex_sun: np.ndarray | None = None
-
-    def stack(self) -> np.ndarray:
-        """(T, 6) in :data:`WEATHER_FIELDS` order."""
-        return np.stack([self.ghi, self.dni, self.dhi, self.temp_air, self.wind_speed,
-                         self.wind_dir], axis=1)
 
 
 @dataclass
