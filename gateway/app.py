@@ -11,7 +11,9 @@
    lag window; its timer is a ``call_later`` re-armed for the oldest pending slot);
 3. each snapshot is stored raw, cleaned by the quality stage (detect ▸ correct ▸ fill,
    PV pseudo-measurements), stored corrected and handed to the estimator process via the
-   supervisor (newest wins, deadline monitor, restarts);
+   supervisor (newest wins, deadline monitor, restarts); then, while the estimator
+   solves it, the quality stage predicts the next snapshot (``QualityStage.lookahead``),
+   so only the detector's comparisons stand between a snapshot and its handoff;
 4. states come back, are stored, exposed at ``/state`` and measured (end-to-end latency:
    first frame of the snapshot received → its state back in the gateway).
 
@@ -19,9 +21,10 @@ The pipeline runs on one asyncio loop in one thread; the historian writer commit
 its own thread and the estimator is another process, so nothing here blocks on I/O.
 
 Hot-path budget (1 kHz: three frames and one snapshot per millisecond): per frame only
-decode, statistics and alignment; per snapshot the quality stage, the handoff and the
-bookkeeping that cannot wait (latency samples, one historian put for raw + corrected,
-one for the state, whose encoding the writer thread does). Metrics are batched: latency
+decode, statistics and alignment; per snapshot the quality stage's detection, the handoff,
+the look-ahead prediction of the next snapshot and the bookkeeping that cannot wait
+(latency samples, one historian put for raw + corrected, one for the state, whose
+encoding the writer thread does). Metrics are batched: latency
 samples, counters and the per-flag per-kind counts accumulate in plain Python/numpy and
 are flushed into the Prometheus registry every :data:`METRICS_FLUSH_S` and before every
 scrape; ``/state`` is built from the latest estimate when asked for.
@@ -174,6 +177,9 @@ class PassThroughQuality:
                       0.5 * self.rating)
         return _PassResult(values, flags, pv, self.sigma)
 
+    def lookahead(self) -> None:
+        """Nothing is predicted here, so nothing can be prepared ahead."""
+
 
 # --------------------------------------------------------------------------- gateway
 
@@ -242,6 +248,7 @@ class Gateway:
         self.e2e_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.handoff_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.quality_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
+        self.lookahead_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.align_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.estimate_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.snapshots = 0
@@ -268,6 +275,22 @@ class Gateway:
         cfg, o = self.cfg, self.opts
         self._start_historian()
         self._start_quality()
+        self._commands: Any = None  # gateway.commands.CommandLink when enabled
+        if cfg.commands.enabled:
+            from gateway.commands import Command, CommandLink
+
+            def sent(cmd: Command) -> None:  # at most one per min_interval_s
+                self.metrics.commands_sent.inc()
+                self.event("command_sent", "commands", cmd.detail())
+
+            def failed(cmd: Command, reason: str) -> None:
+                self.metrics.command_errors.inc()
+                if self._commands.errors <= 5:
+                    log.warning("command for snapshot %d not sent: %s", cmd.seq, reason)
+
+            self._commands = CommandLink(cfg, on_sent=sent, on_error=failed).open()
+            log.warning("commands ENABLED: %s curtailment to %s", cfg.commands.policy,
+                        cfg.commands.url)
         if o.estimator:
             from gateway.supervisor import EstimatorSupervisor
 
@@ -300,7 +323,7 @@ class Gateway:
         self.event("gateway_started", "gateway", {
             "config": cfg.name, "streams": {n: _addr(t) for n, t in self.transports.items()},
             "metrics": list(self.server.address) if self.server and self.server.address
-            else None})
+            else None, "commands": cfg.commands.url if cfg.commands.enabled else None})
 
     def _start_historian(self) -> None:
         o = self.opts
@@ -345,6 +368,8 @@ class Gateway:
         if self.supervisor is not None:
             await self.supervisor.close()
             self.metrics.estimator_up.set(0)
+        if getattr(self, "_commands", None) is not None:
+            self._commands.close()  # no state comes back any more: nothing to decide
         self._flush_metrics()
         self.event("gateway_stopped", "gateway", self.summary())
         if self.server is not None:
@@ -444,6 +469,16 @@ class Gateway:
                           dict(zip(names, pv.tolist(), strict=True)),
                           dict(zip(names, np.asarray(res.pv_sigma_mw, float).tolist(),
                                    strict=True)))
+        # -- the next snapshot's prediction, while the estimator solves this one
+        try:
+            self.quality.lookahead()
+        except Exception as exc:  # process() retries it; keep ingesting
+            self._quality_errors += 1
+            if self._quality_errors <= 5:
+                log.exception("quality look-ahead failed after snapshot %d", snap.seq)
+                self.event("quality_error", "quality", {"seq": snap.seq, "error": str(exc)})
+            return
+        self.lookahead_s.append(getattr(self.quality, "lookahead_s", 0.0))
 
     def _sync_skips(self) -> None:
         if self.supervisor is None:
@@ -553,6 +588,9 @@ class Gateway:
             self._chi2_failures += 1
         self._last_state = (st, received, met, e2e, hand)
         self._latest_json = None
+        cl = self._commands
+        if cl is not None and st.converged:  # one comparison until a decision is due
+            cl.on_state(st.vm, st.seq, received)
         if self.historian is not None:
             self._put(self.historian.put_state, "states", st.seq, st.source_time, st.vm,
                       st.va, chi2=st.chi2 if math.isfinite(st.chi2) else None,
@@ -621,6 +659,7 @@ class Gateway:
     def summary(self) -> dict[str, Any]:
         sup = self.supervisor
         ss = sup.stats if sup is not None else None
+        cl = getattr(self, "_commands", None)  # set by start()
         hist = None
         if self.historian is not None:
             with contextlib.suppress(Exception):
@@ -643,6 +682,7 @@ class Gateway:
             "e2e_latency_ms": _pct_ms(self.e2e_s),
             "stage_latency_ms": {"align_wait": _pct_ms(self.align_s),
                                  "quality": _pct_ms(self.quality_s),
+                                 "quality_lookahead": _pct_ms(self.lookahead_s),
                                  "estimate": _pct_ms(self.estimate_s)},
             "handoff_latency_us": {k: None if v is None else v * 1e3
                                    for k, v in _pct_ms(self.handoff_s).items()},
@@ -650,6 +690,8 @@ class Gateway:
             "streams": self.stream_summary(),
             "historian": hist,
             "quality": type(self.quality).__name__,
+            "commands_sent": cl.sent if cl is not None else 0,
+            "command_errors": cl.errors if cl is not None else 0,
         }
 
 

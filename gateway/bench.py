@@ -25,6 +25,7 @@ BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("scenario.", "hil.bench_scenario"),
     ("ingest.", "gateway.bench_e2e:benchmarks_ingest"),
     ("e2e.", "gateway.bench_e2e:e2e"),
+    ("handoff.", "gateway.bench_e2e:e2e"),  # measured in the same demo runs as e2e.
 )
 
 

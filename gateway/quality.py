@@ -21,6 +21,18 @@ Per snapshot (``QualityStage.process``):
    model needs them, gets the weak nameplate guess instead (P = 0.85 · GHI/1000 W/m² ·
    rating, σ = 30 % of rating, as with the quality stage disabled).
 
+Look-ahead (software pipelining): the prediction of snapshot t+1 depends only on the
+rings after snapshot t, so :meth:`QualityStage.lookahead` computes it (normalise ▸
+BiLSTM) as soon as snapshot t is cleaned, and the PV forecaster's run for a stride sample
+taken at t happens there too. The gateway calls it right after handing snapshot t to the
+estimator: the ~0.2-0.4 ms of ONNX Runtime work then overlaps the estimator's solve on
+the other core instead of sitting between a snapshot's last frame and its estimate, and
+:meth:`process` is left with the detector's comparisons. The maths are unchanged:
+:meth:`process` runs whatever look-ahead is still outstanding itself (offline callers that
+never call :meth:`lookahead` get bit-identical results to the eager order). The one visible
+difference: a PV forecast computed from the stride sample of snapshot t is reported from
+snapshot t+1 on (the very first forecast is computed at once).
+
 ``now`` is passed in (seconds); nothing here reads the clock except for the timings.
 No torch: the predictor can be swapped for a callable (the bench's PyTorch-eager peer).
 """
@@ -178,6 +190,12 @@ class QualityStage:
         self._pv_last_t: float | None = None
         self._pv_out = np.zeros(self.n_plants)
         self._pv_sig = np.zeros(self.n_plants)
+        self._pv_pending = False  # a stride sample is in the ring, its forecast not run
+        self._pv_started = False
+        self._ahead = False  # the prediction for the next snapshot is in _pred/_s/_c
+        self._yn = np.zeros(n_det, np.float32)
+        #: seconds the last :meth:`lookahead` took (predict + PV; 0 when nothing was due)
+        self.lookahead_s = 0.0
 
     @property
     def predictor_input(self) -> np.ndarray:
@@ -212,42 +230,17 @@ class QualityStage:
         out = x.copy()
         out_flags = fin.copy()
 
-        # 1. one batched prediction for every electrical channel (batch = channels):
-        #    x_n = (w - mean(w)) / max(std(w), sigma_meas(mean(w)))  (models.features)
+        # 1. the prediction (normally computed ahead, right after the previous snapshot)
         di = self._di
         xd = x[di]
-        win = self.detector.windows()
-        c, s, dev, floor = self._c, self._s, self._dev, self._floor
-        # c = mean(w)
-        np.add.reduce(win, axis=1, out=c)
-        np.divide(c, win.shape[1], out=c)
-        np.subtract(win, c[:, None], out=dev)
-        # s = max(sqrt(mean((w - c)^2)), sigma_meas(c)),  sigma_meas(c) = max(rel |c|, abs) / k
-        np.einsum("ij,ij->i", dev, dev, out=s)
-        s *= 1.0 / dev.shape[1]
-        np.sqrt(s, out=s)
-        np.abs(c, out=floor)
-        floor *= self._rel_k
-        np.maximum(floor, self._abs_k, out=floor)
-        np.maximum(s, floor, out=s)
-        xn = self._xn
-        np.divide(dev, s[:, None], out=xn[:, :, 0])  # float64 maths, float32 result
-        t1 = clock()
-        if self._bound is not None:
-            yn = self._bound()
-        elif self._predict is not None:
-            yn = self._predict(xn)
-        else:
-            yn = np.zeros((0, 1), np.float32)
-        t2 = clock()
-        # x̂ = mean(w) + s * f(x_n)
-        pred = self._pred
-        np.multiply(s, np.asarray(yn).reshape(-1), out=pred)
-        pred += c
-        sigma_meas = self._sigma_meas
-        np.abs(pred, out=sigma_meas)
-        sigma_meas *= self._rel_k
-        np.maximum(sigma_meas, self._abs_k, out=sigma_meas)
+        t1 = t2 = clock()
+        if not self._ahead:
+            self._predict_next()
+            t2 = clock()
+        self._ahead = False
+        if self._pv_pending:
+            self._pv_forecast()
+        pred, sigma_meas, s = self._pred, self._sigma_meas, self._s
         # 2. statistic, flags, replacement
         res = self.detector.step(xd, self._no_missing if missing is None else missing[di],
                                  pred, sigma_meas, s)
@@ -282,9 +275,57 @@ class QualityStage:
             values=out, flags=out_flags, pv_mw=self._pv_out.copy(),
             pv_sigma_mw=self._pv_sig.copy(),
             timings={"prepare_s": t1 - t0, "predict_s": t2 - t1, "detect_s": t3 - t2,
-                     "pv_s": t4 - t3, "total_s": t4 - t0},
+                     "pv_s": t4 - t3, "total_s": t4 - t0},  # predict_s: 0 when done ahead
             z=z,
         )
+
+    def lookahead(self) -> None:
+        """Prepare the next snapshot from what is known now: the predictor's output for
+        every electrical channel (from the rings as the last :meth:`process` left them)
+        and an outstanding PV forecast. Call it after the current snapshot was handed on;
+        calling it twice, or never, changes nothing but when the work is done."""
+        t0 = time.perf_counter()
+        if self._pv_pending:
+            self._pv_forecast()
+        if not self._ahead:
+            self._predict_next()
+            self._ahead = True
+        self.lookahead_s = time.perf_counter() - t0
+
+    def _predict_next(self) -> None:
+        """One batched prediction for every electrical channel (batch = channels):
+        x̂ = mean(w) + s f(x_n), x_n = (w - mean(w)) / s, s = max(std(w), sigma_meas(mean(w)))
+        (``models.features``); also sigma_meas(x̂), the detector's floor."""
+        win = self.detector.windows()
+        c, s, dev, floor = self._c, self._s, self._dev, self._floor
+        # c = mean(w)
+        np.add.reduce(win, axis=1, out=c)
+        np.divide(c, win.shape[1], out=c)
+        np.subtract(win, c[:, None], out=dev)
+        # s = max(sqrt(mean((w - c)^2)), sigma_meas(c)),  sigma_meas(c) = max(rel |c|, abs) / k
+        np.einsum("ij,ij->i", dev, dev, out=s)
+        s *= 1.0 / dev.shape[1]
+        np.sqrt(s, out=s)
+        np.abs(c, out=floor)
+        floor *= self._rel_k
+        np.maximum(floor, self._abs_k, out=floor)
+        np.maximum(s, floor, out=s)
+        xn = self._xn
+        np.divide(dev, s[:, None], out=xn[:, :, 0])  # float64 maths, float32 result
+        if self._bound is not None:
+            yn = self._bound()
+        elif self._predict is not None:
+            yn = self._predict(xn)
+        else:
+            yn = self._yn
+        # x̂ = mean(w) + s * f(x_n)
+        pred = self._pred
+        np.multiply(s, np.asarray(yn).reshape(-1), out=pred)
+        pred += c
+        sigma_meas = self._sigma_meas
+        np.abs(pred, out=sigma_meas)
+        sigma_meas *= self._rel_k
+        np.maximum(sigma_meas, self._abs_k, out=sigma_meas)
 
     def _pv_step(self, cleaned: np.ndarray, now: float) -> None:
         if self._pv_predict is None or self.n_plants == 0:
@@ -311,9 +352,19 @@ class QualityStage:
             # keep the sampling grid: step by whole strides
             self._pv_last_t += self.pv_stride_s * np.floor(
                 (now - self._pv_last_t) / self.pv_stride_s)
+        if self._pv_started:
+            self._pv_pending = True  # the forecaster runs in lookahead()
+        else:
+            self._pv_forecast()
+
+    def _pv_forecast(self) -> None:
+        """Run the PV forecaster on the sample rings (see :meth:`_pv_step`)."""
+        assert self._pv_predict is not None
+        self._pv_pending = False
         ok = self.pv_ok & np.isfinite(self._pv_ring).all(axis=(1, 2))
         if not ok.any():
             return
+        self._pv_started = True
         xw = self._minmax(self._pv_ring[ok], self.pv_lo, self.pv_hi)
         pu = np.clip(np.asarray(self._pv_predict(xw), dtype=np.float64).reshape(-1),
                      0.0, self.pv_max)
