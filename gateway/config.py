@@ -197,11 +197,23 @@ def url_parts(url: str) -> tuple[str, str, int]:
 
 @dataclass(frozen=True)
 class CommandsConfig:
-    """Commands back to the simulator: off unless enabled."""
+    """Commands back to the simulator: off unless enabled.
+
+    The policy (:mod:`gateway.commands`) is IEEE 1547-2018 volt-watt: no cap at or below
+    ``v1_pu``, falling linearly to ``p2`` x rating at ``v2_pu``; Table 10's defaults.
+    """
 
     enabled: bool = False
     url: str = ""
     points: tuple[Point, ...] = ()
+    policy: str = "volt-watt"
+    v1_pu: float = 1.06
+    v2_pu: float = 1.10
+    p2: float = 0.2  # cap at and above v2_pu, fraction of rating
+    min_interval_s: float = 1.0  # at most one command per interval
+    deadband: float = 0.01  # send when a cap moves by more (fraction of rating)
+    refresh_s: float = 10.0  # re-send the current caps at least this often
+    plants: tuple[str, ...] = ()  # plants the policy controls; (): every plant a point names
 
 
 @dataclass(frozen=True)
@@ -376,7 +388,7 @@ class _Validator:
         channels = self.channels(meters)
         index = {c.name: c.index for c in channels}
         streams = self.streams(raw.get("streams", []), channels, index)
-        commands = self.commands(self.table(raw, "commands"))
+        commands = self.commands(self.table(raw, "commands"), plants)
         rate = max((s.rate_hz for s in streams if s.enabled), default=50.0)
         estimator = self.estimator(self.table(raw, "estimator"), rate)
         quality = self.quality(self.table(raw, "quality"))
@@ -855,17 +867,95 @@ class _Validator:
         if not host or not port.isdigit() or not 0 <= int(port) < 65536:
             self.err(key, f"{bind!r} is not HOST:PORT", 'bind = "127.0.0.1:9108"')
 
-    def commands(self, t: dict[str, Any]) -> CommandsConfig:
-        self.unknown_keys(t, "commands", {"enabled", "url", "points"})
+    def commands(self, t: dict[str, Any], plants: list[Plant]) -> CommandsConfig:
+        d = CommandsConfig()
+        self.unknown_keys(t, "commands", {"enabled", "url", "points", "policy", "v1_pu",
+                                          "v2_pu", "p2", "min_interval_s", "deadband",
+                                          "refresh_s", "plants"})
         enabled = self.get(t, "enabled", "commands", bool, default=False)
         url = self.get(t, "url", "commands", str, default="")
         if enabled and not url:
             self.err("commands.url", "commands are enabled but have no url",
                      'url = "udp://RTDS_IP:PORT" of the GTNET-SKT receive side')
         if url:
-            self.check_url(url, "commands.url")
+            if urlsplit(url).scheme != "udp":
+                self.err("commands.url", f"{url!r}: commands go out as UDP datagrams",
+                         'url = "udp://RTDS_IP:PORT" of the GTNET-SKT receive side')
+            else:
+                self.check_url(url, "commands.url")
         pts = self.points(t.get("points", []), "commands.points", [], {})
-        return CommandsConfig(bool(enabled), url, tuple(pts))
+        named = self.command_points(pts, plants, bool(enabled))
+        policy = self.get(t, "policy", "commands", str, default=d.policy)
+        if policy not in (None, "volt-watt"):
+            self.err("commands.policy", f"unknown policy {policy!r}",
+                     'policy = "volt-watt" (IEEE 1547-2018), the only one')
+        num = (int, float)
+        v1 = self.get(t, "v1_pu", "commands", num, default=d.v1_pu)
+        v2 = self.get(t, "v2_pu", "commands", num, default=d.v2_pu)
+        p2 = self.get(t, "p2", "commands", num, default=d.p2)
+        gap = self.get(t, "min_interval_s", "commands", num, default=d.min_interval_s)
+        band = self.get(t, "deadband", "commands", num, default=d.deadband)
+        refresh = self.get(t, "refresh_s", "commands", num, default=d.refresh_s)
+        if v1 is not None and not 0 < v1 < 2:
+            self.err("commands.v1_pu", f"must be a voltage in (0, 2) pu, got {v1}",
+                     "e.g. 1.06 (IEEE 1547-2018 default)")
+        if v1 is not None and v2 is not None and not v2 > v1:
+            self.err("commands.v2_pu", f"must be above v1_pu ({v1}), got {v2}",
+                     "e.g. v1_pu = 1.06, v2_pu = 1.10 (IEEE 1547-2018 defaults)")
+        if p2 is not None and not 0 <= p2 <= 1:
+            self.err("commands.p2", f"must be a fraction of rating in [0, 1], got {p2}",
+                     "e.g. 0.2 (IEEE 1547-2018 default; 0 for storage that can absorb)")
+        if gap is not None and not gap > 0:
+            self.err("commands.min_interval_s", f"must be > 0 s, got {gap}", "e.g. 1.0")
+        if band is not None and not 0 <= band < 1:
+            self.err("commands.deadband", f"must be in [0, 1) of rating, got {band}",
+                     "e.g. 0.01")
+        if refresh is not None and gap is not None and not refresh >= gap:
+            self.err("commands.refresh_s", f"must be >= min_interval_s ({gap}), got "
+                     f"{refresh}", "e.g. 10.0")
+        ctl = self.get(t, "plants", "commands", list, default=[])
+        for n in ctl:
+            if n not in named:
+                self.err("commands.plants", f"{n!r} has no command point",
+                         f"add \"{n}_curtail\" to commands.points or use one of "
+                         f"{', '.join(sorted(named)) or '(no plant points)'}")
+        return CommandsConfig(bool(enabled), url, tuple(pts), policy or d.policy,
+                              float(v1 or d.v1_pu), float(v2 or d.v2_pu),
+                              float(d.p2 if p2 is None else p2), float(gap or d.min_interval_s),
+                              float(d.deadband if band is None else band),
+                              float(refresh or d.refresh_s), tuple(str(n) for n in ctl))
+
+    def command_points(self, pts: list[Point], plants: list[Plant], enabled: bool
+                       ) -> set[str]:
+        """Check the command point names and types; the plants they name."""
+        names = [p.name for p in plants]
+        hint = f"cmd_seq:int32, <plant>_curtail or <plant>_p_max_mw with a plant of " \
+               f"{', '.join(names) or '(no plants)'}"
+        named: set[str] = set()
+        seen: set[str] = set()
+        for j, p in enumerate(pts):
+            key = f"commands.points[{j}]"
+            if p.name in seen:
+                self.err(key, f"point {p.name!r} listed twice", "list each point once")
+            seen.add(p.name)
+            if p.name == "cmd_seq":
+                if p.type != "int32":
+                    self.err(key, "cmd_seq carries a sequence number", 'write "cmd_seq:int32"')
+                continue
+            plant = next((n for n in names for sfx in ("_curtail", "_p_max_mw")
+                          if p.name == n + sfx), None)
+            if plant is None:
+                self.err(key, f"unknown command point {p.name!r}", f"use {hint}")
+                continue
+            if p.type != "float32":
+                self.err(key, f"{p.name} is a float32 point (NaN leaves the cap as it is)",
+                         f'write "{p.name}" or "{p.name}:float32"')
+            named.add(plant)
+        if enabled and not named:
+            self.err("commands.points", "no point names a plant: nothing to command",
+                     f'e.g. points = ["cmd_seq:int32", "{names[0] if names else "pv1"}'
+                     '_curtail"]')
+        return named
 
     def estimator(self, t: dict[str, Any], rate: float) -> EstimatorConfig:
         self.unknown_keys(t, "estimator", {"deadline_ms", "tolerance", "max_iterations",

@@ -100,6 +100,10 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("gridtwin_historian_dropped_total", "counter", (),
      "Records the historian writer could not accept."),
     ("gridtwin_events_total", "counter", ("kind",), "Events raised by the gateway."),
+    ("gridtwin_commands_sent_total", "counter", (),
+     "Volt-watt curtailment commands sent to the simulator ([commands] enabled)."),
+    ("gridtwin_command_errors_total", "counter", (),
+     "Commands that could not be sent (refused, no route, buffer full)."),
 )
 
 #: name -> (type, labels, help)
@@ -181,6 +185,8 @@ class Metrics:
         self.historian = self._counter("gridtwin_historian_records_total")
         self.historian_dropped = self._counter("gridtwin_historian_dropped_total")
         self.events = self._counter("gridtwin_events_total")
+        self.commands_sent = self._counter("gridtwin_commands_sent_total")
+        self.command_errors = self._counter("gridtwin_command_errors_total")
         for reason in ("superseded", "stale", "no_estimator"):
             self.skipped.labels(reason)
         kinds = channel_kinds or {"all": 0}
