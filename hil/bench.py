@@ -7,9 +7,12 @@ first frame is handed to ``sendto`` minus its slot ``t0 + k / 1000``. Target: <=
 
 The value is measured with the pacing thread under SCHED_FIFO (``gridtwin emulate
 --realtime``) when the OS allows it; the peer is the same run with the default policy,
-which depends on how busy the machine is (the thread sleeps to 500 µs before the slot,
-then spins, and a busy scheduler wakes it late). Without the privilege the value is the
-default-policy figure and there is no peer.
+which depends on how busy the machine is (the thread sleeps until a spin margin before
+the slot, then spins, and a busy scheduler wakes it late). The margin adapts to the
+measured wake-up overshoot of ``time.sleep`` (``hil.emulator.SpinMargin``: its 0.99
+quantile + 20 µs, between 30 and 500 µs), so the figure is that of the light pacer the
+demo runs. Without the privilege the value is the default-policy figure and there is no
+peer.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ Two layers, as in h11/aioquic:
 * :class:`EmulatorRunner` (I/O): one thread, one ``selectors`` loop. It binds the sockets
   (UDP senders, TCP servers for ``tcp://`` GTNET-SKT and C37.118 streams, the UDP command
   port), paces the steps on an absolute schedule ``t0 + k / (rate * speed)`` (select/sleep
-  until ``SPIN_S`` before the slot, then spin on ``perf_counter``), sends, and records the
-  send-time error of every step.
+  until a spin margin before the slot, then spin on ``perf_counter``), sends, and records
+  the send-time error of every step. The margin adapts (:class:`SpinMargin`) to the
+  measured wake-up overshoot of ``time.sleep``, between ``SPIN_FLOOR_S`` and ``SPIN_S``.
 
 Steps, rows and sequence numbers: step ``k`` (starting at ``start_step``) replays trace row
 ``k % T`` (``loop``) or ``k`` (no loop: the run ends at the trace's end); the GTNET-SKT
@@ -36,6 +37,7 @@ import dataclasses
 import gc
 import heapq
 import itertools
+import math
 import os
 import selectors
 import socket
@@ -57,7 +59,12 @@ from hil.errors import HilError
 from hil.faults import Emission, FaultInjector, FaultPlan, FaultRecord
 
 PACING_WINDOW = 1_000_000  # steps of pacing error kept for the summary's percentiles
-SPIN_S = 0.0005  # spin the last 500 µs before a slot on perf_counter
+SPIN_S = 0.0005  # the most the pacer spins before a slot (and where the margin starts)
+SPIN_FLOOR_S = 30e-6  # the least it spins, however punctual time.sleep has been
+SPIN_SAFETY_S = 20e-6  # added to the overshoot quantile
+SPIN_QUANTILE = 0.99  # quantile of the recent wake-up overshoots the spin covers
+SPIN_WINDOW = 512  # sleeps whose overshoot is kept (~0.5 s at 1 kHz)
+SPIN_UPDATE_EVERY = 64  # new samples between two recomputations of the margin
 SELECT_MARGIN_S = 0.002  # stop select()ing (ms granularity) this long before a slot
 INT32_MISSING = -(2**31)
 FOREIGN_ADDR = "127.0.0.2"
@@ -349,6 +356,7 @@ class Summary:
     commands: list[CommandRecord]
     command_errors: int = 0
     realtime: bool = False
+    spin_us: float | None = None  # the pacer's spin margin at the end (None: --fast)
 
     def as_dict(self, *, with_log: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -360,6 +368,7 @@ class Summary:
             "faults": self.faults, "pacing_us": self.pacing_us,
             "commands": [c.as_dict() for c in self.commands],
             "command_errors": self.command_errors, "realtime": self.realtime,
+            "spin_us": self.spin_us,
         }
         rtts = [c.rtt_ms for c in self.commands if c.rtt_ms is not None]
         d["command_rtt_ms"] = ({"count": len(rtts), "p50": float(np.median(rtts)),
@@ -367,6 +376,64 @@ class Summary:
         if with_log:
             d["fault_log"] = [vars(r) for r in self.fault_log]
         return d
+
+
+class SpinMargin:
+    """Adaptive sleep-then-spin margin: how long before a slot the pacer stops sleeping.
+
+    ``time.sleep`` wakes late by the timer slack plus the scheduler's wake-up latency
+    (~15 µs typical under SCHED_FIFO on the 2-core dev VM, 100 µs and more when it is
+    busy); spinning on ``perf_counter`` through the last part of the wait hides that
+    lateness, but every µs of spin is CPU the twin's processes on the same cores could
+    use. So the margin is
+    what this machine needs now: the ``quantile`` of the last ``window`` wake-up
+    overshoots (actual wake time - requested wake time) plus ``safety_s``, clamped to
+    ``[floor_s, ceiling_s]``. It starts at the ceiling and is recomputed, up or down,
+    every ``update_every`` samples. A quantile rather than the max, so that one
+    preemption (which no affordable spin would cover) does not pin it at the ceiling.
+    ``adaptive=False`` keeps it at the ceiling (a fixed spin).
+
+    Pure: samples in through :meth:`record`, no clock and no sleeping. The recomputation
+    (a partial sort of ``window`` floats) runs in :meth:`margin`, which the pacer calls at
+    the start of a wait, not between the wake-up and the slot.
+    """
+
+    def __init__(self, ceiling_s: float = SPIN_S, *, floor_s: float = SPIN_FLOOR_S,
+                 safety_s: float = SPIN_SAFETY_S, quantile: float = SPIN_QUANTILE,
+                 window: int = SPIN_WINDOW, update_every: int = SPIN_UPDATE_EVERY,
+                 adaptive: bool = True) -> None:
+        if ceiling_s < 0 or floor_s < 0 or safety_s < 0:
+            raise EmulatorError("spin margins must be >= 0")
+        if not 0 < quantile <= 1 or window < 1 or not 1 <= update_every <= window:
+            raise EmulatorError("spin estimator: need 0 < quantile <= 1 and "
+                                "1 <= update_every <= window")
+        self.ceiling_s = ceiling_s
+        self.floor_s = min(floor_s, ceiling_s)
+        self.safety_s = safety_s
+        self.quantile = quantile
+        self.update_every = update_every
+        self.adaptive = adaptive
+        self._ring = np.zeros(window)
+        self._count = 0  # samples recorded so far (the ring holds the last ``window``)
+        self._fresh = 0  # samples since the last recomputation
+        self._margin = ceiling_s
+
+    def record(self, overshoot_s: float) -> None:
+        """One sleep's wake-up overshoot (s; negative if it woke early)."""
+        self._ring[self._count % self._ring.size] = overshoot_s
+        self._count += 1
+        self._fresh += 1
+
+    def margin(self) -> float:
+        """The spin margin (s) to use for the next wait."""
+        if self.adaptive and self._fresh >= self.update_every:
+            self._fresh = 0
+            recent = self._ring[:min(self._count, self._ring.size)]
+            # the "higher" empirical quantile: the k-th smallest, k = ceil(q (n - 1))
+            k = math.ceil(self.quantile * (recent.size - 1))
+            high = float(np.partition(recent, k)[k])
+            self._margin = min(self.ceiling_s, max(self.floor_s, high + self.safety_s))
+        return self._margin
 
 
 def pacing_stats(errors_s: np.ndarray) -> dict[str, float]:
@@ -386,14 +453,17 @@ class EmulatorRunner:
     can connect; ``run()`` paces the steps and returns a :class:`Summary`; ``stop()`` may
     be called from another thread. ``wait_clients_s`` > 0: before the first step, wait
     that long for a client on every TCP stream (a C37.118 client must also have sent
-    CMD_START).
+    CMD_START). ``spin_s`` is the most the pacer spins before a slot; with
+    ``adaptive_spin`` (default) it spins only as long as the measured wake-up overshoot
+    of ``time.sleep`` needs (:class:`SpinMargin`), without it always ``spin_s``.
     """
 
     def __init__(self, emulator: Emulator, *, speed: float = 1.0, fast: bool = False,
                  steps: int | None = None, seconds: float | None = None,
                  wait_clients_s: float = 0.0, progress: Callable[[str], None] | None = None,
                  progress_every_s: float = 1.0, foreign_addr: str = FOREIGN_ADDR,
-                 spin_s: float = SPIN_S, realtime: bool = False) -> None:
+                 spin_s: float = SPIN_S, adaptive_spin: bool = True,
+                 realtime: bool = False) -> None:
         if speed <= 0:
             raise EmulatorError(f"speed {speed}: must be > 0")
         self.em = emulator
@@ -418,6 +488,7 @@ class EmulatorRunner:
         self.progress_every_s = progress_every_s
         self.foreign_addr = foreign_addr
         self.spin_s = spin_s
+        self.spin = SpinMargin(spin_s, adaptive=adaptive_spin)
         self.realtime = realtime
         self.realtime_active = False
         self.sel = selectors.DefaultSelector()
@@ -702,20 +773,24 @@ class EmulatorRunner:
 
         epoll's timeout has millisecond granularity (Python rounds it up), so sockets are
         served by ``select`` only while more than ``SELECT_MARGIN_S`` is left; then one
-        non-blocking poll, ``time.sleep`` (nanosleep, µs resolution) to ``spin_s`` before
-        the slot and a spin on ``perf_counter`` for the rest.
+        non-blocking poll, ``time.sleep`` (nanosleep, µs resolution) to the spin margin
+        before the slot and a spin on ``perf_counter`` for the rest. The sleep's wake-up
+        overshoot is fed back into the margin (:class:`SpinMargin`).
         """
         clock = time.perf_counter
+        spin = self.spin.margin()
         while True:
             remaining = target - clock()
-            if remaining <= SELECT_MARGIN_S + self.spin_s:
+            if remaining <= SELECT_MARGIN_S + spin:
                 break
-            self._service(remaining - SELECT_MARGIN_S - self.spin_s)
-        if target - clock() > self.spin_s:
+            self._service(remaining - SELECT_MARGIN_S - spin)
+        if target - clock() > spin:
             self._service(0)
-        remaining = target - clock() - self.spin_s
+        wake = target - spin
+        remaining = wake - clock()
         if remaining > 0:
             time.sleep(remaining)
+            self.spin.record(clock() - wake)
         while clock() < target:
             pass
 
@@ -804,6 +879,7 @@ class EmulatorRunner:
             if self.progress is not None:
                 self.progress(self._progress_line(done))
             summary.realtime = self.realtime_active
+            summary.spin_us = None if self.fast else round(self.spin.margin() * 1e6, 1)
             return summary
         finally:
             gc.unfreeze()
@@ -837,7 +913,7 @@ class EmulatorRunner:
         recent = self._recent_errors(done)
         p99 = np.percentile(recent, 99) * 1e6 if done and not self.fast else 0.0
         return (f"emulate: step {done}/{self.n_steps}, {frames} frames, {faults} faults, "
-                f"pacing p99 {p99:.0f} us")
+                f"pacing p99 {p99:.0f} us, spin {self.spin.margin() * 1e6:.0f} us")
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -860,5 +936,6 @@ def run_in_thread(runner: EmulatorRunner) -> tuple[threading.Thread, dict[str, A
     return th, result
 
 
-__all__ = ["Emulator", "EmulatorError", "EmulatorRunner", "Outgoing", "StreamPlan",
-           "StreamStats", "Summary", "TraceLike", "pacing_stats", "retarget", "run_in_thread"]
+__all__ = ["Emulator", "EmulatorError", "EmulatorRunner", "Outgoing", "SpinMargin",
+           "StreamPlan", "StreamStats", "Summary", "TraceLike", "pacing_stats", "retarget",
+           "run_in_thread"]

@@ -90,6 +90,8 @@ def test_udp_streams_carry_the_trace(cfg: TwinConfig, trace: Trace) -> None:
                 np.testing.assert_array_equal(f.values, want)  # NaN where missing
         assert np.isnan(trace.measured).any()
         assert set(summary.pacing_us) == {"p50", "p99", "max", "mean"}
+        # the adaptive spin margin stays within its clamp (floor .. spin_s = 500 µs)
+        assert summary.spin_us is not None and 0 < summary.spin_us <= 500
     finally:
         for s in sinks:
             s.close()
@@ -114,6 +116,7 @@ def test_start_step_and_lower_rate_stream(cfg: TwinConfig, trace: Trace) -> None
         assert wx == list(range(20, 50, 5))
         assert summary.streams["weather"].frames == 6
         assert summary.pacing_us == {}  # --fast: no schedule
+        assert summary.spin_us is None
     finally:
         for s in sinks:
             s.close()
