@@ -344,13 +344,31 @@ class Gateway:
             try:
                 from gateway.quality import QualityStage
 
-                self.quality = QualityStage(self.cfg, self.opts.models_dir)
+                q = QualityStage(self.cfg, self.opts.models_dir,
+                                 predictor_process=self.cfg.quality.predictor_process)
+                self.quality = q
+                if q.remote_error is not None:
+                    self._predictor_lost(q.remote_error)
+                if q.remote is not None:
+                    assert self._loop is not None
+                    self._loop.add_reader(q.remote.fileno(), q.collect)
+                    q.on_remote_lost = self._predictor_lost
                 return
             except GatewayError as exc:
                 log.error("quality stage unavailable (%s): values pass through unchecked "
                           "and PV gets a weak nameplate pseudo-measurement", exc)
                 self.event("quality_unavailable", "quality", {"error": str(exc)})
         self.quality = PassThroughQuality(self.cfg)
+
+    def _predictor_lost(self, reason: str) -> None:
+        """The predictor process broke: unregister its socket; the stage goes on
+        in-process (same model), so this is an event, not an outage."""
+        q = self.quality
+        if q.remote is not None and self._loop is not None:
+            self._loop.remove_reader(q.remote.fileno())
+        log.error("predictor process lost (%s): predicting in the gateway from now on",
+                  reason)
+        self.event("predictor_process_lost", "quality", {"reason": reason})
 
     async def close(self) -> None:
         if self.closed:
@@ -365,6 +383,10 @@ class Gateway:
             self._flush_timer.cancel()
         for snap in self.aligner.flush(self.clock()):
             self.on_snapshot(snap)
+        if getattr(self.quality, "remote", None) is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(self.quality.remote.fileno())
+            self.quality.close()
         if self.supervisor is not None:
             await self.supervisor.close()
             self.metrics.estimator_up.set(0)

@@ -230,6 +230,8 @@ class QualityConfig:
     threshold: float | None = None  # None: the model card's threshold
     window: int = 10
     models: str = "bundled"
+    #: run the measurement predictor in its own process (python -m models.serve)
+    predictor_process: bool = True
 
 
 @dataclass(frozen=True)
@@ -977,8 +979,10 @@ class _Validator:
                                float(tol or 1e-7), int(it or 20), method or "linear")
 
     def quality(self, t: dict[str, Any]) -> QualityConfig:
-        self.unknown_keys(t, "quality", {"enabled", "threshold", "window", "models"})
+        self.unknown_keys(t, "quality", {"enabled", "threshold", "window", "models",
+                                         "predictor_process"})
         enabled = self.get(t, "enabled", "quality", bool, default=True)
+        remote = self.get(t, "predictor_process", "quality", bool, default=True)
         thr = self.get(t, "threshold", "quality", (int, float), default=None)
         window = self.get(t, "window", "quality", int, default=10)
         models = self.get(t, "models", "quality", str, default="bundled")
@@ -988,7 +992,7 @@ class _Validator:
             self.err("quality.window", f"the bundled models use a window of 10, got {window}",
                      "remove quality.window or retrain with gridtwin train --window")
         return QualityConfig(bool(enabled), None if thr is None else float(thr), 10,
-                             models or "bundled")
+                             models or "bundled", bool(remote))
 
     def align(self, t: dict[str, Any], rate: float) -> AlignConfig:
         self.unknown_keys(t, "align", {"lag_ms"})

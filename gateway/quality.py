@@ -33,17 +33,30 @@ never call :meth:`lookahead` get bit-identical results to the eager order). The 
 difference: a PV forecast computed from the stride sample of snapshot t is reported from
 snapshot t+1 on (the very first forecast is computed at once).
 
+With ``predictor_process=True`` (what the gateway uses) the look-ahead's ONNX Runtime
+call runs in a child process (``python -m models.serve``, :class:`PredictorProcess`): the
+windows go out over an AF_UNIX ``SOCK_SEQPACKET`` socket right after the handoff, the
+outputs come back while the gateway ingests (:meth:`QualityStage.collect`, a reader
+callback) and the gateway's thread keeps only the normalisation. A lost or silent child
+(no answer within :data:`REMOTE_TIMEOUT_S`) is closed, reported once through
+``on_remote_lost`` and the stage predicts in-process from then on: same model, same
+numbers.
+
 ``now`` is passed in (seconds); nothing here reads the clock except for the timings.
 No torch: the predictor can be swapped for a callable (the bench's PyTorch-eager peer).
 """
 
 from __future__ import annotations
 
+import select
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -64,6 +77,102 @@ class QualityError(GatewayError):
     """The quality stage cannot be set up (models missing, config and card disagree)."""
 
 
+#: how long process() waits for the predictor process's answer before predicting itself
+REMOTE_TIMEOUT_S = 0.25
+#: how long the predictor process may take to load the model and say READY
+REMOTE_START_TIMEOUT_S = 60.0
+
+
+class PredictorProcess:
+    """The measurement predictor in a child process (``python -m models.serve``).
+
+    One request in flight at a time: :meth:`request` sends the windows, :meth:`poll`
+    (non-blocking) or :meth:`wait` (bounded) reads the outputs into the caller's array.
+    Raises :class:`QualityError` when the child cannot start or breaks the protocol.
+    """
+
+    def __init__(self, batch: int, window: int, models_dir: Path | str | None = None,
+                 model: str = "predictor") -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cmd = [sys.executable, "-m", "models.serve", "--fd", str(child.fileno()),
+               "--model", model, "--batch", str(batch)]
+        if models_dir is not None:
+            cmd += ["--models-dir", str(models_dir)]
+        try:
+            self.proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),),
+                                         stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            parent.close()
+            raise QualityError(f"cannot start the predictor process: {exc}") from exc
+        finally:
+            child.close()
+        self.sock = parent
+        self.batch = batch
+        self.n_out = 4 * batch
+        self.pending = False
+        try:
+            ready, _, _ = select.select([parent], [], [], REMOTE_START_TIMEOUT_S)
+            msg = parent.recv(64) if ready else b""
+        except OSError:
+            msg = b""
+        if msg[:1] != b"R" or len(msg) != 9 or \
+                tuple(np.frombuffer(msg, "<u4", 2, 1)) != (batch, window):
+            self.close()
+            raise QualityError(f"predictor process did not become ready (got {msg[:80]!r})")
+        parent.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def request(self, windows: np.ndarray) -> None:
+        """Send the float32 ``(batch, window, 1)`` windows (never blocks: one in flight)."""
+        try:
+            self.sock.send(windows.data.cast("B"))
+        except OSError as exc:
+            raise QualityError(f"predictor process: send failed: {exc}") from exc
+        self.pending = True
+
+    def poll(self, out: np.ndarray) -> bool:
+        """Read the answer into ``out`` (float32, ``batch`` values) if it is there."""
+        try:
+            msg = self.sock.recv(self.n_out + 256)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            raise QualityError(f"predictor process: receive failed: {exc}") from exc
+        if len(msg) != self.n_out:
+            raise QualityError("predictor process closed its socket" if not msg else
+                               f"predictor process answered {msg[:120]!r}")
+        out[:] = np.frombuffer(msg, np.float32)
+        self.pending = False
+        return True
+
+    def wait(self, out: np.ndarray, timeout: float) -> None:
+        """Block until the answer is in ``out``; QualityError after ``timeout`` seconds."""
+        end = time.monotonic() + timeout
+        while not self.poll(out):
+            left = end - time.monotonic()
+            if left <= 0:
+                raise QualityError(f"predictor process silent for {timeout * 1e3:.0f} ms")
+            select.select([self.sock], [], [], left)
+
+    def close(self) -> None:
+        with _suppress():
+            self.sock.close()
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=2.0)  # EOF on its socket ends it
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _suppress() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)
+
+
 @dataclass
 class QualityResult:
     values: np.ndarray  # cleaned values, channel order
@@ -79,7 +188,8 @@ class QualityStage:
 
     def __init__(self, cfg: TwinConfig, models_dir: Path | str | None = None, *,
                  threshold: float | None = None, predictor: Predictor | None = None,
-                 pv_predictor: Predictor | None = None) -> None:
+                 pv_predictor: Predictor | None = None,
+                 predictor_process: bool = False) -> None:
         from models.detector import DetectorParams, TemporalDetector
         from models.errors import ModelError
         from models.features import PV_FEATURES, PvInputs, minmax, needs_sun
@@ -194,8 +304,19 @@ class QualityStage:
         self._pv_started = False
         self._ahead = False  # the prediction for the next snapshot is in _pred/_s/_c
         self._yn = np.zeros(n_det, np.float32)
-        #: seconds the last :meth:`lookahead` took (predict + PV; 0 when nothing was due)
+        #: seconds the last :meth:`lookahead` took in the caller's thread (predict + PV,
+        #: or with the predictor process: normalise + send + PV; 0 when nothing was due)
         self.lookahead_s = 0.0
+        #: called once with the reason when the predictor process is given up
+        self.on_remote_lost: Callable[[str], None] | None = None
+        self.remote: PredictorProcess | None = None
+        #: why the predictor process could not be started (None: started or not asked)
+        self.remote_error: str | None = None
+        if predictor_process and self._bound is not None:
+            try:
+                self.remote = PredictorProcess(n_det, self.hist_len, models_dir)
+            except QualityError as exc:  # same model in-process: slower, not wrong
+                self.remote_error = str(exc)
 
     @property
     def predictor_input(self) -> np.ndarray:
@@ -234,6 +355,8 @@ class QualityStage:
         di = self._di
         xd = x[di]
         t1 = t2 = clock()
+        if self.remote is not None and self.remote.pending:
+            self._collect(wait=True)
         if not self._ahead:
             self._predict_next()
             t2 = clock()
@@ -287,15 +410,58 @@ class QualityStage:
         t0 = time.perf_counter()
         if self._pv_pending:
             self._pv_forecast()
-        if not self._ahead:
+        remote = self.remote
+        if remote is not None and not self._ahead and not remote.pending:
+            self._prepare_next()
+            try:
+                remote.request(self._xn)
+            except QualityError as exc:
+                self._drop_remote(str(exc))
+        if not self._ahead and (self.remote is None or not self.remote.pending):
             self._predict_next()
             self._ahead = True
         self.lookahead_s = time.perf_counter() - t0
 
-    def _predict_next(self) -> None:
-        """One batched prediction for every electrical channel (batch = channels):
-        x̂ = mean(w) + s f(x_n), x_n = (w - mean(w)) / s, s = max(std(w), sigma_meas(mean(w)))
-        (``models.features``); also sigma_meas(x̂), the detector's floor."""
+    def collect(self) -> None:
+        """Take the predictor process's answer if it has come (the gateway's reader
+        callback on :attr:`remote`'s socket): the look-ahead is then complete."""
+        if self.remote is not None and self.remote.pending:
+            self._collect(wait=False)
+
+    def _collect(self, *, wait: bool) -> None:
+        remote = self.remote
+        assert remote is not None
+        yn = self._yn
+        try:
+            if wait:
+                remote.wait(yn, REMOTE_TIMEOUT_S)
+            elif not remote.poll(yn):
+                return
+        except QualityError as exc:
+            self._drop_remote(str(exc))
+            return
+        self._finish_next(yn)
+        self._ahead = True
+
+    def _drop_remote(self, reason: str) -> None:
+        """Give up the predictor process: predict in this process from now on."""
+        if self.remote is None:
+            return
+        if self.on_remote_lost is not None:
+            self.on_remote_lost(reason)  # while its socket is open (to unregister it)
+        remote, self.remote = self.remote, None
+        remote.close()
+
+    def close(self) -> None:
+        """Stop the predictor process (if any)."""
+        remote, self.remote = self.remote, None
+        if remote is not None:
+            remote.close()
+
+    def _prepare_next(self) -> None:
+        """The predictor's input for the next snapshot, one window per electrical channel
+        (batch = channels): x_n = (w - mean(w)) / s, s = max(std(w), sigma_meas(mean(w)))
+        (``models.features``); :meth:`_finish_next` turns f(x_n) into x̂."""
         win = self.detector.windows()
         c, s, dev, floor = self._c, self._s, self._dev, self._floor
         # c = mean(w)
@@ -312,12 +478,22 @@ class QualityStage:
         np.maximum(s, floor, out=s)
         xn = self._xn
         np.divide(dev, s[:, None], out=xn[:, :, 0])  # float64 maths, float32 result
+
+    def _predict_next(self) -> None:
+        """:meth:`_prepare_next`, the predictor in this process, :meth:`_finish_next`."""
+        self._prepare_next()
         if self._bound is not None:
             yn = self._bound()
         elif self._predict is not None:
-            yn = self._predict(xn)
+            yn = self._predict(self._xn)
         else:
             yn = self._yn
+        self._finish_next(yn)
+
+    def _finish_next(self, yn: np.ndarray) -> None:
+        """x̂ = mean(w) + s f(x_n) from the network's output ``yn``, and sigma_meas(x̂),
+        the detector's floor."""
+        s, c = self._s, self._c
         # x̂ = mean(w) + s * f(x_n)
         pred = self._pred
         np.multiply(s, np.asarray(yn).reshape(-1), out=pred)

@@ -204,3 +204,52 @@ def test_pv_plants_without_coordinates_get_the_nameplate_guess(cfg) -> None:  # 
         r = stage2.process(x[k], zero, t0 + k)
     assert r.pv_sigma_mw[1] == pytest.approx(0.3 * plants[1].rating_mw)
     assert (r.pv_sigma_mw[[0, 2, 3]] < 0.3 * plants[1].rating_mw).all()
+
+
+def test_predictor_process_gives_the_in_process_numbers(cfg) -> None:  # type: ignore[no-untyped-def]
+    """The look-ahead through ``python -m models.serve`` is the same model: same values,
+    flags and statistics as the stage predicting in-process, snapshot for snapshot."""
+    x = synthetic_snapshots(cfg, 60, seed=3, bad_frac=0.1)
+    zero = np.zeros(x.shape[1], np.uint32)
+    local = QualityStage(cfg)
+    remote = QualityStage(cfg, predictor_process=True)
+    try:
+        assert remote.remote is not None and remote.remote_error is None
+        for k in range(len(x)):
+            a = local.process(x[k], zero, float(k))
+            b = remote.process(x[k], zero, float(k))
+            remote.lookahead()  # sends the windows; process() collects the answer
+            if k % 2:
+                remote.collect()  # as the gateway's reader callback would
+            np.testing.assert_array_equal(a.values, b.values)
+            np.testing.assert_array_equal(a.flags, b.flags)
+            np.testing.assert_array_equal(a.z, b.z)
+        assert remote.remote is not None  # never fell back
+        proc = remote.remote.proc
+    finally:
+        remote.close()
+    assert proc.returncode is not None  # stopped by close()
+
+
+def test_lost_predictor_process_falls_back_in_process(cfg) -> None:  # type: ignore[no-untyped-def]
+    x = synthetic_snapshots(cfg, 40, seed=4, bad_frac=0.1)
+    zero = np.zeros(x.shape[1], np.uint32)
+    local = QualityStage(cfg)
+    remote = QualityStage(cfg, predictor_process=True)
+    lost: list[str] = []
+    remote.on_remote_lost = lost.append
+    try:
+        for k in range(len(x)):
+            if k == 20:
+                assert remote.remote is not None
+                remote.remote.proc.kill()
+                remote.remote.proc.wait()
+            a = local.process(x[k], zero, float(k))
+            b = remote.process(x[k], zero, float(k))
+            remote.lookahead()
+            np.testing.assert_array_equal(a.values, b.values)
+            np.testing.assert_array_equal(a.flags, b.flags)
+    finally:
+        remote.close()
+    assert len(lost) == 1 and "predictor process" in lost[0]
+    assert remote.remote is None
