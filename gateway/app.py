@@ -12,8 +12,9 @@
 3. each snapshot is stored raw, cleaned by the quality stage (detect ▸ correct ▸ fill,
    PV pseudo-measurements), stored corrected and handed to the estimator process via the
    supervisor (newest wins, deadline monitor, restarts); then, while the estimator
-   solves it, the quality stage predicts the next snapshot (``QualityStage.lookahead``),
-   so only the detector's comparisons stand between a snapshot and its handoff;
+   solves it, the quality stage prepares the next snapshot's prediction
+   (``QualityStage.lookahead``; the BiLSTM itself runs in the predictor process), so only
+   the detector's comparisons stand between a snapshot and its handoff;
 4. states come back, are stored, exposed at ``/state`` and measured (end-to-end latency:
    first frame of the snapshot received → its state back in the gateway).
 
@@ -177,6 +178,9 @@ class PassThroughQuality:
                       0.5 * self.rating)
         return _PassResult(values, flags, pv, self.sigma)
 
+    lookahead_s = 0.0
+    remote = None  # no predictor process
+
     def lookahead(self) -> None:
         """Nothing is predicted here, so nothing can be prepared ahead."""
 
@@ -265,6 +269,7 @@ class Gateway:
         self._n_frames = 0
         self._quality_errors = 0
         self._passthrough = PassThroughQuality(cfg)
+        self._commands: Any = None  # gateway.commands.CommandLink when enabled (start)
         self.started_at = 0.0
         self.closed = False
 
@@ -275,7 +280,6 @@ class Gateway:
         cfg, o = self.cfg, self.opts
         self._start_historian()
         self._start_quality()
-        self._commands: Any = None  # gateway.commands.CommandLink when enabled
         if cfg.commands.enabled:
             from gateway.commands import Command, CommandLink
 
@@ -383,14 +387,14 @@ class Gateway:
             self._flush_timer.cancel()
         for snap in self.aligner.flush(self.clock()):
             self.on_snapshot(snap)
-        if getattr(self.quality, "remote", None) is not None:
+        if self.quality.remote is not None:
             assert self._loop is not None
             self._loop.remove_reader(self.quality.remote.fileno())
             self.quality.close()
         if self.supervisor is not None:
             await self.supervisor.close()
             self.metrics.estimator_up.set(0)
-        if getattr(self, "_commands", None) is not None:
+        if self._commands is not None:
             self._commands.close()  # no state comes back any more: nothing to decide
         self._flush_metrics()
         self.event("gateway_stopped", "gateway", self.summary())
@@ -500,7 +504,7 @@ class Gateway:
                 log.exception("quality look-ahead failed after snapshot %d", snap.seq)
                 self.event("quality_error", "quality", {"seq": snap.seq, "error": str(exc)})
             return
-        self.lookahead_s.append(getattr(self.quality, "lookahead_s", 0.0))
+        self.lookahead_s.append(self.quality.lookahead_s)
 
     def _sync_skips(self) -> None:
         if self.supervisor is None:
@@ -681,7 +685,7 @@ class Gateway:
     def summary(self) -> dict[str, Any]:
         sup = self.supervisor
         ss = sup.stats if sup is not None else None
-        cl = getattr(self, "_commands", None)  # set by start()
+        cl = self._commands
         hist = None
         if self.historian is not None:
             with contextlib.suppress(Exception):

@@ -37,12 +37,9 @@ from typing import Any
 import numpy as np
 
 from gateway.codecs.gtnet_skt import GtnetSktCodec
-from gateway.config import CommandsConfig, TwinConfig, url_parts
+from gateway.config import COMMAND_SEQ, CommandsConfig, TwinConfig, url_parts
+from gateway.config import command_point_plant as point_plant
 from gateway.errors import TransportError
-
-CMD_SEQ = "cmd_seq"
-CURTAIL = "_curtail"
-P_MAX = "_p_max_mw"
 
 
 def volt_watt(vm: np.ndarray, *, v1: float, v2: float, p2: float) -> np.ndarray:
@@ -50,14 +47,6 @@ def volt_watt(vm: np.ndarray, *, v1: float, v2: float, p2: float) -> np.ndarray:
     # cap = 1 - (1 - P2) * clip((V - V1) / (V2 - V1), 0, 1)
     x = np.clip((np.asarray(vm, float) - v1) / (v2 - v1), 0.0, 1.0)
     return 1.0 - (1.0 - p2) * x
-
-
-def point_plant(name: str) -> tuple[str, str] | None:
-    """(plant, kind) of a command point name (kind ``curtail`` or ``p_max_mw``), else None."""
-    for suffix, kind in ((CURTAIL, "curtail"), (P_MAX, "p_max_mw")):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], kind
-    return None
 
 
 @dataclass(frozen=True)
@@ -93,7 +82,7 @@ class CommandController:
         rating = {p.name: p.rating_mw for p in cfg.plants}
         ctl = {n: k for k, n in enumerate(names)}
         self.codec = GtnetSktCodec([p.type for p in c.points], header=False)
-        self._seq_at = [j for j, p in enumerate(c.points) if p.name == CMD_SEQ]
+        self._seq_at = [j for j, p in enumerate(c.points) if p.name == COMMAND_SEQ]
         # frame value j = caps[plant k] * factor (1 for curtail, rating for p_max_mw)
         pos, src, factor = [], [], []
         for j, p in enumerate(c.points):

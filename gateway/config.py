@@ -195,6 +195,22 @@ def url_parts(url: str) -> tuple[str, str, int]:
     return u.scheme, u.hostname or "127.0.0.1", u.port or 0
 
 
+#: the command point carrying the sequence number a decision reacts to
+COMMAND_SEQ = "cmd_seq"
+#: command point suffixes after a plant name, and what the value is
+COMMAND_KINDS = (("_curtail", "curtail"), ("_p_max_mw", "p_max_mw"))
+
+
+def command_point_plant(name: str) -> tuple[str, str] | None:
+    """(plant, kind) a command point names (``<plant>_curtail``: cap as a fraction of
+    rating, ``<plant>_p_max_mw``: cap in MW), else None. Both ends of ``[commands]`` (the
+    gateway's sender, the emulator's closed loop) read point names through this."""
+    for suffix, kind in COMMAND_KINDS:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], kind
+    return None
+
+
 @dataclass(frozen=True)
 class CommandsConfig:
     """Commands back to the simulator: off unless enabled.
@@ -940,12 +956,12 @@ class _Validator:
             if p.name in seen:
                 self.err(key, f"point {p.name!r} listed twice", "list each point once")
             seen.add(p.name)
-            if p.name == "cmd_seq":
+            if p.name == COMMAND_SEQ:
                 if p.type != "int32":
                     self.err(key, "cmd_seq carries a sequence number", 'write "cmd_seq:int32"')
                 continue
-            plant = next((n for n in names for sfx in ("_curtail", "_p_max_mw")
-                          if p.name == n + sfx), None)
+            pp = command_point_plant(p.name)
+            plant = pp[0] if pp is not None and pp[0] in names else None
             if plant is None:
                 self.err(key, f"unknown command point {p.name!r}", f"use {hint}")
                 continue

@@ -48,6 +48,7 @@ No torch: the predictor can be swapped for a callable (the bench's PyTorch-eager
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import subprocess
@@ -56,12 +57,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gateway.errors import GatewayError
 from gateway.snapshot import Flag
+from models.runtime import READY, READY_MSG
 
 if TYPE_CHECKING:
     from gateway.config import TwinConfig
@@ -115,8 +117,7 @@ class PredictorProcess:
             msg = parent.recv(64) if ready else b""
         except OSError:
             msg = b""
-        if msg[:1] != b"R" or len(msg) != 9 or \
-                tuple(np.frombuffer(msg, "<u4", 2, 1)) != (batch, window):
+        if len(msg) != READY_MSG.size or READY_MSG.unpack(msg) != (READY, batch, window):
             self.close()
             raise QualityError(f"predictor process did not become ready (got {msg[:80]!r})")
         parent.setblocking(False)
@@ -157,7 +158,7 @@ class PredictorProcess:
             select.select([self.sock], [], [], left)
 
     def close(self) -> None:
-        with _suppress():
+        with contextlib.suppress(OSError):
             self.sock.close()
         if self.proc.poll() is None:
             try:
@@ -165,12 +166,6 @@ class PredictorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def _suppress() -> Any:
-    import contextlib
-
-    return contextlib.suppress(OSError)
 
 
 @dataclass
@@ -355,7 +350,7 @@ class QualityStage:
         di = self._di
         xd = x[di]
         t1 = t2 = clock()
-        if self.remote is not None and self.remote.pending:
+        if self._remote_busy():
             self._collect(wait=True)
         if not self._ahead:
             self._predict_next()
@@ -410,22 +405,30 @@ class QualityStage:
         t0 = time.perf_counter()
         if self._pv_pending:
             self._pv_forecast()
-        remote = self.remote
-        if remote is not None and not self._ahead and not remote.pending:
-            self._prepare_next()
-            try:
-                remote.request(self._xn)
-            except QualityError as exc:
-                self._drop_remote(str(exc))
-        if not self._ahead and (self.remote is None or not self.remote.pending):
+        if not self._ahead and not self._remote_busy() and not self._request_remote():
             self._predict_next()
             self._ahead = True
         self.lookahead_s = time.perf_counter() - t0
 
+    def _remote_busy(self) -> bool:
+        return self.remote is not None and self.remote.pending
+
+    def _request_remote(self) -> bool:
+        """Send the next windows to the predictor process; False: predict here."""
+        if self.remote is None:
+            return False
+        self._prepare_next()
+        try:
+            self.remote.request(self._xn)
+        except QualityError as exc:
+            self._drop_remote(str(exc))
+            return False
+        return True
+
     def collect(self) -> None:
         """Take the predictor process's answer if it has come (the gateway's reader
         callback on :attr:`remote`'s socket): the look-ahead is then complete."""
-        if self.remote is not None and self.remote.pending:
+        if self._remote_busy():
             self._collect(wait=False)
 
     def _collect(self, *, wait: bool) -> None:

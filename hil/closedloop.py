@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from gateway.codecs.gtnet_skt import HEADER_WORDS, GtnetSktCodec
-from gateway.config import Point, TwinConfig
+from gateway.config import COMMAND_SEQ, Point, TwinConfig, command_point_plant
 from gateway.errors import FrameError
 from hil.errors import HilError
 
@@ -93,11 +93,11 @@ class ClosedLoop:
         self._seq_at: int | None = None
         self._cap_pts: list[tuple[int, int, str]] = []  # (point idx, plant idx, kind)
         for j, p in enumerate(pts):
-            if p.name == "cmd_seq":
+            if p.name == COMMAND_SEQ:
                 self._seq_at = j
-            for suffix, kind in (("_curtail", "curtail"), ("_p_max_mw", "p_max_mw")):
-                if p.name.endswith(suffix) and p.name[: -len(suffix)] in plant_idx:
-                    self._cap_pts.append((j, plant_idx[p.name[: -len(suffix)]], kind))
+            pp = command_point_plant(p.name)
+            if pp is not None and pp[0] in plant_idx:
+                self._cap_pts.append((j, plant_idx[pp[0]], pp[1]))
         if not self._cap_pts:
             raise CommandError(
                 "no command point names a plant: use <plant>_curtail or <plant>_p_max_mw "

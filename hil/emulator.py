@@ -385,9 +385,9 @@ class SpinMargin:
     (~15 µs typical under SCHED_FIFO on the 2-core dev VM, 100 µs and more when it is
     busy); spinning on ``perf_counter`` through the last part of the wait hides that
     lateness, but every µs of spin is CPU the twin's processes on the same cores could
-    use. So the margin is
-    what this machine needs now: the ``quantile`` of the last ``window`` wake-up
-    overshoots (actual wake time - requested wake time) plus ``safety_s``, clamped to
+    use. So the margin is what this machine needs now: the ``quantile`` of the last
+    ``window`` wake-up overshoots (actual wake time - requested wake time) plus
+    ``safety_s``, clamped to
     ``[floor_s, ceiling_s]``. It starts at the ceiling and is recomputed, up or down,
     every ``update_every`` samples. A quantile rather than the max, so that one
     preemption (which no affordable spin would cover) does not pin it at the ceiling.
@@ -487,7 +487,6 @@ class EmulatorRunner:
         self.progress = progress
         self.progress_every_s = progress_every_s
         self.foreign_addr = foreign_addr
-        self.spin_s = spin_s
         self.spin = SpinMargin(spin_s, adaptive=adaptive_spin)
         self.realtime = realtime
         self.realtime_active = False

@@ -17,6 +17,7 @@ Only onnxruntime and numpy are imported; torch never is.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,11 @@ from models.errors import ModelCardMismatch, ModelError
 
 PREDICTOR = "predictor"  # measurement predictor (BiLSTM, one shared model for all channels)
 PV = "pv_forecaster"  # PV forecaster (BiLSTM over weather windows)
+
+#: ``python -m models.serve`` says it is ready: READY, batch, window (its module doc has
+#: the whole protocol; here so that the gateway's side reads the same layout)
+READY = b"R"
+READY_MSG = struct.Struct("<cII")
 
 
 def default_models_dir() -> Path:

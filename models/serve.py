@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
-import struct
 import sys
 
 #: SCHED_FIFO priority when the gateway runs real-time (the child inherits its 20): below
@@ -32,33 +31,29 @@ import sys
 #: frames or solving (the quality stage then waits for it or predicts itself), and
 #: above an emulator sharing the host (10)
 RT_PRIORITY = 15
-READY = b"R"
 ERROR = b"E"
-READY_MSG = struct.Struct("<cII")
 
 
 def serve(sock: socket.socket, model_name: str, batch: int, models_dir: str | None) -> int:
-    from models.runtime import load_model
+    from models.runtime import READY, READY_MSG, load_model
 
     bound = load_model(model_name, models_dir).bind(batch)
     inp = bound.input.data.cast("B")
     n_in = inp.nbytes
     out = bound.output
-    window = int(bound.input.shape[1]) if bound.input.ndim > 1 else 1
     bound()  # first run allocates: before READY, not on the first snapshot
-    sock.send(READY_MSG.pack(READY, batch, window))
-    buf = bytearray(n_in + 1)  # one byte more: an oversized message is seen as such
-    view = memoryview(buf)
+    sock.send(READY_MSG.pack(READY, batch, int(bound.input.shape[1])))
     while True:
-        n = sock.recv_into(view)
+        # straight into the bound input; MSG_TRUNC returns the message's real length,
+        # so a message of the wrong size is seen as such (and overwritten by the next)
+        n = sock.recv_into(inp, n_in, socket.MSG_TRUNC)
         if n == 0:
             return 0
         if n != n_in:
             sock.send(ERROR + f"expected {n_in} bytes of windows, got {n}".encode())
             continue
-        inp[:] = view[:n_in]
         bound()
-        sock.send(out.tobytes())
+        sock.send(out.data)
 
 
 def _below_the_gateway() -> None:
