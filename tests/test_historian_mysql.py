@@ -3,12 +3,8 @@ test cuts (connections reset, then refused) and restores: no row lost, order kep
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
-import threading
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,6 +17,8 @@ from gateway.historian.mysql import parse_mysql_url
 from gateway.historian.schema import TABLES
 
 sys.path.insert(0, str(Path(__file__).parent))
+import dbhelpers
+from dbhelpers import wait_for
 from tcpproxy import TcpProxy
 
 pytestmark = pytest.mark.mysql
@@ -31,42 +29,19 @@ N_BUS = 33
 @pytest.fixture
 def server() -> Iterator[tuple[str, str, int, str]]:
     """``(url template with {port}, host, port, database)`` of a scratch database."""
-    base = os.environ.get("GRIDTWIN_MYSQL_URL")
-    if not base:
-        pytest.skip("GRIDTWIN_MYSQL_URL is not set (e.g. mysql://root@127.0.0.1:3306/test): "
-                    "the MySQL backend is only tested against a real MariaDB/MySQL")
-    import pymysql
-
-    a = parse_mysql_url(base)
-    db = f"gt_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    parts = urlsplit(base)
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0] + "@" if len(netloc) == 2 else ""
-    template = parts._replace(
-        netloc=f"{userinfo}127.0.0.1:{{port}}", path="/" + db,
-        query="connect_timeout=2&read_timeout=5&write_timeout=5").geturl()
-    yield template, a["host"], a["port"], db
-    conn = pymysql.connect(host=a["host"], port=a["port"], user=a["user"],
-                           password=a["password"])
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
-    finally:
-        conn.close()
+    for base, db in dbhelpers.mysql_scratch():
+        a = parse_mysql_url(base)
+        parts = urlsplit(base)
+        netloc = parts.netloc.rsplit("@", 1)
+        userinfo = netloc[0] + "@" if len(netloc) == 2 else ""
+        template = parts._replace(
+            netloc=f"{userinfo}127.0.0.1:{{port}}", path="/" + db,
+            query="connect_timeout=2&read_timeout=5&write_timeout=5").geturl()
+        yield template, a["host"], a["port"], db
 
 
 def direct(template: str, port: int) -> str:
     return template.format(port=port)
-
-
-def wait_for(pred: object, timeout: float = 30.0) -> None:
-    """Poll a condition with a deadline (a wait, not an assertion about timing)."""
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        ev.wait(0.005)
 
 
 class Feed:

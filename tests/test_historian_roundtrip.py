@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import dbhelpers
 import numpy as np
 import pytest
 
@@ -40,25 +39,8 @@ T0 = 1_795_000_000.0
 
 
 def mysql_scratch() -> Iterator[str]:
-    base = os.environ.get("GRIDTWIN_MYSQL_URL")
-    if not base:
-        pytest.skip("GRIDTWIN_MYSQL_URL is not set (e.g. mysql://root@127.0.0.1:3306/test): "
-                    "the MySQL backend is only tested against a real MariaDB/MySQL")
-    import pymysql
-
-    from gateway.historian.mysql import parse_mysql_url
-
-    db = f"gt_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    url = urlsplit(base)._replace(path="/" + db).geturl()
-    yield url
-    a = parse_mysql_url(url)
-    conn = pymysql.connect(host=a["host"], port=a["port"], user=a["user"],
-                           password=a["password"])
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
-    finally:
-        conn.close()
+    for base, db in dbhelpers.mysql_scratch():
+        yield urlsplit(base)._replace(path="/" + db).geturl()
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

@@ -8,12 +8,12 @@ command. Waits are on conditions, never on sleeps; no timing is asserted.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dbhelpers import wait_for
 
 from gateway.errors import HistorianError
 from gateway.historian import ChannelInfo, HistorianWriter, RunInfo, Unavailable, open_backend
@@ -43,16 +43,6 @@ class ControlledSqlite(SqliteBackend):
                 r[1] == self.reject_seq for r in batch.get("measurements", ())):
             raise Rejected(f"test: seq {self.reject_seq} refused")
         super()._write(batch)
-
-
-def wait_for(pred: object, timeout: float = 20.0) -> None:
-    """Poll a condition with a deadline (a wait, not an assertion about timing)."""
-    ev = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not pred():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        ev.wait(0.005)
 
 
 def put(w: HistorianWriter, seqs: range) -> None:
