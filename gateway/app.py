@@ -46,11 +46,13 @@ from typing import Any
 
 import numpy as np
 
-from gateway.aligner import Aligner, StreamLayout
-from gateway.config import Stream, TwinConfig
+from gateway.aligner import Aligner
+from gateway.codecs.decoders import make_decoder
+from gateway.config import TwinConfig
 from gateway.errors import FrameError, GatewayError, HistorianError
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import FLAG_NAMES, Metrics, MetricsServer, observe_many
+from gateway.quality.passthrough import PassThroughQuality
 from gateway.snapshot import Snapshot
 from gateway.stats import StreamStats
 from gateway.transports.base import Transport, TransportSpec, open_transport
@@ -65,124 +67,6 @@ METRICS_FLUSH_S = 1.0  # batched metrics reach the registry at least this often
 #: BIT_OF_WORD[w, b] = 1 when flag word w has bit b (flag-word counts -> per-bit counts)
 BIT_OF_WORD = ((np.arange(FLAG_WORDS)[:, None] >> np.arange(N_FLAG_BITS)) & 1).astype(
     np.int64)
-
-
-# --------------------------------------------------------------------------- decoders
-
-class SktDecoder:
-    """GTNET-SKT: (seq, ts, values in point order) per frame."""
-
-    def __init__(self, stream: Stream) -> None:
-        from gateway.codecs.gtnet_skt import GtnetSktCodec
-
-        self.codec = GtnetSktCodec([p.type for p in stream.points], header=stream.header)
-        self.size = self.codec.size
-        self.layout = StreamLayout.of(stream.name, [p.channel for p in stream.points],
-                                      [p.scale for p in stream.points])
-
-    def decode(self, data: bytes, now: float) -> tuple[int | None, float | None,
-                                                       np.ndarray] | None:
-        f = self.codec.parse(data, now)
-        return f.seq, f.ts, f.values
-
-
-class C37Decoder:
-    """C37.118: configuration frames (re)build the data decoder; data frames give the
-    phasors as (magnitude kV/kA, angle rad) pairs in the config's PMU/phasor order.
-
-    Wire convention (C37.118.1): per-phase RMS volts and amperes; the channel value is the
-    wire magnitude divided by :attr:`gateway.config.C37Phasor.wire_factor`.
-    """
-
-    def __init__(self, stream: Stream) -> None:
-        from gateway.codecs import c37118  # here, not per frame: only C37.118 streams need it
-
-        self._c37 = c37118
-        self.stream = stream
-        chans: list[int] = []
-        factors: list[float] = []
-        for pmu in stream.pmus:
-            for ph in pmu.phasors:
-                chans += [ph.mag, ph.ang]
-                factors.append(ph.wire_factor)
-        self.factor = np.array(factors)
-        self.n_phasors = len(chans) // 2
-        self.layout = StreamLayout.of(stream.name, chans)
-        self.size = 0
-        self.config: Any = None
-        self._data: Any = None  # the data-frame decoder of ``config``
-        self.rate = stream.rate_hz
-        self.configs = 0
-
-    def decode(self, data: bytes, now: float) -> tuple[int | None, float | None,
-                                                       np.ndarray] | None:
-        c37 = self._c37
-        if c37.frame_type_of(data) == c37.FRAME_DATA:
-            if self._data is None:
-                raise FrameError("data frame before the configuration (CFG-2)", 0)
-            f = self._data.decode(data, now)
-            z = f.phasors
-            out = np.empty(2 * self.n_phasors)
-            out[0::2] = np.abs(z) / self.factor
-            out[1::2] = np.angle(z)
-            ts = f.time
-            seq = round(ts * self.rate) & 0xFFFFFFFF if ts is not None else None
-            return seq, ts, out
-        frame = c37.parse(data, now)
-        if isinstance(frame, c37.ConfigFrame):
-            n = sum(p.n_phasors for p in frame.pmus)
-            if n != self.n_phasors:
-                raise FrameError(f"CFG has {n} phasors, stream {self.stream.name} expects "
-                                 f"{self.n_phasors}", 0)
-            self.config = frame
-            self._data = frame.decoder()
-            if frame.data_rate > 0:
-                self.rate = float(frame.data_rate)
-            self.configs += 1
-        return None
-
-
-def make_decoder(stream: Stream) -> SktDecoder | C37Decoder:
-    if stream.format == "c37.118":
-        return C37Decoder(stream)
-    return SktDecoder(stream)
-
-
-# --------------------------------------------------------------------------- quality seam
-
-@dataclass
-class _PassResult:
-    values: np.ndarray
-    flags: np.ndarray
-    pv_mw: np.ndarray
-    pv_sigma_mw: np.ndarray
-
-
-class PassThroughQuality:
-    """Used when the quality stage is disabled or its models are missing: values pass
-    unchanged, and each PV plant gets a weak pseudo-measurement so the estimate stays
-    observable: P = rating * clip(0.85 * GHI / 1000 W/m2, 0, 1) from the plant's weather
-    meter (a nameplate PVWatts-style guess), or half the rating when there is no GHI,
-    with sigma = 30 % of rating so the estimator trusts it little."""
-
-    def __init__(self, cfg: TwinConfig) -> None:
-        self.rating = np.array([p.rating_mw for p in cfg.plants], float)
-        self.ghi = np.array([cfg.channel_index.get(f"{p.weather}.ghi", -1) for p in cfg.plants],
-                            int)
-        self.sigma = 0.3 * self.rating
-
-    def process(self, values: np.ndarray, flags: np.ndarray, now: float) -> _PassResult:
-        ghi = np.where(self.ghi >= 0, values[np.maximum(self.ghi, 0)], np.nan)
-        # P = rating * clip(0.85 * GHI / 1000, 0, 1); no GHI: rating / 2
-        pv = np.where(np.isfinite(ghi), self.rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
-                      0.5 * self.rating)
-        return _PassResult(values, flags, pv, self.sigma)
-
-    lookahead_s = 0.0
-    remote = None  # no predictor process
-
-    def lookahead(self) -> None:
-        """Nothing is predicted here, so nothing can be prepared ahead."""
 
 
 # --------------------------------------------------------------------------- gateway
@@ -346,7 +230,7 @@ class Gateway:
         enabled = self.cfg.quality.enabled if self.opts.quality is None else self.opts.quality
         if enabled:
             try:
-                from gateway.quality import QualityStage
+                from gateway.quality.stage import QualityStage
 
                 q = QualityStage(self.cfg, self.opts.models_dir,
                                  predictor_process=self.cfg.quality.predictor_process)

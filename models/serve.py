@@ -1,6 +1,6 @@
 """The predictor process: ``python -m models.serve --fd N [--model predictor] [--batch B]``.
 
-Started by the gateway's quality stage (:class:`gateway.quality.PredictorProcess`) so that
+Started by the gateway's quality stage (:class:`gateway.quality.predictor.PredictorProcess`) so that
 the measurement predictor's ONNX Runtime call (a few hundred µs per snapshot, the
 largest single cost of the gateway's thread) runs on another core. Threads do not do
 it: onnxruntime releases the GIL, but the ingest thread and a predictor thread then hand

@@ -8,8 +8,8 @@ import pytest
 
 def test_pass_through_still_gives_every_plant_a_weak_pseudo_measurement() -> None:
     """Without models the estimate must stay observable: nameplate PV from GHI, else half."""
-    from gateway.app import PassThroughQuality
     from gateway.config import load_config
+    from gateway.quality import PassThroughQuality
 
     cfg = load_config("ieee33")
     q = PassThroughQuality(cfg)

@@ -27,7 +27,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "hil": ("gateway.codecs", "gateway.config", "gateway.snapshot", "gateway.errors",
             "gateway.bench", "estimator.network", "estimator.pgm", "estimator.errors"),
     "models": ("gateway.config", "gateway.snapshot", "gateway.errors", "gateway.bench",
-               "gateway.quality"),
+               "gateway.quality.stage"),
 }
 # entry points (CLI subcommands, benchmarks, evaluation) and the offline training code
 # may use any package
@@ -73,7 +73,7 @@ def test_live_path_never_loads_torch_or_hil() -> None:
     code = (
         "import importlib, pkgutil, sys\n"
         "live = ['gateway.config', 'gateway.snapshot']\n"
-        "for name in ['gateway.app', 'gateway.quality', 'estimator.process', 'models.runtime',"
+        "for name in ['gateway.app', 'gateway.quality.stage', 'estimator.process', 'models.runtime',"
         " 'estimator.linear']:\n"
         "    try:\n"
         "        importlib.import_module(name)\n"

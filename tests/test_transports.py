@@ -248,7 +248,7 @@ def test_registry_and_allowlist() -> None:
 
 
 def test_c37_decoder_maps_phasors_to_channels() -> None:
-    from gateway.app import C37Decoder
+    from gateway.codecs.decoders import C37Decoder
     from gateway.config import load_config
 
     cfg = load_config("ieee33")

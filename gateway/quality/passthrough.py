@@ -1,0 +1,44 @@
+"""The quality seam when there is no quality stage: values pass, PV gets a nameplate guess."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.config import TwinConfig
+
+
+@dataclass
+class PassResult:
+    values: np.ndarray
+    flags: np.ndarray
+    pv_mw: np.ndarray
+    pv_sigma_mw: np.ndarray
+
+
+class PassThroughQuality:
+    """Used when the quality stage is disabled or its models are missing: values pass
+    unchanged, and each PV plant gets a weak pseudo-measurement so the estimate stays
+    observable: P = rating * clip(0.85 * GHI / 1000 W/m2, 0, 1) from the plant's weather
+    meter (a nameplate PVWatts-style guess), or half the rating when there is no GHI,
+    with sigma = 30 % of rating so the estimator trusts it little."""
+
+    def __init__(self, cfg: TwinConfig) -> None:
+        self.rating = np.array([p.rating_mw for p in cfg.plants], float)
+        self.ghi = np.array([cfg.channel_index.get(f"{p.weather}.ghi", -1) for p in cfg.plants],
+                            int)
+        self.sigma = 0.3 * self.rating
+
+    def process(self, values: np.ndarray, flags: np.ndarray, now: float) -> PassResult:
+        ghi = np.where(self.ghi >= 0, values[np.maximum(self.ghi, 0)], np.nan)
+        # P = rating * clip(0.85 * GHI / 1000, 0, 1); no GHI: rating / 2
+        pv = np.where(np.isfinite(ghi), self.rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
+                      0.5 * self.rating)
+        return PassResult(values, flags, pv, self.sigma)
+
+    lookahead_s = 0.0
+    remote = None  # no predictor process
+
+    def lookahead(self) -> None:
+        """Nothing is predicted here, so nothing can be prepared ahead."""
