@@ -39,7 +39,6 @@ import gc
 import logging
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,22 +50,16 @@ from gateway.codecs.decoders import make_decoder
 from gateway.config import TwinConfig
 from gateway.errors import FrameError, GatewayError, HistorianError
 from gateway.handoff import FailMsg, StateMsg
-from gateway.metrics import FLAG_NAMES, Metrics, MetricsServer, observe_many
+from gateway.metrics import MetricsServer
 from gateway.quality.passthrough import PassThroughQuality
 from gateway.snapshot import Snapshot
 from gateway.stats import StreamStats
+from gateway.telemetry import METRICS_FLUSH_S, Telemetry
 from gateway.transports.base import Transport, TransportSpec, open_transport
 
 log = logging.getLogger("gridtwin.gateway")
 
-N_FLAG_BITS = 9
-FLAG_WORDS = 1 << N_FLAG_BITS  # flag words counted per meter kind (bits above: ignored)
 DECODE_SAMPLE = 8  # the decode-time histogram observes one frame in 8 (cheap hot path)
-LATENCY_SAMPLES = 200_000
-METRICS_FLUSH_S = 1.0  # batched metrics reach the registry at least this often
-#: BIT_OF_WORD[w, b] = 1 when flag word w has bit b (flag-word counts -> per-bit counts)
-BIT_OF_WORD = ((np.arange(FLAG_WORDS)[:, None] >> np.arange(N_FLAG_BITS)) & 1).astype(
-    np.int64)
 
 
 # --------------------------------------------------------------------------- gateway
@@ -99,33 +92,11 @@ class Gateway:
         self.stats = {s.name: StreamStats(s.name) for s in self.streams}
         self.aligner = Aligner(len(cfg.channels), [d.layout for d in self.decoders.values()],
                                rate_hz=cfg.rate_hz, lag_s=cfg.align.lag_s)
-        kinds: dict[str, int] = {}
-        for c in cfg.channels:
-            kinds[c.kind] = kinds.get(c.kind, 0) + 1
-        self._kind_names = list(kinds)
-        self._kind_code = np.array([self._kind_names.index(c.kind) for c in cfg.channels],
-                                   np.intp)
-        # flag words counted per (kind, word): index kind * FLAG_WORDS + (flags & 511)
-        self._kind_base = (self._kind_code * FLAG_WORDS).astype(np.intp)
-        self._flag_words = np.zeros(len(self._kind_names) * FLAG_WORDS, np.int64)
-        self._flag_words_flushed = np.zeros_like(self._flag_words)
-        self.metrics = Metrics(streams=lambda: self.stats.values(), clock=clock,
-                               channel_kinds=kinds)
-        self.metrics.info.info({"version": _version(), "config": cfg.name,
-                                "digest": cfg.digest[:12]})
-        self._decode_h = {s.name: self.metrics.decode.labels(s.name) for s in self.streams}
-        # batched metrics (flushed by _flush_metrics)
-        self._obs_decode: dict[str, list[float]] = {s.name: [] for s in self.streams}
-        self._obs_quality: list[float] = []
-        self._obs_e2e: list[float] = []
-        self._obs_handoff: list[float] = []
-        self._obs_estimate: list[float] = []
-        self._hist_counts: dict[str, int] = {}
-        self._hist_children: dict[str, Any] = {}
-        self._flushed = {"snapshots": 0, "states": 0, "chi2_failures": 0}
-        self._chi2_failures = 0
+        self.telemetry = Telemetry(cfg, clock=clock, version=_version())
+        self.telemetry.watch(self.stats, self.aligner.stats)
+        self.metrics = self.telemetry.metrics
+        self._obs_decode = self.telemetry.obs_decode
         self._flush_timer: asyncio.TimerHandle | None = None
-        self.metrics.before_scrape.append(self._flush_metrics)
         self.transports: dict[str, Transport] = {}
         self.server: MetricsServer | None = None
         self.supervisor: Any = None
@@ -133,14 +104,6 @@ class Gateway:
         self.quality: Any = None
         self._last_state: tuple[StateMsg, float, bool, float, float] | None = None
         self._latest_json: dict[str, Any] | None = None
-        self.e2e_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.handoff_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.quality_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.lookahead_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.align_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.estimate_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
-        self.snapshots = 0
-        self.states = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -148,8 +111,6 @@ class Gateway:
         self._plant_names = [p.name for p in cfg.plants]
         self._bus_ids = [int(b) for b in cfg.network.bus_ids]
         self._hist_errors = 0
-        self._incomplete_seen = 0
-        self._skips_seen: dict[str, int] = {}
         self._n_frames = 0
         self._quality_errors = 0
         self._passthrough = PassThroughQuality(cfg)
@@ -188,6 +149,7 @@ class Gateway:
                 method=o.estimator_method, spare=o.spare, clock=self.clock,
                 extra_args=["--realtime"] if o.realtime else [])
             await self.supervisor.start()
+            self.telemetry.supervisor = self.supervisor.stats
             self.metrics.estimator_up.set(1)
         bind = cfg.metrics_bind if o.metrics_bind is None else o.metrics_bind
         if bind:
@@ -280,7 +242,7 @@ class Gateway:
             self.metrics.estimator_up.set(0)
         if self._commands is not None:
             self._commands.close()  # no state comes back any more: nothing to decide
-        self._flush_metrics()
+        self.telemetry.flush()
         self.event("gateway_stopped", "gateway", self.summary())
         if self.server is not None:
             await self.server.close()
@@ -354,15 +316,8 @@ class Gateway:
             clean = Snapshot(snap.seq, snap.source_time, snap.arrival_time, res.values,
                              flags, snap.published_time)
             self.supervisor.submit(clean, pv, np.asarray(res.pv_sigma_mw, float))
-        # -- bookkeeping after the handoff (metrics batched: see _flush_metrics)
-        self.snapshots += 1
-        self._obs_quality.append(dq)
-        self.quality_s.append(dq)
-        self.align_s.append(snap.published_time - snap.arrival_time)
-        if flags.any():
-            # count flag words per meter kind: one bincount; bits are split at flush time
-            self._flag_words += np.bincount(self._kind_base + (flags & (FLAG_WORDS - 1)),
-                                            minlength=self._flag_words.size)
+        # -- bookkeeping after the handoff (metrics batched: see Telemetry.flush)
+        self.telemetry.snapshot(dq, snap.published_time - snap.arrival_time, flags)
         h = self.historian
         if h is not None:
             # raw and corrected rows in one put; the writer thread encodes them. The
@@ -388,82 +343,12 @@ class Gateway:
                 log.exception("quality look-ahead failed after snapshot %d", snap.seq)
                 self.event("quality_error", "quality", {"seq": snap.seq, "error": str(exc)})
             return
-        self.lookahead_s.append(self.quality.lookahead_s)
-
-    def _sync_skips(self) -> None:
-        if self.supervisor is None:
-            return
-        ss = self.supervisor.stats
-        for reason in ("superseded", "stale", "no_estimator"):
-            n = getattr(ss, reason)
-            seen = self._skips_seen.get(reason, 0)
-            if n != seen:
-                self.metrics.skipped.labels(reason).inc(n - seen)
-                self._skips_seen[reason] = n
-
-    def flag_counts_by_bit(self) -> np.ndarray:
-        """(n_kinds, N_FLAG_BITS) values flagged so far, per meter kind and flag bit."""
-        words = self._flag_words.reshape(len(self._kind_names), FLAG_WORDS)
-        return words @ BIT_OF_WORD  # type: ignore[no-any-return]
-
-    @property
-    def flag_counts(self) -> np.ndarray:
-        """Values flagged so far per flag bit (every meter kind)."""
-        return self.flag_counts_by_bit().sum(axis=0)  # type: ignore[no-any-return]
+        self.telemetry.lookahead_s.append(self.quality.lookahead_s)
 
     def _on_flush_timer(self) -> None:
-        self._flush_metrics()
+        self.telemetry.flush()
         if not self.closed and self._loop is not None:
             self._flush_timer = self._loop.call_later(METRICS_FLUSH_S, self._on_flush_timer)
-
-    def _flush_metrics(self) -> None:
-        """Move the batched counts and latency samples into the Prometheus registry."""
-        m = self.metrics
-        for name, buf in self._obs_decode.items():
-            if buf:
-                observe_many(self._decode_h[name], buf)
-                buf.clear()
-        for hist, buf in ((m.quality, self._obs_quality), (m.e2e, self._obs_e2e),
-                          (m.handoff, self._obs_handoff), (m.estimate, self._obs_estimate)):
-            if buf:
-                observe_many(hist, buf)
-                buf.clear()
-        f = self._flushed
-        for key, counter, now_n in (("snapshots", m.snapshots, self.snapshots),
-                                    ("states", m.states, self.states),
-                                    ("chi2_failures", m.chi2_failures, self._chi2_failures)):
-            if now_n != f[key]:
-                counter.inc(now_n - f[key])
-                f[key] = now_n
-        inc = self.aligner.stats.incomplete
-        if inc != self._incomplete_seen:
-            m.incomplete.inc(inc - self._incomplete_seen)
-            self._incomplete_seen = inc
-        for kind, n in self._hist_counts.items():
-            if n:
-                child = self._hist_children.get(kind)
-                if child is None:
-                    child = self._hist_children[kind] = m.historian.labels(kind)
-                child.inc(n)
-        self._hist_counts.clear()
-        if not np.array_equal(self._flag_words, self._flag_words_flushed):
-            delta = self._flag_words - self._flag_words_flushed
-            per = delta.reshape(len(self._kind_names), FLAG_WORDS) @ BIT_OF_WORD
-            for k, b in zip(*np.nonzero(per), strict=True):
-                m.flag_child(int(k), int(b)).inc(int(per[k, b]))
-            self._flag_words_flushed[:] = self._flag_words
-        self._sync_skips()
-        last = self._last_state
-        if last is not None:
-            st = last[0]
-            if math.isfinite(st.chi2):
-                m.chi2.set(st.chi2)
-                if math.isfinite(st.chi2_threshold):
-                    m.chi2_threshold.set(st.chi2_threshold)
-            if st.vm.size:
-                m.vm_min.set(float(st.vm.min()))
-                m.vm_max.set(float(st.vm.max()))
-            m.state_time.set(st.source_time)
 
     def _put(self, fn: Callable[..., None], kind: str, *args: Any, also: str | None = None,
              **kw: Any) -> None:
@@ -477,25 +362,13 @@ class Gateway:
             if self._hist_errors <= 5:
                 log.error("historian refused a %s record: %s", kind, exc)
             return
-        hc = self._hist_counts
-        hc[kind] = hc.get(kind, 0) + 1
-        if also is not None:
-            hc[also] = hc.get(also, 0) + 1
+        self.telemetry.stored(kind, also)
 
     # ------------------------------------------------------------------ estimator side
     def on_state(self, st: StateMsg, received: float, met: bool) -> None:
-        self.states += 1
         e2e = received - st.arrival_time
         hand = st.recv_time - st.send_time
-        self.e2e_s.append(e2e)
-        self.handoff_s.append(hand)
-        self.estimate_s.append(st.t_solve_s)
-        self._obs_e2e.append(e2e)
-        self._obs_handoff.append(hand)
-        self._obs_estimate.append(st.t_solve_s)
-        if math.isfinite(st.chi2) and math.isfinite(st.chi2_threshold) and \
-                st.chi2 > st.chi2_threshold:
-            self._chi2_failures += 1
+        self.telemetry.state(st, e2e, hand)
         self._last_state = (st, received, met, e2e, hand)
         self._latest_json = None
         cl = self._commands
@@ -563,41 +436,33 @@ class Gateway:
                         host)
 
     # ------------------------------------------------------------------ reporting
+    @property
+    def snapshots(self) -> int:
+        return self.telemetry.snapshots
+
+    @property
+    def states(self) -> int:
+        return self.telemetry.states
+
+    @property
+    def flag_counts(self) -> np.ndarray:
+        """Values flagged so far per flag bit (every meter kind)."""
+        return self.telemetry.flag_counts
+
     def stream_summary(self) -> list[dict[str, Any]]:
-        return [s.as_dict() for s in self.stats.values()]
+        return self.telemetry.stream_summary()
 
     def summary(self) -> dict[str, Any]:
         sup = self.supervisor
-        ss = sup.stats if sup is not None else None
         cl = self._commands
         hist = None
         if self.historian is not None:
             with contextlib.suppress(Exception):
                 hist = self.historian.stats().as_dict()
         return {
-            "frames_received": sum(s.received for s in self.stats.values()),
-            "decode_errors": sum(s.decode_errors for s in self.stats.values()),
-            "frames_lost": sum(s.lost for s in self.stats.values()),
-            "frames_late": sum(s.late for s in self.stats.values()),
-            "snapshots": self.snapshots,
-            "snapshots_incomplete": self.aligner.stats.incomplete,
-            "states": self.states,
-            "deadline_misses": ss.deadline_misses if ss else 0,
-            "skipped": {"superseded": ss.superseded, "stale": ss.stale,
-                        "no_estimator": ss.no_estimator} if ss else {},
-            "estimator_restarts": ss.restarts if ss else 0,
-            "estimator_failures": ss.failures if ss else 0,
+            **self.telemetry.summary(),
             "estimator_pids": sup.pids() if sup else {},
             "restart_s": list(sup.restart_durations) if sup else [],
-            "e2e_latency_ms": _pct_ms(self.e2e_s),
-            "stage_latency_ms": {"align_wait": _pct_ms(self.align_s),
-                                 "quality": _pct_ms(self.quality_s),
-                                 "quality_lookahead": _pct_ms(self.lookahead_s),
-                                 "estimate": _pct_ms(self.estimate_s)},
-            "handoff_latency_us": {k: None if v is None else v * 1e3
-                                   for k, v in _pct_ms(self.handoff_s).items()},
-            "flags": {n: int(c) for n, c in zip(FLAG_NAMES, self.flag_counts, strict=True)},
-            "streams": self.stream_summary(),
             "historian": hist,
             "quality": type(self.quality).__name__,
             "commands_sent": cl.sent if cl is not None else 0,
@@ -617,14 +482,6 @@ def _demote_thread(thread: Any) -> None:
         return
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(1))
-
-
-def _pct_ms(xs: deque[float]) -> dict[str, float | None]:
-    if not xs:
-        return {"p50": None, "p99": None, "max": None}
-    a = np.fromiter(xs, float) * 1e3
-    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
-            "max": float(a.max())}
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
