@@ -1,9 +1,8 @@
 """The running twin: the runner that owns I/O and lifecycle around the sans-IO pipeline.
 
 As aioquic's asyncio protocol drives its ``QuicConnection`` and aiohttp's runner its
-sites, :class:`Gateway` only does what needs the outside world;
-:class:`~gateway.pipeline.Pipeline` decides and :class:`~gateway.telemetry.Telemetry`
-counts.
+sites, :class:`Gateway` does only what needs the outside world;
+:class:`~gateway.pipeline.Pipeline` decides, :class:`~gateway.telemetry.Telemetry` counts.
 
 1. :meth:`Gateway.start` starts the components (:mod:`gateway.components`) in order:
    historian, quality stage, command link, estimator supervisor, metrics HTTP server, one
@@ -16,8 +15,8 @@ counts.
    arms one ``call_later`` for :meth:`Pipeline.next_deadline`, which calls ``tick``.
 3. States go to :meth:`Pipeline.feed_state`; the command link sees converged ones.
 
-One asyncio loop in one thread; the historian commits from its own thread and the
-estimator and predictor are other processes, so nothing here blocks.
+One asyncio loop, one thread; the historian commits from its own thread, the estimator
+and the predictor are other processes: nothing here blocks.
 """
 
 from __future__ import annotations
@@ -96,7 +95,7 @@ class Gateway:
         gc.freeze()
         self.event("gateway_started", "gateway", {
             "config": self.cfg.name,
-            "streams": {n: _addr(t) for n, t in self.transports.items()},
+            "streams": {n: comp.address_of(t) for n, t in self.transports.items()},
             "metrics": list(self.server.address) if self.server and self.server.address
             else None,
             "commands": self.cfg.commands.url if self.cfg.commands.enabled else None})
@@ -292,11 +291,6 @@ class Gateway:
             "commands_sent": cl.sent if cl is not None else 0,
             "command_errors": cl.errors if cl is not None else 0,
         }
-
-
-def _addr(t: Transport) -> Any:
-    a = t.local_address
-    return list(a) if a else t.spec.url
 
 
 __all__ = ["Gateway", "GatewayOptions"]

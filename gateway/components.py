@@ -24,6 +24,7 @@ from gateway.metrics import Metrics, MetricsServer
 from gateway.pipeline import StoreForecast, StoreSnapshot, StoreState
 from gateway.quality.passthrough import PassThroughQuality
 from gateway.telemetry import Telemetry
+from gateway.transports.base import Transport
 
 log = logging.getLogger("gridtwin.gateway")
 
@@ -182,6 +183,12 @@ def jsonable(d: dict[str, Any]) -> dict[str, Any]:
             return [fix(x) for x in v]
         return v
     return fix(d)  # type: ignore[no-any-return]
+
+
+def address_of(t: Transport) -> Any:
+    """Where a transport listens (host, port), else its URL (a client transport)."""
+    a = t.local_address
+    return list(a) if a else t.spec.url
 
 
 def version() -> str:
