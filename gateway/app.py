@@ -47,6 +47,8 @@ Closer = Callable[[], Awaitable[None] | None]
 
 
 class Gateway:
+    """The runner: components, sockets, timers; every decision is the pipeline's."""
+
     def __init__(self, cfg: TwinConfig, opts: GatewayOptions | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
