@@ -251,6 +251,47 @@ def test_a_failing_quality_stage_raises_events_and_values_pass_through(
     assert p.quality_errors == 2
 
 
+def channel_frame(stream: Stream, x: np.ndarray, k: int) -> bytes:
+    """Slot ``k`` of ``stream`` carrying the snapshot vector ``x`` (channel order)."""
+    codec = GtnetSktCodec([p.type for p in stream.points], header=stream.header)
+    w = np.array([x[p.channel] / p.scale if p.channel is not None else 0.0
+                  for p in stream.points])
+    return codec.build(w, seq=k, ts=T0 + k / 50.0)
+
+
+def test_with_the_quality_stage_bad_values_are_handed_off_corrected(
+        cfg: TwinConfig) -> None:
+    """The real quality stage (committed models) in the pipeline: what is handed off is
+    what the stage gives offline for the same snapshots (the look-ahead run by settle()
+    changes when the work is done, not the numbers), gross errors flagged and replaced."""
+    from gateway.quality import QualityStage
+    from models.bench import synthetic_snapshots
+
+    x = synthetic_snapshots(cfg, 152, seed=3, bad_frac=0.0)
+    elec = np.flatnonzero([c.electrical for c in cfg.channels])
+    bad = elec[[0, 10, 40, 100]]
+    x[151, bad] *= 1.45
+    p = make(cfg, quality=QualityStage(cfg))
+    offline = QualityStage(cfg)
+    for k in range(152):
+        out: list[Output] = []
+        for i, s in enumerate(cfg.enabled_streams):
+            out = list(p.feed_frame(s.name, channel_frame(s, x[k], k), 10.0 + k / 50 + i * 1e-4))
+        hand, store = out[0], out[1]
+        assert isinstance(hand, Handoff) and isinstance(store, StoreSnapshot)
+        want = offline.process(store.raw_values, store.raw_flags, store.source_time)
+        np.testing.assert_array_equal(hand.snapshot.values, want.values)
+        np.testing.assert_array_equal(hand.snapshot.flags, want.flags)
+        np.testing.assert_array_equal(hand.pv_mw, want.pv_mw)
+        assert p.settle() == []
+    assert isinstance(hand, Handoff) and isinstance(store, StoreSnapshot)  # the last ones
+    assert np.all(hand.snapshot.flags[bad] & Flag.BAD)
+    assert np.all(hand.snapshot.flags[bad] & Flag.CORRECTED)
+    np.testing.assert_array_equal(store.raw_values[bad], x[151, bad].astype(np.float32))
+    assert not np.any(hand.snapshot.flags[np.setdiff1d(elec, bad)] & Flag.BAD)
+    assert p.telemetry.snapshots == 152 and len(p.telemetry.lookahead_s) == 152
+
+
 # --------------------------------------------------------------------------- states in
 
 def state(seq: int, *, arrival: float, sent: float, recv: float, chi2: float,
