@@ -1,6 +1,6 @@
 """Start, feed and supervise the estimator process.
 
-The estimator runs in its own OS process (``python -m estimator.process``) so a crash or
+The estimator runs in its own OS process (``python -m gateway.estimator_worker``) so a crash or
 a hang in the numerics never stops ingest and storage. The gateway talks to it over an
 AF_UNIX ``SOCK_SEQPACKET`` pair (:mod:`gateway.handoff`): one copy of
 ``Snapshot.to_bytes`` each way, no pickling.
@@ -122,7 +122,7 @@ class EstimatorSupervisor:
                  on_event: EventSink | None = None, method: str | None = None,
                  spare: bool = True, hang_timeout_s: float | None = None,
                  clock: Callable[[], float] = time.time,
-                 python: str = sys.executable, module: str = "estimator.process",
+                 python: str = sys.executable, module: str = "gateway.estimator_worker",
                  extra_args: list[str] | None = None) -> None:
         self.config = config
         self.deadline_s = deadline_s
