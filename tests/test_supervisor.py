@@ -137,8 +137,10 @@ async def test_newest_wins_and_deadline_misses_are_counted() -> None:
         await c.until(lambda: len(c.states) == 2 and sup.inflight is None)
         assert [s[0].seq for s in c.states] == [1, 3]
         assert [s[2] for s in c.states] == [False, False]
-        assert sup.stats.deadline_misses == 2  # each counted once (timer or reply)
-        assert [k for k, _ in c.events].count("deadline_missed") == 2
+        # each counted once (timer or reply), the superseded 2 too: its deadline passed
+        # without a state (gateway.flow's rule)
+        assert sup.stats.deadline_misses == 3
+        assert [k for k, _ in c.events].count("deadline_missed") == 3
         assert sup.stats.stale == 0 and sup.stats.sent == 2
         # a pending snapshot older than stale_after_s is dropped, not estimated
         fake[0] = 0.0
