@@ -587,7 +587,6 @@ class Gateway:
                         "no_estimator": ss.no_estimator} if ss else {},
             "estimator_restarts": ss.restarts if ss else 0,
             "estimator_failures": ss.failures if ss else 0,
-            "estimator_pids": sup.pids() if sup else {},
             "restart_s": list(sup.restart_durations) if sup else [],
             "e2e_latency_ms": _pct_ms(self.e2e_s),
             "stage_latency_ms": {"align_wait": _pct_ms(self.align_s),
@@ -606,17 +605,14 @@ class Gateway:
 
 
 def _demote_thread(thread: Any) -> None:
-    """Run a background thread (the historian's commits) at the lowest real-time priority
-    while the pipeline thread runs at a higher one: storage may lag, the pipeline must not.
-    It stays real-time so ordinary processes cannot preempt it while it holds the GIL
-    (which would hold the pipeline thread up: priority inversion)."""
-    import os
+    """Run a background thread (the historian's commits) at the historian's real-time
+    priority (gateway.realtime): storage may lag, the pipeline must not."""
+    from gateway.realtime import set_realtime
 
     tid = getattr(thread, "native_id", None)
     if tid is None:
         return
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(1))
+    set_realtime("historian", tid=tid, nice=None)
 
 
 def _pct_ms(xs: deque[float]) -> dict[str, float | None]:
