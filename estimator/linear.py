@@ -403,8 +403,8 @@ class LinearStateEstimator:
             fresh = active & ~self._nominal_set & np.isfinite(z)
             model.nominal[fresh] = z[fresh]
             self._nominal_set |= fresh
+        self._observable(active)  # structural: cached per measurement set
         with single_threaded():
-            check_observable(model, active, pv_constraints=self.constraints)
             fac = self._build(active)
         self._cache[key] = fac
         if len(self._cache) > self.cache_size:
@@ -414,7 +414,7 @@ class LinearStateEstimator:
     def _null_space(self) -> tuple[sp.csr_matrix, np.ndarray]:
         """``(N, o)`` of the zero-injection buses (once per estimator: fixed topology)."""
         if self._nspace is None:
-            self._nspace = _null_space(sp.csr_matrix(self.net.ybus()),
+            self._nspace = _null_space(sp.csr_matrix(self.model.ybus),
                                        self.model.zero_injection)
         return self._nspace
 
@@ -483,7 +483,7 @@ class LinearStateEstimator:
         pv = model.pv_nodes if self.constraints else np.zeros(0, np.int64)
         r0 = None
         if pv.size:
-            y = self.net.ybus()[pv]
+            y = model.ybus[pv]
             re_rows = sp.hstack([y.real, -y.imag])
             im_rows = sp.hstack([y.imag, y.real])
             perm = np.empty(2 * pv.size, np.int64)
@@ -555,7 +555,7 @@ class LinearStateEstimator:
             c=c,
             alpha=alpha,
             hd=h.toarray() if dense else None,
-            ypv=self.net.ybus()[pv].toarray() if pv.size else None,
+            ypv=model.ybus[pv].toarray() if pv.size else None,
             s0r=s0.reshape(pv.size, 2, pv.size, 2) if s0 is not None else None,
             r0=r0,
             dof=dof,
@@ -941,7 +941,7 @@ def sensitivity(model: MeasurementModel, v: np.ndarray, sig: np.ndarray, act: np
         if c0.size:
             rows.append(c0)
         if model.pv_nodes.size:
-            ybus = model.net.ybus()
+            ybus = model.ybus
             for k in model.pv_nodes:
                 yk = ybus[k].toarray().ravel()
                 ik = yk @ v
@@ -1073,7 +1073,7 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
             top.append(c0)
             bottom.append(c0)
         if fac.pv.size:
-            ybus = model.net.ybus()
+            ybus = model.ybus
             for k in fac.pv:
                 yk = ybus[k].toarray().ravel()
                 ik = yk @ v

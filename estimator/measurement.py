@@ -174,6 +174,8 @@ class MeasurementModel:
         net = self.net
         yf, yt = net.branch_admittance()
         ybus = net.ybus()
+        #: the network's bus admittance matrix, built once with the model (fixed topology)
+        self.ybus = ybus
         n = net.n_bus
         br = net.branches
         slots: list[tuple[int, tuple[Any, ...]]] = []  # (type, location key)
