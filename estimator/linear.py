@@ -31,13 +31,15 @@ that feeds the same measurement vectors gets the same weights):
 
 * a measurement's nominal value is its value in the first solved snapshot that carries it
   (finite and active);
-* **re-weighting**: when, in a solved snapshot, some measurement's standard deviation at
-  its current value differs from the one at its nominal value by more than a factor
-  ``reweight_ratio`` (default 2; ``0`` disables it), every active measurement's nominal
-  value is set to its current value and the factorizations are rebuilt (the load has
-  moved far enough for the percentage accuracies to weigh differently). Only magnitudes,
-  powers and injections decide (their sigma is ``max(rel |z|, floor)``); a value at its
-  floor never triggers, so noise around zero cannot thrash the cache;
+* **re-weighting**: when, in a solved snapshot, the standard deviations at the current
+  values differ from those at the nominal values by more than a factor
+  ``reweight_ratio`` (default 2; ``0`` disables it) *in the median* (of the log-ratios
+  over the magnitudes, powers and injections whose sigma ``max(rel |z|, floor)`` is above
+  its floor at either value), every active measurement's nominal value is set to its
+  current value and the factorizations are rebuilt: the load has moved far enough for
+  the percentage accuracies to weigh differently. The median keeps a minority of gross
+  errors from re-basing anything, and values at their floor (noise around zero) never
+  count, so the cache is not thrashed;
 * :meth:`LinearStateEstimator.forget_weights` drops them (a warm-up solve on a synthetic
   snapshot must not weigh the real ones).
 
@@ -63,6 +65,7 @@ fixed point, not the textbook WLS one: see :func:`linear_sensitivity`.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -899,8 +902,10 @@ class LinearStateEstimator:
         self._sens.clear()
 
     def _drifted(self, z: np.ndarray, act: np.ndarray) -> bool:
-        """True when some active magnitude's sigma moved more than ``reweight_ratio``
-        away from its sigma at the nominal value (the re-weighting rule)."""
+        """True when the active measurements' sigmas have moved, as a whole, more than
+        ``reweight_ratio`` away from their sigmas at the nominal values (the re-weighting
+        rule): the median log-ratio over the measurements whose sigma is relative (above
+        its floor at either value), so a minority of gross errors cannot trigger it."""
         model = self.model
         check = act & self._nominal_set & ~model.is_angle & (model.rel > 0)
         if not check.any():
@@ -908,8 +913,11 @@ class LinearStateEstimator:
         rel, floor = model.rel[check], np.maximum(model.floor[check], 1e-12)
         s_now = np.fmax(rel * np.abs(z[check]), floor)
         s_nom = np.fmax(rel * np.abs(model.nominal[check]), floor)
-        ratio = np.maximum(s_now / s_nom, s_nom / s_now)
-        return bool(ratio.max() > self.reweight_ratio)
+        moving = (s_now > floor) | (s_nom > floor)
+        if not moving.any():
+            return False
+        shift = float(np.median(np.log(s_now[moving] / s_nom[moving])))
+        return abs(shift) > math.log(self.reweight_ratio)
 
     def _rebase(self, z: np.ndarray, act: np.ndarray) -> None:
         """Nominal values := this snapshot's active values; rebuild what they weighed."""
