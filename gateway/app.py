@@ -286,7 +286,6 @@ class Gateway:
                 hist = self.historian.stats().as_dict()
         return {
             **self.telemetry.summary(),
-            "estimator_pids": sup.pids() if sup else {},
             "restart_s": list(sup.restart_durations) if sup else [],
             "historian": hist,
             "quality": type(self.quality).__name__,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 # can skip whole modules without importing them
 BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("decode.", "gateway.codecs.bench"),
-    ("se.", "estimator.bench"),
+    ("se.", "gateway.bench_se"),
     ("quality.", "models.bench"),
     ("historian.", "gateway.historian.bench"),
     ("emulator.", "hil.bench"),

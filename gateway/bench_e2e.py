@@ -152,9 +152,9 @@ def ingest_udp(quick: bool) -> float:
     try:
         if len(cpus) > 1:
             os.sched_setaffinity(0, {cpus[0]})
-        from gateway.cli_run import set_realtime
+        from gateway.realtime import set_realtime
 
-        set_realtime()
+        set_realtime("gateway")
         for rate in INGEST_RATES:
             sent, got = asyncio.run(_ingest_once(rate, seconds, cpus[1:] or cpus))
             if got < sent:

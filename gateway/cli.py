@@ -20,7 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_config",
     "hil.cli",
     "gateway.cli_decode",
-    "estimator.cli",
+    "gateway.cli_estimate",
     "models.cli",
     "gateway.historian.cli",
     "gateway.cli_bench",

@@ -233,8 +233,10 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
         killed: dict[str, Any] | None = None
         if kill_at is not None:
             time.sleep(kill_at)
-            before = http_json(mport, "/summary")
-            pid = before["estimator_pids"]["active"]
+            from gateway.workers import child_pids
+
+            # the active estimator: the gateway's oldest worker child (/summary has no pids)
+            pid = child_pids(gw.pid, "gateway.estimator_worker")[0]
             t_kill = time.time()
             os.kill(int(pid), signal.SIGKILL)
             killed = {"pid": pid, "at_s": kill_at, "time": t_kill}

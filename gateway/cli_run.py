@@ -4,23 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-RT_PRIORITY = 20
-
-
-def set_realtime(priority: int = RT_PRIORITY) -> str:
-    """SCHED_FIFO at ``priority`` for this process, else nice -10; what was applied."""
-    import os
-
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return f"SCHED_FIFO {priority}"
-    except (OSError, AttributeError):
-        pass
-    try:
-        os.nice(-10)
-        return "nice -10"
-    except OSError:
-        return "normal (no permission for real-time scheduling)"
+from gateway.realtime import PRIORITIES, set_realtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="print the run summary as JSON on stdout at exit")
     p.add_argument("--realtime", action="store_true",
                    help="run the gateway and the estimator process with real-time "
-                   f"scheduling (SCHED_FIFO priority {RT_PRIORITY}, else nice -10) if the "
-                   "OS allows it")
+                   f"scheduling (SCHED_FIFO priority {PRIORITIES['gateway']}, else nice -10) "
+                   "if the OS allows it")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -89,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"--stream-url: no stream named {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     if args.realtime:
-        logging.getLogger("gridtwin.gateway").info("scheduling: %s", set_realtime())
+        logging.getLogger("gridtwin.gateway").info("scheduling: %s",
+                                                   set_realtime("gateway"))
         # hand the GIL over within 0.2 ms (default 5 ms): the historian's thread must not
         # hold the pipeline thread up for a whole switch interval
         sys.setswitchinterval(2e-4)

@@ -11,7 +11,6 @@ line in the runner's start sequence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -159,17 +158,16 @@ async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
 
 
 def demote_thread(thread: Any) -> None:
-    """Run a background thread (the historian's commits) at the lowest real-time priority
-    while the pipeline thread runs at a higher one: storage may lag, the pipeline must not.
-    It stays real-time so ordinary processes cannot preempt it while it holds the GIL
-    (which would hold the pipeline thread up: priority inversion)."""
-    import os
+    """Run a background thread (the historian's commits) at the historian's real-time
+    priority (:mod:`gateway.realtime`): storage may lag, the pipeline must not. It stays
+    real-time so ordinary processes cannot preempt it while it holds the GIL (which would
+    hold the pipeline thread up: priority inversion)."""
+    from gateway.realtime import set_realtime
 
     tid = getattr(thread, "native_id", None)
     if tid is None:
         return
-    with contextlib.suppress(OSError, AttributeError):
-        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(1))
+    set_realtime("historian", tid=tid, nice=None)
 
 
 def jsonable(d: dict[str, Any]) -> dict[str, Any]:
