@@ -218,10 +218,13 @@ class Gateway:
         url = self.cfg.historian_url if o.historian_url is None else o.historian_url
         if not url or url == "none":
             return
+        from gateway.historian.telemetry import metrics_hook
         from gateway.historian.writer import HistorianWriter, run_info_from_config
 
-        self.historian = HistorianWriter(url, spool_dir=o.spool_dir, clock=self.clock)
-        self.historian.start()
+        writer = HistorianWriter(url, spool_dir=o.spool_dir, clock=self.clock)
+        writer.start()  # Misconfigured (access denied, unwritable path) stops the start
+        self.historian = writer
+        self.metrics.before_scrape.append(metrics_hook(self.metrics, writer))
         if o.realtime:
             _demote_thread(getattr(self.historian, "_thread", None))
         self.historian.start_run(run_info_from_config(self.cfg))
@@ -271,7 +274,7 @@ class Gateway:
             self._flush_timer.cancel()
         for snap in self.aligner.flush(self.clock()):
             self.on_snapshot(snap)
-        if self.quality.remote is not None:
+        if self.quality is not None and self.quality.remote is not None:
             assert self._loop is not None
             self._loop.remove_reader(self.quality.remote.fileno())
             self.quality.close()
