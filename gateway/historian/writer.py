@@ -34,6 +34,15 @@ is simply written again. Rows the database rejects (a driver data error, never a
 are isolated one by one and kept in ``rejected.log`` beside the spool (same format).
 Durability: a row in the spool survives a killed process; rows in the queue (at most
 ``max_queue``) survive a clean :meth:`close` but not ``kill -9``.
+
+Honesty: :meth:`HistorianWriter.start` connects once; what no retry can cure (access
+denied, an unwritable path, a spool path that is a file) raises
+:class:`~gateway.historian.base.Misconfigured` there instead of spooling for ever. A
+database that stops answering is noticed by the backend's read/write timeouts (MySQL) and
+treated as an outage; the writer's lock is never held across a database call, and the
+move of the queue to the spool encodes outside it, so a producer never waits for the
+database. ``stats()`` (exported as metrics by :mod:`gateway.historian.telemetry`) says
+whether the database takes commits, and reports the last error with secrets redacted.
 """
 
 from __future__ import annotations
