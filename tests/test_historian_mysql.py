@@ -187,3 +187,28 @@ def test_hung_database_is_detected_by_a_timeout_and_puts_never_block(
         assert st.connected and st.committed == st.accepted and st.spool_records == 0
         assert w.close()
     check_all_in_order(direct(template, port).replace("127.0.0.1", host), feed.seq)
+
+
+def test_hung_database_at_start_is_an_outage_not_a_hang(
+        server: tuple[str, str, int, str], tmp_path: Path) -> None:
+    """A server that accepts the connection but never greets (stopped): start() gives up
+    after the timeout, notes the error and starts spooling; nothing is refused for good."""
+    template, host, port, _db = server
+    with TcpProxy(host, port) as proxy:
+        url = template.format(port=proxy.port).replace(
+            "connect_timeout=2&read_timeout=5&write_timeout=5",
+            "connect_timeout=1&read_timeout=1&write_timeout=1")
+        proxy.freeze()
+        w = HistorianWriter(url, spool_dir=tmp_path / "spool", backoff_s=(0.02, 0.2)).start()
+        st = w.stats()
+        assert not st.connected and st.db_errors == 1 and st.connects == 0
+        assert st.last_error and "timed out" in st.last_error.lower()
+        w.start_run(run_info())
+        feed = Feed(w)
+        feed.put(20)
+        proxy.thaw()
+        assert w.flush(60)
+        st = w.stats()
+        assert st.connected and st.committed == st.accepted and st.connects >= 1
+        assert w.close()
+    check_all_in_order(direct(template, port).replace("127.0.0.1", host), feed.seq)
