@@ -332,8 +332,7 @@ class HistorianWriter:
         except OSError as exc:
             raise Misconfigured(
                 f"historian spool directory {self.spool_dir} cannot be used: "
-                f"{exc.strerror or exc} (give another one: --spool-dir or "
-                "historian.spool_dir)") from exc
+                f"{exc.strerror or exc} (give another one with --spool-dir)") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
