@@ -106,6 +106,9 @@ class Gateway:
         cfg, o, p = self.cfg, self.opts, self.pipeline
         self.historian = comp.open_historian(cfg, o, self.clock)
         if self.historian is not None:
+            from gateway.historian.telemetry import metrics_hook
+
+            self.metrics.before_scrape.append(metrics_hook(self.metrics, self.historian))
             self._store = comp.HistorianSink(self.historian, self.telemetry, self.metrics)
             p.store = True
             self.started("historian", self._store.close)

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from gateway.app import Gateway, GatewayOptions
     from gateway.config import load_config
     from gateway.errors import GatewayError
+    from gateway.historian.base import Misconfigured
 
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -111,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = asyncio.run(main())
+    except Misconfigured as exc:  # the historian cannot work as configured: say why
+        print(f"gridtwin run: historian: {exc}", file=sys.stderr)
+        return 2
     except GatewayError as exc:
         print(f"gridtwin run: {exc}", file=sys.stderr)
         return 1
