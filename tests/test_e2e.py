@@ -26,6 +26,7 @@ import pytest
 
 from gateway.cli_demo import http_json, run_demo
 from gateway.historian import HistorianReader
+from gateway.workers import child_pids
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 STATES_BEFORE_KILL = 50  # estimates the first estimator process delivers before the kill
@@ -60,21 +61,23 @@ class Killer(threading.Thread):
             tick.wait(0.02)  # polling interval
         raise TimeoutError(f"{what}: not reached while the demo ran")
 
-    def _ready_port(self) -> int | None:
+    def _ready(self) -> dict | None:
         log = self.wd / "gateway.log"
         for line in log.read_text(errors="replace").splitlines():
             if line.startswith('{"ready"'):
-                return int(json.loads(line)["metrics"][1])
+                return json.loads(line)  # type: ignore[no-any-return]
         return None
 
     def run(self) -> None:
         try:
-            port = self._until("the gateway ready", self._ready_port)
+            ready = self._until("the gateway ready", self._ready)
+            port = int(ready["metrics"][1])
             summary = self._until(
                 f"{STATES_BEFORE_KILL} estimates",
                 lambda: (s if (s := http_json(port, "/summary"))["states"]
                          >= STATES_BEFORE_KILL else None))
-            pid = int(summary["estimator_pids"]["active"])
+            # the active estimator: the gateway's oldest worker child (/summary has no pids)
+            pid = child_pids(int(ready["pid"]), "gateway.estimator_worker")[0]
             self.t_kill = time.time()
             os.kill(pid, signal.SIGKILL)
             self.pid, self.states_at_kill = pid, int(summary["states"])
