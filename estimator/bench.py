@@ -1,4 +1,4 @@
-"""State-estimation benchmarks (DESIGN.md measurement contract), medians.
+"""State-estimation benchmarks (the contract in docs/measured.md), medians.
 
 * ``se.ieee33.single`` (µs/snapshot): the linear SE on the bundled ieee33 twin config,
   warm start, a new noisy snapshot per call; peer: power-grid-model ``iterative_linear``,

@@ -1,4 +1,4 @@
-"""One-way imports (DESIGN.md): the gateway and the estimator are separate processes.
+"""One-way imports (docs/development.md): the gateway and the estimator are separate processes.
 
 ``hil -> gateway.codecs, gateway.config, estimator.network``; the gateway reaches into the
 estimator only for the network model (config validation) and into ``models`` only for the
