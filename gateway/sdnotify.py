@@ -11,8 +11,10 @@ blocking call on the pipeline thread) ends in a restart rather than a silent twi
 The protocol is the one documented in sd_notify(3): newline-separated ``KEY=VALUE``
 assignments in one datagram; a path starting with ``@`` names a socket in the abstract
 namespace. Outside systemd (no ``NOTIFY_SOCKET``) :meth:`SdNotifier.from_environ` returns
-None and nothing is sent. A failed send is logged once and never stops the twin: systemd
-itself will act if it misses a notification it needs.
+None and nothing is sent. A failed send raises :class:`SdNotifyError`; the helpers the
+gateway calls (:func:`start`, :func:`watchdog_loop`, :func:`stop`) log it (once) and go
+on: a twin must not stop because systemd's socket went away, and systemd itself acts if it
+misses a notification it needs (a start timeout, a watchdog restart).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+
+from gateway.errors import GatewayError
 
 log = logging.getLogger("gridtwin.sdnotify")
 
@@ -51,6 +55,10 @@ def watchdog_interval_s(environ: Mapping[str, str], pid: int) -> float | None:
     return value / 1e6 if value > 0 else None
 
 
+class SdNotifyError(GatewayError):
+    """A notification could not be delivered to ``NOTIFY_SOCKET`` (named in the message)."""
+
+
 class SdNotifier:
     """Sends notifications to one ``NOTIFY_SOCKET``; one datagram per call."""
 
@@ -58,7 +66,7 @@ class SdNotifier:
         self.address = socket_address(address)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
-        self._failed = False
+        self.warned = False  # a failure was logged: the helpers log only the first
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> SdNotifier | None:
@@ -67,38 +75,45 @@ class SdNotifier:
         path = env.get("NOTIFY_SOCKET", "")
         return cls(path) if path else None
 
-    def notify(self, **fields: str | int) -> bool:
-        """Send ``KEY=VALUE`` lines (``notify(READY=1, STATUS="...")``); False if lost."""
+    def notify(self, **fields: str | int) -> None:
+        """Send ``KEY=VALUE`` lines (``notify(READY=1, STATUS="...")``) as one datagram."""
         text = "\n".join(f"{k}={v}" for k, v in fields.items())
         try:
             self._sock.sendto(text.encode(), self.address)
         except OSError as exc:
-            if not self._failed:  # once: a missing socket would otherwise log per ping
-                log.warning("sd_notify to %r failed: %s", self.address, exc)
-                self._failed = True
-            return False
-        return True
+            shown = self.address.replace("\0", "@", 1)
+            raise SdNotifyError(f"sd_notify to {shown!r} failed: {exc}") from exc
 
-    def ready(self, status: str = "") -> bool:
+    def ready(self, status: str = "") -> None:
         fields: dict[str, str | int] = {"READY": 1, "MAINPID": os.getpid()}
         if status:
             fields["STATUS"] = status
-        return self.notify(**fields)
+        self.notify(**fields)
 
-    def watchdog(self) -> bool:
-        return self.notify(WATCHDOG=1)
+    def watchdog(self) -> None:
+        self.notify(WATCHDOG=1)
 
-    def stopping(self) -> bool:
-        return self.notify(STOPPING=1)
+    def stopping(self) -> None:
+        self.notify(STOPPING=1)
 
     def close(self) -> None:
         self._sock.close()
 
 
+def _logged(notifier: SdNotifier, send: Callable[[], None]) -> None:
+    """Run one send; log its failure once per notifier, never raise."""
+    try:
+        send()
+    except SdNotifyError as exc:
+        if not notifier.warned:
+            log.warning("%s (further failures are not logged)", exc)
+            notifier.warned = True
+
+
 async def watchdog_loop(notifier: SdNotifier, interval_s: float) -> None:
     """Ping every ``interval_s / 2`` for as long as the event loop runs (cancel to stop)."""
     while True:
-        notifier.watchdog()
+        _logged(notifier, notifier.watchdog)
         await asyncio.sleep(interval_s / 2)
 
 
@@ -110,7 +125,7 @@ def start(status: str) -> tuple[SdNotifier | None, asyncio.Task[None] | None]:
     notifier = SdNotifier.from_environ()
     if notifier is None:
         return None, None
-    notifier.ready(status)
+    _logged(notifier, lambda: notifier.ready(status))
     interval = watchdog_interval_s(os.environ, os.getpid())
     if interval is None:
         return notifier, None
@@ -122,5 +137,5 @@ def stop(notifier: SdNotifier | None, task: asyncio.Task[None] | None) -> None:
     if task is not None:
         task.cancel()
     if notifier is not None:
-        notifier.stopping()
+        _logged(notifier, notifier.stopping)
         notifier.close()

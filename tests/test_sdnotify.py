@@ -4,6 +4,7 @@ while running, STOPPING=1 on SIGTERM, and no ``_created`` series on /metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sdnotify import SdNotifier, socket_address, watchdog_interval_s
+from gateway import sdnotify
+from gateway.sdnotify import SdNotifier, SdNotifyError, socket_address, watchdog_interval_s
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,12 +65,12 @@ def test_ready_watchdog_stopping_datagrams(listener: tuple[socket.socket, str]) 
     n = SdNotifier.from_environ({"NOTIFY_SOCKET": path})
     assert n is not None
     try:
-        assert n.ready("running ieee33")
+        n.ready("running ieee33")
         assert _fields(sock.recv(4096)) == {"READY": "1", "MAINPID": str(os.getpid()),
                                             "STATUS": "running ieee33"}
-        assert n.watchdog()
+        n.watchdog()
         assert sock.recv(4096) == b"WATCHDOG=1"
-        assert n.stopping()
+        n.stopping()
         assert sock.recv(4096) == b"STOPPING=1"
     finally:
         n.close()
@@ -81,20 +83,39 @@ def test_abstract_socket() -> None:
     sock.settimeout(30.0)
     n = SdNotifier(f"@{name}")
     try:
-        assert n.watchdog()
+        n.watchdog()
         assert sock.recv(4096) == b"WATCHDOG=1"
     finally:
         n.close()
         sock.close()
 
 
-def test_a_missing_socket_is_reported_not_raised(tmp_path: Path) -> None:
-    n = SdNotifier(str(tmp_path / "nobody-listens"))
+def test_a_missing_socket_raises_a_named_error(tmp_path: Path) -> None:
+    path = tmp_path / "nobody-listens"
+    n = SdNotifier(str(path))
     try:
-        assert n.ready() is False
-        assert n.watchdog() is False
+        with pytest.raises(SdNotifyError, match="nobody-listens"):
+            n.watchdog()
     finally:
         n.close()
+
+
+async def test_the_gateway_helpers_log_a_lost_socket_once_and_go_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+        ) -> None:
+    """start/stop never raise: a twin does not stop because systemd's socket vanished."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    monkeypatch.setenv("WATCHDOG_USEC", "20000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    notifier, task = sdnotify.start("running test")
+    assert notifier is not None and task is not None
+    try:
+        assert [r for r in caplog.records if "sd_notify" in r.getMessage()]
+    finally:
+        sdnotify.stop(notifier, task)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len([r for r in caplog.records if "sd_notify" in r.getMessage()]) == 1
 
 
 def _ready_line(proc: subprocess.Popen[str], deadline: float) -> dict[str, object]:
