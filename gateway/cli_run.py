@@ -49,11 +49,17 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import sys
 
+    from prometheus_client import disable_created_metrics
+
+    from gateway import sdnotify
     from gateway.app import Gateway, GatewayOptions
     from gateway.config import load_config
     from gateway.errors import GatewayError
     from gateway.historian.base import Misconfigured
 
+    # no <name>_created series: one start-time series per counter and histogram that no
+    # dashboard or alert reads, doubling what Prometheus stores for them
+    disable_created_metrics()
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -93,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        notified: tuple[sdnotify.SdNotifier | None, asyncio.Task[None] | None] = (None, None)
         try:
             await gw.start()
             ready = {"ready": True, "pid": os.getpid(),
@@ -101,12 +108,15 @@ def run(args: argparse.Namespace) -> int:
                      "streams": {n: list(t.local_address) if t.local_address else None
                                  for n, t in gw.transports.items()}}
             print(json.dumps(ready), file=sys.stderr, flush=True)
+            # systemd Type=notify: READY=1 now, WATCHDOG=1 from this loop if asked for
+            notified = sdnotify.start(f"running {cfg.name}")
             if args.seconds is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.seconds)
             else:
                 await stop.wait()
         finally:
+            sdnotify.stop(*notified)
             await gw.close()
         return gw.summary()
 

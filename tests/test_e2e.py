@@ -103,7 +103,7 @@ def test_estimator_killed_mid_run(tmp_path: Path) -> None:
         killer.done.set()
         killer.join(WAIT_S)
     assert killer.error is None and killer.pid is not None, killer.error
-    # the demo's JSON contract (DESIGN.md, measurement contracts)
+    # the demo's JSON contract (docs/measured.md, "What the commands print")
     contract = {"frames_sent", "frames_received", "frames_lost", "snapshots", "states",
                 "deadline_misses", "se_vm_mape_pct", "se_va_rmse_rad", "bad_data_missed_pct",
                 "bad_data_false_pct", "pv_mape_pct", "e2e_latency_ms", "historian_rows"}
