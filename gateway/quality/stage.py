@@ -7,7 +7,7 @@ Per snapshot (``QualityStage.process``):
    and go through the measurement predictor (bidirectional LSTM, ONNX) in ONE batched
    onnxruntime call: batch = channels, sequence = 9.
 2. The temporal-correlation statistic ``z = |x - x̂| / σ`` with a robust running spread
-   (``models.detector``) flags BAD values; BAD values are replaced by the prediction
+   (:mod:`gateway.quality.detector`) flags BAD values; BAD values are replaced by the prediction
    (BAD|CORRECTED) and missing ones filled (MISSING|CORRECTED).
 3. Weather channels are not tested (irradiance legitimately jumps with clouds); a
    missing weather value holds the last one (MISSING|CORRECTED).
@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gateway.quality.detector import DetectorParams, TemporalDetector
 from gateway.quality.predictor import REMOTE_TIMEOUT_S, PredictorProcess, QualityError
 from gateway.snapshot import Flag
 
@@ -86,9 +87,9 @@ class QualityStage:
                  threshold: float | None = None, predictor: Predictor | None = None,
                  pv_predictor: Predictor | None = None,
                  predictor_process: bool = False) -> None:
-        from models.detector import DetectorParams, TemporalDetector
         from models.errors import ModelError
-        from models.features import PV_FEATURES, PvInputs, minmax, needs_sun
+        from models.features import PV_FEATURES, minmax
+        from models.pv_features import PvInputs, needs_sun
         from models.runtime import PREDICTOR, PV, load_model
 
         self.cfg = cfg

@@ -1,8 +1,9 @@
 """Temporal-correlation bad-data detector (the DT paper's contribution, sec. 3/5.2).
 
-numpy only (and the quality bits of ``gateway.snapshot.Flag``): the gateway's quality
-stage runs this per snapshot next to one batched ONNX Runtime call of the measurement
-predictor.
+numpy and the quality bits of :class:`gateway.snapshot.Flag`: the quality stage
+(:mod:`gateway.quality.stage`) runs this per snapshot next to one batched ONNX Runtime call
+of the measurement predictor, which is why it lives on the gateway side and not in
+``models`` (whose run-time part imports nothing of the gateway).
 
 The statistic
 -------------
