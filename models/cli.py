@@ -73,29 +73,29 @@ def run_train(args: argparse.Namespace) -> int:
     if args.what in ("all", "predictor"):
         _train_predictor(args, out, log)
     if args.what in ("all", "pv"):
-        from models.train_pv import train_pv
+        from models.training.train_pv import train_pv
 
         steps = args.steps or (30 if args.smoke else 1200)
         train_pv(out, site=args.pv_site, test_site=args.pv_test_site,
                  n_days=4 if args.smoke else args.pv_days, steps=steps, seed=args.seed,
                  log=log, sim_step_s=60.0 if args.smoke else 2.0)
     if args.what in ("all", "threshold") and not args.smoke:
-        from models.evaluate import calibrate_threshold
+        from models.training.train_threshold import calibrate_threshold
 
         calibrate_threshold(out, seed=args.seed + 500, log=log)
     return 0
 
 
 def _train_predictor(args: argparse.Namespace, out: Path, log: object) -> None:
-    from models.data import concat, synthetic_predictor_data, trace_predictor_data
-    from models.train import train_predictor
+    from models.training.data import concat, synthetic_predictor_data, trace_predictor_data
+    from models.training.train import train_predictor
 
     steps = args.steps or (30 if args.smoke else 3000)
     if args.synthetic or args.smoke:
         data = synthetic_predictor_data(20 if args.smoke else 400, 400 if args.smoke else 3000,
                                         seed=args.seed)
         source: dict[str, object] = {"kind": "synthetic", "generator":
-                                     "models.data.synthetic_series", "seed": args.seed}
+                                     "models.training.data.synthetic_series", "seed": args.seed}
     else:
         from gateway.config import load_config
         from hil.trace import load_trace

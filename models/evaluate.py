@@ -10,7 +10,7 @@ detector's α and spread cap were chosen on traces with seeds 7, 77, 78).
   the stage up and are not scored), bad data at 5, 10, 15 % of the electrical values (the
   same truth and noise at each rate). ``missed_pct`` = bad values not flagged / bad values;
   ``false_pct`` = clean values flagged / clean values (missing values excluded).
-  Methods: ours (temporal statistic, :mod:`gateway.quality`), residual search (largest
+  Methods: ours (temporal statistic, :mod:`gateway.quality.detector`), residual search (largest
   normalized residual with re-estimation, :mod:`estimator.badata` on the WLS estimator,
   on every 100th snapshot: it re-estimates once per removal) and DBSCAN (scikit-learn;
   per channel, blocks of 100 values standardised by median/MAD, eps 0.5, min_samples 5;
@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from models.data import PV_STRIDE_S, channel_sigma
 from models.features import HIST, minmax, normalise_windows, sliding_windows
+from models.training.data import PV_STRIDE_S, channel_sigma
+from models.training.metrics import pv_metrics
 
 Log = Callable[[str], None]
 EVAL_DAY = "1990-06-01"
@@ -46,7 +47,8 @@ DET_START = "11:00"
 BAD_RATES = (5.0, 10.0, 15.0)
 
 
-def _trace(spec_kw: dict[str, Any], log: Log) -> Any:
+def scenario_trace(spec_kw: dict[str, Any], log: Log) -> Any:
+    """A scenario trace generated in memory (``hil.scenario``), its cost logged."""
     from hil.scenario import ScenarioSpec, make_trace
 
     spec = ScenarioSpec(**spec_kw)
@@ -182,7 +184,7 @@ def detection_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     for pct in BAD_RATES:
-        tr = _trace({"start": f"{EVAL_DAY}T{DET_START}", "hours": hours, "step_s": 1.0,
+        tr = scenario_trace({"start": f"{EVAL_DAY}T{DET_START}", "hours": hours, "step_s": 1.0,
                      "bad_pct": pct, "seed": seed}, log)
         res = run_stage(cfg, tr, models_dir)
         sl = slice(warm, None)
@@ -330,7 +332,6 @@ def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: L
     from models.features import PV_FEATURES
     from models.pv_features import feature_series
     from models.runtime import OnnxModel, default_models_dir
-    from models.train_pv import pv_metrics
 
     d = Path(models_dir) if models_dir is not None else default_models_dir()
     models = {"BiLSTM (ours)": d / "pv_forecaster.onnx"}
@@ -449,7 +450,7 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
         return [], {}
     n = 100 if quick else 500
     warm = 100
-    tr = _trace({"start": f"{EVAL_DAY}T12:00", "hours": (n + warm) / 3600.0, "step_s": 1.0,
+    tr = scenario_trace({"start": f"{EVAL_DAY}T12:00", "hours": (n + warm) / 3600.0, "step_s": 1.0,
                  "bad_pct": 10.0, "seed": seed}, log)
     res = run_stage(cfg, tr, models_dir)
     model = MeasurementModel.from_config(cfg)
@@ -510,7 +511,7 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
     log("evaluate: detection")
     detection, det_extra = detection_table(cfg, models_dir, seed=seed, quick=quick, log=log)
     log("evaluate: prediction and PV")
-    long = _trace({"start": f"{EVAL_DAY}T{'10:00' if quick else '06:00'}",
+    long = scenario_trace({"start": f"{EVAL_DAY}T{'10:00' if quick else '06:00'}",
                    "hours": 2.0 if quick else 12.0, "step_s": 1.0, "bad_pct": 0.0,
                    "seed": seed}, log)
     prediction, pred_series = prediction_table(cfg, long, models_dir, every=5 if quick else 10,
@@ -518,7 +519,7 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
     pv, pv_series = pv_table(cfg, long, models_dir, site=site, log=log)
     if not quick:
         train_site = "miami"
-        other = _trace({"start": f"{EVAL_DAY}T06:00", "hours": 12.0, "step_s": 1.0,
+        other = scenario_trace({"start": f"{EVAL_DAY}T06:00", "hours": 12.0, "step_s": 1.0,
                         "bad_pct": 0.0, "seed": seed, "site": train_site}, log)
         rows, _ = pv_table(cfg, other, models_dir, site=f"{train_site} (training site, "
                            "held-out day)", log=log, with_baselines=False)
@@ -547,26 +548,3 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
         write_plots(plots, pred_series, pv_series, se_series, cfg, log=log)
     return report
 
-
-def calibrate_threshold(models_dir: Path, *, seed: int, log: Log = print) -> float:
-    """Choose the detector threshold on a held-out calibration trace (clean values only)
-    and store it in the predictor card (see :mod:`models.detector`)."""
-    from gateway.config import load_config
-    from models.detector import choose_threshold
-    from models.train import set_threshold
-
-    cfg = load_config("ieee33")
-    spec = {"start": "1990-09-10T09:00", "hours": 3.0, "step_s": 1.0, "bad_pct": 10.0,
-            "seed": seed}
-    tr = _trace(spec, log)
-    res = run_stage(cfg, tr, models_dir, threshold=8.0)
-    elec = np.array([c.electrical for c in cfg.channels])
-    warm = 100
-    z = res["z"][warm:][:, elec]
-    clean = ~tr.bad[warm:][:, elec] & ~tr.missing[warm:][:, elec] & np.isfinite(z)
-    k, q = choose_threshold(z[clean])
-    set_threshold(models_dir, k, q, int(clean.sum()),
-                  f"scenario {spec}, values not labelled bad or missing")
-    log(f"threshold: k = {k:.3f} (robust scale s_z = {q:.4f} over {int(clean.sum())} "
-        "clean values)")
-    return k

@@ -247,7 +247,7 @@ def bilstm_onnx(model: RecurrentRegressor, length: int, *, input_name: str,
         [oh.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_out])],
         inits)
     proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)],
-                          producer_name="gridtwin models.nets.bilstm_onnx")
+                          producer_name="gridtwin models.training.nets.bilstm_onnx")
     proto.ir_version = 8
     onnx.checker.check_model(proto)
     return proto

@@ -11,12 +11,12 @@ the latitude. Without them the window does not say where the sun is and the
 plane-of-array irradiance of a tilted plant is undetermined (a slow bias that moved with
 the season and the site).
 
-Data (:func:`models.data.pv_dataset`): the scenario's own physical truth (``hil.weather``
+Data (:func:`models.training.data.pv_dataset`): the scenario's own physical truth (``hil.weather``
 TMY + sub-hourly clouds, the station on the plant and the plant seeing the footprint
 average of the cloud field; ``hil.pvplant`` plants with hidden random parameters) at ONE
 training site; inputs are the weather station's *measured* GHI, DNI, DHI, air
 temperature, wind speed and wind direction (sensor noise of the bundled config) plus the
-sun terms, 10 samples ``stride_s`` apart ending now (see :data:`models.data.PV_STRIDE_S`);
+sun terms, 10 samples ``stride_s`` apart ending now (see :data:`models.training.data.PV_STRIDE_S`);
 target: the plant's AC output now per unit of rating. Days spread over the year; every 6th day
 is held out (same site); the test site is never seen in training and its days give the
 card's "unseen site" metrics.
@@ -46,32 +46,16 @@ import numpy as np
 import torch
 
 from models.card import TensorSpec
-from models.data import PV_STRIDE_S, PvData, pv_dataset
 from models.features import WINDOW, minmax
-from models.nets import FusedBiLstm, MlpRegressor, RecurrentRegressor
 from models.pv_features import PV_SUN_FEATURES, PV_SUN_UNITS, feature_ranges
-from models.train import export_onnx, fit, predict, set_seed, write_card
+from models.training.data import PV_STRIDE_S, PvData, pv_dataset
+from models.training.metrics import pv_metrics
+from models.training.nets import FusedBiLstm, MlpRegressor, RecurrentRegressor
+from models.training.train import export_onnx, fit, predict, set_seed, write_card
 
 PV_HIDDEN = 24
 # MSE: the conditional mean, which is what the estimator's pseudo-measurement wants
 PV_LOSS = "mse"
-
-
-def pv_metrics(pred_pu: np.ndarray, true_pu: np.ndarray, *, above: float = 0.05,
-               sun_up: np.ndarray | None = None) -> dict[str, float]:
-    """MAPE (%) over points whose true output is above ``above`` of rating; RMSE (% of
-    rating) over the daytime points (sun up: measured GHI > 0 or output > 0)."""
-    p = np.asarray(pred_pu, float)
-    t = np.asarray(true_pu, float)
-    sel = t > above
-    day = sun_up if sun_up is not None else np.ones_like(t, bool)
-    return {
-        "mape_pct": float(100 * np.mean(np.abs(p[sel] - t[sel]) / t[sel])) if sel.any()
-        else float("nan"),
-        "rmse_pct": float(100 * np.sqrt(np.mean((p[day] - t[day]) ** 2))),
-        "n_mape": int(sel.sum()),
-        "n_rmse": int(day.sum()),
-    }
 
 
 def _sun_up(d: PvData) -> np.ndarray:
