@@ -12,9 +12,9 @@ detector's α and spread cap were chosen on traces with seeds 7, 77, 78).
   ``false_pct`` = clean values flagged / clean values (missing values excluded).
   Methods: ours (temporal statistic, :mod:`gateway.quality.detector`), residual search (largest
   normalized residual with re-estimation, :mod:`estimator.badata` on the WLS estimator,
-  on every 100th snapshot: it re-estimates once per removal) and DBSCAN (scikit-learn;
-  per channel, blocks of 100 values standardised by median/MAD, eps 0.5, min_samples 5;
-  values outside the largest cluster are bad).
+  on every 100th snapshot: it re-estimates once per removal) and DBSCAN (:func:`dbscan_labels`,
+  the same labels as scikit-learn's; per channel, blocks of 100 values standardised by
+  median/MAD, eps 0.5, min_samples 5; values outside the largest cluster are bad).
 * prediction (Table 2): every branch P and Q channel over 06:00-18:00 (every 10th step),
   history = the 9 previous measured values, target = the true value; MAPE over points
   with |truth| above 5 % of the channel's largest |truth| (flows cross zero at midday),
@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from models.features import HIST, minmax, normalise_windows, sliding_windows
 from models.training.data import PV_STRIDE_S, channel_sigma
@@ -112,11 +114,43 @@ def rates(flagged: np.ndarray, bad: np.ndarray, valid: np.ndarray) -> tuple[floa
     return missed, false
 
 
+def dbscan_labels(v: np.ndarray, *, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN (Ester et al., KDD 1996) of 1-D values: a cluster number per value, -1 = noise.
+
+    Neighbours of a value: every value with |v_i - v_j| <= eps, itself included; a core
+    value has at least ``min_samples`` of them. A cluster is a connected set of core values
+    (neighbours of each other, transitively) plus the non-core values within eps of one of
+    them. Clusters are numbered in the order of their first core value (by position in
+    ``v``) and a non-core value within reach of two clusters joins the lower-numbered one:
+    the order in which the classic algorithm (and scikit-learn's ``DBSCAN``) visits them,
+    so the labels are the same as scikit-learn's (tests/test_models_dbscan.py). Written
+    here (numpy + scipy) so that evaluation needs no scikit-learn; a block holds ~100
+    values, so the pairwise matrix is small.
+    """
+    near = np.abs(v[:, None] - v[None, :]) <= eps
+    core = near.sum(axis=1) >= min_samples
+    labels = np.full(v.size, -1, np.intp)
+    ci = np.flatnonzero(core)
+    if ci.size == 0:
+        return labels
+    n_comp, comp = connected_components(csr_matrix(near[np.ix_(ci, ci)]), directed=False)
+    # number the clusters by their first core value
+    first = np.full(n_comp, v.size, np.intp)
+    np.minimum.at(first, comp, ci)
+    number = np.empty(n_comp, np.intp)
+    number[np.argsort(first)] = np.arange(n_comp)
+    labels[ci] = number[comp]
+    # a border value joins the lowest-numbered cluster among the core values it reaches
+    border = ~core & near[:, ci].any(axis=1)
+    if border.any():
+        reach = np.where(near[np.ix_(border, ci)], labels[ci][None, :], n_comp)
+        labels[border] = reach.min(axis=1)
+    return labels
+
+
 def dbscan_flags(x: np.ndarray, *, block: int = 100, eps: float = 0.5,
                  min_samples: int = 5) -> np.ndarray:
     """DBSCAN baseline: per channel, per block, values outside the largest cluster."""
-    from sklearn.cluster import DBSCAN
-
     n, m = x.shape
     out = np.zeros((n, m), bool)
     for j in range(m):
@@ -129,8 +163,7 @@ def dbscan_flags(x: np.ndarray, *, block: int = 100, eps: float = 0.5,
             med = np.median(vv)
             mad = 1.4826 * np.median(np.abs(vv - med))
             scale = mad if mad > 0 else (np.std(vv) or 1.0)
-            lab = DBSCAN(eps=eps, min_samples=min_samples).fit_predict(
-                ((vv - med) / scale)[:, None])
+            lab = dbscan_labels((vv - med) / scale, eps=eps, min_samples=min_samples)
             good = lab >= 0
             if good.any():
                 big = np.bincount(lab[good]).argmax()
