@@ -122,7 +122,10 @@ def run_train(args: argparse.Namespace) -> int:
         if args.what != "threshold":
             require("gridtwin train", "torch", "onnx")
         out = output_dir(args.out, args.overwrite_packaged, _log)
-    except (MissingExtra, _UsageError) as exc:
+    except MissingExtra as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except _UsageError as exc:
         print(f"gridtwin train: {exc}", file=sys.stderr)
         return 2
 
@@ -186,7 +189,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         try:
             require("gridtwin evaluate --plots", "matplotlib")
         except MissingExtra as exc:
-            print(f"gridtwin evaluate: {exc}", file=sys.stderr)
+            print(exc, file=sys.stderr)
             return 2
     from models.evaluate import evaluate
 

@@ -10,11 +10,12 @@ detector's α and spread cap were chosen on traces with seeds 7, 77, 78).
   the stage up and are not scored), bad data at 5, 10, 15 % of the electrical values (the
   same truth and noise at each rate). ``missed_pct`` = bad values not flagged / bad values;
   ``false_pct`` = clean values flagged / clean values (missing values excluded).
-  Methods: ours (temporal statistic, :mod:`gateway.quality.detector`), residual search (largest
-  normalized residual with re-estimation, :mod:`estimator.badata` on the WLS estimator,
-  on every 100th snapshot: it re-estimates once per removal) and DBSCAN (:func:`dbscan_labels`,
-  the same labels as scikit-learn's; per channel, blocks of 100 values standardised by
-  median/MAD, eps 0.5, min_samples 5; values outside the largest cluster are bad).
+  Methods: ours (temporal statistic, :mod:`gateway.quality.detector`), residual search
+  (largest normalized residual with re-estimation, :mod:`estimator.badata` on the WLS
+  estimator, on every 100th snapshot: it re-estimates once per removal) and DBSCAN
+  (:func:`dbscan_labels`, the same labels as scikit-learn's; per channel, blocks of 100
+  values standardised by median/MAD, eps 0.5, min_samples 5; values outside the largest
+  cluster are bad).
 * prediction (Table 2): every branch P and Q channel over 06:00-18:00 (every 10th step),
   history = the 9 previous measured values, target = the true value; MAPE over points
   with |truth| above 5 % of the channel's largest |truth| (flows cross zero at midday),
@@ -217,8 +218,8 @@ def detection_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     for pct in BAD_RATES:
-        tr = scenario_trace({"start": f"{EVAL_DAY}T{DET_START}", "hours": hours, "step_s": 1.0,
-                     "bad_pct": pct, "seed": seed}, log)
+        tr = scenario_trace({"start": f"{EVAL_DAY}T{DET_START}", "hours": hours,
+                             "step_s": 1.0, "bad_pct": pct, "seed": seed}, log)
         res = run_stage(cfg, tr, models_dir)
         sl = slice(warm, None)
         bad = tr.bad[sl][:, elec]
@@ -483,8 +484,8 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
         return [], {}
     n = 100 if quick else 500
     warm = 100
-    tr = scenario_trace({"start": f"{EVAL_DAY}T12:00", "hours": (n + warm) / 3600.0, "step_s": 1.0,
-                 "bad_pct": 10.0, "seed": seed}, log)
+    tr = scenario_trace({"start": f"{EVAL_DAY}T12:00", "hours": (n + warm) / 3600.0,
+                         "step_s": 1.0, "bad_pct": 10.0, "seed": seed}, log)
     res = run_stage(cfg, tr, models_dir)
     model = MeasurementModel.from_config(cfg)
     rows = []
@@ -545,15 +546,15 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
     detection, det_extra = detection_table(cfg, models_dir, seed=seed, quick=quick, log=log)
     log("evaluate: prediction and PV")
     long = scenario_trace({"start": f"{EVAL_DAY}T{'10:00' if quick else '06:00'}",
-                   "hours": 2.0 if quick else 12.0, "step_s": 1.0, "bad_pct": 0.0,
-                   "seed": seed}, log)
+                           "hours": 2.0 if quick else 12.0, "step_s": 1.0, "bad_pct": 0.0,
+                           "seed": seed}, log)
     prediction, pred_series = prediction_table(cfg, long, models_dir, every=5 if quick else 10,
                                                log=log)
     pv, pv_series = pv_table(cfg, long, models_dir, site=site, log=log)
     if not quick:
         train_site = "miami"
         other = scenario_trace({"start": f"{EVAL_DAY}T06:00", "hours": 12.0, "step_s": 1.0,
-                        "bad_pct": 0.0, "seed": seed, "site": train_site}, log)
+                                "bad_pct": 0.0, "seed": seed, "site": train_site}, log)
         rows, _ = pv_table(cfg, other, models_dir, site=f"{train_site} (training site, "
                            "held-out day)", log=log, with_baselines=False)
         pv.extend(rows)

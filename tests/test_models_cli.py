@@ -15,10 +15,11 @@ from models.cli import DEFAULT_OUT, output_dir
 from models.runtime import PREDICTOR, PV, default_models_dir, load_model
 
 
-def _one_line_naming(err: str, extra: str) -> None:
+def _one_line_naming(err: str, start: str, extra: str) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert f"pip install 'gridtwin[{extra}]'" in lines[0]
+    assert lines[0].startswith(start), lines[0]
+    assert lines[0].endswith(f"pip install 'gridtwin[{extra}]'"), lines[0]
     assert "Traceback" not in err
 
 
@@ -27,7 +28,7 @@ def test_evaluate_plots_without_matplotlib_stops_before_any_work(tmp_path: Path)
                            str(tmp_path / "figs"), timeout=60)
     assert out.returncode == 2
     assert out.stdout == ""
-    _one_line_naming(out.stderr, "plots")
+    _one_line_naming(out.stderr, "gridtwin evaluate --plots needs matplotlib", "plots")
     assert not (tmp_path / "figs").exists()
 
 
@@ -35,7 +36,7 @@ def test_evaluate_plots_without_matplotlib_stops_before_any_work(tmp_path: Path)
 def test_train_without_torch_names_the_train_extra(tmp_path: Path, what: str) -> None:
     out = gridtwin_without("torch", "train", what, "--smoke", cwd=tmp_path, timeout=60)
     assert out.returncode == 2
-    _one_line_naming(out.stderr, "train")
+    _one_line_naming(out.stderr, "gridtwin train needs torch", "train")
     assert not (tmp_path / DEFAULT_OUT).exists()
 
 
