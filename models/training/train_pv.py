@@ -108,6 +108,7 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
              batch: int = 512, lr: float = 3e-3, log: Callable[[str], None] = print,
              sim_step_s: float = 1.0,
              features: tuple[str, ...] = PV_SUN_FEATURES) -> dict[str, Any]:
+    """Train the BiLSTM forecaster and its ANN/BP baseline; write the ONNX files and cards."""
     torch.set_num_threads(1)  # small nets: threads only add sync overhead
     days = [int(d) for d in np.linspace(3, 360, n_days)]
     val_days = days[::6]
@@ -118,9 +119,16 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
     va = pv_dataset(site, val_days, seed=seed + 1, step_s=sim_step_s, features=features)
     te = pv_dataset(test_site, test_days, seed=seed + 2, step_s=sim_step_s, features=features)
     lo, hi = feature_ranges(features)
-    units = [PV_SUN_UNITS[PV_SUN_FEATURES.index(f)] for f in features]
     xtr, xva, xte = (minmax(d.x, lo, hi) for d in (tr, va, te))
     log(f"pv: {len(tr.y)} training windows, {len(va.y)} held out, {len(te.y)} unseen-site")
+    card = _card_parts(features, lo, hi)
+    data = {"data": {"generator": "hil.weather + hil.pvplant (TMY from pvlib, "
+                                  "sub-hourly cloud model, hidden plant params)",
+                     "site": site, "days_of_year": train_days, "held_out_days": val_days,
+                     "step_s": sim_step_s, "plants_per_day": 4},
+            "unseen_site": {"site": test_site, "days_of_year": test_days, "seed": seed + 2},
+            "seed": seed, "steps": steps, "batch": batch, "lr": lr,
+            "loss": PV_LOSS, "optimizer": "Adam, cosine decay"}
     set_seed(seed)
     models = {
         "bilstm": RecurrentRegressor(len(features), PV_HIDDEN, bidirectional=True,
@@ -155,37 +163,9 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
         write_card(
             path, name=path.stem,
             task=f"PV forecaster ({name}): station weather window -> plant AC output / rating",
-            inputs=[TensorSpec("weather", (None, WINDOW, len(features)), "float32", "1",
-                               "min-max normalised " + ", ".join(
-                                   f"{f} [{u}]" for f, u in zip(features, units, strict=True))
-                               + f"; {WINDOW} samples {PV_STRIDE_S:g} s apart ending now; "
-                               "sun terms from the sample time (UTC) and the plant's "
-                               "latitude/longitude (models.pv_features)")],
-            outputs=[TensorSpec("p_pu", (None, 1), "float32", "p.u. of plant AC rating",
-                                "plant AC active power now")],
-            window=WINDOW,
-            normalisation={"method": "min-max per feature: (x - min) / (max - min), "
-                                     "clipped to [-0.5, 1.5]; fixed sensor ranges, the "
-                                     "same at every site",
-                           "features": list(features), "units": units,
-                           "builder": "models.pv_features.PvInputs (run time), "
-                                      "models.pv_features.feature_series (training)",
-                           "min": [round(float(v), 4) for v in lo],
-                           "max": [round(float(v), 4) for v in hi]},
-            training={"data": {"generator": "hil.weather + hil.pvplant (TMY from pvlib, "
-                                            "sub-hourly cloud model, hidden plant params)",
-                               "site": site, "days_of_year": train_days,
-                               "held_out_days": val_days, "step_s": sim_step_s,
-                               "plants_per_day": 4},
-                      "unseen_site": {"site": test_site, "days_of_year": test_days,
-                                      "seed": seed + 2},
-                      "seed": seed, "steps": steps, "batch": batch, "lr": lr,
-                      "loss": PV_LOSS, "optimizer": "Adam, cosine decay",
-                      "seconds": round(hist["seconds"], 1),
-                      "architecture": (f"1-layer BiLSTM hidden {PV_HIDDEN}/direction -> "
-                                       "16 tanh -> 1" if name == "bilstm"
-                                       else f"MLP {WINDOW * len(features)}-64-64-1 tanh "
-                                            "(ANN/BP)"),
+            **card,
+            training={**data, "seconds": round(hist["seconds"], 1),
+                      "architecture": _architecture(name, len(features)),
                       "method": "the paper's BiLSTM over weather windows with derived "
                                 "sun-position inputs (NOAA solar position; cos AOI and "
                                 "isotropic-sky POA on a nominal latitude-tilt plane)"},
@@ -205,3 +185,33 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
         )
         log(f"  wrote {path} ({path.stat().st_size} bytes), sigma {sig}")
     return report
+
+
+def _card_parts(features: tuple[str, ...], lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
+    """What both PV cards say of their inputs, output, window and normalisation."""
+    units = [PV_SUN_UNITS[PV_SUN_FEATURES.index(f)] for f in features]
+    described = ", ".join(f"{f} [{u}]" for f, u in zip(features, units, strict=True))
+    return {
+        "inputs": [TensorSpec("weather", (None, WINDOW, len(features)), "float32", "1",
+                              f"min-max normalised {described}; {WINDOW} samples "
+                              f"{PV_STRIDE_S:g} s apart ending now; sun terms from the "
+                              "sample time (UTC) and the plant's latitude/longitude "
+                              "(models.pv_features)")],
+        "outputs": [TensorSpec("p_pu", (None, 1), "float32", "p.u. of plant AC rating",
+                               "plant AC active power now")],
+        "window": WINDOW,
+        "normalisation": {"method": "min-max per feature: (x - min) / (max - min), "
+                                    "clipped to [-0.5, 1.5]; fixed sensor ranges, the "
+                                    "same at every site",
+                          "features": list(features), "units": units,
+                          "builder": "models.pv_features.PvInputs (run time), "
+                                     "models.pv_features.feature_series (training)",
+                          "min": [round(float(v), 4) for v in lo],
+                          "max": [round(float(v), 4) for v in hi]},
+    }
+
+
+def _architecture(name: str, n_features: int) -> str:
+    if name == "bilstm":
+        return f"1-layer BiLSTM hidden {PV_HIDDEN}/direction -> 16 tanh -> 1"
+    return f"MLP {WINDOW * n_features}-64-64-1 tanh (ANN/BP)"
