@@ -411,8 +411,8 @@ class HistorianReader:
             try:
                 df.to_parquet(path, index=False)
             except ImportError as exc:
-                raise HistorianError(
-                    f"Parquet export needs pyarrow ({exc}): pip install pyarrow") from exc
+                raise HistorianError(f"Parquet export needs pyarrow ({exc}): "
+                                     "pip install 'gridtwin[parquet]'") from exc
         elif fmt == "csv":
             df.to_csv(sys.stdout if path is None else path, index=False)
         else:
