@@ -64,6 +64,7 @@ class Gateway:
         self.historian: Any = None
         self._store: comp.HistorianSink | None = None  # carries store outputs to it
         self._commands: Any = None  # gateway.commands.CommandLink when enabled (start)
+        self.live: Any = None  # gateway.web.site.LiveSite with the HTTP server
         self._stack: list[tuple[str, Closer]] = []  # what start() started, to unwind
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -130,9 +131,12 @@ class Gateway:
         self.started("pipeline", self.drain)  # once the transports stopped
         self.server = await comp.open_server(
             cfg, o, self.metrics, state=lambda: self.latest_state,
-            streams=self.stream_summary, summary=self.summary)
+            streams=self.stream_summary, summary=self.summary, ready=self.not_ready)
         if self.server is not None:
             self.started("metrics server", self.server.close)
+            self.live = comp.open_live(self.server, cfg, state=lambda: self.latest_state,
+                                       extras=self.live_extras, clock=self.clock)
+            self.started("live view", self.live.close)
         for s in cfg.enabled_streams:
             url = (o.url_overrides or {}).get(s.name, s.url)
             t = open_transport(
@@ -196,6 +200,8 @@ class Gateway:
             match o:
                 case pl.Handoff():
                     self.supervisor.submit(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+                    if self.live is not None and self.live.listening:
+                        self.live.note_snapshot(o.snapshot.values, o.snapshot.flags, o.pv_mw)
                 case pl.StoreSnapshot():
                     assert store is not None
                     store.snapshot(o)
@@ -239,6 +245,8 @@ class Gateway:
             cl.on_state(st.vm, st.seq, received)
         if out:
             self.execute(out)
+        if self.live is not None:
+            self.live.on_state()
 
     def on_fail(self, f: FailMsg) -> None:
         self.metrics.failures.inc()
@@ -247,6 +255,8 @@ class Gateway:
     # ------------------------------------------------------------------ events
     def event(self, kind: str, source: str, detail: dict[str, Any]) -> None:
         self.metrics.events.labels(kind).inc()
+        if self.live is not None:
+            self.live.note_event(self.clock(), kind, source)
         if self._store is not None:
             self._store.event(self.clock(), kind, source, detail)
 
@@ -279,6 +289,23 @@ class Gateway:
     # ------------------------------------------------------------------ reporting
     def stream_summary(self) -> list[dict[str, Any]]:
         return self.telemetry.stream_summary()
+
+    def not_ready(self) -> list[str]:
+        """Why ``/healthz`` answers 503 (gateway.health); empty when ready."""
+        from gateway.health import not_ready
+
+        sup, h = self.supervisor, self.historian
+        st = self.pipeline.last_state
+        return not_ready(self.clock(), streams=self.pipeline.stats,
+                         rates={s.name: s.rate_hz for s in self.cfg.enabled_streams},
+                         estimating=sup is not None,
+                         estimator_up=sup is not None and sup.active is not None,
+                         last_state_at=None if st is None else st[1],
+                         historian=None if h is None else h.stats())
+
+    def live_extras(self) -> dict[str, Any]:
+        """What the live page shows beside the grid (built at most 10 times a second)."""
+        return comp.live_extras(self.telemetry, self.stream_summary())
 
     def summary(self) -> dict[str, Any]:
         sup = self.supervisor

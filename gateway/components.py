@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from gateway.errors import GatewayError, HistorianError
 from gateway.metrics import Metrics, MetricsServer
 from gateway.pipeline import StoreForecast, StoreSnapshot, StoreState
 from gateway.quality.passthrough import PassThroughQuality
-from gateway.telemetry import Telemetry
+from gateway.telemetry import Telemetry, pct_ms
 from gateway.transports.base import Transport
 
 log = logging.getLogger("gridtwin.gateway")
@@ -142,12 +143,14 @@ async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[
 async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
                       state: Callable[[], dict[str, Any] | None],
                       streams: Callable[[], list[dict[str, Any]]],
-                      summary: Callable[[], dict[str, Any]]) -> MetricsServer | None:
+                      summary: Callable[[], dict[str, Any]],
+                      ready: Callable[[], list[str]]) -> MetricsServer | None:
     """The metrics HTTP server listening, or None when no address is configured."""
     bind = cfg.metrics_bind if o.metrics_bind is None else o.metrics_bind
     if not bind:
         return None
-    server = MetricsServer(metrics, state=state, streams=streams, summary=summary)
+    server = MetricsServer(metrics, state=state, streams=streams, summary=summary,
+                           ready=ready)
     try:
         addr = await server.start(bind)
     except OSError as exc:
@@ -155,6 +158,32 @@ async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
                            ) from exc
     log.info("metrics on http://%s:%d/metrics", *addr)
     return server
+
+
+def open_live(server: MetricsServer, cfg: TwinConfig, *,
+              state: Callable[[], dict[str, Any] | None],
+              extras: Callable[[], dict[str, Any]], clock: Callable[[], float]) -> Any:
+    """The operator's live page on ``server``'s address (read-only routes, ``/live``)."""
+    from gateway.web.site import LiveSite
+
+    site = LiveSite(cfg, state=state, extras=extras, clock=clock)
+    server.routes.update(site.routes())
+    server.stream_routes["/live"] = site.serve_live
+    return site
+
+
+def live_extras(telemetry: Any, streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency (the last 1000 estimates), deadline misses and stream health for the page."""
+    import itertools
+
+    recent = deque(itertools.islice(reversed(telemetry.e2e_s), 1000))
+    lat = pct_ms(recent)
+    ss = telemetry.supervisor
+    return {"latency_ms": {"p50": lat["p50"], "p99": lat["p99"]},
+            "deadline_misses": ss.deadline_misses if ss else 0,
+            "streams": [{"name": s["stream"], "up": bool(s.get("rate_hz", 0) > 0),
+                         "rate_hz": s.get("rate_hz"), "lost": s.get("lost", 0)}
+                        for s in streams]}
 
 
 def demote_thread(thread: Any) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -95,6 +95,9 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "estimate, per unit."),
     ("gridtwin_state_timestamp_seconds", "gauge", (),
      "Source time (epoch) of the latest estimate."),
+    ("gridtwin_bus_voltage_pu", "gauge", ("bus",),
+     "Estimated voltage magnitude per bus (latest estimate, per unit; one series per bus "
+     "of the feeder)."),
     ("gridtwin_historian_records_total", "counter", ("kind",),
      "Records handed to the historian writer."),
     ("gridtwin_historian_dropped_total", "counter", (),
@@ -200,6 +203,7 @@ class Metrics:
         self.estimator_up = self._gauge("gridtwin_estimator_up")
         self.chi2 = self._gauge("gridtwin_state_chi2")
         self.state_time = self._gauge("gridtwin_state_timestamp_seconds")
+        self.bus_vm = self._gauge("gridtwin_bus_voltage_pu")
         self.historian = self._counter("gridtwin_historian_records_total")
         self.historian_dropped = self._counter("gridtwin_historian_dropped_total")
         # the historian writer's own state, set from its stats at scrape time
@@ -293,15 +297,26 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 
 class MetricsServer:
-    """``/metrics``, ``/state``, ``/streams``, ``/healthz`` over a minimal HTTP/1.1."""
+    """``/metrics``, ``/state``, ``/streams``, ``/summary``, ``/healthz`` over a minimal
+    HTTP/1.1, read-only (only GET and HEAD are answered).
+
+    Other parts add routes: :attr:`routes` maps a path to a handler of the query string
+    returning (status, content type, body); :attr:`stream_routes` maps a path to a
+    coroutine that owns the connection's writer (Server-Sent Events). ``/healthz`` is a
+    readiness check: ``ready()`` returns the reasons the twin is not ready (none: 200 ok,
+    else 503 with one reason per line)."""
 
     def __init__(self, metrics: Metrics, *, state: Callable[[], dict[str, Any] | None],
                  streams: Callable[[], list[dict[str, Any]]] | None = None,
-                 summary: Callable[[], dict[str, Any]] | None = None) -> None:
+                 summary: Callable[[], dict[str, Any]] | None = None,
+                 ready: Callable[[], list[str]] | None = None) -> None:
         self.metrics = metrics
         self.state = state
         self.streams = streams or (lambda: [])
         self.summary = summary or (lambda: {})
+        self.ready = ready or (lambda: [])
+        self.routes: dict[str, Callable[[str], tuple[int, str, bytes]]] = {}
+        self.stream_routes: dict[str, Callable[[asyncio.StreamWriter], Awaitable[None]]] = {}
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, bind: str) -> tuple[str, int]:
@@ -325,8 +340,8 @@ class MetricsServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
-    def route(self, method: str, path: str) -> tuple[int, str, bytes]:
-        path = path.split("?", 1)[0]
+    def route(self, method: str, target: str) -> tuple[int, str, bytes]:
+        path, _, query = target.partition("?")
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
@@ -341,10 +356,15 @@ class MetricsServer:
         if path == "/summary":
             return 200, "application/json", json.dumps(
                 self.summary(), default=_json_default).encode() + b"\n"
+        if path in self.routes:
+            return self.routes[path](query)
         if path in ("/healthz", "/"):
+            why = self.ready()
+            if why:
+                return 503, "text/plain", ("\n".join(why) + "\n").encode()
             return 200, "text/plain", b"ok\n"
-        return 404, "text/plain", (b"not found: try /metrics, /state, /streams, /summary, "
-                                   b"/healthz\n")
+        return 404, "text/plain", (b"not found: try /, /metrics, /state, /streams, "
+                                   b"/summary, /healthz\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                       ) -> None:
@@ -366,6 +386,10 @@ class MetricsServer:
                             (ln.partition(":") for ln in lines[1:] if ln)}
                     conn = hdrs.get("connection", "").lower()
                     keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
+                    live = self.stream_routes.get(path.partition("?")[0])
+                    if live is not None and method == "GET":
+                        await live(writer)  # owns the connection until the client leaves
+                        return
                     status, ctype, body = self.route(method, path)
                 resp = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
                         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"

@@ -299,6 +299,11 @@ class Pipeline:
         return out
 
     @property
+    def last_state(self) -> tuple[StateMsg, float, bool, float, float] | None:
+        """(state, received time, deadline met, e2e s, handoff s) of the newest estimate."""
+        return self._last_state
+
+    @property
     def latest_state(self) -> dict[str, Any] | None:
         """The latest estimate as the ``/state`` JSON object (built when asked for)."""
         if self._latest_json is None and self._last_state is not None:
