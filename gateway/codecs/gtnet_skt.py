@@ -23,11 +23,10 @@ import construct as cs
 import numpy as np
 
 from gateway.codecs.layout import declaration_leaves
+from gateway.config.vocabulary import MAX_SKT_WORDS as MAX_WORDS
+from gateway.config.vocabulary import POINT_TYPES, skt_words
+from gateway.config.vocabulary import SKT_HEADER_WORDS as HEADER_WORDS
 from gateway.errors import FrameSizeMismatch, FrameTooShort, NonFiniteValue, WrongPointCount
-
-MAX_WORDS = 300  # the GTNET-SKT component's limit, header words included
-HEADER_WORDS = 3  # VILLASnode fake header: sequence, ts seconds, ts nanoseconds
-POINT_TYPES = ("int32", "float32")
 
 _FIELD = {"int32": cs.Int32sb, "float32": cs.Float32b}
 _HEADER = struct.Struct(">III")
@@ -80,7 +79,7 @@ class GtnetSktCodec:
         self.types = tuple(types)
         self.header = header
         self.allow_nonfinite = allow_nonfinite
-        n_words = len(self.types) + (HEADER_WORDS if header else 0)
+        n_words = skt_words(len(self.types), header)
         if not self.types:
             raise ValueError("a GTNET-SKT point list needs at least one point")
         if n_words > MAX_WORDS:
