@@ -64,6 +64,15 @@ def observability(cfg: TwinConfig) -> ConfigProblem | None:
     return None
 
 
+def readiness(cfg: TwinConfig) -> list[ConfigProblem]:
+    """Problems of a valid file that would stop ``run``: no stream, not observable."""
+    from gateway.config.rules.streams import runnable
+
+    problems: list[ConfigProblem] = list(runnable(cfg.streams))
+    obs = observability(cfg)
+    return problems + ([obs] if obs is not None else [])
+
+
 def _check(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from gateway.errors import ConfigError
@@ -73,9 +82,9 @@ def _check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(report(args.config, exc), file=sys.stderr)
         return 2
-    problem = observability(cfg)
-    if problem is not None:
-        print(report(args.config, ConfigError([problem])), file=sys.stderr)
+    problems = readiness(cfg)
+    if problems:
+        print(report(args.config, ConfigError(problems)), file=sys.stderr)
         return 2
     for w in cfg.warnings:
         print(f"{args.config}: warning: {w}", file=sys.stderr)

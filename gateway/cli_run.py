@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.config import TwinConfig
 
 RT_PRIORITY = 20
 
@@ -56,6 +61,49 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
+def start_problem(cfg: TwinConfig, args: argparse.Namespace, overrides: dict[str, str]
+                  ) -> str | None:
+    """What stops the start before anything opens: a bad override, no enabled stream."""
+    from gateway.config.problems import Problems
+    from gateway.config.rules.sections import check_historian_url
+    from gateway.config.rules.streams import check_bind, check_url, runnable
+
+    pr = Problems()
+    unknown = set(overrides) - {s.name for s in cfg.streams}
+    if unknown:
+        return f"--stream-url: no stream named {', '.join(sorted(unknown))}"
+    for name, url in overrides.items():
+        check_url(pr, url, f"--stream-url {name}")
+    if args.historian is not None:
+        check_historian_url(pr, args.historian, "--historian")
+    if args.metrics_bind:
+        check_bind(pr, args.metrics_bind, "--metrics-bind")
+    for p in list(pr.items) + list(runnable(cfg.streams)):
+        return str(p)
+    return None
+
+
+def culprit(exc: BaseException, cfg: TwinConfig, args: argparse.Namespace,
+            overrides: dict[str, str]) -> str:
+    """The option to change for an address that could not be bound, found by its port."""
+    from gateway.config import url_parts
+
+    text = str(exc)
+    bind = cfg.metrics_bind if args.metrics_bind is None else args.metrics_bind
+    if bind and re.search(rf"\b{re.escape(bind.rpartition(':')[2])}\b", text):
+        return f" (change metrics.bind = {bind!r} or pass --metrics-bind HOST:PORT)"
+    for i, s in enumerate(cfg.streams):
+        url = overrides.get(s.name, s.url)
+        try:
+            port = url_parts(url)[2]
+        except ValueError:
+            continue
+        if s.enabled and port and re.search(rf"\b{port}\b", text):
+            return (f" (change streams[{i}] ({s.name}).url = {url!r} or pass --stream-url "
+                    f"{s.name}=URL)")
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
@@ -67,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     from gateway.app import Gateway, GatewayOptions
     from gateway.config import load_config
-    from gateway.errors import GatewayError
+    from gateway.errors import ConfigError, GatewayError
 
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -81,12 +129,12 @@ def run(args: argparse.Namespace) -> int:
         overrides[name] = url
     try:
         cfg = load_config(args.config)
-    except GatewayError as exc:
+    except ConfigError as exc:
         print(f"config: {exc}", file=sys.stderr)
         return 2
-    unknown = set(overrides) - {s.name for s in cfg.streams}
-    if unknown:
-        print(f"--stream-url: no stream named {', '.join(sorted(unknown))}", file=sys.stderr)
+    problem = start_problem(cfg, args, overrides)
+    if problem is not None:
+        print(f"gridtwin run: cannot start: {problem}", file=sys.stderr)
         return 2
     if args.realtime:
         logging.getLogger("gridtwin.gateway").info("scheduling: %s", set_realtime())
@@ -101,14 +149,27 @@ def run(args: argparse.Namespace) -> int:
         realtime=args.realtime,
         url_overrides=overrides)
 
+    started = False
+
     async def main() -> dict[str, object]:
+        nonlocal started
         gw = Gateway(cfg, opts)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            await gw.start()
+            try:
+                await gw.start()
+            except BaseException:
+                # unwind what did start; a failure there must not hide why start failed
+                try:
+                    await gw.close()
+                except Exception:
+                    logging.getLogger("gridtwin.gateway").debug(
+                        "closing after a failed start", exc_info=True)
+                raise
+            started = True
             ready = {"ready": True, "pid": os.getpid(),
                      "metrics": list(gw.server.address) if gw.server and gw.server.address
                      else None,
@@ -126,9 +187,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         summary = asyncio.run(main())
-    except GatewayError as exc:
-        print(f"gridtwin run: {exc}", file=sys.stderr)
-        return 1
+    except (GatewayError, OSError) as exc:
+        if started:
+            print(f"gridtwin run: {exc}", file=sys.stderr)
+            return 1
+        # start-up failures exit 2: the systemd unit does not restart on a config problem
+        msg = " ".join(str(exc).split())
+        print(f"gridtwin run: cannot start: {msg}{culprit(exc, cfg, args, overrides)}",
+              file=sys.stderr)
+        return 2
     if args.summary:
         print(json.dumps(summary, default=str))
     return 0

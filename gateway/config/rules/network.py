@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.sparse.linalg import spsolve
 
 from estimator.errors import NetworkError
 from estimator.network import Network, load_case
@@ -59,51 +61,82 @@ def network(pr: Problems, t: dict[str, Any], base_dir: Path | None) -> Network |
     return net
 
 
-#: per-unit series impedances above this are ohms left unconverted (or a wrong base)
-MAX_BRANCH_Z_PU = 5.0
+#: refuse a case whose first-order voltage drop at its own load exceeds this (pu)
+MAX_DROP_PU = 0.5
+#: warn about a branch whose series impedance exceeds this (pu on the system base)
+WARN_BRANCH_Z_PU = 2.0
 #: a load (MW) more than this many times baseMVA is a unit mistake (kW read as MW)
 MAX_LOAD_PER_BASE = 20.0
 #: a base voltage above this (kV) is no distribution or transmission level
 MAX_BASE_KV = 1200.0
+_UNIT_FIX = "convert impedances to per unit and loads to MW (MATPOWER: savecase)"
 
 
 def plausible(pr: Problems, net: Network) -> bool:
     """Refuse a case whose numbers say the units are wrong; warn about doubtful ones.
 
     MATPOWER cases state impedances in per unit and loads in MW. A file that keeps ohms
-    and kW (and converts them in code the loader did not evaluate) shows up here as
-    impedances of tens of pu and a load of thousands of MW on a 10 MVA base.
+    and kW (and converts them in code the loader did not evaluate) shows up here as a load
+    of thousands of MW on a 10 MVA base, or as a voltage drop of more than half the
+    nominal voltage at the case's own load.
     """
-    key = "network.case"
-    fix = "convert impedances to per unit and loads to MW (MATPOWER: savecase)"
-    load = float(np.abs(net.p_load).sum() * net.base_mva)
-    ok = True
-    if load > MAX_LOAD_PER_BASE * net.base_mva:
-        pr.add(Implausible(key, f"{net.name}: total load {load:.6g} MW is "
-                           f"{load / net.base_mva:.0f} x baseMVA ({net.base_mva:g} MVA): "
-                           "loads look like kW, not MW", fix, value=load))
-        ok = False
+    problems = [p for p in (load_level(net), voltage_levels(net), voltage_drop(net))
+                if p is not None]
+    for p in problems:
+        pr.add(p)
     z = np.hypot(net.branches.r, net.branches.x)
-    big = np.flatnonzero(z > MAX_BRANCH_Z_PU)
+    big = np.flatnonzero(z > WARN_BRANCH_Z_PU)
     if big.size:
         k = int(big[np.argmax(z[big])])
-        pr.add(Implausible(key, f"{net.name}: {big.size} branch(es) with |r + jx| above "
-                           f"{MAX_BRANCH_Z_PU:g} pu (branch {net.branches.names[k]}: "
-                           f"{z[k]:.4g} pu): impedances look like ohms", fix,
-                           value=float(z[k])))
-        ok = False
+        pr.warn(Implausible("network.case", f"{net.name}: {big.size} branch(es) with |r + jx| "
+                            f"above {WARN_BRANCH_Z_PU:g} pu (largest: {net.branches.names[k]}, "
+                            f"{z[k]:.4g} pu)", "check that impedances are in per unit on "
+                            f"baseMVA = {net.base_mva:g}", value=float(z[k])))
+    return not problems
+
+
+def load_level(net: Network) -> Implausible | None:
+    load = float(np.abs(net.p_load).sum() * net.base_mva)
+    if load <= MAX_LOAD_PER_BASE * net.base_mva:
+        return None
+    return Implausible("network.case", f"{net.name}: total load {load:.6g} MW is "
+                       f"{load / net.base_mva:.0f} x baseMVA ({net.base_mva:g} MVA): loads "
+                       "look like kW, not MW", _UNIT_FIX, value=load)
+
+
+def voltage_levels(net: Network) -> Implausible | None:
     kv = np.asarray(net.base_kv, float)
-    if np.any(kv <= 0) or np.any(kv > MAX_BASE_KV):
-        bad = sorted({float(v) for v in kv if v <= 0 or v > MAX_BASE_KV})
-        pr.add(Implausible(key, f"{net.name}: base voltage(s) {bad} kV out of (0, "
-                           f"{MAX_BASE_KV:g}]", "give every bus its baseKV in kV", value=bad))
-        ok = False
-    neg = np.flatnonzero((net.branches.r < 0) | (net.branches.x < 0) & (net.branches.r == 0))
-    if neg.size:
-        pr.warn(Implausible(key, f"{net.name}: {neg.size} branch(es) with negative "
-                            f"impedance (first {net.branches.names[int(neg[0])]})",
-                            "check the sign (series capacitors have x < 0, never r < 0)"))
-    return ok
+    bad = sorted({float(v) for v in kv if not 0 < v <= MAX_BASE_KV})
+    if not bad:
+        return None
+    return Implausible("network.case", f"{net.name}: base voltage(s) {bad} kV out of (0, "
+                       f"{MAX_BASE_KV:g}] kV", "give every bus its baseKV in kV", value=bad)
+
+
+def voltage_drop(net: Network) -> Implausible | None:
+    """The first-order (one current-injection step from a flat start) voltage at the
+    case's own net load: ohms read as per unit make it fall far below zero."""
+    keep = np.setdiff1d(np.arange(net.n_bus), [net.slack])
+    if keep.size == 0:
+        return None
+    s_inj = (net.p_gen - net.p_load) + 1j * (net.q_gen - net.q_load)
+    y = net.ybus().tocsc()
+    v_s = net.vm_slack * np.exp(1j * net.va_slack)
+    rhs = np.conj(s_inj[keep]) - y[keep][:, [net.slack]].toarray().ravel() * v_s
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            v = spsolve(y[keep][:, keep], rhs)
+        except (RuntimeError, ValueError):
+            return None
+    drop = np.abs(np.atleast_1d(v) - v_s)
+    if not np.all(np.isfinite(drop)) or float(drop.max()) <= MAX_DROP_PU:
+        return None
+    k = int(np.argmax(drop))
+    return Implausible("network.case", f"{net.name}: at its own load the voltage at bus "
+                       f"{int(net.bus_ids[keep[k]])} would move by {drop[k]:.3g} pu: "
+                       "impedances look like ohms (or loads like kW)", _UNIT_FIX,
+                       value=float(drop[k]))
 
 
 def branch_index(pr: Problems, net: Network, spec: str, key: str) -> int | None:

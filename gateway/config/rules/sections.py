@@ -18,7 +18,7 @@ from gateway.config.schema import (
     QualityConfig,
 )
 from gateway.config.vocabulary import COMMAND_POLICIES, COMMAND_SEQ, command_point_plant
-from gateway.errors import HistorianError
+from gateway.errors import ConfigProblem, HistorianError
 from gateway.historian.mysql import parse_mysql_url
 
 _NUM = (int, float)
@@ -95,6 +95,7 @@ def command_points(pr: Problems, pts: list[Point], plants: list[Plant], enabled:
            f"{', '.join(names) or '(no plants)'}"
     named: set[str] = set()
     seen: set[str] = set()
+    causes: list[ConfigProblem] = []
     for j, p in enumerate(pts):
         key = f"commands.points[{j}]"
         if p.name in seen:
@@ -109,18 +110,19 @@ def command_points(pr: Problems, pts: list[Point], plants: list[Plant], enabled:
         pp = command_point_plant(p.name)
         plant = pp[0] if pp is not None and pp[0] in names else None
         if plant is None:
-            pr.follow_on(UnknownReference(key, f"unknown command point {p.name!r}",
-                                          f"use {hint}", value=p.name),
-                         *((f"plant:{pp[0]}",) if pp else ()), "network")
+            unknown = pr.follow_on(UnknownReference(key, f"unknown command point {p.name!r}",
+                                                    f"use {hint}", value=p.name),
+                                   *((f"plant:{pp[0]}",) if pp else ()), "network")
+            causes += [unknown.cause or unknown]
             continue
         if p.type != "float32":
             pr.add(InvalidValue(key, f"{p.name} is a float32 point (NaN leaves the cap as it "
                                 "is)", f'write "{p.name}" or "{p.name}:float32"', value=p.type))
         named.add(plant)
     if enabled and not named:
-        pr.follow_on(MissingKey("commands.points", "no point names a plant: nothing to command",
-                                f'e.g. points = ["cmd_seq:int32", '
-                                f'"{names[0] if names else "pv1"}_curtail"]'), "network")
+        pr.add(MissingKey("commands.points", "no point names a plant: nothing to command",
+                          f'e.g. points = ["cmd_seq:int32", "{names[0] if names else "pv1"}'
+                          '_curtail"]', cause=causes[0] if causes else pr.root_of("network")))
     return named
 
 

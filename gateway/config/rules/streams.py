@@ -244,3 +244,13 @@ def check_bind(pr: Problems, bind: str, key: str) -> None:
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         pr.add(InvalidValue(key, f"{bind!r} is not HOST:PORT", 'bind = "127.0.0.1:9108"',
                             value=bind))
+
+
+def runnable(streams_: list[Stream]) -> list[InvalidValue]:
+    """What stops ``gridtwin run`` although the file is valid: no stream to listen on.
+    (A network-only config still loads, for ``estimate`` and the emulator's tools.)"""
+    if any(s.enabled for s in streams_):
+        return []
+    what = "no streams" if not streams_ else f"all {len(streams_)} stream(s) disabled"
+    return [InvalidValue("streams", f"{what}: gridtwin run would have nothing to listen on",
+                         "add a [[streams]] table or set enabled = true on one")]
