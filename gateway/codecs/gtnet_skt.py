@@ -23,13 +23,20 @@ import construct as cs
 import numpy as np
 
 from gateway.codecs.layout import declaration_leaves
-from gateway.config.vocabulary import MAX_SKT_WORDS as MAX_WORDS
-from gateway.config.vocabulary import POINT_TYPES, skt_words
-from gateway.config.vocabulary import SKT_HEADER_WORDS as HEADER_WORDS
 from gateway.errors import FrameSizeMismatch, FrameTooShort, NonFiniteValue, WrongPointCount
+
+MAX_WORDS = 300  # the GTNET-SKT component's limit, header words included
+HEADER_WORDS = 3  # VILLASnode fake header: sequence, ts seconds, ts nanoseconds
+POINT_TYPES = ("int32", "float32")
 
 _FIELD = {"int32": cs.Int32sb, "float32": cs.Float32b}
 _HEADER = struct.Struct(">III")
+
+
+def skt_words(n_points: int, header: bool) -> int:
+    """Words in one frame: the points plus the header's (the component's limit counts both;
+    the config check counts with this same function)."""
+    return n_points + (HEADER_WORDS if header else 0)
 
 
 def skt_struct(types: Sequence[str], *, header: bool) -> cs.Struct:

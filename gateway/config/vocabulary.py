@@ -1,14 +1,23 @@
 """The config's vocabulary, defined once: meter kinds, quantities and units, stream
-formats, point types and the GTNET-SKT word budget, transport schemes, command points.
+formats, transport schemes, command points; and, taken from where they are defined, the
+GTNET-SKT point types and word budget (the codec) and the weather quantities (the PV
+forecaster's feature list).
 
-Everything that reads or writes one of these names imports it from here (the codecs, the
-command sender, the emulator's closed loop), so a new quantity or point type is added in
-one place and the checker, the codec and the JSON Schema agree on it.
+The rules, the JSON Schema, the command sender and the emulator's closed loop read these
+names from here, so a new quantity is added in one place and they all agree on it.
 """
 
 from __future__ import annotations
 
+from gateway.codecs.gtnet_skt import HEADER_WORDS, MAX_WORDS, POINT_TYPES, skt_words
 from models.features import PV_FEATURES, PV_UNITS
+
+__all__ = [
+    "ACCURACY_FIGURES", "ALLOWED", "ANGLES", "BRANCH_QUANTITIES", "BUS_QUANTITIES",
+    "COMMAND_KINDS", "COMMAND_POLICIES", "COMMAND_SEQ", "MAX_RATE_HZ", "MAX_SKT_WORDS",
+    "METER_KINDS", "POINT_TYPES", "PV_QUANTITIES", "SKT_HEADER_WORDS", "STREAM_FORMATS",
+    "TRANSPORT_SCHEMES", "WEATHER_QUANTITIES", "command_point_plant", "skt_words",
+]
 
 METER_KINDS = ("pmu", "scada", "weather", "pv")
 #: quantity -> unit of its channels (engineering units, line-to-line kV)
@@ -30,17 +39,10 @@ STREAM_FORMATS = ("gtnet-skt", "c37.118")
 TRANSPORT_SCHEMES = ("udp", "tcp", "file")
 MAX_RATE_HZ = 1000.0
 
-#: GTNET-SKT words: every point is one big-endian 32-bit word of one of these types
-POINT_TYPES = ("int32", "float32")
-#: the RSCAD GTNET-SKT component's limit, header words included
-MAX_SKT_WORDS = 300
-#: VILLASnode's fake header: sequence, timestamp seconds, timestamp nanoseconds
-SKT_HEADER_WORDS = 3
-
-
-def skt_words(n_points: int, header: bool) -> int:
-    """Words in one GTNET-SKT frame: the points plus the header's, as the codec counts."""
-    return n_points + (SKT_HEADER_WORDS if header else 0)
+#: GTNET-SKT wire facts are the codec's: point types, the 300-word limit (header words
+#: included), VILLASnode's 3 header words, and how a frame's words are counted
+SKT_HEADER_WORDS = HEADER_WORDS
+MAX_SKT_WORDS = MAX_WORDS
 
 
 #: the command point carrying the sequence number a decision reacts to
