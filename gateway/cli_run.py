@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from gateway.app import GatewayOptions
     from gateway.config import TwinConfig
 
 RT_PRIORITY = 20
@@ -104,7 +105,18 @@ def culprit(exc: BaseException, cfg: TwinConfig, args: argparse.Namespace,
     return ""
 
 
-def run(args: argparse.Namespace) -> int:
+class StartFailed(Exception):
+    """The gateway did not start; ``cause`` is why (exit 2: do not restart)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+async def serve(cfg: TwinConfig, opts: GatewayOptions, seconds: float | None
+                ) -> dict[str, object]:
+    """Start the gateway (a failure raises :class:`StartFailed` after unwinding what did
+    start), announce readiness on stderr, run until a signal or ``seconds``, stop."""
     import asyncio
     import contextlib
     import json
@@ -113,7 +125,51 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import sys
 
-    from gateway.app import Gateway, GatewayOptions
+    from gateway.app import Gateway
+    from gateway.errors import GatewayError
+
+    try:
+        gw = Gateway(cfg, opts)
+    except GatewayError as exc:
+        raise StartFailed(exc) from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gw.start()
+    except (GatewayError, OSError) as exc:
+        # unwind what did start; a failure there must not hide why start failed
+        try:
+            await gw.close()
+        except Exception:
+            logging.getLogger("gridtwin.gateway").debug("closing after a failed start",
+                                                        exc_info=True)
+        raise StartFailed(exc) from exc
+    try:
+        ready = {"ready": True, "pid": os.getpid(),
+                 "metrics": list(gw.server.address) if gw.server and gw.server.address
+                 else None,
+                 "streams": {n: list(t.local_address) if t.local_address else None
+                             for n, t in gw.transports.items()}}
+        print(json.dumps(ready), file=sys.stderr, flush=True)
+        if seconds is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+        else:
+            await stop.wait()
+    finally:
+        await gw.close()
+    return gw.summary()
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+    import logging
+    import sys
+
+    from gateway.app import GatewayOptions
     from gateway.config import load_config
     from gateway.errors import ConfigError, GatewayError
 
@@ -130,7 +186,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"config: {exc}", file=sys.stderr)
+        more = len(exc.problems) - 1
+        print(f"gridtwin run: config {args.config}: {exc.roots[0] if exc.roots else exc}"
+              + (f" (and {more} more: gridtwin config check {args.config})" if more else ""),
+              file=sys.stderr)
         return 2
     problem = start_problem(cfg, args, overrides)
     if problem is not None:
@@ -148,54 +207,17 @@ def run(args: argparse.Namespace) -> int:
         estimator_method=args.estimator_method, spare=not args.no_spare,
         realtime=args.realtime,
         url_overrides=overrides)
-
-    started = False
-
-    async def main() -> dict[str, object]:
-        nonlocal started
-        gw = Gateway(cfg, opts)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            try:
-                await gw.start()
-            except BaseException:
-                # unwind what did start; a failure there must not hide why start failed
-                try:
-                    await gw.close()
-                except Exception:
-                    logging.getLogger("gridtwin.gateway").debug(
-                        "closing after a failed start", exc_info=True)
-                raise
-            started = True
-            ready = {"ready": True, "pid": os.getpid(),
-                     "metrics": list(gw.server.address) if gw.server and gw.server.address
-                     else None,
-                     "streams": {n: list(t.local_address) if t.local_address else None
-                                 for n, t in gw.transports.items()}}
-            print(json.dumps(ready), file=sys.stderr, flush=True)
-            if args.seconds is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.seconds)
-            else:
-                await stop.wait()
-        finally:
-            await gw.close()
-        return gw.summary()
-
     try:
-        summary = asyncio.run(main())
-    except (GatewayError, OSError) as exc:
-        if started:
-            print(f"gridtwin run: {exc}", file=sys.stderr)
-            return 1
+        summary = asyncio.run(serve(cfg, opts, args.seconds))
+    except StartFailed as exc:
         # start-up failures exit 2: the systemd unit does not restart on a config problem
-        msg = " ".join(str(exc).split())
-        print(f"gridtwin run: cannot start: {msg}{culprit(exc, cfg, args, overrides)}",
+        msg = " ".join(str(exc.cause).split())
+        print(f"gridtwin run: cannot start: {msg}{culprit(exc.cause, cfg, args, overrides)}",
               file=sys.stderr)
         return 2
+    except (GatewayError, OSError) as exc:
+        print(f"gridtwin run: {exc}", file=sys.stderr)
+        return 1
     if args.summary:
         print(json.dumps(summary, default=str))
     return 0
