@@ -86,22 +86,27 @@ def start_problem(cfg: TwinConfig, args: argparse.Namespace, overrides: dict[str
 
 def culprit(exc: BaseException, cfg: TwinConfig, args: argparse.Namespace,
             overrides: dict[str, str]) -> str:
-    """The option to change for an address that could not be bound, found by its port."""
+    """The option to change for an address that could not be bound, found by its port
+    (``host:PORT`` or asyncio's ``('host', PORT)`` in the message)."""
     from gateway.config import url_parts
 
     text = str(exc)
-    bind = cfg.metrics_bind if args.metrics_bind is None else args.metrics_bind
-    if bind and re.search(rf"\b{re.escape(bind.rpartition(':')[2])}\b", text):
-        return f" (change metrics.bind = {bind!r} or pass --metrics-bind HOST:PORT)"
+
+    def named(port: str | int) -> bool:
+        return str(port) not in ("", "0") and re.search(rf"(?::|, ){port}\b", text) is not None
+
     for i, s in enumerate(cfg.streams):
         url = overrides.get(s.name, s.url)
         try:
             port = url_parts(url)[2]
         except ValueError:
             continue
-        if s.enabled and port and re.search(rf"\b{port}\b", text):
+        if s.enabled and named(port):
             return (f" (change streams[{i}] ({s.name}).url = {url!r} or pass --stream-url "
                     f"{s.name}=URL)")
+    bind = cfg.metrics_bind if args.metrics_bind is None else args.metrics_bind
+    if bind and named(bind.rpartition(":")[2]):
+        return f" (change metrics.bind = {bind!r} or pass --metrics-bind HOST:PORT)"
     return ""
 
 

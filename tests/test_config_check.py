@@ -139,6 +139,18 @@ def test_run_refuses_a_mysql_url_with_an_unknown_parameter() -> None:
     assert len(lines) == 1 and "--historian" in lines[0] and "sslmode" in lines[0]
 
 
+def test_run_with_the_stream_port_in_use_names_the_stream() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        res = gridtwin("run", str(DATA / "minimal.toml"), "--no-estimator", "--seconds", "5",
+                       "--stream-url", f"scada=udp://127.0.0.1:{port}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = _run_lines(res)
+    assert len(lines) == 1 and "streams[0] (scada).url" in lines[0] and "--stream-url" in lines[0]
+    assert "metrics" not in lines[0]
+
+
 def test_all_streams_disabled_is_refused_by_check_and_run() -> None:
     assert_refused(check("streams_disabled.toml"), "streams", "disabled")
     res = gridtwin("run", str(DATA / "streams_disabled.toml"), "--no-estimator",
