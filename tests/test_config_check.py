@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,34 @@ def test_configs_validate_against_the_schema() -> None:
     bad = tomllib.loads((DATA / "minimal.toml").read_text())
     bad["streams"][0]["format"] = "gtnet"
     assert not validator.is_valid(bad)
+
+
+def test_schema_command_writes_the_file(tmp_path: Path) -> None:
+    out = tmp_path / "twin.schema.json"
+    res = gridtwin("config", "schema", "-o", str(out))
+    assert res.returncode == 0 and out.read_text() == schema_text()
+    assert json.loads(out.read_text())["properties"]["meters"]["items"]["properties"][
+        "kind"]["enum"] == ["pmu", "scada", "weather", "pv"]
+
+
+def test_plausibility_warns_about_a_large_impedance_and_refuses_ohms() -> None:
+    from estimator.network import load_case
+    from gateway.config.problems import Problems
+    from gateway.config.rules.network import WARN_BRANCH_Z_PU, plausible
+
+    net = load_case("ieee33")
+    pr = Problems()
+    assert plausible(pr, net) and not pr.items and not pr.warnings
+    # one long line of 3 pu: doubtful, not wrong
+    big = net.with_bus(99, 12.66).with_branch(18, 99, 1.0, 3.0)
+    pr = Problems()
+    assert plausible(pr, big) and not pr.items
+    (w,) = pr.warnings
+    assert isinstance(w, Implausible) and w.value > WARN_BRANCH_Z_PU and "18-99" in w.message
+    # every impedance in ohms (x Zbase = 16 ohm): the voltage would collapse
+    zb = 12.66**2 / net.base_mva
+    br = net.branches
+    ohms = replace(net, branches=replace(br, r=br.r * zb, x=br.x * zb))
+    pr = Problems()
+    assert not plausible(pr, ohms)
+    assert [type(p) for p in pr.items] == [Implausible] and "ohms" in pr.items[0].message
