@@ -53,7 +53,7 @@ def test_frames_the_twin_would_send_are_plausible(tmp_path: Path) -> None:
         ch = cfg.channels[pt.channel] if pt.channel is not None else None
         if ch is None:
             vals.append(0.0)
-        elif ch.quantity == "vm":
+        elif ch.quantity == "vm" and ch.bus is not None:
             vals.append(float(net.base_kv[net.index_of(ch.bus)]) * 0.97)
         elif ch.quantity == "im":
             vals.append(0.05)
