@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.app import GatewayOptions
+    from collections.abc import Callable
+
     from gateway.config import TwinConfig
 
 RT_PRIORITY = 20
@@ -118,8 +119,7 @@ class StartFailed(Exception):
         self.cause = cause
 
 
-async def serve(cfg: TwinConfig, opts: GatewayOptions, seconds: float | None
-                ) -> dict[str, object]:
+async def serve(make_gateway: Callable[[], Any], seconds: float | None) -> dict[str, object]:
     """Start the gateway (a failure raises :class:`StartFailed` after unwinding what did
     start), announce readiness on stderr, run until a signal or ``seconds``, stop."""
     import asyncio
@@ -130,11 +130,10 @@ async def serve(cfg: TwinConfig, opts: GatewayOptions, seconds: float | None
     import signal
     import sys
 
-    from gateway.app import Gateway
     from gateway.errors import GatewayError
 
     try:
-        gw = Gateway(cfg, opts)
+        gw = make_gateway()
     except GatewayError as exc:
         raise StartFailed(exc) from exc
     stop = asyncio.Event()
@@ -174,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import sys
 
-    from gateway.app import GatewayOptions
+    from gateway.app import Gateway, GatewayOptions
     from gateway.config import load_config
     from gateway.errors import ConfigError, GatewayError
 
@@ -213,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
         realtime=args.realtime,
         url_overrides=overrides)
     try:
-        summary = asyncio.run(serve(cfg, opts, args.seconds))
+        summary = asyncio.run(serve(lambda: Gateway(cfg, opts), args.seconds))
     except StartFailed as exc:
         # start-up failures exit 2: the systemd unit does not restart on a config problem
         msg = " ".join(str(exc.cause).split())
