@@ -64,11 +64,26 @@ def observability(cfg: TwinConfig) -> ConfigProblem | None:
     return None
 
 
+def estimator_method(cfg: TwinConfig) -> ConfigProblem | None:
+    """The estimator process builds its solver by this name; an unknown one fails there."""
+    from estimator.baselines import METHODS
+    from gateway.config.problems import InvalidValue
+
+    if cfg.estimator.method in (*METHODS, "flat"):
+        return None
+    return InvalidValue("estimator.method", f"unknown method {cfg.estimator.method!r}",
+                        f"use one of {', '.join(METHODS)}", value=cfg.estimator.method)
+
+
 def readiness(cfg: TwinConfig) -> list[ConfigProblem]:
-    """Problems of a valid file that would stop ``run``: no stream, not observable."""
+    """Problems of a valid file that would stop ``run``: no stream, an unknown estimator
+    method, meters that cannot observe the network."""
     from gateway.config.rules.streams import runnable
 
     problems: list[ConfigProblem] = list(runnable(cfg.streams))
+    method = estimator_method(cfg)
+    if method is not None:
+        return [*problems, method]
     obs = observability(cfg)
     return problems + ([obs] if obs is not None else [])
 

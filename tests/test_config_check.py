@@ -182,6 +182,10 @@ def test_unobservable_meter_set_is_refused_by_check() -> None:
     assert_refused(check("unobservable.toml"), "meters", "not observable")  # ... not a twin
 
 
+def test_unknown_estimator_method_is_refused_by_check() -> None:
+    assert_refused(check("unknown_method.toml"), "estimator.method", "kalman", "linear")
+
+
 # -- item 6: cascades ----------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "key", "min_follow_ons"), [
     ("cascade_rating.toml", "plants[0].rating_mw", 3),
