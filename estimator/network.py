@@ -445,8 +445,10 @@ def load_case(name_or_path: str | Path, *, validate: bool = True) -> Network:
                                "or give a path to a MATPOWER .m file")
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise NetworkError(f"case file {path} not found") from None
     except OSError as exc:
-        raise NetworkError(f"cannot read case file {path}: {exc}") from exc
+        raise NetworkError(f"cannot read case file {path}: {exc.strerror or exc}") from exc
     net = network_from_matpower(parse_matpower(text, name=path.stem), name=path.stem)
     if validate:
         net.validate()

@@ -84,6 +84,11 @@ def test_port_out_of_range_names_the_key() -> None:
     res = gridtwin("run", str(DATA / "bad_port.toml"), "--no-estimator", "--seconds", "1")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "streams[0] (scada).url" in res.stderr
+    res = gridtwin("run", str(DATA / "minimal.toml"), "--no-estimator", "--seconds", "1",
+                   "--stream-url", "scada=udp://127.0.0.1:99999")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    lines = _run_lines(res)
+    assert len(lines) == 1 and "--stream-url scada" in lines[0] and "out of range" in lines[0]
 
 
 # -- item 3: the GTNET-SKT word count ----------------------------------------------------
