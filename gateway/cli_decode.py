@@ -5,6 +5,12 @@ GTNET-SKT or GTNET-PMU traffic with Wireshark (pcap or pcapng) or dump raw frame
 file, then decode it with the config's stream. UDP and TCP payloads to or from the
 stream's port are taken; a word count that disagrees with the point list shows up as a
 ``WrongPointCount`` error naming both counts.
+
+A point list of the right length but the wrong order, types or byte order still decodes,
+into nonsense: every value outside the physical range of its unit (NaN, infinity, a
+voltage far from its bus's nominal, currents and powers far beyond the feeder's) is
+marked implausible and the run ends with how many there were. A capture without a single
+packet of the stream's port says so instead of "0 frames"; both exit non-zero.
 """
 
 from __future__ import annotations
