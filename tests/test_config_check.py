@@ -286,3 +286,12 @@ def test_plausibility_warns_about_a_large_impedance_and_refuses_ohms() -> None:
     pr = Problems()
     assert not plausible(pr, ohms)
     assert [type(p) for p in pr.items] == [Implausible] and "ohms" in pr.items[0].message
+
+
+def test_a_meter_table_over_many_branches_reports_its_problem_once() -> None:
+    text = (ROOT / "gateway" / "configs" / "ieee33.toml").read_text()
+    old = 'accuracy = { p = "1%", q = "1%" }'
+    assert old in text
+    with pytest.raises(ConfigError) as info:
+        parse_config(text.replace(old, 'accuracy = { p = "1%" }'))
+    assert [p.key for p in info.value.problems] == ["meters[7] (flow).accuracy.q"]

@@ -67,8 +67,15 @@ class Problems:
         self.items: list[ConfigProblem] = []
         self.warnings: list[ConfigProblem] = []
         self._broken: dict[str, ConfigProblem] = {}
+        self._seen: dict[tuple[type, str, str], ConfigProblem] = {}
 
     def add(self, problem: ConfigProblem) -> ConfigProblem:
+        """Record ``problem`` once: a meter table that expands into 32 branch meters
+        reports its missing accuracy once, not 32 times."""
+        sig = (type(problem), problem.key, problem.message)
+        if sig in self._seen:
+            return self._seen[sig]
+        self._seen[sig] = problem
         self.items.append(problem)
         return problem
 

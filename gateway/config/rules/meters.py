@@ -194,24 +194,33 @@ def channels(pr: Problems, meters_: list[Meter], raw: Any) -> list[Channel]:
     out: list[Channel] = []
     for m in meters_:
         root = m.id.split(".")[0]
-        i, t = tables.get(root, (0, {}))
-        key = f"meters[{i}] ({root})"
-        acc = t.get("accuracy", {})
-        floor = t.get("floor", {})
-        figure = t.get("figure", "max")
-        if figure not in ACCURACY_FIGURES:
-            pr.add(InvalidValue(f"{key}.figure", f"must be 'max' or 'std', got {figure!r}",
-                                'figure = "max" (maximum error) or "std" (one sigma)',
-                                value=figure))
-            figure = "max"
-        if not isinstance(acc, dict) or not isinstance(floor, dict):
-            pr.add(InvalidValue(f"{key}.accuracy", "must be a table like {vm = \"0.05%\"}", ""))
-            continue
-        for q in m.quantities:
-            ch = channel(pr, m, q, acc, floor, figure, key, len(out))
-            if ch is not None:
-                out.append(ch)
+        mark = pr.mark()
+        _meter_channels(pr, m, root, tables, out)
+        # a channel that failed here is "missing" for the streams that name it
+        pr.broken(f"meter:{root}", pr.since(mark))
     return out
+
+
+def _meter_channels(pr: Problems, m: Meter, root: str,
+                    tables: dict[str, tuple[int, dict[str, Any]]], out: list[Channel]) -> None:
+    """The channels of one meter (location), appended to ``out``."""
+    i, t = tables.get(root, (0, {}))
+    key = f"meters[{i}] ({root})"
+    acc = t.get("accuracy", {})
+    floor = t.get("floor", {})
+    figure = t.get("figure", "max")
+    if figure not in ACCURACY_FIGURES:
+        pr.add(InvalidValue(f"{key}.figure", f"must be 'max' or 'std', got {figure!r}",
+                            'figure = "max" (maximum error) or "std" (one sigma)',
+                            value=figure))
+        figure = "max"
+    if not isinstance(acc, dict) or not isinstance(floor, dict):
+        pr.add(InvalidValue(f"{key}.accuracy", "must be a table like {vm = \"0.05%\"}", ""))
+        return
+    for q in m.quantities:
+        ch = channel(pr, m, q, acc, floor, figure, key, len(out))
+        if ch is not None:
+            out.append(ch)
 
 
 def channel(pr: Problems, m: Meter, q: str, acc: dict[str, Any], floor: dict[str, Any],
