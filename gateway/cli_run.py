@@ -142,14 +142,16 @@ async def serve(make_gateway: Callable[[], Any], seconds: float | None) -> dict[
         loop.add_signal_handler(sig, stop.set)
     try:
         await gw.start()
-    except (GatewayError, OSError) as exc:
+    except BaseException as exc:
         # unwind what did start; a failure there must not hide why start failed
         try:
             await gw.close()
         except Exception:
             logging.getLogger("gridtwin.gateway").debug("closing after a failed start",
                                                         exc_info=True)
-        raise StartFailed(exc) from exc
+        if isinstance(exc, (GatewayError, OSError)):
+            raise StartFailed(exc) from exc
+        raise
     try:
         ready = {"ready": True, "pid": os.getpid(),
                  "metrics": list(gw.server.address) if gw.server and gw.server.address
