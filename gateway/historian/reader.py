@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import HistorianError
-from gateway.historian.base import Backend, open_backend
+from gateway.historian.backends import open_backend
+from gateway.historian.base import Backend
 from gateway.historian.schema import json_at, vector_from_json
 
 #: what ``export``/``gridtwin history`` can write

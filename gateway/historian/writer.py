@@ -63,11 +63,11 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import HistorianError
+from gateway.historian.backends import open_backend
 from gateway.historian.base import (
     Backend,
     Misconfigured,
     Rejected,
-    open_backend,
 )
 from gateway.historian.redact import redact
 from gateway.historian.schema import (
