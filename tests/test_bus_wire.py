@@ -18,7 +18,7 @@ def snapshots(draw: st.DrawFn) -> wire.BusSnapshot:
     m = draw(st.integers(0, 40))
     n = draw(st.integers(0, 5))
     return wire.BusSnapshot(
-        draw(st.integers(-(2**63), 2**63 - 1)), draw(floats), draw(floats), draw(floats),
+        draw(st.integers(-(2**63), 2**63 - 1)), draw(st.integers(-(2**63), 2**63 - 1)), draw(floats), draw(floats), draw(floats),
         draw(hnp.arrays(np.float64, m, elements=floats)),
         draw(hnp.arrays(np.uint32, m)),
         draw(hnp.arrays(np.float64, n, elements=floats)),
@@ -33,10 +33,10 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
 @settings(max_examples=150)
 def test_snapshot_round_trip(s: wire.BusSnapshot) -> None:
     msg = wire.encode_snapshot(s)
-    assert len(msg) == 8 + 40 + 12 * s.values.size + 16 * s.pv_mw.size
+    assert len(msg) == 8 + 48 + 12 * s.values.size + 16 * s.pv_mw.size
     got = wire.decode(msg)
     assert isinstance(got, wire.BusSnapshot)
-    assert got.seq == s.seq
+    assert (got.run, got.seq) == (s.run, s.seq)
     assert np.array_equal([got.source_time, got.arrival_time, got.publish_time],
                           [s.source_time, s.arrival_time, s.publish_time], equal_nan=True)
     for f in ("values", "flags", "pv_mw", "pv_sigma_mw"):
@@ -46,11 +46,11 @@ def test_snapshot_round_trip(s: wire.BusSnapshot) -> None:
 @given(st.integers(0, 300), st.booleans(), st.integers(0, 2**32 - 1))
 def test_state_round_trip(n: int, conv: bool, iters: int) -> None:
     rng = np.random.default_rng(n)
-    s = wire.BusState(n, 1.5, 2.5, 3.5, float("nan"), 86.0, 1e-4, iters, conv,
+    s = wire.BusState(7, n, 1.5, 2.5, 3.5, float("nan"), 86.0, 1e-4, iters, conv,
                       rng.normal(1, 0.01, n), rng.normal(0, 0.01, n))
     got = wire.decode(wire.encode_state(s))
     assert isinstance(got, wire.BusState)
-    assert (got.seq, got.iterations, got.converged) == (n, iters, conv)
+    assert (got.run, got.seq, got.iterations, got.converged) == (7, n, iters, conv)
     assert _same(got.vm_pu, s.vm_pu) and _same(got.va_rad, s.va_rad)
 
 
@@ -58,7 +58,7 @@ def test_json_kinds_and_ids() -> None:
     msg = wire.encode_json(wire.EVENT, {"kind": "sender_restart", "seq": 4})
     assert wire.decode(msg) == {"kind": "sender_restart", "seq": 4}
     assert wire.subject("feeder-7", wire.STATE) == "gridtwin.feeder-7.state"
-    assert wire.msg_id("f1", wire.SNAPSHOT, 12) == "f1:snapshot:12"
+    assert wire.msg_id("f1", 99, wire.SNAPSHOT, 12) == "f1:99:snapshot:12"
     with pytest.raises(ValueError):
         wire.encode_json(wire.STATE, {})
 
@@ -79,7 +79,7 @@ def test_truncated_or_padded_snapshots_are_refused(s: wire.BusSnapshot,
 @pytest.mark.parametrize("msg,offset,word", [
     (b"XXXX" + bytes(60), 0, "magic"),
     (b"GTB1\x09\x01\0\0", 4, "kind"),
-    (b"GTB1\x01\x07\0\0" + bytes(40), 5, "version"),
+    (b"GTB1\x01\x07\0\0" + bytes(48), 5, "version"),
     (b"GTB1\x03\x01\0\0{not json", 8, "JSON"),
     (b"GTB1\x03\x01\0\0[1, 2]", 8, "object"),
 ])

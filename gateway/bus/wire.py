@@ -12,37 +12,40 @@ little-endian. Every message starts with the same 8-byte preamble::
 
 **Snapshot** (kind 1), after the preamble::
 
-    8      8     seq              int64   the edge's snapshot sequence number
-    16     8     source_time      float64 s since the epoch (the sender's time stamp)
-    24     8     arrival_time     float64 s, first frame of the snapshot at the edge
-    32     8     publish_time     float64 s, when the edge handed it to the bus
-    40     4     m                uint32  channels
-    44     4     n_pv             uint32  PV plants
-    48     8m    values           float64[m]  cleaned values, channel order (NaN: none)
+    8      8     run              int64   the edge's run id (µs since the epoch at start)
+    16     8     seq              int64   the edge's snapshot sequence number
+    24     8     source_time      float64 s since the epoch (the sender's time stamp)
+    32     8     arrival_time     float64 s, first frame of the snapshot at the edge
+    40     8     publish_time     float64 s, when the edge handed it to the bus
+    48     4     m                uint32  channels
+    52     4     n_pv             uint32  PV plants
+    56     8m    values           float64[m]  cleaned values, channel order (NaN: none)
     ..     4m    flags            uint32[m]   quality flags (gateway.snapshot.Flag)
     ..     8n    pv_mw            float64[n]  PV pseudo-measurements
     ..     8n    pv_sigma_mw      float64[n]  their standard deviations
 
 **State** (kind 2), after the preamble::
 
-    8      8     seq              int64   the snapshot it estimates
-    16     8     source_time      float64
-    24     8     publish_time     float64 the snapshot's publish_time (round-trip latency)
-    32     8     done_time        float64 when the worker finished
-    40     8     chi2             float64 J(x) (NaN: not computed)
-    48     8     chi2_threshold   float64
-    56     8     t_solve_s        float64
-    64     4     iterations       uint32
-    68     4     n_bus            uint32
-    72     1     converged        uint8
-    73     7     reserved
-    80     8n    vm_pu            float64[n]
+    8      8     run              int64   the snapshot's run id
+    16     8     seq              int64   the snapshot it estimates
+    24     8     source_time      float64
+    32     8     publish_time     float64 the snapshot's publish_time (round-trip latency)
+    40     8     done_time        float64 when the worker finished
+    48     8     chi2             float64 J(x) (NaN: not computed)
+    56     8     chi2_threshold   float64
+    64     8     t_solve_s        float64
+    72     4     iterations       uint32
+    76     4     n_bus            uint32
+    80     1     converged        uint8
+    81     7     reserved
+    88     8n    vm_pu            float64[n]
     ..     8n    va_rad           float64[n]
 
 A message whose magic, kind, version or length does not match raises
 :class:`BusMessageError` naming the offset: bad messages are counted and dropped by the
 receivers, never crash them. The de-duplication id of every message is
-``<twin>:<kind>:<seq>`` (:func:`msg_id`), so a republished message is stored once.
+``<twin>:<run>:<kind>:<seq>`` (:func:`msg_id`), so a republished message is stored once,
+and a sender restarted from step 0 (new run) is never mistaken for a repetition.
 """
 
 from __future__ import annotations
@@ -68,8 +71,8 @@ KIND_NAMES = {SNAPSHOT: "snapshot", STATE: "state", EVENT: "event", HEALTH: "hea
 MAX_MESSAGE = 4 * 1024 * 1024
 
 _PRE = struct.Struct("<4sBBH")
-_SNAP = struct.Struct("<qdddII")
-_STATE = struct.Struct("<qddddddIIB7x")
+_SNAP = struct.Struct("<qqdddII")
+_STATE = struct.Struct("<qqddddddIIB7x")
 
 
 class BusMessageError(GatewayError):
@@ -83,6 +86,7 @@ class BusMessageError(GatewayError):
 
 @dataclass
 class BusSnapshot:
+    run: int
     seq: int
     source_time: float
     arrival_time: float
@@ -95,6 +99,7 @@ class BusSnapshot:
 
 @dataclass
 class BusState:
+    run: int
     seq: int
     source_time: float
     publish_time: float
@@ -113,16 +118,16 @@ def subject(twin: str, kind: int) -> str:
     return f"gridtwin.{twin}.{KIND_NAMES[kind]}"
 
 
-def msg_id(twin: str, kind: int, seq: int) -> str:
+def msg_id(twin: str, run: int, kind: int, seq: int) -> str:
     """JetStream de-duplication id (``Nats-Msg-Id``)."""
-    return f"{twin}:{KIND_NAMES[kind]}:{seq}"
+    return f"{twin}:{run}:{KIND_NAMES[kind]}:{seq}"
 
 
 def encode_snapshot(s: BusSnapshot) -> bytes:
     m, n = int(s.values.size), int(s.pv_mw.size)
     return b"".join((
         _PRE.pack(MAGIC, SNAPSHOT, VERSION, 0),
-        _SNAP.pack(s.seq, s.source_time, s.arrival_time, s.publish_time, m, n),
+        _SNAP.pack(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time, m, n),
         np.ascontiguousarray(s.values, "<f8").tobytes(),
         np.ascontiguousarray(s.flags, "<u4").tobytes(),
         np.ascontiguousarray(s.pv_mw, "<f8").tobytes(),
@@ -133,7 +138,7 @@ def encode_state(s: BusState) -> bytes:
     n = int(s.vm_pu.size)
     return b"".join((
         _PRE.pack(MAGIC, STATE, VERSION, 0),
-        _STATE.pack(s.seq, s.source_time, s.publish_time, s.done_time, s.chi2,
+        _STATE.pack(s.run, s.seq, s.source_time, s.publish_time, s.done_time, s.chi2,
                     s.chi2_threshold, s.t_solve_s, s.iterations, n, int(s.converged)),
         np.ascontiguousarray(s.vm_pu, "<f8").tobytes(),
         np.ascontiguousarray(s.va_rad, "<f8").tobytes()))
@@ -188,7 +193,7 @@ def _decode_snapshot(msg: bytes) -> BusSnapshot:
     off = _PRE.size
     if len(msg) < off + _SNAP.size:
         raise BusMessageError("snapshot header truncated", len(msg))
-    seq, src, arr, pub, m, n = _SNAP.unpack_from(msg, off)
+    run, seq, src, arr, pub, m, n = _SNAP.unpack_from(msg, off)
     off += _SNAP.size
     _need(msg, off + 12 * m + 16 * n, "snapshot")
     values = np.frombuffer(msg, "<f8", m, off).copy()
@@ -196,16 +201,16 @@ def _decode_snapshot(msg: bytes) -> BusSnapshot:
     off += 12 * m
     pv = np.frombuffer(msg, "<f8", n, off).copy()
     sig = np.frombuffer(msg, "<f8", n, off + 8 * n).copy()
-    return BusSnapshot(seq, src, arr, pub, values, flags, pv, sig)
+    return BusSnapshot(run, seq, src, arr, pub, values, flags, pv, sig)
 
 
 def _decode_state(msg: bytes) -> BusState:
     off = _PRE.size
     if len(msg) < off + _STATE.size:
         raise BusMessageError("state header truncated", len(msg))
-    seq, src, pub, done, chi2, thr, t_solve, iters, n, conv = _STATE.unpack_from(msg, off)
+    run, seq, src, pub, done, chi2, thr, t_solve, iters, n, conv = _STATE.unpack_from(msg, off)
     off += _STATE.size
     _need(msg, off + 16 * n, "state")
     vm = np.frombuffer(msg, "<f8", n, off).copy()
     va = np.frombuffer(msg, "<f8", n, off + 8 * n).copy()
-    return BusState(seq, src, pub, done, chi2, thr, t_solve, iters, bool(conv), vm, va)
+    return BusState(run, seq, src, pub, done, chi2, thr, t_solve, iters, bool(conv), vm, va)
