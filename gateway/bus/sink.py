@@ -23,6 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +122,8 @@ class Sink:
         self.batch = batch
         self.write_timeout_s = write_timeout_s
         self.backend = open_backend(historian_url)
+        # one thread owns the database connection (SQLite connections are per thread)
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gridtwin-sink-db")
         self.stats = SinkStats()
         self._infos: dict[str, tuple[RunInfo, list[str]]] = {}
         self.rows = SinkRows(self._infos.get)
@@ -131,7 +134,7 @@ class Sink:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.backend.ensure_schema)
+        await loop.run_in_executor(self._db, self._connect)
         self.nc = await connect(self.opts)
         js = self.nc.jetstream()
         await ensure_fleet(js, self.opts)
@@ -207,7 +210,7 @@ class Sink:
             return True
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(loop.run_in_executor(None, self.backend.write, batch),
+            await asyncio.wait_for(loop.run_in_executor(self._db, self.backend.write, batch),
                                    self.write_timeout_s)
         except (HistorianError, TimeoutError) as exc:
             self.stats.write_failures += 1
@@ -229,4 +232,9 @@ class Sink:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
-        self.backend.close()
+        await asyncio.get_running_loop().run_in_executor(self._db, self.backend.close)
+        self._db.shutdown(wait=False)
+
+    def _connect(self) -> None:
+        self.backend.connect()
+        self.backend.ensure_schema()
