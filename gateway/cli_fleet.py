@@ -43,6 +43,9 @@ def add_bus_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--replicas", type=int, default=1,
                    help="stream replicas when this command creates the stream (3 on a "
                    "three-node cluster)")
+    g.add_argument("--ack-wait", type=float, default=2.0, metavar="S",
+                   help="seconds before an unacknowledged snapshot goes to another worker "
+                   "(set when this command creates the consumers)")
 
 
 def bus_options(args: argparse.Namespace, name: str) -> Any:
@@ -52,7 +55,7 @@ def bus_options(args: argparse.Namespace, name: str) -> Any:
                       password=args.bus_password or os.environ.get("GRIDTWIN_BUS_PASSWORD"),
                       token=args.bus_token, creds=args.bus_creds, seed=args.bus_nkey,
                       tls_ca=args.bus_ca, tls_cert=args.bus_cert, tls_key=args.bus_key,
-                      name=name, replicas=args.replicas)
+                      name=name, replicas=args.replicas, ack_wait_s=args.ack_wait)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -83,9 +86,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "config's name)")
     add_bus_options(r)
     r.set_defaults(func=run_register)
-    from gateway.cli_fleet_demo import register_demo
-
-    register_demo(fsub)
 
 
 def _fail(msg: str) -> int:

@@ -21,6 +21,8 @@ certificate for TLS (``tls://`` URLs or any ``tls_*`` option).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +32,8 @@ from gateway.errors import GatewayError
 
 __all__ = ["BUCKET", "SINK", "STREAM", "WORKERS", "BusError", "BusOptions", "connect",
            "ensure_fleet"]
+
+log = logging.getLogger("gridtwin.bus")
 
 STREAM = "GRIDTWIN"
 WORKERS = "workers"
@@ -93,13 +97,39 @@ def _check_url(url: str) -> None:
         raise BusError(f"bus url {url!r}: no host")
 
 
+async def _reachable(urls: list[str], timeout: float) -> None:
+    """BusError unless one of ``urls`` accepts a TCP connection (the client library would
+    otherwise retry an unreachable first server forever)."""
+    errors = []
+    for url in urls:
+        u = urlsplit(url)
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(u.hostname, u.port or 4222),
+                                          timeout)
+        except (OSError, TimeoutError) as exc:
+            errors.append(f"{u.hostname}:{u.port or 4222}: {exc or type(exc).__name__}")
+            continue
+        w.close()
+        return
+    raise BusError("cannot reach the bus (" + "; ".join(errors) + "): is nats-server "
+                   "running with -js?")
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("bus: %s: %s", type(exc).__name__, exc)
+
+
 async def connect(o: BusOptions, **callbacks: Any) -> Any:
-    """A connected ``nats.aio.client.Client`` (reconnecting forever), or BusError."""
+    """A connected ``nats.aio.client.Client`` (reconnecting forever once connected), or
+    BusError."""
     import nats
     from nats.errors import Error as NatsError
 
-    for url in (o.url, *o.servers):
+    urls = [o.url, *o.servers]
+    for url in urls:
         _check_url(url)
+    await _reachable(urls, 3.0)
+    callbacks.setdefault("error_cb", _log_error)
     u = urlsplit(o.url)
     kw: dict[str, Any] = {
         "servers": [o.url, *o.servers], "name": o.name, "max_reconnect_attempts": -1,
