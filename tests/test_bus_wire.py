@@ -18,7 +18,8 @@ def snapshots(draw: st.DrawFn) -> wire.BusSnapshot:
     m = draw(st.integers(0, 40))
     n = draw(st.integers(0, 5))
     return wire.BusSnapshot(
-        draw(st.integers(-(2**63), 2**63 - 1)), draw(st.integers(-(2**63), 2**63 - 1)), draw(floats), draw(floats), draw(floats),
+        draw(st.integers(-(2**63), 2**63 - 1)), draw(st.integers(-(2**63), 2**63 - 1)),
+        draw(floats), draw(floats), draw(floats),
         draw(hnp.arrays(np.float64, m, elements=floats)),
         draw(hnp.arrays(np.uint32, m)),
         draw(hnp.arrays(np.float64, n, elements=floats)),

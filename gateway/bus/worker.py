@@ -164,10 +164,11 @@ def config_from_text(text: str) -> Any:
 
 def build_from_text(text: str) -> tuple[SolveFn, float]:
     """(solve, deadline_s) for a twin config given as TOML text (validated like a file)."""
-    from estimator.process import _linear_solver as linear_solver
+    from gateway.estimator_worker import solver_for
 
     cfg = config_from_text(text)
-    return linear_solver(cfg, cfg.estimator.method), float(cfg.estimator.deadline_s)
+    _, solve = solver_for(cfg, cfg.estimator.method)
+    return solve, float(cfg.estimator.deadline_s)
 
 
 class Worker:
