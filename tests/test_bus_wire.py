@@ -47,7 +47,7 @@ def test_snapshot_round_trip(s: wire.BusSnapshot) -> None:
 @given(st.integers(0, 300), st.booleans(), st.integers(0, 2**32 - 1))
 def test_state_round_trip(n: int, conv: bool, iters: int) -> None:
     rng = np.random.default_rng(n)
-    s = wire.BusState(7, n, 1.5, 2.5, 3.5, float("nan"), 86.0, 1e-4, iters, conv,
+    s = wire.BusState(7, n, 1.5, 1.7, 2.5, 3.5, float("nan"), 86.0, 1e-4, iters, conv,
                       rng.normal(1, 0.01, n), rng.normal(0, 0.01, n))
     got = wire.decode(wire.encode_state(s))
     assert isinstance(got, wire.BusState)

@@ -283,7 +283,8 @@ class Worker:
         done = self.clock()
         if done - s.publish_time > deadline:
             self.stats.deadline_misses += 1
-        state = wire.BusState(s.run, s.seq, s.source_time, s.publish_time, done, chi2, thr, t_solve,
+        state = wire.BusState(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time,
+                              done, chi2, thr, t_solve,
                               iters, conv, np.asarray(vm, float), np.asarray(va, float))
         await self.js.publish(wire.subject(p.twin, wire.STATE), wire.encode_state(state),
                               headers={"Nats-Msg-Id": wire.msg_id(p.twin, s.run, wire.STATE,
