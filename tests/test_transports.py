@@ -256,6 +256,8 @@ def test_c37_decoder_maps_phasors_to_channels() -> None:
     dec = C37Decoder(stream)
     pmus = [(p.station, p.idcode, [ph.name for ph in p.phasors]) for p in stream.pmus]
     ccfg = c37.make_config(stream.idcode, pmus, data_rate=50)
+    for p, want in zip(ccfg.pmus, stream.pmus, strict=True):  # PHUNIT: 0 voltage, 1 current
+        p.phunit = [(1 if ph.kind == "i" else 0, 1) for ph in want.phasors]
     with pytest.raises(Exception, match="before the configuration"):
         dec.decode(b"\xaa\x01" + bytes(20), 0.0)
     assert dec.decode(ccfg.build(), 0.0) is None

@@ -77,6 +77,11 @@ class ConfigMismatch(FrameError):
     """A data frame arrived with no configuration, or one for another IDCODE."""
 
 
+class LayoutMismatch(FrameSizeMismatch):
+    """A well-formed data frame (FRAMESIZE, SYNC and CRC fine) of another size than the
+    configuration describes: the sender's configuration changed."""
+
+
 class InvalidField(FrameError):
     """A field holds a value the standard rules out (TIME_BASE 0, fragmented CFG-3, ...)."""
 
@@ -747,6 +752,8 @@ class DataDecoder:
         self._single = len(self._num) == 1 and bool(
             np.array_equal(self._num[0].dest, np.arange(self._n_num)))
         self._words = _Gather(words[0], np.dtype(">u2"), words[1])
+        # the STAT word of each PMU, in configuration order (see stat_words)
+        self._stat_idx = self._words.idx[np.argsort(self._words.dest)[:n]]
         self._words_identity = bool(np.array_equal(self._words.dest, np.arange(n + D)))
         self._block = self._block_layout(leaves)
         # unit factors
@@ -861,14 +868,15 @@ class DataDecoder:
         return z, f, df, an
 
     # -- decode -----------------------------------------------------------------------
-    def decode(self, data: bytes | bytearray | memoryview, now: float) -> DataFrame:
-        """Decode one complete data frame (common header and CRC checked here too)."""
+    def _check(self, data: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
+        """Size, SYNC, version, CRC and IDCODE of a data frame for this configuration;
+        returns (SYNC second byte, IDCODE, SOC, FRACSEC word)."""
         n = len(data)
         if n != self.size:
             ftype = check_common(data)[0]  # raises the precise error for broken frames
             if ftype != FRAME_DATA:
                 raise UnknownFrameType(f"{FRAME_NAMES[ftype]} frame where data was due", 1)
-            raise FrameSizeMismatch(
+            raise LayoutMismatch(
                 f"{n}-byte data frame, the configuration describes {self.size}",
                 min(n, self.size))
         sync, kind, size, idcode, soc, frac = _COMMON.unpack_from(data)
@@ -880,6 +888,19 @@ class DataDecoder:
         if idcode != self.config.idcode:
             raise ConfigMismatch(
                 f"IDCODE {idcode}, the configuration is for {self.config.idcode}", 4)
+        return kind, idcode, soc, frac
+
+    def stat_words(self, data: bytes | bytearray | memoryview) -> np.ndarray:
+        """Every PMU's STAT word (configuration order) of a data frame, checked as
+        :meth:`decode` checks it but without converting a value: what a session needs to
+        follow the error and configuration-change bits cheaply."""
+        self._check(data)
+        raw = np.frombuffer(data, np.uint8)
+        return raw[self._stat_idx].view(">u2").ravel().astype(np.uint16)
+
+    def decode(self, data: bytes | bytearray | memoryview, now: float) -> DataFrame:
+        """Decode one complete data frame (common header and CRC checked here too)."""
+        kind, idcode, soc, frac = self._check(data)
         P, N = self.n_phasors, self.n_pmu
         fr = frac & 0xFFFFFF
         if self._block is not None:
