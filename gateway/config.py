@@ -167,6 +167,7 @@ class Stream:
     enabled: bool = True
     idcode: int = 0
     pmus: tuple[C37Pmu, ...] = ()
+    read_timeout_s: float = 0.0  # TCP: silent-peer timeout; 0 = a few periods, >= 2 s
 
     @property
     def scheme(self) -> str:
@@ -742,7 +743,7 @@ class _Validator:
         for i, t in enumerate(self.array(val, "streams")):
             key = f"streams[{i}]"
             self.unknown_keys(t, key, {"name", "url", "format", "header", "rate_hz", "allow",
-                                       "points", "enabled", "idcode"})
+                                       "points", "enabled", "idcode", "read_timeout_s"})
             name = self.get(t, "name", key, str)
             url = self.get(t, "url", key, str, fix='url = "udp://127.0.0.1:7100"')
             fmt = self.get(t, "format", key, str)
@@ -754,6 +755,10 @@ class _Validator:
             allow = self.get(t, "allow", key, list, default=["127.0.0.1"])
             enabled = self.get(t, "enabled", key, bool, default=True)
             idcode = self.get(t, "idcode", key, int, default=1)
+            read_timeout = self.get(t, "read_timeout_s", key, (int, float), default=0.0)
+            if read_timeout is not None and read_timeout < 0:
+                self.err(f"{key}.read_timeout_s", f"must be >= 0 s, got {read_timeout}",
+                         "0 picks a few frame periods (at least 2 s)")
             if fmt not in STREAM_FORMATS:
                 self.err(f"{key}.format", f"unknown format {fmt!r}",
                          f"use one of {', '.join(STREAM_FORMATS)}")
@@ -779,7 +784,7 @@ class _Validator:
                 pmus = self.c37_layout(pts, channels, f"{key}.points", idcode)
             s = Stream(name, url, fmt, bool(header), float(rate),
                        tuple(str(a) for a in allow), tuple(pts), bool(enabled), int(idcode),
-                       pmus)
+                       pmus, max(0.0, float(read_timeout or 0.0)))
             if s.enabled:
                 for ch in s.channels:
                     if ch in carried:
