@@ -17,11 +17,13 @@ connection and reconnects, the UDP one starts the handshake again when data come
 config's PMUs (station name, IDCODE, phasor names and kinds). The same PMUs in another
 order are remapped when station and IDCODE identify each one; anything else is refused
 with an error naming both lists, and no data is taken from it. **Configuration changes**:
-the STAT bit "configuration change" (bit 10) makes the session ask for CFG-2; when the bit
-clears (the change is in force) data is held back until the new CFG-2 is in, so values
-never land on channels of the old layout; a data frame of another size than the
-configuration's asks for CFG-2 too. **STAT words** become quality flags per PMU
-(:func:`stat_flags`).
+the STAT bit "configuration change" (bit 10) makes the session ask for CFG-2; when the
+STAT words move after that (the bit clears, or a new layout read at the old STAT offsets)
+the change may be in force: data is held back and CFG-2 asked for again, so values never
+land on channels of the old layout; a data frame of another size than the configuration's
+asks for CFG-2 too. (CFGCNT travels in configuration frames only: a change that is
+neither announced nor changes the frame size cannot be seen in data.) **STAT words**
+become quality flags per PMU (:func:`stat_flags`).
 
 :class:`C37Receiver` is the configuration/data half, used alone by the stream decoder
 (which sees frames, not connections); :class:`C37Session` adds framing, the handshake and
@@ -489,16 +491,21 @@ class C37Receiver:
         last = self._last_words
         if last is not None and np.array_equal(words, last):
             return []
+        if self.change_pending:
+            # announced, and now the words moved: bit 10 cleared, or a new layout read at
+            # the old STAT offsets (which looks like anything). Either way the change may
+            # be in force: hold data back until the configuration is asked again; the
+            # words are not trusted for flags until then
+            self.change_pending = False
+            self.stale = True
+            self._last_words = None
+            return []
         out: list[Event] = []
-        change = bool(np.any(words & STAT_CONFIG_CHANGE))
-        if change and not self.change_pending:
+        if np.any(words & STAT_CONFIG_CHANGE):
             self.change_pending = True
             out.append(ConfigChangeAnnounced(tuple(
                 p.station for p, w in zip(lay.config.pmus, words, strict=True)
                 if w & STAT_CONFIG_CHANGE)))
-        elif not change and self.change_pending:
-            self.change_pending = False
-            self.stale = True  # in force now: hold data until the new configuration
         flags = np.array([stat_flags(int(w)) for w in words], np.uint32)
         old = (np.array([stat_flags(int(w)) for w in last], np.uint32)
                if last is not None else np.zeros_like(flags))
@@ -673,15 +680,16 @@ class C37Session:
                 self._ask_config(now)  # data before (or without) its configuration
             if rx.layout is None:
                 return []
+        was_stale = rx.stale
         try:
             events = rx.data(raw, now)
         except c37.LayoutMismatch:
             if now - self._asked_at >= self.cfg_retry_s:
                 self._ask_config(now)  # another layout without notice: ask what it is
             raise
-        if any(isinstance(e, ConfigChangeAnnounced) for e in events) or (
-                rx.stale and now - self._asked_at >= self.cfg_retry_s):
-            self._ask_config(now)
+        if (rx.stale and not was_stale) or any(isinstance(e, ConfigChangeAnnounced)
+                                                for e in events):
+            self._ask_config(now)  # announced, or in force: ask now (tick repeats it)
         return events
 
     # -- timers ------------------------------------------------------------------------
