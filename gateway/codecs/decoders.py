@@ -10,6 +10,7 @@ which snapshot channels the values fill. A new wire format adds a class here and
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol
 
 import numpy as np
@@ -46,6 +47,9 @@ class SktDecoder:
         return f.seq, f.ts, f.values
 
 
+MAX_PENDING_EVENTS = 256  # C37.118 session events kept until the runner takes them
+
+
 class C37Decoder:
     """C37.118: configuration frames are checked against the config's PMUs and (re)build
     the data mapping; data frames give the phasors as (magnitude kV/kA, angle rad) pairs
@@ -77,7 +81,8 @@ class C37Decoder:
         self.layout = StreamLayout.of(stream.name, chans)
         self.size = 0
         self.flags: np.ndarray | None = None
-        self.events: list[Any] = []
+        # bounded: a runner that never drains them must not grow without end
+        self.events: deque[Any] = deque(maxlen=MAX_PENDING_EVENTS)
         self.configs = 0
 
     @property
@@ -91,8 +96,10 @@ class C37Decoder:
         return self.receiver.rate
 
     def take_events(self) -> list[Any]:
-        """Session events since the last call (the runner logs/stores them)."""
-        out, self.events = self.events, []
+        """Session events since the last call, the newest :data:`MAX_PENDING_EVENTS`
+        (the runner logs/stores them)."""
+        out = list(self.events)
+        self.events.clear()
         return out
 
     def decode(self, data: bytes, now: float) -> tuple[int | None, float | None,
@@ -113,8 +120,7 @@ class C37Decoder:
             return out.seq, out.ts, out.values
         frame = c37.parse(data, now)
         if isinstance(frame, c37.ConfigFrame):
-            events = rx.config(frame)
-            self.events += events
+            self.events.extend(rx.config(frame))
             if rx.refused is not None:
                 raise rx.refused
             if frame.frame_type != c37.FRAME_CFG1:
