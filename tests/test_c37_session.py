@@ -223,3 +223,26 @@ def test_handshake_only_session_follows_config_without_values(cfg: TwinConfig,
     ev = s2.receive_data(bytes(bad), 0.1) + s2.receive_data(bytes(bad), 0.2)
     assert [type(e) for e in ev] == [FrameReceived, FrameRejected, FrameReceived]
     assert s2.stats.rejected == 2
+
+
+def test_refused_configuration_is_asked_again_and_reported_once(stream: Stream) -> None:
+    bad = C37Stream(stream, 50.0)
+    bad.cfg2.pmus[0].station = "OTHER"
+    cfg2 = bad.cfg2.build()
+    s = C37Session(idcode=stream.idcode, expected=stream.pmus, silence_s=SILENCE,
+                   cfg_retry_s=0.5)
+    s.connection_made(0.0)
+    s.data_to_send()
+    ev = s.receive_data(cfg2, 0.1)
+    assert kinds(ev) == ["c37_frame", "c37_config_refused"]
+    assert s.state is State.REFUSED and s.data_to_send() == []  # no START
+    # asked again after a silence period (the PMU may be reconfigured); the same
+    # refusal is not reported twice
+    assert s.next_deadline() == pytest.approx(0.1 + SILENCE)
+    data = s.receive_data(bad.data_frame(np.ones(200), 1e6), 1.0)
+    assert kinds(data) == ["c37_frame"]  # no values from a refused configuration
+    assert s.tick(2.1) == []
+    assert len(s.data_to_send()) == 1
+    assert kinds(s.receive_data(cfg2, 2.2)) == ["c37_frame"]
+    assert s.state is State.REFUSED and s.data_to_send() == []
+    assert s.receiver.stats.refused == 2

@@ -436,10 +436,12 @@ class C37Receiver:
             try:
                 pmap = match_config(self.expected, cfg, self.idcode)
             except IdentityMismatch as exc:
+                again = self.refused is not None and str(self.refused) == str(exc)
                 self.layout, self.refused = None, exc
                 self.stats.refused += 1
                 self.stale = self.change_pending = False
-                out.append(ConfigRefused(str(exc), exc.configured, exc.received))
+                if not again:  # the same refusal, asked again later, is not news
+                    out.append(ConfigRefused(str(exc), exc.configured, exc.received))
                 return out
         point_pmu = (np.asarray(pmap.pmu_src, np.intp)[self._point_expected]
                      if pmap is not None else np.zeros(0, np.intp))
@@ -662,7 +664,7 @@ class C37Session:
 
     def _config(self, cfg: c37.ConfigFrame, now: float) -> list[Event]:
         events = self.receiver.config(cfg)
-        if any(isinstance(e, ConfigRefused) for e in events):
+        if self.receiver.refused is not None:
             self.state = State.REFUSED
             self._asked_at = now
         elif self.state is not State.STREAMING:
