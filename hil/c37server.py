@@ -243,4 +243,40 @@ class PmuSession:
         return []
 
 
-__all__ = ["FORMAT", "NOMINAL_HZ", "C37Stream", "PmuSession", "stream_config"]
+#: the PMU behaviours :func:`disturb` knows (the lab-day schedule names them)
+PMU_BEHAVIOURS = ("stat", "cfg_announce", "cfg_change", "pmu_order", "silent", "resume")
+
+
+def disturb(source: C37Stream, sessions: Sequence[PmuSession], kind: str, *,
+            station: str | None = None, word: int = 0,
+            order: Sequence[int] | None = None) -> None:
+    """Apply one impolite PMU behaviour by name (one entry point for a schedule).
+
+    ``stat``: STAT ``word`` on ``station`` (all PMUs when None); ``cfg_announce``: STAT
+    bit 10; ``cfg_change``: the change in force (CFGCNT + 1, PMUs in ``order`` if given);
+    ``pmu_order``: the same as a change that only reorders (``order`` required);
+    ``silent`` / ``resume``: the peers in ``sessions`` stop / go on sending and
+    answering while their connections stay open.
+    """
+    if kind == "stat":
+        source.set_stat(word, station)
+    elif kind == "cfg_announce":
+        source.announce_config_change()
+    elif kind == "cfg_change":
+        source.change_config(order)
+    elif kind == "pmu_order":
+        if order is None:
+            raise ValueError("pmu_order needs an order (config PMU index per wire block)")
+        source.change_config(order)
+    elif kind == "silent":
+        for s in sessions:
+            s.go_silent()
+    elif kind == "resume":
+        for s in sessions:
+            s.resume()
+    else:
+        raise ValueError(f"unknown PMU behaviour {kind!r}; known: {', '.join(PMU_BEHAVIOURS)}")
+
+
+__all__ = ["FORMAT", "NOMINAL_HZ", "PMU_BEHAVIOURS", "C37Stream", "PmuSession", "disturb",
+           "stream_config"]

@@ -219,3 +219,27 @@ def test_pmu_silent_on_an_open_connection(cfg: TwinConfig) -> None:
     assert s.ignored == 1 and "cfg2" not in s.commands
     s.resume()
     assert s.streaming and len(s.receive(c37.command(1, c37.CMD_CFG2), 0.0)) == 1
+
+
+def test_disturb_applies_behaviours_by_name(cfg: TwinConfig) -> None:
+    from hil.c37server import PMU_BEHAVIOURS, disturb
+
+    src = C37Stream(cfg.stream("pmu-c37"), 50.0)
+    peers = [PmuSession(src, streaming=True), PmuSession(src, streaming=True)]
+    disturb(src, peers, "stat", word=0x2000, station="PMU3")
+    assert list(_data_of(src, cfg).stat) == [0, 0x2000, 0, 0, 0, 0, 0]
+    disturb(src, peers, "cfg_announce")
+    assert all(_data_of(src, cfg).stat & 0x0400)
+    disturb(src, peers, "pmu_order", order=[1, 0, 2, 3, 4, 5, 6])
+    assert src.cfgcnt == 1 and src.cfg2.pmus[0].station == "PMU3"
+    disturb(src, peers, "cfg_change")
+    assert src.cfgcnt == 2 and src.cfg2.pmus[0].station == "PMU3"
+    disturb(src, peers, "silent")
+    assert not any(p.streaming for p in peers)
+    disturb(src, peers, "resume")
+    assert all(p.streaming for p in peers)
+    with pytest.raises(ValueError, match="needs an order"):
+        disturb(src, peers, "pmu_order")
+    with pytest.raises(ValueError, match="unknown PMU behaviour 'reboot'"):
+        disturb(src, peers, "reboot")
+    assert len(PMU_BEHAVIOURS) == 6
