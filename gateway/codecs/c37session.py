@@ -404,6 +404,7 @@ class C37Receiver:
             np.arange(len(self.expected or ())),
             [2 * len(p.phasors) for p in self.expected or ()]).astype(np.intp)
         self._last_words: np.ndarray | None = None
+        self._last_key = b""
         self._point_flags: np.ndarray | None = None
 
     @property
@@ -416,7 +417,12 @@ class C37Receiver:
         self.layout = None
         self.refused = None
         self.change_pending = self.stale = False
+        self._forget_words()
+
+    def _forget_words(self) -> None:
+        """STAT history restarts (the next frame's words are compared with nothing)."""
         self._last_words = self._point_flags = None
+        self._last_key = b""
 
     # -- configuration frames --------------------------------------------------------
     def config(self, cfg: c37.ConfigFrame) -> list[Event]:
@@ -456,7 +462,7 @@ class C37Receiver:
             # a new layout: STAT history restarts. The same configuration again (the
             # answer to a request made when bit 10 rose) keeps the pending change
             self.change_pending = False
-            self._last_words = self._point_flags = None
+            self._forget_words()
         self.stats.configs += 1
         out.append(ConfigAccepted(tuple(p.station for p in cfg.pmus), cfgcnt,
                                   pmap.remapped if pmap else False,
@@ -490,9 +496,10 @@ class C37Receiver:
 
     def _stat_edges(self, lay: _Layout, words: np.ndarray) -> list[Event]:
         """Configuration-change bit edges and per-PMU flag changes (cheap when unchanged)."""
-        last = self._last_words
-        if last is not None and np.array_equal(words, last):
+        key = words.tobytes()
+        if key == self._last_key:  # the common case: nothing changed (bytes compare)
             return []
+        last = self._last_words
         if self.change_pending:
             # announced, and now the words moved: bit 10 cleared, or a new layout read at
             # the old STAT offsets (which looks like anything). Either way the change may
@@ -500,7 +507,7 @@ class C37Receiver:
             # words are not trusted for flags until then
             self.change_pending = False
             self.stale = True
-            self._last_words = None
+            self._forget_words()
             return []
         out: list[Event] = []
         if np.any(words & STAT_CONFIG_CHANGE):
@@ -513,13 +520,13 @@ class C37Receiver:
                if last is not None else np.zeros_like(flags))
         for i in np.flatnonzero(flags != old):
             out.append(StatChanged(lay.config.pmus[i].station, int(words[i]), int(flags[i])))
-        self._last_words = words.copy()
+        self._last_words, self._last_key = words.copy(), key
         self._point_flags = flags[lay.point_pmu] if flags.any() else None
         return out
 
     def _values(self, lay: _Layout, pmap: PmuMap, f: c37.DataFrame) -> DataReceived:
         # per-phase volts/amperes on the wire -> channel units (C37Phasor.wire_factor)
-        z = f.phasors[pmap.phasor_src]
+        z = f.phasors[pmap.phasor_src] if pmap.remapped else f.phasors
         out = np.empty(2 * z.size)
         out[0::2] = np.abs(z) / self._factor
         out[1::2] = np.angle(z)
