@@ -139,3 +139,26 @@ async def test_silent_gtnet_skt_card_is_noticed_and_reconnected() -> None:
     assert kinds[:8] == ["connected", "frame", "frame", "frame", "silent", "disconnected",
                          "connected", "frame"]
     assert conns >= 2
+
+
+def test_read_timeout_config_key() -> None:
+    """``streams[].read_timeout_s``: default 0 (a few periods, at least 2 s), set per
+    stream, a negative value refused naming the key."""
+    from gateway.config import parse_config, resolve
+    from gateway.errors import ConfigError
+
+    text, _ = resolve("ieee33")
+    old = 'url = "tcp://127.0.0.1:4712"'
+    assert old in text
+    assert parse_config(text).stream("pmu-c37").read_timeout_s == 0.0
+    cfg = parse_config(text.replace(old, old + "\nread_timeout_s = 0.25"))
+    s = cfg.stream("pmu-c37")
+    assert s.read_timeout_s == 0.25
+    spec = TransportSpec(s.name, s.url, s.format, rate_hz=s.rate_hz,
+                         read_timeout_s=s.read_timeout_s)
+    assert spec.read_timeout == 0.25
+    assert TransportSpec("x", s.url, rate_hz=50.0).read_timeout == 2.0
+    assert TransportSpec("x", s.url, rate_hz=0.5).read_timeout == 10.0  # 5 periods
+    with pytest.raises(ConfigError) as info:
+        parse_config(text.replace(old, old + "\nread_timeout_s = -1"))
+    assert "streams[3] (pmu-c37).read_timeout_s" in [p.key for p in info.value.problems]
