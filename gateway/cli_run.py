@@ -4,23 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-RT_PRIORITY = 20
-
-
-def set_realtime(priority: int = RT_PRIORITY) -> str:
-    """SCHED_FIFO at ``priority`` for this process, else nice -10; what was applied."""
-    import os
-
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return f"SCHED_FIFO {priority}"
-    except (OSError, AttributeError):
-        pass
-    try:
-        os.nice(-10)
-        return "nice -10"
-    except OSError:
-        return "normal (no permission for real-time scheduling)"
+from gateway.realtime import PRIORITIES, set_realtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="print the run summary as JSON on stdout at exit")
     p.add_argument("--realtime", action="store_true",
                    help="run the gateway and the estimator process with real-time "
-                   f"scheduling (SCHED_FIFO priority {RT_PRIORITY}, else nice -10) if the "
-                   "OS allows it")
+                   f"scheduling (SCHED_FIFO priority {PRIORITIES['gateway']}, else nice -10) "
+                   "if the OS allows it")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -65,10 +49,17 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import sys
 
+    from prometheus_client import disable_created_metrics
+
+    from gateway import sdnotify
     from gateway.app import Gateway, GatewayOptions
     from gateway.config import load_config
     from gateway.errors import GatewayError
+    from gateway.historian.base import Misconfigured
 
+    # no <name>_created series: one start-time series per counter and histogram that no
+    # dashboard or alert reads, doubling what Prometheus stores for them
+    disable_created_metrics()
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -89,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"--stream-url: no stream named {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     if args.realtime:
-        logging.getLogger("gridtwin.gateway").info("scheduling: %s", set_realtime())
+        logging.getLogger("gridtwin.gateway").info("scheduling: %s",
+                                                   set_realtime("gateway"))
         # hand the GIL over within 0.2 ms (default 5 ms): the historian's thread must not
         # hold the pipeline thread up for a whole switch interval
         sys.setswitchinterval(2e-4)
@@ -107,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        notified: tuple[sdnotify.SdNotifier | None, asyncio.Task[None] | None] = (None, None)
         try:
             await gw.start()
             ready = {"ready": True, "pid": os.getpid(),
@@ -115,17 +108,23 @@ def run(args: argparse.Namespace) -> int:
                      "streams": {n: list(t.local_address) if t.local_address else None
                                  for n, t in gw.transports.items()}}
             print(json.dumps(ready), file=sys.stderr, flush=True)
+            # systemd Type=notify: READY=1 now, WATCHDOG=1 from this loop if asked for
+            notified = sdnotify.start(f"running {cfg.name}")
             if args.seconds is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), args.seconds)
             else:
                 await stop.wait()
         finally:
+            sdnotify.stop(*notified)
             await gw.close()
         return gw.summary()
 
     try:
         summary = asyncio.run(main())
+    except Misconfigured as exc:  # the historian cannot work as configured: say why
+        print(f"gridtwin run: historian: {exc}", file=sys.stderr)
+        return 2
     except GatewayError as exc:
         print(f"gridtwin run: {exc}", file=sys.stderr)
         return 1

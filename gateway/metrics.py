@@ -99,6 +99,24 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Records handed to the historian writer."),
     ("gridtwin_historian_dropped_total", "counter", (),
      "Records the historian writer could not accept."),
+    ("gridtwin_historian_up", "gauge", (),
+     "1 while the historian database takes commits (the last connect or commit succeeded)."),
+    ("gridtwin_historian_errors_total", "counter", (),
+     "Failed historian commits and connections (outage, refused, timed out)."),
+    ("gridtwin_historian_committed_total", "counter", (),
+     "Rows committed to the historian database."),
+    ("gridtwin_historian_spooled_total", "counter", (),
+     "Rows written to the historian's disk spool (database down or slow)."),
+    ("gridtwin_historian_replayed_total", "counter", (),
+     "Rows committed from the spool (replay progress)."),
+    ("gridtwin_historian_rejected_total", "counter", (),
+     "Rows the database refused (kept in rejected.log beside the spool)."),
+    ("gridtwin_historian_spool_records", "gauge", (), "Rows waiting in the spool."),
+    ("gridtwin_historian_spool_bytes", "gauge", (), "Bytes waiting in the spool."),
+    ("gridtwin_historian_queue_records", "gauge", (),
+     "Rows waiting in the historian writer's memory queue."),
+    ("gridtwin_historian_last_commit_timestamp_seconds", "gauge", (),
+     "Time (epoch) of the last successful historian commit (0: none yet)."),
     ("gridtwin_events_total", "counter", ("kind",), "Events raised by the gateway."),
     ("gridtwin_commands_sent_total", "counter", (),
      "Volt-watt curtailment commands sent to the simulator ([commands] enabled)."),
@@ -184,6 +202,19 @@ class Metrics:
         self.state_time = self._gauge("gridtwin_state_timestamp_seconds")
         self.historian = self._counter("gridtwin_historian_records_total")
         self.historian_dropped = self._counter("gridtwin_historian_dropped_total")
+        # the historian writer's own state, set from its stats at scrape time
+        # (gateway.historian.telemetry)
+        self.historian_up = self._gauge("gridtwin_historian_up")
+        self.historian_errors = self._counter("gridtwin_historian_errors_total")
+        self.historian_committed = self._counter("gridtwin_historian_committed_total")
+        self.historian_spooled = self._counter("gridtwin_historian_spooled_total")
+        self.historian_replayed = self._counter("gridtwin_historian_replayed_total")
+        self.historian_rejected = self._counter("gridtwin_historian_rejected_total")
+        self.historian_spool_records = self._gauge("gridtwin_historian_spool_records")
+        self.historian_spool_bytes = self._gauge("gridtwin_historian_spool_bytes")
+        self.historian_queue = self._gauge("gridtwin_historian_queue_records")
+        self.historian_last_commit = self._gauge(
+            "gridtwin_historian_last_commit_timestamp_seconds")
         self.events = self._counter("gridtwin_events_total")
         self.commands_sent = self._counter("gridtwin_commands_sent_total")
         self.command_errors = self._counter("gridtwin_command_errors_total")

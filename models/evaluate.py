@@ -147,9 +147,9 @@ def residual_search_flags(cfg: Any, trace: Any, rows: np.ndarray, *, max_removal
     from estimator.badata import largest_normalized_residual
     from estimator.baselines import make_estimator
     from estimator.errors import EstimatorError
-    from estimator.measurement import MeasurementModel
+    from gateway.se_model import measurement_model
 
-    model = MeasurementModel.from_config(cfg)
+    model = measurement_model(cfg)
     # LNR on the polar WLS (Newton) estimator, as in the textbook method: the constant-gain
     # linear SE often does not converge with gross errors in the set (DidNotConverge)
     est = make_estimator("wls", model)
@@ -443,7 +443,7 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
     try:
         from estimator.baselines import make_estimator
         from estimator.errors import EstimatorError
-        from estimator.measurement import MeasurementModel
+        from gateway.se_model import measurement_model
     except ImportError as exc:
         log(f"  se: estimator unavailable ({exc})")
         return [], {}
@@ -452,7 +452,7 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
     tr = _trace({"start": f"{EVAL_DAY}T12:00", "hours": (n + warm) / 3600.0, "step_s": 1.0,
                  "bad_pct": 10.0, "seed": seed}, log)
     res = run_stage(cfg, tr, models_dir)
-    model = MeasurementModel.from_config(cfg)
+    model = measurement_model(cfg)
     rows = []
     series: dict[str, Any] = {"truth": tr.v[warm:]}
     ks = np.arange(warm, warm + n)

@@ -1,4 +1,4 @@
-"""`gridtwin evaluate --quick --json`: the report has the contract's shape (DESIGN.md)."""
+"""`gridtwin evaluate --quick --json`: the report has the contract's shape (docs/measured.md)."""
 
 from __future__ import annotations
 
