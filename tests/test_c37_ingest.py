@@ -112,6 +112,48 @@ async def test_reordered_and_changing_pmus_land_on_their_channels() -> None:
         pmu6 = [names.index("pmu6.vm"), names.index("pmu6.va")]
         assert all(s.flags[i] == Flag.TIME_SUSPECT for i in pmu6)
         assert not s.flags[names.index("pmu1.vm")]
-    # the transport's own session reported the handshake and the change
-    assert events.count("c37_started") == 1
-    assert "c37_config_change" in events and "c37_config_changed" in events
+    # the transport's session reported its own doings (the handshake, the announced
+    # change it asked CFG-2 for); what the frames say is the decoder's to report
+    assert events == ["connected", "c37_started", "c37_config_change"]
+    dec_kinds = [e.kind for e in dec.take_events()]
+    assert dec_kinds.count("c37_config") == 3  # first, answer to the announce, new one
+    assert dec_kinds.count("c37_config_changed") == 1 and "c37_stat" in dec_kinds
+
+
+def test_pipeline_takes_stat_flags_and_raises_the_decoders_events() -> None:
+    """Sans-IO, no sockets: C37.118 frames fed to the pipeline; STAT flags reach the
+    handed-off snapshot on that PMU's channels; identity events become stream events."""
+    from gateway.pipeline import Event, Handoff, Pipeline
+    from gateway.telemetry import Telemetry
+    from hil.emulator import retarget
+
+    base = load_config("ieee33")
+    cfg = retarget(base, {}, enable=("pmu-c37",), disable=("pmu", "scada", "weather"))
+    stream = cfg.stream("pmu-c37")
+    p = Pipeline(cfg, Telemetry(cfg, clock=lambda: 0.0), perf=lambda: 0.0)
+    src = C37Stream(stream, 50.0, order=[6, 5, 4, 3, 2, 1, 0])
+    out = list(p.feed_frame(stream.name, src.cfg2.build(), 10.0))
+    (ev,) = [o for o in out if isinstance(o, Event)]
+    assert ev.kind == "stream_c37_config" and ev.source == "pmu-c37"
+    assert ev.detail["remapped"] is True
+    src.set_stat(0x8000, "PMU3")  # PMU3 reports a data error
+    values = 1.0 + 0.01 * np.arange(len(cfg.channels))
+    out = list(p.feed_frame(stream.name, src.data_frame(values, 1e9), 10.02))
+    (stat,) = [o for o in out if isinstance(o, Event)]
+    assert stat.kind == "stream_c37_stat" and stat.detail["station"] == "PMU3"
+    (h,) = [o for o in out if isinstance(o, Handoff)]
+    names = [c.name for c in cfg.channels]
+    bad = {i for i, f in enumerate(h.snapshot.flags) if f & Flag.BAD}
+    assert bad == {names.index(n) for n in names if n.startswith("pmu3.")}
+    np.testing.assert_allclose(h.snapshot.values[list(stream.channels)],
+                               values[list(stream.channels)], rtol=1e-6)
+    # a refused CFG-2 names both lists in its event, and no data is taken from it
+    wrong = C37Stream(stream, 50.0)
+    wrong.cfg2.pmus[0].station = "ELSEWHERE"
+    out = list(p.feed_frame(stream.name, wrong.cfg2.build(), 10.04))
+    evs = {o.kind: o for o in out if isinstance(o, Event)}
+    assert set(evs) == {"stream_c37_config_changed", "stream_c37_config_refused"}
+    ref = evs["stream_c37_config_refused"]
+    assert "PMU1#1" in str(ref.detail["configured"])
+    assert "ELSEWHERE#1" in str(ref.detail["received"])
+    assert p.stats[stream.name].decode_errors == 1

@@ -562,7 +562,10 @@ class C37Session:
     ``tcp``: bytes are a stream reassembled into frames (CRC-checked, resynchronising on
     garbage); otherwise each :meth:`receive_data` call is one datagram. ``expected``: the
     configured PMUs, checked and mapped (:class:`C37Receiver`); None for a transport that
-    only needs the handshake. ``silence_s``: read timeout (the transport's
+    only needs the handshake: then what the frames say (configuration accepted or changed,
+    STAT flags, unit warnings) is left to the stream decoder, which knows the PMUs, and
+    the session reports only its own doings (START, CFG-2 asked on an announced change,
+    silence, framing). ``silence_s``: read timeout (the transport's
     ``TransportSpec.read_timeout``).
     """
 
@@ -669,8 +672,14 @@ class C37Session:
         self._failing = False
         return out
 
+    def _own(self, events: list[Event]) -> list[Event]:
+        """Without configured PMUs, the content events are the decoder's to report."""
+        if self.receiver.expected is not None:
+            return events
+        return [e for e in events if type(e) is ConfigChangeAnnounced]
+
     def _config(self, cfg: c37.ConfigFrame, now: float) -> list[Event]:
-        events = self.receiver.config(cfg)
+        events = self._own(self.receiver.config(cfg))
         if self.receiver.refused is not None:
             self.state = State.REFUSED
             self._asked_at = now
@@ -699,7 +708,7 @@ class C37Session:
         if (rx.stale and not was_stale) or any(isinstance(e, ConfigChangeAnnounced)
                                                 for e in events):
             self._ask_config(now)  # announced, or in force: ask now (tick repeats it)
-        return events
+        return self._own(events)
 
     # -- timers ------------------------------------------------------------------------
     def next_deadline(self) -> float | None:

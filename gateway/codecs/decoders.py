@@ -61,7 +61,8 @@ class C37Decoder:
     :class:`~gateway.codecs.c37session.ConfigPending`. After each data frame
     :attr:`flags` holds the per-point quality flags from the PMUs' STAT words (None: all
     good), for ``Aligner.feed(..., flags=...)``; :meth:`take_events` hands the session
-    events (configuration accepted/changed/refused, STAT changes, warnings) to the runner.
+    events (configuration accepted/remapped/changed/refused, STAT changes, unit warnings)
+    to the runner; the transport's session reports the handshake's own events.
 
     Wire convention (C37.118.1): per-phase RMS volts and amperes; the channel value is the
     wire magnitude divided by :attr:`gateway.config.C37Phasor.wire_factor`.
@@ -75,6 +76,7 @@ class C37Decoder:
         self.receiver = c37session.C37Receiver(stream.pmus, idcode=stream.idcode,
                                                rate_hz=stream.rate_hz)
         self._data_event = c37session.DataReceived
+        self._announced = c37session.ConfigChangeAnnounced  # the transport reports it
         self._pending = c37session.ConfigPending
         chans = [c for pmu in stream.pmus for ph in pmu.phasors for c in (ph.mag, ph.ang)]
         self.n_phasors = len(chans) // 2
@@ -111,7 +113,7 @@ class C37Decoder:
             for ev in events:
                 if type(ev) is self._data_event:
                     out = ev
-                else:
+                elif type(ev) is not self._announced:
                     self.events.append(ev)
             if out is None:
                 raise self._pending("configuration change in force: data held back until "
