@@ -10,6 +10,10 @@ Bodies are declared with construct. Data frames (6.3, Table 5) are the hot path:
 :class:`DataDecoder` walks the construct declaration derived from a configuration once,
 turns its leaves into byte-gather indices per numpy dtype and then decodes a frame with a
 handful of vectorised numpy calls, never through construct's per-element parser.
+
+The common-header constants come from :mod:`gateway.codecs.c37common`, which the TCP
+stream reassembler (:mod:`gateway.codecs.stream`, re-exported here as
+``StreamReassembler``) shares, so the two modules import in one direction only.
 """
 
 from __future__ import annotations
@@ -25,8 +29,22 @@ from typing import Any
 import construct as cs
 import numpy as np
 
+from gateway.codecs.c37common import (
+    FRAME_CFG1,
+    FRAME_CFG2,
+    FRAME_CFG3,
+    FRAME_CMD,
+    FRAME_DATA,
+    FRAME_HEADER,
+    FRAME_NAMES,
+    HEADER_SIZE,
+    MIN_FRAME,
+    SYNC_BYTE,
+    VERSIONS,
+)
 from gateway.codecs.crc import crc_ccitt
 from gateway.codecs.layout import declaration_leaves
+from gateway.codecs.stream import StreamReassembler as StreamReassembler
 from gateway.errors import (
     BadCrc,
     BadSync,
@@ -35,18 +53,6 @@ from gateway.errors import (
     FrameTooShort,
     UnknownFrameType,
 )
-
-SYNC_BYTE = 0xAA
-VERSIONS = (1, 2)  # 1 = C37.118-2005, 2 = C37.118.2-2011
-
-# frame types, SYNC bits 6-4 (Table 2)
-FRAME_DATA = 0
-FRAME_HEADER = 1
-FRAME_CFG1 = 2
-FRAME_CFG2 = 3
-FRAME_CMD = 4
-FRAME_CFG3 = 5
-FRAME_NAMES = {0: "data", 1: "header", 2: "cfg1", 3: "cfg2", 4: "command", 5: "cfg3"}
 
 # command words (Table 15)
 CMD_STOP = 1
@@ -63,8 +69,6 @@ FMT_PHASOR_FLOAT = 0x2
 FMT_ANALOG_FLOAT = 0x4
 FMT_FREQ_FLOAT = 0x8
 
-HEADER_SIZE = 14  # SYNC..FRACSEC
-MIN_FRAME = HEADER_SIZE + 2  # plus CHK
 _COMMON = struct.Struct(">BBHHII")
 _EMPTY_F = np.zeros(0, np.float64)
 _EMPTY_U = np.zeros(0, np.uint16)
@@ -1031,12 +1035,3 @@ def make_config(
     ]
     return ConfigFrame(idcode, pmus, data_rate=data_rate, frame_type=frame_type)
 
-
-def __getattr__(name: str) -> Any:
-    """``c37118.StreamReassembler`` lives in :mod:`gateway.codecs.stream` (which imports
-    this module); resolved lazily to avoid the import cycle."""
-    if name == "StreamReassembler":
-        from gateway.codecs.stream import StreamReassembler
-
-        return StreamReassembler
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
