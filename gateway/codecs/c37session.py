@@ -619,6 +619,7 @@ class C37Session:
         self.receiver.reset()
         if self._reasm is not None:
             self._reasm = StreamReassembler()
+            self._resync_seen = (0, 0)
 
     def close(self, now: float) -> None:
         """Queue *turn off transmission* when data was flowing."""
