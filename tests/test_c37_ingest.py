@@ -71,7 +71,8 @@ async def test_reordered_and_changing_pmus_land_on_their_channels() -> None:
     ingest = Ingest(dec, len(cfg.channels))
     events: list[str] = []
     t = open_transport(TransportSpec(stream.name, f"tcp://127.0.0.1:{port}", stream.format,
-                                     0, stream.idcode, rate_hz=50.0), ingest,
+                                     0, stream.idcode, rate_hz=50.0,
+                                     read_timeout_s=DEADLINE_S), ingest,  # not tested here
                        on_event=lambda s, kind, d: events.append(kind))
     n = len(cfg.channels)
     rows = [1.0 + 0.01 * np.arange(n) + 0.001 * k for k in range(8)]

@@ -15,7 +15,7 @@ from gateway.transports.base import TransportSpec, open_transport
 from hil.c37server import C37Stream, PmuSession
 
 DEADLINE_S = 30.0  # each wait's own deadline (a condition, not a measured duration)
-READ_TIMEOUT_S = 0.5
+READ_TIMEOUT_S = 2.0  # generous: the burst before the silence must never look silent
 
 
 class Log:

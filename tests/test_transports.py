@@ -301,7 +301,7 @@ async def test_c37_udp_silence_then_handshake_again() -> None:
             silent.set()
 
     t = open_transport(TransportSpec("pmu", "udp://127.0.0.1:0", format="c37.118",
-                                     idcode=7, read_timeout_s=0.3), sink, on_event=event)
+                                     idcode=7, read_timeout_s=1.0), sink, on_event=event)
     await t.start()
     bound = t.local_address
     assert bound is not None
@@ -335,4 +335,4 @@ async def test_c37_udp_silence_then_handshake_again() -> None:
     kinds = [e[1] for e in sink.events]
     assert kinds.count("c37_started") == 2 and kinds.index("silent") < len(kinds) - 1
     (detail,) = [e[2] for e in sink.events if e[1] == "silent"]
-    assert detail["timeout_s"] == 0.3
+    assert detail["timeout_s"] == 1.0
