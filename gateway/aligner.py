@@ -119,8 +119,11 @@ class Aligner:
 
     # -- feeding -------------------------------------------------------------------------
     def feed(self, stream: str, values: np.ndarray, now: float, *, ts: float | None = None,
-             seq: int | None = None) -> list[Snapshot]:
-        """Add one decoded frame (point order); return the snapshots now complete."""
+             seq: int | None = None, flags: np.ndarray | None = None) -> list[Snapshot]:
+        """Add one decoded frame (point order); return the snapshots now complete.
+
+        ``flags``: quality bits per point from the source (e.g. a C37.118 STAT word),
+        OR-ed into the channels' flags; None when the source reports nothing."""
         i = self.index[stream]
         self._last_seen[i] = now
         key, src_time = self.key_of(ts, seq, now)
@@ -148,6 +151,8 @@ class Aligner:
             slot.flags[cs] = 0
         else:
             slot.flags[cs] = np.where(np.isfinite(v), np.uint32(0), MISSING)
+        if flags is not None:
+            slot.flags[cs] |= flags[lay.point_sel].astype(np.uint32, copy=False)
         out: list[Snapshot] = []
         if slot.got == self.all_mask:
             out = self._publish_through(key, now, early=True)

@@ -39,7 +39,7 @@ from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
 from gateway.stats import StreamStats
 from gateway.telemetry import METRICS_FLUSH_S, Telemetry
-from gateway.transports.base import Transport, TransportSpec, open_transport
+from gateway.transports.base import Transport
 
 log = logging.getLogger("gridtwin.gateway")
 
@@ -138,13 +138,9 @@ class Gateway:
                                        extras=self.live_extras, clock=self.clock)
             self.started("live view", self.live.close)
         for s in cfg.enabled_streams:
-            url = (o.url_overrides or {}).get(s.name, s.url)
-            t = open_transport(
-                TransportSpec(s.name, url, s.format, p.decoders[s.name].size, s.idcode,
-                              s.allow, s.rate_hz),
-                self.on_frame, on_drop=self.on_drop, on_event=self.event_stream,
-                clock=self.clock)
-            await t.start()
+            t = await comp.open_stream(s, o, p.decoders[s.name].size, on_frame=self.on_frame,
+                                       on_drop=self.on_drop, on_event=self.event_stream,
+                                       clock=self.clock)
             self.transports[s.name] = t
             self.started(f"stream {s.name}", t.close)
 

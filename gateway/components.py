@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import TwinConfig
+from gateway.config import Stream, TwinConfig
 from gateway.errors import GatewayError, HistorianError
 from gateway.metrics import Metrics, MetricsServer
 from gateway.pipeline import StoreForecast, StoreSnapshot, StoreState
 from gateway.quality.passthrough import PassThroughQuality
 from gateway.telemetry import Telemetry, pct_ms
-from gateway.transports.base import Transport
+from gateway.transports.base import Transport, TransportSpec, open_transport
 
 log = logging.getLogger("gridtwin.gateway")
 
@@ -158,6 +158,19 @@ async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
                            ) from exc
     log.info("metrics on http://%s:%d/metrics", *addr)
     return server
+
+
+async def open_stream(s: Stream, o: GatewayOptions, frame_size: int, *,
+                      on_frame: Any, on_drop: Any, on_event: Any,
+                      clock: Callable[[], float]) -> Transport:
+    """The transport of one stream, started (its URL may be overridden for a run)."""
+    url = (o.url_overrides or {}).get(s.name, s.url)
+    t = open_transport(
+        TransportSpec(s.name, url, s.format, frame_size, s.idcode, s.allow, s.rate_hz,
+                      read_timeout_s=s.read_timeout_s),
+        on_frame, on_drop=on_drop, on_event=on_event, clock=clock)
+    await t.start()
+    return t
 
 
 def open_live(server: MetricsServer, cfg: TwinConfig, *,

@@ -96,6 +96,8 @@ TABLES: dict[str, dict[str, Key]] = {
                      '("name:int32") or tables {name, type, scale}', items="string|object"),
         "enabled": _k("boolean", "false: configured but not listened on"),
         "idcode": _k("integer", "C37.118 IDCODE of the first PMU"),
+        "read_timeout_s": _k("number", "TCP: a peer silent this long is reconnected (0: five "
+                             "frame periods, at least 2 s)"),
     },
     "commands": {
         "enabled": _k("boolean", "send commands back to the simulator"),

@@ -132,6 +132,7 @@ class Stream:
     enabled: bool = True
     idcode: int = 0
     pmus: tuple[C37Pmu, ...] = ()
+    read_timeout_s: float = 0.0  # TCP: silent-peer timeout; 0 = a few periods, >= 2 s
 
     @property
     def scheme(self) -> str:
