@@ -44,6 +44,7 @@ class GatewayOptions:
     spare: bool = True
     realtime: bool = False  # the estimator process asks for real-time scheduling too
     url_overrides: dict[str, str] | None = None  # stream name -> URL (tests, demo)
+    bus_url: str | None = None  # None: the config's [bus] url; "": no bus
 
 
 def open_historian(cfg: TwinConfig, o: GatewayOptions, clock: Callable[[], float]) -> Any:
@@ -127,8 +128,10 @@ def open_commands(cfg: TwinConfig, metrics: Metrics, event: EventSink) -> Any:
 
 async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
                          on_state: Any, on_fail: Any, on_event: Any) -> Any:
-    """The estimator supervisor with its process ready, or None (``estimator=False``)."""
-    if not o.estimator:
+    """The estimator supervisor with its process ready, or None (``estimator=False``, or
+    the fleet's workers estimate this twin)."""
+    if not o.estimator or (cfg.bus.estimate == "workers" and
+                           (cfg.bus.url if o.bus_url is None else o.bus_url)):
         return None
     from gateway.supervisor import EstimatorSupervisor
 
@@ -138,6 +141,21 @@ async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[
         clock=clock, extra_args=["--realtime"] if o.realtime else [])
     await sup.start()
     return sup
+
+
+async def open_bus(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
+                   on_state: Any) -> Any:
+    """The bus link started, or None when no bus is configured. With ``[bus] estimate =
+    "workers"`` the fleet's states come back through ``on_state``."""
+    url = cfg.bus.url if o.bus_url is None else o.bus_url
+    if not url:
+        return None
+    from gateway.bus.link import BusLink, bus_options
+
+    link = BusLink(cfg, bus_options(cfg, url), clock=clock,
+                   on_state=on_state if cfg.bus.estimate == "workers" else None)
+    await link.start()
+    return link
 
 
 async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
