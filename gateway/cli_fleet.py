@@ -86,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "config's name)")
     add_bus_options(r)
     r.set_defaults(func=run_register)
+    from gateway.cli_fleet_demo import register_demo
+
+    register_demo(fsub)
 
 
 def _fail(msg: str) -> int:

@@ -65,6 +65,7 @@ class EdgeBus:
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.nc: Any = None
         self.js: Any = None
 
@@ -114,6 +115,8 @@ class EdgeBus:
     async def _down(self) -> None:
         self.stats.connected = False
         self._up.clear()
+        if self._closing:
+            return
         log.warning("bus %s: disconnected; spooling (%d waiting)", self.opts.redacted(),
                     self.pending)
 
@@ -171,6 +174,7 @@ class EdgeBus:
         return not self._buf
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -231,7 +231,7 @@ class Sink:
                     await t
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.close()
         await asyncio.get_running_loop().run_in_executor(self._db, self.backend.close)
         self._db.shutdown(wait=False)
 

@@ -63,6 +63,7 @@ class WorkerStats:
     config_loads: int = 0
     config_rejected: int = 0
     per_feeder: dict[str, int] = field(default_factory=dict)
+    superseded_per_feeder: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,6 +258,9 @@ class Worker:
             await m.term()
         for m in plan.superseded:
             self.stats.superseded += 1
+            twin = m.subject.split(".")[1]
+            per = self.stats.superseded_per_feeder
+            per[twin] = per.get(twin, 0) + 1
             await m.ack()
         for p in plan.keep:
             if p.msg.metadata.num_delivered > 1:
@@ -308,4 +312,4 @@ class Worker:
                 await t
         if self.nc is not None:
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await self.nc.close()
