@@ -49,6 +49,7 @@ import numpy as np
 from gateway.aligner import Aligner
 from gateway.codecs.decoders import make_decoder
 from gateway.config import TwinConfig
+from gateway.discipline import ingest_frame
 from gateway.errors import FrameError, GatewayError, HistorianError
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import FLAG_NAMES, Metrics, MetricsServer, observe_many
@@ -97,8 +98,7 @@ class Gateway:
             raise GatewayError(f"config {cfg.name}: no enabled stream")
         self.decoders = {s.name: make_decoder(s) for s in self.streams}
         self.stats = {s.name: StreamStats(s.name) for s in self.streams}
-        self.aligner = Aligner(len(cfg.channels), [d.layout for d in self.decoders.values()],
-                               rate_hz=cfg.rate_hz, lag_s=cfg.align.lag_s)
+        self.aligner = Aligner.for_config(cfg, [d.layout for d in self.decoders.values()])
         kinds: dict[str, int] = {}
         for c in cfg.channels:
             kinds[c.kind] = kinds.get(c.kind, 0) + 1
@@ -307,14 +307,7 @@ class Gateway:
         if out is None:  # a configuration/header frame
             return
         seq, ts, values = out
-        if st.frame(seq, ts, now, len(data)) == "duplicate":
-            return
-        agg = self.aligner.stats
-        late0 = agg.late_frames
-        snaps = self.aligner.feed(stream, values, now, ts=ts, seq=seq)
-        if agg.late_frames != late0:
-            st.late += 1
-        for snap in snaps:
+        for snap in ingest_frame(self, stream, seq, ts, values, now, len(data)):
             self.on_snapshot(snap)
         if self._timer is None:  # an armed timer is never later than the oldest slot's
             self._arm_timer()
@@ -577,7 +570,7 @@ class Gateway:
         return {
             "frames_received": sum(s.received for s in self.stats.values()),
             "decode_errors": sum(s.decode_errors for s in self.stats.values()),
-            "frames_lost": sum(s.lost for s in self.stats.values()),
+            "frames_lost": sum(s.not_stored for s in self.stats.values()),
             "frames_late": sum(s.late for s in self.stats.values()),
             "snapshots": self.snapshots,
             "snapshots_incomplete": self.aligner.stats.incomplete,

@@ -255,6 +255,10 @@ class AlignConfig:
     """openPDC-style alignment: wait for all streams or ``lag_s`` after the first."""
 
     lag_s: float = 0.01
+    reorder_s: float = 0.2  # a key further back than this is a restart candidate
+    max_jump_s: float = 2.0  # a key further ahead than this is a jump candidate
+    max_ahead_s: float = 2.0  # timestamps further ahead of the local clock are refused
+    jitter: float = 0.45  # timestamp jitter tolerated, as a fraction of the period
 
 
 @dataclass
@@ -1011,12 +1015,25 @@ class _Validator:
                              models or "bundled", bool(remote))
 
     def align(self, t: dict[str, Any], rate: float) -> AlignConfig:
-        self.unknown_keys(t, "align", {"lag_ms"})
+        self.unknown_keys(t, "align", {"lag_ms", "reorder_ms", "max_jump_s", "max_ahead_s",
+                                       "jitter"})
         lag = self.get(t, "lag_ms", "align", (int, float), default=min(10.0, 500.0 / rate))
         if lag is not None and lag < 0:
             self.err("align.lag_ms", f"must be >= 0, got {lag}", "e.g. 10")
             lag = 10.0
-        return AlignConfig(float(lag if lag is not None else 10.0) / 1000.0)
+        d = AlignConfig()
+        extra: dict[str, float] = {}
+        for key, attr, scale, lo, hi in (("reorder_ms", "reorder_s", 1e-3, 0.0, 60_000.0),
+                                         ("max_jump_s", "max_jump_s", 1.0, 0.0, 86_400.0),
+                                         ("max_ahead_s", "max_ahead_s", 1.0, 0.0, 86_400.0),
+                                         ("jitter", "jitter", 1.0, 0.0, 1.0)):
+            v = self.get(t, key, "align", (int, float), default=getattr(d, attr) / scale)
+            if v is not None and not lo < v < hi:
+                self.err(f"align.{key}", f"must be in ({lo:g}, {hi:g}), got {v}",
+                         f"e.g. {getattr(d, attr) / scale:g}")
+            elif v is not None:
+                extra[attr] = float(v) * scale
+        return AlignConfig(float(lag if lag is not None else 10.0) / 1000.0, **extra)
 
 
 def _tuple(typ: type | tuple[type, ...]) -> tuple[type, ...]:
