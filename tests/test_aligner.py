@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.aligner import Aligner, StreamLayout
+from gateway.aligner import Aligner, StreamLayout, Verdict
 from gateway.snapshot import Flag
 from gateway.stats import StreamStats, seq_diff
 
@@ -119,3 +123,55 @@ def test_stream_stats_classification() -> None:
     w.frame(2**32 - 1, None, 0.0)
     assert w.frame(0, None, 0.02) == "ok" and w.gaps == 0
     assert seq_diff(0, 2**32 - 1) == 1
+
+
+# --------------------------------------------------------------------- property (issue 23)
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(5, 60).flatmap(lambda n: st.tuples(
+    st.just(n),
+    st.lists(st.tuples(st.floats(0.0, 8.0), st.booleans()), min_size=2 * n,
+             max_size=2 * n),
+    st.lists(st.floats(0.0, 3.0), min_size=n, max_size=n))))
+def test_random_arrival_orders_delays_and_losses(
+        case: tuple[int, list[tuple[float, bool]], list[float]]) -> None:
+    """Published sequence numbers strictly increase, nothing is published twice, every
+    frame is accounted exactly once and every stale frame is counted late."""
+    n, frames, ticks = case
+    al = make()
+    t0 = 1000.0
+    base = round(t0 * RATE)
+    arrivals = []
+    for j, (delay, lost) in enumerate(frames):
+        if not lost:  # frame k of stream a (j even) or b (j odd), delayed by delay periods
+            arrivals.append((t0 + (j // 2 + delay) / RATE, j // 2, "ab"[j % 2]))
+    arrivals.sort()
+    published: list[int] = []
+    placed = 0
+
+    def take(out: list) -> None:
+        nonlocal placed
+        for s in out:
+            published.append(s.seq)
+            k = s.seq - base
+            if not s.flags[0] & Flag.MISSING:
+                placed += 1
+                assert s.values[0] == k  # stream a's frame k, in its own slot
+            if not s.flags[2] & Flag.MISSING:
+                placed += 1
+                assert s.values[2] == 2 * k
+
+    for now, k, stream in arrivals:
+        newest = published[-1] if published else None
+        take(al.feed(stream, np.array([float(k), float(k)]), now, ts=t0 + k / RATE,
+                     seq=k))
+        if newest is not None and base + k <= newest:
+            assert al.last_verdict is Verdict.LATE  # stale: counted, never merged
+        take(al.tick(now + ticks[k] / RATE))
+    take(al.flush(t0 + 10.0))
+    assert all(b > a for a, b in itertools.pairwise(published))
+    assert len(set(published)) == len(published)
+    late = al.drain_late()
+    assert len(late) == al.stats.late_frames
+    assert all(lf.key <= published[-1] for lf in late)
+    assert placed + len(late) + sum(al.stats.dropped.values()) == len(arrivals)
