@@ -137,7 +137,7 @@ def test_random_arrival_orders_delays_and_losses(
         case: tuple[int, list[tuple[float, bool]], list[float]]) -> None:
     """Published sequence numbers strictly increase, nothing is published twice, every
     frame is accounted exactly once and every stale frame is counted late."""
-    n, frames, ticks = case
+    _n, frames, ticks = case
     al = make()
     t0 = 1000.0
     base = round(t0 * RATE)

@@ -8,6 +8,8 @@ phase is near 0.5; a learned phase does not.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -46,7 +48,7 @@ def test_phase_half_with_jitter_loses_no_frame(rate: float, header: str) -> None
     assert len(out) == 2000
     np.testing.assert_array_equal([s.values[0] for s in out], np.arange(2000.0))
     keys = [s.seq for s in out]
-    assert all(b == a + 1 for a, b in zip(keys, keys[1:], strict=False))
+    assert all(b == a + 1 for a, b in itertools.pairwise(keys))
 
 
 @pytest.mark.parametrize("phase", [0.0, 0.25, 0.5, 0.75])
