@@ -7,6 +7,7 @@ clock is a plain float the test advances, frames are fed as the gateway feeds th
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ DAY = 86_400.0
 T0 = 644_198_400.0  # trace time (1990): far behind the local clock, as the emulator sends
 
 
-def one_stream(**kw: float) -> Aligner:
+def one_stream(**kw: Any) -> Aligner:
     return Aligner(1, [StreamLayout.of("a", [0])], rate_hz=RATE, lag_s=LAG, **kw)
 
 
