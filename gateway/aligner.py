@@ -41,7 +41,7 @@ within ``alive_s``). Non-finite values on the wire are flagged MISSING.
 :attr:`Aligner.late` holds :class:`LateFrame` items, frames that arrived after their slot
 was published (they are not merged, but the runner stores them flagged LATE);
 :attr:`Aligner.events` holds :class:`AlignEvent` items (restart, jump, clock step, refused
-frames); :attr:`Aligner.last_verdict` says what became of the last frame fed, and
+frames, timestamps lost or back: a GTNET card without GTSYNC sends 0); :attr:`Aligner.last_verdict` says what became of the last frame fed, and
 ``stats.dropped`` counts every frame not placed and not late, by reason.
 
 ``now`` is always passed in; nothing here reads a clock.
@@ -106,7 +106,7 @@ class LateFrame:
 @dataclass(frozen=True)
 class AlignEvent:
     """Something the runner turns into an event: ``restart``, ``jump``, ``clock_step``,
-    ``future_frame``, ``outlier_frame``."""
+    ``future_frame``, ``outlier_frame``, ``timestamps_lost``, ``timestamps_back``."""
 
     kind: str
     stream: str
@@ -199,6 +199,8 @@ class _Source:
     offset: int = 0  # added to the stream's own keys (re-basing after a restart)
     held: _Frame | None = None
     refusals: dict[str, int] = field(default_factory=dict)
+    timed: bool | None = None  # whether its last frame had a timestamp
+    last_now: float = 0.0  # arrival of the frame with the newest key
 
 
 class Aligner:
@@ -276,7 +278,9 @@ class Aligner:
         ks = None
         if seq is not None and src.last_seq is not None and src.last_key is not None:
             d = seq_diff(seq, src.last_seq)
-            if -self.reorder <= d <= self.jump:
+            # forward by sequence; back by sequence only without a timestamp (with one,
+            # a reordered frame's time places it, and a restart's time is newer)
+            if 0 < d <= self.jump or (x is None and -self.reorder <= d <= 0):
                 ks = src.last_key + d
         if x is not None:
             ph = x - round(x) if src.phase is None else src.phase
@@ -314,6 +318,12 @@ class Aligner:
         if timed and self.max_ahead is not None and ts > now + self.max_ahead:  # type: ignore[operator]
             return self._refuse(i, Verdict.FUTURE, now, {"ts": ts, "seq": seq,
                                                          "ahead_s": ts - now})  # type: ignore[operator]
+        if timed is not src.timed:
+            if src.timed is not None and seq is not None:  # GTSYNC lost or back
+                self.events.append(AlignEvent(
+                    "timestamps_back" if timed else "timestamps_lost", self.streams[i].name,
+                    now, {"seq": seq, "ts": ts}))
+            src.timed = timed
         key, x, shift = self._key(src, ts if timed else None, seq, now)
         fr = _Frame(key, values, now, ts if timed else None, seq, x, shift)
         if src.last_key is None:
@@ -339,7 +349,7 @@ class Aligner:
                       "seq": h.seq, "ts": h.ts}
             if back:
                 self.stats.restarts += 1
-                delta = self._restart_delta(h.key, fr.now)
+                delta = self._restart_delta(h.key, h.now, src)
                 src.offset += delta
                 h.key += delta
                 fr.key += delta
@@ -381,16 +391,20 @@ class Aligner:
         self.last_verdict = Verdict.HELD
         return out
 
-    def _restart_delta(self, key: int, now: float) -> int:
-        """How far to shift a restarted stream's keys: after everything published and
-        pending, or as another stream that restarted just before (same sender)."""
+    def _restart_delta(self, key: int, now: float, src: _Source) -> int:
+        """How far to shift a restarted stream's keys: to the slot of ``now`` by the
+        stream's old run (the time it was silent counts) and after everything published
+        and pending; or as another stream that restarted just before (same sender)."""
         rb = self._rebase
         if rb is not None and now - rb[2] <= RESTART_JOIN_S and abs(key - rb[0]) <= \
                 self.reorder:
             return rb[1]
         top = max([self._last_key if self._last_key is not None else key - 1,
                    *self._pending, key - 1])
-        delta = top + 1 - key
+        target = top + 1
+        if src.last_key is not None:
+            target = max(target, src.last_key + round((now - src.last_now) * self.rate))
+        delta = target - key
         self._rebase = (key, delta, now)
         return delta
 
@@ -435,6 +449,7 @@ class Aligner:
         if src.last_key is None or fr.key > src.last_key:
             src.last_key = fr.key
             src.last_seq = fr.seq
+            src.last_now = fr.now
         if fr.x is not None:
             ph = src.phase
             if ph is None:

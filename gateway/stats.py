@@ -7,10 +7,12 @@ time and the size. The classification follows VILLASnode:
 * ``gaps``: sequence numbers skipped when the sequence jumps forward by more than one
   (each missing number counts once; a frame arriving later for it is counted
   ``reordered`` and no longer ``lost``);
-* ``duplicates``: a sequence number seen before (within the last :data:`WINDOW`); a
-  duplicate is dropped by the gateway and not counted in ``received``;
+* ``duplicates``: a sequence number seen before (within the last :data:`WINDOW`) with
+  the same timestamp; a duplicate is dropped by the gateway and not counted in
+  ``received``;
 * ``reordered``: older than the newest seen but not seen before;
-* ``restart``: the sequence went back by more than the reorder window and the next
+* ``restart``: the sequence went back by more than the reorder window (or back at all
+  with a timestamp newer than any seen: a sender's short run) and the next
   frame continued from there (case restart, recompile, card reboot): the baseline is
   re-based, an event is queued (:attr:`StreamStats.events`), nothing is counted lost;
 * ``outlier``: a sequence number more than ``max_jump`` ahead (or beyond the reorder
@@ -44,7 +46,7 @@ WINDOW = 1024  # a power of two
 RATE_WINDOW = 64
 SEQ_MOD = 1 << 32
 SILENT_S = 1.0  # no frame for this long: the rate is 0
-REORDER = 64  # sequence numbers a frame may come late before it is a restart candidate
+REORDER = 16  # sequence numbers a frame may come late before it is a restart candidate
 MAX_JUMP = 1 << 16  # sequence numbers ahead before a frame is a jump candidate
 
 
@@ -89,6 +91,10 @@ class StreamStats:
     dropped_by: dict[str, int] = field(default_factory=dict)
     events: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
     _cand: int | None = field(default=None, repr=False)  # an unconfirmed jump
+    _newest_ts: float = field(default=-math.inf, repr=False)
+    # the timestamp that came with each ring entry: a repeated number with another
+    # timestamp is not a duplicate
+    _ring_ts: list[float] = field(default_factory=lambda: [math.nan] * WINDOW, repr=False)
     # seq -> slot seq & (WINDOW-1): a seen-before test in O(1) without a set
     _ring: list[int] = field(default_factory=lambda: [-1] * WINDOW, repr=False)
     _arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW),
@@ -98,7 +104,7 @@ class StreamStats:
               size: int = 0) -> SeqVerdict:
         """Account one decoded frame; return its class (a duplicate is not ``received``)."""
         self.last_arrival = now
-        kind = SeqVerdict.OK if seq is None else self._classify(seq, now)
+        kind = SeqVerdict.OK if seq is None else self._classify(seq, ts, now)
         if kind is SeqVerdict.DUPLICATE:
             return kind
         self.received += 1
@@ -113,10 +119,15 @@ class StreamStats:
                 self.owd_max = owd
         return kind
 
-    def _classify(self, seq: int, now: float) -> SeqVerdict:
+    def _classify(self, seq: int, ts: float | None, now: float) -> SeqVerdict:
         ring = self._ring
         last = self.last_seq
         kind = SeqVerdict.OK
+        t = ts if ts is not None and ts > 0 else math.nan
+        slot = seq & (WINDOW - 1)
+        newer = t > self._newest_ts  # False for NaN
+        if newer:
+            self._newest_ts = t
         if last is None or seq == (last + 1) & 0xFFFFFFFF:
             self.last_seq = seq
             if self._cand is not None:  # the jump before was not continued
@@ -124,7 +135,10 @@ class StreamStats:
                 self._cand = None
         else:
             d = seq_diff(seq, last)
-            if -self.reorder <= d <= self.max_jump:
+            if d <= 0 and newer:
+                # back in sequence but ahead in time: not a reordered frame, a restart
+                kind = self._jump(seq, d, now)
+            elif -self.reorder <= d <= self.max_jump:
                 if self._cand is not None:  # the jump before was not continued
                     self.outliers += 1
                     self._cand = None
@@ -133,7 +147,8 @@ class StreamStats:
                         self.gaps += d - 1
                         kind = SeqVerdict.GAP
                     self.last_seq = seq
-                elif d > -WINDOW and ring[seq & (WINDOW - 1)] == seq:
+                elif d > -WINDOW and ring[slot] == seq and (
+                        math.isnan(t) or self._ring_ts[slot] == t):
                     self.duplicates += 1
                     return SeqVerdict.DUPLICATE
                 else:
@@ -141,7 +156,8 @@ class StreamStats:
                     kind = SeqVerdict.REORDERED
             else:
                 kind = self._jump(seq, d, now)
-        ring[seq & (WINDOW - 1)] = seq
+        ring[slot] = seq
+        self._ring_ts[slot] = t
         return kind
 
     def _jump(self, seq: int, d: int, now: float) -> SeqVerdict:
@@ -154,6 +170,7 @@ class StreamStats:
             if seq_diff(cand, last) < 0:
                 self.restarts += 1
                 self._ring = [-1] * WINDOW
+                self._ring_ts = [math.nan] * WINDOW
                 self._ring[cand & (WINDOW - 1)] = cand
                 self.events.append(("restart", now, {"from_seq": last, "to_seq": cand}))
                 self.last_seq = seq

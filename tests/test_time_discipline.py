@@ -269,3 +269,30 @@ def test_late_frame_is_handed_out_not_lost() -> None:
     assert len(late) == 1 and late[0].seq == 1 and late[0].values.tolist() == [7.0]
     assert late[0].key == round((T0 + 1 / RATE) * RATE)
     assert f.al.stats.late_frames == 1 and f.al.drain_late() == []
+
+
+def test_lost_gtsync_keeps_the_slots_by_sequence_and_is_an_event() -> None:
+    al = one_stream()
+    f = Feeder(al)
+    for k in range(100):
+        f.send(ts=T0 + k / RATE, seq=k)
+    for k in range(100, 150):  # timestamp 0: the card lost GTSYNC
+        f.send(ts=0.0, seq=k)
+    for k in range(150, 200):
+        f.send(ts=T0 + k / RATE, seq=k)
+    f.advance(LAG)
+    assert [e.kind for e in al.drain_events()] == ["timestamps_lost", "timestamps_back"]
+    keys = [s.seq for s in f.snaps]
+    assert keys == list(range(keys[0], keys[0] + 200))
+    assert al.stats.late_frames == 0 and sum(al.stats.dropped.values()) == 0
+
+
+def test_short_run_restart_is_recognised_by_its_newer_timestamp() -> None:
+    s = StreamStats("x")
+    for k in range(10):  # a run shorter than the reorder window
+        s.frame(k, T0 + k / RATE, 0.0)
+    for j in range(5):  # sequence from 0 again, time goes on
+        s.frame(j, T0 + (10 + j) / RATE, 0.0)
+    assert s.restarts == 1 and s.duplicates == 0 and s.received == 15
+    assert s.frame(5, T0 + 15 / RATE, 0.0) is SeqVerdict.OK
+    assert s.frame(5, T0 + 15 / RATE, 0.0) is SeqVerdict.DUPLICATE
