@@ -41,7 +41,8 @@ within ``alive_s``). Non-finite values on the wire are flagged MISSING.
 :attr:`Aligner.late` holds :class:`LateFrame` items, frames that arrived after their slot
 was published (they are not merged, but the runner stores them flagged LATE);
 :attr:`Aligner.events` holds :class:`AlignEvent` items (restart, jump, clock step, refused
-frames, timestamps lost or back: a GTNET card without GTSYNC sends 0); :attr:`Aligner.last_verdict` says what became of the last frame fed, and
+frames, timestamps lost or back: a GTNET card without GTSYNC sends 0);
+:attr:`Aligner.last_verdict` says what became of the last frame fed, and
 ``stats.dropped`` counts every frame not placed and not late, by reason.
 
 ``now`` is always passed in; nothing here reads a clock.
