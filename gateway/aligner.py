@@ -202,6 +202,7 @@ class _Source:
     refusals: dict[str, int] = field(default_factory=dict)
     timed: bool | None = None  # whether its last frame had a timestamp
     last_now: float = 0.0  # arrival of the frame with the newest key
+    stepped: int = 0  # slots the sender's clock stepped (taken out of source times)
 
 
 class Aligner:
@@ -384,6 +385,7 @@ class Aligner:
             # the stream stays on its sequence; its timestamps now sit shift slots off
             if src.phase is not None:
                 src.phase += h.shift
+                src.stepped += h.shift
             h.shift = fr.shift = None
             out = self._place(i, h)
             return out + self._place(i, fr)
@@ -468,14 +470,16 @@ class Aligner:
         if not lay.unit:
             v = v * lay.scale
         src = self._src[i]
-        timed = fr.ts is not None
-        src_time = (key - src.offset + (src.phase or 0.0)) / self.rate if timed else fr.now
+        # the slot's instant on the stream's grid, continuous across restarts and clock
+        # steps (keys are re-based, steps taken out); arrival time before any timestamp
+        src_time = fr.now if src.phase is None else \
+            (key + src.phase - src.stepped) / self.rate
         if self._last_key is not None and key <= self._last_key:
             st = self.stats
             st.late_frames += 1
             st.late_by_stream[lay.name] += 1
             self.late.append(LateFrame(lay.name, i, key, fr.seq, fr.ts, fr.now,
-                                       fr.ts if timed else src_time,  # type: ignore[arg-type]
+                                       src_time,
                                        lay.channels, np.array(v, np.float64)))
             self.last_verdict = Verdict.LATE
             return []
