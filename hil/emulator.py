@@ -279,7 +279,8 @@ class Emulator:
         ts = wall_ts if (self.timestamps == "wall" and wall_ts is not None) \
             else self.trace_time(step)
         if self.case is not None:
-            return self._case_frames(step, ts)
+            return self._case_frames(step, ts, wall=self.timestamps == "wall"
+                                     and wall_ts is not None)
         meas = self.measured(step)
         out: list[Outgoing] = []
         for plan in self.plans:
@@ -292,7 +293,7 @@ class Emulator:
         self.next_step = step + 1
         return out
 
-    def _case_frames(self, step: int, ts: float) -> list[Outgoing]:
+    def _case_frames(self, step: int, ts: float, *, wall: bool) -> list[Outgoing]:
         """:meth:`frames` with the case clock: GTNET-SKT frames carry its sequence
         number, trace row and timestamp (C37.118 streams are sent as without it)."""
         assert self.case is not None
@@ -311,7 +312,9 @@ class Emulator:
             elif meas is None:
                 continue
             else:
-                wire_ts = 0.0 if stamp.ts_offset is None else ts + stamp.ts_offset
+                t = ts - (step - stamp.time_step) / self.rate_hz if wall else \
+                    self.trace_time(stamp.time_step)
+                wire_ts = 0.0 if stamp.ts_offset is None else t + stamp.ts_offset
                 frame = plan.skt.build(self.skt_values(plan, stamp.row_step, meas),
                                        seq=stamp.seq, ts=wire_ts)
                 seq, delay = stamp.seq, 0.0 if plan.stream.header else stamp.delay_s

@@ -357,13 +357,14 @@ def lab_day(seed: int, seconds: float, *, first_s: float = 2.0) -> tuple[Disturb
 @dataclass(frozen=True)
 class Stamp:
     """What a GTNET-SKT sender puts on the wire at one emulator step: whether it sends,
-    its header sequence number, the case step whose trace row it carries, the offset to
-    add to the step's nominal timestamp (None: timestamp 0, no GTSYNC) and the send
-    delay of a header-less frame."""
+    its header sequence number, the case step whose trace row it carries, the step whose
+    nominal time it carries, the offset to add to that time (None: timestamp 0, no
+    GTSYNC) and the send delay of a header-less frame."""
 
     send: bool
     seq: int
     row_step: int
+    time_step: int  # the step whose nominal time it carries (a recompile goes back)
     ts_offset: float | None
     delay_s: float
     events: tuple[str, ...] = ()
@@ -401,6 +402,7 @@ class CaseClock:
         self.seq_origin = 0  # the step whose sequence number is 0
         self.row_origin = start_step  # the step that carries trace row start_step
         self.ts_offset = 0.0
+        self.time_back = 0  # steps the case time went back (recompiles)
         self.silent_until = -1  # steps before this one send nothing
         self.no_sync_until = -1
         self.log: list[DisturbanceRecord] = []
@@ -421,7 +423,7 @@ class CaseClock:
         elif "future_ts" in events:
             off = (off or 0.0) + DAY_S
         return Stamp(step >= self.silent_until, step - self.seq_origin,
-                     self.start_step + step - self.row_origin, off,
+                     self.start_step + step - self.row_origin, step - self.time_back, off,
                      max(0.0, (self.phase + u) * p), tuple(events))
 
     def _begin(self, d: Disturbance, step: int) -> None:
@@ -434,7 +436,7 @@ class CaseClock:
             self.seq_origin = self.row_origin = step
         elif d.kind == "recompile":
             # the case time starts again: the timestamp goes back to the run's start
-            self.ts_offset -= (resume - self.row_origin) / self.rate
+            self.time_back += resume - self.row_origin
             self.seq_origin = self.row_origin = resume
         elif d.kind == "card_reboot":
             self.seq_origin = resume  # the case ran on: rows and time continue
