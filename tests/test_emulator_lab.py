@@ -124,7 +124,7 @@ def test_emulator_frames_carry_the_case_clock(cfg: TwinConfig, trace: Trace) -> 
     assert 5 not in steps and 6 not in steps  # silent while recompiling
     by = {k: (seq, ts) for k, seq, ts in seen}
     assert by[7][0] == 0 and by[7][1] == pytest.approx(em.trace_time(0), abs=1e-6)
-    assert by[15][1] == 0.0 and by[17][1] > 0  # no GTSYNC for two steps
+    assert by[15][1] == 0.0 and (by[17][1] or 0.0) > 0  # no GTSYNC for two steps
     assert [r.kind for r in em.disturbances] == ["recompile", "no_gtsync"]
     assert em.silent_steps == 2
 
