@@ -7,13 +7,14 @@ clock is a plain float the test advances, frames are fed as the gateway feeds th
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from gateway.aligner import Aligner, StreamLayout, Verdict
-from gateway.snapshot import Snapshot
+from gateway.snapshot import Flag, Snapshot
 from gateway.stats import SeqVerdict, StreamStats
 
 RATE = 50.0
@@ -296,3 +297,86 @@ def test_short_run_restart_is_recognised_by_its_newer_timestamp() -> None:
     assert s.restarts == 1 and s.duplicates == 0 and s.received == 15
     assert s.frame(5, T0 + 15 / RATE, 0.0) is SeqVerdict.OK
     assert s.frame(5, T0 + 15 / RATE, 0.0) is SeqVerdict.DUPLICATE
+
+
+# --------------------------------------------------------------------- config and runner
+
+def test_align_discipline_keys_are_read_and_checked() -> None:
+    from gateway.config import parse_config, resolve
+    from gateway.errors import ConfigError
+
+    text, _ = resolve("ieee33")
+    old = "[align]\nlag_ms = 10"
+    assert old in text
+    cfg = parse_config(text.replace(old, old + "\nreorder_ms = 100\nmax_jump_s = 5\n"
+                                    "max_ahead_s = 0.5\njitter = 0.3"))
+    a = cfg.align
+    assert (a.reorder_s, a.max_jump_s, a.max_ahead_s, a.jitter) == (0.1, 5.0, 0.5, 0.3)
+    al = Aligner.for_config(cfg, [StreamLayout.of("a", [0])])
+    assert al.reorder == 5 and al.jump == 250 and al.max_ahead == 0.5 and al.jitter == 0.3
+    with pytest.raises(ConfigError) as info:
+        parse_config(text.replace(old, old + "\njitter = 1.5\nmax_ahead_s = -1"))
+    assert {p.key for p in info.value.problems} == {"align.jitter", "align.max_ahead_s"}
+
+
+def test_the_gateway_stores_a_late_frame_and_counts_what_it_did_not_store(
+        tmp_path: Path) -> None:
+    """Through Gateway.on_frame with real bytes and a real SQLite historian."""
+    from gateway.app import Gateway, GatewayOptions
+    from gateway.codecs.gtnet_skt import GtnetSktCodec
+    from gateway.config import load_config
+    from gateway.historian.writer import HistorianWriter, run_info_from_config
+    from gateway.quality.passthrough import PassThroughQuality
+    from hil.emulator import retarget
+
+    cfg = retarget(load_config("ieee33"), {}, disable=("pmu", "scada"))
+    gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="",
+                                     estimator=False, quality=False))
+    gw.quality = PassThroughQuality(cfg)
+    db = tmp_path / "twin.db"
+    gw.historian = HistorianWriter(f"sqlite:///{db}").start()
+    gw.historian.start_run(run_info_from_config(cfg))
+    s = cfg.stream("weather")
+    codec = GtnetSktCodec([p.type for p in s.points], header=True)
+    vals = np.arange(len(s.points), dtype=float)
+    now = 2_000_000_000.0
+
+    def send(k: int, ts: float, at: float) -> None:
+        gw.on_frame("weather", codec.build(vals + k, seq=k, ts=ts), "127.0.0.1", at)
+
+    for k in range(10):
+        send(k, T0 + k / RATE, now + k / RATE)
+    send(12, T0 + 12 / RATE, now + 0.25)
+    send(11, T0 + 11 / RATE, now + 0.26)  # its slot was published with frame 12's
+    send(12, T0 + 12 / RATE, now + 0.27)  # a duplicate
+    send(13, T0 + 13 / RATE + DAY, now + 0.28)  # a day ahead: held, then refused
+    send(14, T0 + 14 / RATE, now + 0.29)
+    assert gw.historian.close()
+    st = gw.stats["weather"]
+    assert st.received == 14 and st.duplicates == 1 and st.late == 1
+    assert st.dropped_by["future"] == 1
+    rows = sorted(query_rows(db))
+    assert len(rows) == 13  # 12 snapshots, one late row
+    seq, vals, flags = rows[0]
+    assert seq < 0
+    f, v = np.frombuffer(flags, "<u4"), np.frombuffer(vals, "<f8")
+    mine = gw.decoders["weather"].layout.channels
+    assert (f[mine] == Flag.LATE).all() and v[mine][0] == vals_of_11(s, mine, cfg)
+    others = np.setdiff1d(np.arange(f.size), mine)
+    assert (f[others] == Flag.MISSING).all()
+    s_all = gw.summary()
+    assert s_all["frames_lost"] == 2 + st.lost  # the duplicate and the refused frame
+    assert s_all["frames_received"] == 14
+
+
+def vals_of_11(s: Any, mine: np.ndarray, cfg: Any) -> float:
+    """The engineering value frame 11 carried on the stream's first channel."""
+    i = next(j for j, p in enumerate(s.points) if p.channel == mine[0])
+    return float(np.float32(i + 11)) * s.points[i].scale
+
+
+def query_rows(db: Path) -> list[tuple[int, bytes, bytes]]:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT seq, vals, flags FROM measurements").fetchall()
