@@ -357,9 +357,9 @@ def test_the_gateway_stores_a_late_frame_and_counts_what_it_did_not_store(
     assert st.dropped_by["future"] == 1
     rows = sorted(query_rows(db))
     assert len(rows) == 13  # 12 snapshots, one late row
-    seq, vals, flags = rows[0]
+    seq, vblob, fblob = rows[0]
     assert seq < 0
-    f, v = np.frombuffer(flags, "<u4"), np.frombuffer(vals, "<f8")
+    f, v = np.frombuffer(fblob, "<u4"), np.frombuffer(vblob, "<f8")
     mine = gw.decoders["weather"].layout.channels
     assert (f[mine] == Flag.LATE).all() and v[mine][0] == vals_of_11(s, mine, cfg)
     others = np.setdiff1d(np.arange(f.size), mine)
