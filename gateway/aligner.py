@@ -59,8 +59,9 @@ from typing import Any
 import numpy as np
 
 from gateway.snapshot import Flag, Snapshot
-from gateway.stats import seq_diff
+from gateway.stats import SEQ_MOD, seq_diff
 
+SEQ_HALF = SEQ_MOD // 2
 MISSING = np.uint32(Flag.MISSING)
 MISSING_LATE = np.uint32(Flag.MISSING | Flag.LATE)
 PHASE_GAIN = 1.0 / 32.0  # weight of one frame in the running phase estimate
@@ -177,7 +178,7 @@ class AlignerStats:
     dropped_by_stream: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Frame:
     """A frame on its way to a slot (or held until the stream's next frame decides)."""
 
@@ -279,7 +280,9 @@ class Aligner:
         x = ts * r if ts is not None else None
         ks = None
         if seq is not None and src.last_seq is not None and src.last_key is not None:
-            d = seq_diff(seq, src.last_seq)
+            d = (seq - src.last_seq) % SEQ_MOD  # seq_diff, inline (hot path)
+            if d >= SEQ_HALF:
+                d -= SEQ_MOD
             # forward by sequence; back by sequence only without a timestamp (with one,
             # a reordered frame's time places it, and a restart's time is newer)
             if 0 < d <= self.jump or (x is None and -self.reorder <= d <= 0):
@@ -334,8 +337,9 @@ class Aligner:
             return self._on_disagreement(i, fr)
         d = key - src.last_key
         if -self.reorder <= d <= self.jump:
-            out = self._refute(i, now)
-            return out + self._place(i, fr)
+            if src.held is not None:
+                self._refute(i, now)
+            return self._place(i, fr)
         return self._on_jump(i, fr)
 
     def _on_jump(self, i: int, fr: _Frame) -> list[Snapshot]:
