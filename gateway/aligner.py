@@ -20,9 +20,10 @@ and sequence number from outside is untrusted, so each stream has its own discip
   ``reorder_s`` behind it, is **held**: if the stream's next frame continues from it,
   the sender jumped (forward: a clock step or an outage) or **restarted** (backwards:
   case restart, recompile, card reboot). A restart re-bases the stream: its keys are
-  shifted so the new run continues after everything published, the held frame and the
-  new one are placed at once (alignment resumes within one lag window, nothing stalls
-  for as long as the old run lasted) and an :class:`AlignEvent` is queued. If the next
+  shifted so the new run continues at the slot of the time it arrived (beside streams
+  that did not restart), the held frame and the new one are placed at once (alignment
+  resumes within one lag window, nothing stalls for as long as the old run lasted) and
+  an :class:`AlignEvent` is queued. If the next
   frame does not continue from it, the held frame was an outlier and is refused
   (OUTLIER, or FUTURE when it was ahead): one stray datagram cannot move the slot grid;
 * a timestamp that disagrees with a continuous sequence number is held the same way: the
@@ -400,17 +401,20 @@ class Aligner:
 
     def _restart_delta(self, key: int, now: float, src: _Source) -> int:
         """How far to shift a restarted stream's keys: to the slot of ``now`` by the
-        stream's old run (the time it was silent counts) and after everything published
-        and pending; or as another stream that restarted just before (same sender)."""
+        stream's old run (the time it was silent counts), or as another stream that
+        restarted just before (same sender)."""
         rb = self._rebase
         if rb is not None and now - rb[2] <= RESTART_JOIN_S and abs(key - rb[0]) <= \
                 self.reorder:
             return rb[1]
-        top = max([self._last_key if self._last_key is not None else key - 1,
-                   *self._pending, key - 1])
-        target = top + 1
+        # by time, not "after everything": the other streams' frames of this instant (a
+        # PMU that did not restart) are in that slot; if it was published meanwhile, the
+        # held frame goes out late (stored) and the stream is aligned from the next one
+        target = key
         if src.last_key is not None:
-            target = max(target, src.last_key + round((now - src.last_now) * self.rate))
+            target = src.last_key + max(1, round((now - src.last_now) * self.rate))
+        elif self._last_key is not None:
+            target = self._last_key + 1
         delta = target - key
         self._rebase = (key, delta, now)
         return delta

@@ -380,3 +380,21 @@ def query_rows(db: Path) -> list[tuple[int, bytes, bytes]]:
 
     with sqlite3.connect(db) as con:
         return con.execute("SELECT seq, vals, flags FROM measurements").fetchall()
+
+
+def test_a_restarted_stream_rejoins_a_stream_that_did_not_restart() -> None:
+    """A PMU runs on while the GTNET-SKT case is recompiled (its time goes back)."""
+    al = Aligner(2, [StreamLayout.of("pmu", [0]), StreamLayout.of("skt", [1])],
+                 rate_hz=RATE, lag_s=LAG)
+    f = Feeder(al)
+    for k in range(300):
+        al.feed("pmu", np.array([1.0]), f.now, ts=T0 + k / RATE, seq=k)
+        f.send("skt", ts=T0 + k / RATE, seq=k)
+    for k in range(300, 330):  # pmu goes on; the case restarts from its time 0
+        al.feed("pmu", np.array([1.0]), f.now, ts=T0 + k / RATE, seq=k)
+        f.send("skt", ts=T0 + (k - 300) / RATE, seq=k - 300)
+    f.advance(1.0)
+    assert al.stats.restarts == 1
+    # after the restart frame is held one period, both streams share slots again
+    assert al.stats.incomplete <= 2
+    assert len(f.snaps) >= 328 and al.stats.late_frames <= 1
