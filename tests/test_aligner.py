@@ -175,3 +175,59 @@ def test_random_arrival_orders_delays_and_losses(
     assert len(late) == al.stats.late_frames
     assert all(lf.key <= published[-1] for lf in late)
     assert placed + len(late) + sum(al.stats.dropped.values()) == len(arrivals)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(["next", "next", "next", "next", "swap", "stray", "restart",
+                                 "skip"]), min_size=5, max_size=150))
+def test_restarts_strays_and_swaps_never_republish_or_lose_count(ops: list[str]) -> None:
+    """A sender that restarts, sends stray timestamps and swaps neighbours: published
+    keys still strictly increase and every frame is placed, late or counted dropped.
+    (The stream's first frame is a good one: a first frame has nothing to be judged by.)"""
+    ops = ["next", *ops]
+    al = Aligner(1, [StreamLayout.of("a", [0])], rate_hz=RATE, lag_s=0.01)
+    t0, now, k = 5000.0, 1.0e6, 0
+    published: list[int] = []
+    fed = strays = 0
+    placed = 0
+
+    def feed(seq: int, ts: float) -> None:
+        nonlocal fed, placed
+        out = al.feed("a", np.array([1.0]), now, ts=ts, seq=seq)
+        fed += 1
+        placed += len(out)  # one stream: a snapshot is one placed frame
+        published.extend(s.seq for s in out)
+
+    for op in ops:
+        now += 1 / RATE
+        if op == "restart":
+            k = 0
+        elif op == "skip":
+            k += 3
+        if op == "swap":
+            feed(k + 1, t0 + (k + 1) / RATE)
+            feed(k, t0 + k / RATE)
+            k += 2
+        elif op == "stray":
+            feed(k, t0 + k / RATE + 86_400.0)
+            strays += 1
+            k += 1
+        else:
+            feed(k, t0 + k / RATE)
+            k += 1
+        out = al.tick(now + 0.5 / RATE)
+        placed += len(out)
+        published.extend(s.seq for s in out)
+    out = al.flush(now + 1.0)
+    placed += len(out)
+    published.extend(s.seq for s in out)
+    assert all(b > a for a, b in itertools.pairwise(published))
+    assert al.held == 0
+    late = al.drain_late()
+    assert placed + len(late) + sum(al.stats.dropped.values()) == fed
+    if "restart" not in ops:  # without restarts, only the strays are refused
+        assert al.stats.dropped["outlier"] == al.stats.dropped["duplicate"] == 0
+        if ("stray", "stray") not in set(itertools.pairwise(ops)):
+            assert al.stats.dropped["future"] == strays
+        else:  # two in a row are a clock step there and back: accepted by sequence
+            assert al.stats.dropped["future"] <= strays
