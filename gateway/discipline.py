@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.aligner import LateFrame
+from gateway.aligner import LateFrame, Verdict
 from gateway.snapshot import Flag, Snapshot
 from gateway.stats import SeqVerdict
 
@@ -30,6 +30,7 @@ LATE_SEQ_STREAMS = 64
 _LATE = np.uint32(Flag.LATE)
 _LATE_MISSING = np.uint32(Flag.LATE | Flag.MISSING)
 _MISSING = np.uint32(Flag.MISSING)
+REFUSED = (Verdict.FUTURE, Verdict.OUTLIER, Verdict.HELD)
 
 
 def late_seq(key: int, stream_index: int) -> int:
@@ -52,7 +53,7 @@ def ingest_frame(gw: Any, stream: str, seq: int | None, ts: float | None,
     """Account and align one decoded frame of ``gw`` (a Gateway); return the snapshots
     it completes. Late frames are stored, drops counted, events raised here."""
     st = gw.stats[stream]
-    kind = st.frame(seq, ts, now, size)
+    kind = st.frame(seq, ts, now, size, delay=False)
     if kind is SeqVerdict.DUPLICATE:
         return []
     al = gw.aligner
@@ -61,6 +62,8 @@ def ingest_frame(gw: Any, stream: str, seq: int | None, ts: float | None,
         drops.update({r: n + drops.get(r, 0) for r, n in st.dropped_by.items()})
         st.dropped_by = drops
     snaps: list[Snapshot] = al.feed(stream, values, now, ts=ts, seq=seq)
+    if al.last_verdict not in REFUSED:  # a refused timestamp says nothing about delay
+        st.delay(ts, now)
     if al.late:
         _store_late(gw, al.drain_late())
     if al.events or st.events:

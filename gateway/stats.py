@@ -101,8 +101,10 @@ class StreamStats:
                                     repr=False)
 
     def frame(self, seq: int | None, ts: float | None, now: float,
-              size: int = 0) -> SeqVerdict:
-        """Account one decoded frame; return its class (a duplicate is not ``received``)."""
+              size: int = 0, *, delay: bool = True) -> SeqVerdict:
+        """Account one decoded frame; return its class (a duplicate is not ``received``).
+        ``delay=False`` leaves the one-way delay to a later :meth:`delay` call (the
+        gateway records it only for frames the aligner did not refuse)."""
         self.last_arrival = now
         kind = SeqVerdict.OK if seq is None else self._classify(seq, ts, now)
         if kind is SeqVerdict.DUPLICATE:
@@ -110,6 +112,12 @@ class StreamStats:
         self.received += 1
         self.bytes += size
         self._arrivals.append(now)
+        if delay:
+            self.delay(ts, now)
+        return kind
+
+    def delay(self, ts: float | None, now: float) -> None:
+        """Record the one-way delay of a frame stamped ``ts`` that arrived at ``now``."""
         if ts is not None and ts > 0:
             owd = now - ts
             self.owd_last = owd
@@ -117,7 +125,6 @@ class StreamStats:
             self.owd_n += 1
             if owd > self.owd_max:
                 self.owd_max = owd
-        return kind
 
     def _classify(self, seq: int, ts: float | None, now: float) -> SeqVerdict:
         ring = self._ring

@@ -355,6 +355,7 @@ def test_the_gateway_stores_a_late_frame_and_counts_what_it_did_not_store(
     st = gw.stats["weather"]
     assert st.received == 14 and st.duplicates == 1 and st.late == 1
     assert st.dropped_by["future"] == 1
+    assert st.owd_n == 13  # the refused frame's timestamp is not a delay sample
     rows = sorted(query_rows(db))
     assert len(rows) == 13  # 12 snapshots, one late row
     seq, vblob, fblob = rows[0]
