@@ -9,9 +9,11 @@ and sequence number from outside is untrusted, so each stream has its own discip
   ``ts * rate - slot`` (updates clipped to ``jitter`` of a period), and a frame's slot is
   ``round(ts * rate - phase)``; a sender stamping at half a period with jitter never
   puts two frames into one slot;
-* a stream with a sequence number is slotted by sequence once one frame has tied the
-  sequence to a slot (its timestamp only has to agree within ``0.5 + jitter`` periods);
-  so a stream that loses its time source (no GTSYNC: timestamp 0) keeps its slots;
+* a stream with a sequence number is slotted by sequence once its slots per sequence
+  step are known (learned from two frames' timestamps; 1 for a stream at the aligner's
+  rate, more for a slower one); its timestamp then only has to agree within
+  ``0.5 + jitter`` periods, and a stream that loses its time source (no GTSYNC:
+  timestamp 0) keeps its slots;
 * without a timestamp or sequence number the arrival time is used with the same phase
   tracking, and a frame never takes a slot its own stream already used (a late frame
   and the next one both keep their data);
@@ -205,6 +207,8 @@ class _Source:
     timed: bool | None = None  # whether its last frame had a timestamp
     last_now: float = 0.0  # arrival of the frame with the newest key
     stepped: int = 0  # slots the sender's clock stepped (taken out of source times)
+    scale: int | None = None  # slots per sequence step (learned from the timestamps)
+    last_x: float | None = None  # ts * rate of the newest frame (None: it had none)
 
 
 class Aligner:
@@ -285,9 +289,14 @@ class Aligner:
             if d >= SEQ_HALF:
                 d -= SEQ_MOD
             # forward by sequence; back by sequence only without a timestamp (with one,
-            # a reordered frame's time places it, and a restart's time is newer)
-            if 0 < d <= self.jump or (x is None and -self.reorder <= d <= 0):
-                ks = src.last_key + d
+            # a reordered frame's time places it, and a restart's time is newer); a
+            # timed stream is slotted by sequence once its slots per step are learned
+            sc = src.scale
+            if sc is None and x is None:
+                sc = 1
+            if sc is not None and (0 < d * sc <= self.jump or (
+                    x is None and -self.reorder <= d * sc <= 0)):
+                ks = src.last_key + d * sc
         if x is not None:
             ph = x - round(x) if src.phase is None else src.phase
             kt = round(x - ph) + src.offset
@@ -303,7 +312,7 @@ class Aligner:
             # from the newest key by the sequence step if known, else start at seq
             if src.last_key is None or src.last_seq is None:
                 return int(seq) + src.offset, None, None
-            return src.last_key + seq_diff(seq, src.last_seq), None, None
+            return src.last_key + seq_diff(seq, src.last_seq) * (src.scale or 1), None, None
         xa = now * r
         ph = xa - round(xa) if src.phase is None else src.phase
         k = round(xa - ph) + src.offset
@@ -394,6 +403,16 @@ class Aligner:
             h.shift = fr.shift = None
             out = self._place(i, h)
             return out + self._place(i, fr)
+        if h is not None and h.shift is not None:
+            # two disagreements that disagree with each other: the sequence does not step
+            # as learned; both go by their timestamps and the step is learned anew
+            src.held = None
+            src.scale = None
+            h.key += h.shift
+            fr.key += fr.shift
+            h.shift = fr.shift = None
+            out = self._place(i, h)
+            return out + self._place(i, fr)
         out = self._refute(i, fr.now)
         src.held = fr
         self.last_verdict = Verdict.HELD
@@ -458,9 +477,13 @@ class Aligner:
         """The stream accepted ``fr``: newest key, sequence tie, grid phase."""
         src = self._src[i]
         if src.last_key is None or fr.key > src.last_key:
+            if src.scale is None and fr.x is not None and src.last_x is not None and \
+                    fr.seq is not None and src.last_seq is not None:
+                self._learn_scale(src, fr.x - src.last_x, seq_diff(fr.seq, src.last_seq))
             src.last_key = fr.key
             src.last_seq = fr.seq
             src.last_now = fr.now
+            src.last_x = fr.x
         if fr.x is not None:
             ph = src.phase
             if ph is None:
@@ -468,6 +491,16 @@ class Aligner:
             else:
                 res = fr.x - (fr.key - src.offset) - ph
                 src.phase = ph + PHASE_GAIN * max(-self.jitter, min(self.jitter, res))
+
+    @staticmethod
+    def _learn_scale(src: _Source, dx: float, dseq: int) -> None:
+        """Slots per sequence step from two frames a few steps apart, when their time
+        difference is clearly a whole number of slots (jitter makes some pairs unclear:
+        the next clear pair decides)."""
+        if 1 <= dseq <= 4:
+            r = dx / dseq
+            if r >= 0.75 and abs(r - round(r)) <= 0.25:
+                src.scale = round(r)
 
     def _place(self, i: int, fr: _Frame) -> list[Snapshot]:
         """Put an accepted frame into its slot (or out as late)."""

@@ -72,3 +72,22 @@ def test_source_time_follows_the_senders_phase() -> None:
     _, out = run(50.0, 200, phase=0.5, jitter=0.0, header="ts", seed=1)
     # the snapshot's source time is the sender's grid instant, not the slot's edge
     assert out[-1].source_time == pytest.approx(T0 + (199 + 0.5) / 50.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("every", [5, 50])
+def test_a_slower_sender_steps_several_slots_per_sequence_number(every: int) -> None:
+    """A 10 Hz stream in a 50 Hz aligner (or a trace stepping 1 s per frame): one
+    sequence step is ``every`` slots; jitter and a lost GTSYNC keep its slots."""
+    rate = 50.0
+    rng = np.random.default_rng(every)
+    al = Aligner(1, [StreamLayout.of("s", [0])], rate_hz=rate, lag_s=0.005)
+    out: list[Snapshot] = []
+    for k in range(200):
+        t = T0 + (k * every + 0.5 + rng.uniform(-0.1, 0.1)) / rate
+        ts = 0.0 if 100 <= k < 110 else t  # ten frames without GTSYNC
+        out += al.feed("s", np.array([float(k)]), t + 0.001, ts=ts, seq=k)
+        out += al.tick(t + 0.01)
+    assert al.stats.late_frames == 0 and sum(al.stats.dropped.values()) == 0
+    assert [s.values[0] for s in out] == [float(k) for k in range(200)]
+    keys = [s.seq for s in out]
+    assert {b - a for a, b in itertools.pairwise(keys)} == {every}
