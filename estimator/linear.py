@@ -21,10 +21,27 @@ Fused covariance (first-order error propagation, per slot, 2x2):
   constraint ``Q = 0``, so the isotropic weight only acts on the in-phase current);
 * an unmeasured component (|V| alone, P alone, ...) gets ``s = 1`` (no information).
 
-The covariance is evaluated once per measurement set at the nominal values (the first
-snapshot that used the set, flat voltage ``c = 1``), so the weights ``W = R^-1`` -- and
-with them the gain -- are constant: the usual constant-gain approximation. With
-noise-free measurements the fixed point is the exact power-flow state whatever the weights.
+The covariance is evaluated per measurement set at the nominal values (flat voltage
+``c = 1``), so the weights ``W = R^-1`` -- and with them the gain -- are constant between
+re-weightings: the usual constant-gain approximation. With noise-free measurements the
+fixed point is the exact power-flow state whatever the weights.
+
+Nominal values (the rule; :meth:`LinearStateEstimator.solve` applies it, so every caller
+that feeds the same measurement vectors gets the same weights):
+
+* a measurement's nominal value is its value in the first solved snapshot that carries it
+  (finite and active);
+* **re-weighting**: when, in a solved snapshot, the standard deviations at the current
+  values differ from those at the nominal values by more than a factor
+  ``reweight_ratio`` (default 2; ``0`` disables it) *in the median* (of the log-ratios
+  over the magnitudes, powers and injections whose sigma ``max(rel |z|, floor)`` is above
+  its floor at either value), every active measurement's nominal value is set to its
+  current value and the factorizations are rebuilt: the load has moved far enough for
+  the percentage accuracies to weigh differently. The median keeps a minority of gross
+  errors from re-basing anything, and values at their floor (noise around zero) never
+  count, so the cache is not thrashed;
+* :meth:`LinearStateEstimator.forget_weights` drops them (a warm-up solve on a synthetic
+  snapshot must not weigh the real ones).
 
 Constraints ``C x = 0``: zero-injection buses (``Ybus[k] V = 0``, two real rows each,
 constant). Small networks (dense mode): the factorized KKT matrix
@@ -48,6 +65,7 @@ fixed point, not the textbook WLS one: see :func:`linear_sensitivity`.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -84,6 +102,8 @@ except ImportError:  # pragma: no cover - exercised by forcing sparse_solver="sp
 __all__ = ["LinearStateEstimator", "chi2_quantile", "linear_sensitivity"]
 
 DENSE_LIMIT = 700  # KKT size up to which the solution operator is stored densely
+#: re-base the nominal values when a sigma moves by more than this factor (module docstring)
+REWEIGHT_RATIO = 2.0
 RESIDUAL_LIMIT = 4000  # states up to which normalized residuals are computed (dense E)
 
 
@@ -322,7 +342,8 @@ class LinearStateEstimator:
     (up to this fraction of the measurements may be missing or dropped without a new
     factorization: they are filled from the estimate instead), ``dense_limit`` (KKT size
     up to which the dense solution operator is used; above it the sparse reduced form),
-    ``sparse_solver`` (``"auto"``: ``qdldl`` when installed, else ``"splu"``).
+    ``sparse_solver`` (``"auto"``: ``qdldl`` when installed, else ``"splu"``),
+    ``reweight_ratio`` (when the nominal values are re-based: see the module docstring).
     """
 
     method = "linear"
@@ -331,7 +352,7 @@ class LinearStateEstimator:
                  max_iterations: int = 20, constraints: bool = True,
                  normalized_residuals: bool | None = None, cache_size: int = 16,
                  fill_fraction: float = 0.1, dense_limit: int = DENSE_LIMIT,
-                 sparse_solver: str = "auto") -> None:
+                 sparse_solver: str = "auto", reweight_ratio: float = REWEIGHT_RATIO) -> None:
         self.model = model
         self.net = model.net
         self.tolerance = float(tolerance)
@@ -352,6 +373,12 @@ class LinearStateEstimator:
             raise EstimatorError("sparse_solver='qdldl' needs the qdldl package "
                                  "(pip install qdldl)")
         self.sparse_solver = sparse_solver
+        if reweight_ratio != 0 and not reweight_ratio > 1:
+            raise EstimatorError(f"reweight_ratio must be > 1 (or 0: never), not "
+                                 f"{reweight_ratio!r}")
+        self.reweight_ratio = float(reweight_ratio)
+        #: how many times the nominal values were re-based on a snapshot (see the rule)
+        self.reweights = 0
         self._nspace: tuple[sp.csr_matrix, np.ndarray] | None = None
         # per measurement set: (1 / sqrt(s_i), computed at a chi-square-clean state)
         self._sens: OrderedDict[bytes, tuple[np.ndarray, bool]] = OrderedDict()
@@ -379,8 +406,8 @@ class LinearStateEstimator:
             fresh = active & ~self._nominal_set & np.isfinite(z)
             model.nominal[fresh] = z[fresh]
             self._nominal_set |= fresh
+        self._observable(active)  # structural: cached per measurement set
         with single_threaded():
-            check_observable(model, active, pv_constraints=self.constraints)
             fac = self._build(active)
         self._cache[key] = fac
         if len(self._cache) > self.cache_size:
@@ -390,7 +417,7 @@ class LinearStateEstimator:
     def _null_space(self) -> tuple[sp.csr_matrix, np.ndarray]:
         """``(N, o)`` of the zero-injection buses (once per estimator: fixed topology)."""
         if self._nspace is None:
-            self._nspace = _null_space(sp.csr_matrix(self.net.ybus()),
+            self._nspace = _null_space(sp.csr_matrix(self.model.ybus),
                                        self.model.zero_injection)
         return self._nspace
 
@@ -459,7 +486,7 @@ class LinearStateEstimator:
         pv = model.pv_nodes if self.constraints else np.zeros(0, np.int64)
         r0 = None
         if pv.size:
-            y = self.net.ybus()[pv]
+            y = model.ybus[pv]
             re_rows = sp.hstack([y.real, -y.imag])
             im_rows = sp.hstack([y.imag, y.real])
             perm = np.empty(2 * pv.size, np.int64)
@@ -531,7 +558,7 @@ class LinearStateEstimator:
             c=c,
             alpha=alpha,
             hd=h.toarray() if dense else None,
-            ypv=self.net.ybus()[pv].toarray() if pv.size else None,
+            ypv=model.ybus[pv].toarray() if pv.size else None,
             s0r=s0.reshape(pv.size, 2, pv.size, 2) if s0 is not None else None,
             r0=r0,
             dof=dof,
@@ -675,6 +702,8 @@ class LinearStateEstimator:
         z = np.asarray(z, float)
         finite = np.isfinite(z)
         act = finite if active is None else (np.asarray(active, bool) & finite)
+        if self.reweight_ratio and self._drifted(z, act):
+            self._rebase(z, act)
         n_off = model.m - int(np.count_nonzero(act))
         if 0 < n_off <= self.fill_fraction * model.m:
             # a few values missing or dropped: keep the full set's factorization and fill
@@ -863,6 +892,40 @@ class LinearStateEstimator:
         """Forget the warm start (the factorizations stay cached)."""
         self._last_v = None
 
+    def forget_weights(self) -> None:
+        """Forget the nominal values and everything built on them (factorizations,
+        residual sensitivities): the next snapshot sets them afresh. The observability
+        results and the zero-injection null space are structural and stay cached."""
+        self.model.nominal[:] = 0.0
+        self._nominal_set[:] = False
+        self._cache.clear()
+        self._sens.clear()
+
+    def _drifted(self, z: np.ndarray, act: np.ndarray) -> bool:
+        """True when the active measurements' sigmas have moved, as a whole, more than
+        ``reweight_ratio`` away from their sigmas at the nominal values (the re-weighting
+        rule): the median log-ratio over the measurements whose sigma is relative (above
+        its floor at either value), so a minority of gross errors cannot trigger it."""
+        model = self.model
+        check = act & self._nominal_set & ~model.is_angle & (model.rel > 0)
+        if not check.any():
+            return False
+        rel, floor = model.rel[check], np.maximum(model.floor[check], 1e-12)
+        s_now = np.fmax(rel * np.abs(z[check]), floor)
+        s_nom = np.fmax(rel * np.abs(model.nominal[check]), floor)
+        moving = (s_now > floor) | (s_nom > floor)
+        if not moving.any():
+            return False
+        shift = float(np.median(np.log(s_now[moving] / s_nom[moving])))
+        return abs(shift) > math.log(self.reweight_ratio)
+
+    def _rebase(self, z: np.ndarray, act: np.ndarray) -> None:
+        """Nominal values := this snapshot's active values; rebuild what they weighed."""
+        self.forget_weights()
+        self.model.nominal[act] = z[act]
+        self._nominal_set[act] = True
+        self.reweights += 1
+
 
 def sensitivity(model: MeasurementModel, v: np.ndarray, sig: np.ndarray, act: np.ndarray,
                 *, constraints: bool = True) -> np.ndarray:
@@ -886,7 +949,7 @@ def sensitivity(model: MeasurementModel, v: np.ndarray, sig: np.ndarray, act: np
         if c0.size:
             rows.append(c0)
         if model.pv_nodes.size:
-            ybus = model.net.ybus()
+            ybus = model.ybus
             for k in model.pv_nodes:
                 yk = ybus[k].toarray().ravel()
                 ik = yk @ v
@@ -1018,7 +1081,7 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
             top.append(c0)
             bottom.append(c0)
         if fac.pv.size:
-            ybus = model.net.ybus()
+            ybus = model.ybus
             for k in fac.pv:
                 yk = ybus[k].toarray().ravel()
                 ik = yk @ v

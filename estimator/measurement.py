@@ -1,9 +1,10 @@
 """The measurement model: what is measured where, in per unit, and its linear transform.
 
 A :class:`MeasurementModel` is built from a :class:`~estimator.network.Network` and a list of
-:class:`Spec` (kind, location, accuracy in per unit). It does not know the twin config;
-:meth:`MeasurementModel.from_config` maps ``gateway.config`` channels onto specs and keeps
-the scale array that turns a snapshot's engineering values into per unit.
+:class:`Spec` (kind, location, accuracy in per unit). It does not know any twin config:
+an adapter outside this library maps configured channels onto specs and passes the
+``channel`` index and ``scale`` arrays that turn a snapshot's engineering values into per
+unit (:meth:`MeasurementModel.values_to_pu`).
 
 Kinds (per unit; angles in rad)::
 
@@ -35,19 +36,15 @@ with ``A`` a row of the identity (``V``), of ``Yf``/``Yt`` (``I``, ``S``) or of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from estimator.errors import EstimatorError
 from estimator.network import Network
-
-if TYPE_CHECKING:  # the config is only read in from_config
-    from gateway.config import TwinConfig
 
 __all__ = ["KINDS", "MeasurementModel", "Spec"]
 
@@ -177,6 +174,8 @@ class MeasurementModel:
         net = self.net
         yf, yt = net.branch_admittance()
         ybus = net.ybus()
+        #: the network's bus admittance matrix, built once with the model (fixed topology)
+        self.ybus = ybus
         n = net.n_bus
         br = net.branches
         slots: list[tuple[int, tuple[Any, ...]]] = []  # (type, location key)
@@ -249,63 +248,6 @@ class MeasurementModel:
         for b in pv_nodes:
             empty[int(b)] = False
         return [int(b) for b in np.flatnonzero(empty)]
-
-    # ------------------------------------------------------------------ config mapping
-    @classmethod
-    def from_config(cls, cfg: TwinConfig, *, pv_sigma_frac: float = 0.041,
-                    pv_rel: float = 0.0) -> MeasurementModel:
-        """The model of a twin config: its electrical channels in config order, then one
-        ``ppv`` pseudo-measurement per plant (the forecast), in ``cfg.plants`` order.
-
-        Accuracy: ``sigma = max(rel * |value|, abs) / k`` per channel (``k = 3`` for a
-        maximum-error figure), converted to per unit with the channel's scale. The PV
-        forecast's sigma defaults to 4.1 % of the plant rating (the paper's BiLSTM RMSE).
-        """
-        net = cfg.network
-        specs: list[Spec] = []
-        chan: list[int] = []
-        scale: list[float] = []
-        for ch in cfg.channels:
-            if not ch.electrical:
-                continue
-            q = ch.quantity
-            if q in ("vm", "va", "pinj", "qinj"):
-                assert ch.bus is not None
-                bus = net.index_of(ch.bus)
-                if q == "vm":
-                    sc = 1.0 / net.base_kv[bus]
-                elif q == "va":
-                    sc = 1.0
-                else:
-                    sc = 1.0 / net.base_mva
-                specs.append(Spec(q, bus=bus, sigma=ch.abs * sc / ch.k, rel=ch.rel / ch.k,
-                                  name=ch.name))
-            elif q in ("im", "ia", "p", "q"):
-                assert ch.branch is not None and ch.end is not None
-                f = int(net.branches.from_idx[ch.branch])
-                end_bus = net.index_of(ch.end)
-                end = "from" if end_bus == f else "to"
-                if q == "im":
-                    # I_base (kA) = S_base (MVA) / (sqrt(3) U_base (kV))
-                    sc = math.sqrt(3.0) * net.base_kv[end_bus] / net.base_mva
-                elif q == "ia":
-                    sc = 1.0
-                else:
-                    sc = 1.0 / net.base_mva
-                specs.append(Spec(q, branch=ch.branch, end=end, sigma=ch.abs * sc / ch.k,
-                                  rel=ch.rel / ch.k, name=ch.name))
-            else:
-                raise EstimatorError(f"channel {ch.name}: quantity {q!r} has no measurement "
-                                     "function")
-            chan.append(ch.index)
-            scale.append(sc)
-        for plant in cfg.plants:
-            node = net.index_of(plant.node)
-            specs.append(Spec("ppv", bus=node, sigma=pv_sigma_frac * plant.rating_mw
-                              / net.base_mva, rel=pv_rel, name=f"{plant.name}.forecast"))
-            chan.append(-1)
-            scale.append(1.0 / net.base_mva)
-        return cls(net, specs, channel=chan, scale=scale)
 
     @property
     def n_pseudo(self) -> int:

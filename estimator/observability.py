@@ -29,7 +29,7 @@ def constraint_rows(model: MeasurementModel, *, pv_constraints: bool = True) -> 
     ``Ybus[k] V``) and zero reactive power at PV plant nodes (``Im(Ybus[k] V)``)."""
     net = model.net
     n = net.n_bus
-    ybus = net.ybus()
+    ybus = model.ybus
     blocks = []
     zi = model.zero_injection
     if zi.size:

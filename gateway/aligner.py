@@ -17,7 +17,9 @@ and sequence number from outside is untrusted, so each stream has its own discip
 * without a timestamp or sequence number the arrival time is used with the same phase
   tracking, and a frame never takes a slot its own stream already used (a late frame
   and the next one both keep their data);
-* a timestamp more than ``max_ahead_s`` ahead of the local clock is refused (FUTURE);
+* a timestamp more than ``max_ahead_s`` ahead of the local clock is refused (FUTURE),
+  once the stream's timestamps have been within that bound (a sender whose clock is not
+  synchronised with ours is judged by its own rate and sequence only);
 * a key more than ``max_jump_s`` ahead of the stream's newest, or more than
   ``reorder_s`` behind it, is **held**: if the stream's next frame continues from it,
   the sender jumped (forward: a clock step or an outage) or **restarted** (backwards:
@@ -206,6 +208,7 @@ class _Source:
     refusals: dict[str, int] = field(default_factory=dict)
     timed: bool | None = None  # whether its last frame had a timestamp
     last_now: float = 0.0  # arrival of the frame with the newest key
+    synced: bool = False  # its timestamps have been within max_ahead of the local clock
     stepped: int = 0  # slots the sender's clock stepped (taken out of source times)
     scale: int | None = None  # slots per sequence step (learned from the timestamps)
     last_x: float | None = None  # ts * rate of the newest frame (None: it had none)
@@ -330,9 +333,13 @@ class Aligner:
         self._last_seen[i] = now
         src = self._src[i]
         timed = ts is not None and ts > 0
-        if timed and self.max_ahead is not None and ts > now + self.max_ahead:  # type: ignore[operator]
-            return self._refuse(i, Verdict.FUTURE, now, {"ts": ts, "seq": seq,
-                                                         "ahead_s": ts - now})  # type: ignore[operator]
+        if timed and self.max_ahead is not None:
+            assert ts is not None
+            if ts <= now + self.max_ahead:
+                src.synced = True
+            elif src.synced:
+                return self._refuse(i, Verdict.FUTURE, now, {"ts": ts, "seq": seq,
+                                                             "ahead_s": ts - now})
         if timed is not src.timed:
             if src.timed is not None and seq is not None:  # GTSYNC lost or back
                 self.events.append(AlignEvent(

@@ -1,4 +1,4 @@
-"""Benchmark registry behind ``gridtwin bench`` (the measurement contract in DESIGN.md).
+"""Benchmark registry behind ``gridtwin bench`` (contract: docs/measured.md).
 
 Each area owns a module with ``benchmarks(quick: bool) -> list[BenchResult]``; this module
 only lists them, filters by name prefix and prints. A benchmark that measures a peer does
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 # can skip whole modules without importing them
 BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("decode.", "gateway.codecs.bench"),
-    ("se.", "estimator.bench"),
+    ("se.", "gateway.bench_se"),
     ("quality.", "models.bench"),
     ("historian.", "gateway.historian.bench"),
     ("emulator.", "hil.bench"),

@@ -17,20 +17,38 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_demo",
     "gateway.cli_run",
+    "gateway.cli_fleet",
     "gateway.cli_config",
     "hil.cli",
     "gateway.cli_decode",
-    "estimator.cli",
+    "gateway.cli_estimate",
     "models.cli",
     "gateway.historian.cli",
     "gateway.cli_bench",
 )
 
 
+def package_version() -> str:
+    """The installed distribution's version (what a bug report should quote).
+
+    A source tree run without ``pip install`` has no distribution metadata; say so rather
+    than invent a number.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("gridtwin")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridtwin",
         description="Real-time digital twin of a distribution feeder.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {package_version()}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for path in COMMAND_MODULES:

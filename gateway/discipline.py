@@ -1,28 +1,29 @@
-"""The runner's side of time and sequence discipline: one frame through statistics and
-the aligner, with everything they report turned into storage, events and counters.
+"""Time and sequence discipline between the decoder and the pipeline's outputs: one
+frame through statistics and the aligner, and what they report as data.
 
-:func:`ingest_frame` is what :meth:`gateway.app.Gateway.on_frame` calls once a frame is
-decoded. The sans-IO parts decide (:class:`~gateway.stats.StreamStats` classifies the
-sequence number, :class:`~gateway.aligner.Aligner` places, holds, refuses or hands the
-frame out as late); this function only acts on their outputs:
+:meth:`gateway.pipeline.Pipeline.feed_frame` calls :func:`ingest_frame` once a frame is
+decoded, then :func:`drain` when :func:`pending` says there is more than snapshots. The
+sans-IO parts decide (:class:`~gateway.stats.StreamStats` classifies the sequence number,
+:class:`~gateway.aligner.Aligner` places, holds, refuses or hands the frame out late):
 
 * a duplicate sequence number is dropped (counted by the statistics, not ``received``);
 * a frame refused or dropped by the aligner is counted per stream and reason (the
   stream's ``dropped_by`` is the aligner's count);
-* a frame that arrives after its snapshot was published is stored in the historian's raw
-  ``measurements`` table all the same, as a row of its own (:func:`late_row`);
-* restarts, jumps, clock steps and refused frames become events.
+* a frame that arrives after its snapshot was published becomes a raw ``measurements``
+  row of its own (:func:`late_row`), stored like any other;
+* restarts, jumps, clock steps, lost timestamps and refused frames become events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from gateway.aligner import LateFrame, Verdict
+from gateway.aligner import Aligner, LateFrame, Verdict
 from gateway.snapshot import Flag, Snapshot
-from gateway.stats import SeqVerdict
+from gateway.stats import SeqVerdict, StreamStats
 
 #: a late frame's row gets sequence number -(key * LATE_SEQ_STREAMS + stream index + 1):
 #: negative (never a snapshot's), unique per slot and stream, decodable
@@ -48,15 +49,15 @@ def late_row(lf: LateFrame, n_channels: int) -> tuple[int, np.ndarray, np.ndarra
     return late_seq(lf.key, lf.stream_index), vals, flags
 
 
-def ingest_frame(gw: Any, stream: str, seq: int | None, ts: float | None,
-                 values: np.ndarray, now: float, size: int) -> list[Snapshot]:
-    """Account and align one decoded frame of ``gw`` (a Gateway); return the snapshots
-    it completes. Late frames are stored, drops counted, events raised here."""
-    st = gw.stats[stream]
+def ingest_frame(st: StreamStats, al: Aligner, stream: str, seq: int | None,
+                 ts: float | None, values: np.ndarray, now: float,
+                 size: int) -> list[Snapshot]:
+    """Account and align one decoded frame of ``stream``; return the snapshots it
+    completes. What else came of it waits in ``al.late``, ``al.events`` and
+    ``st.events`` for :func:`drain`."""
     kind = st.frame(seq, ts, now, size, delay=False)
     if kind is SeqVerdict.DUPLICATE:
         return []
-    al = gw.aligner
     drops = al.stats.dropped_by_stream[stream]
     if st.dropped_by is not drops:  # the statistics show the aligner's drop counts
         drops.update({r: n + drops.get(r, 0) for r, n in st.dropped_by.items()})
@@ -64,28 +65,27 @@ def ingest_frame(gw: Any, stream: str, seq: int | None, ts: float | None,
     snaps: list[Snapshot] = al.feed(stream, values, now, ts=ts, seq=seq)
     if al.last_verdict not in REFUSED:  # a refused timestamp says nothing about delay
         st.delay(ts, now)
-    if al.late:
-        _store_late(gw, al.drain_late())
-    if al.events or st.events:
-        _raise_events(gw, stream, al.drain_events(), st.drain_events())
     return snaps
 
 
-def _store_late(gw: Any, late: list[LateFrame]) -> None:
-    n = len(gw.cfg.channels)
-    for lf in late:
-        gw.stats[lf.stream].late += 1
-        h = gw.historian
-        if h is None:
-            continue
-        seq, vals, flags = late_row(lf, n)
-        gw._put(h.put_measurements, "measurements", seq, lf.source_time, lf.arrival, vals,
-                flags)
+def pending(st: StreamStats, al: Aligner) -> bool:
+    """Whether :func:`drain` has something to hand out."""
+    return bool(al.late or al.events or st.events)
 
 
-def _raise_events(gw: Any, stream: str, aligner_events: list[Any],
-                  stats_events: list[tuple[str, float, dict[str, Any]]]) -> None:
-    for ev in aligner_events:
-        gw.event(f"stream_{ev.kind}", ev.stream, {**ev.detail, "time": ev.time})
-    for kind, t, detail in stats_events:
-        gw.event(f"stream_{kind}", stream, {**detail, "time": t})
+def drain(stats: Mapping[str, StreamStats], al: Aligner, stream: str, n_channels: int
+          ) -> tuple[list[tuple[int, float, float, np.ndarray, np.ndarray]],
+                     list[tuple[str, str, dict[str, Any]]]]:
+    """(late rows, events): the raw rows of the frames that came late (seq, source time,
+    arrival, values, flags; counted late for their stream) and the events of restarts,
+    jumps, clock steps and refused frames (kind, source, detail)."""
+    rows = []
+    for lf in al.drain_late():
+        stats[lf.stream].late += 1
+        seq, vals, flags = late_row(lf, n_channels)
+        rows.append((seq, lf.source_time, lf.arrival, vals, flags))
+    events = [(f"stream_{ev.kind}", ev.stream, {**ev.detail, "time": ev.time})
+              for ev in al.drain_events()]
+    events += [(f"stream_{kind}", stream, {**detail, "time": t})
+               for kind, t, detail in stats[stream].drain_events()]
+    return rows, events

@@ -11,10 +11,9 @@ estimator → gateway: ``READY`` (n_bus, pid) once the model is built; ``STATE``
 estimate: times, χ², iterations, vm pu and va rad per bus in network order, solve time);
 ``FAIL`` (seq and a reason: not observable, did not converge, bad snapshot).
 
-This module sits in ``gateway`` and imports only numpy and the snapshot contract. The
-import rules (tests/test_architecture.py) keep ``estimator`` from importing it, so
-``estimator.process`` carries a copy of these layouts; ``tests/test_supervisor.py`` checks
-that the two agree.
+This module is the one definition of the layouts: the supervisor
+(:mod:`gateway.supervisor`) and the worker (:mod:`gateway.estimator_worker`) both encode
+and decode through it, so the two ends cannot drift apart.
 """
 
 from __future__ import annotations
@@ -88,15 +87,26 @@ class StateMsg:
     va: np.ndarray
 
     def encode(self) -> bytes:
-        n = int(self.vm.size)
-        return b"".join((
-            _STATE_HEAD.pack(STATE, self.seq, self.source_time, self.arrival_time,
-                             self.published_time, self.send_time, self.recv_time,
-                             self.done_time, self.chi2, self.chi2_threshold,
-                             self.t_build_s, self.t_solve_s,
-                             self.iterations, n, int(self.converged)),
-            np.ascontiguousarray(self.vm, "<f8").tobytes(),
-            np.ascontiguousarray(self.va, "<f8").tobytes()))
+        return encode_state(self.seq, (self.source_time, self.arrival_time,
+                                       self.published_time, self.send_time, self.recv_time,
+                                       self.done_time),
+                            self.chi2, self.chi2_threshold, self.t_build_s, self.t_solve_s,
+                            self.iterations, self.converged, self.vm, self.va)
+
+
+def encode_state(seq: int, times: tuple[float, float, float, float, float, float],
+                 chi2: float, chi2_threshold: float, t_build_s: float, t_solve_s: float,
+                 iterations: int, converged: bool, vm: np.ndarray, va: np.ndarray) -> bytes:
+    """A ``STATE`` message without building a :class:`StateMsg` (the worker's hot path).
+
+    ``times``: source, arrival, published, send, recv and done time, in that order.
+    """
+    n = int(vm.size)
+    return b"".join((
+        _STATE_HEAD.pack(STATE, seq, *times, chi2, chi2_threshold, t_build_s, t_solve_s,
+                         iterations, n, int(converged)),
+        np.ascontiguousarray(vm, "<f8").tobytes(),
+        np.ascontiguousarray(va, "<f8").tobytes()))
 
 
 @dataclass

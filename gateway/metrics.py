@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,10 +100,31 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "estimate, per unit."),
     ("gridtwin_state_timestamp_seconds", "gauge", (),
      "Source time (epoch) of the latest estimate."),
+    ("gridtwin_bus_voltage_pu", "gauge", ("bus",),
+     "Estimated voltage magnitude per bus (latest estimate, per unit; one series per bus "
+     "of the feeder)."),
     ("gridtwin_historian_records_total", "counter", ("kind",),
      "Records handed to the historian writer."),
     ("gridtwin_historian_dropped_total", "counter", (),
      "Records the historian writer could not accept."),
+    ("gridtwin_historian_up", "gauge", (),
+     "1 while the historian database takes commits (the last connect or commit succeeded)."),
+    ("gridtwin_historian_errors_total", "counter", (),
+     "Failed historian commits and connections (outage, refused, timed out)."),
+    ("gridtwin_historian_committed_total", "counter", (),
+     "Rows committed to the historian database."),
+    ("gridtwin_historian_spooled_total", "counter", (),
+     "Rows written to the historian's disk spool (database down or slow)."),
+    ("gridtwin_historian_replayed_total", "counter", (),
+     "Rows committed from the spool (replay progress)."),
+    ("gridtwin_historian_rejected_total", "counter", (),
+     "Rows the database refused (kept in rejected.log beside the spool)."),
+    ("gridtwin_historian_spool_records", "gauge", (), "Rows waiting in the spool."),
+    ("gridtwin_historian_spool_bytes", "gauge", (), "Bytes waiting in the spool."),
+    ("gridtwin_historian_queue_records", "gauge", (),
+     "Rows waiting in the historian writer's memory queue."),
+    ("gridtwin_historian_last_commit_timestamp_seconds", "gauge", (),
+     "Time (epoch) of the last successful historian commit (0: none yet)."),
     ("gridtwin_events_total", "counter", ("kind",), "Events raised by the gateway."),
     ("gridtwin_commands_sent_total", "counter", (),
      "Volt-watt curtailment commands sent to the simulator ([commands] enabled)."),
@@ -195,8 +216,22 @@ class Metrics:
         self.estimator_up = self._gauge("gridtwin_estimator_up")
         self.chi2 = self._gauge("gridtwin_state_chi2")
         self.state_time = self._gauge("gridtwin_state_timestamp_seconds")
+        self.bus_vm = self._gauge("gridtwin_bus_voltage_pu")
         self.historian = self._counter("gridtwin_historian_records_total")
         self.historian_dropped = self._counter("gridtwin_historian_dropped_total")
+        # the historian writer's own state, set from its stats at scrape time
+        # (gateway.historian.telemetry)
+        self.historian_up = self._gauge("gridtwin_historian_up")
+        self.historian_errors = self._counter("gridtwin_historian_errors_total")
+        self.historian_committed = self._counter("gridtwin_historian_committed_total")
+        self.historian_spooled = self._counter("gridtwin_historian_spooled_total")
+        self.historian_replayed = self._counter("gridtwin_historian_replayed_total")
+        self.historian_rejected = self._counter("gridtwin_historian_rejected_total")
+        self.historian_spool_records = self._gauge("gridtwin_historian_spool_records")
+        self.historian_spool_bytes = self._gauge("gridtwin_historian_spool_bytes")
+        self.historian_queue = self._gauge("gridtwin_historian_queue_records")
+        self.historian_last_commit = self._gauge(
+            "gridtwin_historian_last_commit_timestamp_seconds")
         self.events = self._counter("gridtwin_events_total")
         self.commands_sent = self._counter("gridtwin_commands_sent_total")
         self.command_errors = self._counter("gridtwin_command_errors_total")
@@ -275,15 +310,26 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 
 class MetricsServer:
-    """``/metrics``, ``/state``, ``/streams``, ``/healthz`` over a minimal HTTP/1.1."""
+    """``/metrics``, ``/state``, ``/streams``, ``/summary``, ``/healthz`` over a minimal
+    HTTP/1.1, read-only (only GET and HEAD are answered).
+
+    Other parts add routes: :attr:`routes` maps a path to a handler of the query string
+    returning (status, content type, body); :attr:`stream_routes` maps a path to a
+    coroutine that owns the connection's writer (Server-Sent Events). ``/healthz`` is a
+    readiness check: ``ready()`` returns the reasons the twin is not ready (none: 200 ok,
+    else 503 with one reason per line)."""
 
     def __init__(self, metrics: Metrics, *, state: Callable[[], dict[str, Any] | None],
                  streams: Callable[[], list[dict[str, Any]]] | None = None,
-                 summary: Callable[[], dict[str, Any]] | None = None) -> None:
+                 summary: Callable[[], dict[str, Any]] | None = None,
+                 ready: Callable[[], list[str]] | None = None) -> None:
         self.metrics = metrics
         self.state = state
         self.streams = streams or (lambda: [])
         self.summary = summary or (lambda: {})
+        self.ready = ready or (lambda: [])
+        self.routes: dict[str, Callable[[str], tuple[int, str, bytes]]] = {}
+        self.stream_routes: dict[str, Callable[[asyncio.StreamWriter], Awaitable[None]]] = {}
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, bind: str) -> tuple[str, int]:
@@ -307,8 +353,8 @@ class MetricsServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
-    def route(self, method: str, path: str) -> tuple[int, str, bytes]:
-        path = path.split("?", 1)[0]
+    def route(self, method: str, target: str) -> tuple[int, str, bytes]:
+        path, _, query = target.partition("?")
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
@@ -323,10 +369,15 @@ class MetricsServer:
         if path == "/summary":
             return 200, "application/json", json.dumps(
                 self.summary(), default=_json_default).encode() + b"\n"
+        if path in self.routes:
+            return self.routes[path](query)
         if path in ("/healthz", "/"):
+            why = self.ready()
+            if why:
+                return 503, "text/plain", ("\n".join(why) + "\n").encode()
             return 200, "text/plain", b"ok\n"
-        return 404, "text/plain", (b"not found: try /metrics, /state, /streams, /summary, "
-                                   b"/healthz\n")
+        return 404, "text/plain", (b"not found: try /, /metrics, /state, /streams, "
+                                   b"/summary, /healthz\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                       ) -> None:
@@ -348,6 +399,10 @@ class MetricsServer:
                             (ln.partition(":") for ln in lines[1:] if ln)}
                     conn = hdrs.get("connection", "").lower()
                     keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
+                    live = self.stream_routes.get(path.partition("?")[0])
+                    if live is not None and method == "GET":
+                        await live(writer)  # owns the connection until the client leaves
+                        return
                     status, ctype, body = self.route(method, path)
                 resp = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
                         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"

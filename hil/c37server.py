@@ -6,7 +6,7 @@ gateway's own declarations (:mod:`gateway.codecs.c37118`). :class:`PmuSession` i
 command state machine of one peer (a TCP connection, or the UDP peer that sent commands):
 bytes in, reply frames out; ``streaming`` says whether data frames go to it.
 
-Conventions (written down in /work/plan/C37_CONVENTION.md, shared with the gateway):
+Conventions (written down in docs/c37-conventions.md, shared with the gateway):
 
 * one C37.118 PMU block per config PMU (``Stream.pmus``), IDCODEs from the config;
   the frame's IDCODE is ``Stream.idcode``;

@@ -31,7 +31,7 @@ def _register_emulate(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                     "injection logged as ground truth and (with [commands] enabled) a "
                     "closed loop applying PV curtailment commands from the twin.")
     p.add_argument("--config", default="ieee33", help="twin config: bundled name or .toml")
-    p.add_argument("--scenario", required=True, metavar="TRACE",
+    p.add_argument("--scenario", required=True, metavar="TRACE", default=argparse.SUPPRESS,
                    help="trace .npz from `gridtwin scenario make` with the same config")
     p.add_argument("--rate", type=float, default=None, metavar="HZ",
                    help="frames per second of the fastest stream (default: the config's)")

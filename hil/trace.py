@@ -1,4 +1,4 @@
-"""Scenario trace files: one ``.npz`` per scenario (contract: /work/plan/TRACE.md).
+"""Scenario trace files: one ``.npz`` per scenario (contract: docs/trace-format.md).
 
 Everything is in the config's channel order and engineering units. The file is a plain
 numpy ``.npz`` (``np.load`` reads it) written deterministically: fixed zip timestamps and
@@ -32,7 +32,7 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 @dataclass
 class Trace:
-    """A scenario: truth, measurements, labels and metadata (see TRACE.md)."""
+    """A scenario: truth, measurements, labels and metadata (see docs/trace-format.md)."""
 
     time: np.ndarray  # float64 (T,) epoch seconds UTC
     measured: np.ndarray  # float64 (T, m), NaN where missing

@@ -1,8 +1,11 @@
-"""A small TCP proxy a test controls: forward, then cut (reset + refuse), then restore.
+"""A small TCP proxy a test controls: forward, then cut (reset + refuse), then restore;
+or freeze (stop forwarding, connections stay open: a server stopped with SIGSTOP), thaw.
 
 ``cut()`` resets every open connection (``SO_LINGER`` 0, so the peers see RST) and closes
 the listener, so new connections are refused; ``restore()`` listens again on the same
-port. Both return only once the proxy is in the new state. Every socket is opened and
+port. ``freeze()`` stops moving bytes in both directions on every connection, old and new
+(new ones are still accepted, as a stopped server's kernel does), without closing any;
+``thaw()`` resumes. All return only once the proxy is in the new state. Every socket is opened and
 closed by the thread that owns it (the control methods only change the wanted state and
 wait for it), so no file descriptor is closed under another thread's feet.
 
@@ -41,6 +44,8 @@ class TcpProxy:
         self._listening = False
         self._epoch = 0  # bumped by cut(): connections of older epochs reset themselves
         self._active = 0
+        self._frozen = False
+        self._pumping = 0  # pump threads inside a select/forward step (0 once frozen)
         self._stop = False
         self.accepted = 0  # connections accepted so far
         self.resets = 0  # connections reset by cut()
@@ -66,6 +71,19 @@ class TcpProxy:
             self._want_listen = True
             self._cond.notify_all()
         self._wait(lambda: self._listening, "restored", timeout)
+
+    def freeze(self, timeout: float = 10.0) -> None:
+        """Stop forwarding (connections stay open, bytes wait in the socket buffers)."""
+        with self._cond:
+            self._frozen = True
+            self._cond.notify_all()
+        self._wait(lambda: self._pumping == 0, "frozen", timeout)
+
+    def thaw(self) -> None:
+        """Forward again."""
+        with self._cond:
+            self._frozen = False
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
@@ -152,25 +170,17 @@ class TcpProxy:
                     if self._epoch != epoch:
                         reset = True
                         return
-                events = sel.select(_TICK)
-                for key, _ in events:
-                    src: socket.socket = key.fileobj  # type: ignore[assignment]
-                    try:
-                        data = src.recv(65536)
-                    except BlockingIOError:
+                    if self._frozen:
+                        self._cond.wait(_TICK)
                         continue
-                    except OSError:
+                    self._pumping += 1
+                try:
+                    if not self._forward(sel, peer):
                         return
-                    if not data:
-                        return
-                    dst = peer[src]
-                    dst.setblocking(True)
-                    try:
-                        dst.sendall(data)
-                    except OSError:
-                        return
-                    finally:
-                        dst.setblocking(False)
+                finally:
+                    with self._cond:
+                        self._pumping -= 1
+                        self._cond.notify_all()
         finally:
             sel.close()
             if reset:
@@ -184,3 +194,27 @@ class TcpProxy:
                 if reset:
                     self.resets += 1
                 self._cond.notify_all()
+
+    @staticmethod
+    def _forward(sel: selectors.BaseSelector,
+                 peer: dict[socket.socket, socket.socket]) -> bool:
+        """One select step: what is readable is sent on; False when a side closed."""
+        for key, _ in sel.select(_TICK):
+            src: socket.socket = key.fileobj  # type: ignore[assignment]
+            try:
+                data = src.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return False
+            if not data:
+                return False
+            dst = peer[src]
+            dst.setblocking(True)
+            try:
+                dst.sendall(data)
+            except OSError:
+                return False
+            finally:
+                dst.setblocking(False)
+        return True

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import contextlib
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,16 +59,73 @@ def test_simulator_encodes_annex_d_like_our_golden_frames() -> None:
     assert sp_frame.CommonFrame.convert2frame(ours).get_command() == "cfg2"
 
 
+class _Stopped(Exception):
+    """Raised into the simulator's acceptor loop to end it (see :class:`Simulator`)."""
+
+
+class _Listener:
+    """The simulator's listening socket: once ``stopping`` is set, the connection that
+    wakes ``accept()`` is closed and the loop ended with :class:`_Stopped`."""
+
+    def __init__(self, sock: socket.socket, stopping: threading.Event) -> None:
+        self.sock = sock
+        self.stopping = stopping
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        conn, addr = self.sock.accept()
+        if self.stopping.is_set():
+            conn.close()
+            raise _Stopped
+        return conn, addr
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sock, name)
+
+
+_Pmu: Any = sp_pmu.Pmu
+
+
+class Simulator(_Pmu):
+    """The package's PMU, with a way to stop it. Its acceptor thread loops on
+    ``accept()`` for ever; closing the socket under it makes ``accept()`` raise in the
+    thread, and that exception surfaces later, in whatever test runs then. Here the
+    package's own loop runs on a wrapped socket and :meth:`stop` ends it cleanly: wake
+    ``accept()`` with one connection, the loop ends, the thread is joined, and only then
+    is the socket closed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stopping = threading.Event()
+
+    def acceptor(self) -> None:
+        raw: socket.socket = self.socket
+        self.socket: Any = _Listener(raw, self.stopping)
+        try:
+            super().acceptor()
+        except _Stopped:
+            return
+
+    def stop(self) -> None:
+        if self.listener is None:
+            return
+        self.stopping.set()
+        address = self.socket.getsockname()
+        with contextlib.suppress(OSError):
+            socket.create_connection(address, timeout=5).close()
+        self.listener.join(10)
+        assert not self.listener.is_alive(), "the simulator's acceptor did not end"
+        self.socket.close()
+
+
 @pytest.fixture
 def pmu() -> Iterator[Any]:
-    sim = sp_pmu.Pmu(pmu_id=7734, data_rate=30, port=0, ip="127.0.0.1", set_timestamp=False)
+    sim = Simulator(pmu_id=7734, data_rate=30, port=0, ip="127.0.0.1", set_timestamp=False)
     sim.logger.setLevel("WARNING")
     yield sim
+    sim.stop()  # first: no new handler process after the ones ended below
     for proc in sim.clients:
         proc.terminate()
         proc.join(5)
-    if sim.socket is not None:
-        sim.socket.close()
 
 
 class Client:

@@ -1,6 +1,6 @@
 """Fuzzing the decoders: random bytes, truncations and bit flips of the golden frames.
 
-The contract (DESIGN.md): a decoder returns a frame or raises a ``FrameError`` with an
+The contract (docs/wire-formats.md): a decoder returns a frame or raises a ``FrameError`` with an
 offset inside the input; nothing else escapes. Each hypothesis example feeds a batch of
 inputs derived from its seed, so the file covers well over 100k inputs in a few seconds.
 """

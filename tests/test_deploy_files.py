@@ -163,8 +163,48 @@ def _unit(path: Path) -> configparser.RawConfigParser:
     return cp
 
 
-def test_both_units_ship() -> None:
-    assert {p.name for p in UNITS} == {"gridtwin.service", "gridtwin-emulator.service"}
+def test_the_units_ship() -> None:
+    assert {p.name for p in UNITS} == {"gridtwin.service", "gridtwin-realtime.service",
+                                       "gridtwin-emulator.service"}
+
+
+@pytest.mark.parametrize("name", ["gridtwin.service", "gridtwin-realtime.service"])
+def test_twin_units_notify_readiness_and_feed_a_watchdog(name: str) -> None:
+    """Type=notify: started means listening (gateway.sdnotify sends READY=1), and a twin
+    whose event loop stops is restarted (WATCHDOG=1 from the loop)."""
+    svc = _unit(DEPLOY / "systemd" / name)["Service"]
+    assert svc["Type"] == "notify"
+    assert svc["NotifyAccess"] == "main"
+    assert svc["WatchdogSec"].endswith("s") and float(svc["WatchdogSec"][:-1]) >= 5
+    assert svc["RestartPreventExitStatus"] == "2"  # a config error is not restarted
+
+
+def test_scheduling_of_the_two_twin_units_is_stated(capsys: pytest.CaptureFixture[str]
+                                                     ) -> None:
+    """The plain unit forbids real-time scheduling and says the published latency figures
+    are SCHED_FIFO runs; the real-time variant allows exactly the twin's priorities."""
+    plain_path = DEPLOY / "systemd" / "gridtwin.service"
+    plain = _unit(plain_path)["Service"]
+    assert plain["RestrictRealtime"] == "yes" and "--realtime" not in plain["ExecStart"]
+    text = plain_path.read_text(encoding="utf-8")
+    assert "SCHED_FIFO" in text and "gridtwin-realtime.service" in text
+    rt_path = DEPLOY / "systemd" / "gridtwin-realtime.service"
+    rt = _unit(rt_path)
+    assert rt["Service"]["ExecStart"].split()[1:] == [*plain["ExecStart"].split()[1:],
+                                                       "--realtime"]
+    assert rt["Service"]["RestrictRealtime"] == "no"
+    # RLIMIT_RTPRIO: SCHED_FIFO without a capability, up to the twin's highest priority
+    # (the one `gridtwin run --help` names for --realtime)
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    m = re.search(r"SCHED_FIFO\s+priority\s+(\d+)", capsys.readouterr().out)
+    assert m, "run --help no longer names the --realtime priority"
+    assert int(rt["Service"]["LimitRTPRIO"]) == int(m[1])
+    assert rt["Service"]["CapabilityBoundingSet"] == ""
+    assert rt["Unit"]["Conflicts"] == "gridtwin.service"
+    # the rest of the hardening is the plain unit's
+    same = {k: v for k, v in plain.items() if k not in {"ExecStart", "RestrictRealtime"}}
+    assert {k: rt["Service"].get(k) for k in same} == same
 
 
 @pytest.mark.parametrize("path", UNITS, ids=lambda p: p.name)

@@ -145,3 +145,70 @@ def test_restart_replays_what_the_spool_kept(server: tuple[str, str, int, str],
         assert w2.stats().replayed == 1 + M + N_BUS + 2 * 200
         assert w2.close()
     check_all_in_order(direct(template, port).replace("127.0.0.1", host), 200)
+
+
+def test_hung_database_is_detected_by_a_timeout_and_puts_never_block(
+        server: tuple[str, str, int, str], tmp_path: Path) -> None:
+    """A server that stops answering (SIGSTOP; here the proxy stops forwarding and keeps
+    every connection open) is detected by the read/write timeouts: the writer counts an
+    error, reports itself disconnected and moves its rows to the spool. Meanwhile every
+    put returns: the producer never waits for the stuck commit (the queue fills, the
+    rest goes to disk). Once the server answers again everything arrives, in order."""
+    template, host, port, _db = server
+    with TcpProxy(host, port) as proxy:
+        url = template.format(port=proxy.port).replace(
+            "read_timeout=5&write_timeout=5", "read_timeout=1&write_timeout=1")
+        w = HistorianWriter(url, spool_dir=tmp_path / "spool", max_queue=64,
+                            backoff_s=(0.02, 0.2)).start()
+        w.start_run(run_info())
+        feed = Feed(w)
+        feed.put(50)
+        assert w.flush(30)
+        before = w.stats()
+        assert before.connected
+
+        proxy.freeze()  # the server is "stopped": nothing comes back, nothing is reset
+        feed.put(400)  # 800 rows: the writer gets stuck on one batch, the rest must go
+        during = w.stats()  # somewhere without waiting for it
+        assert during.accepted - before.accepted == 800
+        assert during.queue_full > before.queue_full and during.spooled > before.spooled
+        wait_for(lambda: w.stats().db_errors > before.db_errors)  # the timeout fired
+        wait_for(lambda: w.stats().queue_depth == 0)  # the stuck batch went to disk too
+        st = w.stats()
+        assert not st.connected and st.spool_records > 0
+        assert st.committed == before.committed  # nothing got through the stopped server
+        assert st.last_error and "timed out" in st.last_error.lower()
+        assert proxy.resets == 0  # no reset told the writer: only its timeout did
+
+        proxy.thaw()
+        feed.put(50)
+        assert w.flush(60)
+        st = w.stats()
+        assert st.connected and st.committed == st.accepted and st.spool_records == 0
+        assert w.close()
+    check_all_in_order(direct(template, port).replace("127.0.0.1", host), feed.seq)
+
+
+def test_hung_database_at_start_is_an_outage_not_a_hang(
+        server: tuple[str, str, int, str], tmp_path: Path) -> None:
+    """A server that accepts the connection but never greets (stopped): start() gives up
+    after the timeout, notes the error and starts spooling; nothing is refused for good."""
+    template, host, port, _db = server
+    with TcpProxy(host, port) as proxy:
+        url = template.format(port=proxy.port).replace(
+            "connect_timeout=2&read_timeout=5&write_timeout=5",
+            "connect_timeout=1&read_timeout=1&write_timeout=1")
+        proxy.freeze()
+        w = HistorianWriter(url, spool_dir=tmp_path / "spool", backoff_s=(0.02, 0.2)).start()
+        st = w.stats()
+        assert not st.connected and st.db_errors == 1 and st.connects == 0
+        assert st.last_error and "timed out" in st.last_error.lower()
+        w.start_run(run_info())
+        feed = Feed(w)
+        feed.put(20)
+        proxy.thaw()
+        assert w.flush(60)
+        st = w.stats()
+        assert st.connected and st.committed == st.accepted and st.connects >= 1
+        assert w.close()
+    check_all_in_order(direct(template, port).replace("127.0.0.1", host), feed.seq)

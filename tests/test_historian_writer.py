@@ -76,7 +76,7 @@ def test_slow_database_spools_instead_of_queueing_unbounded(tmp_path: Path) -> N
     be.gate.clear()
     be.entered.clear()
     put(w, range(0, 1))
-    be.entered.wait(20)  # the writer holds row 0 and waits for the database
+    assert be.entered.wait(20)  # the writer holds row 0 and waits for the database
     put(w, range(1, 300))  # never blocks: 8 rows queue, the rest go to disk
     st = w.stats()
     assert st.queue_depth == 8 and st.spool_records == 291
@@ -112,7 +112,7 @@ def test_close_during_outage_keeps_memory_rows_ahead_of_the_spool(tmp_path: Path
     be.gate.clear()
     be.entered.clear()
     put(w, range(0, 3))
-    be.entered.wait(20)  # batch 0..2 in flight
+    assert be.entered.wait(20)  # batch 0..2 in flight
     put(w, range(3, 20))  # 3..6 queue, 7..19 spool
     be.down.set()
     be.gate.set()  # the in-flight batch fails: it and the queue are older than the spool

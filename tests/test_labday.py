@@ -66,7 +66,7 @@ def test_compressed_lab_day(tmp_path: Path) -> None:
 
     # every accepted frame stored: count each stream's frames in the raw table
     stored = dict.fromkeys(streams, 0)
-    lays = {n: gw.decoders[n].layout.channels for n in streams}
+    lays = {n: gw.pipeline.decoders[n].layout.channels for n in streams}
     for seq, flags in query(db, "SELECT seq, flags FROM measurements"):
         f = np.frombuffer(flags, "<u4")
         if seq < 0:

@@ -16,6 +16,7 @@ from estimator.linear import LinearStateEstimator
 from estimator.measurement import MeasurementModel, Spec
 from estimator.network import load_case
 from estimator.synthetic import ieee33_with_plants, paper_specs, radial_feeder, truth
+from gateway.se_model import measurement_model
 
 GOLDEN = Path(__file__).parent / "data" / "se_golden"
 # the sparse (null-space reduced) mode on small cases: dense_limit=0 forces it; qdldl (a
@@ -294,7 +295,7 @@ def test_from_config_units():
     from gateway import config
 
     cfg = config.load_config("ieee33")
-    model = MeasurementModel.from_config(cfg)
+    model = measurement_model(cfg)
     net = cfg.network
     assert model.n_pseudo == len(cfg.plants)
     v_true, z = truth(model, pv_pu=PV)
@@ -358,7 +359,7 @@ def test_cli_estimate_on_a_small_trace(tmp_path, capsys):
     from hil import trace as trace_mod
 
     cfg = config.load_config("ieee33")
-    model = MeasurementModel.from_config(cfg)
+    model = measurement_model(cfg)
     net = cfg.network
     t = 6
     scale = np.linspace(0.7, 1.1, t)[:, None]

@@ -1,5 +1,6 @@
-"""The estimator process and its supervisor: wire layouts, handoff, newest-wins, deadline
-accounting, restart after SIGKILL (real child processes, ``--method flat``: no maths)."""
+"""The estimator worker and its supervisor: the wire (one layout module, both ends),
+handoff, newest-wins, deadline accounting, restart after SIGKILL (real child processes,
+``--method flat``: no maths)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-import estimator.process as ep
+from gateway import estimator_worker as ew
 from gateway import handoff as gh
 from gateway.snapshot import Snapshot
 from gateway.supervisor import EstimatorSupervisor
@@ -23,11 +24,7 @@ def snap(seq: int, now: float, m: int = 148) -> Snapshot:
                     published_time=now)
 
 
-def test_wire_layouts_agree_between_the_two_ends() -> None:
-    for name in ("_SNAP_HEAD", "_READY", "_STATE_HEAD", "_FAIL_HEAD"):
-        assert getattr(ep, name).format == getattr(gh, name).format, name
-    assert (ep.SNAP, ep.READY, ep.STATE, ep.FAIL, ep.STOP) == (gh.SNAP, gh.READY, gh.STATE,
-                                                                gh.FAIL, gh.STOP)
+def test_wire_round_trip_through_the_one_layout_module() -> None:
     s = snap(3, 5.0)
     msg = gh.encode_snapshot(s, np.array([0.5, 0.7]), np.array([0.01, 0.02]), 6.0)
     back, pv, sig, t = gh.decode_snapshot(msg)
@@ -36,14 +33,40 @@ def test_wire_layouts_agree_between_the_two_ends() -> None:
     st = gh.StateMsg(3, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.5, 80.0, 0.1, 0.2, 4, True,
                      np.array([1.0, 0.99]), np.array([0.0, -0.01]))
     got = gh.decode_reply(st.encode())
-    assert isinstance(got, gh.StateMsg) and got.chi2_threshold == 80.0
+    assert isinstance(got, gh.StateMsg)
+    assert (got.seq, got.source_time, got.arrival_time, got.published_time, got.send_time,
+            got.recv_time, got.done_time, got.chi2, got.chi2_threshold, got.t_build_s,
+            got.t_solve_s, got.iterations, got.converged) == (
+        3, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.5, 80.0, 0.1, 0.2, 4, True)
+    np.testing.assert_array_equal(got.vm, st.vm)
     np.testing.assert_array_equal(got.va, st.va)
     f = gh.decode_reply(gh.FailMsg(9, 1.0, 2.0, "not observable").encode())
     assert isinstance(f, gh.FailMsg) and f.reason == "not observable"
+    r = gh.decode_reply(gh.encode_ready(37, 1234, 8.5))
+    assert isinstance(r, gh.ReadyMsg) and (r.n_bus, r.pid, r.time) == (37, 1234, 8.5)
     with pytest.raises(gh.HandoffError):
         gh.decode_reply(b"Z" + bytes(10))
     with pytest.raises(gh.HandoffError):
         gh.decode_reply(struct.pack("<c", b"T") + bytes(8))
+    with pytest.raises(gh.HandoffError):
+        gh.decode_snapshot(b"T" + bytes(20))
+
+
+def test_worker_answers_through_the_same_module() -> None:
+    """The worker's side of the wire: a SNAP message in, a STATE (or FAIL) message out,
+    both read back with the gateway's decoder."""
+    n_bus, solve = ew.build_solver("ieee33", "flat")
+    s = snap(7, 5.0)
+    msg = gh.encode_snapshot(s, np.zeros(4), np.zeros(4), 6.0)
+    got = gh.decode_reply(ew.answer(msg, 6.5, solve, 0.25, clock=lambda: 7.0))
+    assert isinstance(got, gh.StateMsg)
+    assert (got.seq, got.source_time, got.arrival_time, got.published_time) == (
+        7, s.source_time, s.arrival_time, s.published_time)
+    assert (got.send_time, got.recv_time, got.done_time, got.t_build_s) == (6.0, 6.5, 7.0,
+                                                                           0.25)
+    assert got.vm.size == n_bus and (got.vm == 1.0).all() and (got.va == 0.0).all()
+    bad = gh.decode_reply(ew.answer(msg[:-3], 6.5, solve, 0.25))
+    assert isinstance(bad, gh.FailMsg) and bad.recv_time == 6.5 and bad.reason
 
 
 class Collect:
@@ -114,8 +137,10 @@ async def test_newest_wins_and_deadline_misses_are_counted() -> None:
         await c.until(lambda: len(c.states) == 2 and sup.inflight is None)
         assert [s[0].seq for s in c.states] == [1, 3]
         assert [s[2] for s in c.states] == [False, False]
-        assert sup.stats.deadline_misses == 2  # each counted once (timer or reply)
-        assert [k for k, _ in c.events].count("deadline_missed") == 2
+        # each counted once (timer or reply), the superseded 2 too: its deadline passed
+        # without a state (gateway.flow's rule)
+        assert sup.stats.deadline_misses == 3
+        assert [k for k, _ in c.events].count("deadline_missed") == 3
         assert sup.stats.stale == 0 and sup.stats.sent == 2
         # a pending snapshot older than stale_after_s is dropped, not estimated
         fake[0] = 0.0

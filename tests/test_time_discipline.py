@@ -321,28 +321,43 @@ def test_align_discipline_keys_are_read_and_checked() -> None:
 
 def test_the_gateway_stores_a_late_frame_and_counts_what_it_did_not_store(
         tmp_path: Path) -> None:
-    """Through Gateway.on_frame with real bytes and a real SQLite historian."""
-    from gateway.app import Gateway, GatewayOptions
+    """Through the pipeline (real bytes in, outputs out) and the historian sink into a
+    real SQLite historian, as the gateway carries them."""
+    from gateway import pipeline as pl
     from gateway.codecs.gtnet_skt import GtnetSktCodec
+    from gateway.components import HistorianSink
     from gateway.config import load_config
     from gateway.historian.writer import HistorianWriter, run_info_from_config
-    from gateway.quality.passthrough import PassThroughQuality
+    from gateway.telemetry import Telemetry
     from hil.emulator import retarget
 
     cfg = retarget(load_config("ieee33"), {}, disable=("pmu", "scada"))
-    gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="",
-                                     estimator=False, quality=False))
-    gw.quality = PassThroughQuality(cfg)
+    tel = Telemetry(cfg, clock=lambda: 0.0, version="test")
+    pipe = pl.Pipeline(cfg, tel)
+    pipe.handoff = False
     db = tmp_path / "twin.db"
-    gw.historian = HistorianWriter(f"sqlite:///{db}").start()
-    gw.historian.start_run(run_info_from_config(cfg))
+    writer = HistorianWriter(f"sqlite:///{db}").start()
+    writer.start_run(run_info_from_config(cfg))
+    sink = HistorianSink(writer, tel, tel.metrics)
+    events: list[str] = []
     s = cfg.stream("weather")
     codec = GtnetSktCodec([p.type for p in s.points], header=True)
     vals = np.arange(len(s.points), dtype=float)
     now = 2_000_000_000.0
 
+    def carry(outs: list[pl.Output]) -> None:
+        for o in list(outs):
+            if isinstance(o, pl.StoreSnapshot):
+                sink.snapshot(o)
+            elif isinstance(o, pl.StoreLate):
+                sink.late(o)
+            elif isinstance(o, pl.Event):
+                events.append(o.kind)
+            elif isinstance(o, pl.Settle):
+                carry(pipe.settle())
+
     def send(k: int, ts: float, at: float) -> None:
-        gw.on_frame("weather", codec.build(vals + k, seq=k, ts=ts), "127.0.0.1", at)
+        carry(pipe.feed_frame("weather", codec.build(vals + k, seq=k, ts=ts), at))
 
     for k in range(10):
         send(k, T0 + k / RATE, now + k / RATE)
@@ -351,7 +366,9 @@ def test_the_gateway_stores_a_late_frame_and_counts_what_it_did_not_store(
     send(12, T0 + 12 / RATE, now + 0.27)  # a duplicate
     send(13, T0 + 13 / RATE + DAY, now + 0.28)  # a day ahead: held, then refused
     send(14, T0 + 14 / RATE, now + 0.29)
-    assert gw.historian.close()
+    assert writer.close()
+    assert events == ["stream_future_frame"]
+    gw = pipe
     st = gw.stats["weather"]
     assert st.received == 14 and st.duplicates == 1 and st.late == 1
     assert st.dropped_by["future"] == 1
@@ -365,7 +382,7 @@ def test_the_gateway_stores_a_late_frame_and_counts_what_it_did_not_store(
     assert (f[mine] == Flag.LATE).all() and v[mine][0] == vals_of_11(s, mine, cfg)
     others = np.setdiff1d(np.arange(f.size), mine)
     assert (f[others] == Flag.MISSING).all()
-    s_all = gw.summary()
+    s_all = tel.summary()
     assert s_all["frames_lost"] == 2 + st.lost  # the duplicate and the refused frame
     assert s_all["frames_received"] == 14
 

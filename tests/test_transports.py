@@ -167,6 +167,7 @@ async def test_c37_udp_listens_asks_for_config_and_starts() -> None:
     cfg = _pmu_config()
     loop = asyncio.get_running_loop()
     commands: list[int] = []
+    stopped = asyncio.Event()  # the PMU received a STOP
     sink = Sink(4)  # 1 data frame before the config, the CFG-2, 2 data frames
     t = open_with(TransportSpec("pmu", "udp://127.0.0.1:0", format="c37.118", idcode=7),
                   sink)
@@ -181,6 +182,8 @@ async def test_c37_udp_listens_asks_for_config_and_starts() -> None:
         def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
             frame = c37.parse(data, 0.0)
             commands.append(frame.cmd)
+            if frame.cmd == c37.CMD_STOP:
+                stopped.set()
             if frame.cmd == c37.CMD_CFG2:
                 self.t.sendto(cfg.build(), addr)
             elif frame.cmd == c37.CMD_START:
@@ -192,9 +195,12 @@ async def test_c37_udp_listens_asks_for_config_and_starts() -> None:
         await asyncio.wait_for(sink.done.wait(), 10)
     finally:
         await t.close()
-    await asyncio.sleep(0)  # let the PMU read the STOP sent on close
-    tr.close()
+    try:
+        await asyncio.wait_for(stopped.wait(), 10)  # close() tells the PMU to stop
+    finally:
+        tr.close()
     assert commands[:2] == [c37.CMD_CFG2, c37.CMD_START]
+    assert commands[-1] == c37.CMD_STOP and commands.count(c37.CMD_STOP) == 1
     types = [c37.frame_type_of(f[1]) for f in sink.frames]
     assert types == [c37.FRAME_DATA, c37.FRAME_CFG2, c37.FRAME_DATA, c37.FRAME_DATA]
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.app import Gateway, GatewayOptions
+from gateway.app import Gateway
+from gateway.components import GatewayOptions
 from gateway.config import TwinConfig
 from hil.emulator import Emulator, EmulatorRunner, retarget, run_in_thread
 

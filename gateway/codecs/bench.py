@@ -1,4 +1,4 @@
-"""Decode benchmarks (DESIGN.md measurement contract): µs per frame, median.
+"""Decode benchmarks (the contract in docs/measured.md): µs per frame, median.
 
 The peer is a plain construct parse of the same bytes through the same declaration, so
 the ratio shows what deriving numpy layouts from the declaration buys on the hot path.

@@ -5,12 +5,21 @@
 * :class:`HistorianReader` — read back: time ranges as arrays, CSV/Parquet export,
   training data.
 * :mod:`gateway.historian.schema` — the schema and the blob codecs.
+* :class:`Misconfigured` — what ``start()`` raises when no retry can help (access
+  denied, unwritable path): the CLI says so in one line and exits with status 2.
 
 URLs: ``sqlite:///path.db`` (default ``sqlite:///twin.db``) or
 ``mysql://user:password@host:port/database``.
 """
 
-from gateway.historian.base import Backend, Rejected, SchemaTooNew, Unavailable, open_backend
+from gateway.historian.backends import open_backend
+from gateway.historian.base import (
+    Backend,
+    Misconfigured,
+    Rejected,
+    SchemaTooNew,
+    Unavailable,
+)
 from gateway.historian.reader import HistorianReader, MeasurementFrame, StateFrame
 from gateway.historian.schema import (
     FLAGGED_MASK,
@@ -39,6 +48,7 @@ __all__ = [
     "HistorianWriter",
     "MeasurementFrame",
     "MeterInfo",
+    "Misconfigured",
     "Rejected",
     "RunInfo",
     "SchemaTooNew",

@@ -4,7 +4,8 @@ A backend owns one database connection, used by one thread at a time. ``write`` 
 whole batch in one transaction or nothing; it raises :class:`Unavailable` when the database
 could not be reached or answered too late (retry later: the writer spools meanwhile) and
 :class:`Rejected` when the rows themselves can never be written (the writer isolates them
-row by row and keeps the rejected ones in a dead-letter file).
+row by row and keeps the rejected ones in a dead-letter file). ``connect`` raises
+:class:`Misconfigured` for what no retry can cure (access denied, an unwritable path).
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ class Rejected(HistorianError):
     """The database refused the rows themselves (retrying the same rows cannot help)."""
 
 
-class SchemaTooNew(HistorianError):
+class Misconfigured(HistorianError):
+    """The historian cannot work as configured, and waiting will not change that: access
+    denied, an unknown database, a path that cannot be written, a spool path that is a
+    file. Raised at start-up (the CLI exits with status 2) instead of spooling forever."""
+
+
+class SchemaTooNew(Misconfigured):
     """The database was written by a newer gridtwin (schema version above ours)."""
 
 
@@ -124,7 +131,15 @@ class Backend(abc.ABC):
             self.close()
             if self._classify(exc) is None:
                 raise
+            if self._permanent(exc):
+                raise Misconfigured(
+                    f"{self.display_url}: cannot set up the schema: {exc}") from exc
             raise Unavailable(f"{self.display_url}: schema setup failed: {exc}") from exc
+
+    def _permanent(self, exc: BaseException) -> bool:
+        """Whether a driver error during connect/schema setup is one no retry can cure
+        (access denied, read-only file); backends override it."""
+        return False
 
     def bus_ids(self, run_id: int) -> list[int] | None:
         """External bus ids of the run's state vectors (cached; None when not recorded)."""
@@ -159,21 +174,3 @@ class Backend(abc.ABC):
 
     def _ordered(self, batch: Mapping[str, Sequence[Row]]) -> list[tuple[str, Sequence[Row]]]:
         return [(self._inserts[t], batch[t]) for t in WRITE_ORDER if batch.get(t)]
-
-
-def open_backend(url: str) -> Backend:
-    """The backend for ``url``: ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
-    ``mysql://user:password@host:port/database[?connect_timeout=5&read_timeout=30]``.
-    Not connected yet: the first ``write``/``query`` (or ``connect()``) connects."""
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "sqlite":
-        from gateway.historian.sqlite import SqliteBackend
-
-        return SqliteBackend(url)
-    if scheme in ("mysql", "mariadb", "mysql+pymysql"):
-        from gateway.historian.mysql import MysqlBackend
-
-        return MysqlBackend(url)
-    raise HistorianError(
-        f"unsupported historian URL {url!r}: use sqlite:///path.db or "
-        "mysql://user:password@host:port/database")

@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     src = p.add_mutually_exclusive_group()
     src.add_argument("--db", metavar="URL",
                      help="historian URL (sqlite:///twin.db, mysql://user:pw@host:port/db); "
-                          "default: the config's historian_url, else sqlite:///twin.db")
+                          "default: the config's [historian] url, else sqlite:///twin.db")
     src.add_argument("--config", metavar="TOML", help="take the URL from this twin config")
     p.add_argument("--from", dest="start", type=parse_time, metavar="TIME",
                    help="start (epoch seconds or ISO 8601, UTC if naive)")

@@ -1,7 +1,9 @@
 """MySQL/MariaDB backend (PyMySQL): ``mysql://user:password@host:port/database``.
 
 Query parameters (all optional): ``connect_timeout`` (s, default 5), ``read_timeout`` and
-``write_timeout`` (s, default 30: a stalled server counts as unavailable after that),
+``write_timeout`` (s, default 10: a stalled server — stopped, or behind a link that no
+longer forwards — counts as unavailable after that and the writer spools; a healthy
+server commits a batch in milliseconds),
 ``create_database`` (``1`` default: ``CREATE DATABASE IF NOT EXISTS`` on connect).
 Only parameterised SQL; one transaction per batch with ``executemany`` per table
 (PyMySQL turns it into multi-row ``INSERT … VALUES (…), (…)`` statements).
@@ -16,13 +18,18 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from gateway.errors import HistorianError
-from gateway.historian.base import Backend, Rejected, Unavailable
+from gateway.historian.base import Backend, Misconfigured, Rejected, Unavailable
 from gateway.historian.schema import Row
 
 # server/client error codes that mean "the connection or the server, not the rows":
 # 1040 too many connections, 1053 shutdown, 1205 lock wait timeout, 1213 deadlock,
 # 1927 connection killed, 2000-2999 client-side (CR_*: can't connect, gone away, lost ...)
 _TRANSIENT_CODES = {1040, 1053, 1205, 1213, 1927, 1158, 1159, 1160, 1161}
+# errors no retry can cure, on connect or schema setup: 1044 access to the database
+# denied, 1045 access denied (user/password), 1049 unknown database (create_database=0),
+# 1142 command denied on a table, 1227 privilege missing, 1698 access denied (no
+# password), 1131/1133 user not allowed/unknown, 1251 client cannot authenticate
+_PERMANENT_CODES = {1044, 1045, 1049, 1131, 1133, 1142, 1227, 1251, 1698}
 
 
 def parse_mysql_url(url: str) -> dict[str, Any]:
@@ -44,8 +51,8 @@ def parse_mysql_url(url: str) -> dict[str, Any]:
             "password": unquote(parts.password or ""),
             "database": database,
             "connect_timeout": float(q.pop("connect_timeout", 5)),
-            "read_timeout": float(q.pop("read_timeout", 30)),
-            "write_timeout": float(q.pop("write_timeout", 30)),
+            "read_timeout": float(q.pop("read_timeout", 10)),
+            "write_timeout": float(q.pop("write_timeout", 10)),
             "create_database": q.pop("create_database", "1") not in ("0", "false", "no"),
         }
     except ValueError as exc:
@@ -106,6 +113,8 @@ class MysqlBackend(Backend):
         except Exception as exc:
             if self._classify(exc) is None:
                 raise
+            if self._permanent(exc):
+                raise Misconfigured(f"cannot use {self.display_url}: {exc}") from exc
             raise Unavailable(f"cannot connect to {self.display_url}: {exc}") from exc
         self._conn = conn
         self._setup_schema()
@@ -172,6 +181,13 @@ class MysqlBackend(Backend):
         except BaseException:
             self._rollback()
             raise
+
+    def _permanent(self, exc: BaseException) -> bool:
+        import pymysql
+
+        return (isinstance(exc, pymysql.err.OperationalError | pymysql.err.InternalError
+                           | pymysql.err.ProgrammingError)
+                and bool(exc.args) and exc.args[0] in _PERMANENT_CODES)
 
     def _classify(self, exc: BaseException) -> type[HistorianError] | None:
         import pymysql

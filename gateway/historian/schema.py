@@ -1,6 +1,6 @@
 """The twin database schema, one definition rendered for SQLite and MySQL/MariaDB.
 
-Row model (documented for users in the README, section "Twin database"):
+Row model (documented for users in docs/historian.md):
 
 * ``runs`` — one row per gateway start: ``run_id`` (epoch microseconds at start), the
   config name, its sha256 digest and full TOML text, the gridtwin version.
@@ -258,8 +258,9 @@ def finite_or_none(x: float | None) -> float | None:
 
 
 # ------------------------------------------------------------------------- documented SQL
-# The README's example queries (tested on both backends). ``?`` marks a parameter (PyMySQL
-# writes ``%s``); ``{json}`` stands for the dialect's "number at JSON path" expression.
+# Example queries in both dialects (tested on both backends; the ones users read are in
+# docs/historian.md). ``?`` marks a parameter (PyMySQL writes ``%s``); ``{json}`` stands
+# for the dialect's "number at JSON path" expression.
 
 _JSON_AT = {
     "sqlite": "json_extract({col}, '$[' || {idx} || ']')",

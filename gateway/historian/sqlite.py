@@ -9,14 +9,23 @@ table.
 from __future__ import annotations
 
 import contextlib
+import errno
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import HistorianError
-from gateway.historian.base import Backend, Rejected, Unavailable
+from gateway.historian.base import Backend, Misconfigured, Rejected, Unavailable
 from gateway.historian.schema import Row
+
+# primary result codes no retry can cure: SQLITE_PERM, SQLITE_READONLY, SQLITE_CANTOPEN,
+# SQLITE_AUTH, SQLITE_NOTADB (the file is something else)
+_PERMANENT_CODES = {3, 8, 14, 23, 26}
+# a directory that cannot be made: no permission, a path component that is a file, a
+# read-only file system, a name too long (ENOSPC, EIO ... may pass: not permanent)
+_PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EROFS,
+                     errno.ENAMETOOLONG, errno.EISDIR}
 
 
 def sqlite_path(url: str) -> str:
@@ -51,13 +60,16 @@ class SqliteBackend(Backend):
             try:
                 parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise Unavailable(f"cannot create {parent}: {exc}") from exc
+                kind = Misconfigured if exc.errno in _PERMANENT_ERRNOS else Unavailable
+                raise kind(f"cannot create the directory of {self.path}: {exc}") from exc
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
                                    isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
+            if self._permanent(exc):
+                raise Misconfigured(f"cannot open {self.path}: {exc}") from exc
             raise Unavailable(f"cannot open {self.path}: {exc}") from exc
         self._conn = conn
         self._setup_schema()
@@ -102,6 +114,11 @@ class SqliteBackend(Backend):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _permanent(self, exc: BaseException) -> bool:
+        code = getattr(exc, "sqlite_errorcode", None)
+        return isinstance(exc, sqlite3.Error) and code is not None and \
+            (code & 0xFF) in _PERMANENT_CODES
 
     def _classify(self, exc: BaseException) -> type[HistorianError] | None:
         if isinstance(exc, sqlite3.OperationalError):

@@ -34,6 +34,15 @@ is simply written again. Rows the database rejects (a driver data error, never a
 are isolated one by one and kept in ``rejected.log`` beside the spool (same format).
 Durability: a row in the spool survives a killed process; rows in the queue (at most
 ``max_queue``) survive a clean :meth:`close` but not ``kill -9``.
+
+Honesty: :meth:`HistorianWriter.start` connects once; what no retry can cure (access
+denied, an unwritable path, a spool path that is a file) raises
+:class:`~gateway.historian.base.Misconfigured` there instead of spooling for ever. A
+database that stops answering is noticed by the backend's read/write timeouts (MySQL) and
+treated as an outage; the writer's lock is never held across a database call, and the
+move of the queue to the spool encodes outside it, so a producer never waits for the
+database. ``stats()`` (exported as metrics by :mod:`gateway.historian.telemetry`) says
+whether the database takes commits, and reports the last error with secrets redacted.
 """
 
 from __future__ import annotations
@@ -54,7 +63,13 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import HistorianError
-from gateway.historian.base import Backend, Rejected, open_backend
+from gateway.historian.backends import open_backend
+from gateway.historian.base import (
+    Backend,
+    Misconfigured,
+    Rejected,
+)
+from gateway.historian.redact import redact
 from gateway.historian.schema import (
     FLAGGED_MASK,
     Row,
@@ -178,6 +193,24 @@ class RunInfo:
     note: str = ""
 
 
+def run_records(info: RunInfo, rid: int, started: float) -> list[Record]:
+    """The rows that describe a run (``runs``, ``meters``, ``channels``, ``buses``). The
+    config text may hold credentials (database, bus, MQTT URLs): it is stored redacted."""
+    recs: list[Record] = [("runs", (
+        rid, started, info.name, info.config_digest, redact(info.config_toml), info.version,
+        info.host, len(info.channels), len(info.bus_ids), redact(info.note)))]
+    for m in info.meters:
+        recs.append(("meters", (rid, m.meter, m.kind, m.bus, m.branch, m.end,
+                                ",".join(m.quantities))))
+    for c in info.channels:
+        recs.append(("channels", (rid, int(c.idx), c.name, c.meter, c.kind, c.quantity,
+                                  c.unit, c.bus, c.branch, c.end)))
+    kv = list(info.base_kv) + [None] * (len(info.bus_ids) - len(info.base_kv))
+    for i, (b, k) in enumerate(zip(info.bus_ids, kv, strict=True)):
+        recs.append(("buses", (rid, i, int(b), None if k is None else float(k))))
+    return recs
+
+
 def run_info_from_config(cfg: Any, *, note: str = "") -> RunInfo:
     """A :class:`RunInfo` from a :class:`gateway.config.TwinConfig` (read by attribute)."""
     from importlib import metadata
@@ -211,13 +244,16 @@ class HistorianStats:
     queue_full: int = 0  # puts that found the queue full (back-pressure events)
     batches: int = 0  # committed transactions
     db_errors: int = 0  # failed commits / connects (outage or slowness)
-    connects: int = 0  # successful (re)connections
+    connects: int = 0  # successful connections: the first, and every recovery
     queue_depth: int = 0
     queue_max: int = 0
     spool_records: int = 0
     spool_bytes: int = 0
+    #: connected and the last database operation succeeded (a failed or timed-out
+    #: commit clears it until the next success)
     connected: bool = False
-    last_error: str | None = None
+    last_commit_time: float | None = None  # clock time of the last successful commit
+    last_error: str | None = None  # the last database error, secrets redacted
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -278,16 +314,43 @@ class HistorianWriter:
         self._spool: Spool | None = None
         self._lockfile: int | None = None
         self._last_event_no = 0
+        self._db_ok = False  # the last database operation succeeded
+        self._diverting = False  # the writer is moving the queue to the spool
         self.run_id: int | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> HistorianWriter:
         """Lock and open the spool (rows left by a previous process are replayed first),
-        start the writer thread. The database need not be reachable."""
+        connect once, start the writer thread. The database need not be reachable (rows
+        spool until it is); one that refuses us for good, or a spool path that cannot be
+        used, raises :class:`~gateway.historian.base.Misconfigured`."""
         if self._thread is not None:
             return self
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.spool_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        spool = self._open_spool()
+        try:
+            self._probe()
+        except Misconfigured:
+            self._release_spool()
+            raise
+        if spool.corrupt_bytes:
+            log.error("historian spool %s: %d corrupt bytes moved aside", spool.path,
+                      spool.corrupt_bytes)
+        self._stats.accepted = spool.records
+        self._thread = threading.Thread(target=self._run, name="historian-writer",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _open_spool(self) -> Spool:
+        """Lock and open the spool directory; a path that cannot be one is Misconfigured
+        (a file in the way, no permission): no use starting a writer that cannot spool."""
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.spool_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise Misconfigured(
+                f"historian spool directory {self.spool_dir} cannot be used: "
+                f"{exc.strerror or exc} (give another one with --spool-dir)") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -296,15 +359,38 @@ class HistorianWriter:
                 f"spool directory {self.spool_dir} is in use by another historian writer "
                 "(give each gateway its own spool_dir)") from exc
         self._lockfile = fd
-        self._spool = Spool(self.spool_dir)
-        if self._spool.corrupt_bytes:
-            log.error("historian spool %s: %d corrupt bytes moved aside", self._spool.path,
-                      self._spool.corrupt_bytes)
-        self._stats.accepted = self._spool.records
-        self._thread = threading.Thread(target=self._run, name="historian-writer",
-                                        daemon=True)
-        self._thread.start()
-        return self
+        try:
+            self._spool = Spool(self.spool_dir)
+        except (OSError, HistorianError) as exc:
+            self._release_spool()
+            raise Misconfigured(
+                f"historian spool {self.spool_dir / 'spool.log'} cannot be used: {exc}"
+            ) from exc
+        return self._spool
+
+    def _release_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        if self._lockfile is not None:
+            os.close(self._lockfile)
+            self._lockfile = None
+
+    def _probe(self) -> None:
+        """Connect once before the writer thread starts: a database that refuses us for
+        good (access denied, unwritable file, schema too new) raises Misconfigured now;
+        one that is merely down is an outage — rows spool until it is back."""
+        try:
+            self.backend.connect()
+        except Misconfigured:
+            self.backend.close()
+            raise
+        except HistorianError as exc:
+            self._note_error(exc)
+            return
+        with self._lock:
+            self._db_ok = True
+            self._stats.connects += 1
 
     def __enter__(self) -> HistorianWriter:
         return self.start()
@@ -342,12 +428,8 @@ class HistorianWriter:
         if self._thread is not None:
             self._thread.join()
         self._closed = True
-        if self._spool is not None:
-            self._spool.close()
+        self._release_spool()
         self.backend.close()
-        if self._lockfile is not None:
-            os.close(self._lockfile)
-            self._lockfile = None
         return flushed
 
     def stats(self) -> HistorianStats:
@@ -357,7 +439,7 @@ class HistorianWriter:
             if self._spool is not None:
                 s.spool_records = self._spool.records
                 s.spool_bytes = self._spool.pending_bytes
-            s.connected = self.backend.connected
+            s.connected = self._db_ok and self.backend.connected
             return s
 
     # -- producers ------------------------------------------------------------------------
@@ -368,18 +450,7 @@ class HistorianWriter:
         time in epoch microseconds."""
         t = self._clock() if started is None else started
         rid = int(t * 1e6) if run_id is None else int(run_id)
-        recs: list[Record] = [("runs", (
-            rid, float(t), info.name, info.config_digest, info.config_toml, info.version,
-            info.host, len(info.channels), len(info.bus_ids), info.note))]
-        for m in info.meters:
-            recs.append(("meters", (rid, m.meter, m.kind, m.bus, m.branch, m.end,
-                                    ",".join(m.quantities))))
-        for c in info.channels:
-            recs.append(("channels", (rid, int(c.idx), c.name, c.meter, c.kind, c.quantity,
-                                      c.unit, c.bus, c.branch, c.end)))
-        kv = list(info.base_kv) + [None] * (len(info.bus_ids) - len(info.base_kv))
-        for i, (b, k) in enumerate(zip(info.bus_ids, kv, strict=True)):
-            recs.append(("buses", (rid, i, int(b), None if k is None else float(k))))
+        recs = run_records(info, rid, float(t))
         for r in recs:
             self._accept(*r)
         self.run_id = rid
@@ -459,7 +530,7 @@ class HistorianWriter:
                                      "or it was closed)")
             spool = self._spool
             q = self._queue
-            if spool.empty() and len(q) < self.max_queue:
+            if spool.empty() and (len(q) < self.max_queue or self._diverting):
                 q.append((LAZY, (lazy,)))
                 self._stats.accepted += lazy.rows
                 # wake the writer only when it has something new to do: the queue was
@@ -483,7 +554,7 @@ class HistorianWriter:
                     if left <= 0 or self._closing:
                         break
                     self._not_full.wait(left)
-            if spool.empty() and len(self._queue) < self.max_queue:
+            if spool.empty() and (len(self._queue) < self.max_queue or self._diverting):
                 self._queue.append((kind, row))
                 self._stats.accepted += 1
                 n = len(self._queue)
@@ -539,12 +610,12 @@ class HistorianWriter:
                         continue
                 if self._abort:
                     break
-                was_connected = self.backend.connected
+                was_ok = self._db_ok
                 ok = self._commit(pending)
                 if ok:
                     delay = self.backoff_s[0]
                     with self._lock:
-                        if not was_connected:
+                        if not was_ok:
                             self._stats.connects += 1
                         if from_spool:
                             spool.consume(spool_end, len(pending))
@@ -556,18 +627,10 @@ class HistorianWriter:
                         dirty = spool.take_dirty()
                     pending = []
                 else:
+                    if not from_spool and self._divert(pending):
+                        pending = []
+                        from_spool = True
                     with self._lock:
-                        if not from_spool and spool.empty():
-                            # outage: move the batch and the queue to disk, in order
-                            recs = [encode_record(k, r) for k, r in pending]
-                            recs.extend(encode_record(k, r)
-                                        for k, r in _materialize(self._queue))
-                            spool.append(recs)
-                            self._stats.spooled += len(recs)
-                            self._queue.clear()
-                            self._not_full.notify_all()
-                            pending = []
-                            from_spool = True
                         dirty = spool.take_dirty()
                     if dirty:
                         spool.fsync()
@@ -584,6 +647,36 @@ class HistorianWriter:
             raise
         finally:
             self._shutdown(pending if not from_spool else [])
+
+    def _divert(self, pending: list[Record]) -> bool:
+        """Outage: move the failed batch and the queue to the spool, in order, when the
+        spool is empty (else they stay in memory: they are older than it). The rows are
+        encoded outside the lock, so producers never wait for it; rows they queue
+        meanwhile are newer and follow (the queue may exceed ``max_queue`` by them)."""
+        spool = self._spool
+        assert spool is not None
+        with self._lock:
+            if not spool.empty():
+                return False
+            taken = list(self._queue)
+            self._queue.clear()
+            self._diverting = True
+            self._not_full.notify_all()
+        try:
+            recs = [encode_record(k, r) for k, r in pending]
+            recs.extend(encode_record(k, r) for k, r in _materialize(taken))
+        except BaseException:
+            with self._lock:
+                self._queue.extendleft(reversed(taken))
+                self._diverting = False
+            raise
+        with self._lock:
+            self._diverting = False
+            recs.extend(encode_record(k, r) for k, r in _materialize(self._queue))
+            self._queue.clear()
+            spool.append(recs)
+            self._stats.spooled += len(recs)
+        return True
 
     def _shutdown(self, pending: list[Record]) -> None:
         spool = self._spool
@@ -616,6 +709,8 @@ class HistorianWriter:
         with self._lock:
             self._stats.committed += len(pending)
             self._stats.batches += 1
+            self._db_ok = True
+            self._stats.last_commit_time = self._clock()
         return True
 
     def _isolate(self, pending: list[Record], first: Exception) -> bool:
@@ -638,15 +733,19 @@ class HistorianWriter:
                 self._stats.committed += 1
         with self._lock:
             self._stats.batches += 1
+            self._db_ok = True
+            self._stats.last_commit_time = self._clock()
         return True
 
     def _note_error(self, exc: Exception) -> None:
+        text = redact(str(exc))
         with self._lock:
-            first = self._stats.last_error is None or self.backend.connected
+            first = self._db_ok or self._stats.last_error is None
+            self._db_ok = False
             self._stats.db_errors += 1
-            self._stats.last_error = str(exc)
+            self._stats.last_error = text
         if first:
-            log.warning("historian: database unavailable, spooling: %s", exc)
+            log.warning("historian: database unavailable, spooling: %s", text)
 
     def _expand(self, pending: Sequence[Record]) -> dict[str, list[Row]]:
         out: dict[str, list[Row]] = {}

@@ -5,7 +5,7 @@ TCP (``tcp://PMU:4712``): connect, send *send CFG-2*, wait for the CFG-2 frame, 
 on disconnect reconnect with exponential backoff and repeat the handshake. On close the
 transport sends *turn off transmission*.
 
-UDP (``udp://HOST:PORT``, the convention of /work/plan/C37_CONVENTION.md): the gateway
+UDP (``udp://HOST:PORT``, the convention of docs/c37-conventions.md): the gateway
 listens; the PMU sends CFG-2 and data spontaneously; commands go back to the datagrams'
 source (CFG-2 when data arrives before any configuration, START after a configuration,
 STOP on close); the request is repeated every :data:`CFG_RETRY_S` and the handshake

@@ -83,9 +83,9 @@ def estimate_trace(cfg: Any, trace: Any, method: str, *, pv: str = "forecast",
     from estimator.badata import largest_normalized_residual
     from estimator.baselines import make_estimator
     from estimator.errors import EstimatorError
-    from estimator.measurement import MeasurementModel
+    from gateway.se_model import measurement_model
 
-    model = MeasurementModel.from_config(cfg)
+    model = measurement_model(cfg)
     idx = np.arange(trace.n_steps) if rows is None else rows
     ratings = np.array([p.rating_mw for p in cfg.plants])
     pv_all = pseudo_pv(trace.pv_mw[idx], ratings, pv, seed) if len(ratings) else None
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         except ModuleNotFoundError as exc:  # pandapower is the optional `bench` extra
             print(f"gridtwin estimate: {method} skipped ({exc})", file=sys.stderr)
             continue
-        except EstimatorError as exc:
+        except (EstimatorError, GatewayError) as exc:
             print(f"gridtwin estimate: {method}: {exc}", file=sys.stderr)
             return 1
         saved[f"v_{method}"] = res.pop("_v")

@@ -1,4 +1,4 @@
-"""State-estimation benchmarks (DESIGN.md measurement contract), medians.
+"""State-estimation benchmarks (``gridtwin bench --only se.``), medians.
 
 * ``se.ieee33.single`` (µs/snapshot): the linear SE on the bundled ieee33 twin config,
   warm start, a new noisy snapshot per call; peer: power-grid-model ``iterative_linear``,
@@ -26,17 +26,10 @@ PV = np.array([0.05, 0.08, 0.03, 0.07])
 
 
 def _ieee33_model() -> Any:
-    from estimator.measurement import MeasurementModel
+    from gateway.config import load_config
+    from gateway.se_model import measurement_model
 
-    try:
-        from gateway.config import load_config
-
-        return MeasurementModel.from_config(load_config("ieee33"))
-    except ImportError:  # pragma: no cover - config module absent
-        from estimator.synthetic import ieee33_with_plants, paper_specs
-
-        net = ieee33_with_plants()
-        return MeasurementModel(net, paper_specs(net))
+    return measurement_model(load_config("ieee33"))
 
 
 def _snapshots(model: Any, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

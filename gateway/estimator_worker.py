@@ -1,14 +1,17 @@
-"""The estimator process: ``python -m estimator.process --config CFG --fd N``.
+"""The estimator worker: ``python -m gateway.estimator_worker --config CFG --fd N``.
 
-Started and supervised by the gateway (:mod:`gateway.supervisor`); it is the only place
-that imports the estimator's internals for the live twin. It builds the measurement model
-and the linear state estimator from the twin config once (factorize once, solve many),
-says READY, then loops: receive one snapshot, estimate, send the state back.
+Started and supervised by the gateway (:mod:`gateway.supervisor`, through
+:mod:`gateway.workers`); the live twin's only user of the estimator library. It builds the
+measurement model (:mod:`gateway.se_model`) and the config's estimator once (factorize
+once, solve many), says READY, then loops: receive one snapshot, estimate, send the state
+back. The socket (inherited fd ``N``) is an AF_UNIX ``SOCK_SEQPACKET`` pair end; every
+message is encoded and decoded by :mod:`gateway.handoff`, the one definition of the wire.
 
-The socket (inherited fd ``N``) is an AF_UNIX ``SOCK_SEQPACKET`` pair end. The wire
-layouts are defined in :mod:`gateway.handoff`; the import rules keep ``estimator`` from
-importing it, so this module carries its own copy of the same layouts, and
-``tests/test_supervisor.py`` checks the two agree byte for byte.
+Weights: the estimator's nominal values (the percentage accuracies' reference, see
+:mod:`estimator.linear`) come from the real snapshots, by the library's own rule. The
+warm-up solve before READY only loads code and structural caches: its synthetic no-load
+snapshot is forgotten (:meth:`~estimator.linear.LinearStateEstimator.forget_weights`), so
+the live estimates equal ``gridtwin estimate`` on the same values.
 
 ``--method flat`` answers every snapshot with the flat start (1 pu, 0 rad) without any
 estimator maths: it exists for supervision tests and the handoff benchmark only.
@@ -17,12 +20,10 @@ estimator maths: it exists for supervision tests and the handoff benchmark only.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Callable
@@ -30,14 +31,17 @@ from typing import Any
 
 import numpy as np
 
-from gateway.snapshot import Snapshot
+from gateway.handoff import (
+    MAX_MESSAGE,
+    SNAP,
+    STOP,
+    FailMsg,
+    decode_snapshot,
+    encode_ready,
+    encode_state,
+)
+from gateway.realtime import set_realtime
 
-SNAP, READY, STATE, FAIL, STOP = b"S", b"R", b"T", b"F", b"Q"
-_SNAP_HEAD = struct.Struct("<cId")
-_READY = struct.Struct("<cIId")
-_STATE_HEAD = struct.Struct("<cqddddddddddIIB")
-_FAIL_HEAD = struct.Struct("<cqdd")
-MAX_MESSAGE = 4 * 1024 * 1024
 DEFAULT_SPIN_US = 1000.0
 #: below this period snapshots come often enough to keep the process warm: no polling,
 #: the CPU is better left to the gateway and the sender
@@ -50,10 +54,15 @@ SolveFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
 
 
 def build_solver(config: str, method: str) -> tuple[int, SolveFn]:
-    """(number of buses, solve function) for the twin config (estimator internals here)."""
+    """(number of buses, solve function) for the twin config (name or path)."""
     from gateway.config import load_config
 
-    cfg = load_config(config)
+    return solver_for(load_config(config), method)
+
+
+def solver_for(cfg: Any, method: str) -> tuple[int, SolveFn]:
+    """(number of buses, solve function) for a loaded twin config: what the worker runs
+    per snapshot (tests call it to compare the live path with ``gridtwin estimate``)."""
     n_bus = cfg.network.n_bus
     if method == "flat":
         vm = np.ones(n_bus)
@@ -74,9 +83,9 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
     pseudo-measurements (their sigma is the model's constant one: constant gain)."""
     from estimator.baselines import make_estimator
     from estimator.errors import DidNotConverge
-    from estimator.measurement import MeasurementModel
+    from gateway.se_model import measurement_model
 
-    model = MeasurementModel.from_config(cfg)
+    model = measurement_model(cfg)
     est = make_estimator(method, model, tolerance=cfg.estimator.tolerance,
                          max_iterations=cfg.estimator.max_iterations)
     chan = model.channel
@@ -103,6 +112,29 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
                 int(st.iterations), True)
 
     return solve
+
+
+def _warm_up(cfg: Any, model: Any, est: Any) -> None:
+    """Run the solve path once before saying READY (imports, BLAS, the structural caches:
+    observability, null space), so the first live snapshot does not pay for them: one
+    solve on the no-load flat profile (vm = base kV, everything else 0). Those values are
+    not the feeder's, so the weights they set are forgotten and the warm start reset: the
+    first real snapshot sets the nominal values (and factorizes)."""
+    values = np.zeros(len(cfg.channels))
+    net = cfg.network
+    for c in cfg.channels:
+        if c.quantity == "vm" and c.bus is not None:
+            values[c.index] = float(net.base_kv[net.index_of(c.bus)])
+    pv = np.zeros(len(cfg.plants))
+    try:
+        est.solve(model.values_to_pu(values, pv if pv.size else None))
+    except Exception as exc:  # a warm-up failure only costs the first snapshot time
+        print(f"estimator worker: warm-up solve failed ({exc}); continuing",
+              file=sys.stderr)
+    for name in ("forget_weights", "reset"):
+        step = getattr(est, name, None)
+        if step is not None:
+            step()
 
 
 class PeriodicReceiver:
@@ -162,31 +194,12 @@ class PeriodicReceiver:
         return msg, now
 
 
-def _warm_up(cfg: Any, model: Any, est: Any) -> None:
-    """Factorize for the usual measurement set (every channel and pseudo-measurement
-    present) before saying READY, so the first live snapshot does not pay for it: one
-    solve on the no-load flat profile (vm = base kV, everything else 0)."""
-    values = np.zeros(len(cfg.channels))
-    net = cfg.network
-    for c in cfg.channels:
-        if c.quantity == "vm" and c.bus is not None:
-            values[c.index] = float(net.base_kv[net.index_of(c.bus)])
-    pv = np.zeros(len(cfg.plants))
-    try:
-        est.solve(model.values_to_pu(values, pv if pv.size else None))
-    except Exception as exc:  # a warm-up failure only costs the first snapshot time
-        print(f"estimator process: warm-up solve failed ({exc}); continuing",
-              file=sys.stderr)
-    reset = getattr(est, "reset", None)
-    if reset is not None:
-        reset()
-
-
 def serve(sock: socket.socket, n_bus: int, solve: SolveFn, t_build: float, *,
           spin_s: float = 0.0) -> int:
+    """Answer snapshots until STOP or the socket closes (0); every failure is a FAIL."""
     clock = time.time
     rx = PeriodicReceiver(sock, spin_s)
-    sock.send(_READY.pack(READY, n_bus, os.getpid(), clock()))
+    sock.send(encode_ready(n_bus, os.getpid(), clock()))
     while True:
         msg, recv_time = rx.recv()
         if not msg or msg[:1] == STOP:
@@ -197,43 +210,28 @@ def serve(sock: socket.socket, n_bus: int, solve: SolveFn, t_build: float, *,
             return 0
         if msg[:1] != SNAP:
             continue
-        _, n_pv, send_time = _SNAP_HEAD.unpack_from(msg)
-        off = _SNAP_HEAD.size
-        pv = np.frombuffer(msg, "<f8", n_pv, off)
-        sig = np.frombuffer(msg, "<f8", n_pv, off + 8 * n_pv)
-        seq = -1
-        try:
-            snap = Snapshot.from_bytes(memoryview(msg)[off + 16 * n_pv:])
-            seq = snap.seq
-            t0 = time.perf_counter()
-            vm, va, chi2, chi2_thr, iters, conv = solve(snap.values, snap.flags, pv, sig)
-            t_solve = time.perf_counter() - t0
-        except Exception as exc:  # report any solver failure, keep serving
-            reason = f"{type(exc).__name__}: {exc}"
-            sock.send(_FAIL_HEAD.pack(FAIL, seq, send_time, recv_time)
-                      + reason.encode("utf-8", "replace")[:4000])
-            continue
-        n = int(vm.size)
-        sock.send(b"".join((
-            _STATE_HEAD.pack(STATE, snap.seq, snap.source_time, snap.arrival_time,
-                             snap.published_time, send_time, recv_time, clock(), chi2,
-                             chi2_thr, t_build, t_solve, iters, n, int(conv)),
-            np.ascontiguousarray(vm, "<f8").tobytes(),
-            np.ascontiguousarray(va, "<f8").tobytes())))
+        sock.send(answer(msg, recv_time, solve, t_build, clock))
 
 
-def _set_realtime(priority: int) -> None:
+def answer(msg: bytes, recv_time: float, solve: SolveFn, t_build: float,
+           clock: Callable[[], float] = time.time) -> bytes:
+    """The STATE (or, on any failure, FAIL) message answering one SNAP message."""
+    seq, send_time = -1, float("nan")
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return
-    except (OSError, AttributeError):
-        pass
-    with contextlib.suppress(OSError):
-        os.nice(-10)
+        snap, pv, sig, send_time = decode_snapshot(msg)
+        seq = snap.seq
+        t0 = time.perf_counter()
+        vm, va, chi2, chi2_thr, iters, conv = solve(snap.values, snap.flags, pv, sig)
+        t_solve = time.perf_counter() - t0
+    except Exception as exc:  # report any failure (bad message, solver), keep serving
+        return FailMsg(seq, send_time, recv_time, f"{type(exc).__name__}: {exc}").encode()
+    times = (snap.source_time, snap.arrival_time, snap.published_time, send_time,
+             recv_time, clock())
+    return encode_state(seq, times, chi2, chi2_thr, t_build, t_solve, iters, conv, vm, va)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m estimator.process")
+    p = argparse.ArgumentParser(prog="python -m gateway.estimator_worker")
     p.add_argument("--config", required=True, help="twin config (bundled name or .toml)")
     p.add_argument("--fd", type=int, required=True, help="inherited SOCK_SEQPACKET fd")
     p.add_argument("--method", default=None, help="override the config's estimator method")
@@ -241,21 +239,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="poll the socket this long around the expected snapshot arrival "
                    "(0: always block)")
     p.add_argument("--realtime", action="store_true",
-                   help="SCHED_FIFO priority 20 if allowed, else nice -10")
+                   help="the estimator's SCHED_FIFO priority (gateway.realtime) if "
+                   "allowed, else nice -10")
     args = p.parse_args(argv)
     if args.realtime:
-        _set_realtime(20)
+        set_realtime("estimator")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway stops us, not Ctrl-C
     sock = socket.socket(fileno=args.fd)
     t0 = time.perf_counter()
     try:
-        if args.method is None:
-            from gateway.config import load_config
+        from gateway.config import load_config
 
-            args.method = load_config(args.config).estimator.method
-        n_bus, solve = build_solver(args.config, args.method)
+        cfg = load_config(args.config)
+        n_bus, solve = solver_for(cfg, args.method or cfg.estimator.method)
     except Exception as exc:
-        print(f"estimator process: cannot build the estimator: {exc}", file=sys.stderr)
+        print(f"estimator worker: cannot build the estimator: {exc}", file=sys.stderr)
         return 3
     try:
         return serve(sock, n_bus, solve, time.perf_counter() - t0,

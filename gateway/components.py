@@ -1,0 +1,281 @@
+"""The runner's components and how each one is opened (aiohttp's runner/site split).
+
+:class:`~gateway.app.Gateway` starts these in order (historian, quality stage, command
+link, estimator supervisor, metrics HTTP server, transports) and closes them in reverse.
+Each ``open_*`` here builds one component from the config and the run options, starts it
+and returns it (or ``None`` when the config turns it off); it knows nothing of the runner,
+only of the callbacks it is given. A new kind of component adds one function here and one
+line in the runner's start sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import TwinConfig
+from gateway.errors import GatewayError, HistorianError
+from gateway.metrics import Metrics, MetricsServer
+from gateway.pipeline import StoreForecast, StoreLate, StoreSnapshot, StoreState
+from gateway.quality.passthrough import PassThroughQuality
+from gateway.telemetry import Telemetry, pct_ms
+from gateway.transports.base import Transport
+
+log = logging.getLogger("gridtwin.gateway")
+
+EventSink = Callable[[str, str, dict[str, Any]], None]  # (kind, source, detail)
+
+
+@dataclass
+class GatewayOptions:
+    config_ref: str = "ieee33"  # what the estimator process loads (name or path)
+    historian_url: str | None = None  # None: the config's; "" or "none": no historian
+    spool_dir: str | None = None
+    metrics_bind: str | None = None  # None: the config's; "": no server
+    quality: bool | None = None  # None: the config's
+    models_dir: str | None = None
+    estimator: bool = True
+    estimator_method: str | None = None
+    spare: bool = True
+    realtime: bool = False  # the estimator process asks for real-time scheduling too
+    url_overrides: dict[str, str] | None = None  # stream name -> URL (tests, demo)
+
+
+def open_historian(cfg: TwinConfig, o: GatewayOptions, clock: Callable[[], float]) -> Any:
+    """The historian writer (its thread started, the run recorded), or None."""
+    url = cfg.historian_url if o.historian_url is None else o.historian_url
+    if not url or url == "none":
+        return None
+    from gateway.historian.writer import HistorianWriter, run_info_from_config
+
+    h = HistorianWriter(url, spool_dir=o.spool_dir, clock=clock)
+    h.start()
+    try:
+        if o.realtime:
+            demote_thread(getattr(h, "_thread", None))
+        h.start_run(run_info_from_config(cfg))
+    except BaseException:
+        h.close()
+        raise
+    return h
+
+
+def open_quality(cfg: TwinConfig, o: GatewayOptions, loop: asyncio.AbstractEventLoop,
+                 event: EventSink) -> tuple[Any, Callable[[], None] | None]:
+    """The quality stage and what closes it; the pass-through seam (nothing to close)
+    when the stage is off or its models are unusable."""
+    enabled = cfg.quality.enabled if o.quality is None else o.quality
+    if not enabled:
+        return PassThroughQuality(cfg), None
+    from gateway.quality.stage import QualityStage  # onnxruntime only when enabled
+
+    try:
+        q = QualityStage(cfg, o.models_dir, predictor_process=cfg.quality.predictor_process)
+    except GatewayError as exc:
+        log.error("quality stage unavailable (%s): values pass through unchecked "
+                  "and PV gets a weak nameplate pseudo-measurement", exc)
+        event("quality_unavailable", "quality", {"error": str(exc)})
+        return PassThroughQuality(cfg), None
+
+    def lost(reason: str) -> None:
+        """The predictor process broke: unregister its socket; the stage goes on
+        in-process (same model), so this is an event, not an outage."""
+        if q.remote is not None:
+            loop.remove_reader(q.remote.fileno())
+        log.error("predictor process lost (%s): predicting in the gateway from now on",
+                  reason)
+        event("predictor_process_lost", "quality", {"reason": reason})
+
+    def close() -> None:
+        if q.remote is not None:
+            loop.remove_reader(q.remote.fileno())
+        q.close()
+
+    if q.remote_error is not None:
+        lost(q.remote_error)
+    if q.remote is not None:
+        loop.add_reader(q.remote.fileno(), q.collect)
+        q.on_remote_lost = lost
+    return q, close
+
+
+def open_commands(cfg: TwinConfig, metrics: Metrics, event: EventSink) -> Any:
+    """The volt-watt command link to the simulator when ``[commands]`` is enabled."""
+    if not cfg.commands.enabled:
+        return None
+    from gateway.commands import Command, CommandLink
+
+    def sent(cmd: Command) -> None:  # at most one per min_interval_s
+        metrics.commands_sent.inc()
+        event("command_sent", "commands", cmd.detail())
+
+    def failed(cmd: Command, reason: str) -> None:
+        metrics.command_errors.inc()
+        if link.errors <= 5:
+            log.warning("command for snapshot %d not sent: %s", cmd.seq, reason)
+
+    link = CommandLink(cfg, on_sent=sent, on_error=failed).open()
+    log.warning("commands ENABLED: %s curtailment to %s", cfg.commands.policy,
+                cfg.commands.url)
+    return link
+
+
+async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
+                         on_state: Any, on_fail: Any, on_event: Any) -> Any:
+    """The estimator supervisor with its process ready, or None (``estimator=False``)."""
+    if not o.estimator:
+        return None
+    from gateway.supervisor import EstimatorSupervisor
+
+    sup = EstimatorSupervisor(
+        o.config_ref, deadline_s=cfg.estimator.deadline_s, on_state=on_state,
+        on_fail=on_fail, on_event=on_event, method=o.estimator_method, spare=o.spare,
+        clock=clock, extra_args=["--realtime"] if o.realtime else [])
+    await sup.start()
+    return sup
+
+
+async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
+                      state: Callable[[], dict[str, Any] | None],
+                      streams: Callable[[], list[dict[str, Any]]],
+                      summary: Callable[[], dict[str, Any]],
+                      ready: Callable[[], list[str]]) -> MetricsServer | None:
+    """The metrics HTTP server listening, or None when no address is configured."""
+    bind = cfg.metrics_bind if o.metrics_bind is None else o.metrics_bind
+    if not bind:
+        return None
+    server = MetricsServer(metrics, state=state, streams=streams, summary=summary,
+                           ready=ready)
+    try:
+        addr = await server.start(bind)
+    except OSError as exc:
+        raise GatewayError(f"metrics_bind {bind!r}: cannot listen ({exc.strerror or exc})"
+                           ) from exc
+    log.info("metrics on http://%s:%d/metrics", *addr)
+    return server
+
+
+def open_live(server: MetricsServer, cfg: TwinConfig, *,
+              state: Callable[[], dict[str, Any] | None],
+              extras: Callable[[], dict[str, Any]], clock: Callable[[], float]) -> Any:
+    """The operator's live page on ``server``'s address (read-only routes, ``/live``)."""
+    from gateway.web.site import LiveSite
+
+    site = LiveSite(cfg, state=state, extras=extras, clock=clock)
+    server.routes.update(site.routes())
+    server.stream_routes["/live"] = site.serve_live
+    return site
+
+
+def live_extras(telemetry: Any, streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency (the last 1000 estimates), deadline misses and stream health for the page."""
+    import itertools
+
+    recent = deque(itertools.islice(reversed(telemetry.e2e_s), 1000))
+    lat = pct_ms(recent)
+    ss = telemetry.supervisor
+    return {"latency_ms": {"p50": lat["p50"], "p99": lat["p99"]},
+            "deadline_misses": ss.deadline_misses if ss else 0,
+            "streams": [{"name": s["stream"], "up": bool(s.get("rate_hz", 0) > 0),
+                         "rate_hz": s.get("rate_hz"), "lost": s.get("lost", 0)}
+                        for s in streams]}
+
+
+def demote_thread(thread: Any) -> None:
+    """Run a background thread (the historian's commits) at the historian's real-time
+    priority (:mod:`gateway.realtime`): storage may lag, the pipeline must not. It stays
+    real-time so ordinary processes cannot preempt it while it holds the GIL (which would
+    hold the pipeline thread up: priority inversion)."""
+    from gateway.realtime import set_realtime
+
+    tid = getattr(thread, "native_id", None)
+    if tid is None:
+        return
+    set_realtime("historian", tid=tid, nice=None)
+
+
+def jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with non-finite floats as None (event details go to JSON columns)."""
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        return v
+    return fix(d)  # type: ignore[no-any-return]
+
+
+def address_of(t: Transport) -> Any:
+    """Where a transport listens (host, port), else its URL (a client transport)."""
+    a = t.local_address
+    return list(a) if a else t.spec.url
+
+
+def version() -> str:
+    """The installed gridtwin version ("0" from a source tree without metadata)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("gridtwin")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+class HistorianSink:
+    """Carries the pipeline's store outputs and the runner's events to the historian
+    writer, counting what it accepted (telemetry, batched) and what it refused."""
+
+    def __init__(self, writer: Any, telemetry: Telemetry, metrics: Metrics) -> None:
+        self.writer = writer
+        self.telemetry = telemetry
+        self.metrics = metrics
+        self.errors = 0
+
+    def put(self, fn: Callable[..., None], kind: str, *args: Any, also: str | None = None,
+            **kw: Any) -> None:
+        """Hand records to the writer; ``also`` names a second record kind the same call
+        stores (put_snapshot: measurements and corrected)."""
+        try:
+            fn(*args, **kw)
+        except HistorianError as exc:
+            self.metrics.historian_dropped.inc(1 if also is None else 2)
+            self.errors += 1
+            if self.errors <= 5:
+                log.error("historian refused a %s record: %s", kind, exc)
+            return
+        self.telemetry.stored(kind, also)
+
+    def snapshot(self, o: StoreSnapshot) -> None:
+        self.put(self.writer.put_snapshot, "measurements", o.seq, o.source_time,
+                 o.arrival_time, o.raw_values, o.raw_flags, o.values, o.flags,
+                 also="corrected")
+
+    def late(self, o: StoreLate) -> None:
+        self.put(self.writer.put_measurements, "measurements", o.seq, o.source_time,
+                 o.arrival_time, o.values, o.flags)
+
+    def forecast(self, o: StoreForecast) -> None:
+        self.put(self.writer.put_forecasts, "forecasts", o.seq, o.time, o.pv_mw, o.sigma_mw)
+
+    def state(self, o: StoreState) -> None:
+        st = o.state
+        self.put(self.writer.put_state, "states", st.seq, st.source_time, st.vm, st.va,
+                 chi2=st.chi2 if math.isfinite(st.chi2) else None,
+                 iterations=st.iterations, converged=st.converged,
+                 deadline_met=o.deadline_met,
+                 timings={"handoff_s": o.handoff_s, "solve_s": st.t_solve_s,
+                          "e2e_s": o.e2e_s})
+
+    def event(self, time: float, kind: str, source: str, detail: dict[str, Any]) -> None:
+        self.put(self.writer.put_event, "events", time, kind, source, jsonable(detail))
+
+    async def close(self) -> None:
+        """Commit what is queued and stop the writer thread (off the loop's thread)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.writer.close)
