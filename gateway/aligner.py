@@ -194,6 +194,7 @@ class _Frame:
     seq: int | None
     x: float | None  # ts * rate (or arrival * rate), for the phase estimate
     shift: int | None = None  # held for a timestamp/sequence disagreement of this size
+    flags: np.ndarray | None = None  # the source's quality bits per point
 
 
 @dataclass
@@ -326,9 +327,12 @@ class Aligner:
 
     # -- feeding -------------------------------------------------------------------------
     def feed(self, stream: str, values: np.ndarray, now: float, *, ts: float | None = None,
-             seq: int | None = None) -> list[Snapshot]:
+             seq: int | None = None, flags: np.ndarray | None = None) -> list[Snapshot]:
         """Add one decoded frame (point order); return the snapshots now complete.
-        :attr:`last_verdict` says what became of the frame."""
+        :attr:`last_verdict` says what became of the frame.
+
+        ``flags``: quality bits per point from the source (e.g. a C37.118 STAT word),
+        OR-ed into the channels' flags; None when the source reports nothing."""
         i = self.index[stream]
         self._last_seen[i] = now
         src = self._src[i]
@@ -347,7 +351,7 @@ class Aligner:
                     now, {"seq": seq, "ts": ts}))
             src.timed = timed
         key, x, shift = self._key(src, ts if timed else None, seq, now)
-        fr = _Frame(key, values, now, ts if timed else None, seq, x, shift)
+        fr = _Frame(key, values, now, ts if timed else None, seq, x, shift, flags)
         if src.last_key is None:
             return self._place(i, fr)
         if shift is not None:
@@ -546,6 +550,8 @@ class Aligner:
             slot.flags[cs] = 0
         else:
             slot.flags[cs] = np.where(np.isfinite(v), np.uint32(0), MISSING)
+        if fr.flags is not None:
+            slot.flags[cs] |= fr.flags[lay.point_sel].astype(np.uint32, copy=False)
         self.last_verdict = Verdict.PLACED
         if slot.got == self.all_mask:
             return self._publish_through(key, fr.now, early=True)

@@ -39,7 +39,7 @@ from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
 from gateway.stats import StreamStats
 from gateway.telemetry import METRICS_FLUSH_S, Telemetry
-from gateway.transports.base import Transport, TransportSpec, open_transport
+from gateway.transports.base import Transport
 
 log = logging.getLogger("gridtwin.gateway")
 
@@ -65,6 +65,7 @@ class Gateway:
         self._store: comp.HistorianSink | None = None  # carries store outputs to it
         self._commands: Any = None  # gateway.commands.CommandLink when enabled (start)
         self.live: Any = None  # gateway.web.site.LiveSite with the HTTP server
+        self.bus: Any = None  # gateway.bus.link.BusLink when [bus] url is set
         self._stack: list[tuple[str, Closer]] = []  # what start() started, to unwind
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -128,6 +129,10 @@ class Gateway:
             self.telemetry.supervisor = self.supervisor.stats
             p.handoff = True
             self.started("estimator", self._close_estimator)
+        self.bus = await comp.open_bus(cfg, o, clock=self.clock, on_state=self.on_state)
+        if self.bus is not None:
+            p.handoff = True
+            self.started("bus", self.bus.close)
         self.started("pipeline", self.drain)  # once the transports stopped
         self.server = await comp.open_server(
             cfg, o, self.metrics, state=lambda: self.latest_state,
@@ -138,13 +143,9 @@ class Gateway:
                                        extras=self.live_extras, clock=self.clock)
             self.started("live view", self.live.close)
         for s in cfg.enabled_streams:
-            url = (o.url_overrides or {}).get(s.name, s.url)
-            t = open_transport(
-                TransportSpec(s.name, url, s.format, p.decoders[s.name].size, s.idcode,
-                              s.allow, s.rate_hz),
-                self.on_frame, on_drop=self.on_drop, on_event=self.event_stream,
-                clock=self.clock)
-            await t.start()
+            t = await comp.open_stream(s, o, p.decoders[s.name].size, on_frame=self.on_frame,
+                                       on_drop=self.on_drop, on_event=self.event_stream,
+                                       clock=self.clock)
             self.transports[s.name] = t
             self.started(f"stream {s.name}", t.close)
 
@@ -199,7 +200,10 @@ class Gateway:
         for o in outputs:
             match o:
                 case pl.Handoff():
-                    self.supervisor.submit(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+                    if self.supervisor is not None:
+                        self.supervisor.submit(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+                    if self.bus is not None:
+                        self.bus.snapshot(o.snapshot, o.pv_mw, o.pv_sigma_mw)
                     if self.live is not None and self.live.listening:
                         self.live.note_snapshot(o.snapshot.values, o.snapshot.flags, o.pv_mw)
                 case pl.StoreSnapshot():
@@ -237,6 +241,8 @@ class Gateway:
 
     def _on_flush_timer(self) -> None:
         self.telemetry.flush()
+        if self.bus is not None:
+            self.bus.health(self.clock(), self.stream_summary())
         if not self.closed and self._loop is not None:
             self._flush_timer = self._loop.call_later(METRICS_FLUSH_S, self._on_flush_timer)
 
@@ -250,6 +256,8 @@ class Gateway:
             self.execute(out)
         if self.live is not None:
             self.live.on_state()
+        if self.bus is not None and not self.bus.workers:
+            self.bus.state(st)
 
     def on_fail(self, f: FailMsg) -> None:
         self.metrics.failures.inc()
@@ -262,6 +270,8 @@ class Gateway:
             self.live.note_event(self.clock(), kind, source)
         if self._store is not None:
             self._store.event(self.clock(), kind, source, detail)
+        if self.bus is not None:
+            self.bus.event(self.clock(), kind, source, detail)
 
     def event_estimator(self, kind: str, detail: dict[str, Any]) -> None:
         m = self.metrics
@@ -324,6 +334,7 @@ class Gateway:
             "quality": type(self.quality).__name__,
             "commands_sent": cl.sent if cl is not None else 0,
             "command_errors": cl.errors if cl is not None else 0,
+            "bus": self.bus.stats() if self.bus is not None else None,
         }
 
 

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-quality", action="store_true", help="skip the data-quality stage")
     p.add_argument("--models", default=None, help="directory of the ONNX models")
     p.add_argument("--no-estimator", action="store_true", help="ingest and store only")
+    p.add_argument("--bus", default=None, metavar="URL",
+                   help="publish on NATS JetStream (overrides [bus] url; '' = off)")
     p.add_argument("--estimator-method", default=None,
                    help="override estimator.method ('flat' = no maths, for tests)")
     p.add_argument("--no-spare", action="store_true",
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         models_dir=args.models, estimator=not args.no_estimator,
         estimator_method=args.estimator_method, spare=not args.no_spare,
         realtime=args.realtime,
-        url_overrides=overrides)
+        url_overrides=overrides, bus_url=args.bus)
     try:
         summary = asyncio.run(serve(lambda: Gateway(cfg, opts), args.seconds))
     except StartFailed as exc:

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import TwinConfig
+from gateway.config import Stream, TwinConfig
 from gateway.errors import GatewayError, HistorianError
 from gateway.metrics import Metrics, MetricsServer
 from gateway.pipeline import StoreForecast, StoreLate, StoreSnapshot, StoreState
 from gateway.quality.passthrough import PassThroughQuality
 from gateway.telemetry import Telemetry, pct_ms
-from gateway.transports.base import Transport
+from gateway.transports.base import Transport, TransportSpec, open_transport
 
 log = logging.getLogger("gridtwin.gateway")
 
@@ -44,6 +44,7 @@ class GatewayOptions:
     spare: bool = True
     realtime: bool = False  # the estimator process asks for real-time scheduling too
     url_overrides: dict[str, str] | None = None  # stream name -> URL (tests, demo)
+    bus_url: str | None = None  # None: the config's [bus] url; "": no bus
 
 
 def open_historian(cfg: TwinConfig, o: GatewayOptions, clock: Callable[[], float]) -> Any:
@@ -127,8 +128,10 @@ def open_commands(cfg: TwinConfig, metrics: Metrics, event: EventSink) -> Any:
 
 async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
                          on_state: Any, on_fail: Any, on_event: Any) -> Any:
-    """The estimator supervisor with its process ready, or None (``estimator=False``)."""
-    if not o.estimator:
+    """The estimator supervisor with its process ready, or None (``estimator=False``, or
+    the fleet's workers estimate this twin)."""
+    if not o.estimator or (cfg.bus.estimate == "workers" and
+                           (cfg.bus.url if o.bus_url is None else o.bus_url)):
         return None
     from gateway.supervisor import EstimatorSupervisor
 
@@ -138,6 +141,21 @@ async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[
         clock=clock, extra_args=["--realtime"] if o.realtime else [])
     await sup.start()
     return sup
+
+
+async def open_bus(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
+                   on_state: Any) -> Any:
+    """The bus link started, or None when no bus is configured. With ``[bus] estimate =
+    "workers"`` the fleet's states come back through ``on_state``."""
+    url = cfg.bus.url if o.bus_url is None else o.bus_url
+    if not url:
+        return None
+    from gateway.bus.link import BusLink, bus_options
+
+    link = BusLink(cfg, bus_options(cfg, url), clock=clock,
+                   on_state=on_state if cfg.bus.estimate == "workers" else None)
+    await link.start()
+    return link
 
 
 async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
@@ -158,6 +176,19 @@ async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
                            ) from exc
     log.info("metrics on http://%s:%d/metrics", *addr)
     return server
+
+
+async def open_stream(s: Stream, o: GatewayOptions, frame_size: int, *,
+                      on_frame: Any, on_drop: Any, on_event: Any,
+                      clock: Callable[[], float]) -> Transport:
+    """The transport of one stream, started (its URL may be overridden for a run)."""
+    url = (o.url_overrides or {}).get(s.name, s.url)
+    t = open_transport(
+        TransportSpec(s.name, url, s.format, frame_size, s.idcode, s.allow, s.rate_hz,
+                      read_timeout_s=s.read_timeout_s),
+        on_frame, on_drop=on_drop, on_event=on_event, clock=clock)
+    await t.start()
+    return t
 
 
 def open_live(server: MetricsServer, cfg: TwinConfig, *,

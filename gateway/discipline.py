@@ -50,11 +50,12 @@ def late_row(lf: LateFrame, n_channels: int) -> tuple[int, np.ndarray, np.ndarra
 
 
 def ingest_frame(st: StreamStats, al: Aligner, stream: str, seq: int | None,
-                 ts: float | None, values: np.ndarray, now: float,
-                 size: int) -> list[Snapshot]:
-    """Account and align one decoded frame of ``stream``; return the snapshots it
-    completes. What else came of it waits in ``al.late``, ``al.events`` and
-    ``st.events`` for :func:`drain`."""
+                 ts: float | None, values: np.ndarray, now: float, size: int, *,
+                 flags: np.ndarray | None = None) -> list[Snapshot]:
+    """Account and align one decoded frame of ``stream`` (``flags``: the source's quality
+    bits per point, e.g. a C37.118 STAT word); return the snapshots it completes. What
+    else came of it waits in ``al.late``, ``al.events`` and ``st.events`` for
+    :func:`drain`."""
     kind = st.frame(seq, ts, now, size, delay=False)
     if kind is SeqVerdict.DUPLICATE:
         return []
@@ -62,7 +63,7 @@ def ingest_frame(st: StreamStats, al: Aligner, stream: str, seq: int | None,
     if st.dropped_by is not drops:  # the statistics show the aligner's drop counts
         drops.update({r: n + drops.get(r, 0) for r, n in st.dropped_by.items()})
         st.dropped_by = drops
-    snaps: list[Snapshot] = al.feed(stream, values, now, ts=ts, seq=seq)
+    snaps: list[Snapshot] = al.feed(stream, values, now, ts=ts, seq=seq, flags=flags)
     if al.last_verdict not in REFUSED:  # a refused timestamp says nothing about delay
         st.delay(ts, now)
     return snaps

@@ -33,7 +33,7 @@ from gateway.stats import StreamStats
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2,
                    5e-2, 0.1, 0.25, 1.0)
 FLAG_NAMES = ("bad", "suspect", "corrected", "missing", "pseudo", "late", "duplicate",
-              "out_of_order", "stale")
+              "out_of_order", "stale", "time_suspect", "trigger")
 
 #: every metric name exported (the deploy helper builds alerts and dashboards from it);
 #: (name, type, labels, help)

@@ -39,7 +39,7 @@ import numpy as np
 
 from gateway import discipline as dsc
 from gateway.aligner import Aligner
-from gateway.codecs.decoders import make_decoder
+from gateway.codecs.decoders import C37Decoder, make_decoder
 from gateway.errors import FrameError, GatewayError
 from gateway.quality.passthrough import PassThroughQuality
 from gateway.snapshot import Snapshot
@@ -155,6 +155,8 @@ class Pipeline:
         if not streams:
             raise GatewayError(f"config {cfg.name}: no enabled stream")
         self.decoders = {s.name: make_decoder(s) for s in streams}
+        # C37.118 decoders: per-point STAT flags for the aligner, session events to raise
+        self._c37 = {n: d for n, d in self.decoders.items() if isinstance(d, C37Decoder)}
         self.stats = {s.name: StreamStats(s.name) for s in streams}
         self.aligner = Aligner.for_config(cfg, [d.layout for d in self.decoders.values()])
         self.telemetry = telemetry
@@ -190,6 +192,7 @@ class Pipeline:
         timed = self._n_frames % DECODE_SAMPLE == 0
         if timed:
             t0 = self.perf()
+        c37 = self._c37.get(stream)
         try:
             dec = self.decoders[stream].decode(data, now)
         except FrameError as exc:
@@ -197,13 +200,18 @@ class Pipeline:
             if st.decode_errors <= 10 or st.decode_errors % 1000 == 0:
                 log.warning("stream %s: frame %d undecodable: %s (%d so far)", stream,
                             st.received + st.decode_errors, exc, st.decode_errors)
+            if c37 is not None and c37.events:
+                self._c37_events(stream, c37, out)
             return out
+        if c37 is not None and c37.events:
+            self._c37_events(stream, c37, out)
         if timed:
             self.telemetry.obs_decode[stream].append(self.perf() - t0)
         if dec is None:  # a configuration/header frame
             return out
         seq, ts, values = dec
-        snaps = dsc.ingest_frame(st, self.aligner, stream, seq, ts, values, now, len(data))
+        snaps = dsc.ingest_frame(st, self.aligner, stream, seq, ts, values, now, len(data),
+                                 flags=None if c37 is None else c37.flags)
         if dsc.pending(st, self.aligner):
             rows, events = dsc.drain(self.stats, self.aligner, stream, self._n_channels)
             if self.store:
@@ -214,6 +222,13 @@ class Pipeline:
                 self._clean(snap)
             out.append(SETTLE)
         return out
+
+    @staticmethod
+    def _c37_events(stream: str, dec: C37Decoder, out: list[Output]) -> None:
+        """The C37.118 decoder's events (configuration accepted, remapped, changed or
+        refused naming both PMU lists, STAT flag changes) as ``stream_<kind>`` events."""
+        for ev in dec.take_events():
+            out.append(Event(f"stream_{ev.kind}", stream, ev.detail()))
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has work: the oldest pending slot's lag window expires."""

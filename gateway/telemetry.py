@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from gateway.handoff import StateMsg
     from gateway.stats import StreamStats
 
-N_FLAG_BITS = 9
+N_FLAG_BITS = 11  # every gateway.snapshot.Flag bit
 FLAG_WORDS = 1 << N_FLAG_BITS  # flag words counted per meter kind (bits above: ignored)
 LATENCY_SAMPLES = 200_000
 METRICS_FLUSH_S = 1.0  # batched metrics reach the registry at least this often

@@ -18,7 +18,8 @@ def snapshots(draw: st.DrawFn) -> wire.BusSnapshot:
     m = draw(st.integers(0, 40))
     n = draw(st.integers(0, 5))
     return wire.BusSnapshot(
-        draw(st.integers(-(2**63), 2**63 - 1)), draw(st.integers(-(2**63), 2**63 - 1)), draw(floats), draw(floats), draw(floats),
+        draw(st.integers(-(2**63), 2**63 - 1)), draw(st.integers(-(2**63), 2**63 - 1)),
+        draw(floats), draw(floats), draw(floats),
         draw(hnp.arrays(np.float64, m, elements=floats)),
         draw(hnp.arrays(np.uint32, m)),
         draw(hnp.arrays(np.float64, n, elements=floats)),
@@ -46,7 +47,7 @@ def test_snapshot_round_trip(s: wire.BusSnapshot) -> None:
 @given(st.integers(0, 300), st.booleans(), st.integers(0, 2**32 - 1))
 def test_state_round_trip(n: int, conv: bool, iters: int) -> None:
     rng = np.random.default_rng(n)
-    s = wire.BusState(7, n, 1.5, 2.5, 3.5, float("nan"), 86.0, 1e-4, iters, conv,
+    s = wire.BusState(7, n, 1.5, 1.7, 2.5, 3.5, float("nan"), 86.0, 1e-4, iters, conv,
                       rng.normal(1, 0.01, n), rng.normal(0, 0.01, n))
     got = wire.decode(wire.encode_state(s))
     assert isinstance(got, wire.BusState)

@@ -83,6 +83,10 @@ class EdgeBus:
     def offer_health(self, seq: int, body: dict[str, Any]) -> None:
         self._offer(wire.HEALTH, seq, wire.encode_json(wire.HEALTH, body))
 
+    def offer(self, kind: int, seq: int, msg: bytes) -> None:
+        """Publish an encoded message of ``kind`` (e.g. a state) with its sequence."""
+        self._offer(kind, seq, msg)
+
     def _offer(self, kind: int, seq: int, msg: bytes) -> None:
         self.stats.offered += 1
         if len(self._buf) == self._buf.maxlen:

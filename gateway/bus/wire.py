@@ -29,16 +29,17 @@ little-endian. Every message starts with the same 8-byte preamble::
     8      8     run              int64   the snapshot's run id
     16     8     seq              int64   the snapshot it estimates
     24     8     source_time      float64
-    32     8     publish_time     float64 the snapshot's publish_time (round-trip latency)
-    40     8     done_time        float64 when the worker finished
-    48     8     chi2             float64 J(x) (NaN: not computed)
-    56     8     chi2_threshold   float64
-    64     8     t_solve_s        float64
-    72     4     iterations       uint32
-    76     4     n_bus            uint32
-    80     1     converged        uint8
-    81     7     reserved
-    88     8n    vm_pu            float64[n]
+    32     8     arrival_time     float64 the snapshot's arrival_time (end-to-end latency)
+    40     8     publish_time     float64 the snapshot's publish_time (round-trip latency)
+    48     8     done_time        float64 when the worker finished
+    56     8     chi2             float64 J(x) (NaN: not computed)
+    64     8     chi2_threshold   float64
+    72     8     t_solve_s        float64
+    80     4     iterations       uint32
+    84     4     n_bus            uint32
+    88     1     converged        uint8
+    89     7     reserved
+    96     8n    vm_pu            float64[n]
     ..     8n    va_rad           float64[n]
 
 A message whose magic, kind, version or length does not match raises
@@ -72,7 +73,7 @@ MAX_MESSAGE = 4 * 1024 * 1024
 
 _PRE = struct.Struct("<4sBBH")
 _SNAP = struct.Struct("<qqdddII")
-_STATE = struct.Struct("<qqddddddIIB7x")
+_STATE = struct.Struct("<qqdddddddIIB7x")
 
 
 class BusMessageError(GatewayError):
@@ -102,6 +103,7 @@ class BusState:
     run: int
     seq: int
     source_time: float
+    arrival_time: float
     publish_time: float
     done_time: float
     chi2: float
@@ -138,8 +140,8 @@ def encode_state(s: BusState) -> bytes:
     n = int(s.vm_pu.size)
     return b"".join((
         _PRE.pack(MAGIC, STATE, VERSION, 0),
-        _STATE.pack(s.run, s.seq, s.source_time, s.publish_time, s.done_time, s.chi2,
-                    s.chi2_threshold, s.t_solve_s, s.iterations, n, int(s.converged)),
+        _STATE.pack(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time, s.done_time,
+                    s.chi2, s.chi2_threshold, s.t_solve_s, s.iterations, n, int(s.converged)),
         np.ascontiguousarray(s.vm_pu, "<f8").tobytes(),
         np.ascontiguousarray(s.va_rad, "<f8").tobytes()))
 
@@ -208,9 +210,10 @@ def _decode_state(msg: bytes) -> BusState:
     off = _PRE.size
     if len(msg) < off + _STATE.size:
         raise BusMessageError("state header truncated", len(msg))
-    run, seq, src, pub, done, chi2, thr, t_solve, iters, n, conv = _STATE.unpack_from(msg, off)
+    run, seq, src, arr, pub, done, chi2, thr, t_solve, iters, n, conv = _STATE.unpack_from(
+        msg, off)
     off += _STATE.size
     _need(msg, off + 16 * n, "state")
     vm = np.frombuffer(msg, "<f8", n, off).copy()
     va = np.frombuffer(msg, "<f8", n, off + 8 * n).copy()
-    return BusState(run, seq, src, pub, done, chi2, thr, t_solve, iters, bool(conv), vm, va)
+    return BusState(run, seq, src, arr, pub, done, chi2, thr, t_solve, iters, bool(conv), vm, va)

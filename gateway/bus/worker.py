@@ -164,10 +164,11 @@ def config_from_text(text: str) -> Any:
 
 def build_from_text(text: str) -> tuple[SolveFn, float]:
     """(solve, deadline_s) for a twin config given as TOML text (validated like a file)."""
-    from estimator.process import _linear_solver as linear_solver
+    from gateway.estimator_worker import solver_for
 
     cfg = config_from_text(text)
-    return linear_solver(cfg, cfg.estimator.method), float(cfg.estimator.deadline_s)
+    _, solve = solver_for(cfg, cfg.estimator.method)
+    return solve, float(cfg.estimator.deadline_s)
 
 
 class Worker:
@@ -282,7 +283,8 @@ class Worker:
         done = self.clock()
         if done - s.publish_time > deadline:
             self.stats.deadline_misses += 1
-        state = wire.BusState(s.run, s.seq, s.source_time, s.publish_time, done, chi2, thr, t_solve,
+        state = wire.BusState(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time,
+                              done, chi2, thr, t_solve,
                               iters, conv, np.asarray(vm, float), np.asarray(va, float))
         await self.js.publish(wire.subject(p.twin, wire.STATE), wire.encode_state(state),
                               headers={"Nats-Msg-Id": wire.msg_id(p.twin, s.run, wire.STATE,

@@ -26,6 +26,7 @@ from gateway.config.loader import (
 )
 from gateway.config.schema import (
     AlignConfig,
+    BusConfig,
     C37Phasor,
     C37Pmu,
     Channel,
@@ -63,7 +64,8 @@ __all__ = [
     "ALLOWED", "ANGLES", "BRANCH_QUANTITIES", "BUNDLED_DIR", "BUS_QUANTITIES", "COMMAND_KINDS",
     "COMMAND_SEQ", "MAX_RATE_HZ", "MAX_SKT_WORDS", "METER_KINDS", "POINT_TYPES",
     "PV_QUANTITIES", "SKT_HEADER_WORDS", "STREAM_FORMATS", "TRANSPORT_SCHEMES",
-    "WEATHER_QUANTITIES", "AlignConfig", "C37Phasor", "C37Pmu", "Channel", "CommandsConfig",
+    "WEATHER_QUANTITIES", "AlignConfig", "BusConfig", "C37Phasor", "C37Pmu", "Channel",
+    "CommandsConfig",
     "EstimatorConfig", "Meter", "Plant", "Point", "QualityConfig", "Stream", "TwinConfig",
     "bundled_configs", "command_point_plant", "load_config", "parse_config", "resolve",
     "skt_words", "url_parts",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from gateway.config.vocabulary import (
     ACCURACY_FIGURES,
     ALLOWED,
+    BUS_ESTIMATE,
     COMMAND_POLICIES,
     METER_KINDS,
     STREAM_FORMATS,
@@ -96,6 +97,8 @@ TABLES: dict[str, dict[str, Key]] = {
                      '("name:int32") or tables {name, type, scale}', items="string|object"),
         "enabled": _k("boolean", "false: configured but not listened on"),
         "idcode": _k("integer", "C37.118 IDCODE of the first PMU"),
+        "read_timeout_s": _k("number", "TCP: a peer silent this long is reconnected (0: five "
+                             "frame periods, at least 2 s)"),
     },
     "commands": {
         "enabled": _k("boolean", "send commands back to the simulator"),
@@ -136,6 +139,21 @@ TABLES: dict[str, dict[str, Key]] = {
     },
     "historian": {"url": _k("string", "sqlite:///path, mysql://user:pw@host:3306/db or none")},
     "metrics": {"bind": _k("string", 'HOST:PORT of /metrics and /state ("" disables)')},
+    "bus": {
+        "url": _k("string", 'nats://HOST:PORT or tls://HOST:PORT of NATS JetStream ("": off)'),
+        "estimate": _k("string", "who estimates: this gateway or the fleet's workers",
+                       enum=BUS_ESTIMATE),
+        "user": _k("string", "bus user name"),
+        "password": _k("string", "bus password (better: GRIDTWIN_BUS_PASSWORD)"),
+        "token": _k("string", "bus token"),
+        "creds": _k("string", "NATS .creds file (JWT and nkey seed)"),
+        "nkey": _k("string", "nkey seed file"),
+        "tls_ca": _k("string", "CA bundle for TLS"),
+        "tls_cert": _k("string", "client certificate for TLS"),
+        "tls_key": _k("string", "client key for TLS"),
+        "buffer": _k("integer", "messages kept while the bus is away (oldest dropped beyond)"),
+        "replicas": _k("integer", "stream replicas when this gateway creates the stream"),
+    },
 }
 
 #: top-level key -> (table name, is an array of tables)
@@ -144,7 +162,7 @@ TOP: dict[str, tuple[str, bool]] = {
     "meters": ("meters", True), "streams": ("streams", True), "commands": ("commands", False),
     "estimator": ("estimator", False), "quality": ("quality", False),
     "align": ("align", False), "historian": ("historian", False),
-    "metrics": ("metrics", False),
+    "metrics": ("metrics", False), "bus": ("bus", False),
 }
 
 

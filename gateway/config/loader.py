@@ -95,6 +95,7 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     align = sections.align(pr, pr.table(raw, "align"), rate)
     historian_url = sections.historian(pr, pr.table(raw, "historian"))
     bind = sections.metrics(pr, pr.table(raw, "metrics"))
+    bus = sections.bus(pr, pr.table(raw, "bus"))
     if net is None or pr:
         return None
     canonical = json.dumps(raw, sort_keys=True, default=str).encode()
@@ -104,4 +105,5 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
         quality=quality, align=align, historian_url=historian_url, metrics_bind=bind,
         digest=hashlib.sha256(canonical).hexdigest(), text=text,
         channel_index={c.name: c.index for c in channels}, warnings=tuple(pr.warnings),
+        bus=bus,
     )

@@ -132,6 +132,7 @@ class Stream:
     enabled: bool = True
     idcode: int = 0
     pmus: tuple[C37Pmu, ...] = ()
+    read_timeout_s: float = 0.0  # TCP: silent-peer timeout; 0 = a few periods, >= 2 s
 
     @property
     def scheme(self) -> str:
@@ -211,6 +212,32 @@ class AlignConfig:
     jitter: float = 0.45  # timestamp jitter tolerated, as a fraction of the period
 
 
+@dataclass(frozen=True)
+class BusConfig:
+    """Edge publishing on NATS JetStream (off while ``url`` is empty). ``estimate``:
+    ``local`` (this gateway's estimator process; states also published) or ``workers``
+    (the fleet's workers estimate; their states come back over the bus). Secrets are
+    better given as files (``creds``, ``nkey``) or the GRIDTWIN_BUS_PASSWORD environment
+    variable than written here."""
+
+    url: str = ""
+    estimate: str = "local"
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None
+    nkey: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    buffer: int = 50_000  # messages held while the bus is away (oldest dropped beyond)
+    replicas: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
 @dataclass
 class TwinConfig:
     name: str
@@ -231,6 +258,7 @@ class TwinConfig:
     channel_index: dict[str, int] = field(default_factory=dict)
     #: doubts that did not stop the config (``gridtwin config check`` prints them)
     warnings: tuple[ConfigProblem, ...] = ()
+    bus: BusConfig = field(default_factory=BusConfig)
 
     @property
     def enabled_streams(self) -> list[Stream]:

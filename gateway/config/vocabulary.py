@@ -60,3 +60,6 @@ def command_point_plant(name: str) -> tuple[str, str] | None:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)], kind
     return None
+
+#: who estimates a twin that publishes on the bus ([bus] estimate)
+BUS_ESTIMATE = ("local", "workers")

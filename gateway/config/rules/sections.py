@@ -11,13 +11,19 @@ from gateway.config.problems import InvalidValue, MissingKey, Problems, UnknownR
 from gateway.config.rules.streams import check_bind, check_url, points
 from gateway.config.schema import (
     AlignConfig,
+    BusConfig,
     CommandsConfig,
     EstimatorConfig,
     Plant,
     Point,
     QualityConfig,
 )
-from gateway.config.vocabulary import COMMAND_POLICIES, COMMAND_SEQ, command_point_plant
+from gateway.config.vocabulary import (
+    BUS_ESTIMATE,
+    COMMAND_POLICIES,
+    COMMAND_SEQ,
+    command_point_plant,
+)
 from gateway.errors import ConfigProblem, HistorianError
 from gateway.historian.mysql import parse_mysql_url
 
@@ -217,3 +223,32 @@ def metrics(pr: Problems, t: dict[str, Any]) -> str:
     if bind:
         check_bind(pr, bind, "metrics.bind")
     return "" if bind is None else str(bind)
+
+
+def bus(pr: Problems, t: dict[str, Any]) -> BusConfig:
+    """The [bus] table: off unless ``url`` is set; URLs and files checked here."""
+    pr.unknown_keys(t, "bus", known("bus"))
+    url = pr.get(t, "url", "bus", str, default="") or ""
+    if url:
+        u = urlsplit(url)
+        try:
+            port_ok = u.port is None or 0 < u.port < 65536
+        except ValueError:
+            port_ok = False
+        if u.scheme not in ("nats", "tls") or not u.hostname or not port_ok:
+            pr.add(InvalidValue("bus.url", f"{url!r} is not nats://HOST:PORT or tls://HOST:PORT",
+                                'url = "nats://127.0.0.1:4222"', value=url))
+    estimate = pr.get(t, "estimate", "bus", str, default="local") or "local"
+    if estimate not in BUS_ESTIMATE:
+        pr.add(InvalidValue("bus.estimate", f"unknown value {estimate!r}",
+                            f"use one of {', '.join(BUS_ESTIMATE)}", value=estimate))
+    text = {k: pr.get(t, k, "bus", str, default=None) for k in
+            ("user", "password", "token", "creds", "nkey", "tls_ca", "tls_cert", "tls_key")}
+    buffer = pr.get(t, "buffer", "bus", int, default=50_000)
+    replicas = pr.get(t, "replicas", "bus", int, default=1)
+    for key, val, lo in (("buffer", buffer, 1), ("replicas", replicas, 1)):
+        if val is not None and val < lo:
+            pr.add(InvalidValue(f"bus.{key}", f"must be >= {lo}, got {val}", f"{key} = {lo}",
+                                value=val))
+    return BusConfig(url=url, estimate=estimate, buffer=int(buffer or 50_000),
+                     replicas=int(replicas or 1), **text)

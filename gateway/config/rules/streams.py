@@ -63,6 +63,10 @@ def stream(pr: Problems, t: dict[str, Any], key: str, channels: list[Channel]
     allow = pr.get(t, "allow", key, list, default=["127.0.0.1"])
     enabled = pr.get(t, "enabled", key, bool, default=True)
     idcode = pr.get(t, "idcode", key, int, default=1)
+    read_timeout = pr.get(t, "read_timeout_s", key, (int, float), default=0.0)
+    if read_timeout is not None and read_timeout < 0:
+        pr.add(InvalidValue(f"{key}.read_timeout_s", f"must be >= 0 s, got {read_timeout}",
+                            "0 picks a few frame periods (at least 2 s)", value=read_timeout))
     if fmt not in STREAM_FORMATS:
         pr.add(InvalidValue(f"{key}.format", f"unknown format {fmt!r}",
                             f"use one of {', '.join(STREAM_FORMATS)}", value=fmt))
@@ -93,7 +97,8 @@ def stream(pr: Problems, t: dict[str, Any], key: str, channels: list[Channel]
     if not url_ok:
         return None
     return Stream(name, url, fmt, bool(header), float(rate), tuple(str(a) for a in allow),
-                  tuple(pts), bool(enabled), int(idcode), pmus)
+                  tuple(pts), bool(enabled), int(idcode), pmus,
+                  max(0.0, float(read_timeout or 0.0)))
 
 
 def word_budget(pr: Problems, n_points: int, header: bool, key: str) -> None:
