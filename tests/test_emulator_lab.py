@@ -142,3 +142,19 @@ def test_emulate_cli_rejects_a_bad_disturbance(cfg: TwinConfig, trace: Trace,
                         str(path), "--steps", "5", "--lab-day"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--lab-day needs --seconds" in r.stderr
+
+
+def test_emulate_cli_plays_a_lab_day(trace: Trace, tmp_path: Path) -> None:
+    import json
+
+    path = tmp_path / "t.npz"
+    save_trace(trace, path)
+    r = subprocess.run([sys.executable, "-m", "gateway.cli", "emulate", "--scenario",
+                        str(path), "--seconds", "10", "--loop", "--fast", "--lab-day",
+                        "--seed", "3", "--phase", "0.5", "--jitter", "0.1", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert sorted(x["kind"] for x in d["disturbances"]) == sorted(DISTURBANCE_KINDS)
+    assert d["silent_steps"] > 0  # stop/start, recompile and card reboot were silent
+    assert d["frames_sent"] == 3 * (d["steps"] - d["silent_steps"])
