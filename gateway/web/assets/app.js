@@ -42,8 +42,9 @@ function draw() {
   const gBr = el("g", { id: "branches" }, svg);
   layout.branches.forEach((br, k) => {
     const [x1, y1] = pos(byId.get(br.f)), [x2, y2] = pos(byId.get(br.t));
-    // tree branches run along lanes: horizontal, or down then across for a lateral
-    const d = (br.tree && y1 !== y2) ? `M${x1},${y1} L${x1 + STEP_X * 0.35},${y2} L${x2},${y2}`
+    // tree branches run along lanes: horizontal, or straight down then across for a
+    // lateral (the column under a bus is free: laterals start one step to its right)
+    const d = (br.tree && y1 !== y2) ? `M${x1},${y1} L${x1},${y2} L${x2},${y2}`
       : `M${x1},${y1} L${x2},${y2}`;
     el("path", { d, class: "branch" + (br.closed ? "" : " open"), id: `branch-${k}`,
       "data-name": br.name }, gBr);
@@ -73,7 +74,7 @@ function draw() {
   for (const p of layout.plants) {
     const b = byId.get(p.bus); if (!b) continue;
     const [x, y] = pos(b);
-    const g = el("polygon", { points: `${x - 6},${y + 26} ${x},${y + 16} ${x + 6},${y + 26}`,
+    const g = el("polygon", { points: `${x + 8},${y + 24} ${x + 14},${y + 14} ${x + 20},${y + 24}`,
       class: "pv", id: `pv-${p.name}` }, gM);
     el("title", {}, g).textContent = `PV ${p.name}`;
   }
