@@ -209,6 +209,9 @@ class Gateway:
                 case pl.StoreSnapshot():
                     assert store is not None
                     store.snapshot(o)
+                case pl.StoreLate():
+                    assert store is not None
+                    store.late(o)
                 case pl.Settle():
                     self.execute(self.pipeline.settle())
                 case pl.StoreForecast():

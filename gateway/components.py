@@ -21,7 +21,7 @@ from typing import Any
 from gateway.config import Stream, TwinConfig
 from gateway.errors import GatewayError, HistorianError
 from gateway.metrics import Metrics, MetricsServer
-from gateway.pipeline import StoreForecast, StoreSnapshot, StoreState
+from gateway.pipeline import StoreForecast, StoreLate, StoreSnapshot, StoreState
 from gateway.quality.passthrough import PassThroughQuality
 from gateway.telemetry import Telemetry, pct_ms
 from gateway.transports.base import Transport, TransportSpec, open_transport
@@ -287,6 +287,10 @@ class HistorianSink:
         self.put(self.writer.put_snapshot, "measurements", o.seq, o.source_time,
                  o.arrival_time, o.raw_values, o.raw_flags, o.values, o.flags,
                  also="corrected")
+
+    def late(self, o: StoreLate) -> None:
+        self.put(self.writer.put_measurements, "measurements", o.seq, o.source_time,
+                 o.arrival_time, o.values, o.flags)
 
     def forecast(self, o: StoreForecast) -> None:
         self.put(self.writer.put_forecasts, "forecasts", o.seq, o.time, o.pv_mw, o.sigma_mw)

@@ -62,6 +62,11 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Frames older than the newest seen of their stream."),
     ("gridtwin_frames_late_total", "counter", ("stream",),
      "Frames that arrived after their snapshot was published."),
+    ("gridtwin_frames_dropped_total", "counter", ("stream", "reason"),
+     "Frames not stored, by reason: duplicate, future (timestamp ahead of the local clock "
+     "or an unconfirmed jump ahead), outlier (unconfirmed jump back, stray timestamp)."),
+    ("gridtwin_stream_restarts_total", "counter", ("stream",),
+     "Sender restarts recognised (sequence or time went back and continued from there)."),
     ("gridtwin_stream_rate_hertz", "gauge", ("stream",), "Frames per second, recent window."),
     ("gridtwin_stream_one_way_delay_seconds", "gauge", ("stream",),
      "Arrival minus source timestamp of the last frame."),
@@ -150,6 +155,8 @@ class _StreamCollector:
             cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             short = name[:-6] if kind == "counter" else name
             fams[name] = cls(short, doc, labels=["stream"])
+        drop = CounterMetricFamily("gridtwin_frames_dropped", _SPEC[
+            "gridtwin_frames_dropped_total"][2], labels=["stream", "reason"])
         now = self.clock()
         for s in self.source():
             lab = [s.name]
@@ -161,7 +168,12 @@ class _StreamCollector:
             fams["gridtwin_frames_duplicate_total"].add_metric(lab, s.duplicates)
             fams["gridtwin_frames_reordered_total"].add_metric(lab, s.reordered)
             fams["gridtwin_frames_late_total"].add_metric(lab, s.late)
-            fams["gridtwin_stream_rate_hertz"].add_metric(lab, s.rate())
+            fams["gridtwin_stream_rate_hertz"].add_metric(lab, s.rate(now))
+            fams["gridtwin_stream_restarts_total"].add_metric(lab, s.restarts)
+            for reason in ("duplicate", "future", "outlier"):
+                n = s.dropped_by.get(reason, 0) + (s.duplicates if reason == "duplicate"
+                                                   else 0)
+                drop.add_metric([s.name, reason], n)
             owd = s.owd_last
             fams["gridtwin_stream_one_way_delay_seconds"].add_metric(
                 lab, owd if math.isfinite(owd) else 0.0)
@@ -169,6 +181,7 @@ class _StreamCollector:
             fams["gridtwin_stream_last_frame_timestamp_seconds"].add_metric(lab, last)
             fams["gridtwin_stream_up"].add_metric(lab, 1.0 if now - last <= 1.0 else 0.0)
         yield from fams.values()
+        yield drop
 
 
 class Metrics:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gateway import discipline as dsc
 from gateway.aligner import Aligner
 from gateway.codecs.decoders import C37Decoder, make_decoder
 from gateway.errors import FrameError, GatewayError
@@ -82,6 +83,18 @@ class StoreSnapshot:
 
 
 @dataclass(slots=True)
+class StoreLate:
+    """Store one frame that arrived after its snapshot was published: a raw
+    ``measurements`` row of its own (see :func:`gateway.discipline.late_row`)."""
+
+    seq: int
+    source_time: float
+    arrival_time: float
+    values: np.ndarray
+    flags: np.ndarray
+
+
+@dataclass(slots=True)
 class StoreForecast:
     """Store the PV forecast (MW and its sigma per plant) current at snapshot ``seq``."""
 
@@ -121,7 +134,7 @@ class Settle:
 
 SETTLE = Settle()
 
-Output = Handoff | StoreSnapshot | StoreForecast | StoreState | Event | Settle
+Output = Handoff | StoreSnapshot | StoreLate | StoreForecast | StoreState | Event | Settle
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -145,8 +158,7 @@ class Pipeline:
         # C37.118 decoders: per-point STAT flags for the aligner, session events to raise
         self._c37 = {n: d for n, d in self.decoders.items() if isinstance(d, C37Decoder)}
         self.stats = {s.name: StreamStats(s.name) for s in streams}
-        self.aligner = Aligner(len(cfg.channels), [d.layout for d in self.decoders.values()],
-                               rate_hz=cfg.rate_hz, lag_s=cfg.align.lag_s)
+        self.aligner = Aligner.for_config(cfg, [d.layout for d in self.decoders.values()])
         self.telemetry = telemetry
         telemetry.watch(self.stats, self.aligner.stats)
         self.passthrough = PassThroughQuality(cfg)
@@ -155,6 +167,7 @@ class Pipeline:
         self.handoff = True
         self.store = True
         self.quality_errors = 0
+        self._n_channels = len(cfg.channels)
         self._plant_names = [p.name for p in cfg.plants]
         self._bus_ids = [int(b) for b in cfg.network.bus_ids]
         self._out: list[Output] = []
@@ -197,14 +210,13 @@ class Pipeline:
         if dec is None:  # a configuration/header frame
             return out
         seq, ts, values = dec
-        if st.frame(seq, ts, now, len(data)) == "duplicate":
-            return out
-        agg = self.aligner.stats
-        late0 = agg.late_frames
-        snaps = self.aligner.feed(stream, values, now, ts=ts, seq=seq,
-                                  flags=None if c37 is None else c37.flags)
-        if agg.late_frames != late0:
-            st.late += 1
+        snaps = dsc.ingest_frame(st, self.aligner, stream, seq, ts, values, now, len(data),
+                                 flags=None if c37 is None else c37.flags)
+        if dsc.pending(st, self.aligner):
+            rows, events = dsc.drain(self.stats, self.aligner, stream, self._n_channels)
+            if self.store:
+                out.extend(StoreLate(*r) for r in rows)
+            out.extend(Event(*e) for e in events)
         if snaps:
             for snap in snaps:
                 self._clean(snap)

@@ -230,7 +230,7 @@ class Telemetry:
         return {
             "frames_received": sum(s.received for s in stats),
             "decode_errors": sum(s.decode_errors for s in stats),
-            "frames_lost": sum(s.lost for s in stats),
+            "frames_lost": sum(s.not_stored for s in stats),
             "frames_late": sum(s.late for s in stats),
             "snapshots": self.snapshots,
             "snapshots_incomplete": self.aligner.incomplete if self.aligner else 0,

@@ -129,7 +129,14 @@ TABLES: dict[str, dict[str, Key]] = {
         "models": _k("string", '"bundled" or a directory of ONNX models'),
         "predictor_process": _k("boolean", "run the measurement predictor in its own process"),
     },
-    "align": {"lag_ms": _k("number", "wait at most this long after the first stream (ms)")},
+    "align": {
+        "lag_ms": _k("number", "wait at most this long after the first stream (ms)"),
+        "reorder_ms": _k("number", "a frame further back is a restart candidate (ms)"),
+        "max_jump_s": _k("number", "a frame further ahead is a jump candidate (s)"),
+        "max_ahead_s": _k("number", "timestamps further ahead of the local clock are "
+                          "refused (s)"),
+        "jitter": _k("number", "timestamp jitter tolerated, fraction of the period"),
+    },
     "historian": {"url": _k("string", "sqlite:///path, mysql://user:pw@host:3306/db or none")},
     "metrics": {"bind": _k("string", 'HOST:PORT of /metrics and /state ("" disables)')},
     "bus": {

@@ -206,6 +206,10 @@ class AlignConfig:
     """openPDC-style alignment: wait for all streams or ``lag_s`` after the first."""
 
     lag_s: float = 0.01
+    reorder_s: float = 0.2  # a key further back than this is a restart candidate
+    max_jump_s: float = 2.0  # a key further ahead than this is a jump candidate
+    max_ahead_s: float = 2.0  # timestamps further ahead of the local clock are refused
+    jitter: float = 0.45  # timestamp jitter tolerated, as a fraction of the period
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,19 @@ def align(pr: Problems, t: dict[str, Any], rate: float) -> AlignConfig:
     if lag is not None and lag < 0:
         pr.add(InvalidValue("align.lag_ms", f"must be >= 0, got {lag}", "e.g. 10", value=lag))
         lag = 10.0
-    return AlignConfig(float(lag if lag is not None else 10.0) / 1000.0)
+    d = AlignConfig()
+    extra: dict[str, float] = {}
+    for key, attr, scale, hi in (("reorder_ms", "reorder_s", 1e-3, 60_000.0),
+                                 ("max_jump_s", "max_jump_s", 1.0, 86_400.0),
+                                 ("max_ahead_s", "max_ahead_s", 1.0, 86_400.0),
+                                 ("jitter", "jitter", 1.0, 1.0)):
+        v = pr.get(t, key, "align", _NUM, default=getattr(d, attr) / scale)
+        if v is not None and not 0.0 < v < hi:
+            pr.add(InvalidValue(f"align.{key}", f"must be in (0, {hi:g}), got {v}",
+                                f"e.g. {getattr(d, attr) / scale:g}", value=v))
+        elif v is not None:
+            extra[attr] = float(v) * scale
+    return AlignConfig(float(lag if lag is not None else 10.0) / 1000.0, **extra)
 
 
 def historian(pr: Problems, t: dict[str, Any]) -> str:
