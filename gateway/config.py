@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from estimator.errors import NetworkError
 from estimator.network import Network, load_case
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.sensors_config import sensor_problems
 
 BUNDLED_DIR = "configs"
 
@@ -395,7 +396,7 @@ class _Validator:
         raw = self.raw
         self.unknown_keys(raw, "", {"twin", "network", "plants", "meters", "streams",
                                     "commands", "estimator", "quality", "align",
-                                    "historian", "metrics"})
+                                    "historian", "metrics", "mqtt", "sensors"})
         twin = self.table(raw, "twin")
         name = self.get(twin, "name", "twin", str, default="twin")
         net = self.network(self.table(raw, "network"))
@@ -406,6 +407,8 @@ class _Validator:
         channels = self.channels(meters)
         index = {c.name: c.index for c in channels}
         streams = self.streams(raw.get("streams", []), channels, index)
+        self.problems += sensor_problems(raw, index, [channels[i].name for s in streams
+                                                      if s.enabled for i in s.channels])
         commands = self.commands(self.table(raw, "commands"), plants)
         rate = max((s.rate_hz for s in streams if s.enabled), default=50.0)
         estimator = self.estimator(self.table(raw, "estimator"), rate)

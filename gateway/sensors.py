@@ -1,0 +1,179 @@
+"""The sensor board, sans-IO: the latest value of every sensor channel, aged into snapshots.
+
+Edge sensors report when they like (report-by-exception, 1-60 s), late, out of order,
+sometimes twice; the estimator wants one value per channel per snapshot. The board keeps
+the latest reading of each sensor channel and, when the pipeline publishes a snapshot,
+writes it into the snapshot's sensor channels (:meth:`SensorBoard.fill`) with what its
+age means:
+
+* **Age** is measured on the gateway's clock, from the reading's reception to the
+  snapshot's arrival time: devices' clocks are skewed (seconds to minutes), so their
+  timestamps only *order* readings (an older reading arriving late never replaces a newer
+  one) and give each device's clock offset (reception minus device time), which the
+  device registry shows.
+* **Sigma grows with age**: between reports the true value wanders. Modelled as a random
+  walk with diffusion ``D`` (unit²/s), the error of a value ``a`` seconds old has variance
+  ``σ0² + D·a``, i.e. ``σ(a) = σ0·sqrt(1 + a/τ)`` with ``τ = σ0²/D``: ``σ0`` is the
+  channel's stated accuracy at that value and ``D`` is estimated from the channel's own
+  successive readings, ``E[(Δv)²] = D·Δt + 2σ0²``, smoothed exponentially (weight
+  :data:`ALPHA`), starting from ``D = σ0²/period`` (the value is assumed to move by about
+  one sigma per reporting period until the data says otherwise).
+* **STALE** past the sensor's ``stale_s``: the value is used, flagged STALE.
+* **Left out** past ``max_age_s`` (or never reported): NaN and MISSING, so neither the
+  quality stage nor the estimator uses it.
+
+The sigmas of the last fill are in :attr:`SensorBoard.sigma` (per channel, NaN for left
+out); the estimator's weights come from each channel's configured accuracy, so the age
+reaches it through the STALE flag and the hard limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.sensors_config import SensorSpec
+from gateway.snapshot import Flag
+
+ALPHA = 0.1  # weight of a new increment in the diffusion estimate
+_STALE = np.uint32(Flag.STALE)
+_MISSING = np.uint32(Flag.MISSING)
+
+
+@dataclass(slots=True)
+class ChannelState:
+    """One sensor channel: its latest reading and what is known of its variability."""
+
+    index: int
+    sensor: str
+    metric: str
+    stale_s: float
+    max_age_s: float
+    sigma_at: Callable[[float], float]
+    diffusion: float = math.nan  # D, unit²/s (NaN until the first reading)
+    value: float = math.nan
+    device_time: float = -math.inf  # the device's timestamp of ``value``
+    received: float = -math.inf  # the gateway's clock when ``value`` arrived
+    updates: int = 0
+    older: int = 0  # readings older than the one held (out of order), not used
+    period_s: float = 60.0
+
+    def sigma(self, age: float) -> float:
+        """σ(age) = sqrt(σ0² + D·age) (see the module docstring)."""
+        s0 = self.sigma_at(self.value)
+        d = self.diffusion if math.isfinite(self.diffusion) else s0 * s0 / self.period_s
+        return math.sqrt(s0 * s0 + d * max(age, 0.0))
+
+    @property
+    def tau(self) -> float:
+        """τ = σ0²/D: the age at which sigma has grown by sqrt(2)."""
+        s0 = self.sigma_at(self.value)
+        return s0 * s0 / self.diffusion if self.diffusion > 0 else math.inf
+
+
+@dataclass(slots=True)
+class FillStats:
+    filled: int = 0
+    stale: int = 0
+    missing: int = 0
+
+
+@dataclass
+class SensorBoard:
+    """Latest values of the sensor channels; :meth:`fill` puts them into a snapshot."""
+
+    channels: dict[tuple[str, str], ChannelState] = field(default_factory=dict)
+    sigma: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    last_fill: FillStats = field(default_factory=FillStats)
+
+    @classmethod
+    def build(cls, specs: Iterable[SensorSpec], channel_index: dict[str, int],
+              sigma_at: dict[int, Callable[[float], float]]) -> SensorBoard:
+        """A board for ``specs``; ``sigma_at[i]``: channel ``i``'s accuracy at a value."""
+        b = cls()
+        for s in specs:
+            for metric, ch in s.channels.items():
+                i = channel_index[ch]
+                b.channels[(s.device, metric)] = ChannelState(
+                    i, s.id, metric, s.stale_s, s.max_age_s, sigma_at[i], period_s=s.period_s)
+        b.sigma = np.full(len(b.channels), np.nan)
+        return b
+
+    def update(self, device: str, metric: str, value: float, device_time: float,
+               received: float) -> str:
+        """One reading; ``"new"``, ``"older"`` (out of order: not used), ``"same"``
+        (same timestamp again: a duplicate) or ``"unmapped"`` (no channel for it)."""
+        ch = self.channels.get((device, metric))
+        if ch is None:
+            return "unmapped"
+        if device_time < ch.device_time:
+            ch.older += 1
+            return "older"
+        if device_time == ch.device_time:
+            return "same"
+        if ch.updates:
+            self._learn(ch, value, device_time)
+        ch.value, ch.device_time, ch.received = value, device_time, received
+        ch.updates += 1
+        return "new"
+
+    @staticmethod
+    def _learn(ch: ChannelState, value: float, device_time: float) -> None:
+        """Update the diffusion estimate from one increment (E[Δv²] = D·Δt + 2σ0²)."""
+        dt = device_time - ch.device_time
+        if not (dt > 0 and math.isfinite(ch.value)):
+            return
+        s0 = ch.sigma_at(value)
+        d = max((value - ch.value) ** 2 - 2 * s0 * s0, 0.0) / dt
+        prior = ch.diffusion if math.isfinite(ch.diffusion) else s0 * s0 / ch.period_s
+        ch.diffusion = (1 - ALPHA) * prior + ALPHA * d
+
+    def fill(self, values: np.ndarray, flags: np.ndarray, now: float) -> FillStats:
+        """Write every sensor channel into a snapshot arriving at ``now`` (in place)."""
+        st = FillStats()
+        sig = self.sigma
+        for k, ch in enumerate(self.channels.values()):
+            i = ch.index
+            age = now - ch.received
+            if not math.isfinite(ch.value) or age > ch.max_age_s:
+                values[i] = math.nan
+                flags[i] = (flags[i] & ~_STALE) | _MISSING
+                sig[k] = math.nan
+                st.missing += 1
+                continue
+            values[i] = ch.value
+            f = flags[i] & ~_MISSING
+            if age > ch.stale_s:
+                f |= _STALE
+                st.stale += 1
+            flags[i] = f
+            sig[k] = ch.sigma(age)
+            st.filled += 1
+        self.last_fill = st
+        return st
+
+    def ages(self, now: float) -> dict[str, float]:
+        """Age (s) of each sensor's newest channel value at ``now`` (inf: never)."""
+        out: dict[str, float] = {}
+        for ch in self.channels.values():
+            a = now - ch.received
+            out[ch.sensor] = min(out.get(ch.sensor, math.inf), a)
+        return out
+
+    def channel_info(self, now: float) -> list[dict[str, object]]:
+        """Per channel: sensor, metric, value, age, sigma now, tau (for ``/devices``)."""
+        out: list[dict[str, object]] = []
+        for ch in self.channels.values():
+            age = now - ch.received
+            live = math.isfinite(ch.value) and age <= ch.max_age_s
+            out.append({"sensor": ch.sensor, "metric": ch.metric, "channel": ch.index,
+                        "value": ch.value if live else None,
+                        "age_s": age if math.isfinite(age) else None,
+                        "sigma": ch.sigma(age) if live else None,
+                        "tau_s": ch.tau if math.isfinite(ch.tau) else None,
+                        "stale": bool(live and age > ch.stale_s), "updates": ch.updates,
+                        "out_of_order": ch.older})
+        return out
