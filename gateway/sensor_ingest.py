@@ -131,10 +131,10 @@ class SensorIngest:
         else:
             stamp = max((r.time for r in msg.readings), default=None)
             out = reg.seen(dev, now, stamp, names)
-        if msg.seq_status == "late":
+        older = self._readings(msg.readings, now)[1]
+        if msg.seq_status == "late" or older:
             st.out_of_order += 1
             reg.error(dev, "out_of_order")
-        self._readings(msg.readings, now)
         return out
 
     def _senml(self, topic: str, payload: bytes, now: float) -> list[DeviceEvent]:
@@ -148,7 +148,10 @@ class SensorIngest:
         for r in readings:
             by_dev.setdefault(r.device, []).append(r)
         for dev, rs in by_dev.items():
-            fresh = self._readings(rs, now)
+            fresh, older = self._readings(rs, now)
+            if older:
+                self.stats.out_of_order += 1
+                self.registry.error(dev, "out_of_order")
             if not fresh and self._all_held(rs):
                 self.stats.duplicates += 1
                 self.registry.error(dev, "duplicates")
@@ -164,10 +167,11 @@ class SensorIngest:
                 and (ch := chans.get((r.device, r.name))) is not None]
         return bool(held) and all(held)
 
-    def _readings(self, readings: list[Reading], now: float) -> int:
-        """Route readings (health, model/firmware, values); how many were new values."""
+    def _readings(self, readings: list[Reading], now: float) -> tuple[int, int]:
+        """Route readings (health, model/firmware, values); how many values were new
+        and how many older than the one held (out of order: not used)."""
         reg, board, st = self.registry, self.board, self.stats
-        new = 0
+        new = older = 0
         for r in readings:
             leaf = r.name.rsplit("/", 1)[-1].lower()
             if leaf in HEALTH_METRICS and r.value is not None:
@@ -188,11 +192,10 @@ class SensorIngest:
             if res == "new":
                 new += 1
             elif res == "older":
-                st.out_of_order += 1
-                reg.error(r.device, "out_of_order")
+                older += 1
             elif res == "unmapped":
                 st.unmapped += 1
-        return new
+        return new, older
 
     def next_deadline(self) -> float | None:
         return self.registry.next_deadline()

@@ -87,7 +87,11 @@ def broker(users: dict[str, str] | None = None) -> Iterator[int]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="gridtwin-mqtt-") as d:
         conf = Path(d) / "mosquitto.conf"
+        # started as root, mosquitto would switch to its own user, who cannot read a
+        # password file in this private directory: stay the user who started it
         lines = [f"listener {port} 127.0.0.1", "persistence false"]
+        if os.geteuid() == 0:
+            lines.append("user root")
         if users:
             pw = Path(d) / "passwd"
             pw.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
