@@ -37,6 +37,7 @@ from gateway.config import TwinConfig
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
+from gateway.sensor_runner import Sensors, open_sensors
 from gateway.stats import StreamStats
 from gateway.telemetry import METRICS_FLUSH_S, Telemetry
 from gateway.transports.base import Transport, TransportSpec, open_transport
@@ -64,6 +65,8 @@ class Gateway:
         self.historian: Any = None
         self._store: comp.HistorianSink | None = None  # carries store outputs to it
         self._commands: Any = None  # gateway.commands.CommandLink when enabled (start)
+        self.sensors: Sensors | None = None  # edge sensors over MQTT ([mqtt] configured)
+        self._outputs: Any = None  # their output publisher ([mqtt] publish)
         self._stack: list[tuple[str, Closer]] = []  # what start() started, to unwind
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -143,6 +146,14 @@ class Gateway:
             await t.start()
             self.transports[s.name] = t
             self.started(f"stream {s.name}", t.close)
+        self.sensors = await open_sensors(
+            cfg, p, self.metrics, event=self.event, clock=self.clock,
+            streams=self.stream_summary, url=(o.url_overrides or {}).get("mqtt"))
+        if self.sensors is not None:
+            self.started("sensors", self.sensors.close)
+            self._outputs = self.sensors.publisher
+            if self.server is not None:
+                self.server.devices = self.sensors.devices
 
     async def _close_estimator(self) -> None:
         await self.supervisor.close()
@@ -196,6 +207,8 @@ class Gateway:
             match o:
                 case pl.Handoff():
                     self.supervisor.submit(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+                    if self._outputs is not None:
+                        self._outputs.snapshot(o.snapshot)
                 case pl.StoreSnapshot():
                     assert store is not None
                     store.snapshot(o)
@@ -237,6 +250,8 @@ class Gateway:
         cl = self._commands
         if cl is not None and st.converged:  # one comparison until a decision is due
             cl.on_state(st.vm, st.seq, received)
+        if self._outputs is not None:
+            self._outputs.state(st)
         if out:
             self.execute(out)
 
@@ -294,6 +309,7 @@ class Gateway:
             "quality": type(self.quality).__name__,
             "commands_sent": cl.sent if cl is not None else 0,
             "command_errors": cl.errors if cl is not None else 0,
+            "devices": self.sensors.summary() if self.sensors is not None else None,
         }
 
 

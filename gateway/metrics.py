@@ -302,6 +302,7 @@ class MetricsServer:
         self.state = state
         self.streams = streams or (lambda: [])
         self.summary = summary or (lambda: {})
+        self.devices: Callable[[], dict[str, Any]] | None = None  # GET /devices
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, bind: str) -> tuple[str, int]:
@@ -341,6 +342,9 @@ class MetricsServer:
         if path == "/summary":
             return 200, "application/json", json.dumps(
                 self.summary(), default=_json_default).encode() + b"\n"
+        if path == "/devices" and self.devices is not None:
+            return 200, "application/json", json.dumps(
+                self.devices(), default=_json_default).encode() + b"\n"
         if path in ("/healthz", "/"):
             return 200, "text/plain", b"ok\n"
         return 404, "text/plain", (b"not found: try /metrics, /state, /streams, /summary, "

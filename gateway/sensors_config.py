@@ -16,6 +16,7 @@ rest of the config. The config loader calls :func:`sensor_problems` during valid
     qos = 1                # 0 or 1
     max_payload = 65536    # bytes; larger messages are dropped and counted
     publish = ""           # topic prefix for outputs, e.g. "gridtwin/ieee33" ("": none)
+    publish_interval_s = 1.0  # at most one set of outputs per interval
 
     [[sensors]]
     id = "ls7"                         # registry id
@@ -42,7 +43,7 @@ from gateway.errors import ConfigError, ConfigProblem
 SENSOR_KINDS = ("line_current", "transformer_meter", "weather_station", "inverter", "other")
 MQTT_KEYS = {"url", "topics", "username", "password_env", "tls", "ca_file", "cert_file",
              "key_file", "tls_insecure", "qos", "max_payload", "publish", "client_id",
-             "keepalive_s"}
+             "keepalive_s", "publish_interval_s"}
 SENSOR_KEYS = {"id", "kind", "device", "channels", "period_s", "stale_s", "max_age_s",
                "model", "firmware", "enabled"}
 DEFAULT_MAX_PAYLOAD = 65536
@@ -64,6 +65,7 @@ class MqttSettings:
     qos: int = 1
     max_payload: int = DEFAULT_MAX_PAYLOAD
     publish: str = ""
+    publish_interval_s: float = 1.0
     client_id: str = ""
     keepalive_s: int = 30
 
@@ -163,9 +165,11 @@ def _mqtt(t: Any, out: list[ConfigProblem]) -> MqttSettings | None:
     for k, typ in (("username", str), ("password_env", str), ("tls", bool), ("ca_file", str),
                    ("cert_file", str), ("key_file", str), ("tls_insecure", bool),
                    ("qos", int), ("max_payload", int), ("publish", str),
-                   ("client_id", str), ("keepalive_s", int)):
+                   ("client_id", str), ("keepalive_s", int), ("publish_interval_s", float)):
         if k in t:
             v = t[k]
+            if typ is float and isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                v = float(v)
             if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
                 out.append(ConfigProblem(f"mqtt.{k}", f"must be {typ.__name__}, got {v!r}", ""))
             else:
