@@ -152,6 +152,7 @@ class Gateway:
         if self.sensors is not None:
             self.started("sensors", self.sensors.close)
             self._outputs = self.sensors.publisher
+            self.sensors.historian = self.historian
             if self.server is not None:
                 self.server.devices = self.sensors.devices
 

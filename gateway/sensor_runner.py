@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.devices import DeviceEvent
+from gateway.errors import GatewayError
 from gateway.mqtt_out import StatePublisher
 from gateway.sensor_ingest import SensorIngest
 from gateway.sensors_config import parse_mqtt_url, sensors_of
@@ -82,6 +83,7 @@ class Sensors:
         self.streams = streams
         self.transport: MqttTransport | None = None
         self.publisher: Any = None
+        self.historian: Any = None  # a HistorianWriter: device rows on changes
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -100,6 +102,18 @@ class Sensors:
     def emit(self, events: list[DeviceEvent]) -> None:
         for e in events:
             self.event(e.kind, "devices", {"device": e.device, **e.detail})
+            d = self.ingest.registry.devices.get(e.device)
+            if d is not None:
+                self.store(d.as_json(self.clock()))
+
+    def store(self, row: dict[str, Any]) -> None:
+        """One device row to the historian (when one runs); a refusal is logged."""
+        if self.historian is None:
+            return
+        try:
+            self.historian.put_device(self.clock(), row)
+        except GatewayError as exc:
+            log.error("historian refused a device row: %s", exc)
 
     def _arm(self) -> None:
         if self._timer is not None or self._loop is None:
@@ -126,6 +140,9 @@ class Sensors:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for d in self.ingest.registry.devices.values():  # the final status of each
+            if not d.key.startswith("stream:"):
+                self.store(d.as_json(self.clock()))
         if self.publisher is not None:
             await self.publisher.close()
         if self.transport is not None:

@@ -8,9 +8,11 @@ import asyncio
 import json
 import math
 import socket
+import sqlite3
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -73,14 +75,17 @@ def _get(url: str) -> tuple[int, bytes]:
         return r.status, r.read()
 
 
-async def test_gateway_ingests_sensors_serves_devices_and_publishes(port: int) -> None:
+async def test_gateway_ingests_sensors_serves_devices_and_publishes(port: int,
+                                                                   tmp_path: Path) -> None:
     from gateway.app import Gateway, GatewayOptions
 
     text = sensor_config_text(port).replace(
         "max_payload = 4096", 'max_payload = 4096\npublish = "gridtwin/t"\n'
         "publish_interval_s = 0.05")
     cfg: TwinConfig = parse_config(text)
-    opts = GatewayOptions(historian_url="none", metrics_bind="127.0.0.1:0", quality=False,
+    db = tmp_path / "twin.db"
+    opts = GatewayOptions(historian_url=f"sqlite:///{db}", metrics_bind="127.0.0.1:0",
+                          quality=False,
                           spare=False, estimator_method="flat",
                           url_overrides={s.name: "udp://127.0.0.1:0" for s in cfg.streams})
     gw = Gateway(cfg, opts)
@@ -145,3 +150,11 @@ async def test_gateway_ingests_sensors_serves_devices_and_publishes(port: int) -
         for c in (sub, edge):
             c.loop_stop()
             c.disconnect()
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT name, quality, online, messages, detail FROM devices "
+                           "ORDER BY id").fetchall()
+        kinds = [k for (k,) in con.execute("SELECT kind FROM events WHERE source = "
+                                           "'devices'")]
+    assert ("ls26", "good", 1) in [r[:3] for r in rows]  # the final status at shutdown
+    assert any(r[0] == "tx18" and r[3] == 1 and "PT-2" in r[4] for r in rows)
+    assert kinds.count("device_online") == 3 and kinds.count("device_new") == 1
