@@ -15,8 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.config import load_config, parse_config
 from gateway.sensor_ingest import SensorIngest
 from gateway.sensors_config import sensors_of
-from hil.mqttsensors import FleetPublisher, SensorFleet, config_text, ieee33_fleet, \
-    private_broker
+from hil.mqttsensors import FleetPublisher, SensorFleet, config_text, ieee33_fleet, private_broker
 from tests.sensorhelpers import ieee33_text
 
 T0 = 1_800_000_000.0
