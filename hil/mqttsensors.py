@@ -173,7 +173,7 @@ class SensorFleet:
 
     def __init__(self, fleet: list[SensorDef], trace: Any, base_mva: float, *, seed: int = 0,
                  dropout_pct: float = 2.0, duplicate_pct: float = 2.0, skew_s: float = 5.0,
-                 die: tuple[str, float, float] | None = ("ls26", 20.0, 35.0)) -> None:
+                 die: tuple[str, float, float] | None = ("ls26", 15.0, 25.0)) -> None:
         self.fleet = fleet
         self.trace = trace
         self.base_mva = base_mva
@@ -330,42 +330,70 @@ class FleetPublisher:
                 "duplicated": st.duplicated, "births": st.births, "deaths": st.deaths}
 
 
-@contextlib.contextmanager
-def private_broker(workdir: Path | None = None) -> Iterator[str]:
-    """A Mosquitto of our own on a free loopback port (anonymous, loopback only); its
-    ``mqtt://127.0.0.1:PORT`` URL. Raises RuntimeError when mosquitto is missing."""
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
-                                        if os.path.exists("/usr/sbin/mosquitto") else None)
-    if exe is None:
-        raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    with tempfile.TemporaryDirectory(prefix="gridtwin-broker-", dir=workdir) as d:
-        conf = Path(d) / "mosquitto.conf"
+class Broker:
+    """A Mosquitto of our own on a free loopback port (anonymous, loopback only), for the
+    demo and tests: :meth:`start` returns its ``mqtt://127.0.0.1:PORT`` URL."""
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def start(self, timeout: float = 10.0) -> str:
+        exe = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+        if exe is None:
+            raise HilError("mosquitto is not installed (apt-get install mosquitto)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        self._dir = tempfile.TemporaryDirectory(prefix="gridtwin-broker-", dir=self.workdir)
+        conf = Path(self._dir.name) / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
                         "persistence false\n")
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + 10.0
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"mosquitto did not start on port {port}"
-                                           ) from None
-                    time.sleep(0.05)
-            yield f"mqtt://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
+        self.proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                proc.wait(5)
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return f"mqtt://127.0.0.1:{port}"
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.close()
+                    raise HilError(f"mosquitto did not start on port {port}") from None
+                time.sleep(0.05)
+
+    def close(self) -> None:
+        p, self.proc = self.proc, None
+        if p is not None:
+            p.terminate()
+            try:
+                p.wait(5)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                p.kill()
+                p.wait()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+@contextlib.contextmanager
+def private_broker(workdir: Path | None = None) -> Iterator[str]:
+    """:class:`Broker` as a context manager: its URL while it runs."""
+    b = Broker(workdir)
+    try:
+        yield b.start()
+    finally:
+        b.close()
+
+
+def fleet_config(config: str, url: str) -> str:
+    """The lines a twin config (bundled name or path) needs to use the IEEE33 fleet
+    through the broker at ``url`` (subscribing to everything, the allowlist narrows)."""
+    from gateway.config import load_config
+
+    return config_text(ieee33_fleet(load_config(config).network), url.rstrip("/") + "/#")
 
 
 def start_fleet(url: str, cfg: Any, trace: Any, *, rate_hz: float, seed: int = 0,

@@ -59,9 +59,9 @@ def test_fleet_is_deterministic_and_behaves_like_edge_devices(cfg) -> None:  # t
     assert a == b and len(a) > 20
     topics = [t for _, t, _ in a]
     assert topics.count("spBv1.0/feeder/NDEATH/ls26") == 1
-    assert topics.count("spBv1.0/feeder/NBIRTH/ls26") == 2  # born, died at 20 s, reborn
+    assert topics.count("spBv1.0/feeder/NBIRTH/ls26") == 2  # born, died at 15 s, reborn at 25 s
     death_at = next(t for t, tp, _ in a if tp.endswith("NDEATH/ls26")) - T0
-    assert 20.0 <= death_at < 20.0 + TICK
+    assert 15.0 <= death_at < 15.0 + TICK
     # the NDEATH carries the first session's bdSeq (0); the second NBIRTH the next
     assert any(tp.startswith("senml/pt/tx") for tp in topics)
     fl = SensorFleet(defs, tr, cfg.network.base_mva, **kw)
