@@ -87,7 +87,7 @@ class SensorDef:
 
 #: lateral branches (from-to) carrying a line sensor
 LATERAL_BRANCHES = ("2-19", "3-23", "6-26", "19-20", "26-27")
-TRANSFORMER_BUSES = (18, 22, 25, 33)
+TRANSFORMER_BUSES = (18, 22, 24, 25, 28, 29, 30, 32, 33)
 WEATHER_PLANTS = (("ws8", 0), ("ws22", 2))
 
 
