@@ -124,6 +124,7 @@ class SensorIngest:
         if msg.unknown_aliases:
             reg.error(dev, "unknown_alias", msg.unknown_aliases)
         if msg.death:
+            self.board.offline(dev)
             return reg.death(dev, now)
         names = [r.name for r in msg.readings]
         if msg.birth:

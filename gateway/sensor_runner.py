@@ -85,6 +85,7 @@ class Sensors:
         self.publisher: Any = None
         self.historian: Any = None  # a HistorianWriter: device rows on changes
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def on_message(self, stream: str, payload: bytes, topic: str | None, now: float) -> None:
@@ -116,15 +117,20 @@ class Sensors:
             log.error("historian refused a device row: %s", exc)
 
     def _arm(self) -> None:
-        if self._timer is not None or self._loop is None:
-            return
+        """One timer for the registry's earliest silence deadline (re-armed earlier when
+        a device with a shorter limit comes online)."""
         due = self.ingest.next_deadline()
-        if due is None or not math.isfinite(due):
+        if self._loop is None or due is None or not math.isfinite(due) \
+                or due >= self._timer_at:
             return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = due
         self._timer = self._loop.call_later(max(0.0, due - self.clock()) + 0.001, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
+        self._timer_at = math.inf
         self.emit(self.ingest.tick(self.clock()))
         self._arm()
 

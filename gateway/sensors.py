@@ -18,7 +18,9 @@ age means:
   successive readings, ``E[(Δv)²] = D·Δt + 2σ0²``, smoothed exponentially (weight
   :data:`ALPHA`), starting from ``D = σ0²/period`` (the value is assumed to move by about
   one sigma per reporting period until the data says otherwise).
-* **STALE** past the sensor's ``stale_s``: the value is used, flagged STALE.
+* **STALE** past the sensor's ``stale_s``, or once its device announced its death
+  (Sparkplug NDEATH/DDEATH: :meth:`SensorBoard.offline`) until it reports again: the
+  value is used, flagged STALE.
 * **Left out** past ``max_age_s`` (or never reported): NaN and MISSING, so neither the
   quality stage nor the estimator uses it.
 
@@ -60,6 +62,8 @@ class ChannelState:
     updates: int = 0
     older: int = 0  # readings older than the one held (out of order), not used
     period_s: float = 60.0
+    device: str = ""
+    dead: bool = False  # the device announced its death; cleared by its next reading
 
     def sigma(self, age: float) -> float:
         """σ(age) = sqrt(σ0² + D·age) (see the module docstring)."""
@@ -98,7 +102,8 @@ class SensorBoard:
             for metric, ch in s.channels.items():
                 i = channel_index[ch]
                 b.channels[(s.device, metric)] = ChannelState(
-                    i, s.id, metric, s.stale_s, s.max_age_s, sigma_at[i], period_s=s.period_s)
+                    i, s.id, metric, s.stale_s, s.max_age_s, sigma_at[i], period_s=s.period_s,
+                    device=s.device)
         b.sigma = np.full(len(b.channels), np.nan)
         return b
 
@@ -118,7 +123,18 @@ class SensorBoard:
             self._learn(ch, value, device_time)
         ch.value, ch.device_time, ch.received = value, device_time, received
         ch.updates += 1
+        ch.dead = False
         return "new"
+
+    def offline(self, device: str) -> int:
+        """``device`` (and, for an edge node, its devices) died: its values are STALE
+        from now until it reports again. How many channels that concerns."""
+        n = 0
+        for ch in self.channels.values():
+            if ch.device == device or ch.device.startswith(device + "/"):
+                ch.dead = True
+                n += 1
+        return n
 
     @staticmethod
     def _learn(ch: ChannelState, value: float, device_time: float) -> None:
@@ -146,7 +162,7 @@ class SensorBoard:
                 continue
             values[i] = ch.value
             f = flags[i] & ~_MISSING
-            if age > ch.stale_s:
+            if age > ch.stale_s or ch.dead:
                 f |= _STALE
                 st.stale += 1
             flags[i] = f
@@ -174,6 +190,7 @@ class SensorBoard:
                         "age_s": age if math.isfinite(age) else None,
                         "sigma": ch.sigma(age) if live else None,
                         "tau_s": ch.tau if math.isfinite(ch.tau) else None,
-                        "stale": bool(live and age > ch.stale_s), "updates": ch.updates,
+                        "stale": bool(live and (age > ch.stale_s or ch.dead)),
+                        "updates": ch.updates,
                         "out_of_order": ch.older})
         return out

@@ -154,11 +154,18 @@ def test_ingest_events_duplicates_death_rebirth_and_unassigned(cfg) -> None:  # 
     assert {(e.kind, e.device) for e in ev} == {("device_offline", "feeder/lat"),
                                                 ("device_offline", "feeder/lat/ls26")}
     assert dev.quality(T0 + 7) == "offline"
+    i_p = cfg.channel_index["ls26.p"]
+    values, flags = _snapshot(cfg)
+    ing.board.fill(values, flags, T0 + 7)  # dead: the last value, flagged STALE
+    assert values[i_p] == 0.35 and flags[i_p] == Flag.STALE
     ing.feed("spBv1.0/feeder/NBIRTH/lat", _birth(bd=1, ts=T0 + 8), T0 + 8)
     ev = ing.feed("spBv1.0/feeder/DBIRTH/lat/ls26", sp.encode_payload(sp.Payload(
         timestamp=int((T0 + 8) * 1000), seq=1, metrics=[
             sp.Metric("P", alias=1, datatype=sp.DOUBLE, value=0.4)])), T0 + 8)
     assert [e.kind for e in ev] == ["device_online"] and dev.births == 2
+    values, flags = _snapshot(cfg)
+    ing.board.fill(values, flags, T0 + 8)  # reborn with a fresh value
+    assert values[i_p] == 0.4 and flags[i_p] == 0
     # an unconfigured device announces itself: unassigned, with config lines
     ev = ing.feed("spBv1.0/feeder/DBIRTH/lat/ls99", sp.encode_payload(sp.Payload(
         timestamp=int((T0 + 9) * 1000), seq=2, metrics=[
