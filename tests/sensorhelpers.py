@@ -82,8 +82,10 @@ def mosquitto_bin() -> str:
 
 
 @contextlib.contextmanager
-def broker(users: dict[str, str] | None = None) -> Iterator[int]:
-    """A private Mosquitto on a free loopback port (anonymous, or these users only)."""
+def broker(users: dict[str, str] | None = None, tls: tuple[Path, Path] | None = None
+           ) -> Iterator[int]:
+    """A private Mosquitto on a free loopback port (anonymous, or these users only;
+    ``tls``: (certificate, key) makes it a TLS listener)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="gridtwin-mqtt-") as d:
         conf = Path(d) / "mosquitto.conf"
@@ -92,6 +94,8 @@ def broker(users: dict[str, str] | None = None) -> Iterator[int]:
         lines = [f"listener {port} 127.0.0.1", "persistence false"]
         if os.geteuid() == 0:
             lines.append("user root")
+        if tls is not None:
+            lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
         if users:
             pw = Path(d) / "passwd"
             pw.write_text("".join(f"{u}:{p}\n" for u, p in users.items()))
@@ -122,3 +126,13 @@ def broker(users: dict[str, str] | None = None) -> Iterator[int]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def self_signed(d: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1/localhost and its key (openssl)."""
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    return cert, key

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -24,7 +25,7 @@ from gateway.sensor_ingest import SensorIngest
 from gateway.sensors_config import sensors_of
 from gateway.transports.base import TransportSpec, open_transport
 from gateway.transports.mqtt import MqttTransport
-from tests.sensorhelpers import broker, sensor_config_text
+from tests.sensorhelpers import broker, self_signed, sensor_config_text
 
 T0 = time.time()
 
@@ -213,3 +214,29 @@ async def test_credentials() -> None:
             c.disconnect()
         finally:
             await good.close()
+
+
+async def test_tls(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    with broker(tls=(cert, key)) as p:
+        cfg = parse_config(sensor_config_text(p).replace(
+            "qos = 1", f'qos = 1\ntls = true\nca_file = "{cert}"'))
+        sc = sensors_of(cfg)
+        assert sc.mqtt is not None and sc.mqtt.tls
+        got: list[str] = []
+        spec = TransportSpec("mqtt", f"mqtts://127.0.0.1:{p}/#", format="mqtt")
+        t = MqttTransport(spec, lambda s, data, topic, now: got.append(str(topic)),
+                          settings=sc.mqtt)
+        await t.start()
+        try:
+            assert t.connected
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="tls-pub")
+            c.tls_set(ca_certs=str(cert))
+            c.connect("127.0.0.1", p)
+            c.loop_start()
+            pub(c, "senml/tx18", encode_senml("senml/tx18", {"pinj": 0.1}, T0))
+            await until(lambda: got == ["senml/tx18"], "the message over TLS")
+            c.loop_stop()
+            c.disconnect()
+        finally:
+            await t.close()
