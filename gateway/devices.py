@@ -163,10 +163,9 @@ class DeviceRegistry:
             elif leaf in FIRMWARE_METRICS:
                 d.firmware = v
         out += self.seen(key, now, metrics=metrics)
-        if not any(e.kind == "device_online" for e in out):  # reborn while online
-            out.append(DeviceEvent("device_online", key, {"id": d.id, "how": "birth"}))
-        else:
-            out[-1].detail["how"] = "birth"
+        for e in out:  # a BIRTH while online (a requested rebirth) changes nothing
+            if e.kind == "device_online":
+                e.detail["how"] = "birth"
         return out
 
     def death(self, key: str, now: float, reason: str = "death") -> list[DeviceEvent]:

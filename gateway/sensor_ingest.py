@@ -20,7 +20,13 @@ from typing import Any
 
 from gateway.codecs.reading import Reading
 from gateway.codecs.senml import decode_senml
-from gateway.codecs.sparkplug import NAMESPACE, SparkplugError, SparkplugSession, parse_topic
+from gateway.codecs.sparkplug import (
+    NAMESPACE,
+    SparkplugError,
+    SparkplugSession,
+    parse_topic,
+    rebirth_request,
+)
 from gateway.devices import (
     FIRMWARE_METRICS,
     HEALTH_METRICS,
@@ -34,6 +40,7 @@ from gateway.sensors_config import DEFAULT_MAX_PAYLOAD, SensorsConfig, topic_mat
 
 log = logging.getLogger("gridtwin.sensors")
 LOGGED = 5  # malformed payloads logged (then counted only)
+REBIRTH_INTERVAL_S = 10.0  # at most one rebirth request per edge node in this time
 
 
 @dataclass(slots=True)
@@ -47,6 +54,7 @@ class IngestStats:
     not_allowed: int = 0
     too_large: int = 0
     unmapped: int = 0
+    rebirths_requested: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
@@ -64,6 +72,9 @@ class SensorIngest:
         self.max_payload = max_payload
         self.session = SparkplugSession()
         self.stats = IngestStats()
+        #: MQTT messages to publish (topic, payload): rebirth requests (NCMD)
+        self.commands: list[tuple[str, bytes]] = []
+        self._rebirth_at: dict[str, float] = {}
 
     @classmethod
     def from_config(cls, cfg: Any, sc: SensorsConfig) -> SensorIngest:
@@ -114,6 +125,8 @@ class SensorIngest:
             return []
         reg, st = self.registry, self.stats
         dev = msg.topic.device_id
+        if msg.rebirth_needed:
+            self._rebirth(msg.topic.node_id, now)
         if msg.seq_status == "duplicate":
             st.duplicates += 1
             reg.error(dev, "duplicates")
@@ -136,6 +149,20 @@ class SensorIngest:
         if msg.seq_status == "late" or older:
             st.out_of_order += 1
             reg.error(dev, "out_of_order")
+        return out
+
+    def _rebirth(self, node: str, now: float) -> None:
+        """Ask ``node`` for its BIRTH again (unknown aliases, lost messages), at most
+        once per :data:`REBIRTH_INTERVAL_S`."""
+        if now - self._rebirth_at.get(node, -REBIRTH_INTERVAL_S) < REBIRTH_INTERVAL_S:
+            return
+        self._rebirth_at[node] = now
+        self.stats.rebirths_requested += 1
+        self.commands.append(rebirth_request(node, now))
+
+    def take_commands(self) -> list[tuple[str, bytes]]:
+        """The messages to publish since the last call."""
+        out, self.commands = self.commands, []
         return out
 
     def _senml(self, topic: str, payload: bytes, now: float) -> list[DeviceEvent]:

@@ -89,7 +89,11 @@ class Sensors:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def on_message(self, stream: str, payload: bytes, topic: str | None, now: float) -> None:
-        self.emit(self.ingest.feed(topic or "", payload, now))
+        ing = self.ingest
+        self.emit(ing.feed(topic or "", payload, now))
+        if ing.commands and self.transport is not None:
+            for t, p in ing.take_commands():
+                self.transport.publish(t, p)
         self._arm()
 
     def on_drop(self, stream: str, topic: str) -> None:

@@ -185,6 +185,14 @@ class SensorFleet:
                     for s in fleet}
         self.stats = FleetStats()
         self.t0: float | None = None
+        self._rebirth: set[str] = set()
+        self._lock = threading.Lock()
+
+    def request_rebirth(self, sensor_id: str) -> None:
+        """An NCMD Rebirth for edge node ``sensor_id``: its next step sends NBIRTH
+        (same bdSeq, seq 0). Safe from another thread."""
+        with self._lock:
+            self._rebirth.add(sensor_id)
 
     def truth(self, m: MetricDef, row: int) -> float:
         tr = self.trace
@@ -216,8 +224,11 @@ class SensorFleet:
             return out
         vals = {m.name: self._measure(s, m, row) for m in s.metrics}
         dev_time = now + d.skew
-        if not d.alive and s.protocol == "sparkplug":
-            d.bd += 1
+        with self._lock:
+            asked = s.id in self._rebirth
+            self._rebirth.discard(s.id)
+        if (not d.alive or asked) and s.protocol == "sparkplug":
+            d.bd += 0 if d.alive else 1
             d.seq = 0
             out.append(self._birth(s, d, vals, dev_time))
             d.alive = True
@@ -297,6 +308,23 @@ class FleetPublisher:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.published = 0
+        self.rebirth_requests = 0
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_ncmd
+
+    def _on_connect(self, c: mqtt.Client, userdata: Any, flags: Any, rc: Any,
+                    props: Any = None) -> None:
+        c.subscribe(f"spBv1.0/{GROUP}/NCMD/+", qos=1)
+
+    def _on_ncmd(self, c: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """A host asks an edge node for its BIRTH (Node Control/Rebirth = true)."""
+        try:
+            p = sp.decode_payload(bytes(msg.payload))
+        except sp.SparkplugError:
+            return
+        if any(m.name == sp.REBIRTH_METRIC and m.value is True for m in p.metrics):
+            self.rebirth_requests += 1
+            self.fleet.request_rebirth(msg.topic.rsplit("/", 1)[-1])
 
     def start(self) -> None:
         try:
@@ -326,7 +354,8 @@ class FleetPublisher:
         self.client.loop_stop()
         self.client.disconnect()
         st = self.fleet.stats
-        return {"published": self.published, "reports": st.reports, "dropped": st.dropped,
+        return {"published": self.published, "rebirth_requests": self.rebirth_requests,
+                "reports": st.reports, "dropped": st.dropped,
                 "duplicated": st.duplicated, "births": st.births, "deaths": st.deaths}
 
 

@@ -125,3 +125,50 @@ def test_fleet_publishes_through_mosquitto(cfg) -> None:  # type: ignore[no-unty
             sub.disconnect()
     assert births <= set(got)
     assert res["published"] >= len(births) and res["births"] >= len(births)
+
+
+async def test_a_twin_joining_late_asks_for_births(cfg) -> None:  # type: ignore[no-untyped-def]
+    """The fleet was born before the twin subscribed: the twin sees aliases it does not
+    know, asks each node for a rebirth (NCMD) and then has names, values and devices."""
+    from types import SimpleNamespace as NS
+
+    from gateway.sensor_runner import open_sensors
+    from tests.test_mqtt_transport import until
+
+    tr = synthetic_trace(cfg)
+    defs = ieee33_fleet(cfg.network)
+    births = {f"spBv1.0/feeder/NBIRTH/{d.id}" for d in defs if d.protocol == "sparkplug"}
+    with private_broker() as url:
+        seen: set[str] = set()
+        probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="probe")
+        subscribed: list[bool] = []
+        probe.on_message = lambda c, u, m: seen.add(m.topic)
+        probe.on_subscribe = lambda *a: subscribed.append(True)
+        probe.connect("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        probe.subscribe("spBv1.0/#", qos=1)
+        probe.loop_start()
+        pub = FleetPublisher(SensorFleet(defs, tr, cfg.network.base_mva, seed=2,
+                                         dropout_pct=0.0), url, rate_hz=50.0)
+        await until(lambda: bool(subscribed), "the probe's subscription")
+        pub.start()
+        try:
+            # every birth went through the broker before the twin subscribes
+            await until(lambda: births <= seen, "the fleet's births")
+            twin = parse_config(ieee33_text() + config_text(defs, url + "/#"))
+            events: list[tuple[str, dict[str, object]]] = []
+            s = await open_sensors(twin, NS(), None, event=lambda k, src, d: events.append(
+                (k, d)), clock=time.time, streams=lambda: [])
+            assert s is not None
+            try:
+                ing = s.ingest
+                ch = ing.board.channels[("feeder/ls19", "P")]
+                await until(lambda: ch.updates > 0 and ing.stats.rebirths_requested > 0,
+                            "a rebirth and values", timeout=30)
+                await until(lambda: pub.rebirth_requests > 0, "the NCMD at the fleet")
+                assert ing.registry.devices["feeder/ls19"].births >= 1
+            finally:
+                await s.close()
+        finally:
+            pub.close()
+            probe.loop_stop()
+            probe.disconnect()

@@ -205,3 +205,22 @@ def test_ingest_senml_malformed_allowlist_size_and_silence(cfg) -> None:  # type
     ev = ing.tick(T0 + 62)
     assert [(e.kind, e.detail["reason"]) for e in ev] == [("device_offline", "silent")]
     assert dev.quality(T0 + 62) == "offline"
+
+
+def test_unknown_alias_or_gap_asks_for_a_rebirth_once_per_interval(cfg) -> None:  # type: ignore[no-untyped-def]
+    ing = _ingest(cfg)
+    def data(seq: int) -> bytes:
+        return sp.encode_payload(sp.Payload(timestamp=int(T0 * 1000) + seq, seq=seq,
+                                            metrics=[sp.Metric(alias=1, datatype=sp.DOUBLE,
+                                                               value=0.2)]))
+
+    ing.feed("spBv1.0/feeder/NDATA/lat", data(5), T0)  # the host missed the BIRTH
+    ing.feed("spBv1.0/feeder/NDATA/lat", data(6), T0 + 1)
+    cmds = ing.take_commands()
+    assert len(cmds) == 1 and ing.take_commands() == []
+    topic, payload = cmds[0]
+    assert topic == "spBv1.0/feeder/NCMD/lat"
+    m = sp.decode_payload(payload).metrics
+    assert [(x.name, x.value) for x in m] == [(sp.REBIRTH_METRIC, True)]
+    ing.feed("spBv1.0/feeder/NDATA/lat", data(9), T0 + 11)
+    assert len(ing.take_commands()) == 1 and ing.stats.rebirths_requested == 2

@@ -320,6 +320,18 @@ def parse_topic(topic: str) -> Topic:
     return Topic(group, mtype, edge, dev[0] if dev else None)
 
 
+REBIRTH_METRIC = "Node Control/Rebirth"
+
+
+def rebirth_request(node_id: str, now: float) -> tuple[str, bytes]:
+    """The NCMD asking edge node ``group/edge`` to publish its BIRTH again (what a host
+    does when it missed the BIRTH or lost messages)."""
+    group, edge = node_id.split("/", 1)
+    return (f"{NAMESPACE}/{group}/NCMD/{edge}", encode_payload(Payload(
+        timestamp=int(now * 1000), metrics=[Metric(REBIRTH_METRIC, datatype=BOOLEAN,
+                                                   value=True)])))
+
+
 # --------------------------------------------------------------------------- session
 
 @dataclass(slots=True)

@@ -175,6 +175,13 @@ class MqttTransport(TransportBase):
         self.dup_flags += dup
         self.sink(self.spec.name, payload, topic, self.clock())
 
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> bool:
+        """Publish a message (a Sparkplug NCMD); False when not connected."""
+        c = self.client
+        if c is None or not self.connected:
+            return False
+        return c.publish(topic, payload, qos=qos).rc == mqtt.MQTT_ERR_SUCCESS
+
     @property
     def local_address(self) -> tuple[str, int] | None:
         return None
