@@ -62,6 +62,12 @@ class Device:
     health: dict[str, float | str] = field(default_factory=dict)
     clock_offset_s: float | None = None  # reception minus device time, latest
     metrics: list[str] = field(default_factory=list)  # seen on the wire
+    stream: str | None = None  # the stream carrying it (stream and meter devices)
+
+    @property
+    def edge(self) -> bool:
+        """An MQTT edge device (not a stream or a meter a stream carries)."""
+        return self.stream is None
 
     def quality(self, now: float) -> str:
         if not self.assigned:
@@ -102,14 +108,25 @@ class DeviceRegistry:
     @classmethod
     def from_specs(cls, specs: Iterable[SensorSpec],
                    locations: dict[str, tuple[int | None, int | None]] | None = None,
-                   streams: Iterable[tuple[str, str, float]] = ()) -> DeviceRegistry:
+                   streams: Iterable[tuple[str, str, float]] = (),
+                   meters: Iterable[tuple[str, str, int | None, int | None, str]] = ()
+                   ) -> DeviceRegistry:
         """The configured devices: sensors (``locations``: channel name -> (bus,
-        branch)) and streams (``(name, format, rate_hz)``)."""
+        branch)), streams (``(name, format, rate_hz)``) and the meters the streams
+        carry (``(meter id, kind, bus, branch, stream)``: their state is the stream's)."""
         r = cls()
         loc = locations or {}
+        rates: dict[str, float] = {}
         for name, fmt, rate in streams:
-            r.devices[f"stream:{name}"] = Device(name, f"stream:{name}", fmt,
+            rates[name] = rate
+            r.devices[f"stream:{name}"] = Device(name, f"stream:{name}", fmt, stream=name,
                                                  period_s=1.0 / rate if rate else None)
+        for mid, kind, bus, branch, stream in meters:
+            rate = rates.get(stream, 0.0)
+            r.devices[f"meter:{mid}"] = Device(
+                mid, f"meter:{mid}", kind, bus=[] if bus is None else [bus],
+                branch=[] if branch is None else [branch], stream=stream,
+                period_s=1.0 / rate if rate else None)
         for s in specs:
             d = Device(s.id, s.device, s.kind, model=s.model, firmware=s.firmware,
                        period_s=s.period_s, stale_s=s.stale_s, max_age_s=s.max_age_s)
@@ -207,7 +224,7 @@ class DeviceRegistry:
     def counts(self, now: float) -> dict[str, int]:
         c = {"online": 0, "stale": 0, "offline": 0, "unassigned": 0}
         for d in self.devices.values():
-            if d.key.startswith("stream:"):
+            if not d.edge:
                 continue
             q = d.quality(now)
             c[q if q != "good" else "online"] += 1
@@ -221,10 +238,12 @@ class DeviceRegistry:
         devs = []
         for d in self.devices.values():
             j = d.as_json(now)
-            if d.key.startswith("stream:"):
-                st = live.get(d.id, {})
-                j.update(source="stream", stats=st, online=bool(st.get("received")),
+            if d.stream is not None:
+                st = live.get(d.stream, {})
+                j.update(source="stream", stream=d.stream, online=bool(st.get("received")),
                          quality="good" if st.get("received") else "offline")
+                if d.key.startswith("stream:"):
+                    j["stats"] = st
             else:
                 j["source"] = "mqtt"
             devs.append(j)

@@ -85,7 +85,11 @@ class SensorIngest:
         board = SensorBoard.build(sc.sensors, index, sigma_at)
         loc = {c.name: (c.bus, c.branch) for c in cfg.channels}
         streams = [(s.name, s.format, s.rate_hz) for s in cfg.enabled_streams]
-        reg = DeviceRegistry.from_specs(sc.sensors, loc, streams)
+        carried = {cfg.channels[i].meter: s.name for s in cfg.enabled_streams
+                   for i in s.channels}
+        meters = [(m.id, m.kind, m.bus, m.branch, carried[m.id]) for m in cfg.meters
+                  if m.id in carried]
+        reg = DeviceRegistry.from_specs(sc.sensors, loc, streams, meters)
         m = sc.mqtt
         return cls(board, reg, topics=m.topics if m else ("#",),
                    max_payload=m.max_payload if m else DEFAULT_MAX_PAYLOAD)

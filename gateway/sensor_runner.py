@@ -57,7 +57,7 @@ class DeviceCollector:
         err = CounterMetricFamily("gridtwin_device_errors", "Errors per device and kind.",
                                   labels=["device", "kind"])
         for d in reg.devices.values():
-            if d.key.startswith("stream:"):
+            if not d.edge:
                 continue
             if d.last_seen is not None:
                 age.add_metric([d.id], now - d.last_seen)
@@ -151,7 +151,7 @@ class Sensors:
             self._timer.cancel()
             self._timer = None
         for d in self.ingest.registry.devices.values():  # the final status of each
-            if not d.key.startswith("stream:"):
+            if d.edge:
                 self.store(d.as_json(self.clock()))
         if self.publisher is not None:
             await self.publisher.close()

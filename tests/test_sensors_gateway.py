@@ -137,7 +137,11 @@ async def test_gateway_ingests_sensors_serves_devices_and_publishes(port: int,
         assert dev["counts"]["unassigned"] == 1  # the edge node itself
         ids = {d["id"]: d for d in dev["devices"]}
         assert ids["ls26"]["quality"] == "good" and ids["tx18"]["model"] == "PT-2"
-        assert ids["pmu"]["source"] == "stream"
+        assert ids["pmu"]["source"] == "stream" and ids["pmu"]["quality"] == "good"
+        # the meters the streams carry are devices too, located, with their stream's state
+        assert ids["pmu6"]["bus"] == [6] and ids["pmu6"]["stream"] == "pmu"
+        assert ids["flow.6-26"]["branch"] == [cfg.channels[cfg.channel_index[
+            "flow.6-26.p"]].branch] and ids["flow.6-26"]["online"]
         code, body = await loop.run_in_executor(None, _get,
                                                 f"http://{host}:{mport}/metrics")
         text = body.decode()
