@@ -24,16 +24,17 @@ age means:
 * **Left out** past ``max_age_s`` (or never reported): NaN and MISSING, so neither the
   quality stage nor the estimator uses it.
 
-The sigmas of the last fill are in :attr:`SensorBoard.sigma` (per channel, NaN for left
-out); the estimator's weights come from each channel's configured accuracy, so the age
-reaches it through the STALE flag and the hard limit.
+:meth:`SensorBoard.sigmas` gives every channel's sigma at a given time (``GET /devices``
+and the evaluation read it; the fill itself, on the pipeline's hot path, only writes
+values and flags, vectorised). The estimator's weights come from each channel's
+configured accuracy, so the age reaches it through the STALE flag and the hard limit.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +44,8 @@ from gateway.snapshot import Flag
 ALPHA = 0.1  # weight of a new increment in the diffusion estimate
 _STALE = np.uint32(Flag.STALE)
 _MISSING = np.uint32(Flag.MISSING)
+_KEEP = np.uint32(~(Flag.STALE | Flag.MISSING) & 0xFFFFFFFF)
+_ZERO = np.uint32(0)
 
 
 @dataclass(slots=True)
@@ -64,6 +67,7 @@ class ChannelState:
     period_s: float = 60.0
     device: str = ""
     dead: bool = False  # the device announced its death; cleared by its next reading
+    k: int = 0  # position in the board's arrays
 
     def sigma(self, age: float) -> float:
         """σ(age) = sqrt(σ0² + D·age) (see the module docstring)."""
@@ -85,13 +89,22 @@ class FillStats:
     missing: int = 0
 
 
-@dataclass
 class SensorBoard:
     """Latest values of the sensor channels; :meth:`fill` puts them into a snapshot."""
 
-    channels: dict[tuple[str, str], ChannelState] = field(default_factory=dict)
-    sigma: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    last_fill: FillStats = field(default_factory=FillStats)
+    def __init__(self) -> None:
+        self.channels: dict[tuple[str, str], ChannelState] = {}
+        self.last_fill = FillStats()
+        self._arrays(0)
+
+    def _arrays(self, n: int) -> None:
+        """The hot-path mirror of the channel states (what :meth:`fill` reads)."""
+        self._idx = np.zeros(n, np.intp)
+        self._val = np.full(n, np.nan)
+        self._recv = np.full(n, -np.inf)
+        self._stale_s = np.zeros(n)
+        self._max_age_s = np.zeros(n)
+        self._dead = np.zeros(n, bool)
 
     @classmethod
     def build(cls, specs: Iterable[SensorSpec], channel_index: dict[str, int],
@@ -103,8 +116,10 @@ class SensorBoard:
                 i = channel_index[ch]
                 b.channels[(s.device, metric)] = ChannelState(
                     i, s.id, metric, s.stale_s, s.max_age_s, sigma_at[i], period_s=s.period_s,
-                    device=s.device)
-        b.sigma = np.full(len(b.channels), np.nan)
+                    device=s.device, k=len(b.channels))
+        b._arrays(len(b.channels))
+        for c in b.channels.values():
+            b._idx[c.k], b._stale_s[c.k], b._max_age_s[c.k] = c.index, c.stale_s, c.max_age_s
         return b
 
     def update(self, device: str, metric: str, value: float, device_time: float,
@@ -124,6 +139,8 @@ class SensorBoard:
         ch.value, ch.device_time, ch.received = value, device_time, received
         ch.updates += 1
         ch.dead = False
+        k = ch.k
+        self._val[k], self._recv[k], self._dead[k] = value, received, False
         return "new"
 
     def offline(self, device: str) -> int:
@@ -133,6 +150,7 @@ class SensorBoard:
         for ch in self.channels.values():
             if ch.device == device or ch.device.startswith(device + "/"):
                 ch.dead = True
+                self._dead[ch.k] = True
                 n += 1
         return n
 
@@ -149,27 +167,26 @@ class SensorBoard:
 
     def fill(self, values: np.ndarray, flags: np.ndarray, now: float) -> FillStats:
         """Write every sensor channel into a snapshot arriving at ``now`` (in place)."""
-        st = FillStats()
-        sig = self.sigma
-        for k, ch in enumerate(self.channels.values()):
-            i = ch.index
-            age = now - ch.received
-            if not math.isfinite(ch.value) or age > ch.max_age_s:
-                values[i] = math.nan
-                flags[i] = (flags[i] & ~_STALE) | _MISSING
-                sig[k] = math.nan
-                st.missing += 1
-                continue
-            values[i] = ch.value
-            f = flags[i] & ~_MISSING
-            if age > ch.stale_s or ch.dead:
-                f |= _STALE
-                st.stale += 1
-            flags[i] = f
-            sig[k] = ch.sigma(age)
-            st.filled += 1
+        idx = self._idx
+        age = now - self._recv
+        missing = ~np.isfinite(self._val) | (age > self._max_age_s)
+        stale = ~missing & ((age > self._stale_s) | self._dead)
+        values[idx] = np.where(missing, np.nan, self._val)
+        flags[idx] = ((flags[idx] & _KEEP) | np.where(missing, _MISSING, _ZERO)
+                      | np.where(stale, _STALE, _ZERO))
+        n_miss, n_stale = int(missing.sum()), int(stale.sum())
+        st = FillStats(idx.size - n_miss, n_stale, n_miss)
         self.last_fill = st
         return st
+
+    def sigmas(self, now: float) -> np.ndarray:
+        """σ(age) of every channel at ``now``, in board order (NaN: left out)."""
+        out = np.full(len(self.channels), np.nan)
+        for ch in self.channels.values():
+            age = now - ch.received
+            if math.isfinite(ch.value) and age <= ch.max_age_s:
+                out[ch.k] = ch.sigma(age)
+        return out
 
     def ages(self, now: float) -> dict[str, float]:
         """Age (s) of each sensor's newest channel value at ``now`` (inf: never)."""

@@ -73,12 +73,12 @@ def test_board_ages_values_with_fake_clock(cfg) -> None:  # type: ignore[no-unty
     st = board.fill(values, flags, T0 + 1.0)
     assert values[i_p] == 0.50 and flags[i_p] == 0 and st.filled == 1
     k = list(board.channels).index(("feeder/lat/ls26", "P"))
-    s_fresh = board.sigma[k]
-    board.fill(values, flags, T0 + 20.0)
-    assert board.sigma[k] > s_fresh  # sigma grows with age
+    s_fresh = board.sigmas(T0 + 1.0)[k]
+    assert board.sigmas(T0 + 20.0)[k] > s_fresh  # sigma grows with age
     s0 = cfg.channels[i_p].sigma_at(0.5)
     ch = board.channels[("feeder/lat/ls26", "P")]
-    assert board.sigma[k] == pytest.approx(math.sqrt(s0**2 + s0**2 / 10.0 * 20.0))
+    assert board.sigmas(T0 + 20.0)[k] == pytest.approx(math.sqrt(s0**2 + s0**2 / 10.0 * 20.0))
+    assert math.isnan(board.sigmas(T0 + 61.0)[k])  # past max_age_s: no sigma, left out
     assert ch.sigma(0.0) == pytest.approx(s0)
     values, flags = _snapshot(cfg)
     board.fill(values, flags, T0 + 45.0)  # past stale_s=30: used, flagged STALE
