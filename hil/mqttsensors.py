@@ -46,6 +46,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.codecs import sparkplug as sp
 from gateway.codecs.senml import encode_senml
+from gateway.config import load_config
 from hil.errors import HilError
 
 GROUP = "feeder"
@@ -420,8 +421,6 @@ def private_broker(workdir: Path | None = None) -> Iterator[str]:
 def fleet_config(config: str, url: str) -> str:
     """The lines a twin config (bundled name or path) needs to use the IEEE33 fleet
     through the broker at ``url`` (subscribing to everything, the allowlist narrows)."""
-    from gateway.config import load_config
-
     return config_text(ieee33_fleet(load_config(config).network), url.rstrip("/") + "/#")
 
 
