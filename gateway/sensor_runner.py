@@ -13,6 +13,7 @@ Prometheus registry and, when ``[mqtt] publish`` is set, starts the output publi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from gateway.components import jsonable
 from gateway.devices import DeviceEvent
 from gateway.errors import GatewayError
 from gateway.mqtt_out import StatePublisher
@@ -141,6 +143,11 @@ class Sensors:
     def devices(self) -> dict[str, Any]:
         """The ``GET /devices`` answer."""
         return self.ingest.devices_json(self.clock(), self.streams())
+
+    def devices_route(self, query: str) -> tuple[int, str, bytes]:
+        """``GET /devices`` on the twin's HTTP server: (status, content type, body)."""
+        body = json.dumps(jsonable(self.devices()), default=str)
+        return 200, "application/json", body.encode() + b"\n"
 
     def summary(self) -> dict[str, Any]:
         """Device counts for the run summary and the demo."""

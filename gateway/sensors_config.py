@@ -40,6 +40,8 @@ from urllib.parse import unquote, urlsplit
 
 from gateway.errors import ConfigError, ConfigProblem
 
+#: the top-level keys this module reads
+SECTIONS = frozenset({"mqtt", "sensors"})
 SENSOR_KINDS = ("line_current", "transformer_meter", "weather_station", "inverter", "other")
 MQTT_KEYS = {"url", "topics", "username", "password_env", "tls", "ca_file", "cert_file",
              "key_file", "tls_insecure", "qos", "max_payload", "publish", "client_id",
