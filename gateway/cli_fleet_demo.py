@@ -274,7 +274,7 @@ def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
             "superseded": superseded[f.name], "lost": lost,
             "deadline_misses": s["deadline_misses"],
             "vm_mape_pct": 100 * float(np.mean(f.errors)) if f.errors else None,
-            "bus_rtt_ms": b.get("rtt_ms")})
+            "e2e_p99_ms": s["e2e_latency_ms"]["p99"], "bus_rtt_ms": b.get("rtt_ms")})
     tot = {k: sum(r[k] for r in rows) for k in ("frames_sent", "frames_received",
                                                 "frames_lost", "snapshots", "states",
                                                 "superseded", "lost", "deadline_misses")}

@@ -144,6 +144,18 @@ class Sensors:
         """The ``GET /devices`` answer."""
         return self.ingest.devices_json(self.clock(), self.streams())
 
+    def attach(self, gw: Any) -> None:
+        """Join the runner (:class:`gateway.app.Gateway`): device rows to its historian,
+        ``GET /devices`` on its HTTP server, the output publisher on its handoff and
+        state hooks."""
+        self.historian = gw.historian
+        if gw.server is not None:
+            gw.server.routes["/devices"] = self.devices_route
+        pub = self.publisher
+        if pub is not None:
+            gw.on_handoff.append(lambda snap, pv, sig: pub.snapshot(snap))
+            gw.on_new_state.append(lambda st, received: pub.state(st))
+
     def devices_route(self, query: str) -> tuple[int, str, bytes]:
         """``GET /devices`` on the twin's HTTP server: (status, content type, body)."""
         body = json.dumps(jsonable(self.devices()), default=str)
