@@ -30,6 +30,9 @@ HEALTH_METRICS = {"battery", "battery_pct", "battery_v", "rssi", "snr", "health"
 MODEL_METRICS = {"model", "hardware", "hw_model"}
 FIRMWARE_METRICS = {"firmware", "fw", "fw_version", "firmware_version"}
 UNASSIGNED_MAX_AGE_S = 600.0
+#: unassigned devices the registry lists at most: a publisher inventing device names
+#: cannot grow it without bound (the ones beyond are counted in ``refused``)
+MAX_UNASSIGNED = 1000
 
 
 @dataclass(slots=True)
@@ -102,8 +105,11 @@ class Device:
 class DeviceRegistry:
     """Configured and discovered devices, keyed by their wire name."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_unassigned: int = MAX_UNASSIGNED) -> None:
         self.devices: dict[str, Device] = {}
+        self.max_unassigned = max_unassigned
+        self.unassigned = 0
+        self.refused = 0  # messages of unknown devices beyond MAX_UNASSIGNED
 
     @classmethod
     def from_specs(cls, specs: Iterable[SensorSpec],
@@ -139,9 +145,13 @@ class DeviceRegistry:
             r.devices[s.device] = d
         return r
 
-    def _get(self, key: str, now: float, out: list[DeviceEvent]) -> Device:
+    def _get(self, key: str, now: float, out: list[DeviceEvent]) -> Device | None:
         d = self.devices.get(key)
         if d is None:
+            if self.unassigned >= self.max_unassigned:
+                self.refused += 1
+                return None
+            self.unassigned += 1
             d = Device(key, key, "unknown", assigned=False)
             self.devices[key] = d
             out.append(DeviceEvent("device_new", key, {"config": "\n".join(
@@ -155,6 +165,8 @@ class DeviceRegistry:
         """A message of device ``key`` received at ``now``; its events."""
         out: list[DeviceEvent] = []
         d = self._get(key, now, out)
+        if d is None:
+            return out
         d.messages += 1
         d.last_seen = now
         if device_time is not None and math.isfinite(device_time):
@@ -171,6 +183,8 @@ class DeviceRegistry:
               metrics: Iterable[str] = ()) -> list[DeviceEvent]:
         out: list[DeviceEvent] = []
         d = self._get(key, now, out)
+        if d is None:
+            return out
         d.births += 1
         d.metrics = []
         for name, v in attributes.items():
@@ -247,4 +261,5 @@ class DeviceRegistry:
             else:
                 j["source"] = "mqtt"
             devs.append(j)
-        return {"time": now, "counts": self.counts(now), "devices": devs}
+        return {"time": now, "counts": self.counts(now), "devices": devs,
+                "unassigned_refused": self.refused}

@@ -224,3 +224,12 @@ def test_unknown_alias_or_gap_asks_for_a_rebirth_once_per_interval(cfg) -> None:
     assert [(x.name, x.value) for x in m] == [(sp.REBIRTH_METRIC, True)]
     ing.feed("spBv1.0/feeder/NDATA/lat", data(9), T0 + 11)
     assert len(ing.take_commands()) == 1 and ing.stats.rebirths_requested == 2
+
+
+def test_unassigned_devices_are_capped(cfg) -> None:  # type: ignore[no-untyped-def]
+    ing = _ingest(cfg)
+    ing.registry.max_unassigned = 3
+    for j in range(5):
+        ing.feed(f"senml/x{j}", encode_senml(f"senml/x{j}", {"v": 1.0}, T0), T0 + j)
+    j = ing.devices_json(T0 + 5)
+    assert j["counts"]["unassigned"] == 3 and j["unassigned_refused"] == 2
