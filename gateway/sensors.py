@@ -26,8 +26,11 @@ age means:
 
 :meth:`SensorBoard.sigmas` gives every channel's sigma at a given time (``GET /devices``
 and the evaluation read it; the fill itself, on the pipeline's hot path, only writes
-values and flags, vectorised). The estimator's weights come from each channel's
-configured accuracy, so the age reaches it through the STALE flag and the hard limit.
+values and flags, vectorised). The estimator weighs a value by its channel's configured
+accuracy, a STALE one with its sigma times ``STALE_SIGMA_FACTOR``
+(:mod:`gateway.estimator_worker`), and leaves out what is past the hard limit: the age
+reaches the estimate in these steps, which keep the constant-gain estimator's
+factorizations few.
 """
 
 from __future__ import annotations
