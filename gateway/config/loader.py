@@ -22,6 +22,8 @@ from gateway.config.rules import network as network_rules
 from gateway.config.rules import sections, streams
 from gateway.config.schema import Plant, TwinConfig
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.sensors_config import SECTIONS as SENSOR_SECTIONS
+from gateway.sensors_config import sensor_problems
 
 BUNDLED_DIR = "configs"
 
@@ -76,7 +78,7 @@ def roots_first(items: list[ConfigProblem]) -> list[ConfigProblem]:
 def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: Path | None
           ) -> TwinConfig | None:
     """Run every rule in dependency order; the config, or None if a rule found a problem."""
-    pr.unknown_keys(raw, "", set(TOP))
+    pr.unknown_keys(raw, "", set(TOP) | SENSOR_SECTIONS)
     twin = pr.table(raw, "twin")
     name = pr.get(twin, "name", "twin", str, default="twin")
     net = network_rules.network(pr, pr.table(raw, "network"), base_dir)
@@ -88,6 +90,9 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     network_rules.plant_weather(pr, plants, meters, raw.get("plants", []))
     channels = meter_rules.channels(pr, meters, raw.get("meters", []))
     stream_list = streams.streams(pr, raw.get("streams", []), channels)
+    for problem in sensor_problems(raw, [c.name for c in channels], [
+            channels[i].name for s in stream_list if s.enabled for i in s.channels]):
+        pr.add(problem)
     commands = sections.commands(pr, pr.table(raw, "commands"), plants)
     rate = max((s.rate_hz for s in stream_list if s.enabled), default=50.0)
     estimator = sections.estimator(pr, pr.table(raw, "estimator"), rate)
