@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.sensors_config import SensorSpec
+from gateway.config.sensors import SensorSpec
 
 #: metric names (last path component, lower case) kept as health, not as values
 HEALTH_METRICS = {"battery", "battery_pct", "battery_v", "rssi", "snr", "health",

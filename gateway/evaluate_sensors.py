@@ -38,9 +38,9 @@ import numpy as np
 
 from estimator.errors import EstimatorError
 from gateway.config import TwinConfig, parse_config
+from gateway.config.sensors import sensors_of
 from gateway.estimator_worker import solver_for
 from gateway.sensor_ingest import SensorIngest
-from gateway.sensors_config import sensors_of
 from gateway.snapshot import Flag
 from hil.mqttsensors import SensorFleet, config_text, ieee33_fleet
 from hil.scenario import channel_truth

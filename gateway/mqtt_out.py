@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from gateway.config.sensors import MqttSettings
 from gateway.se_model import measurement_model
-from gateway.sensors_config import MqttSettings
 from gateway.snapshot import Flag
 from gateway.transports.mqtt import make_client
 

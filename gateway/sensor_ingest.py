@@ -27,6 +27,7 @@ from gateway.codecs.sparkplug import (
     parse_topic,
     rebirth_request,
 )
+from gateway.config.sensors import DEFAULT_MAX_PAYLOAD, SensorsConfig, topic_matches
 from gateway.devices import (
     FIRMWARE_METRICS,
     HEALTH_METRICS,
@@ -36,7 +37,6 @@ from gateway.devices import (
 )
 from gateway.errors import FrameError
 from gateway.sensors import SensorBoard
-from gateway.sensors_config import DEFAULT_MAX_PAYLOAD, SensorsConfig, topic_matches
 
 log = logging.getLogger("gridtwin.sensors")
 LOGGED = 5  # malformed payloads logged (then counted only)

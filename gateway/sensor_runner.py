@@ -23,11 +23,11 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from gateway.components import jsonable
+from gateway.config.sensors import parse_mqtt_url, sensors_of
 from gateway.devices import DeviceEvent
 from gateway.errors import GatewayError
 from gateway.mqtt_out import StatePublisher
 from gateway.sensor_ingest import SensorIngest
-from gateway.sensors_config import parse_mqtt_url, sensors_of
 from gateway.transports.base import TransportSpec
 from gateway.transports.mqtt import MqttTransport
 

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.sensors_config import SensorSpec
+from gateway.config.sensors import SensorSpec
 from gateway.snapshot import Flag
 
 ALPHA = 0.1  # weight of a new increment in the diffusion estimate

@@ -13,8 +13,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.config import load_config, parse_config
+from gateway.config.sensors import sensors_of
 from gateway.sensor_ingest import SensorIngest
-from gateway.sensors_config import sensors_of
 from hil.mqttsensors import FleetPublisher, SensorFleet, config_text, ieee33_fleet, private_broker
 from tests.sensorhelpers import ieee33_text
 

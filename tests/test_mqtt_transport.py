@@ -20,9 +20,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from gateway.codecs import sparkplug as sp
 from gateway.codecs.senml import encode_senml
 from gateway.config import parse_config
+from gateway.config.sensors import sensors_of
 from gateway.errors import TransportError
 from gateway.sensor_ingest import SensorIngest
-from gateway.sensors_config import sensors_of
 from gateway.transports.base import TransportSpec, open_transport
 from gateway.transports.mqtt import MqttTransport
 from tests.sensorhelpers import broker, self_signed, sensor_config_text

@@ -12,9 +12,9 @@ import pytest
 from gateway.codecs import sparkplug as sp
 from gateway.codecs.senml import encode_senml
 from gateway.config import parse_config
+from gateway.config.sensors import sensors_of, topic_matches
 from gateway.errors import ConfigError
 from gateway.sensor_ingest import SensorIngest
-from gateway.sensors_config import sensors_of, topic_matches
 from gateway.snapshot import Flag
 from tests.sensorhelpers import sensor_config_text
 

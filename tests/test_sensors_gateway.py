@@ -23,9 +23,9 @@ from gateway.codecs import sparkplug as sp
 from gateway.codecs.gtnet_skt import GtnetSktCodec
 from gateway.codecs.senml import encode_senml
 from gateway.config import Stream, TwinConfig, parse_config
+from gateway.config.sensors import sensors_of
 from gateway.pipeline import Handoff, Pipeline
 from gateway.sensor_ingest import SensorIngest
-from gateway.sensors_config import sensors_of
 from gateway.snapshot import Flag
 from gateway.telemetry import Telemetry
 from tests.sensorhelpers import broker, sensor_config_text

@@ -21,9 +21,8 @@ from gateway.config.rules import meters as meter_rules
 from gateway.config.rules import network as network_rules
 from gateway.config.rules import sections, streams
 from gateway.config.schema import Plant, TwinConfig
+from gateway.config.sensors import sensor_problems
 from gateway.errors import ConfigError, ConfigProblem
-from gateway.sensors_config import SECTIONS as SENSOR_SECTIONS
-from gateway.sensors_config import sensor_problems
 
 BUNDLED_DIR = "configs"
 
@@ -78,7 +77,7 @@ def roots_first(items: list[ConfigProblem]) -> list[ConfigProblem]:
 def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: Path | None
           ) -> TwinConfig | None:
     """Run every rule in dependency order; the config, or None if a rule found a problem."""
-    pr.unknown_keys(raw, "", set(TOP) | SENSOR_SECTIONS)
+    pr.unknown_keys(raw, "", set(TOP))
     twin = pr.table(raw, "twin")
     name = pr.get(twin, "name", "twin", str, default="twin")
     net = network_rules.network(pr, pr.table(raw, "network"), base_dir)

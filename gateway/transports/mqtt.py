@@ -37,8 +37,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.config.sensors import MqttSettings, parse_mqtt_url, topic_matches
 from gateway.errors import TransportError
-from gateway.sensors_config import MqttSettings, parse_mqtt_url, topic_matches
 from gateway.transports.base import (
     DropSink,
     EventSink,

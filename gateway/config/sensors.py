@@ -38,16 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from gateway.config.keys import known
+from gateway.config.vocabulary import SENSOR_KINDS
 from gateway.errors import ConfigError, ConfigProblem
 
-#: the top-level keys this module reads
-SECTIONS = frozenset({"mqtt", "sensors"})
-SENSOR_KINDS = ("line_current", "transformer_meter", "weather_station", "inverter", "other")
-MQTT_KEYS = {"url", "topics", "username", "password_env", "tls", "ca_file", "cert_file",
-             "key_file", "tls_insecure", "qos", "max_payload", "publish", "client_id",
-             "keepalive_s", "publish_interval_s"}
-SENSOR_KEYS = {"id", "kind", "device", "channels", "period_s", "stale_s", "max_age_s",
-               "model", "firmware", "enabled"}
+#: the keys of [mqtt] and [[sensors]] (declared once, with the config's other keys)
+MQTT_KEYS = known("mqtt")
+SENSOR_KEYS = known("sensors")
 DEFAULT_MAX_PAYLOAD = 65536
 
 
