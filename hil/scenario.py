@@ -205,22 +205,76 @@ def channel_truth(cfg: Any, v: np.ndarray, i_from: np.ndarray, i_to: np.ndarray,
     return out
 
 
-def make_trace(spec: ScenarioSpec, *, progress: bool = False,
-               log: Callable[[str], None] | None = None) -> Trace:
-    """Generate the scenario ``spec`` in memory."""
-    from estimator.pgm import power_flow
+@dataclass
+class _Rngs:
+    """One independent generator per stage, so changing one stage's draws (e.g. the bad-data
+    share) leaves the others' numbers, and therefore the truth and the noise, unchanged."""
+
+    weather: np.random.Generator
+    pv: np.random.Generator
+    load: np.random.Generator
+    noise: np.random.Generator
+    missing: np.random.Generator
+    bad: np.random.Generator
+
+    @classmethod
+    def from_seed(cls, seed: int) -> _Rngs:
+        streams = np.random.SeedSequence(seed).spawn(6)
+        return cls(*(np.random.default_rng(s) for s in streams))
+
+
+@dataclass
+class _PlantOutput:
+    """What the PV stage hands on: power for the flow, local weather for the channels, and
+    per-plant parameters for ``meta`` (so a trace documents the plants it was made with)."""
+
+    pv_mw: np.ndarray  # (T, n_plants)
+    ghi_local: np.ndarray  # (T, n_plants)
+    t_cell: np.ndarray  # (T, n_plants)
+    weather: np.ndarray  # (T, n_plants, len(WEATHER_FIELDS))
+    meta: list[dict[str, Any]]
+
+
+@dataclass
+class _FlowTruth:
+    """The power-flow truth and the branch/injection quantities derived from it."""
+
+    v: np.ndarray
+    i_from: np.ndarray
+    i_to: np.ndarray
+    s_from: np.ndarray
+    s_to: np.ndarray
+    s_inj: np.ndarray
+    mismatch: float
+
+
+@dataclass
+class _Measured:
+    """Measurements with their labels, kept together because they are drawn together."""
+
+    values: np.ndarray
+    bad: np.ndarray
+    missing: np.ndarray
+    eligible: np.ndarray
+
+
+def _load_scenario_config(name: str) -> Any:
+    """The twin config, with its errors re-raised as ScenarioError so the CLI reports them
+    as a scenario problem (exit 2) rather than a gateway one."""
     from gateway.config import load_config
     from gateway.errors import GatewayError
-    from hil import corruption, loads, pvplant, weather
 
-    spec.validate()
-    t_begin = _time.perf_counter()
     try:
-        cfg = load_config(spec.config)
+        return load_config(name)
     except GatewayError as exc:
-        raise ScenarioError(f"config {spec.config!r}: {exc}") from exc
-    net = cfg.network
-    plants = list(cfg.plants)
+        raise ScenarioError(f"config {name!r}: {exc}") from exc
+
+
+def _plant_sites(spec: ScenarioSpec, plants: list[Any]) -> list[str]:
+    """Weather site per plant (``--site`` overrides the config), checked up front so an
+    unknown site fails before minutes of generation rather than inside the weather model."""
+    from hil import weather
+
     if spec.site is not None and spec.site not in weather.SITES:
         raise ScenarioError(f"unknown site {spec.site!r}; choose one of {weather.site_keys()}")
     plant_sites = [spec.site or p.site or DEFAULT_SITE for p in plants]
@@ -228,39 +282,41 @@ def make_trace(spec: ScenarioSpec, *, progress: bool = False,
         if s not in weather.SITES:
             raise ScenarioError(f"plant {p.name}: unknown site {s!r}; choose one of "
                                 f"{weather.site_keys()}")
-    primary = spec.site or (plant_sites[0] if plant_sites else DEFAULT_SITE)
-    tz = weather.load_tmy(primary).tz_hours
-    t0 = parse_start(spec.start, tz)
-    n = spec.n_steps
-    time_s = t0 + np.arange(n, dtype=np.float64) * spec.step_s
-    n_chunks = max(1, math.ceil(n / PF_CHUNK))
-    bar = _Progress(progress, total=float(n) * 5)
-    streams = np.random.SeedSequence(spec.seed).spawn(6)
-    rng_wx, rng_pv, rng_load, rng_noise, rng_miss, rng_bad = (
-        np.random.default_rng(s) for s in streams)
+    return plant_sites
 
-    # ---- weather: one shared sky per site, one station per weather meter (or plant)
-    bar.stage("weather")
-    skies = {s: weather.site_sky(s, time_s, rng_wx) for s in sorted(set(plant_sites))}
+
+def _stations(plants: list[Any], plant_sites: list[str], time_s: np.ndarray,
+              rng: np.random.Generator) -> list[Any]:
+    """One shared sky per site and one station per weather meter (or per plant without one),
+    so plants on the same meter see the same weather and nearby plants correlated clouds."""
+    from hil import weather
+
+    skies = {s: weather.site_sky(s, time_s, rng) for s in sorted(set(plant_sites))}
     stations: dict[str, weather.StationWeather] = {}
     station_of_plant: list[weather.StationWeather] = []
     for p, s in zip(plants, plant_sites, strict=True):
         key = p.weather or f"_own_{p.name}"
         if key not in stations:
-            stations[key] = weather.station_weather(s, time_s, rng_wx, sky=skies[s])
+            stations[key] = weather.station_weather(s, time_s, rng, sky=skies[s])
         station_of_plant.append(stations[key])
-    bar.update(n)
+    return station_of_plant
 
-    # ---- PV plants from their local irradiance
-    bar.stage("pv")
+
+def _plant_output(plants: list[Any], station_of_plant: list[Any], time_s: np.ndarray,
+                  rng: np.random.Generator) -> _PlantOutput:
+    """PV output of every plant from its *local* irradiance (a cloud reaches each plant with
+    its own lag), with the drawn plant parameters for the trace's metadata."""
+    from hil import pvplant, weather
+
+    n = time_s.shape[0]
     pv_mw = np.zeros((n, len(plants)))
     plant_meta: list[dict[str, Any]] = []
     ghi_local = np.zeros((n, len(plants)))
     t_cell = np.zeros((n, len(plants)))
     for i, p in enumerate(plants):
         st = station_of_plant[i]
-        local = weather.plant_irradiance(st, rng_pv)
-        prm = pvplant.draw_params(rng_pv, p.rating_mw, weather.load_tmy(st.site).latitude)
+        local = weather.plant_irradiance(st, rng)
+        prm = pvplant.draw_params(rng, p.rating_mw, weather.load_tmy(st.site).latitude)
         res = pvplant.plant_output(prm, local, st, time_s - time_s[0])
         pv_mw[:, i] = res.p_ac_mw
         ghi_local[:, i] = local.ghi
@@ -269,24 +325,30 @@ def make_trace(spec: ScenarioSpec, *, progress: bool = False,
                            **prm.as_dict()})
     wx = np.stack([s.stack() for s in station_of_plant], axis=1) if plants else np.zeros(
         (n, 0, len(WEATHER_FIELDS)))
-    bar.update(n)
+    return _PlantOutput(pv_mw=pv_mw, ghi_local=ghi_local, t_cell=t_cell, weather=wx,
+                        meta=plant_meta)
 
-    # ---- loads
-    bar.stage("loads")
+
+def _injections(net: Any, plants: list[Any], pv_mw: np.ndarray,
+                bl: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Bus injections in pu, ``(generation - load) / base``; plants inject P only (Q = 0)."""
+    n = pv_mw.shape[0]
     base = net.base_mva
-    bl = loads.bus_loads(net.p_load * base * spec.load_scale,
-                         net.q_load * base * spec.load_scale, time_s, tz, rng_load)
-    # injection (pu) = (generation - load) / base; plants inject P only (Q = 0)
     p_inj = (np.tile(net.p_gen, (n, 1)) * base - bl.p_mw) / base
     q_inj = (np.tile(net.q_gen, (n, 1)) * base - bl.q_mvar) / base
     for i, p in enumerate(plants):
         p_inj[:, net.index_of(p.node)] += pv_mw[:, i] / base
-    bar.update(n)
+    return p_inj, q_inj
 
-    # ---- truth: batch power flow (power-grid-model), in chunks for the progress bar
-    bar.stage("power flow")
+
+def _solve_flow(net: Any, p_inj: np.ndarray, q_inj: np.ndarray, bar: _Progress) -> np.ndarray:
+    """Batch power flow (power-grid-model) in chunks, so the progress bar moves and a
+    divergence names the steps where it happened."""
+    from estimator.pgm import power_flow
+
+    n = p_inj.shape[0]
     v = np.empty((n, net.n_bus), dtype=np.complex128)
-    for c in range(n_chunks):
+    for c in range(max(1, math.ceil(n / PF_CHUNK))):
         sl = slice(c * PF_CHUNK, min(n, (c + 1) * PF_CHUNK))
         try:
             v[sl] = power_flow(net, p_inj[sl], q_inj[sl], batch=True,
@@ -295,6 +357,13 @@ def make_trace(spec: ScenarioSpec, *, progress: bool = False,
             raise ScenarioError(f"power flow failed in steps {sl.start}..{sl.stop}: "
                                 f"{exc}") from exc
         bar.update(sl.stop - sl.start)
+    return v
+
+
+def _flow_truth(net: Any, v: np.ndarray, p_inj: np.ndarray, q_inj: np.ndarray) -> _FlowTruth:
+    """Branch currents and powers from the voltages, and an independent check of the solver:
+    the truth must satisfy ``S = V conj(Ybus V)`` to within MAX_MISMATCH_PU, or the trace
+    would grade the estimator against a wrong answer."""
     ybus = net.ybus()
     yf, yt = net.branch_admittance()
     # I_from = Yf V, I_to = Yt V (rows = time): (Yf @ V^T)^T
@@ -311,38 +380,79 @@ def make_trace(spec: ScenarioSpec, *, progress: bool = False,
     if mismatch > MAX_MISMATCH_PU:
         raise ScenarioError(f"power flow truth violates the power-flow equations by "
                             f"{mismatch:.3g} pu (> {MAX_MISMATCH_PU})")
-    plant_names = [p.name for p in plants]
+    return _FlowTruth(v=v, i_from=i_from, i_to=i_to, s_from=s_from, s_to=s_to, s_inj=s_inj,
+                      mismatch=mismatch)
 
-    # ---- channels, noise, gaps, bad data
-    bar.stage("measurements")
-    chans = cfg.channels
-    truth = channel_truth(cfg, v, i_from, i_to, s_inj, pv_mw, wx, plant_names)
+
+def _measure(chans: list[Any], truth: np.ndarray, spec: ScenarioSpec,
+             rngs: _Rngs) -> _Measured:
+    """Noise per channel accuracy, device dropouts and missing values, then labelled bad
+    data on the electrical channels only; finally fold readings into their physical ranges
+    (angles in (-pi, pi], wind direction in [0, 360), wind speed >= 0) as a device would."""
+    from hil import corruption
+
+    n = truth.shape[0]
     rel = np.array([c.rel for c in chans])
     abs_ = np.array([c.abs for c in chans])
     kdiv = np.array([c.k for c in chans])
     quantities = [c.quantity for c in chans]
     sigma = corruption.noise_sigma(truth, rel, abs_, kdiv)
-    measured = corruption.add_noise(truth, sigma, rng_noise)
+    measured = corruption.add_noise(truth, sigma, rngs.noise)
     ws_cols = [c.index for c in chans if c.quantity == "wind_speed"]
     measured[:, ws_cols] = np.maximum(measured[:, ws_cols], 0.0)  # anemometers read >= 0
     missing = corruption.missing_mask(n, _device_groups(chans), len(chans), spec.missing_pct,
-                                      rng_miss, spec.step_s)
+                                      rngs.missing, spec.step_s)
     eligible = np.array([c.electrical and c.quantity in corruption.ELECTRICAL_QUANTITIES
                          for c in chans], dtype=bool)
     measured, bad, _ = corruption.corrupt(measured, truth, quantities, eligible, missing,
-                                          spec.bad_pct, abs_ / kdiv, rng_bad)
+                                          spec.bad_pct, abs_ / kdiv, rngs.bad)
     angle_cols = [c.index for c in chans if c.quantity in corruption.ANGLE_QUANTITIES]
     # angles in (-pi, pi]
     measured[:, angle_cols] = np.angle(np.exp(1j * measured[:, angle_cols]))
     wd_cols = [c.index for c in chans if c.quantity == "wind_dir"]
     measured[:, wd_cols] = np.mod(measured[:, wd_cols], 360.0)
     measured[missing] = np.nan
-    bar.update(n)
-    bar.close()
+    return _Measured(values=measured, bad=bad, missing=missing, eligible=eligible)
 
-    n_el = int(eligible.sum()) * n
+
+def _sources(plant_sites: list[str]) -> dict[str, Any]:
+    """Where every model in the trace comes from, so a trace file cites its own provenance."""
+    from hil import loads, weather
+
+    return {
+        "weather": {s: weather.load_tmy(s).source for s in sorted(set(plant_sites))},
+        "cloud_model": "two-state clear-sky-index model (thresholded latent Gaussian "
+                       "field, after Munkhammar & Widen 2018), hil/weather.py",
+        "pv_model": "pvlib: Hay-Davies POA, physical IAM, Faiman + first-order thermal "
+                    "lag, PVWatts DC and inverter with clipping, soiling; hil/pvplant.py",
+        "loads": loads.SOURCE,
+        "power_flow": "power-grid-model newton_raphson (batch) via estimator.pgm",
+    }
+
+
+def _summary(plants: list[Any], pv_mw: np.ndarray, bl: Any, v: np.ndarray) -> dict[str, Any]:
+    """A few figures to tell at a glance whether the day is plausible (load range, PV
+    capacity factors, voltage band) without loading the arrays."""
     total_load = bl.p_mw.sum(axis=1)
-    meta: dict[str, Any] = {
+    return {
+        "load_mw_min": float(total_load.min()), "load_mw_max": float(total_load.max()),
+        "pv_capacity_factor": [float(x) for x in
+                               (pv_mw.mean(axis=0) / np.array(
+                                   [p.rating_mw for p in plants]))] if plants else [],
+        "vm_min_pu": float(np.abs(v).min()), "vm_max_pu": float(np.abs(v).max()),
+    }
+
+
+def _meta(spec: ScenarioSpec, cfg: Any, plant_sites: list[str], t0: float, tz: float,
+          plants: list[Any], out: _PlantOutput, bl: Any, flow: _FlowTruth,
+          meas: _Measured) -> dict[str, Any]:
+    """The trace's metadata: the spec and its derived figures, labels' counts, versions and
+    sources, so a trace file is reproducible and self-describing."""
+    n = spec.n_steps
+    n_el = int(meas.eligible.sum()) * n
+    bad, missing = meas.bad, meas.missing
+    net = cfg.network
+    return {
         "config": cfg.name,
         "config_digest": cfg.digest,
         "seed": spec.seed,
@@ -362,40 +472,75 @@ def make_trace(spec: ScenarioSpec, *, progress: bool = False,
         "bad_fraction_electrical": float(bad.sum() / n_el) if n_el else 0.0,
         "n_missing": int(missing.sum()),
         "missing_fraction": float(missing.mean()) if missing.size else 0.0,
-        "pf_mismatch_pu": mismatch,
+        "pf_mismatch_pu": flow.mismatch,
         "pf_tolerance": PF_TOLERANCE,
-        "base_mva": base,
+        "base_mva": net.base_mva,
         "spec": asdict(spec),
-        "plants": plant_meta,
+        "plants": out.meta,
         "load_profiles": {str(int(net.bus_ids[b])): bl.profile[b]
                           for b in range(net.n_bus) if bl.profile[b]},
-        "summary": {
-            "load_mw_min": float(total_load.min()), "load_mw_max": float(total_load.max()),
-            "pv_capacity_factor": [float(x) for x in
-                                   (pv_mw.mean(axis=0) / np.array(
-                                       [p.rating_mw for p in plants]))] if plants else [],
-            "vm_min_pu": float(np.abs(v).min()), "vm_max_pu": float(np.abs(v).max()),
-        },
+        "summary": _summary(plants, out.pv_mw, bl, flow.v),
         "versions": _versions(),
-        "sources": {
-            "weather": {s: weather.load_tmy(s).source for s in sorted(set(plant_sites))},
-            "cloud_model": "two-state clear-sky-index model (thresholded latent Gaussian "
-                           "field, after Munkhammar & Widen 2018), hil/weather.py",
-            "pv_model": "pvlib: Hay-Davies POA, physical IAM, Faiman + first-order thermal "
-                        "lag, PVWatts DC and inverter with clipping, soiling; hil/pvplant.py",
-            "loads": loads.SOURCE,
-            "power_flow": "power-grid-model newton_raphson (batch) via estimator.pgm",
-        },
-        "generation_s": round(_time.perf_counter() - t_begin, 3),
+        "sources": _sources(plant_sites),
     }
+
+
+def make_trace(spec: ScenarioSpec, *, progress: bool = False,
+               log: Callable[[str], None] | None = None) -> Trace:
+    """Generate the scenario ``spec`` in memory.
+
+    The stages (see the module docstring) each live in a helper; this function only orders
+    them, feeds each its own random stream and reports progress.
+    """
+    from hil import loads, weather
+
+    spec.validate()
+    t_begin = _time.perf_counter()
+    cfg = _load_scenario_config(spec.config)
+    net = cfg.network
+    plants = list(cfg.plants)
+    plant_sites = _plant_sites(spec, plants)
+    primary = spec.site or (plant_sites[0] if plant_sites else DEFAULT_SITE)
+    tz = weather.load_tmy(primary).tz_hours
+    t0 = parse_start(spec.start, tz)
+    n = spec.n_steps
+    time_s = t0 + np.arange(n, dtype=np.float64) * spec.step_s
+    bar = _Progress(progress, total=float(n) * 5)
+    rngs = _Rngs.from_seed(spec.seed)
+
+    bar.stage("weather")
+    station_of_plant = _stations(plants, plant_sites, time_s, rngs.weather)
+    bar.update(n)
+    bar.stage("pv")
+    out = _plant_output(plants, station_of_plant, time_s, rngs.pv)
+    bar.update(n)
+    bar.stage("loads")
+    base = net.base_mva
+    bl = loads.bus_loads(net.p_load * base * spec.load_scale,
+                         net.q_load * base * spec.load_scale, time_s, tz, rngs.load)
+    p_inj, q_inj = _injections(net, plants, out.pv_mw, bl)
+    bar.update(n)
+    bar.stage("power flow")
+    flow = _flow_truth(net, _solve_flow(net, p_inj, q_inj, bar), p_inj, q_inj)
+    plant_names = [p.name for p in plants]
+    bar.stage("measurements")
+    chans = cfg.channels
+    truth = channel_truth(cfg, flow.v, flow.i_from, flow.i_to, flow.s_inj, out.pv_mw,
+                          out.weather, plant_names)
+    meas = _measure(chans, truth, spec, rngs)
+    bar.update(n)
+    bar.close()
+
+    meta = _meta(spec, cfg, plant_sites, t0, tz, plants, out, bl, flow, meas)
+    meta["generation_s"] = round(_time.perf_counter() - t_begin, 3)
     if log:
         log(f"generated {n} steps x {len(chans)} channels in {meta['generation_s']} s")
     return Trace(
-        time=time_s, measured=measured, truth=truth, bad=bad, missing=missing, v=v,
-        i_branch_from=i_from, s_branch_from=s_from, s_branch_to=s_to, s_inj=s_inj,
-        pv_mw=pv_mw, weather=wx, channel_names=[c.name for c in chans],
-        plant_names=plant_names, meta=meta,
-        extras={"ghi_plant": ghi_local, "t_cell": t_cell,
+        time=time_s, measured=meas.values, truth=truth, bad=meas.bad, missing=meas.missing,
+        v=flow.v, i_branch_from=flow.i_from, s_branch_from=flow.s_from,
+        s_branch_to=flow.s_to, s_inj=flow.s_inj, pv_mw=out.pv_mw, weather=out.weather,
+        channel_names=[c.name for c in chans], plant_names=plant_names, meta=meta,
+        extras={"ghi_plant": out.ghi_local, "t_cell": out.t_cell,
                 "load_mw": bl.p_mw.sum(axis=1), "load_mvar": bl.q_mvar.sum(axis=1)},
     )
 
