@@ -858,99 +858,141 @@ class EmulatorRunner:
             pass
 
     def run(self) -> Summary:
-        """Send all steps; returns the summary (closes the sockets)."""
+        """Send all steps; returns the summary (closes the sockets).
+
+        The order matters for the twin's figures: wait for the clients (so no step is sent
+        to nobody), pace the steps, send the delayed tail, then let TCP clients drain
+        before the summary is taken.
+        """
         self.open()
-        em = self.em
-        clock = time.perf_counter
         restore = self._enter_realtime() if self.realtime and not self.fast else None
         # objects alive now (trace, config, imports) leave the collector's view, so a
         # full collection during the run scans only what the run allocates
         gc.collect()
         gc.freeze()
         try:
-            if self.wait_clients_s > 0:
-                limit = clock() + self.wait_clients_s
-                while not self._ready():
-                    left = limit - clock()
-                    if left <= 0 or self._stop.is_set():
-                        raise EmulatorError(
-                            "no client connected to the TCP stream(s) within "
-                            f"{self.wait_clients_s} s")
-                    self._service(min(left, 0.05))
+            self._wait_for_clients()
             self._start_udp_c37()
-            first = em.start_step
-            # the first step's frames are built before the clock starts (warm-up)
-            lead = 0.005
-            step_outs = em.frames(first, wall_ts=time.time() + lead)
-            t0 = clock() + lead
-            wall0 = time.time() + lead
-            pending: list[tuple[float, int, Outgoing]] = []
-            tie = itertools.count()
-            last_progress = clock()
-            done = 0
-            for k in range(self.n_steps):
-                if self._stop.is_set():
-                    break
-                step = first + k
-                deadline = clock() if self.fast else t0 + k * self.period
-                if self.fast:
-                    self._service(0)
-                # delayed emissions due before this slot go first
-                while pending and pending[0][0] <= deadline:
-                    due, _, item = heapq.heappop(pending)
-                    if not self.fast:
-                        self._wait_until(due)
-                    self._send(item)
-                if not self.fast:
-                    self._wait_until(deadline)
-                self.errors[k % self.errors.size] = clock() - deadline
-                self._mark_sent(step, deadline)
-                for out in step_outs:
-                    if out.emission.delay_s > 0:
-                        heapq.heappush(pending, (deadline + out.emission.delay_s, next(tie),
-                                                 out))
-                    else:
-                        self._send(out)
-                done = k + 1
-                if k + 1 < self.n_steps:
-                    step_outs = em.frames(step + 1, wall_ts=wall0 + (k + 1) * self.period)
-                if self.progress is not None and clock() - last_progress >= \
-                        self.progress_every_s:
-                    last_progress = clock()
-                    self.progress(self._progress_line(done))
-            # the tail: delayed and held-back frames
-            for out in em.flush():
-                heapq.heappush(pending, (clock() + out.emission.delay_s, next(tie), out))
-            while pending:
-                due, _, item = heapq.heappop(pending)
-                if not self.fast:
-                    self._wait_until(due)
-                self._send(item)
-            # give TCP clients their queued bytes
-            drain_until = clock() + 1.0
-            while any(c.out for lst in self._clients.values() for c in lst) and \
-                    clock() < drain_until:
-                self._service(0.01)
-            duration = clock() - t0
-            summary = Summary(
-                steps=done, first_step=first, duration_s=duration, rate_hz=em.rate_hz,
-                speed=None if self.fast else self.speed, streams=self.stats,
-                faults=em.injector.summary(), fault_log=list(em.fault_log),
-                pacing_us={} if self.fast else pacing_stats(self._recent_errors(done)),
-                commands=list(em.closed_loop.records) if em.closed_loop else [],
-                command_errors=self.command_errors, disturbances=em.disturbances,
-                silent_steps=em.silent_steps)
-            if self.progress is not None:
-                self.progress(self._progress_line(done))
-            summary.realtime = self.realtime_active
-            summary.spin_us = None if self.fast else round(self.spin.margin() * 1e6, 1)
-            return summary
+            t0, done, pending, tie = self._paced_steps()
+            self._send_tail(pending, tie)
+            self._drain_clients()
+            return self._summary(done, time.perf_counter() - t0)
         finally:
             gc.unfreeze()
             if restore is not None:
                 with contextlib.suppress(OSError):
                     os.sched_setscheduler(0, restore[0], restore[1])
             self.close()
+
+    def _wait_for_clients(self) -> None:
+        """With ``wait_clients_s`` > 0, serve the sockets until every TCP stream has a
+        (started) client: a step sent before would be counted as skipped, not lost."""
+        if self.wait_clients_s <= 0:
+            return
+        clock = time.perf_counter
+        limit = clock() + self.wait_clients_s
+        while not self._ready():
+            left = limit - clock()
+            if left <= 0 or self._stop.is_set():
+                raise EmulatorError(
+                    "no client connected to the TCP stream(s) within "
+                    f"{self.wait_clients_s} s")
+            self._service(min(left, 0.05))
+
+    def _paced_steps(self) -> tuple[float, int, list[tuple[float, int, Outgoing]],
+                                    itertools.count[int]]:
+        """Send the steps on their slots; returns (clock origin, steps done, the delayed
+        emissions still pending, their tie-breaker).
+
+        The next step's frames are built right after a slot, while waiting for the next
+        one, so building never delays a send; the first step's are built before the
+        clock starts (a short lead), for the same reason.
+        """
+        em = self.em
+        clock = time.perf_counter
+        first = em.start_step
+        lead = 0.005
+        step_outs = em.frames(first, wall_ts=time.time() + lead)
+        t0 = clock() + lead
+        wall0 = time.time() + lead
+        pending: list[tuple[float, int, Outgoing]] = []
+        tie = itertools.count()
+        last_progress = clock()
+        done = 0
+        for k in range(self.n_steps):
+            if self._stop.is_set():
+                break
+            deadline = clock() if self.fast else t0 + k * self.period
+            self._send_step(k, first + k, deadline, step_outs, pending, tie)
+            done = k + 1
+            if k + 1 < self.n_steps:
+                step_outs = em.frames(first + k + 1, wall_ts=wall0 + (k + 1) * self.period)
+            if self.progress is not None and clock() - last_progress >= \
+                    self.progress_every_s:
+                last_progress = clock()
+                self.progress(self._progress_line(done))
+        return t0, done, pending, tie
+
+    def _send_step(self, k: int, step: int, deadline: float, step_outs: list[Outgoing],
+                   pending: list[tuple[float, int, Outgoing]],
+                   tie: itertools.count[int]) -> None:
+        """One slot: delayed emissions due before it go first (a delayed frame overtaken
+        by a later one is exactly the fault being emulated), then wait for the slot,
+        record the pacing error and send (or queue, when delayed) this step's frames."""
+        if self.fast:
+            self._service(0)
+        self._send_due(pending, deadline)
+        if not self.fast:
+            self._wait_until(deadline)
+        self.errors[k % self.errors.size] = time.perf_counter() - deadline
+        self._mark_sent(step, deadline)
+        for out in step_outs:
+            if out.emission.delay_s > 0:
+                heapq.heappush(pending, (deadline + out.emission.delay_s, next(tie), out))
+            else:
+                self._send(out)
+
+    def _send_due(self, pending: list[tuple[float, int, Outgoing]], until: float) -> None:
+        """Send, each at its due time (paced runs), the queued emissions due by ``until``."""
+        while pending and pending[0][0] <= until:
+            due, _, item = heapq.heappop(pending)
+            if not self.fast:
+                self._wait_until(due)
+            self._send(item)
+
+    def _send_tail(self, pending: list[tuple[float, int, Outgoing]],
+                   tie: itertools.count[int]) -> None:
+        """After the last step: the frames the faults still hold back (delayed, reordered)
+        are sent too, so a run's frame counts do not depend on where it stopped."""
+        clock = time.perf_counter
+        for out in self.em.flush():
+            heapq.heappush(pending, (clock() + out.emission.delay_s, next(tie), out))
+        self._send_due(pending, math.inf)
+
+    def _drain_clients(self) -> None:
+        """Give TCP clients their queued bytes (at most 1 s) before the sockets close."""
+        clock = time.perf_counter
+        drain_until = clock() + 1.0
+        while any(c.out for lst in self._clients.values() for c in lst) and \
+                clock() < drain_until:
+            self._service(0.01)
+
+    def _summary(self, done: int, duration: float) -> Summary:
+        """The run's :class:`Summary` (and a last progress line)."""
+        em = self.em
+        summary = Summary(
+            steps=done, first_step=em.start_step, duration_s=duration, rate_hz=em.rate_hz,
+            speed=None if self.fast else self.speed, streams=self.stats,
+            faults=em.injector.summary(), fault_log=list(em.fault_log),
+            pacing_us={} if self.fast else pacing_stats(self._recent_errors(done)),
+            commands=list(em.closed_loop.records) if em.closed_loop else [],
+            command_errors=self.command_errors, disturbances=em.disturbances,
+            silent_steps=em.silent_steps)
+        if self.progress is not None:
+            self.progress(self._progress_line(done))
+        summary.realtime = self.realtime_active
+        summary.spin_us = None if self.fast else round(self.spin.margin() * 1e6, 1)
+        return summary
 
     def _enter_realtime(self) -> tuple[int, os.sched_param] | None:
         """SCHED_FIFO for the running thread when the OS allows it (Linux, root or
