@@ -37,6 +37,8 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +194,31 @@ def http_text(port: int, path: str, timeout: float = 5.0) -> str:
         return str(r.read().decode())
 
 
+@dataclass
+class _Played:
+    """What the demo observed while the emulator played: both sides' reports and, for the
+    report card, the metrics text, the last state and the killed estimator (if any)."""
+
+    emu_sum: dict[str, Any]
+    live: dict[str, Any]
+    devices: dict[str, Any] | None
+    metrics_text: str
+    state: Any
+    killed: dict[str, Any] | None = None
+
+
 def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int = 1,
              cache: str | None = None, kill_at: float | None = None,
              method: str | None = None, quality: bool = True, progress: bool = True,
              extra_run_args: list[str] | None = None, realtime: bool = True,
              keep_metrics: bool = False, sensors: str = "none") -> dict[str, Any]:
-    import signal
+    """Run the twin and the emulator as two real processes and grade the twin.
+
+    Real processes on loopback rather than threads, so the figures are those of the
+    deployed shape (separate schedulers, real sockets, the estimator's worker process).
+    The twin is always stopped (and a private broker closed) however the run ends.
+    """
     import subprocess
-    import time
 
     def log(msg: str) -> None:
         if progress:
@@ -212,15 +231,48 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
     if db.exists():
         db.unlink()
     gw_cfg = write_config(wd / "twin.toml", rate=rate, db=db, ports=None, metrics_port=0)
-    broker, mqtt_url = None, ""
-    if sensors == "mqtt":  # a private broker; the fleet's meters and sensors in the config
-        from hil.mqttsensors import Broker, fleet_config
-
-        broker = Broker(wd)
-        mqtt_url = broker.start()
-        with open(gw_cfg, "a", encoding="utf-8") as f:
-            f.write(fleet_config("ieee33", mqtt_url))
+    broker, mqtt_url = _start_broker(wd, gw_cfg) if sensors == "mqtt" else (None, "")
     gw_log = wd / "gateway.log"
+    cmd = _twin_command(gw_cfg, wd, method=method, quality=quality, realtime=realtime,
+                        extra=extra_run_args)
+    log("demo: starting the twin: " + " ".join(cmd[2:]))
+    with open(gw_log, "w") as gl:
+        gw = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=gl, cwd=wd, text=True)
+    try:
+        ready = _wait_ready(gw, gw_log, 120.0)
+        played = _play(ready, gw.pid, wd, db, trace_path, rate=rate, seconds=seconds,
+                       loop=loop, mqtt_url=mqtt_url, realtime=realtime, kill_at=kill_at,
+                       devices=broker is not None, log=log)
+    finally:
+        gw_out = _stop_twin(gw)
+        if broker is not None:
+            broker.close()
+    final = json.loads(gw_out.strip().splitlines()[-1]) if gw_out.strip() else played.live
+    res = collect(final, played.emu_sum, db, trace_path, rate=rate, seconds=seconds)
+    _add_run_report(res, final, played, kill_at=kill_at)
+    res["workdir"] = str(wd)
+    if keep_metrics:
+        res["_metrics_text"] = played.metrics_text
+        res["_state"] = played.state
+    return res
+
+
+def _start_broker(wd: Path, gw_cfg: Path) -> tuple[Any, str]:
+    """A private Mosquitto for ``--sensors mqtt`` (so a demo never touches a shared
+    broker), with the fleet's meters and sensors appended to the twin's config."""
+    from hil.mqttsensors import Broker, fleet_config
+
+    broker = Broker(wd)
+    mqtt_url = broker.start()
+    with open(gw_cfg, "a", encoding="utf-8") as f:
+        f.write(fleet_config("ieee33", mqtt_url))
+    return broker, mqtt_url
+
+
+def _twin_command(gw_cfg: Path, wd: Path, *, method: str | None, quality: bool,
+                  realtime: bool, extra: list[str] | None) -> list[str]:
+    """``gridtwin run`` as a child process: the summary on stdout is what the report
+    reads after SIGTERM."""
     cmd = [sys.executable, "-m", "gateway.cli", "run", str(gw_cfg), "--summary",
            "--spool-dir", str(wd / "spool")]
     if method:
@@ -229,41 +281,45 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
         cmd += ["--no-quality"]
     if realtime:
         cmd += ["--realtime"]
-    cmd += extra_run_args or []
-    log("demo: starting the twin: " + " ".join(cmd[2:]))
-    with open(gw_log, "w") as gl:
-        gw = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=gl, cwd=wd, text=True)
-    emu: subprocess.Popen[str] | None = None
-    try:
-        ready = _wait_ready(gw, gw_log, 120.0)
-        mport = int(ready["metrics"][1])
-        ports = {k: int(v[1]) for k, v in ready["streams"].items()}
-        emu_cfg = write_config(wd / "emulator.toml", rate=rate, db=db, ports=ports,
-                               metrics_port=mport)
-        ecmd = [sys.executable, "-m", "gateway.cli", "emulate", "--config", str(emu_cfg),
-                "--scenario", str(trace_path), "--rate", f"{rate:g}", "--seconds",
-                f"{seconds:g}", "--timestamps", "trace", "--json"]
-        if loop:
-            ecmd.append("--loop")
-        if mqtt_url:
-            ecmd += ["--mqtt", mqtt_url]
-        if realtime:
-            ecmd.append("--realtime")
-        log(f"demo: twin ready (metrics http://127.0.0.1:{mport}/metrics); emulating "
-            f"{seconds:g} s at {rate:g} Hz")
-        emu_log = open(wd / "emulator.log", "w")  # noqa: SIM115
-        emu = subprocess.Popen(ecmd, stdout=subprocess.PIPE, stderr=emu_log, text=True)
-        killed: dict[str, Any] | None = None
-        if kill_at is not None:
-            time.sleep(kill_at)
-            from gateway.workers import child_pids
+    return cmd + (extra or [])
 
-            # the active estimator: the gateway's oldest worker child (/summary has no pids)
-            pid = child_pids(gw.pid, "gateway.estimator_worker")[0]
-            t_kill = time.time()
-            os.kill(int(pid), signal.SIGKILL)
-            killed = {"pid": pid, "at_s": kill_at, "time": t_kill}
-            log(f"demo: killed the estimator process {pid}")
+
+def _emulate_command(emu_cfg: Path, trace_path: Path, *, rate: float, seconds: float,
+                     loop: bool, mqtt_url: str, realtime: bool) -> list[str]:
+    """``gridtwin emulate`` stamping frames with the trace's own time, so every snapshot
+    maps to exactly one trace row when the accuracy is graded."""
+    ecmd = [sys.executable, "-m", "gateway.cli", "emulate", "--config", str(emu_cfg),
+            "--scenario", str(trace_path), "--rate", f"{rate:g}", "--seconds",
+            f"{seconds:g}", "--timestamps", "trace", "--json"]
+    if loop:
+        ecmd.append("--loop")
+    if mqtt_url:
+        ecmd += ["--mqtt", mqtt_url]
+    if realtime:
+        ecmd.append("--realtime")
+    return ecmd
+
+
+def _play(ready: dict[str, Any], gw_pid: int, wd: Path, db: Path, trace_path: Path, *,
+          rate: float, seconds: float, loop: bool, mqtt_url: str, realtime: bool,
+          kill_at: float | None, devices: bool, log: Any) -> _Played:
+    """Point the emulator at the ports the twin reported ready, let it play, then read the
+    twin's live figures; the emulator is killed if anything fails on the way."""
+    import subprocess
+    import time
+
+    mport = int(ready["metrics"][1])
+    ports = {k: int(v[1]) for k, v in ready["streams"].items()}
+    emu_cfg = write_config(wd / "emulator.toml", rate=rate, db=db, ports=ports,
+                           metrics_port=mport)
+    ecmd = _emulate_command(emu_cfg, trace_path, rate=rate, seconds=seconds, loop=loop,
+                            mqtt_url=mqtt_url, realtime=realtime)
+    log(f"demo: twin ready (metrics http://127.0.0.1:{mport}/metrics); emulating "
+        f"{seconds:g} s at {rate:g} Hz")
+    emu_log = open(wd / "emulator.log", "w")  # noqa: SIM115
+    emu = subprocess.Popen(ecmd, stdout=subprocess.PIPE, stderr=emu_log, text=True)
+    try:
+        killed = _kill_estimator(gw_pid, kill_at, log) if kill_at is not None else None
         out, _ = emu.communicate(timeout=seconds * 3 + 120)
         emu_log.close()
         if emu.returncode != 0:
@@ -273,44 +329,68 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
         # let the last snapshots through (lag window + estimate), then read the summary
         time.sleep(max(0.3, 20.0 / rate))
         live = http_json(mport, "/summary")
-        devices = http_json(mport, "/devices") if broker is not None else None
+        devs = http_json(mport, "/devices") if devices else None
         metrics_text = http_text(mport, "/metrics")
         try:
             state = http_json(mport, "/state")
         except OSError:  # 503 before the first estimate
             state = None
     finally:
-        if emu is not None and emu.poll() is None:
+        if emu.poll() is None:
             emu.kill()
-        if gw.poll() is None:
-            gw.send_signal(signal.SIGTERM)
-        try:
-            gw_out, _ = gw.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            gw.kill()
-            gw_out, _ = gw.communicate()
-        if broker is not None:
-            broker.close()
-    final = json.loads(gw_out.strip().splitlines()[-1]) if gw_out.strip() else live
-    res = collect(final, emu_sum, db, trace_path, rate=rate, seconds=seconds)
+    return _Played(emu_sum=emu_sum, live=live, devices=devs, metrics_text=metrics_text,
+                   state=state, killed=killed)
+
+
+def _kill_estimator(gw_pid: int, kill_at: float, log: Any) -> dict[str, Any]:
+    """``--kill-estimator-at``: SIGKILL the active estimator ``kill_at`` s into the run, to
+    show the supervisor restarting it."""
+    import signal
+    import time
+
+    time.sleep(kill_at)
+    from gateway.workers import child_pids
+
+    # the active estimator: the gateway's oldest worker child (/summary has no pids)
+    pid = child_pids(gw_pid, "gateway.estimator_worker")[0]
+    t_kill = time.time()
+    os.kill(int(pid), signal.SIGKILL)
+    log(f"demo: killed the estimator process {pid}")
+    return {"pid": pid, "at_s": kill_at, "time": t_kill}
+
+
+def _stop_twin(gw: Any) -> str:
+    """SIGTERM the twin and read its final summary line (killed after 60 s)."""
+    import signal
+    import subprocess
+
+    if gw.poll() is None:
+        gw.send_signal(signal.SIGTERM)
+    try:
+        gw_out, _ = gw.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        gw.kill()
+        gw_out, _ = gw.communicate()
+    return str(gw_out)
+
+
+def _add_run_report(res: dict[str, Any], final: dict[str, Any], played: _Played, *,
+                    kill_at: float | None) -> None:
+    """The restart report (when the estimator was killed) and the MQTT devices (with
+    ``--sensors mqtt``); the restart events ``collect`` read are shown only with a kill."""
     res["restart"] = None
-    if killed is not None:
-        res["restart"] = {"killed_pid": killed["pid"], "at_s": kill_at,
+    if played.killed is not None:
+        res["restart"] = {"killed_pid": played.killed["pid"], "at_s": kill_at,
                           "restarts": final.get("estimator_restarts"),
                           "restart_s": final.get("restart_s"),
-                          "metric": _metric_value(metrics_text,
+                          "metric": _metric_value(played.metrics_text,
                                                   "gridtwin_estimator_restarts_total"),
                           "events": res.pop("_restart_events", None)}
     else:
         res.pop("_restart_events", None)
-    if devices is not None:
-        res["devices"] = {**devices["counts"], "mqtt": devices.get("ingest"),
-                          "emulator": emu_sum.get("mqtt_sensors")}
-    res["workdir"] = str(wd)
-    if keep_metrics:
-        res["_metrics_text"] = metrics_text
-        res["_state"] = state
-    return res
+    if played.devices is not None:
+        res["devices"] = {**played.devices["counts"], "mqtt": played.devices.get("ingest"),
+                          "emulator": played.emu_sum.get("mqtt_sensors")}
 
 
 def _metric_value(text: str, name: str) -> float | None:
@@ -324,58 +404,20 @@ def _metric_value(text: str, name: str) -> float | None:
 
 def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path, *,
             rate: float, seconds: float) -> dict[str, Any]:
-    import numpy as np
-
+    """The report card: the twin's and the emulator's own counts, and accuracy graded from
+    the historian against the trace's ground truth (what the twin stored, not what it
+    said it computed)."""
     from gateway.historian.reader import HistorianReader
-    from gateway.historian.schema import TABLES
     from hil.trace import load_trace
 
     trace = load_trace(trace_path)
-    T = trace.time.shape[0]
-    step = float(trace.step_s)
-    t0 = float(trace.time[0])
-
-    def rows_of(t: Any) -> np.ndarray:
-        return np.mod(np.rint((np.asarray(t, float) - t0) / step).astype(np.int64), T)
-
+    rows_of = _row_mapper(trace)
     with HistorianReader(f"sqlite:///{db}") as rd:
         run_id = rd.latest_run()
-        # -- state accuracy
-        vm_mape = va_rmse = None
-        st = rd.states(run_id=run_id)
-        if len(st):
-            v = trace.v[rows_of(st.source_time)]
-            if v.shape == st.vm.shape:
-                vm_mape = float(np.mean(np.abs(st.vm - np.abs(v)) / np.abs(v)) * 100)
-                va_rmse = float(np.sqrt(np.mean((st.va - np.angle(v)) ** 2)))
-        # -- bad data detection (electrical channels: the ones the detector tests)
-        missed = false = None
-        cor = rd.measurements(run_id=run_id, corrected=True)
-        if len(cor):
-            r = rows_of(cor.source_time)
-            cflags = cor.flags[:, :trace.bad.shape[1]]  # edge sensor channels come last
-            elec = np.array([not n.startswith("wx") for n in trace.channel_names])
-            bad = trace.bad[r] & ~trace.missing[r] & elec
-            flagged = (cflags & 1) != 0
-            good = elec & ~trace.bad[r] & ~trace.missing[r] & ((cflags & 8) == 0)
-            if bad.sum():
-                missed = 100.0 * float((bad & ~flagged).sum()) / float(bad.sum())
-            if good.sum():
-                false = 100.0 * float((good & flagged).sum()) / float(good.sum())
-        # -- PV pseudo-measurement accuracy (over true output above 5 % of 1 MW)
-        plant_idx = {p: i for i, p in enumerate(trace.plant_names)}
-        ape = []
-        for f in rd.forecasts(run_id=run_id):
-            if f["plant"] not in plant_idx or f["p_mw"] is None:
-                continue
-            true = float(trace.pv_mw[int(rows_of(f["target_time"])), plant_idx[f["plant"]]])
-            if true > 0.05:
-                ape.append(abs(float(f["p_mw"]) - true) / true)
-        pv_mape = float(np.mean(ape) * 100) if ape else None
-        pv_scored = len(ape)
-        hist_rows = {t.name: int(rd.db.query(f"SELECT COUNT(*) FROM {t.name} WHERE run_id = ?",
-                                             (run_id,))[0][0])  # type: ignore[call-overload]
-                     for t in TABLES}
+        vm_mape, va_rmse = _state_accuracy(rd, run_id, trace, rows_of)
+        missed, false = _bad_data_accuracy(rd, run_id, trace, rows_of)
+        pv_mape, pv_scored = _pv_accuracy(rd, run_id, trace, rows_of)
+        hist_rows = _historian_rows(rd, run_id)
         ev = [e for e in rd.events(run_id=run_id)
               if e["kind"] in ("estimator_crashed", "estimator_restarted")]
     sent = int(emu.get("frames_sent", 0))
@@ -408,6 +450,87 @@ def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path,
         "_restart_events": [{"kind": e["kind"], "time": e["time"], "detail": e["detail"]}
                             for e in ev],
     }
+
+
+def _row_mapper(trace: Any) -> Callable[[Any], Any]:
+    """Source timestamps -> trace rows. The frames carry the trace's own time, so the row
+    is exact; modulo the trace's length because a long demo loops the trace."""
+    import numpy as np
+
+    T = trace.time.shape[0]
+    step = float(trace.step_s)
+    t0 = float(trace.time[0])
+
+    def rows_of(t: Any) -> np.ndarray:
+        return np.mod(np.rint((np.asarray(t, float) - t0) / step).astype(np.int64), T)
+
+    return rows_of
+
+
+def _state_accuracy(rd: Any, run_id: Any, trace: Any,
+                    rows_of: Callable[[Any], Any]) -> tuple[float | None, float | None]:
+    """|V| MAPE (%) and angle RMSE (rad) of the stored estimates; None without estimates
+    (or when the bus count differs, which would make the comparison meaningless)."""
+    import numpy as np
+
+    st = rd.states(run_id=run_id)
+    if not len(st):
+        return None, None
+    v = trace.v[rows_of(st.source_time)]
+    if v.shape != st.vm.shape:
+        return None, None
+    vm_mape = float(np.mean(np.abs(st.vm - np.abs(v)) / np.abs(v)) * 100)
+    va_rmse = float(np.sqrt(np.mean((st.va - np.angle(v)) ** 2)))
+    return vm_mape, va_rmse
+
+
+def _bad_data_accuracy(rd: Any, run_id: Any, trace: Any,
+                       rows_of: Callable[[Any], Any]) -> tuple[float | None, float | None]:
+    """Missed bad data and false alarms (%), over the electrical channels only: the ones
+    the detector tests (weather channels are not judged)."""
+    cor = rd.measurements(run_id=run_id, corrected=True)
+    if not len(cor):
+        return None, None
+    import numpy as np
+
+    missed = false = None
+    r = rows_of(cor.source_time)
+    cflags = cor.flags[:, :trace.bad.shape[1]]  # edge sensor channels come last
+    elec = np.array([not n.startswith("wx") for n in trace.channel_names])
+    bad = trace.bad[r] & ~trace.missing[r] & elec
+    flagged = (cflags & 1) != 0
+    good = elec & ~trace.bad[r] & ~trace.missing[r] & ((cflags & 8) == 0)
+    if bad.sum():
+        missed = 100.0 * float((bad & ~flagged).sum()) / float(bad.sum())
+    if good.sum():
+        false = 100.0 * float((good & flagged).sum()) / float(good.sum())
+    return missed, false
+
+
+def _pv_accuracy(rd: Any, run_id: Any, trace: Any,
+                 rows_of: Callable[[Any], Any]) -> tuple[float | None, int]:
+    """PV forecast MAPE (%) and how many forecasts it scored, over true output above
+    5 % of 1 MW: MAPE is undefined at night and meaningless near zero."""
+    import numpy as np
+
+    plant_idx = {p: i for i, p in enumerate(trace.plant_names)}
+    ape = []
+    for f in rd.forecasts(run_id=run_id):
+        if f["plant"] not in plant_idx or f["p_mw"] is None:
+            continue
+        true = float(trace.pv_mw[int(rows_of(f["target_time"])), plant_idx[f["plant"]]])
+        if true > 0.05:
+            ape.append(abs(float(f["p_mw"]) - true) / true)
+    return (float(np.mean(ape) * 100) if ape else None), len(ape)
+
+
+def _historian_rows(rd: Any, run_id: Any) -> dict[str, int]:
+    """Rows of this run in every historian table (shows the historian kept up)."""
+    from gateway.historian.schema import TABLES
+
+    return {t.name: int(rd.db.query(f"SELECT COUNT(*) FROM {t.name} WHERE run_id = ?",
+                                    (run_id,))[0][0])
+            for t in TABLES}
 
 
 def _json_default(o: Any) -> Any:
