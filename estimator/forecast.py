@@ -64,6 +64,7 @@ __all__ = [
     "predict_loads",
     "pv_clear_sky_mw",
     "pv_forecast",
+    "pv_relative_errors",
     "sample_errors",
     "seasonal_naive",
     "voltage_forecast",
@@ -171,6 +172,49 @@ def pv_forecast(time_s: np.ndarray, p_mw: np.ndarray, horizons_s: np.ndarray,
         kc = np.where(np.isfinite(kf), np.clip(kf, 0.0, KC_MAX), kc)
     cs_ahead = pv_clear_sky_mw(t[-1] + h, rating, latitude, longitude)
     return np.asarray(np.minimum(rating, kc * cs_ahead))
+
+
+def pv_relative_errors(time_s: np.ndarray, p_mw: np.ndarray, horizons_s: tuple[float, ...],
+                       rating_mw: np.ndarray, latitude: np.ndarray, longitude: np.ndarray, *,
+                       method: str = "learned", window_s: float = KC_WINDOW_S,
+                       max_samples: int = 400) -> np.ndarray:
+    """Past PV forecast errors relative to the clear-sky power at the target,
+    ``(n_h, k, n_plants)``: the PV half of the uncertainty (multiply by ``P_cs(now + h)``).
+
+    A vectorised backtest of :func:`pv_forecast` over an evenly spaced history (same
+    clearness window, same default before the first daylight sample), kept only where the
+    target is in daylight (``P_cs`` > 5 % of rating): night errors are zero by
+    construction and would only narrow the band.
+    """
+    t = np.asarray(time_s, float)
+    p = np.asarray(p_mw, float)
+    rating = np.asarray(rating_mw, float)
+    n = t.shape[0]
+    out = []
+    if n < 2:
+        return np.zeros((len(horizons_s), 0, rating.shape[0]))
+    step = float(t[1] - t[0])
+    cs = pv_clear_sky_mw(t, rating, latitude, longitude)
+    k = _clearness(p, cs, rating)
+    w = max(1, _steps(window_s, step) + 1)
+    c_sum = _cum(np.nan_to_num(k))
+    c_cnt = _cum(np.isfinite(k).astype(np.float64))
+    hi = np.arange(n)
+    lo = np.maximum(0, hi - w + 1)
+    cnt = c_cnt[hi + 1] - c_cnt[lo]
+    k_bar = np.where(cnt > 0, (c_sum[hi + 1] - c_sum[lo]) / np.maximum(cnt, 1), KC_DEFAULT)
+    for h in horizons_s:
+        hs = max(1, _steps(h, step))
+        if hs >= n:
+            out.append(np.zeros((0, rating.shape[0])))
+            continue
+        target, cs_t = p[hs:], cs[hs:]
+        fc = p[:-hs] if method == "persistence" else np.minimum(rating, k_bar[:-hs] * cs_t)
+        day = np.all(cs_t > KC_MIN_CLEAR * rating, axis=1)
+        rel = (target - fc)[day] / cs_t[day]
+        out.append(rel[-max_samples:])
+    m = min(o.shape[0] for o in out)
+    return np.stack([o[o.shape[0] - m:] for o in out])
 
 
 # --------------------------------------------------------------------------- loads

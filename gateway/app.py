@@ -34,6 +34,7 @@ from gateway import components as comp
 from gateway import pipeline as pl
 from gateway.components import GatewayOptions
 from gateway.config import TwinConfig
+from gateway.forecast import ForecastRunner
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
@@ -64,6 +65,7 @@ class Gateway:
         self.historian: Any = None
         self._store: comp.HistorianSink | None = None  # carries store outputs to it
         self._commands: Any = None  # gateway.commands.CommandLink when enabled (start)
+        self.forecast: Any = None  # gateway.forecast.ForecastRunner when enabled (start)
         self._stack: list[tuple[str, Closer]] = []  # what start() started, to unwind
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -128,11 +130,18 @@ class Gateway:
             p.handoff = True
             self.started("estimator", self._close_estimator)
         self.started("pipeline", self.drain)  # once the transports stopped
+        self.forecast = ForecastRunner.open(
+            cfg, self.metrics, self.event, loop, self.clock,
+            cfg.historian_url if o.historian_url is None else o.historian_url)
+        if self.forecast is not None:
+            self.started("forecaster", self.forecast.close)
         self.server = await comp.open_server(
             cfg, o, self.metrics, state=lambda: self.latest_state,
             streams=self.stream_summary, summary=self.summary)
         if self.server is not None:
             self.started("metrics server", self.server.close)
+            if self.forecast is not None:
+                self.server.forecast = self.forecast.as_json
         for s in cfg.enabled_streams:
             url = (o.url_overrides or {}).get(s.name, s.url)
             t = open_transport(
@@ -239,6 +248,8 @@ class Gateway:
             cl.on_state(st.vm, st.seq, received)
         if out:
             self.execute(out)
+        if self.forecast is not None and st.converged:  # after the outputs; work: a thread
+            self.forecast.on_state(st.source_time, st.vm, st.va, received)
 
     def on_fail(self, f: FailMsg) -> None:
         self.metrics.failures.inc()

@@ -395,7 +395,10 @@ class _Validator:
         raw = self.raw
         self.unknown_keys(raw, "", {"twin", "network", "plants", "meters", "streams",
                                     "commands", "estimator", "quality", "align",
-                                    "historian", "metrics"})
+                                    "historian", "metrics", "forecast"})
+        from gateway.forecast import parse_settings  # the [forecast] schema lives there
+
+        self.problems.extend(parse_settings(raw.get("forecast", {}))[1])
         twin = self.table(raw, "twin")
         name = self.get(twin, "name", "twin", str, default="twin")
         net = self.network(self.table(raw, "network"))

@@ -9,7 +9,8 @@ increments on the hot path).
 The server is a small asyncio HTTP/1.1 handler (no web framework): ``GET /metrics``
 (text exposition format 0.0.4), ``GET /state`` (the latest estimate as JSON),
 ``GET /streams`` (per-stream statistics as JSON), ``GET /summary`` (run totals and
-latency percentiles as JSON, what ``gridtwin demo`` reads), ``GET /healthz``. It binds to
+latency percentiles as JSON, what ``gridtwin demo`` reads), ``GET /forecast`` (the state
+ahead, :mod:`gateway.forecast`), ``GET /healthz``. It binds to
 127.0.0.1 unless the config says otherwise.
 """
 
@@ -122,6 +123,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Volt-watt curtailment commands sent to the simulator ([commands] enabled)."),
     ("gridtwin_command_errors_total", "counter", (),
      "Commands that could not be sent (refused, no route, buffer full)."),
+    ("gridtwin_forecast_min_vm_pu", "gauge", ("horizon",),
+     "Lowest bus voltage magnitude of the latest forecast at each horizon (pu)."),
+    ("gridtwin_forecast_max_vm_pu", "gauge", ("horizon",),
+     "Highest bus voltage magnitude of the latest forecast at each horizon (pu)."),
+    ("gridtwin_forecast_violations", "gauge", ("horizon",),
+     "Buses the latest forecast puts outside the voltage limits at each horizon."),
 )
 
 #: name -> (type, labels, help)
@@ -218,6 +225,9 @@ class Metrics:
         self.events = self._counter("gridtwin_events_total")
         self.commands_sent = self._counter("gridtwin_commands_sent_total")
         self.command_errors = self._counter("gridtwin_command_errors_total")
+        self.forecast_min_vm = self._gauge("gridtwin_forecast_min_vm_pu")
+        self.forecast_max_vm = self._gauge("gridtwin_forecast_max_vm_pu")
+        self.forecast_violations = self._gauge("gridtwin_forecast_violations")
         for reason in ("superseded", "stale", "no_estimator"):
             self.skipped.labels(reason)
         kinds = channel_kinds or {"all": 0}
@@ -302,6 +312,8 @@ class MetricsServer:
         self.state = state
         self.streams = streams or (lambda: [])
         self.summary = summary or (lambda: {})
+        #: the latest forecast as JSON (gateway.forecast), None when off or not yet made
+        self.forecast: Callable[[], dict[str, Any] | None] = lambda: None
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, bind: str) -> tuple[str, int]:
@@ -341,10 +353,15 @@ class MetricsServer:
         if path == "/summary":
             return 200, "application/json", json.dumps(
                 self.summary(), default=_json_default).encode() + b"\n"
+        if path == "/forecast":
+            fc = self.forecast()
+            if fc is None:
+                return 503, "application/json", b'{"error": "no forecast yet"}\n'
+            return 200, "application/json", json.dumps(fc).encode() + b"\n"
         if path in ("/healthz", "/"):
             return 200, "text/plain", b"ok\n"
         return 404, "text/plain", (b"not found: try /metrics, /state, /streams, /summary, "
-                                   b"/healthz\n")
+                                   b"/forecast, /healthz\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                       ) -> None:

@@ -23,7 +23,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # the data-quality stage runs the ONNX models in the gateway process
     # the config's network and measurement model, the estimator worker's solver
     "gateway": ("estimator.network", "estimator.errors", "estimator.measurement",
-                "estimator.baselines", "models.runtime", "models.card",
+                "estimator.baselines", "estimator.forecast", "models.runtime", "models.card",
                 "models.detector", "models.features", "models.errors"),
     # a pure library: nothing of the other packages, not even in its entry points
     "estimator": (),
