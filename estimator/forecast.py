@@ -282,6 +282,8 @@ class _Geometry:
     @property
     def first(self) -> int:
         """First row index whose features and base exist."""
+        if self.method == "persistence":
+            return 0
         need = self.recent - 1
         if self.method == "learned":
             need += max(self.spans)
@@ -350,8 +352,8 @@ def fit_load_model(hist: np.ndarray, step_s: float, horizons_s: tuple[float, ...
         raise ForecastError(f"unknown load forecast method {method!r}; use one of "
                             f"{', '.join(METHODS)}")
     h = np.asarray(hist, dtype=np.float64)
-    if h.ndim != 2 or h.shape[0] < 2:
-        raise ForecastError(f"load history must be (T >= 2, n_cols), got {h.shape}")
+    if h.ndim != 2 or h.shape[0] < 1:
+        raise ForecastError(f"load history must be (T >= 1, n_cols), got {h.shape}")
     n, ncol = h.shape
     hsteps = [max(1, _steps(x, step_s)) for x in horizons_s]
     lag = 0

@@ -623,6 +623,8 @@ class ForecastRunner:
             log.exception("forecast job failed")
             res = ForecastResult(math.nan, self.fc.s.horizons_s, [],
                                  np.zeros((0, 0)), "none", 0.0, 0, error=repr(exc))
+        if res.error is not None and self.fc.failures < 5:
+            log.warning("forecast failed: %s", res.error)
         for kind, detail in self.fc.complete(res, now):
             self.event(kind, "forecast", detail)
         for label, lo, hi, n in self.fc.summary_by_horizon():

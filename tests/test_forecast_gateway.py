@@ -181,3 +181,17 @@ def test_seeding_puts_stored_states_before_the_live_ones(cfg: TwinConfig) -> Non
     assert f.history.last_bin == math.floor(t[live.stop - 2] / STEP)
     # stored states that overlap the live ones are another timeline: ignored
     assert f.seed(t[150:160], vm[150:160], va[150:160]) == 0
+
+
+def test_a_forecast_from_the_first_closed_bin_is_persistence(cfg: TwinConfig) -> None:
+    """The twin forecasts from its first minute of data (and says which method)."""
+    f = Forecaster(cfg.network, cfg.plants, ForecastSettings(resolution_s=1.0, scenarios=3))
+    t = 5e5 + np.arange(0, 2.5, 0.1)
+    vm, va = states(cfg, t)
+    for k in range(t.size):
+        f.feed_state(float(t[k]), vm[k], va[k])
+    job = f.poll(float(t[-1]))
+    assert job is not None
+    res = job()
+    assert res.error is None and res.load_method == "persistence" and res.history_rows == 2
+    np.testing.assert_allclose(res.volts[1].vm, vm[-10], atol=1e-3)
