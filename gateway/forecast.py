@@ -14,8 +14,10 @@ History. The estimated voltages give the bus injections ``S = V conj(Ybus V)``: 
 plant nodes, which carry the plant alone). ``feed_state`` computes them at most every
 ``sample_s`` (default 1 s, so ~30 µs per second on the loop for IEEE33) and averages them
 into bins of ``resolution_s`` (default 60 s); a closed bin is one row of a bounded history
-of ``history_days`` (gaps are filled with the last row). The ring is written twice
-(rows ``i`` and ``i + capacity``) so the last ``n`` rows are always one contiguous view:
+of ``history_days`` (gaps are filled with the last row), and a forecast reads the open bin
+as its latest row (so "now" is the latest state, not the last full minute). The ring is
+written twice (rows ``i`` and ``i + capacity``) so the last ``n`` rows are always one
+contiguous view:
 the job reads that view without a copy while the loop keeps appending, which is safe as
 long as it reads fewer rows than the capacity minus the rows appended meanwhile (one per
 ``resolution_s``; a job takes well under one). With a historian, the history can be
@@ -241,7 +243,7 @@ class History:
 class ForecastResult:
     """One forecast: what the job computed from the history at ``issued_at``."""
 
-    issued_at: float  # source time of the last history row's bin end
+    issued_at: float  # source time of the latest state in the history
     horizons_s: tuple[float, ...]
     volts: list[fc.VoltageForecast]
     pv_mw: np.ndarray  # (n_h, n_plants)
@@ -371,23 +373,26 @@ class Forecaster:
 
     # -- scheduling ------------------------------------------------------------------
     def next_deadline(self) -> float:
-        """Wall-clock time of the next forecast (it also needs one closed bin)."""
+        """Wall-clock time of the next forecast (it also needs a state)."""
         return self._due
 
     def poll(self, now: float) -> ForecastJob | None:
         """A job when a forecast is due at ``now`` and none is running; else None."""
-        if self._running or now < self._due or len(self.history) == 0:
+        b = self._bin
+        if self._running or now < self._due or not b.n:
             return None
         self._due = now + self.s.every_s
         self._running = True
-        rows = self.history.view()
-        issued = (self.history.last_bin + 1) * self.s.resolution_s \
-            if self.history.last_bin is not None else math.nan
+        closed = self.history.view()
+        partial = b.total / b.n  # the open bin so far (a copy): "now" is the latest sample
+        issued = self._last_sample
+        n = len(closed) + 1
         refit = (self._model is None or issued - self._fitted_at >= self.s.refit_s
-                 or (self._model.method != self.s.method and len(rows) > self._fitted_rows))
+                 or (self._model.method != self.s.method and n > self._fitted_rows))
         model = None if refit else self._model
         seed = int(self.rng.integers(0, 2**31))
-        return ForecastJob(lambda: self._compute(rows, issued, model, seed))
+        return ForecastJob(lambda: self._compute(np.vstack([closed, partial]), issued,
+                                                 model, seed))
 
     # -- the work (any thread; reads only its arguments and constant attributes) ----
     def _compute(self, rows: np.ndarray, issued: float, model: fc.LoadModel | None,
@@ -417,7 +422,7 @@ class Forecaster:
         if model is None:
             model = self._fit(loads)
         pred = fc.predict_loads(model, loads)
-        times = issued - s.resolution_s / 2 - s.resolution_s * np.arange(len(rows))[::-1]
+        times = issued - s.resolution_s * np.arange(len(rows))[::-1]
         pv_hist = rows[:, 2 * nl:2 * nl + npl]
         pv_method = s.method if self.pv_located else "persistence"
         recent = slice(max(0, len(rows) - int(fc.KC_WINDOW_S / s.resolution_s) - 1), None)

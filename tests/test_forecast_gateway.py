@@ -112,7 +112,7 @@ def test_every_s_is_respected_and_one_job_runs_at_a_time(cfg: TwinConfig) -> Non
     f = Forecaster(cfg.network, cfg.plants, ForecastSettings(every_s=5.0, scenarios=4))
     t = 1e6 + np.arange(0, 600, 1.0)
     vm, va = states(cfg, t)
-    assert f.poll(0.0) is None  # no closed bin yet
+    assert f.poll(0.0) is None  # no state yet
     made = []
     for k in range(t.size):
         now = float(t[k])
@@ -184,7 +184,7 @@ def test_seeding_puts_stored_states_before_the_live_ones(cfg: TwinConfig) -> Non
 
 
 def test_a_forecast_from_the_first_closed_bin_is_persistence(cfg: TwinConfig) -> None:
-    """The twin forecasts from its first minute of data (and says which method)."""
+    """The twin forecasts from its first states (and says which method)."""
     f = Forecaster(cfg.network, cfg.plants, ForecastSettings(resolution_s=1.0, scenarios=3))
     t = 5e5 + np.arange(0, 2.5, 0.1)
     vm, va = states(cfg, t)
@@ -193,5 +193,8 @@ def test_a_forecast_from_the_first_closed_bin_is_persistence(cfg: TwinConfig) ->
     job = f.poll(float(t[-1]))
     assert job is not None
     res = job()
-    assert res.error is None and res.load_method == "persistence" and res.history_rows == 2
-    np.testing.assert_allclose(res.volts[1].vm, vm[-10], atol=1e-3)
+    # two closed one-second bins and the open one
+    assert res.error is None and res.load_method == "persistence" and res.history_rows == 3
+    # sampled every second: the open bin holds the state of 500002.0 s
+    assert res.issued_at == pytest.approx(5e5 + 2.0)
+    np.testing.assert_allclose(res.volts[1].vm, vm[20], atol=1e-6)
