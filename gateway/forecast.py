@@ -549,10 +549,11 @@ def seed_from_historian(url: str, settings: ForecastSettings, *,
         if bus_ids is not None and list(rd.bus_ids(run) or ()) != list(bus_ids):
             return empty  # another feeder's states
         t = end - settings.history_days * 86400.0
+        prev = -math.inf  # the sample slot last kept (slots straddle the chunks)
         while t <= end:
             st = rd.states(t, t + chunk_s, run_id=run)
             if len(st):
-                keep = _thin(st.source_time, settings.sample_s)
+                keep, prev = _thin(st.source_time, settings.sample_s, prev)
                 times.append(st.source_time[keep])
                 vms.append(st.vm[keep])
                 vas.append(st.va[keep])
@@ -562,10 +563,12 @@ def seed_from_historian(url: str, settings: ForecastSettings, *,
     return np.concatenate(times), np.concatenate(vms), np.concatenate(vas)
 
 
-def _thin(t: np.ndarray, every_s: float) -> np.ndarray:
-    """Indices of the first sample in each ``every_s`` slot."""
+def _thin(t: np.ndarray, every_s: float, prev: float) -> tuple[np.ndarray, float]:
+    """Indices of the first sample in each ``every_s`` slot (``prev``: the slot kept
+    last, before ``t``), and the last slot."""
     slot = np.floor(t / every_s)
-    return np.flatnonzero(np.r_[True, slot[1:] != slot[:-1]])
+    keep = np.flatnonzero(slot != np.r_[prev, slot[:-1]])
+    return keep, float(slot[-1])
 
 
 # --------------------------------------------------------------------------- runner side

@@ -198,3 +198,37 @@ def test_a_forecast_from_the_first_closed_bin_is_persistence(cfg: TwinConfig) ->
     # sampled every second: the open bin holds the state of 500002.0 s
     assert res.issued_at == pytest.approx(5e5 + 2.0)
     np.testing.assert_allclose(res.volts[1].vm, vm[20], atol=1e-6)
+
+
+def test_history_seeded_from_the_historian(cfg: TwinConfig, tmp_path: Path) -> None:
+    """States stored by the historian writer (SQLite) come back thinned to one per
+    sample_s and fill the forecaster's history before the live states."""
+    from gateway.forecast import seed_from_historian
+    from gateway.historian.writer import HistorianWriter, run_info_from_config
+
+    url = f"sqlite:///{tmp_path / 'twin.db'}"
+    t = 1e6 + np.arange(0, 1800, 0.5)  # half an hour of states at 2 Hz
+    vm, va = states(cfg, t)
+    with HistorianWriter(url, spool_dir=tmp_path / "spool") as w:
+        w.start_run(run_info_from_config(cfg), started=t[0] - 1)
+        for k in range(t.size):
+            w.put_state(k, float(t[k]), vm[k], va[k])
+        assert w.flush(60)
+    s = ForecastSettings(history_days=0.5)
+    times, vm_s, va_s = seed_from_historian(url, s, bus_ids=list(cfg.network.bus_ids))
+    np.testing.assert_array_equal(times, t[::2])  # one per second
+    np.testing.assert_allclose(vm_s, vm[::2])
+    # another feeder's states are not taken
+    other = seed_from_historian(url, s, bus_ids=[1, 2, 3])
+    assert other[0].size == 0
+    f = Forecaster(cfg.network, cfg.plants, s)
+    live = t[-1] + 600.0 + np.arange(0, 120, 1.0)
+    vm_l, va_l = states(cfg, live, seed=5)
+    for k in range(live.size):
+        f.feed_state(float(live[k]), vm_l[k], va_l[k])
+    seeded_bins = np.unique(np.floor(t / STEP))
+    live_closed = np.unique(np.floor(live / STEP))[:-1]
+    assert f.seed(times, vm_s, va_s) == seeded_bins.size
+    # seeded minutes, the gap to the live ones filled, the live minutes closed so far
+    assert f.history.last_bin == live_closed[-1]
+    assert len(f.history) == live_closed[-1] - seeded_bins[0] + 1
