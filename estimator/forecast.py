@@ -26,7 +26,7 @@ training instant): these are the uncertainty (below).
 a plant is ``rating * GHI_cs(t) / 1000 W/m2`` with the Haurwitz clear-sky GHI
 (``1098 cos z exp(-0.059 / cos z)``, :func:`clear_sky_ghi`) and the sun position from
 Spencer's (1971) Fourier series for declination and equation of time
-(:func:`cos_zenith`, within about 0.3 deg: plenty for an irradiance envelope). The clearness
+(:func:`cos_zenith`, within 0.35 deg: plenty for an irradiance envelope). The clearness
 ``k = P / P_cs`` averaged over the last 15 minutes (sun up) is carried forward:
 ``P(t+h) = min(rating, k * P_cs(t+h))``. A weather forecast, where configured, replaces the
 persisted clearness by its own per horizon (``kc_forecast``). Tilt and orientation are not
