@@ -3,9 +3,10 @@
 :class:`Forecaster` is fed every estimate (``feed_state(t, vm, va)``, ``t`` the state's
 source time) and asked, with the wall-clock ``now``, whether a forecast is due
 (``poll(now)``, at most every ``every_s``). When it is, ``poll`` hands back a
-:class:`ForecastJob`: a callable holding everything it reads, which the runner executes
-in a worker thread (the batch power flow takes milliseconds: not on the loop that hands
-snapshots to the estimator), then gives the result back with ``complete(result, now)``,
+:class:`ForecastJob`: a picklable callable holding everything it reads, which the runner
+executes in a worker process (a refit and a batch power flow take ~10 ms and hold the GIL
+for milliseconds: not on the loop, nor in a thread of the process, that hands snapshots
+to the estimator), then gives the result back with ``complete(result, now)``,
 which returns the events to raise and keeps the answer for ``GET /forecast`` and the
 metrics. A test drives the same object with a fake clock and calls the job itself.
 
@@ -17,10 +18,10 @@ into bins of ``resolution_s`` (default 60 s); a closed bin is one row of a bound
 of ``history_days`` (gaps are filled with the last row), and a forecast reads the open bin
 as its latest row (so "now" is the latest state, not the last full minute). The ring is
 written twice (rows ``i`` and ``i + capacity``) so the last ``n`` rows are always one
-contiguous view:
-the job reads that view without a copy while the loop keeps appending, which is safe as
-long as it reads fewer rows than the capacity minus the rows appended meanwhile (one per
-``resolution_s``; a job takes well under one). With a historian, the history can be
+contiguous view: the job holds that view, not a copy (the executor pickles it off the
+loop), while the loop keeps appending, which is safe as long as it reads fewer rows than
+the capacity minus the rows appended meanwhile (one per ``resolution_s``; a job takes well
+under one). With a historian, the history can be
 seeded at start from its stored states (:func:`seed_from_historian`).
 
 The forecast itself is :mod:`estimator.forecast`: loads by seasonal-naive plus a ridge
@@ -48,8 +49,11 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import tomllib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,6 +243,42 @@ class History:
 
 # --------------------------------------------------------------------------- results
 
+@dataclass(frozen=True)
+class Layout:
+    """What a forecast needs of the feeder besides the history (sent with every job)."""
+
+    net: Network
+    settings: ForecastSettings
+    load_idx: np.ndarray  # buses with loads: every bus but the slack and the plant nodes
+    plant_idx: np.ndarray  # plant nodes
+    rating: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+    pv_located: bool  # every plant has latitude and longitude (else PV persistence)
+
+    @property
+    def nl(self) -> int:
+        return int(self.load_idx.size)
+
+    @property
+    def npl(self) -> int:
+        return int(self.plant_idx.size)
+
+    @property
+    def pv_method(self) -> str:
+        return self.settings.method if self.pv_located else "persistence"
+
+
+@dataclass
+class Fit:
+    """A fitted load model and the PV forecast's past relative errors (refit_s apart)."""
+
+    model: fc.LoadModel
+    pv_rel: np.ndarray  # (n_h, k, n_plants)
+    at: float  # source time it was fitted at
+    rows: int  # history rows it saw
+
+
 @dataclass
 class ForecastResult:
     """One forecast: what the job computed from the history at ``issued_at``."""
@@ -250,19 +290,26 @@ class ForecastResult:
     load_method: str
     seasonal_lag_s: float
     history_rows: int
-    model: fc.LoadModel | None = None
+    fit: Fit | None = None
     error: str | None = None
     computed_at: float = math.nan
 
 
 @dataclass
 class ForecastJob:
-    """Everything one forecast reads, frozen at ``poll``; call it (any thread)."""
+    """Everything one forecast reads, frozen at ``poll``: picklable, so the runner can
+    compute it in another process; calling it computes it here."""
 
-    fn: Callable[[], ForecastResult]
+    layout: Layout
+    closed: np.ndarray  # the closed rows it needs (all of them when refitting): a view
+    partial: np.ndarray  # the open bin: the latest row
+    history_rows: int
+    issued: float
+    fit: Fit | None  # None: refit on ``rows``
+    seed: int
 
     def __call__(self) -> ForecastResult:
-        return self.fn()
+        return compute(self)
 
 
 @dataclass
@@ -281,14 +328,15 @@ class Forecaster:
         self.s = settings
         self.plant_names = [p.name for p in plants]
         self.plant_idx = np.array([net.index_of(p.node) for p in plants], dtype=np.intp)
-        self.rating = np.array([p.rating_mw for p in plants], dtype=np.float64)
-        self.lat = np.array([p.latitude or 0.0 for p in plants])
-        self.lon = np.array([p.longitude or 0.0 for p in plants])
-        self.pv_located = all(p.latitude is not None and p.longitude is not None
-                              for p in plants)
         skip = set(self.plant_idx.tolist()) | {net.slack}
         self.load_idx = np.array([b for b in range(net.n_bus) if b not in skip], np.intp)
-        self.nl, self.np_ = self.load_idx.size, self.plant_idx.size
+        self.layout = Layout(
+            net, settings, self.load_idx, self.plant_idx,
+            np.array([p.rating_mw for p in plants], dtype=np.float64),
+            np.array([p.latitude or 0.0 for p in plants]),
+            np.array([p.longitude or 0.0 for p in plants]),
+            all(p.latitude is not None and p.longitude is not None for p in plants))
+        self.nl, self.np_ = self.layout.nl, self.layout.npl
         # row: P_load (nl), Q_load (nl), P_pv MW (np), |V| slack
         self.ncol = 2 * self.nl + self.np_ + 1
         rows = round(settings.history_days * 86400.0 / settings.resolution_s) + 2
@@ -299,10 +347,7 @@ class Forecaster:
         self._last_sample = -math.inf
         self._due = -math.inf
         self._running = False
-        self._model: fc.LoadModel | None = None
-        self._fitted_at = -math.inf
-        self._fitted_rows = 0
-        self._pv_rel: np.ndarray | None = None
+        self._fit: Fit | None = None
         self.latest: ForecastResult | None = None
         self._violating: set[tuple[int, str]] = set()
         self.forecasts = 0
@@ -383,78 +428,21 @@ class Forecaster:
             return None
         self._due = now + self.s.every_s
         self._running = True
-        closed = self.history.view()
         partial = b.total / b.n  # the open bin so far (a copy): "now" is the latest sample
         issued = self._last_sample
-        n = len(closed) + 1
-        refit = (self._model is None or issued - self._fitted_at >= self.s.refit_s
-                 or (self._model.method != self.s.method and n > self._fitted_rows))
-        model = None if refit else self._model
+        n = len(self.history) + 1
+        f = self._fit
+        refit = (f is None or issued - f.at >= self.s.refit_s
+                 or (f.model.method != self.s.method and n > f.rows))
+        closed = self.history.view()
+        if not refit:
+            assert f is not None
+            need = max(f.model.rows_needed(),
+                       int(fc.KC_WINDOW_S / self.s.resolution_s) + 2)
+            closed = closed[max(0, len(closed) - need):]
         seed = int(self.rng.integers(0, 2**31))
-        return ForecastJob(lambda: self._compute(np.vstack([closed, partial]), issued,
-                                                 model, seed))
-
-    # -- the work (any thread; reads only its arguments and constant attributes) ----
-    def _compute(self, rows: np.ndarray, issued: float, model: fc.LoadModel | None,
-                 seed: int) -> ForecastResult:
-        hz = self.s.horizons_s
-        try:
-            return self._forecast(rows, issued, model, seed)
-        except (EstimatorError, np.linalg.LinAlgError, ValueError) as exc:
-            return ForecastResult(issued, hz, [], np.zeros((len(hz), self.np_)), "none", 0.0,
-                                  len(rows), None, error=str(exc))
-
-    def _fit(self, loads: np.ndarray) -> fc.LoadModel:
-        s = self.s
-        model = fc.fit_load_model(loads, s.resolution_s, s.horizons_s, method=s.method)
-        if model.method != "persistence" and (
-                model.residuals.shape[1] == 0 or len(loads) < model.rows_needed()):
-            # too little history for the correction: the baseline until there is
-            model = fc.fit_load_model(loads, s.resolution_s, s.horizons_s,
-                                      method="persistence")
-        return model
-
-    def _forecast(self, rows: np.ndarray, issued: float, model: fc.LoadModel | None,
-                  seed: int) -> ForecastResult:
-        s, nl, npl, net = self.s, self.nl, self.np_, self.net
-        hz = s.horizons_s
-        loads = rows[:, :2 * nl]
-        if model is None:
-            model = self._fit(loads)
-        pred = fc.predict_loads(model, loads)
-        times = issued - s.resolution_s * np.arange(len(rows))[::-1]
-        pv_hist = rows[:, 2 * nl:2 * nl + npl]
-        pv_method = s.method if self.pv_located else "persistence"
-        recent = slice(max(0, len(rows) - int(fc.KC_WINDOW_S / s.resolution_s) - 1), None)
-        pv = fc.pv_forecast(times[recent], pv_hist[recent], np.array(hz), self.rating,
-                            self.lat, self.lon, method=pv_method) if npl else \
-            np.zeros((len(hz), 0))
-        p = np.zeros((len(hz), net.n_bus))
-        q = np.zeros((len(hz), net.n_bus))
-        p[:, self.load_idx] = -pred[:, :nl]
-        q[:, self.load_idx] = -pred[:, nl:]
-        p[:, self.plant_idx] = pv / net.base_mva
-        pe = qe = None
-        k = s.scenarios
-        if k > 0:
-            rng = np.random.default_rng(seed)
-            err = fc.sample_errors(model, k, rng)
-            pe = np.zeros((len(hz), k, net.n_bus))
-            qe = np.zeros_like(pe)
-            pe[:, :, self.load_idx] = -err[:, :, :nl]
-            qe[:, :, self.load_idx] = -err[:, :, nl:]
-            if npl and self.pv_located:
-                rel = fc.pv_relative_errors(times, pv_hist, hz, self.rating, self.lat,
-                                            self.lon, method=pv_method)
-                if rel.shape[1]:
-                    cs = fc.pv_clear_sky_mw(issued + np.array(hz), self.rating, self.lat,
-                                            self.lon)
-                    pick = rng.integers(0, rel.shape[1], size=k)
-                    pe[:, :, self.plant_idx] = rel[:, pick, :] * cs[:, None, :] / net.base_mva
-        volts = fc.voltage_forecast(net, hz, p, q, pe, qe, vmin=s.vmin, vmax=s.vmax,
-                                    coverage=s.coverage, vm_slack=float(rows[-1, -1]))
-        return ForecastResult(issued, hz, volts, pv, model.method, model.lag_s, len(rows),
-                              model)
+        return ForecastJob(self.layout, closed, partial, n, issued, None if refit else f,
+                           seed)
 
     # -- output ----------------------------------------------------------------------
     def complete(self, res: ForecastResult, now: float) -> list[tuple[str, dict[str, Any]]]:
@@ -466,9 +454,7 @@ class Forecaster:
         if res.error is not None:
             self.failures += 1
             return [("forecast_failed", {"issued_at": res.issued_at, "error": res.error})]
-        if res.model is not self._model:
-            self._model, self._fitted_at, self._fitted_rows = (res.model, res.issued_at,
-                                                               res.history_rows)
+        self._fit = res.fit
         self.latest = res
         self.forecasts += 1
         first: dict[tuple[int, str], fc.Violation] = {}
@@ -504,7 +490,7 @@ class Forecaster:
         return {
             "issued_at": r.issued_at, "computed_at": r.computed_at,
             "load_method": r.load_method, "seasonal_lag_s": r.seasonal_lag_s,
-            "pv_method": s.method if self.pv_located else "persistence",
+            "pv_method": self.layout.pv_method,
             "history_rows": r.history_rows, "resolution_s": s.resolution_s,
             "limits": {"vmin": s.vmin, "vmax": s.vmax}, "coverage": s.coverage,
             "scenarios": s.scenarios, "bus": [int(b) for b in self.net.bus_ids],
@@ -525,13 +511,79 @@ def _r(a: np.ndarray) -> list[float]:
     return [round(float(x), 6) for x in a]
 
 
+# --------------------------------------------------------------------------- the work
+
+def compute(job: ForecastJob) -> ForecastResult:
+    """A forecast from a job (any thread or process: it reads only the job)."""
+    lay = job.layout
+    hz = lay.settings.horizons_s
+    try:
+        return _forecast(job)
+    except (EstimatorError, np.linalg.LinAlgError, ValueError) as exc:
+        return ForecastResult(job.issued, hz, [], np.zeros((len(hz), lay.npl)), "none", 0.0,
+                              job.history_rows, job.fit, error=str(exc))
+
+
+def _fit(lay: Layout, rows: np.ndarray, times: np.ndarray, issued: float, n: int) -> Fit:
+    """Fit the load model (persistence while the history is too short for the configured
+    method) and the PV forecast's past errors."""
+    s, nl, npl = lay.settings, lay.nl, lay.npl
+    loads = rows[:, :2 * nl]
+    model = fc.fit_load_model(loads, s.resolution_s, s.horizons_s, method=s.method)
+    if model.method != "persistence" and (
+            model.residuals.shape[1] == 0 or len(loads) < model.rows_needed()):
+        model = fc.fit_load_model(loads, s.resolution_s, s.horizons_s, method="persistence")
+    pv_rel = np.zeros((len(s.horizons_s), 0, npl))
+    if npl and lay.pv_located:
+        pv_rel = fc.pv_relative_errors(times, rows[:, 2 * nl:2 * nl + npl], s.horizons_s,
+                                       lay.rating, lay.lat, lay.lon, method=lay.pv_method)
+    return Fit(model, pv_rel, issued, n)
+
+
+def _forecast(job: ForecastJob) -> ForecastResult:
+    lay, issued = job.layout, job.issued
+    rows = np.vstack([job.closed, job.partial])  # a copy: the view is the loop's to write
+    s, nl, npl, net = lay.settings, lay.nl, lay.npl, lay.net
+    hz = s.horizons_s
+    times = issued - s.resolution_s * np.arange(len(rows))[::-1]
+    fit = job.fit or _fit(lay, rows, times, issued, job.history_rows)
+    pred = fc.predict_loads(fit.model, rows[:, :2 * nl])
+    recent = slice(max(0, len(rows) - int(fc.KC_WINDOW_S / s.resolution_s) - 1), None)
+    pv = fc.pv_forecast(times[recent], rows[recent, 2 * nl:2 * nl + npl], np.array(hz),
+                        lay.rating, lay.lat, lay.lon, method=lay.pv_method) if npl else \
+        np.zeros((len(hz), 0))
+    p = np.zeros((len(hz), net.n_bus))
+    q = np.zeros((len(hz), net.n_bus))
+    p[:, lay.load_idx] = -pred[:, :nl]
+    q[:, lay.load_idx] = -pred[:, nl:]
+    p[:, lay.plant_idx] = pv / net.base_mva
+    pe = qe = None
+    k = s.scenarios
+    if k > 0:
+        rng = np.random.default_rng(job.seed)
+        err = fc.sample_errors(fit.model, k, rng)
+        pe = np.zeros((len(hz), k, net.n_bus))
+        qe = np.zeros_like(pe)
+        pe[:, :, lay.load_idx] = -err[:, :, :nl]
+        qe[:, :, lay.load_idx] = -err[:, :, nl:]
+        if fit.pv_rel.shape[1]:
+            cs = fc.pv_clear_sky_mw(issued + np.array(hz), lay.rating, lay.lat, lay.lon)
+            pick = rng.integers(0, fit.pv_rel.shape[1], size=k)
+            pe[:, :, lay.plant_idx] = fit.pv_rel[:, pick, :] * cs[:, None, :] / net.base_mva
+    volts = fc.voltage_forecast(net, hz, p, q, pe, qe, vmin=s.vmin, vmax=s.vmax,
+                                coverage=s.coverage, vm_slack=float(rows[-1, -1]))
+    return ForecastResult(issued, hz, volts, pv, fit.model.method, fit.model.lag_s,
+                          job.history_rows, fit)
+
+
 # --------------------------------------------------------------------------- historian
 
 def seed_from_historian(url: str, settings: ForecastSettings, *,
                         bus_ids: Sequence[int] | None = None, chunk_s: float = 600.0
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """States of the last ``history_days`` in the historian, one per ``sample_s`` (read in
-    chunks of ``chunk_s``, thinned as read: a day at 50 Hz is millions of rows). Returns
+    """States of the last ``history_days`` in the historian, one per ``sample_s`` but at
+    least ``resolution_s / 6`` apart (read in chunks of ``chunk_s``, thinned as read: a day
+    at 50 Hz is millions of rows; six states a bin average well enough). Returns
     ``(times, vm, va)`` of the run with the latest state, empty when the database holds no
     states or they are of other buses than ``bus_ids``. Blocking: run it off the loop."""
     from gateway.historian.reader import HistorianReader
@@ -550,10 +602,11 @@ def seed_from_historian(url: str, settings: ForecastSettings, *,
             return empty  # another feeder's states
         t = end - settings.history_days * 86400.0
         prev = -math.inf  # the sample slot last kept (slots straddle the chunks)
+        every = max(settings.sample_s, settings.resolution_s / 6.0)
         while t <= end:
             st = rd.states(t, t + chunk_s, run_id=run)
             if len(st):
-                keep, prev = _thin(st.source_time, settings.sample_s, prev)
+                keep, prev = _thin(st.source_time, every, prev)
                 times.append(st.source_time[keep])
                 vms.append(st.vm[keep])
                 vas.append(st.va[keep])
@@ -574,21 +627,21 @@ def _thin(t: np.ndarray, every_s: float, prev: float) -> tuple[np.ndarray, float
 # --------------------------------------------------------------------------- runner side
 
 class ForecastRunner:
-    """The thin I/O around a :class:`Forecaster` in the running gateway: one worker
-    thread for the jobs (the batch power flow), events and gauges when one completes,
-    the historian seeding at start. Everything else runs on the event loop."""
+    """The thin I/O around a :class:`Forecaster` in the running gateway: the jobs go to
+    one worker *process* (a batch power flow holds the GIL for milliseconds: in a thread
+    it would hold up the loop that hands snapshots to the estimator), events and gauges
+    when one completes, the historian seeding at start (a thread). Everything else runs
+    on the event loop."""
 
     def __init__(self, cfg: Any, settings: ForecastSettings, metrics: Any,
                  event: Callable[[str, str, dict[str, Any]], None],
                  loop: Any, clock: Callable[[], float]) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.fc = Forecaster(cfg.network, cfg.plants, settings)
         self.metrics = metrics
         self.event = event
         self.loop = loop
         self.clock = clock
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="gridtwin-forecast")
+        self.pool = _worker_pool()
         self.closed = False
 
     @classmethod
@@ -596,13 +649,13 @@ class ForecastRunner:
              loop: Any, clock: Callable[[], float], historian_url: str | None = None
              ) -> ForecastRunner | None:
         """The runner when ``[forecast]`` is enabled (else None); with a historian URL, the
-        history is seeded from its states in the worker thread."""
+        history is seeded from its states (read in a thread)."""
         settings = settings_of(cfg)
         if not settings.enabled:
             return None
         r = cls(cfg, settings, metrics, event, loop, clock)
         if historian_url and historian_url != "none":
-            fut = loop.run_in_executor(r.pool, lambda: seed_from_historian(
+            fut = loop.run_in_executor(None, lambda: seed_from_historian(
                 historian_url, settings, bus_ids=[int(b) for b in cfg.network.bus_ids]))
             fut.add_done_callback(r._seeded)
         return r
@@ -620,20 +673,35 @@ class ForecastRunner:
         """An estimate arrived (loop thread): fed; a due forecast goes to the worker."""
         self.fc.feed_state(t, vm, va)
         job = self.fc.poll(now)
-        if job is not None and not self.closed:
-            self.loop.run_in_executor(self.pool, job).add_done_callback(self._done)
+        if job is None:
+            return
+        if self.closed:
+            self.fc.complete(_failed(job, "gateway closing"), now)
+            return
+        try:
+            fut = self.loop.run_in_executor(self.pool, job)
+        except BrokenProcessPool:  # the worker died: a new one for the next forecast
+            self.pool = _worker_pool()
+            self._finish(_failed(job, "forecast worker process lost"))
+            return
+        fut.add_done_callback(lambda f: self._done(f, job))
 
-    def _done(self, fut: Any) -> None:
-        now = self.clock()
+    def _done(self, fut: Any, job: ForecastJob) -> None:
         try:
             res = fut.result()
+        except BrokenProcessPool:
+            if not self.closed:
+                self.pool = _worker_pool()
+            res = _failed(job, "forecast worker process lost")
         except Exception as exc:  # a bug in the job: counted and said, the twin goes on
             log.exception("forecast job failed")
-            res = ForecastResult(math.nan, self.fc.s.horizons_s, [],
-                                 np.zeros((0, 0)), "none", 0.0, 0, error=repr(exc))
+            res = _failed(job, repr(exc))
+        self._finish(res)
+
+    def _finish(self, res: ForecastResult) -> None:
         if res.error is not None and self.fc.failures < 5:
             log.warning("forecast failed: %s", res.error)
-        for kind, detail in self.fc.complete(res, now):
+        for kind, detail in self.fc.complete(res, self.clock()):
             self.event(kind, "forecast", detail)
         for label, lo, hi, n in self.fc.summary_by_horizon():
             self.metrics.forecast_min_vm.labels(label).set(lo)
@@ -643,7 +711,34 @@ class ForecastRunner:
     def as_json(self) -> dict[str, Any] | None:
         return self.fc.as_json()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop the worker process (waiting for a running job, off the loop)."""
         self.closed = True
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        pool = self.pool
+        await self.loop.run_in_executor(None, lambda: pool.shutdown(wait=True,
+                                                                    cancel_futures=True))
 
+
+def _failed(job: ForecastJob, reason: str) -> ForecastResult:
+    hz = job.layout.settings.horizons_s
+    return ForecastResult(job.issued, hz, [], np.zeros((len(hz), job.layout.npl)), "none",
+                          0.0, job.history_rows, job.fit, error=reason)
+
+
+def _worker_pool() -> ProcessPoolExecutor:
+    """One spawned worker process (not forked: the gateway has threads) that runs below
+    the pipeline's priority."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+
+
+def _worker_init() -> None:
+    """In the worker: ordinary scheduling (a real-time gateway's policy is inherited) and
+    a lower priority. Best effort: a refusal changes nothing else."""
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    with contextlib.suppress(OSError):
+        os.nice(10)
