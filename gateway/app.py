@@ -40,7 +40,7 @@ from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
 from gateway.stats import StreamStats
 from gateway.telemetry import METRICS_FLUSH_S, Telemetry
-from gateway.transports.base import Transport, TransportSpec, open_transport
+from gateway.transports.base import Transport
 
 log = logging.getLogger("gridtwin.gateway")
 
@@ -65,6 +65,8 @@ class Gateway:
         self.historian: Any = None
         self._store: comp.HistorianSink | None = None  # carries store outputs to it
         self._commands: Any = None  # gateway.commands.CommandLink when enabled (start)
+        self.live: Any = None  # gateway.web.site.LiveSite with the HTTP server
+        self.bus: Any = None  # gateway.bus.link.BusLink when [bus] url is set
         self.forecast: Any = None  # gateway.forecast.ForecastRunner when enabled (start)
         self._stack: list[tuple[str, Closer]] = []  # what start() started, to unwind
         self._timer: asyncio.TimerHandle | None = None
@@ -129,6 +131,10 @@ class Gateway:
             self.telemetry.supervisor = self.supervisor.stats
             p.handoff = True
             self.started("estimator", self._close_estimator)
+        self.bus = await comp.open_bus(cfg, o, clock=self.clock, on_state=self.on_state)
+        if self.bus is not None:
+            p.handoff = True
+            self.started("bus", self.bus.close)
         self.started("pipeline", self.drain)  # once the transports stopped
         self.forecast = ForecastRunner.open(
             cfg, self.metrics, self.event, loop, self.clock,
@@ -137,19 +143,18 @@ class Gateway:
             self.started("forecaster", self.forecast.close)
         self.server = await comp.open_server(
             cfg, o, self.metrics, state=lambda: self.latest_state,
-            streams=self.stream_summary, summary=self.summary)
+            streams=self.stream_summary, summary=self.summary, ready=self.not_ready)
         if self.server is not None:
             self.started("metrics server", self.server.close)
+            self.live = comp.open_live(self.server, cfg, state=lambda: self.latest_state,
+                                       extras=self.live_extras, clock=self.clock)
+            self.started("live view", self.live.close)
             if self.forecast is not None:
-                self.server.forecast = self.forecast.as_json
+                self.server.routes["/forecast"] = self.forecast.route
         for s in cfg.enabled_streams:
-            url = (o.url_overrides or {}).get(s.name, s.url)
-            t = open_transport(
-                TransportSpec(s.name, url, s.format, p.decoders[s.name].size, s.idcode,
-                              s.allow, s.rate_hz),
-                self.on_frame, on_drop=self.on_drop, on_event=self.event_stream,
-                clock=self.clock)
-            await t.start()
+            t = await comp.open_stream(s, o, p.decoders[s.name].size, on_frame=self.on_frame,
+                                       on_drop=self.on_drop, on_event=self.event_stream,
+                                       clock=self.clock)
             self.transports[s.name] = t
             self.started(f"stream {s.name}", t.close)
 
@@ -204,10 +209,18 @@ class Gateway:
         for o in outputs:
             match o:
                 case pl.Handoff():
-                    self.supervisor.submit(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+                    if self.supervisor is not None:
+                        self.supervisor.submit(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+                    if self.bus is not None:
+                        self.bus.snapshot(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+                    if self.live is not None and self.live.listening:
+                        self.live.note_snapshot(o.snapshot.values, o.snapshot.flags, o.pv_mw)
                 case pl.StoreSnapshot():
                     assert store is not None
                     store.snapshot(o)
+                case pl.StoreLate():
+                    assert store is not None
+                    store.late(o)
                 case pl.Settle():
                     self.execute(self.pipeline.settle())
                 case pl.StoreForecast():
@@ -237,6 +250,8 @@ class Gateway:
 
     def _on_flush_timer(self) -> None:
         self.telemetry.flush()
+        if self.bus is not None:
+            self.bus.health(self.clock(), self.stream_summary())
         if not self.closed and self._loop is not None:
             self._flush_timer = self._loop.call_later(METRICS_FLUSH_S, self._on_flush_timer)
 
@@ -248,7 +263,11 @@ class Gateway:
             cl.on_state(st.vm, st.seq, received)
         if out:
             self.execute(out)
-        if self.forecast is not None and st.converged:  # after the outputs; work: a thread
+        if self.live is not None:
+            self.live.on_state()
+        if self.bus is not None and not self.bus.workers:
+            self.bus.state(st)
+        if self.forecast is not None and st.converged:  # the work: a worker process
             self.forecast.on_state(st.source_time, st.vm, st.va, received)
 
     def on_fail(self, f: FailMsg) -> None:
@@ -258,8 +277,12 @@ class Gateway:
     # ------------------------------------------------------------------ events
     def event(self, kind: str, source: str, detail: dict[str, Any]) -> None:
         self.metrics.events.labels(kind).inc()
+        if self.live is not None:
+            self.live.note_event(self.clock(), kind, source)
         if self._store is not None:
             self._store.event(self.clock(), kind, source, detail)
+        if self.bus is not None:
+            self.bus.event(self.clock(), kind, source, detail)
 
     def event_estimator(self, kind: str, detail: dict[str, Any]) -> None:
         m = self.metrics
@@ -291,6 +314,23 @@ class Gateway:
     def stream_summary(self) -> list[dict[str, Any]]:
         return self.telemetry.stream_summary()
 
+    def not_ready(self) -> list[str]:
+        """Why ``/healthz`` answers 503 (gateway.health); empty when ready."""
+        from gateway.health import not_ready
+
+        sup, h = self.supervisor, self.historian
+        st = self.pipeline.last_state
+        return not_ready(self.clock(), streams=self.pipeline.stats,
+                         rates={s.name: s.rate_hz for s in self.cfg.enabled_streams},
+                         estimating=sup is not None,
+                         estimator_up=sup is not None and sup.active is not None,
+                         last_state_at=None if st is None else st[1],
+                         historian=None if h is None else h.stats())
+
+    def live_extras(self) -> dict[str, Any]:
+        """What the live page shows beside the grid (built at most 10 times a second)."""
+        return comp.live_extras(self.telemetry, self.stream_summary())
+
     def summary(self) -> dict[str, Any]:
         sup = self.supervisor
         cl = self._commands
@@ -305,6 +345,7 @@ class Gateway:
             "quality": type(self.quality).__name__,
             "commands_sent": cl.sent if cl is not None else 0,
             "command_errors": cl.errors if cl is not None else 0,
+            "bus": self.bus.stats() if self.bus is not None else None,
         }
 
 

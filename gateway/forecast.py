@@ -47,6 +47,7 @@ problem; the config loader calls it, so a bad table stops ``gridtwin run`` with 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -62,6 +63,7 @@ import numpy as np
 import estimator.forecast as fc
 from estimator.errors import EstimatorError
 from estimator.network import Network
+from gateway.config.problems import InvalidValue, UnknownKey, WrongType
 from gateway.errors import ConfigError, ConfigProblem
 
 log = logging.getLogger("gridtwin.forecast")
@@ -105,15 +107,16 @@ def parse_settings(table: Any) -> tuple[ForecastSettings, list[ConfigProblem]]:
     each naming its key (``forecast.every_s`` ...)."""
     probs: list[ConfigProblem] = []
 
-    def bad(key: str, msg: str, fix: str) -> None:
-        probs.append(ConfigProblem(f"forecast.{key}", msg, fix))
+    def bad(key: str, msg: str, fix: str, kind: type[ConfigProblem] = InvalidValue) -> None:
+        probs.append(kind(f"forecast.{key}", msg, fix, value=table.get(key)))
 
     if not isinstance(table, dict):
-        return ForecastSettings(), [ConfigProblem("forecast", "must be a table [forecast]",
-                                                  "write it as a [forecast] section")]
+        return ForecastSettings(), [WrongType("forecast", "must be a table [forecast]",
+                                              "write it as a [forecast] section")]
     for k in table:
         if k not in _KEYS:
-            bad(k, "unknown key", f"remove it or use one of: {', '.join(sorted(_KEYS))}")
+            bad(k, "unknown key", f"remove it or use one of: {', '.join(sorted(_KEYS))}",
+                UnknownKey)
     kw: dict[str, Any] = {}
     if "enabled" in table:
         if isinstance(table["enabled"], bool):
@@ -710,6 +713,13 @@ class ForecastRunner:
 
     def as_json(self) -> dict[str, Any] | None:
         return self.fc.as_json()
+
+    def route(self, query: str) -> tuple[int, str, bytes]:
+        """``GET /forecast`` (a route of the metrics server): 503 before the first."""
+        doc = self.fc.as_json()
+        if doc is None:
+            return 503, "application/json", b'{"error": "no forecast yet"}\n'
+        return 200, "application/json", json.dumps(doc).encode() + b"\n"
 
     async def close(self) -> None:
         """Stop the worker process (waiting for a running job, off the loop)."""

@@ -1,4 +1,5 @@
-"""PNG figures like the DT paper's Figures 10-14 (matplotlib, Agg backend)."""
+"""PNG figures like the DT paper's Figures 10-14 (matplotlib, Agg backend: the ``plots``
+extra, ``pip install 'gridtwin[plots]'``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 
 def write_plots(out: Path, pred: dict[str, Any], pv: dict[str, Any], se: dict[str, Any],
                 cfg: Any, *, log: Callable[[str], None] = print) -> list[Path]:
+    from models.extras import require
+
+    require("the evaluation figures", "matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")

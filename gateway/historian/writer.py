@@ -63,11 +63,11 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import HistorianError
+from gateway.historian.backends import open_backend
 from gateway.historian.base import (
     Backend,
     Misconfigured,
     Rejected,
-    open_backend,
 )
 from gateway.historian.redact import redact
 from gateway.historian.schema import (
@@ -191,6 +191,24 @@ class RunInfo:
     bus_ids: Sequence[int] = ()  # external ids, in state-vector order
     base_kv: Sequence[float] = ()
     note: str = ""
+
+
+def run_records(info: RunInfo, rid: int, started: float) -> list[Record]:
+    """The rows that describe a run (``runs``, ``meters``, ``channels``, ``buses``). The
+    config text may hold credentials (database, bus, MQTT URLs): it is stored redacted."""
+    recs: list[Record] = [("runs", (
+        rid, started, info.name, info.config_digest, redact(info.config_toml), info.version,
+        info.host, len(info.channels), len(info.bus_ids), redact(info.note)))]
+    for m in info.meters:
+        recs.append(("meters", (rid, m.meter, m.kind, m.bus, m.branch, m.end,
+                                ",".join(m.quantities))))
+    for c in info.channels:
+        recs.append(("channels", (rid, int(c.idx), c.name, c.meter, c.kind, c.quantity,
+                                  c.unit, c.bus, c.branch, c.end)))
+    kv = list(info.base_kv) + [None] * (len(info.bus_ids) - len(info.base_kv))
+    for i, (b, k) in enumerate(zip(info.bus_ids, kv, strict=True)):
+        recs.append(("buses", (rid, i, int(b), None if k is None else float(k))))
+    return recs
 
 
 def run_info_from_config(cfg: Any, *, note: str = "") -> RunInfo:
@@ -432,20 +450,7 @@ class HistorianWriter:
         time in epoch microseconds."""
         t = self._clock() if started is None else started
         rid = int(t * 1e6) if run_id is None else int(run_id)
-        # the config text may hold credentials (database, bus, MQTT URLs): stored redacted
-        recs: list[Record] = [("runs", (
-            rid, float(t), info.name, info.config_digest, redact(info.config_toml),
-            info.version, info.host, len(info.channels), len(info.bus_ids),
-            redact(info.note)))]
-        for m in info.meters:
-            recs.append(("meters", (rid, m.meter, m.kind, m.bus, m.branch, m.end,
-                                    ",".join(m.quantities))))
-        for c in info.channels:
-            recs.append(("channels", (rid, int(c.idx), c.name, c.meter, c.kind, c.quantity,
-                                      c.unit, c.bus, c.branch, c.end)))
-        kv = list(info.base_kv) + [None] * (len(info.bus_ids) - len(info.base_kv))
-        for i, (b, k) in enumerate(zip(info.bus_ids, kv, strict=True)):
-            recs.append(("buses", (rid, i, int(b), None if k is None else float(k))))
+        recs = run_records(info, rid, float(t))
         for r in recs:
             self._accept(*r)
         self.run_id = rid
