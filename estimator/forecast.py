@@ -76,6 +76,7 @@ DEFAULT_LAGS_S = (WEEK_S, DAY_S)
 FEATURE_SPANS_S = (900.0, 3600.0)  # anomaly changes over the last 15 and 60 minutes
 SMOOTH_S = 900.0  # seasonal value: mean over +- this around t + h - L
 RECENT_S = 300.0  # "now": mean over the last 5 minutes
+SAME_HOUR_S = 5400.0  # error scenarios: forecasts whose target was this close to now + h - 1 day
 METHODS = ("learned", "seasonal", "persistence")
 KC_WINDOW_S = 900.0  # clearness averaged over this long
 KC_MIN_CLEAR = 0.05  # clearness counted only while P_cs > 5 % of rating
@@ -339,14 +340,16 @@ def _design(c: np.ndarray, i: np.ndarray, hs: int, g: _Geometry
 
 def fit_load_model(hist: np.ndarray, step_s: float, horizons_s: tuple[float, ...], *,
                    method: str = "learned", lags_s: tuple[float, ...] = DEFAULT_LAGS_S,
-                   train_s: float = DAY_S, alpha: float = 1.0, max_residuals: int = 400
+                   train_s: float = DAY_S + SAME_HOUR_S, alpha: float = 1.0,
+                   max_residuals: int = 400
                    ) -> LoadModel:
     """Fit the load forecaster on ``hist`` (rows = time at ``step_s``, last row = now).
 
     The training instants are the last ``train_s`` of the history whose targets are known;
     the seasonal lag is the longest of ``lags_s`` that leaves at least one training
     instant for the longest horizon (none: persistence base). ``alpha``: ridge penalty on
-    the scaled features. Residuals: the last ``max_residuals`` in-sample error vectors.
+    the scaled features. Residuals: in-sample error vectors of the forecasts whose target
+    was near the same time yesterday (the last ``max_residuals`` when there is no day).
     """
     if method not in METHODS:
         raise ForecastError(f"unknown load forecast method {method!r}; use one of "
@@ -387,13 +390,26 @@ def fit_load_model(hist: np.ndarray, step_s: float, horizons_s: tuple[float, ...
                               (target - base).reshape(-1), alpha)
             err = target - base - feats @ coef
         coefs.append(coef)
-        resid.append(err[-max_residuals:])
+        resid.append(_pick_residuals(err, idx + hsx, n - 1 + hsx, step_s, max_residuals))
         n_train = max(n_train, int(idx.size))
     k = min(r.shape[0] for r in resid)
     return LoadModel(method=method, step_s=float(step_s),
                      horizons_s=tuple(float(x) for x in horizons_s),
                      lag_s=float(lag * step_s), scale=scale, coef=np.array(coefs),
                      residuals=np.stack([r[len(r) - k:] for r in resid]), n_train=n_train)
+
+
+def _pick_residuals(err: np.ndarray, targets: np.ndarray, ahead: int, step_s: float,
+                    max_residuals: int) -> np.ndarray:
+    """The error vectors that describe the coming forecasts best: those whose target was
+    within +-SAME_HOUR_S of the same time yesterday (``ahead - 1 day``) when the training
+    covers it (errors of an evening ramp are not those of a quiet night), else the last
+    ``max_residuals``."""
+    day = _steps(DAY_S, step_s)
+    near = np.abs(targets - (ahead - day)) <= _steps(SAME_HOUR_S, step_s)
+    if near.sum() >= min(max_residuals, _steps(SAME_HOUR_S, step_s)):
+        return np.asarray(err[near][-max_residuals:])
+    return np.asarray(err[-max_residuals:])
 
 
 def _ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
