@@ -99,6 +99,7 @@ class ForecastSettings:
 _NUMBERS = {"every_s": (0.0, math.inf), "resolution_s": (0.0, 3600.0),
             "history_days": (0.0, 60.0), "coverage": (0.0, 1.0), "refit_s": (0.0, math.inf),
             "sample_s": (0.0, 3600.0)}
+MAX_HISTORY_ROWS = 50_000  # the ring holds twice this many rows of every load bus
 _KEYS = {"enabled", "horizons_min", "limits", "method", "scenarios", *_NUMBERS}
 
 
@@ -134,6 +135,12 @@ def parse_settings(table: Any) -> tuple[ForecastSettings, list[ConfigProblem]]:
             kw[key] = float(v)
     if "coverage" in kw and kw["coverage"] >= 1.0:
         bad("coverage", f"must be below 1, got {kw.pop('coverage')}", "write e.g. 0.9")
+    days = kw.get("history_days", ForecastSettings.history_days)
+    res = kw.get("resolution_s", ForecastSettings.resolution_s)
+    if days * 86400.0 / res > MAX_HISTORY_ROWS:
+        bad("history_days", f"{days:g} days at {res:g} s are {days * 86400.0 / res:.0f} "
+            f"history rows, more than {MAX_HISTORY_ROWS}",
+            "shorten history_days or lengthen resolution_s")
     _parse_horizons(table, kw, bad)
     _parse_limits(table, kw, bad)
     if "method" in table:

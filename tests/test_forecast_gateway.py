@@ -58,11 +58,12 @@ def test_settings_default_and_every_problem_names_its_key() -> None:
         2.0, (5.0, 60.0), "seasonal", 0.9, 1.1, 0)
     _, probs = parse_settings({"every_s": 0, "limits": {"vmin": 1.1, "vmax": 1.0},
                                "horizons_min": [], "method": "magic", "colour": 1,
-                               "enabled": "yes", "scenarios": -1, "coverage": 1.0})
+                               "enabled": "yes", "scenarios": -1, "coverage": 1.0,
+                               "resolution_s": 1.0})
     keys = sorted(p.key for p in probs)
     assert keys == ["forecast.colour", "forecast.coverage", "forecast.enabled",
-                    "forecast.every_s", "forecast.horizons_min", "forecast.limits",
-                    "forecast.method", "forecast.scenarios"]
+                    "forecast.every_s", "forecast.history_days", "forecast.horizons_min",
+                    "forecast.limits", "forecast.method", "forecast.scenarios"]
 
 
 def test_a_bad_forecast_table_stops_the_config_with_status_2(
@@ -196,7 +197,8 @@ def test_seeding_puts_stored_states_before_the_live_ones(cfg: TwinConfig) -> Non
 
 def test_a_forecast_from_the_first_closed_bin_is_persistence(cfg: TwinConfig) -> None:
     """The twin forecasts from its first states (and says which method)."""
-    f = Forecaster(cfg.network, cfg.plants, ForecastSettings(resolution_s=1.0, scenarios=3))
+    f = Forecaster(cfg.network, cfg.plants, ForecastSettings(resolution_s=1.0, history_days=0.01,
+                                                               scenarios=3))
     t = 5e5 + np.arange(0, 2.5, 0.1)
     vm, va = states(cfg, t)
     for k in range(t.size):

@@ -22,6 +22,7 @@ FORECAST = """
 [forecast]
 every_s = 0.5
 resolution_s = 1.0
+history_days = 0.01
 sample_s = 0.1
 scenarios = 4
 horizons_min = [5, 15, 60]
