@@ -1,10 +1,12 @@
 """The ``forecast`` rows of ``gridtwin evaluate``: the state ahead against the truth.
 
-Scenario: the bundled ieee33 config on a scenario trace of ``days`` + 1 days at 60 s
-(``hil.scenario.make_trace``, Greensboro weather, from 1990-06-05, a Tuesday, so the day
-before the scored day is a workday too) with the loads scaled by ``load_scale`` (default
-1.5: the evening peak takes the far end of the feeder below 0.95 pu). The first day only
-fills the history (the seasonal lag needs a day); the last day is scored.
+Scenario: the bundled ieee33 config on a scenario trace of 3 + ``days`` days at 60 s
+(``hil.scenario.make_trace``, Greensboro weather, from 1990-06-04, a Monday, so the days
+before the scored Thursday are workdays too) with the loads scaled by ``load_scale``
+(default 1.5: the evening peak takes the far end of the feeder below 0.95 pu). The first
+three days only fill the history, as they would in a twin that has run for three days
+(the seasonal lag needs a day, the error scenarios the day before it); the last day is
+scored.
 
 The forecaster is the gateway's own (:class:`gateway.forecast.Forecaster`, the code that
 runs live) fed every step's true state (the estimator's own error is not part of these
@@ -44,7 +46,8 @@ from gateway.forecast import Forecaster, ForecastSettings, horizon_label
 
 Log = Callable[[str], None]
 
-START = "1990-06-05"
+START = "1990-06-04"
+HISTORY_DAYS = 3  # the days before the scored one (the error scenarios look a day back)
 LOAD_SCALE = 1.5
 STEP_S = 60.0
 QUIET_S = 3600.0  # an onset follows at least this long without a violation
@@ -56,10 +59,11 @@ def _quiet(msg: str) -> None:
 
 def make_eval_trace(*, seed: int, days: float = 1.0, load_scale: float = LOAD_SCALE,
                     start: str = START) -> Any:
-    """The scenario: one history day, then ``days`` scored (60 s steps, no gaps)."""
+    """The scenario: :data:`HISTORY_DAYS` days of history, then ``days`` scored (60 s
+    steps, no gaps)."""
     from hil.scenario import ScenarioSpec, make_trace
 
-    return make_trace(ScenarioSpec(config="ieee33", start=start, hours=24.0 * (1.0 + days),
+    return make_trace(ScenarioSpec(config="ieee33", start=start, hours=24.0 * (HISTORY_DAYS + days),
                                    step_s=STEP_S, missing_pct=0.0, load_scale=load_scale,
                                    seed=seed))
 
@@ -153,11 +157,11 @@ def forecast_rows(*, quick: bool = False, seed: int = 21, every_steps: int | Non
     t0 = time.perf_counter()
     trace = make_eval_trace(seed=seed)
     day = int(86400.0 / STEP_S)
-    first = day + (14 * 60 if quick else 0)
+    first = HISTORY_DAYS * day + (14 * 60 if quick else 0)
     n = first + 6 * 60 + 61 if quick else trace.time.size
     trace_cut = _head(trace, n)
     every = every_steps or (5 if quick else 1)
-    base = ForecastSettings(scenarios=scenarios, every_s=0.0, history_days=2.0)
+    base = ForecastSettings(scenarios=scenarios, every_s=0.0, history_days=HISTORY_DAYS)
     rows: list[dict[str, Any]] = []
     for method in ("learned", "persistence"):
         s = replace(base, method=method)

@@ -40,7 +40,7 @@ problem; the config loader calls it, so a bad table stops ``gridtwin run`` with 
     limits = { vmin = 0.95, vmax = 1.05 }
     method = "learned"        # or "seasonal", "persistence"
     resolution_s = 60.0       # history bin
-    history_days = 2.0        # 8 or more lets the weekly lag in
+    history_days = 3.0        # 8 or more lets the weekly lag in
     scenarios = 40            # error scenarios per horizon (0: no band)
     coverage = 0.9            # central band
 """
@@ -85,7 +85,7 @@ class ForecastSettings:
     vmax: float = 1.05
     method: str = "learned"
     resolution_s: float = 60.0
-    history_days: float = 2.0
+    history_days: float = 3.0
     scenarios: int = 40
     coverage: float = 0.9
     refit_s: float = 900.0

@@ -163,7 +163,7 @@ TABLES: dict[str, dict[str, Key]] = {
                      table="forecast_limits"),
         "method": _k("string", "load forecast", enum=("learned", "seasonal", "persistence")),
         "resolution_s": _k("number", "history bin (s, default 60)"),
-        "history_days": _k("number", "history kept (days, default 2; 8 lets a weekly lag in)"),
+        "history_days": _k("number", "history kept (days, default 3; 8 lets a weekly lag in)"),
         "scenarios": _k("integer", "error scenarios per horizon for the band (0: none)"),
         "coverage": _k("number", "central band of the scenarios (default 0.9)"),
         "refit_s": _k("number", "refit the load model this often (s, default 900)"),
