@@ -37,9 +37,13 @@ Newton-Raphson through :func:`estimator.pgm.power_flow`) on the mean injections 
 ``K`` error scenarios per horizon. The scenarios are the model's own past forecast errors
 resampled as whole vectors (a residual bootstrap): errors of neighbouring loads move
 together in the data and so they do in the scenarios, without a covariance model. The
-band is the central ``coverage`` quantile range of the scenario voltages; a violation is
-predicted where the mean forecast leaves ``[vmin, vmax]``; ``p_violation`` is the fraction
-of scenarios outside the limits.
+band runs between the ``j``-th smallest and the ``j``-th largest scenario voltage with
+``j = max(1, floor((K + 1)(1 - coverage) / 2))``: a new draw from the scenarios'
+distribution falls inside with probability ``(K + 1 - 2j) / (K + 1)`` (order statistics,
+distribution-free), which the sample quantiles of a small ensemble would understate (the
+5-95 % quantiles of 20 draws hold a 21st only ~81 % of the time). A violation is predicted
+where the mean forecast leaves ``[vmin, vmax]``; ``p_violation`` is the fraction of
+scenarios outside the limits.
 """
 
 from __future__ import annotations
@@ -522,13 +526,13 @@ def voltage_forecast(net: Network, horizons_s: tuple[float, ...] | list[float],
     grid = net if vm_slack is None else replace(net, vm_slack=float(vm_slack))
     vm = np.abs(power_flow(grid, bp, bq, batch=True, threading=threading)).reshape(
         nh, 1 + k, nb)
-    lo_q, hi_q = (1.0 - coverage) / 2.0, 1.0 - (1.0 - coverage) / 2.0
+    j = max(1, math.floor((k + 1) * (1.0 - coverage) / 2.0)) if k else 1
     out = []
     for i, h in enumerate(hz):
         mean = vm[i, 0]
-        ens = vm[i, 1:] if k else vm[i, :1]
-        lo = np.minimum(np.quantile(ens, lo_q, axis=0), mean)
-        hi = np.maximum(np.quantile(ens, hi_q, axis=0), mean)
+        ens = np.sort(vm[i, 1:] if k else vm[i, :1], axis=0)
+        lo = np.minimum(ens[j - 1], mean)
+        hi = np.maximum(ens[len(ens) - j], mean)
         outside = (ens < vmin) | (ens > vmax)
         pv = outside.mean(axis=0)
         viol = tuple(
