@@ -22,7 +22,6 @@ and the predictor are other processes: nothing here blocks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
@@ -38,7 +37,6 @@ from gateway.forecast import ForecastRunner
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
-from gateway.stats import StreamStats
 from gateway.telemetry import METRICS_FLUSH_S, Telemetry
 from gateway.transports.base import Transport
 
@@ -64,10 +62,14 @@ class Gateway:
         self.supervisor: Any = None
         self.historian: Any = None
         self._store: comp.HistorianSink | None = None  # carries store outputs to it
-        self._commands: Any = None  # gateway.commands.CommandLink when enabled (start)
+        self.commands: Any = None  # gateway.commands.CommandLink when enabled (start)
         self.live: Any = None  # gateway.web.site.LiveSite with the HTTP server
         self.bus: Any = None  # gateway.bus.link.BusLink when [bus] url is set
-        self.forecast: Any = None  # gateway.forecast.ForecastRunner when enabled (start)
+        self.forecast: ForecastRunner | None = None  # the state ahead ([forecast] enabled)
+        # who hears of each handoff, state and event (components add themselves at start)
+        self.on_handoff: list[Callable[[Any, Any, Any], None]] = []
+        self.on_new_state: list[Callable[[StateMsg, float], None]] = []
+        self.on_event: list[Callable[[float, str, str, dict[str, Any]], None]] = []
         self._stack: list[tuple[str, Closer]] = []  # what start() started, to unwind
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -114,15 +116,17 @@ class Gateway:
 
             self.metrics.before_scrape.append(metrics_hook(self.metrics, self.historian))
             self._store = comp.HistorianSink(self.historian, self.telemetry, self.metrics)
+            self.on_event.append(self._store.event)
             p.store = True
             self.started("historian", self._store.close)
         self.started("run report", self.report_stopped)  # the last event before it closes
         p.quality, close_quality = comp.open_quality(cfg, o, loop, self.event)
         if close_quality is not None:
             self.started("quality stage", close_quality)
-        self._commands = comp.open_commands(cfg, self.metrics, self.event)
-        if self._commands is not None:
-            self.started("command link", self._commands.close)
+        self.commands = comp.open_commands(cfg, self.metrics, self.event)
+        if self.commands is not None:
+            self.on_new_state.append(self.commands.on_estimate)
+            self.started("command link", self.commands.close)
         self.supervisor = await comp.open_estimator(
             cfg, o, clock=self.clock, on_state=self.on_state, on_fail=self.on_fail,
             on_event=self.event_estimator)
@@ -130,16 +134,22 @@ class Gateway:
             self.metrics.estimator_up.set(1)
             self.telemetry.supervisor = self.supervisor.stats
             p.handoff = True
+            self.on_handoff.append(self.supervisor.submit)
             self.started("estimator", self._close_estimator)
         self.bus = await comp.open_bus(cfg, o, clock=self.clock, on_state=self.on_state)
         if self.bus is not None:
             p.handoff = True
+            self.on_handoff.append(self.bus.snapshot)
+            self.on_event.append(self.bus.event)
+            if not self.bus.workers:  # the workers' states are theirs to publish
+                self.on_new_state.append(self.bus.on_estimate)
             self.started("bus", self.bus.close)
         self.started("pipeline", self.drain)  # once the transports stopped
         self.forecast = ForecastRunner.open(
             cfg, self.metrics, self.event, loop, self.clock,
             cfg.historian_url if o.historian_url is None else o.historian_url)
         if self.forecast is not None:
+            self.on_new_state.append(self.forecast.on_estimate)
             self.started("forecaster", self.forecast.close)
         self.server = await comp.open_server(
             cfg, o, self.metrics, state=lambda: self.latest_state,
@@ -148,6 +158,9 @@ class Gateway:
             self.started("metrics server", self.server.close)
             self.live = comp.open_live(self.server, cfg, state=lambda: self.latest_state,
                                        extras=self.live_extras, clock=self.clock)
+            self.on_handoff.append(self.live.note_handoff)
+            self.on_new_state.append(self.live.on_estimate)
+            self.on_event.append(self.live.note_event)
             self.started("live view", self.live.close)
             if self.forecast is not None:
                 self.server.routes["/forecast"] = self.forecast.route
@@ -209,12 +222,8 @@ class Gateway:
         for o in outputs:
             match o:
                 case pl.Handoff():
-                    if self.supervisor is not None:
-                        self.supervisor.submit(o.snapshot, o.pv_mw, o.pv_sigma_mw)
-                    if self.bus is not None:
-                        self.bus.snapshot(o.snapshot, o.pv_mw, o.pv_sigma_mw)
-                    if self.live is not None and self.live.listening:
-                        self.live.note_snapshot(o.snapshot.values, o.snapshot.flags, o.pv_mw)
+                    for hand in self.on_handoff:
+                        hand(o.snapshot, o.pv_mw, o.pv_sigma_mw)
                 case pl.StoreSnapshot():
                     assert store is not None
                     store.snapshot(o)
@@ -258,17 +267,10 @@ class Gateway:
     # ------------------------------------------------------------------ estimator side
     def on_state(self, st: StateMsg, received: float, met: bool) -> None:
         out = self.pipeline.feed_state(st, received, met)
-        cl = self._commands
-        if cl is not None and st.converged:  # one comparison until a decision is due
-            cl.on_state(st.vm, st.seq, received)
         if out:
             self.execute(out)
-        if self.live is not None:
-            self.live.on_state()
-        if self.bus is not None and not self.bus.workers:
-            self.bus.state(st)
-        if self.forecast is not None and st.converged:  # the work: a worker process
-            self.forecast.on_state(st.source_time, st.vm, st.va, received)
+        for hear in self.on_new_state:
+            hear(st, received)
 
     def on_fail(self, f: FailMsg) -> None:
         self.metrics.failures.inc()
@@ -277,25 +279,13 @@ class Gateway:
     # ------------------------------------------------------------------ events
     def event(self, kind: str, source: str, detail: dict[str, Any]) -> None:
         self.metrics.events.labels(kind).inc()
-        if self.live is not None:
-            self.live.note_event(self.clock(), kind, source)
-        if self._store is not None:
-            self._store.event(self.clock(), kind, source, detail)
-        if self.bus is not None:
-            self.bus.event(self.clock(), kind, source, detail)
+        now = self.clock()
+        for hear in self.on_event:
+            hear(now, kind, source, detail)
 
     def event_estimator(self, kind: str, detail: dict[str, Any]) -> None:
-        m = self.metrics
-        if kind == "estimator_restarted":
-            m.restarts.inc()
-            m.estimator_up.set(1)
-        elif kind == "estimator_crashed":
-            m.estimator_up.set(0)
-        elif kind == "deadline_missed":
-            m.deadline_misses.inc()
-            if self.historian is not None and self.supervisor.stats.deadline_misses > 100:
-                return  # counted; stop flooding the events table
-        self.event(kind, "estimator", detail)
+        if self.telemetry.estimator_event(kind, stored=self.historian is not None):
+            self.event(kind, "estimator", detail)
 
     def event_stream(self, stream: str, kind: str, detail: dict[str, object]) -> None:
         if kind == "listening":
@@ -304,49 +294,24 @@ class Gateway:
         self.event(f"stream_{kind}", stream, dict(detail))
 
     def on_drop(self, stream: str, host: str) -> None:
-        st: StreamStats = self.pipeline.stats[stream]
-        st.dropped()
-        if st.dropped_source <= 3:
-            log.warning("stream %s: dropped a frame from %s (not in the allowlist)", stream,
-                        host)
+        """A datagram from an address the stream does not allow: counted, logged thrice."""
+        self.pipeline.dropped_source(stream, host)
 
     # ------------------------------------------------------------------ reporting
     def stream_summary(self) -> list[dict[str, Any]]:
         return self.telemetry.stream_summary()
 
     def not_ready(self) -> list[str]:
-        """Why ``/healthz`` answers 503 (gateway.health); empty when ready."""
-        from gateway.health import not_ready
-
-        sup, h = self.supervisor, self.historian
-        st = self.pipeline.last_state
-        return not_ready(self.clock(), streams=self.pipeline.stats,
-                         rates={s.name: s.rate_hz for s in self.cfg.enabled_streams},
-                         estimating=sup is not None,
-                         estimator_up=sup is not None and sup.active is not None,
-                         last_state_at=None if st is None else st[1],
-                         historian=None if h is None else h.stats())
+        """Why ``/healthz`` answers 503 (:mod:`gateway.health`); empty when ready."""
+        return comp.readiness(self)
 
     def live_extras(self) -> dict[str, Any]:
         """What the live page shows beside the grid (built at most 10 times a second)."""
         return comp.live_extras(self.telemetry, self.stream_summary())
 
     def summary(self) -> dict[str, Any]:
-        sup = self.supervisor
-        cl = self._commands
-        hist = None
-        if self.historian is not None:
-            with contextlib.suppress(Exception):
-                hist = self.historian.stats().as_dict()
-        return {
-            **self.telemetry.summary(),
-            "restart_s": list(sup.restart_durations) if sup else [],
-            "historian": hist,
-            "quality": type(self.quality).__name__,
-            "commands_sent": cl.sent if cl is not None else 0,
-            "command_errors": cl.errors if cl is not None else 0,
-            "bus": self.bus.stats() if self.bus is not None else None,
-        }
+        """Run totals: the pipeline's (telemetry) and what the components know."""
+        return comp.summary(self)
 
 
 __all__ = ["Gateway", "GatewayOptions"]

@@ -241,6 +241,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
                 if f.gateway is not None:
                     await f.gateway.close()
         wstats = [_stop(p, out) for p, out in workers]
+        await _sink_caught_up(opts)
         sstats = _stop(sink, sink_out)
         return _report(feeders, wstats, sstats, killed, args)
 
@@ -254,6 +255,24 @@ async def _drain(feeders: list[Feeder], timeout: float = 30.0) -> None:
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.5)  # the last states' flight time (ack wait 1 s): a bounded grace
+
+
+async def _sink_caught_up(opts: Any, timeout: float = 60.0) -> None:
+    """Until the sink's consumer has nothing pending or unacknowledged (or ``timeout``):
+    its rows then hold every message of the run."""
+    from gateway.bus.conn import SINK, STREAM, connect
+
+    nc = await connect(opts)
+    try:
+        js = nc.jetstream()
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            info = await js.consumer_info(STREAM, SINK)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
 
 
 def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
@@ -274,7 +293,7 @@ def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
             "superseded": superseded[f.name], "lost": lost,
             "deadline_misses": s["deadline_misses"],
             "vm_mape_pct": 100 * float(np.mean(f.errors)) if f.errors else None,
-            "bus_rtt_ms": b.get("rtt_ms")})
+            "e2e_p99_ms": s["e2e_latency_ms"]["p99"], "bus_rtt_ms": b.get("rtt_ms")})
     tot = {k: sum(r[k] for r in rows) for k in ("frames_sent", "frames_received",
                                                 "frames_lost", "snapshots", "states",
                                                 "superseded", "lost", "deadline_misses")}

@@ -11,6 +11,7 @@ line in the runner's start sequence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import deque
@@ -215,6 +216,39 @@ def live_extras(telemetry: Any, streams: list[dict[str, Any]]) -> dict[str, Any]
             "streams": [{"name": s["stream"], "up": bool(s.get("rate_hz", 0) > 0),
                          "rate_hz": s.get("rate_hz"), "lost": s.get("lost", 0)}
                         for s in streams]}
+
+
+def readiness(gw: Any) -> list[str]:
+    """The reasons ``gw`` is not ready (:func:`gateway.health.not_ready`)."""
+    from gateway.health import not_ready
+
+    sup, h = gw.supervisor, gw.historian
+    st = gw.pipeline.last_state
+    return not_ready(gw.clock(), streams=gw.pipeline.stats,
+                     rates={s.name: s.rate_hz for s in gw.cfg.enabled_streams},
+                     estimating=sup is not None or (gw.bus is not None and gw.bus.workers),
+                     estimator_up=(sup is not None and sup.active is not None) or
+                     (gw.bus is not None and gw.bus.edge.stats.connected),
+                     last_state_at=None if st is None else st[1],
+                     historian=None if h is None else h.stats())
+
+
+def summary(gw: Any) -> dict[str, Any]:
+    """The runner's summary: the telemetry's totals and each component's own figures."""
+    sup, cl = gw.supervisor, gw.commands
+    hist = None
+    if gw.historian is not None:
+        with contextlib.suppress(Exception):
+            hist = gw.historian.stats().as_dict()
+    return {
+        **gw.telemetry.summary(),
+        "restart_s": list(sup.restart_durations) if sup else [],
+        "historian": hist,
+        "quality": type(gw.quality).__name__,
+        "commands_sent": cl.sent if cl is not None else 0,
+        "command_errors": cl.errors if cl is not None else 0,
+        "bus": gw.bus.stats() if gw.bus is not None else None,
+    }
 
 
 def demote_thread(thread: Any) -> None:

@@ -679,6 +679,11 @@ class ForecastRunner:
         n = self.fc.seed(times, vm, va)
         log.info("forecast: %d history rows seeded from %d stored states", n, len(times))
 
+    def on_estimate(self, st: Any, received: float) -> None:
+        """The runner's state hook: a converged estimate is fed (loop thread)."""
+        if st.converged:
+            self.on_state(st.source_time, st.vm, st.va, received)
+
     def on_state(self, t: float, vm: np.ndarray, va: np.ndarray, now: float) -> None:
         """An estimate arrived (loop thread): fed; a due forecast goes to the worker."""
         self.fc.feed_state(t, vm, va)

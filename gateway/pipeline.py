@@ -325,6 +325,14 @@ class Pipeline:
             out.append(StoreState(st, met, e2e, hand))
         return out
 
+    def dropped_source(self, stream: str, host: str) -> None:
+        """A frame from an address the stream does not allow (the transport dropped it)."""
+        st = self.stats[stream]
+        st.dropped()
+        if st.dropped_source <= 3:
+            log.warning("stream %s: dropped a frame from %s (not in the allowlist)", stream,
+                        host)
+
     @property
     def last_state(self) -> tuple[StateMsg, float, bool, float, float] | None:
         """(state, received time, deadline met, e2e s, handoff s) of the newest estimate."""

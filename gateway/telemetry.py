@@ -125,6 +125,22 @@ class Telemetry:
             self.chi2_failures += 1
         self._last_state = st
 
+    def estimator_event(self, kind: str, *, stored: bool) -> bool:
+        """Count an estimator event in the metrics; False when it should not be recorded
+        (deadline misses beyond the first 100 with a historian: counted, not flooded)."""
+        m = self.metrics
+        if kind == "estimator_restarted":
+            m.restarts.inc()
+            m.estimator_up.set(1)
+        elif kind == "estimator_crashed":
+            m.estimator_up.set(0)
+        elif kind == "deadline_missed":
+            m.deadline_misses.inc()
+            ss = self.supervisor
+            if stored and ss is not None and ss.deadline_misses > 100:
+                return False
+        return True
+
     def stored(self, kind: str, also: str | None = None) -> None:
         """A record (``also``: and a second one) accepted by the historian writer."""
         hc = self._hist_counts

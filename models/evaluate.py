@@ -577,7 +577,7 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
                               "meta": {"seed": seed, "quick": quick, **det_extra,
                                        "seconds": round(time.perf_counter() - t_all, 1)}}
     if plots is not None:
-        from models.plots import write_plots
+        from models.evaluate_plots import write_plots
 
         write_plots(plots, pred_series, pv_series, se_series, cfg, log=log)
     return report

@@ -226,8 +226,12 @@ def test_restarts_strays_and_swaps_never_republish_or_lose_count(ops: list[str])
     late = al.drain_late()
     assert placed + len(late) + sum(al.stats.dropped.values()) == fed
     if "restart" not in ops:  # without restarts, only the strays are refused
-        assert al.stats.dropped["outlier"] == al.stats.dropped["duplicate"] == 0
+        assert al.stats.dropped["duplicate"] == 0
         if ("stray", "stray") not in set(itertools.pairwise(ops)):
+            assert al.stats.dropped["outlier"] == 0
             assert al.stats.dropped["future"] == strays
-        else:  # two in a row are a clock step there and back: accepted by sequence
+        else:
+            # two in a row look exactly like a clock step: they are accepted by sequence,
+            # and the return to the right time that follows is a step back whose first
+            # frames may be refused as outliers; every frame is still accounted for above
             assert al.stats.dropped["future"] <= strays

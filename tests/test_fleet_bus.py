@@ -7,9 +7,7 @@ every wait is for a condition, with its own deadline.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -19,14 +17,8 @@ from gateway.bus.conn import BUCKET, BusOptions, connect, ensure_fleet
 from gateway.bus.edge import EdgeBus
 from gateway.bus.fleet import register_config
 from gateway.bus.worker import Worker
-from hil.natsserver import NatsServer
 from hil.scenario import ScenarioSpec, make_trace
-
-
-@pytest.fixture()
-def nats() -> Iterator[NatsServer]:
-    with NatsServer() as srv:
-        yield srv
+from tests.fleethelpers import offer_rows, until
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +27,6 @@ def trace():
                                    missing_pct=0.0, seed=5))
 
 
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def _offer_all(edge: EdgeBus, trace, n: int) -> None:
-    for k in range(n):
-        edge.offer_snapshot(k, float(trace.time[k]), float(trace.time[k]),
-                            trace.measured[k], np.zeros(trace.measured.shape[1], np.uint32),
-                            trace.pv_mw[k], np.full(trace.pv_mw.shape[1], 0.01))
 
 
 async def test_edge_worker_round_trip_estimates_every_snapshot(nats, trace) -> None:
@@ -61,10 +40,10 @@ async def test_edge_worker_round_trip_estimates_every_snapshot(nats, trace) -> N
     await edge.start()
     n = 30
     try:
-        _offer_all(edge, trace, n)
-        await until(lambda: worker.stats.solved + worker.stats.superseded == n, 60,
-                    "every snapshot estimated or superseded")
-        await until(lambda: len(states) == worker.stats.solved, 10, "states back at the edge")
+        offer_rows(edge, trace, range(n))
+        await until(lambda: worker.stats.solved + worker.stats.superseded == n,
+                    "every snapshot estimated or superseded", 60)
+        await until(lambda: len(states) == worker.stats.solved, "states back at the edge", 10)
     finally:
         await edge.close()
         await worker.close()
@@ -91,7 +70,7 @@ async def test_bad_messages_and_unknown_feeders_are_counted_not_fatal(nats, trac
                                 trace.pv_mw[0], np.full(trace.pv_mw.shape[1], 0.01))
         await js.publish("gridtwin.nobody.snapshot", wire.encode_snapshot(good))
         await js.publish("gridtwin.f1.snapshot", wire.encode_snapshot(good))
-        await until(lambda: worker.stats.solved == 1, 30, "the good snapshot estimated")
+        await until(lambda: worker.stats.solved == 1, "the good snapshot estimated", 30)
     finally:
         await nc.drain()
         await worker.close()
@@ -107,7 +86,7 @@ async def test_an_invalid_config_revision_leaves_the_previous_in_force(nats) -> 
     try:
         kv = await nc.jetstream().key_value(BUCKET)
         rev = await kv.put("f1", b"[network]\ncase = 'no-such-case'\n")
-        await until(lambda: worker.stats.config_rejected == 1, 30, "the revision refused")
+        await until(lambda: worker.stats.config_rejected == 1, "the revision refused", 30)
     finally:
         await nc.drain()
         await worker.close()
@@ -126,13 +105,13 @@ async def test_newest_wins_within_a_batch(nats, trace) -> None:
         await e.start()
     try:
         for e in edges:
-            _offer_all(e, trace, 10)
+            offer_rows(e, trace, range(10))
         for e in edges:
             assert await e.flush(30)
         worker = Worker(opts, batch=64)
         await worker.start()
-        await until(lambda: worker.stats.solved + worker.stats.superseded == 20, 60,
-                    "the backlog handled")
+        await until(lambda: worker.stats.solved + worker.stats.superseded == 20,
+                    "the backlog handled", 60)
         await worker.close()
     finally:
         for e in edges:

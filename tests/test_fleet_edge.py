@@ -8,13 +8,10 @@ statistics. A real ``nats-server -js`` per test.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import socket
-from collections.abc import Callable, Iterator
 
 import numpy as np
-import pytest
 
 from gateway.app import Gateway, GatewayOptions
 from gateway.bus.conn import BusOptions
@@ -24,23 +21,9 @@ from gateway.config import BusConfig, load_config
 from hil.emulator import Emulator, retarget
 from hil.natsserver import NatsServer
 from hil.scenario import ScenarioSpec, make_trace
+from tests.fleethelpers import until
 
 STEPS = 40
-
-
-@pytest.fixture()
-def nats() -> Iterator[NatsServer]:
-    with NatsServer() as srv:
-        yield srv
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 async def test_gateway_estimated_by_fleet_workers(nats: NatsServer) -> None:

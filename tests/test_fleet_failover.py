@@ -17,10 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from gateway.bus import wire
@@ -29,28 +27,15 @@ from gateway.bus.edge import EdgeBus
 from gateway.bus.fleet import register_config
 from hil.natsserver import NatsServer, cluster, free_port
 from hil.scenario import ScenarioSpec, make_trace
+from tests.fleethelpers import offer_rows, until
 
 FEEDERS = ("f1", "f2", "f3")
-
-
-@pytest.fixture()
-def nats() -> Iterator[NatsServer]:
-    with NatsServer() as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
 def trace():
     return make_trace(ScenarioSpec(config="ieee33", hours=120 / 3600, step_s=1.0,
                                    missing_pct=0.0, seed=21))
-
-
-async def until(cond: Callable[[], object], what: str, timeout: float = 90.0) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _solved(port: int) -> float:
@@ -72,13 +57,6 @@ def _worker(url: str, port: int) -> subprocess.Popen[bytes]:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
 
 
-def _offer(edge: EdgeBus, trace, seq: int) -> None:
-    k = seq % trace.measured.shape[0]  # the values of a trace row; the sequence goes on
-    edge.offer_snapshot(seq, float(trace.time[k]), time.time(), trace.measured[k],
-                        np.zeros(trace.measured.shape[1], np.uint32), trace.pv_mw[k],
-                        np.full(trace.pv_mw.shape[1], 0.01))
-
-
 async def test_a_killed_worker_loses_no_snapshot(nats: NatsServer, trace) -> None:
     opts = BusOptions(url=nats.url, ack_wait_s=1.0)
     for f in FEEDERS:
@@ -95,7 +73,7 @@ async def test_a_killed_worker_loses_no_snapshot(nats: NatsServer, trace) -> Non
         await until(lambda: all(_solved(p) >= 0 for p in ports), "both workers serving")
         for k in range(n):
             for e in edges:
-                _offer(e, trace, k)
+                offer_rows(e, trace, range(k, k + 1), wall=True)
             if k == 30:
                 await until(lambda: all(_solved(p) > 0 for p in ports), "both working")
                 procs[0].send_signal(signal.SIGKILL)  # mid-run, maybe mid-solve
@@ -151,7 +129,7 @@ async def test_cluster_node_stopped_mid_run_loses_nothing(tmp_path: Path, trace)
                 await asyncio.sleep(0.5)
         n = 200
         for k in range(n):
-            _offer(edge, trace, k)
+            offer_rows(edge, trace, range(k, k + 1), wall=True)
             if k == n // 2:
                 nodes[2].stop()  # one of three nodes away: R3 keeps a quorum
             await asyncio.sleep(0.005)

@@ -3,14 +3,11 @@ duplicate, a database outage leaves the backlog on the bus and loses nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import numpy as np
 import pytest
 
 from gateway.bus.conn import SINK, STREAM, BusOptions, connect
@@ -18,18 +15,12 @@ from gateway.bus.edge import EdgeBus
 from gateway.bus.fleet import register_config
 from gateway.bus.sink import Sink
 from gateway.bus.worker import Worker
-from hil.natsserver import NatsServer
 from hil.scenario import ScenarioSpec, make_trace
 from tests.dbhelpers import mysql_scratch
+from tests.fleethelpers import offer_rows, until
 from tests.tcpproxy import TcpProxy
 
 N = 20
-
-
-@pytest.fixture()
-def nats() -> Iterator[NatsServer]:
-    with NatsServer() as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +29,10 @@ def trace():
                                    missing_pct=0.0, seed=9))
 
 
-async def until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def _publish(opts: BusOptions, trace, twin: str = "f1") -> EdgeBus:
     edge = EdgeBus(twin, opts)
     await edge.start()
-    for k in range(N):
-        edge.offer_snapshot(k, float(trace.time[k]), float(trace.time[k]), trace.measured[k],
-                            np.zeros(trace.measured.shape[1], np.uint32), trace.pv_mw[k],
-                            np.full(trace.pv_mw.shape[1], 0.01))
+    offer_rows(edge, trace, range(N))
     edge.offer_event(0, {"time": float(trace.time[0]), "kind": "sender_restart",
                          "source": "stream", "run": edge.run})
     assert await edge.flush(30)
@@ -80,8 +60,8 @@ async def test_sink_writes_every_message_once_even_when_redelivered(nats, trace,
     edge = await _publish(opts, trace)
     total = N + 1 + N  # snapshots, one event, the states
     try:
-        await until(lambda: worker.stats.solved + worker.stats.superseded == N, 60, "estimates")
-        await until(lambda: sink.stats.messages == N + 1 + worker.stats.solved, 60,
+        await until(lambda: worker.stats.solved + worker.stats.superseded == N, "estimates")
+        await until(lambda: sink.stats.messages == N + 1 + worker.stats.solved,
                     "the sink caught up")
     finally:
         await edge.close()
@@ -98,7 +78,7 @@ async def test_sink_writes_every_message_once_even_when_redelivered(nats, trace,
     again = Sink(opts, f"sqlite:///{db}")
     await again.start()
     try:
-        await until(lambda: again.stats.messages >= N + 1 + worker.stats.solved, 60,
+        await until(lambda: again.stats.messages >= N + 1 + worker.stats.solved,
                     "the redelivered backlog written")
     finally:
         await again.close()
@@ -131,10 +111,10 @@ async def test_database_outage_keeps_the_backlog_on_the_bus(nats, trace, mysql) 
         try:
             proxy.cut()
             edge = await _publish(opts, trace)
-            await until(lambda: sink.stats.write_failures >= 1, 60, "a failed write")
+            await until(lambda: sink.stats.write_failures >= 1, "a failed write")
             assert sink.stats.messages == 0  # nothing acknowledged while the DB is away
             proxy.restore()
-            await until(lambda: sink.stats.messages == N + 1, 120, "the backlog written")
+            await until(lambda: sink.stats.messages == N + 1, "the backlog written", 120)
             await edge.close()
         finally:
             await sink.close()

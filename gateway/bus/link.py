@@ -76,6 +76,10 @@ class BusLink:
             st.converged, st.vm, st.va))
         self.edge.offer(wire.STATE, st.seq, msg)
 
+    def on_estimate(self, st: StateMsg, received: float) -> None:
+        """The runner's hook for the gateway's own states (``estimate = "local"``)."""
+        self.state(st)
+
     def event(self, time: float, kind: str, source: str, detail: dict[str, Any]) -> None:
         self._events += 1
         self.edge.offer_event(self._events, {"time": time, "kind": kind, "source": source,

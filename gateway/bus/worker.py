@@ -262,17 +262,25 @@ class Worker:
             per = self.stats.superseded_per_feeder
             per[twin] = per.get(twin, 0) + 1
             await m.ack()
+        sends = []
         for p in plan.keep:
             if p.msg.metadata.num_delivered > 1:
                 self.stats.redelivered += 1
-            await self._estimate(p)
+            send = await self._estimate(p)
+            if send is not None:
+                sends.append(send)
+        # the batch's states go out together (one round trip to JetStream, not one per
+        # feeder); each snapshot is acknowledged only once its state is stored
+        await asyncio.gather(*sends)
 
-    async def _estimate(self, p: Planned) -> None:
+    async def _estimate(self, p: Planned) -> Any:
+        """Estimate one snapshot; the coroutine that publishes its state and then
+        acknowledges it (None when there is nothing to publish)."""
         hit = self.cache.get(p.twin)
         if hit is None:
             self.stats.unknown_feeder += 1
             await p.msg.ack()  # nobody can estimate it until it is registered
-            return
+            return None
         solve, deadline = hit
         s = p.snap
         t0 = time.perf_counter()
@@ -282,7 +290,7 @@ class Worker:
             self.stats.failed += 1
             await self._event(p.twin, "estimate_failed", {"seq": s.seq, "error": str(exc)})
             await p.msg.ack()
-            return
+            return None
         t_solve = time.perf_counter() - t0
         done = self.clock()
         if done - s.publish_time > deadline:
@@ -290,6 +298,10 @@ class Worker:
         state = wire.BusState(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time,
                               done, chi2, thr, t_solve,
                               iters, conv, np.asarray(vm, float), np.asarray(va, float))
+        return self._publish(p, state)
+
+    async def _publish(self, p: Planned, state: wire.BusState) -> None:
+        s = p.snap
         await self.js.publish(wire.subject(p.twin, wire.STATE), wire.encode_state(state),
                               headers={"Nats-Msg-Id": wire.msg_id(p.twin, s.run, wire.STATE,
                                                                   s.seq)})

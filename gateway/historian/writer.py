@@ -415,11 +415,19 @@ class HistorianWriter:
             return True
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Commit what is accepted within ``timeout``; whatever is left goes to the spool
-        (replayed by the next start). True when everything was committed."""
+        """Commit what is accepted; whatever is left goes to the spool (replayed by the next
+        start). True when everything was committed. The wait ends when ``timeout`` passes
+        without a commit: a database that is slow at shutdown (a loaded machine) but still
+        committing gets its rows, only one that stopped answering leaves them spooled."""
         if self._closed:
             return True
-        flushed = self.flush(timeout) if self._thread is not None else True
+        flushed = True
+        if self._thread is not None:
+            while True:
+                before = self._processed
+                flushed = self.flush(timeout)
+                if flushed or self._processed == before:
+                    break
         with self._lock:
             self._closing = True
             self._abort = True

@@ -88,8 +88,19 @@ class LiveSite:
         self.view.note_flags(flags)
         self._values, self._pv = values, pv_mw
 
-    def note_event(self, time: float, kind: str, source: str) -> None:
+    def note_handoff(self, snap: Any, pv_mw: np.ndarray, pv_sigma_mw: np.ndarray) -> None:
+        """The runner's hook for every snapshot handed on: noted only while a browser
+        listens (one attribute test otherwise)."""
+        if self.feed.clients:
+            self.note_snapshot(snap.values, snap.flags, pv_mw)
+
+    def note_event(self, time: float, kind: str, source: str,
+                   detail: dict[str, Any] | None = None) -> None:
         self.events.append({"time": time, "kind": kind, "source": source})
+
+    def on_estimate(self, st: Any, received: float) -> None:
+        """The runner's hook for every state."""
+        self.on_state()
 
     def on_state(self) -> None:
         """A new state exists: send it now, or when the throttle allows."""
