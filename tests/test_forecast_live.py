@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import time
 import urllib.error
 import urllib.request
@@ -83,6 +84,9 @@ async def test_forecast_is_served_by_a_running_gateway(tmp_path: Path) -> None:
         if th is not None:
             th.join(10)
         await gw.close()
+    # the forecast ran in a worker process, and closing the gateway stopped it
+    assert gw.forecast is not None and gw.forecast.fc.forecasts >= 1
+    assert not multiprocessing.active_children()
     net = cfg.network
     assert doc["bus"] == [int(b) for b in net.bus_ids]
     assert [h["horizon"] for h in doc["horizons"]] == ["5m", "15m", "60m"]
