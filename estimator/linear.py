@@ -388,6 +388,9 @@ class LinearStateEstimator:
         self._cache: OrderedDict[bytes, _Factor] = OrderedDict()
         self._nominal_set = np.zeros(model.m, bool)
         self._last_v: np.ndarray | None = None
+        #: per-measurement sigma factors of the current solve (None: all 1); part of the
+        #: factorization's cache key, so a pattern of aged measurements is factorized once
+        self._scale: np.ndarray | None = None
         self._flat = np.full(model.n_bus, self.net.vm_slack * np.exp(1j * self.net.va_slack))
         self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
                         else sp.csr_matrix((0, n2)))
@@ -396,7 +399,7 @@ class LinearStateEstimator:
     def factor(self, active: np.ndarray, z: np.ndarray | None = None) -> _Factor:
         """The (cached) factorization for measurement set ``active``; checks observability
         first and raises :class:`~estimator.errors.NotObservableError`."""
-        key = active.tobytes()
+        key = self._key(active)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -414,6 +417,11 @@ class LinearStateEstimator:
             self._cache.popitem(last=False)
         return fac
 
+    def _key(self, active: np.ndarray) -> bytes:
+        """Cache key of a measurement set under the current sigma factors."""
+        key = active.tobytes()
+        return key if self._scale is None else key + self._scale.tobytes()
+
     def _null_space(self) -> tuple[sp.csr_matrix, np.ndarray]:
         """``(N, o)`` of the zero-injection buses (once per estimator: fixed topology)."""
         if self._nspace is None:
@@ -425,6 +433,8 @@ class LinearStateEstimator:
         model = self.model
         nom = np.nan_to_num(model.nominal)
         sig = model.sigma(nom)
+        if self._scale is not None:
+            sig = sig * self._scale
         mem = model.members[slots]
         has = (mem >= 0) & active[np.maximum(mem, 0)]
         s0 = np.where(has[:, 0], sig[np.maximum(mem[:, 0], 0)], UNMEASURED_SIGMA)
@@ -690,13 +700,18 @@ class LinearStateEstimator:
     # ------------------------------------------------------------------ solve
     def solve(self, z: np.ndarray, *, active: np.ndarray | None = None,
               warm_start: bool | np.ndarray = True, tolerance: float | None = None,
-              max_iterations: int | None = None, now: float = 0.0) -> State:
+              max_iterations: int | None = None, now: float = 0.0,
+              sigma_scale: np.ndarray | None = None) -> State:
         """Estimate the state from measurement vector ``z`` (pu, model order).
 
         ``active``: measurements to use (default: the finite ones). ``warm_start``: True
         starts from the previous solution, an array from those voltages, False from flat.
-        Raises :class:`NotObservableError` or :class:`DidNotConverge`.
+        ``sigma_scale``: a factor on each measurement's sigma for this solve (aged values
+        weigh less); each distinct pattern is factorized once and cached like an active
+        set, so it should change rarely. Raises :class:`NotObservableError` or
+        :class:`DidNotConverge`.
         """
+        self._scale = None if sigma_scale is None else np.asarray(sigma_scale, float)
         t0 = time.perf_counter()
         model = self.model
         z = np.asarray(z, float)
@@ -830,6 +845,8 @@ class LinearStateEstimator:
         model = self.model
         full = bool(act.all())
         sig = model.sigma(z)
+        if self._scale is not None:
+            sig = sig * self._scale
         if full:
             r = model.residual(z, v)
             w = r / sig
@@ -842,7 +859,7 @@ class LinearStateEstimator:
         # threads, which then spin next to the estimator)
         obj = float(np.square(w).sum())
         if self.normalized_residuals:
-            key = act.tobytes()
+            key = self._key(act)
             hit = self._sens.get(key)
             if hit is None or not hit[1]:
                 # per measurement set; computed at a state that passes the chi-square test,

@@ -37,6 +37,7 @@ from gateway.forecast import ForecastRunner
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
+from gateway.sensor_runner import Sensors, open_sensors
 from gateway.telemetry import METRICS_FLUSH_S, Telemetry
 from gateway.transports.base import Transport
 
@@ -65,6 +66,7 @@ class Gateway:
         self.commands: Any = None  # gateway.commands.CommandLink when enabled (start)
         self.live: Any = None  # gateway.web.site.LiveSite with the HTTP server
         self.bus: Any = None  # gateway.bus.link.BusLink when [bus] url is set
+        self.sensors: Sensors | None = None  # edge sensors over MQTT ([mqtt] configured)
         self.forecast: ForecastRunner | None = None  # the state ahead ([forecast] enabled)
         # who hears of each handoff, state and event (components add themselves at start)
         self.on_handoff: list[Callable[[Any, Any, Any], None]] = []
@@ -170,6 +172,12 @@ class Gateway:
                                        clock=self.clock)
             self.transports[s.name] = t
             self.started(f"stream {s.name}", t.close)
+        self.sensors = await open_sensors(
+            cfg, p, self.metrics, event=self.event, clock=self.clock,
+            streams=self.stream_summary, url=(o.url_overrides or {}).get("mqtt"))
+        if self.sensors is not None:
+            self.started("sensors", self.sensors.close)
+            self.sensors.attach(self)
 
     async def _close_estimator(self) -> None:
         await self.supervisor.close()

@@ -248,6 +248,7 @@ def summary(gw: Any) -> dict[str, Any]:
         "commands_sent": cl.sent if cl is not None else 0,
         "command_errors": cl.errors if cl is not None else 0,
         "bus": gw.bus.stats() if gw.bus is not None else None,
+        "devices": gw.sensors.summary() if getattr(gw, "sensors", None) else None,
     }
 
 

@@ -43,6 +43,9 @@ from gateway.handoff import (
 from gateway.realtime import set_realtime
 
 DEFAULT_SPIN_US = 1000.0
+#: sigma factor of a STALE value: past its stale age an edge sensor's value has an
+#: error sigma of about σ0·sqrt(1 + age/τ) >= 2 σ0 (gateway.sensors), so 3 errs safe
+STALE_SIGMA_FACTOR = 3.0
 #: below this period snapshots come often enough to keep the process warm: no polling,
 #: the CPU is better left to the gateway and the sender
 MIN_SPIN_PERIOD_S = 0.004
@@ -80,9 +83,12 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
     """The config's estimator (``linear``: the DT paper's constant-gain linear SE) on the
     config's measurement model. Values the quality stage flagged BAD and did not correct
     are left out; NaN values (missing, not filled) are inactive; the PV forecasts are the
-    pseudo-measurements (their sigma is the model's constant one: constant gain)."""
+    pseudo-measurements (their sigma is the model's constant one: constant gain). With
+    ``linear``, a value flagged STALE (an edge sensor's latest value past its stale age,
+    :mod:`gateway.sensors`) weighs less: its sigma times :data:`STALE_SIGMA_FACTOR`."""
     from estimator.baselines import make_estimator
     from estimator.errors import DidNotConverge
+    from estimator.linear import LinearStateEstimator
     from gateway.se_model import measurement_model
 
     model = measurement_model(cfg)
@@ -90,7 +96,9 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
                          max_iterations=cfg.estimator.max_iterations)
     chan = model.channel
     real = chan >= 0
-    bad, corrected = np.uint32(1), np.uint32(4)
+    bad, corrected, stale = np.uint32(1), np.uint32(4), np.uint32(256)
+    real_idx = np.flatnonzero(real)
+    lin = est if isinstance(est, LinearStateEstimator) else None  # takes sigma factors
     _warm_up(cfg, model, est)
 
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
@@ -100,8 +108,14 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
         f = flags[chan[real]]
         # BAD and not replaced by the predictor: leave the value out
         active[real] &= ~(((f & bad) != 0) & ((f & corrected) == 0))
+        aged = (f & stale) != 0
         try:
-            st = est.solve(z, active=active)
+            if lin is not None and aged.any():
+                scale = np.ones(model.m)
+                scale[real_idx[aged]] = STALE_SIGMA_FACTOR
+                st = lin.solve(z, active=active, sigma_scale=scale)
+            else:
+                st = est.solve(z, active=active)
         except DidNotConverge as exc:
             if exc.last is None:
                 raise

@@ -163,6 +163,9 @@ class Pipeline:
         telemetry.watch(self.stats, self.aligner.stats)
         self.passthrough = PassThroughQuality(cfg)
         self.quality: Any = quality if quality is not None else self.passthrough
+        #: the sensor board (gateway.sensors) when edge sensors are configured: it fills
+        #: the sensor channels of every snapshot published, before cleaning
+        self.sensors: Any = None
         self.perf = perf
         self.handoff = True
         self.store = True
@@ -255,6 +258,8 @@ class Pipeline:
     def _clean(self, snap: Snapshot) -> None:
         """Clean one snapshot; queue its handoff first, then what to store."""
         out = self._out
+        if self.sensors is not None:
+            self.sensors.fill(snap.values, snap.flags, snap.arrival_time)
         t0 = self.perf()
         try:
             res = self.quality.process(snap.values, snap.flags, snap.source_time)

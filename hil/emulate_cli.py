@@ -83,6 +83,10 @@ def _register_emulate(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="wait up to S seconds for a client on every TCP stream first")
     p.add_argument("--realtime", action="store_true",
                    help="run the pacing thread SCHED_FIFO if the OS allows it")
+    p.add_argument("--mqtt", default=None, metavar="URL",
+                   help="also publish the IEEE33 micro sensors (line sensors, pole-top "
+                        "transformer meters, weather stations) to this broker, e.g. "
+                        "mqtt://127.0.0.1:1883 (Sparkplug B and SenML)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--progress", action="store_true", help="progress lines on stderr")
     p.set_defaults(func=run)
@@ -94,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from hil.emulator import Emulator, EmulatorRunner
     from hil.errors import HilError
     from hil.faults import Burst, Disturbance, FaultPlan, lab_day, write_log
+    from hil.mqttsensors import start_fleet
     from hil.trace import load_trace
 
     try:
@@ -122,18 +127,22 @@ def run(args: argparse.Namespace) -> int:
         if args.progress:
             for name, (host, port) in addrs.items():
                 print(f"emulate: {name} on {host}:{port}", file=sys.stderr)
+        fleet = start_fleet(args.mqtt, cfg, trace, rate_hz=em.rate_hz, seed=args.seed,
+                            start_row=args.start_step) if args.mqtt else None
         # Ctrl-C ends the run at the next step and still prints the summary
         previous = signal.signal(signal.SIGINT, lambda *_: runner.stop())
         try:
             summary = runner.run()
         finally:
             signal.signal(signal.SIGINT, previous)
+            mqtt_sensors = fleet.close() if fleet is not None else None
     except (HilError, GatewayError) as exc:
         print(f"gridtwin emulate: {exc}", file=sys.stderr)
         return 2
     if args.fault_log:
         write_log(summary.fault_log, args.fault_log)
     d = summary.as_dict()
+    d["mqtt_sensors"] = mqtt_sensors
     if args.json:
         print(json.dumps(d, indent=1, default=str))
     else:

@@ -16,6 +16,7 @@ from gateway.config.vocabulary import (
     BUS_ESTIMATE,
     COMMAND_POLICIES,
     METER_KINDS,
+    SENSOR_KINDS,
     STREAM_FORMATS,
 )
 
@@ -139,6 +140,38 @@ TABLES: dict[str, dict[str, Key]] = {
     },
     "historian": {"url": _k("string", "sqlite:///path, mysql://user:pw@host:3306/db or none")},
     "metrics": {"bind": _k("string", 'HOST:PORT of /metrics and /state ("" disables)')},
+    "mqtt": {
+        "url": _k("string", "mqtt://HOST:PORT/TOPIC-FILTER or mqtts://… of the sensors' broker",
+                  required=True),
+        "topics": _k("array", "allowlist of topic filters (default: the URL's filter)",
+                     items="string"),
+        "username": _k("string", "broker user name"),
+        "password_env": _k("string", "environment variable holding the broker password"),
+        "tls": _k("boolean", "connect with TLS"),
+        "ca_file": _k("string", "CA bundle for TLS"),
+        "cert_file": _k("string", "client certificate for TLS"),
+        "key_file": _k("string", "client key for TLS"),
+        "tls_insecure": _k("boolean", "skip the broker certificate's host name check"),
+        "qos": _k("integer", "subscription QoS (0 or 1)"),
+        "max_payload": _k("integer", "larger payloads are counted and dropped (bytes)"),
+        "publish": _k("string", "topic prefix for the twin's outputs (state, flows, …)"),
+        "publish_interval_s": _k("number", "at most one output message per interval"),
+        "client_id": _k("string", "MQTT client id"),
+        "keepalive_s": _k("integer", "MQTT keep-alive"),
+    },
+    "sensors": {
+        "id": _k("string", "sensor id (Sparkplug device or SenML base name)", required=True),
+        "kind": _k("string", "sensor kind", enum=SENSOR_KINDS),
+        "device": _k("string", "the device it reports as (Sparkplug node/device or SenML)"),
+        "channels": _k("object", "metric name -> twin channel it feeds", table="channels_map"),
+        "period_s": _k("number", "nominal reporting period"),
+        "stale_s": _k("number", "older values are flagged STALE and weighted less"),
+        "max_age_s": _k("number", "older values are not used"),
+        "model": _k("string", "device model"),
+        "firmware": _k("string", "firmware version"),
+        "enabled": _k("boolean", "false: configured but not used"),
+    },
+    "channels_map": {},
     "bus": {
         "url": _k("string", 'nats://HOST:PORT or tls://HOST:PORT of NATS JetStream ("": off)'),
         "estimate": _k("string", "who estimates: this gateway or the fleet's workers",
@@ -181,7 +214,8 @@ TOP: dict[str, tuple[str, bool]] = {
     "meters": ("meters", True), "streams": ("streams", True), "commands": ("commands", False),
     "estimator": ("estimator", False), "quality": ("quality", False),
     "align": ("align", False), "historian": ("historian", False),
-    "metrics": ("metrics", False), "bus": ("bus", False), "forecast": ("forecast", False),
+    "metrics": ("metrics", False), "bus": ("bus", False), "mqtt": ("mqtt", False),
+    "sensors": ("sensors", True), "forecast": ("forecast", False),
 }
 
 

@@ -21,6 +21,7 @@ from gateway.config.rules import meters as meter_rules
 from gateway.config.rules import network as network_rules
 from gateway.config.rules import sections, streams
 from gateway.config.schema import Plant, TwinConfig
+from gateway.config.sensors import sensor_problems
 from gateway.errors import ConfigError, ConfigProblem
 
 BUNDLED_DIR = "configs"
@@ -88,6 +89,9 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     network_rules.plant_weather(pr, plants, meters, raw.get("plants", []))
     channels = meter_rules.channels(pr, meters, raw.get("meters", []))
     stream_list = streams.streams(pr, raw.get("streams", []), channels)
+    for problem in sensor_problems(raw, [c.name for c in channels], [
+            channels[i].name for s in stream_list if s.enabled for i in s.channels]):
+        pr.add(problem)
     commands = sections.commands(pr, pr.table(raw, "commands"), plants)
     rate = max((s.rate_hz for s in stream_list if s.enabled), default=50.0)
     estimator = sections.estimator(pr, pr.table(raw, "estimator"), rate)

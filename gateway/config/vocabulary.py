@@ -63,3 +63,6 @@ def command_point_plant(name: str) -> tuple[str, str] | None:
 
 #: who estimates a twin that publishes on the bus ([bus] estimate)
 BUS_ESTIMATE = ("local", "workers")
+
+#: kinds of edge sensors ([[sensors]] kind)
+SENSOR_KINDS = ("line_current", "transformer_meter", "weather_station", "inverter", "other")

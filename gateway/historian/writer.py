@@ -524,6 +524,20 @@ class HistorianWriter:
             self._last_event_no = no
         self._accept("events", (self._rid(run_id), no, float(time), kind, source, dj))
 
+    def put_device(self, time: float, d: Mapping[str, Any], *,
+                   run_id: int | None = None) -> None:
+        """One device's registry entry (``gateway.devices.Device.as_json``) at ``time``."""
+        def dump(v: Any) -> str:
+            return json.dumps(v, default=str)
+
+        self._accept("devices", (
+            self._rid(run_id), float(time), str(d["device"]), str(d["id"]), str(d["kind"]),
+            str(d["quality"]), int(bool(d["online"])), d.get("last_seen"),
+            int(d.get("messages") or 0), dump(d.get("errors") or {}),
+            dump(d.get("health") or {}),
+            dump({k: d.get(k) for k in ("bus", "branch", "model", "firmware", "period_s",
+                                        "clock_offset_s", "config") if d.get(k)})))
+
     def _rid(self, run_id: int | None) -> int:
         rid = self.run_id if run_id is None else run_id
         if rid is None:

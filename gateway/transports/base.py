@@ -135,6 +135,8 @@ BUILTIN: dict[str, str] = {
     "c37+tcp": "gateway.transports.c37",
     "c37+udp": "gateway.transports.c37",
     "c37+file": "gateway.transports.file",
+    "mqtt": "gateway.transports.mqtt",
+    "mqtts": "gateway.transports.mqtt",
 }
 
 

@@ -88,8 +88,14 @@ class LiveView:
         self._meter_ids = [m.id for m in cfg.meters if m.kind != "weather"]
         meter_pos = {m: i for i, m in enumerate(self._meter_ids)}
         chan_meter = [meter_pos.get(c.meter, -1) for c in cfg.channels]
-        self._chan = np.array([i for i, m in enumerate(chan_meter) if m >= 0], np.intp)
-        self._chan_meter = np.array([m for m in chan_meter if m >= 0], np.intp)
+        # channels grouped by meter, so one reduceat ORs each meter's flags together
+        pairs = sorted((m, i) for i, m in enumerate(chan_meter) if m >= 0)
+        self._chan = np.array([i for _, i in pairs], np.intp)
+        meters_sorted = np.array([m for m, _ in pairs], np.intp)
+        starts = np.flatnonzero(np.r_[True, meters_sorted[1:] != meters_sorted[:-1]]) \
+            if pairs else np.zeros(0, np.intp)
+        self._starts = starts.astype(np.intp)
+        self._starts_meter = meters_sorted[self._starts] if pairs else self._starts
         self._acc = np.zeros(len(self._meter_ids), np.uint32)
         self._pv_meas = [self._plant_channel(p.name) for p in cfg.plants]
         self.layout_json = self._layout(net)
@@ -128,7 +134,9 @@ class LiveView:
     def note_flags(self, flags: np.ndarray) -> None:
         """OR one snapshot's flags into the per-meter accumulator (call only while a
         client is connected: it is the only per-snapshot cost of the live view)."""
-        np.bitwise_or.at(self._acc, self._chan_meter, flags[self._chan])
+        if self._chan.size:
+            self._acc[self._starts_meter] |= np.bitwise_or.reduceat(flags[self._chan],
+                                                                    self._starts)
 
     # ------------------------------------------------------------------ per update
     def payload(self, state: dict[str, Any], *, values: np.ndarray | None,
