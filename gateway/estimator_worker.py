@@ -43,6 +43,8 @@ from gateway.handoff import (
 from gateway.realtime import set_realtime
 
 DEFAULT_SPIN_US = 1000.0
+#: sigma of a value the predictor corrected, in meter sigmas (see measurement_sigmas)
+CORRECTED_SIGMA_FACTOR = 1.0
 #: below this period snapshots come often enough to keep the process warm: no polling,
 #: the CPU is better left to the gateway and the sender
 MIN_SPIN_PERIOD_S = 0.004
@@ -80,7 +82,9 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
     """The config's estimator (``linear``: the DT paper's constant-gain linear SE) on the
     config's measurement model. Values the quality stage flagged BAD and did not correct
     are left out; NaN values (missing, not filled) are inactive; the PV forecasts are the
-    pseudo-measurements (their sigma is the model's constant one: constant gain)."""
+    pseudo-measurements with the forecaster's own sigma; a value the predictor corrected
+    (or filled) carries the predictor's error, :data:`CORRECTED_SIGMA_FACTOR` times the
+    meter's sigma (see :func:`measurement_sigmas`)."""
     from estimator.baselines import make_estimator
     from estimator.errors import DidNotConverge
     from gateway.se_model import measurement_model
@@ -91,6 +95,7 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
     chan = model.channel
     real = chan >= 0
     bad, corrected = np.uint32(1), np.uint32(4)
+    takes_sigma = hasattr(est, "nominal_sigma")  # the linear family weighs caller sigmas
     _warm_up(cfg, model, est)
 
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
@@ -100,8 +105,11 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
         f = flags[chan[real]]
         # BAD and not replaced by the predictor: leave the value out
         active[real] &= ~(((f & bad) != 0) & ((f & corrected) == 0))
+        extra: dict[str, Any] = {}
+        if takes_sigma:
+            extra["sigma"] = measurement_sigmas(model, z, f, sig)
         try:
-            st = est.solve(z, active=active)
+            st = est.solve(z, active=active, **extra)
         except DidNotConverge as exc:
             if exc.last is None:
                 raise
@@ -112,6 +120,35 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
                 int(st.iterations), True)
 
     return solve
+
+
+def measurement_sigmas(model: Any, z: np.ndarray, flags: np.ndarray, pv_sigma_mw: np.ndarray
+                       ) -> np.ndarray:
+    """Per-measurement sigma (pu) overriding the model's: the PV forecasts' own sigma (the
+    forecaster card's error model, per snapshot) and, for a value the predictor corrected
+    or filled, the predictor's error instead of the meter's; NaN elsewhere (the model's).
+
+    The predictor's error on a corrected value, measured against the truth on a hil
+    scenario with 10 % bad data (700 s, ieee33): median 0.3-1.9 meter sigmas by quantity
+    (the predictor's held-out normalised RMSE is 0.81 window scales, the scale being at
+    least the meter sigma), 90th percentile 0.8-8.5, with a heavy tail during fast ramps.
+    The factor (:data:`CORRECTED_SIGMA_FACTOR`) is the median's scale, 1: the corrected
+    values change from snapshot to snapshot, so the constant gain keeps the meter's weight
+    for them whatever sigma is given (the re-weighting rule needs two snapshots in a row),
+    and a larger sigma only shrinks their share of J(x) while their error still moves the
+    estimate. Measured over a 30 s, 50 Hz hil run with 10 % bad data: factor 5 gives 7.8 %
+    chi-square failures, factor 1 gives 2.5 % (1.75 % on the snapshots without a gross
+    error the detector missed).
+    """
+    out = np.full(model.m, np.nan)
+    real = model.channel >= 0
+    fixed = (flags & np.uint32(4)) != 0
+    if fixed.any():
+        idx = np.flatnonzero(real)[fixed]
+        out[idx] = CORRECTED_SIGMA_FACTOR * model.sigma(z)[idx]
+    if pv_sigma_mw.size and np.any(~real):
+        out[~real] = np.asarray(pv_sigma_mw, float) * model.scale[~real]
+    return out
 
 
 def _warm_up(cfg: Any, model: Any, est: Any) -> None:
