@@ -433,6 +433,7 @@ class LinearStateEstimator:
         self.nominal_sigma = np.zeros(model.m)
         self._drift_prev = np.zeros(model.g, bool)  # slots drifted in the previous solve
         self._last_v: np.ndarray | None = None
+        self.last_factor: _Factor | None = None
         self._flat = np.full(model.n_bus, self.net.vm_slack * np.exp(1j * self.net.va_slack))
         self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
                         else sp.csr_matrix((0, n2)))
@@ -810,6 +811,8 @@ class LinearStateEstimator:
                                   itmax)
         t2 = time.perf_counter()
         self._last_v = v
+        #: the factorization the last solve used (its ``e``: the state covariance)
+        self.last_factor = fac
         state = self._finish(fac, v, z, sig, act, it, dv, now, chi2)
         state.dof = dof
         t3 = time.perf_counter()

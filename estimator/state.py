@@ -38,7 +38,8 @@ class State:
     computed), ``active`` (used in this solve). ``objective`` is J(x) = sum (r/sigma)^2
     over the active measurements, tested against the chi-square quantile with ``dof``
     degrees of freedom (m - n, equality constraints counted as exact measurements).
-    ``timings`` holds seconds per stage.
+    ``timings`` holds seconds per stage. ``innovation`` (tracking estimator only): the
+    normalized innovation ``nu^T S^-1 nu`` of the filter step (see :mod:`estimator.tracking`).
     """
 
     method: str
@@ -53,6 +54,7 @@ class State:
     dof: int = 0
     chi2_threshold: float = float("nan")
     timings: dict[str, float] = field(default_factory=dict)
+    innovation: float = float("nan")
     removed: list[int] = field(default_factory=list)
     i_from: np.ndarray | None = None
     i_to: np.ndarray | None = None

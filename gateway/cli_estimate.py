@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-METHOD_CHOICES = ("linear", "wls", "wlav", "pgm_il", "pgm_nr", "pandapower", "all")
+METHOD_CHOICES = ("linear", "tracking", "wls", "wlav", "pgm_il", "pgm_nr", "pandapower",
+                  "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
