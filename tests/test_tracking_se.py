@@ -119,7 +119,13 @@ def test_selectable_by_name_and_in_the_live_worker(
         vm, va, chi2, thr, _, ok = solve(values, np.zeros(values.size, np.uint32), pv_mw,
                                          np.full(pv_mw.size, 0.041))
         assert ok and np.isfinite(chi2) and np.isfinite(thr)
-        assert np.abs(vm * np.exp(1j * va) - v).max() < 1e-3
+        # a plant node's voltage rests on its forecast: sigma 0.0041 pu behind the
+        # 0.48 pu transformer reactance, ~2e-3 pu; every other bus within 1e-3 pu
+        err = np.abs(vm * np.exp(1j * va) - v)
+        assert err.max() < 1e-2
+        others = np.ones(n_bus, bool)
+        others[model.pv_nodes] = False
+        assert err[others].max() < 1e-3
     with pytest.raises(EstimatorError, match="adapt"):
         TrackingStateEstimator(model, adapt=0.0)
     with pytest.raises(EstimatorError, match="dense"):
