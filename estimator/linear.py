@@ -45,8 +45,8 @@ that feeds the same measurement vectors gets the same weights):
   ``reweight_ratio`` (default 2; ``0`` disables re-weighting) *in the median* (of the
   log-ratios over the magnitudes, powers and injections whose sigma is above its floor
   at either value): the load moved; or (b) when some slot's 2x2 covariance at the current
-  values departs from the one in the gain by more than ``weight_tolerance`` (an
-  eigenvalue of ``W_gain R_now`` outside ``[1/(1+tol), 1+tol]``) in two consecutive
+  values departs from the one in the gain by more than ``weight_tolerance`` (default 0.5:
+  an eigenvalue of ``W_gain R_now`` outside ``[1/(1+tol), 1+tol]``) in two consecutive
   snapshots: a current phasor turned (its covariance is strongly anisotropic: 0.017 %
   in magnitude against 1.7 mrad in angle, so a turn of a few degrees doubles the
   variance along the magnitude), a flow moved off its floor, the PV forecaster changed
@@ -120,8 +120,9 @@ DENSE_LIMIT = 700  # KKT size up to which the solution operator is stored densel
 #: re-base the nominal values when a sigma moves by more than this factor (module docstring)
 REWEIGHT_RATIO = 2.0
 #: re-weight when a slot's covariance departs this much from the gain's twice in a row
-WEIGHT_TOLERANCE = 0.25
+WEIGHT_TOLERANCE = 0.5
 RESIDUAL_LIMIT = 4000  # states up to which normalized residuals are computed (dense E)
+SEGMENT_CHUNK = 256  # rows a batch examines at a time for the re-weighting rule
 
 
 def _interleave(n: int) -> np.ndarray:
@@ -354,6 +355,7 @@ class _Factor:
     w: sp.csr_matrix | None = None  # slot weights W (2g x 2g)
     wb: np.ndarray | None = None  # the same per slot: columns w11, w12, w22
     fast: _Fast | None = None
+    batch: tuple[np.ndarray, ...] | None = None  # A^T, H^T, op^T (contiguous) for batches
 
 
 @dataclass
@@ -579,7 +581,8 @@ class LinearStateEstimator:
         return replace(fac, op=sol[:n2], e=e, opc=kinv[:n2, n2:] * alpha if nc else None,
                        alpha=alpha, er=er, s0=s0,
                        s0r=s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None
-                       else None, w=w, wb=np.column_stack([w11, w12, w22]), fast=None)
+                       else None, w=w, wb=np.column_stack([w11, w12, w22]), fast=None,
+                       batch=None)
 
 
     def _build(self, active: np.ndarray) -> _Factor:
@@ -1168,11 +1171,11 @@ class LinearStateEstimator:
                 out.fail(start, exc)
                 start += 1
                 continue
-            end = self._segment_end(fac, zb, sig, act, shared, start)
+            end, fired = self._segment_end(fac, zb, sig, act, shared, start)
             if end == start:  # the rule fires on this very row: re-base on it first
                 self._rebase(zb[start], sig[start], act[start], full=False)
                 fac = self.factor(self._all, zb[start], sig[start])
-                end = self._segment_end(fac, zb, sig, act, shared, start)
+                end, fired = self._segment_end(fac, zb, sig, act, shared, start)
             rows = np.arange(start, end)
             if fac.dense:
                 v0 = self._batch_segment(fac, out, rows, zb, sig, act, v0)
@@ -1180,7 +1183,7 @@ class LinearStateEstimator:
                 for k in rows:
                     self._batch_one(out, int(k), zb, sig, act, now)
             start = end
-            if start < nb and shared[start]:
+            if fired:
                 full = bool(self._drifted_rows(zb[start:start + 1], act[start:start + 1])[0])
                 self._rebase(zb[start], sig[start], act[start], full=full)
         return out
@@ -1204,20 +1207,38 @@ class LinearStateEstimator:
         return self.factor(self._all, z, sig)
 
     def _segment_end(self, fac: _Factor, zb: np.ndarray, sig: np.ndarray, act: np.ndarray,
-                     shared: np.ndarray, start: int) -> int:
-        """First row after ``start`` where the re-weighting rule fires against ``fac`` (or
-        that needs its own factorization); leaves ``_drift_prev`` as :meth:`solve` would."""
+                     shared: np.ndarray, start: int) -> tuple[int, bool]:
+        """``(end, fired)``: the first row from ``start`` on where the re-weighting rule
+        fires against ``fac`` (``fired``), or the end of the rows sharing the
+        factorization; leaves ``_drift_prev`` as :meth:`solve` would. Examines the rows in
+        chunks that double from 16 (a segment is typically tens of rows long)."""
         nb = zb.shape[0]
-        stop = start + 1
-        while stop < nb and shared[stop]:
-            stop += 1
-        if not self.reweight_ratio or fac.wb is None:
-            return stop
+        chunk = 16
+        pos = start
+        while True:
+            stop = pos
+            while stop < nb and shared[stop] and stop - pos < chunk:
+                stop += 1
+            if stop == pos:
+                return pos, False
+            if not self.reweight_ratio or fac.wb is None:
+                return stop, False
+            hit = self._fires(fac, zb, sig, act, pos, stop)
+            if hit >= 0:
+                return pos + hit, True
+            pos = stop
+            chunk = min(2 * chunk, SEGMENT_CHUNK)
+
+    def _fires(self, fac: _Factor, zb: np.ndarray, sig: np.ndarray, act: np.ndarray,
+               start: int, stop: int) -> int:
+        """Rules (a) and (b) for rows ``start:stop`` against ``fac``: the offset of the
+        first row where one fires (-1: none); ``_drift_prev`` follows the rows."""
         rows = slice(start, stop)
         a = act[rows]
         has = np.stack([fac.has0 & a[:, fac.idx0], fac.has1 & a[:, fac.idx1]], axis=-1)
         full = has[..., 0] & (has[..., 1] | fac.is_pv_slot) & self._nominal_set[fac.idx0]
         r11, r12, r22 = self._slot_cov(fac.slots, has, zb[rows], sig[rows])
+        assert fac.wb is not None
         w11, w12, w22 = fac.wb.T
         tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
         det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
@@ -1226,12 +1247,16 @@ class LinearStateEstimator:
                         | ((0.5 * tr - disc) * self._tol_hi < 1.0))
         prev = np.vstack([self._drift_prev[fac.slots][None, :], drift[:-1]])
         fire = np.any(drift & prev, axis=1)
-        fire[1:] |= self._drifted_rows(zb[start + 1:stop], a[1:])  # row 0: _batch_factor
+        if start > 0:
+            fire |= self._drifted_rows(zb[rows], a)
+        else:
+            fire[1:] |= self._drifted_rows(zb[start + 1:stop], a[1:])  # row 0: _batch_factor
         hit = np.flatnonzero(fire)
-        end = start + (int(hit[0]) if hit.size else stop - start)
+        k = int(hit[0]) if hit.size else stop - start
         self._drift_prev[:] = False
-        self._drift_prev[fac.slots] = drift[end - start - 1]
-        return end
+        if k > 0:
+            self._drift_prev[fac.slots] = drift[k - 1]
+        return int(hit[0]) if hit.size else -1
 
     def _drifted_rows(self, zb: np.ndarray, act: np.ndarray) -> np.ndarray:
         """Rule (a) (:meth:`_drifted`) for every row of ``zb``."""
@@ -1243,11 +1268,14 @@ class LinearStateEstimator:
         s_now = np.fmax(model.rel * np.abs(zb), floor)
         s_nom = np.fmax(model.rel * np.abs(model.nominal), floor)
         use = check & ((s_now > floor) | (s_nom > floor))
-        lr = np.where(use, np.log(s_now / s_nom), np.nan)
-        ok = use.any(axis=1)
-        shift = np.zeros(zb.shape[0])
-        if ok.any():
-            shift[ok] = np.nanmedian(lr[ok], axis=1)
+        # per-row median of the log-ratios over the used entries: sort with the unused
+        # ones last (+inf), pick the middle of the k used
+        lr = np.sort(np.where(use, np.log(s_now / s_nom), np.inf), axis=1)
+        k = np.count_nonzero(use, axis=1)
+        ok = k > 0
+        lo = np.take_along_axis(lr, np.maximum((k - 1) // 2, 0)[:, None], axis=1)[:, 0]
+        hi = np.take_along_axis(lr, np.maximum(k // 2, 0)[:, None], axis=1)[:, 0]
+        shift = np.where(ok, 0.5 * (lo + hi), 0.0)
         return ok & (np.abs(shift) > math.log(self.reweight_ratio))
 
     def _batch_segment(self, fac: _Factor, out: BatchStates, rows: np.ndarray,
@@ -1265,10 +1293,10 @@ class LinearStateEstimator:
         n = self.model.n_bus
         x = np.empty((rows.size, 2 * n))
         x.view(complex)[:] = v0
-        with single_threaded():
+        with single_threaded():  # small products: BLAS threads would only hand off
             x, it, conv = self._batch_iterate(fac, x, z0, z1, has0, has1, tol, itmax)
-        v = x.view(complex)
-        self._batch_statistics(fac, out, rows, v, z, sig[rows], a, it, conv)
+            v = x.view(complex)
+            self._batch_statistics(fac, out, rows, v, z, sig[rows], a, it, conv)
         self._last_v = v[-1].copy()
         self.last_factor = fac
         return self._last_v
@@ -1279,9 +1307,10 @@ class LinearStateEstimator:
         """:meth:`_iterate` on ``B`` columns at once (rows of ``x``, interleaved states);
         a column stops at its own convergence. Returns ``(x, iterations, converged)``."""
         assert fac.op is not None and fac.hd is not None
-        ad = fac.a.toarray().T  # n x g: X = V A^T
-        hd_t = np.ascontiguousarray(fac.hd.T)
-        op_t = np.ascontiguousarray(fac.op.T)
+        if fac.batch is None:
+            fac.batch = (np.ascontiguousarray(fac.a.toarray().T),  # n x g: X = V A^T
+                         np.ascontiguousarray(fac.hd.T), np.ascontiguousarray(fac.op.T))
+        ad, hd_t, op_t = fac.batch
         phasor, pvs, vbus, pv = fac.is_phasor, fac.is_pv_slot, fac.vbus, fac.pv
         has_c = fac.c.shape[0] > 0
         nb = x.shape[0]
