@@ -1176,9 +1176,14 @@ class LinearStateEstimator:
                 self._rebase(zb[start], sig[start], act[start], full=False)
                 fac = self.factor(self._all, zb[start], sig[start])
                 end, fired = self._segment_end(fac, zb, sig, act, shared, start)
-            rows = np.arange(start, end)
-            if fac.dense:
+            rows = self._observable_rows(np.arange(start, end), act, out)
+            if fac.dense and rows.size:
                 v0 = self._batch_segment(fac, out, rows, zb, sig, act, v0)
+                # filling many gaps from the estimate can converge slowly: those rows get
+                # their own factorization, as in solve()
+                for k in rows[~out.converged[rows]]:
+                    out.errors.pop(int(k), None)
+                    self._batch_one(out, int(k), zb, sig, act, now, own=True)
             else:
                 for k in rows:
                     self._batch_one(out, int(k), zb, sig, act, now)
@@ -1189,15 +1194,37 @@ class LinearStateEstimator:
         return out
 
     def _batch_one(self, out: BatchStates, k: int, zb: np.ndarray, sig: np.ndarray,
-                   act: np.ndarray, now: np.ndarray | None) -> None:
-        """Row ``k`` through :meth:`solve` (the batch's fallback)."""
+                   act: np.ndarray, now: np.ndarray | None, *, own: bool = False) -> None:
+        """Row ``k`` through :meth:`solve` (the batch's fallback); ``own``: with the
+        factorization of its own measurement set (no filling from the estimate)."""
+        fill = self.fill_fraction
+        if own:
+            self.fill_fraction = 0.0
         try:
             st = self.solve(zb[k], active=act[k], sigma=sig[k],
                             now=0.0 if now is None else float(now[k]))
         except EstimatorError as exc:
             out.fail(k, exc)
             return
+        finally:
+            self.fill_fraction = fill
         out.put(k, st)
+
+    def _observable_rows(self, rows: np.ndarray, act: np.ndarray, out: BatchStates
+                         ) -> np.ndarray:
+        """The rows whose measurement set is observable (the others fail in ``out``)."""
+        keys = np.packbits(act[rows], axis=1)
+        _, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        keep = np.ones(rows.size, bool)
+        for g, k in enumerate(first):
+            try:
+                self._observable(act[rows[k]])
+            except EstimatorError as exc:
+                sel = inv.ravel() == g
+                keep[sel] = False
+                for r in rows[sel]:
+                    out.fail(int(r), exc)
+        return rows[keep]
 
     def _batch_factor(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray) -> _Factor:
         """The shared (full-set) factorization, observability of ``act`` checked."""
@@ -1295,6 +1322,17 @@ class LinearStateEstimator:
         x.view(complex)[:] = v0
         with single_threaded():  # small products: BLAS threads would only hand off
             x, it, conv = self._batch_iterate(fac, x, z0, z1, has0, has1, tol, itmax)
+            gap = ~(has0.all(axis=1) & (has1 | fac.is_pv_slot).all(axis=1))
+            if gap.any() and not gap.all():
+                # a row filled from the estimate contracts slowly along the filled
+                # directions and stops near its start: start it again, as solve() would
+                # from the previous snapshot, from the latest complete row's answer
+                last = np.maximum.accumulate(np.where(~gap, np.arange(gap.size), -1))
+                redo = np.flatnonzero(gap & (last >= 0))
+                x2 = x[last[redo]].copy()
+                x2, it2, conv2 = self._batch_iterate(fac, x2, z0[redo], z1[redo],
+                                                     has0[redo], has1[redo], tol, itmax)
+                x[redo], it[redo], conv[redo] = x2, it[redo] + it2, conv2
             v = x.view(complex)
             self._batch_statistics(fac, out, rows, v, z, sig[rows], a, it, conv)
         self._last_v = v[-1].copy()
