@@ -1323,15 +1323,15 @@ class LinearStateEstimator:
         with single_threaded():  # small products: BLAS threads would only hand off
             x, it, conv = self._batch_iterate(fac, x, z0, z1, has0, has1, tol, itmax)
             gap = ~(has0.all(axis=1) & (has1 | fac.is_pv_slot).all(axis=1))
-            if gap.any() and not gap.all():
-                # a row filled from the estimate contracts slowly along the filled
-                # directions and stops near its start: start it again, as solve() would
-                # from the previous snapshot, from the latest complete row's answer
-                last = np.maximum.accumulate(np.where(~gap, np.arange(gap.size), -1))
-                redo = np.flatnonzero(gap & (last >= 0))
-                x2 = x[last[redo]].copy()
-                x2, it2, conv2 = self._batch_iterate(fac, x2, z0[redo], z1[redo],
-                                                     has0[redo], has1[redo], tol, itmax)
+            # a row filled from the estimate contracts slowly along the filled directions
+            # and stops near its start: start it again, as solve() would from the
+            # previous snapshot, from the latest complete row's answer
+            last = np.maximum.accumulate(np.where(~gap, np.arange(gap.size), -1))
+            redo = np.flatnonzero(gap & (last >= 0))
+            if redo.size:
+                x2, it2, conv2 = self._batch_iterate(fac, x[last[redo]].copy(), z0[redo],
+                                                     z1[redo], has0[redo], has1[redo], tol,
+                                                     itmax)
                 x[redo], it[redo], conv[redo] = x2, it[redo] + it2, conv2
             v = x.view(complex)
             self._batch_statistics(fac, out, rows, v, z, sig[rows], a, it, conv)
@@ -1352,6 +1352,8 @@ class LinearStateEstimator:
         phasor, pvs, vbus, pv = fac.is_phasor, fac.is_pv_slot, fac.vbus, fac.pv
         has_c = fac.c.shape[0] > 0
         nb = x.shape[0]
+        if nb == 0:
+            return x, np.zeros(0, np.int64), np.zeros(0, bool)
         iters = np.zeros(nb, np.int64)
         conv = np.zeros(nb, bool)
         dv_prev = np.zeros(nb)
