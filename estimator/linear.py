@@ -290,6 +290,19 @@ class _Reduced:
 
 
 
+def _groups(act: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Rows of ``act`` (``B x m`` bool) grouped by equal rows: ``(first row, mask)`` per
+    group, in order of first appearance (a batch has few distinct measurement sets)."""
+    left = np.ones(act.shape[0], bool)
+    out = []
+    while left.any():
+        k = int(np.argmax(left))
+        sel = left & (act == act[k]).all(axis=1)
+        out.append((k, sel))
+        left &= ~sel
+    return out
+
+
 def _block_diag(w11: np.ndarray, w12: np.ndarray, w22: np.ndarray) -> sp.csr_matrix:
     """The block-diagonal matrix of symmetric 2x2 blocks ``[[w11, w12], [w12, w22]]``."""
     g = w11.size
@@ -1246,14 +1259,11 @@ class LinearStateEstimator:
     def _observable_rows(self, rows: np.ndarray, act: np.ndarray, out: BatchStates
                          ) -> np.ndarray:
         """The rows whose measurement set is observable (the others fail in ``out``)."""
-        keys = np.packbits(act[rows], axis=1)
-        _, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
         keep = np.ones(rows.size, bool)
-        for g, k in enumerate(first):
+        for k, sel in _groups(act[rows]):
             try:
                 self._observable(act[rows[k]])
             except EstimatorError as exc:
-                sel = inv.ravel() == g
                 keep[sel] = False
                 for r in rows[sel]:
                     out.fail(int(r), exc)
@@ -1354,23 +1364,78 @@ class LinearStateEstimator:
         x = np.empty((rows.size, 2 * n))
         x.view(complex)[:] = v0
         with single_threaded():  # small products: BLAS threads would only hand off
-            x, it, conv = self._batch_iterate(fac, x, z0, z1, has0, has1, tol, itmax)
             gap = ~(has0.all(axis=1) & (has1 | fac.is_pv_slot).all(axis=1))
+            it = np.zeros(rows.size, np.int64)
+            conv = np.zeros(rows.size, bool)
+            full = np.flatnonzero(~gap)
+            if full.size:
+                x[full], it[full], conv[full] = self._batch_iterate_full(
+                    fac, x[full], z0[full], z1[full], tol, itmax)
             # a row filled from the estimate contracts slowly along the filled directions
-            # and stops near its start: start it again, as solve() would from the
-            # previous snapshot, from the latest complete row's answer
+            # and stops near its start: start it, as solve() would from the previous
+            # snapshot, from the latest complete row's answer (v0 before the first)
             last = np.maximum.accumulate(np.where(~gap, np.arange(gap.size), -1))
-            redo = np.flatnonzero(gap & (last >= 0))
+            redo = np.flatnonzero(gap)
             if redo.size:
-                x2, it2, conv2 = self._batch_iterate(fac, x[last[redo]].copy(), z0[redo],
-                                                     z1[redo], has0[redo], has1[redo], tol,
-                                                     itmax)
-                x[redo], it[redo], conv[redo] = x2, it[redo] + it2, conv2
+                start = x[redo].copy()
+                has_prev = last[redo] >= 0
+                start[has_prev] = x[last[redo][has_prev]]
+                x[redo], it[redo], conv[redo] = self._batch_iterate(
+                    fac, start, z0[redo], z1[redo], has0[redo], has1[redo], tol, itmax)
             v = x.view(complex)
             self._batch_statistics(fac, out, rows, v, z, sig[rows], a, it, conv)
         self._last_v = v[-1].copy()
         self.last_factor = fac
         return self._last_v
+
+    def _batch_iterate_full(self, fac: _Factor, x: np.ndarray, z0: np.ndarray,
+                            z1: np.ndarray, tol: float, itmax: int
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_iterate_fast` on ``B`` complete rows at once: the phasor slots' ``z_t``
+        fixed per row, the power slots' equivalent currents per iteration, and one
+        product with the iteration matrix ``M = I - (op H)^T`` and one with ``op^T`` per
+        iteration (``x' = x + (z_t - x H^T) op^T = x M + z_t op^T``)."""
+        assert fac.op is not None and fac.hd is not None
+        if fac.batch is None:
+            op_t = np.ascontiguousarray(fac.op.T)
+            fac.batch = (np.ascontiguousarray(fac.a.toarray().T),  # n x g: X = V A^T
+                         np.ascontiguousarray(fac.hd.T), op_t,
+                         np.eye(fac.n_state) - fac.hd.T @ op_t)
+        _, _, op_t, m_t = fac.batch
+        ph, pw = fac.phasor_pos, fac.power_pos
+        vb = fac.vbus[pw]
+        nb = x.shape[0]
+        zt = np.empty((nb, fac.slots.size), complex)
+        # z_t = m e^{ja} (PMU phasors): fixed per row; conj(S) = P - jQ (Q = 0 at PV slots)
+        zt[:, ph] = z0[:, ph] * np.exp(1j * z1[:, ph])
+        s_conj = z0[:, pw] - 1j * np.where(fac.is_pv_slot[pw], 0.0, z1[:, pw])
+        has_c = fac.c.shape[0] > 0
+        iters = np.zeros(nb, np.int64)
+        conv = np.zeros(nb, bool)
+        dv_prev = np.zeros(nb)
+        live = np.arange(nb)
+        for it in range(1, itmax + 1):
+            xv = x[live]
+            v = xv.view(complex)
+            # equivalent currents I = conj(S) / conj(V_k)
+            zl = zt[live]
+            zl[:, pw] = s_conj[live] / np.conj(v[:, vb])
+            x1 = xv @ m_t + zl.view(np.float64) @ op_t
+            if has_c:
+                x1 -= (fac.c @ xv.T).T @ fac.opc.T  # type: ignore[union-attr]
+            if fac.pv.size:
+                x1 = self._batch_pv(fac, v, x1)
+            dv = np.abs(x1 - xv).max(axis=1)
+            x[live] = x1
+            iters[live] = it
+            done = (dv < tol) | ((2.0 * dv < dv_prev[live]) & (dv * dv < tol * (dv_prev[live]
+                                                                               - dv)))
+            dv_prev[live] = dv
+            conv[live[done]] = True
+            live = live[~done]
+            if live.size == 0:
+                break
+        return x, iters, conv
 
     def _batch_iterate(self, fac: _Factor, x: np.ndarray, z0: np.ndarray, z1: np.ndarray,
                        has0: np.ndarray, has1: np.ndarray, tol: float, itmax: int
@@ -1379,9 +1444,11 @@ class LinearStateEstimator:
         a column stops at its own convergence. Returns ``(x, iterations, converged)``."""
         assert fac.op is not None and fac.hd is not None
         if fac.batch is None:
+            op_t = np.ascontiguousarray(fac.op.T)
             fac.batch = (np.ascontiguousarray(fac.a.toarray().T),  # n x g: X = V A^T
-                         np.ascontiguousarray(fac.hd.T), np.ascontiguousarray(fac.op.T))
-        ad, hd_t, op_t = fac.batch
+                         np.ascontiguousarray(fac.hd.T), op_t,
+                         np.eye(fac.n_state) - fac.hd.T @ op_t)
+        ad, hd_t, op_t, _ = fac.batch
         phasor, pvs, vbus, pv = fac.is_phasor, fac.is_pv_slot, fac.vbus, fac.pv
         has_c = fac.c.shape[0] > 0
         nb = x.shape[0]
@@ -1455,10 +1522,7 @@ class LinearStateEstimator:
         thr = np.array([self._chi2(int(d)) for d in dof])
         rn = np.full(w.shape, np.nan)
         if self.normalized_residuals:
-            keys = np.packbits(act, axis=1)
-            _, first, inv = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-            for g, k in enumerate(first):
-                sel = inv.ravel() == g
+            for k, sel in _groups(act):
                 hit = self._sens_hit(fac, v[k], sig[k], act[k], float(obj[k]))
                 rn[sel] = w[sel] * hit[0]
                 if math.isfinite(hit[2]):
