@@ -92,6 +92,7 @@ import scipy.sparse.linalg as spla
 from scipy.linalg.lapack import dgesv as gesv
 from scipy.sparse.csgraph import connected_components
 
+from estimator.badata import largest_normalized_residual
 from estimator.blas import single_threaded
 from estimator.errors import DidNotConverge, EstimatorError
 from estimator.measurement import (
@@ -899,6 +900,24 @@ class LinearStateEstimator:
         state.timings = {"prepare_s": t1 - t0, "iterate_s": t2 - t1,
                          "residuals_s": t3 - t2, "total_s": t3 - t0}
         return state
+
+    def solve_clean(self, z: np.ndarray, *, active: np.ndarray | None = None,
+                    warm_start: bool | np.ndarray = True, now: float = 0.0,
+                    sigma: np.ndarray | None = None) -> State:
+        """:meth:`solve` with the largest-normalized-residual search
+        (:func:`estimator.badata.largest_normalized_residual`): gross errors removed and the
+        snapshot re-estimated; ``State.removed`` lists them."""
+        est = self
+
+        class _WithSigma:
+            model = est.model
+
+            @staticmethod
+            def solve(zz: np.ndarray, **kw: Any) -> State:
+                return est.solve(zz, sigma=sigma, **kw)
+
+        return largest_normalized_residual(_WithSigma, z, active=active, now=now,
+                                           warm_start=warm_start)
 
     def _select(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray
                 ) -> tuple[_Factor, np.ndarray, np.ndarray, bool, int, float]:
