@@ -523,7 +523,9 @@ class PandapowerEstimator(_Base):
                            va_degree=float(np.rad2deg(net.va_slack)))
         br = net.branches
         for k in range(net.n_branch):
-            kv = float(net.base_kv[br.to_idx[k]])
+            # pandapower turns a line's ohms into per unit with its from-bus voltage, so
+            # the ohms are written with the same base (two voltage levels: 110/20 kV)
+            kv = float(net.base_kv[br.from_idx[k]])
             zb = kv**2 / net.base_mva
             # b = omega C Z_base  ->  C (nF) = b / (2 pi 50 Z_base) * 1e9
             pp.create_line_from_parameters(

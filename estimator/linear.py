@@ -466,6 +466,9 @@ class LinearStateEstimator:
         self._stale: set[bytes] = set()  # cached factorizations whose weights moved
         self._last_v: np.ndarray | None = None
         self.last_factor: _Factor | None = None
+        #: per-measurement sigma factors of the current solve (None: all 1); part of the
+        #: factorization's cache key, so a pattern of aged measurements is factorized once
+        self._scale: np.ndarray | None = None
         self._flat = np.full(model.n_bus, self.net.vm_slack * np.exp(1j * self.net.va_slack))
         self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
                         else sp.csr_matrix((0, n2)))
@@ -475,7 +478,7 @@ class LinearStateEstimator:
                sig: np.ndarray | None = None) -> _Factor:
         """The (cached) factorization for measurement set ``active``; checks observability
         first and raises :class:`~estimator.errors.NotObservableError`."""
-        key = active.tobytes()
+        key = self._key(active)
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -503,6 +506,11 @@ class LinearStateEstimator:
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return fac
+
+    def _key(self, active: np.ndarray) -> bytes:
+        """Cache key of a measurement set under the current sigma factors."""
+        key = active.tobytes()
+        return key if self._scale is None else key + self._scale.tobytes()
 
     def _null_space(self) -> tuple[sp.csr_matrix, np.ndarray]:
         """``(N, o)`` of the zero-injection buses (once per estimator: fixed topology)."""
@@ -555,6 +563,8 @@ class LinearStateEstimator:
         model = self.model
         nom = np.nan_to_num(model.nominal)
         sig = np.where(self._nominal_set, self.nominal_sigma, model.sigma(nom))
+        if self._scale is not None:  # this solve's sigma factors (part of the cache key)
+            sig = sig * self._scale
         mem = model.members[slots]
         has = (mem >= 0) & active[np.maximum(mem, 0)]
         r11, r12, r22 = self._slot_cov(slots, has, nom, sig)
@@ -841,15 +851,20 @@ class LinearStateEstimator:
     def solve(self, z: np.ndarray, *, active: np.ndarray | None = None,
               warm_start: bool | np.ndarray = True, tolerance: float | None = None,
               max_iterations: int | None = None, now: float = 0.0,
-              sigma: np.ndarray | None = None) -> State:
+              sigma: np.ndarray | None = None,
+              sigma_scale: np.ndarray | None = None) -> State:
         """Estimate the state from measurement vector ``z`` (pu, model order).
 
         ``active``: measurements to use (default: the finite ones). ``warm_start``: True
         starts from the previous solution, an array from those voltages, False from flat.
         ``sigma``: standard deviations (pu) replacing the model's where finite (a PV
-        forecast's own sigma, a corrected value's predictor error).
+        forecast's own sigma, a corrected value's predictor error); they reach the gain
+        through the re-weighting rule. ``sigma_scale``: a factor on each measurement's
+        sigma for this solve (aged values weigh less); each distinct pattern is factorized
+        once and cached like an active set, so it should change rarely.
         Raises :class:`NotObservableError` or :class:`DidNotConverge`.
         """
+        self._scale = None if sigma_scale is None else np.asarray(sigma_scale, float)
         t0 = time.perf_counter()
         model = self.model
         z = np.asarray(z, float)
@@ -883,7 +898,7 @@ class LinearStateEstimator:
             with ctx:
                 v, it, dv = self._run(fac, v, z, finite, has0, has1, complete, tol, itmax)
         except DidNotConverge:
-            if fac is not self._cache.get(self._all.tobytes()) or act.all():
+            if fac is not self._cache.get(self._key(self._all)) or act.all():
                 raise
             # filling from the estimate converged too slowly: factorize this set itself
             fac = self.factor(act, z, sig)
@@ -894,6 +909,8 @@ class LinearStateEstimator:
         self._last_v = v
         #: the factorization the last solve used (its ``e``: the state covariance)
         self.last_factor = fac
+        if self._scale is not None:  # J(x) and the residuals with the scaled sigmas
+            sig = sig * self._scale
         state = self._finish(fac, v, z, sig, act, it, dv, now, chi2)
         state.dof = dof
         t3 = time.perf_counter()
@@ -1091,7 +1108,7 @@ class LinearStateEstimator:
     def _sens_hit(self, fac: _Factor, v: np.ndarray, sig: np.ndarray, act: np.ndarray,
                   obj: float) -> tuple[np.ndarray, bool, float]:
         """``(1 / sqrt(s_i), clean, J quantile)`` of measurement set ``act`` (cached)."""
-        key = act.tobytes()
+        key = self._key(act)
         hit = self._sens.get(key)
         if hit is None or not hit[1]:
             # per measurement set; computed at a state that passes the chi-square test,
@@ -1207,6 +1224,7 @@ class LinearStateEstimator:
         NaN with ``converged`` False and its error in ``errors``.
         """
         model = self.model
+        self._scale = None  # sigma factors are a solve() option
         zb = np.atleast_2d(np.asarray(z, float))
         nb = zb.shape[0]
         finite = np.isfinite(zb)

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 from estimator.errors import NetworkError
+from estimator.matpower import evaluate
 
 __all__ = [
     "Branches",
@@ -310,22 +311,9 @@ class Network:
 
 
 # ---------------------------------------------------------------------- MATPOWER reader
-_BLOCK = re.compile(r"mpc\.(\w+)\s*=\s*\[(.*?)\]\s*;?", re.S)
-_SCALAR = re.compile(r"mpc\.(\w+)\s*=\s*([-+0-9.eE]+)\s*;")
-
-
-def _strip_comments(text: str) -> str:
-    out = []
-    for line in text.splitlines():
-        # a '%' starts a comment (MATPOWER files have no '%' inside numeric data)
-        k = line.find("%")
-        out.append(line if k < 0 else line[:k])
-    return "\n".join(out)
-
-
 def _matrix(body: str, what: str, source: str) -> np.ndarray:
     rows: list[list[float]] = []
-    for chunk in re.split(r"[;\n]", body):
+    for chunk in re.split(r"[;\n\r]", body):
         toks = chunk.replace(",", " ").split()
         if not toks:
             continue
@@ -348,17 +336,12 @@ def parse_matpower(text: str, *, name: str = "case") -> dict[str, object]:
     """Read ``baseMVA``, ``bus``, ``gen`` and ``branch`` from MATPOWER case text.
 
     Comments (``%``), rows ended by ``;`` or a newline and comma-separated values are
-    accepted; other fields (``gencost``, ``bus_name`` cell arrays, ...) are ignored.
+    accepted; other fields (``gencost``, ``bus_name`` cell arrays, ...) are ignored. Code
+    after the matrices that converts units (MATPOWER's ``case33bw.m`` keeps ohms and kW in
+    its matrices) is evaluated by :mod:`estimator.matpower`, or the file is refused
+    naming the line.
     """
-    clean = _strip_comments(text)
-    out: dict[str, object] = {}
-    for m in _SCALAR.finditer(clean):
-        if m.group(1) == "baseMVA":
-            out["baseMVA"] = float(m.group(2))
-    for m in _BLOCK.finditer(clean):
-        key = m.group(1)
-        if key in ("bus", "gen", "branch"):
-            out[key] = _matrix(m.group(2), key, name)
+    out = evaluate(text, name, lambda body, what: _matrix(body, what, name))
     for key in ("baseMVA", "bus", "branch"):
         if key not in out:
             raise NetworkError(f"{name}: MATPOWER field mpc.{key} is missing")
@@ -462,8 +445,10 @@ def load_case(name_or_path: str | Path, *, validate: bool = True) -> Network:
                                "or give a path to a MATPOWER .m file")
     try:
         text = path.read_text()
+    except FileNotFoundError:
+        raise NetworkError(f"case file {path} not found") from None
     except OSError as exc:
-        raise NetworkError(f"cannot read case file {path}: {exc}") from exc
+        raise NetworkError(f"cannot read case file {path}: {exc.strerror or exc}") from exc
     net = network_from_matpower(parse_matpower(text, name=path.stem), name=path.stem)
     if validate:
         net.validate()

@@ -22,7 +22,6 @@ and the predictor are other processes: nothing here blocks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
@@ -37,9 +36,9 @@ from gateway.config import TwinConfig
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
-from gateway.stats import StreamStats
+from gateway.sensor_runner import Sensors, open_sensors
 from gateway.telemetry import METRICS_FLUSH_S, Telemetry
-from gateway.transports.base import Transport, TransportSpec, open_transport
+from gateway.transports.base import Transport
 
 log = logging.getLogger("gridtwin.gateway")
 
@@ -63,7 +62,14 @@ class Gateway:
         self.supervisor: Any = None
         self.historian: Any = None
         self._store: comp.HistorianSink | None = None  # carries store outputs to it
-        self._commands: Any = None  # gateway.commands.CommandLink when enabled (start)
+        self.commands: Any = None  # gateway.commands.CommandLink when enabled (start)
+        self.live: Any = None  # gateway.web.site.LiveSite with the HTTP server
+        self.bus: Any = None  # gateway.bus.link.BusLink when [bus] url is set
+        self.sensors: Sensors | None = None  # edge sensors over MQTT ([mqtt] configured)
+        # who hears of each handoff, state and event (components add themselves at start)
+        self.on_handoff: list[Callable[[Any, Any, Any], None]] = []
+        self.on_new_state: list[Callable[[StateMsg, float], None]] = []
+        self.on_event: list[Callable[[float, str, str, dict[str, Any]], None]] = []
         self._stack: list[tuple[str, Closer]] = []  # what start() started, to unwind
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -110,15 +116,17 @@ class Gateway:
 
             self.metrics.before_scrape.append(metrics_hook(self.metrics, self.historian))
             self._store = comp.HistorianSink(self.historian, self.telemetry, self.metrics)
+            self.on_event.append(self._store.event)
             p.store = True
             self.started("historian", self._store.close)
         self.started("run report", self.report_stopped)  # the last event before it closes
         p.quality, close_quality = comp.open_quality(cfg, o, loop, self.event)
         if close_quality is not None:
             self.started("quality stage", close_quality)
-        self._commands = comp.open_commands(cfg, self.metrics, self.event)
-        if self._commands is not None:
-            self.started("command link", self._commands.close)
+        self.commands = comp.open_commands(cfg, self.metrics, self.event)
+        if self.commands is not None:
+            self.on_new_state.append(self.commands.on_estimate)
+            self.started("command link", self.commands.close)
         self.supervisor = await comp.open_estimator(
             cfg, o, clock=self.clock, on_state=self.on_state, on_fail=self.on_fail,
             on_event=self.event_estimator)
@@ -126,23 +134,40 @@ class Gateway:
             self.metrics.estimator_up.set(1)
             self.telemetry.supervisor = self.supervisor.stats
             p.handoff = True
+            self.on_handoff.append(self.supervisor.submit)
             self.started("estimator", self._close_estimator)
+        self.bus = await comp.open_bus(cfg, o, clock=self.clock, on_state=self.on_state)
+        if self.bus is not None:
+            p.handoff = True
+            self.on_handoff.append(self.bus.snapshot)
+            self.on_event.append(self.bus.event)
+            if not self.bus.workers:  # the workers' states are theirs to publish
+                self.on_new_state.append(self.bus.on_estimate)
+            self.started("bus", self.bus.close)
         self.started("pipeline", self.drain)  # once the transports stopped
         self.server = await comp.open_server(
             cfg, o, self.metrics, state=lambda: self.latest_state,
-            streams=self.stream_summary, summary=self.summary)
+            streams=self.stream_summary, summary=self.summary, ready=self.not_ready)
         if self.server is not None:
             self.started("metrics server", self.server.close)
+            self.live = comp.open_live(self.server, cfg, state=lambda: self.latest_state,
+                                       extras=self.live_extras, clock=self.clock)
+            self.on_handoff.append(self.live.note_handoff)
+            self.on_new_state.append(self.live.on_estimate)
+            self.on_event.append(self.live.note_event)
+            self.started("live view", self.live.close)
         for s in cfg.enabled_streams:
-            url = (o.url_overrides or {}).get(s.name, s.url)
-            t = open_transport(
-                TransportSpec(s.name, url, s.format, p.decoders[s.name].size, s.idcode,
-                              s.allow, s.rate_hz),
-                self.on_frame, on_drop=self.on_drop, on_event=self.event_stream,
-                clock=self.clock)
-            await t.start()
+            t = await comp.open_stream(s, o, p.decoders[s.name].size, on_frame=self.on_frame,
+                                       on_drop=self.on_drop, on_event=self.event_stream,
+                                       clock=self.clock)
             self.transports[s.name] = t
             self.started(f"stream {s.name}", t.close)
+        self.sensors = await open_sensors(
+            cfg, p, self.metrics, event=self.event, clock=self.clock,
+            streams=self.stream_summary, url=(o.url_overrides or {}).get("mqtt"))
+        if self.sensors is not None:
+            self.started("sensors", self.sensors.close)
+            self.sensors.attach(self)
 
     async def _close_estimator(self) -> None:
         await self.supervisor.close()
@@ -195,10 +220,14 @@ class Gateway:
         for o in outputs:
             match o:
                 case pl.Handoff():
-                    self.supervisor.submit(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+                    for hand in self.on_handoff:
+                        hand(o.snapshot, o.pv_mw, o.pv_sigma_mw)
                 case pl.StoreSnapshot():
                     assert store is not None
                     store.snapshot(o)
+                case pl.StoreLate():
+                    assert store is not None
+                    store.late(o)
                 case pl.Settle():
                     self.execute(self.pipeline.settle())
                 case pl.StoreForecast():
@@ -228,17 +257,18 @@ class Gateway:
 
     def _on_flush_timer(self) -> None:
         self.telemetry.flush()
+        if self.bus is not None:
+            self.bus.health(self.clock(), self.stream_summary())
         if not self.closed and self._loop is not None:
             self._flush_timer = self._loop.call_later(METRICS_FLUSH_S, self._on_flush_timer)
 
     # ------------------------------------------------------------------ estimator side
     def on_state(self, st: StateMsg, received: float, met: bool) -> None:
         out = self.pipeline.feed_state(st, received, met)
-        cl = self._commands
-        if cl is not None and st.converged:  # one comparison until a decision is due
-            cl.on_state(st.vm, st.seq, received)
         if out:
             self.execute(out)
+        for hear in self.on_new_state:
+            hear(st, received)
 
     def on_fail(self, f: FailMsg) -> None:
         self.metrics.failures.inc()
@@ -247,21 +277,13 @@ class Gateway:
     # ------------------------------------------------------------------ events
     def event(self, kind: str, source: str, detail: dict[str, Any]) -> None:
         self.metrics.events.labels(kind).inc()
-        if self._store is not None:
-            self._store.event(self.clock(), kind, source, detail)
+        now = self.clock()
+        for hear in self.on_event:
+            hear(now, kind, source, detail)
 
     def event_estimator(self, kind: str, detail: dict[str, Any]) -> None:
-        m = self.metrics
-        if kind == "estimator_restarted":
-            m.restarts.inc()
-            m.estimator_up.set(1)
-        elif kind == "estimator_crashed":
-            m.estimator_up.set(0)
-        elif kind == "deadline_missed":
-            m.deadline_misses.inc()
-            if self.historian is not None and self.supervisor.stats.deadline_misses > 100:
-                return  # counted; stop flooding the events table
-        self.event(kind, "estimator", detail)
+        if self.telemetry.estimator_event(kind, stored=self.historian is not None):
+            self.event(kind, "estimator", detail)
 
     def event_stream(self, stream: str, kind: str, detail: dict[str, object]) -> None:
         if kind == "listening":
@@ -270,31 +292,24 @@ class Gateway:
         self.event(f"stream_{kind}", stream, dict(detail))
 
     def on_drop(self, stream: str, host: str) -> None:
-        st: StreamStats = self.pipeline.stats[stream]
-        st.dropped()
-        if st.dropped_source <= 3:
-            log.warning("stream %s: dropped a frame from %s (not in the allowlist)", stream,
-                        host)
+        """A datagram from an address the stream does not allow: counted, logged thrice."""
+        self.pipeline.dropped_source(stream, host)
 
     # ------------------------------------------------------------------ reporting
     def stream_summary(self) -> list[dict[str, Any]]:
         return self.telemetry.stream_summary()
 
+    def not_ready(self) -> list[str]:
+        """Why ``/healthz`` answers 503 (:mod:`gateway.health`); empty when ready."""
+        return comp.readiness(self)
+
+    def live_extras(self) -> dict[str, Any]:
+        """What the live page shows beside the grid (built at most 10 times a second)."""
+        return comp.live_extras(self.telemetry, self.stream_summary())
+
     def summary(self) -> dict[str, Any]:
-        sup = self.supervisor
-        cl = self._commands
-        hist = None
-        if self.historian is not None:
-            with contextlib.suppress(Exception):
-                hist = self.historian.stats().as_dict()
-        return {
-            **self.telemetry.summary(),
-            "restart_s": list(sup.restart_durations) if sup else [],
-            "historian": hist,
-            "quality": type(self.quality).__name__,
-            "commands_sent": cl.sent if cl is not None else 0,
-            "command_errors": cl.errors if cl is not None else 0,
-        }
+        """Run totals: the pipeline's (telemetry) and what the components know."""
+        return comp.summary(self)
 
 
 __all__ = ["Gateway", "GatewayOptions"]

@@ -26,6 +26,9 @@ BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("ingest.", "gateway.bench_e2e:benchmarks_ingest"),
     ("e2e.", "gateway.bench_e2e:e2e"),
     ("handoff.", "gateway.bench_e2e:e2e"),  # measured in the same demo runs as e2e.
+    ("live.", "gateway.bench_live"),
+    ("bus.", "gateway.bench_fleet"),
+    ("fleet.", "gateway.bench_fleet"),  # measured in the same run as bus.
 )
 
 

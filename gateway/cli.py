@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_demo",
     "gateway.cli_run",
+    "gateway.cli_fleet",
     "gateway.cli_config",
     "hil.cli",
     "gateway.cli_decode",

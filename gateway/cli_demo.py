@@ -70,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-realtime", action="store_true",
                    help="do not ask for real-time scheduling (by default the twin and the "
                    "emulator run SCHED_FIFO when the OS allows it)")
+    p.add_argument("--sensors", choices=("none", "mqtt"), default="none",
+                   help="mqtt: the emulator also publishes IEEE33 micro sensors (Sparkplug "
+                   "B, SenML) through a private Mosquitto; the twin subscribes, and the "
+                   "report adds its devices (online, stale, unassigned)")
     p.add_argument("--estimator-method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-quality", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                            bad_pct=args.bad_data, seed=args.seed, cache=args.cache,
                            kill_at=args.kill_estimator_at, method=args.estimator_method,
                            quality=not args.no_quality, progress=not args.json,
-                           realtime=not args.no_realtime)
+                           realtime=not args.no_realtime, sensors=args.sensors)
         if not args.workdir:
             res["workdir"] = None  # removed with the temporary directory
     except (GatewayError, OSError, RuntimeError) as exc:
@@ -192,7 +196,7 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
              cache: str | None = None, kill_at: float | None = None,
              method: str | None = None, quality: bool = True, progress: bool = True,
              extra_run_args: list[str] | None = None, realtime: bool = True,
-             keep_metrics: bool = False) -> dict[str, Any]:
+             keep_metrics: bool = False, sensors: str = "none") -> dict[str, Any]:
     import signal
     import subprocess
     import time
@@ -208,6 +212,14 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
     if db.exists():
         db.unlink()
     gw_cfg = write_config(wd / "twin.toml", rate=rate, db=db, ports=None, metrics_port=0)
+    broker, mqtt_url = None, ""
+    if sensors == "mqtt":  # a private broker; the fleet's meters and sensors in the config
+        from hil.mqttsensors import Broker, fleet_config
+
+        broker = Broker(wd)
+        mqtt_url = broker.start()
+        with open(gw_cfg, "a", encoding="utf-8") as f:
+            f.write(fleet_config("ieee33", mqtt_url))
     gw_log = wd / "gateway.log"
     cmd = [sys.executable, "-m", "gateway.cli", "run", str(gw_cfg), "--summary",
            "--spool-dir", str(wd / "spool")]
@@ -233,6 +245,8 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
                 f"{seconds:g}", "--timestamps", "trace", "--json"]
         if loop:
             ecmd.append("--loop")
+        if mqtt_url:
+            ecmd += ["--mqtt", mqtt_url]
         if realtime:
             ecmd.append("--realtime")
         log(f"demo: twin ready (metrics http://127.0.0.1:{mport}/metrics); emulating "
@@ -259,6 +273,7 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
         # let the last snapshots through (lag window + estimate), then read the summary
         time.sleep(max(0.3, 20.0 / rate))
         live = http_json(mport, "/summary")
+        devices = http_json(mport, "/devices") if broker is not None else None
         metrics_text = http_text(mport, "/metrics")
         try:
             state = http_json(mport, "/state")
@@ -274,6 +289,8 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
         except subprocess.TimeoutExpired:
             gw.kill()
             gw_out, _ = gw.communicate()
+        if broker is not None:
+            broker.close()
     final = json.loads(gw_out.strip().splitlines()[-1]) if gw_out.strip() else live
     res = collect(final, emu_sum, db, trace_path, rate=rate, seconds=seconds)
     # chi-square failures at 99 % over the run's estimates: the counters behind the
@@ -291,6 +308,9 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
                           "events": res.pop("_restart_events", None)}
     else:
         res.pop("_restart_events", None)
+    if devices is not None:
+        res["devices"] = {**devices["counts"], "mqtt": devices.get("ingest"),
+                          "emulator": emu_sum.get("mqtt_sensors")}
     res["workdir"] = str(wd)
     if keep_metrics:
         res["_metrics_text"] = metrics_text
@@ -338,10 +358,11 @@ def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path,
         cor = rd.measurements(run_id=run_id, corrected=True)
         if len(cor):
             r = rows_of(cor.source_time)
+            cflags = cor.flags[:, :trace.bad.shape[1]]  # edge sensor channels come last
             elec = np.array([not n.startswith("wx") for n in trace.channel_names])
             bad = trace.bad[r] & ~trace.missing[r] & elec
-            flagged = (cor.flags & 1) != 0
-            good = elec & ~trace.bad[r] & ~trace.missing[r] & ((cor.flags & 8) == 0)
+            flagged = (cflags & 1) != 0
+            good = elec & ~trace.bad[r] & ~trace.missing[r] & ((cflags & 8) == 0)
             if bad.sum():
                 missed = 100.0 * float((bad & ~flagged).sum()) / float(bad.sum())
             if good.sum():

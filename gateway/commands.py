@@ -227,6 +227,12 @@ class CommandLink:
         self.sender.open()
         return self
 
+    def on_estimate(self, st: Any, received: float) -> None:
+        """The runner's hook: a converged estimate may lead to a decision (one comparison
+        until a decision is due)."""
+        if st.converged:
+            self.on_state(st.vm, st.seq, received)
+
     def on_state(self, vm: np.ndarray, seq: int, now: float) -> Command | None:
         """Decide, and send when due; returns the command when one went out."""
         cmd = self.controller.update(vm, seq, now)

@@ -11,19 +11,21 @@ line in the runner's start sequence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import TwinConfig
+from gateway.config import Stream, TwinConfig
 from gateway.errors import GatewayError, HistorianError
 from gateway.metrics import Metrics, MetricsServer
-from gateway.pipeline import StoreForecast, StoreSnapshot, StoreState
+from gateway.pipeline import StoreForecast, StoreLate, StoreSnapshot, StoreState
 from gateway.quality.passthrough import PassThroughQuality
-from gateway.telemetry import Telemetry
-from gateway.transports.base import Transport
+from gateway.telemetry import Telemetry, pct_ms
+from gateway.transports.base import Transport, TransportSpec, open_transport
 
 log = logging.getLogger("gridtwin.gateway")
 
@@ -43,6 +45,7 @@ class GatewayOptions:
     spare: bool = True
     realtime: bool = False  # the estimator process asks for real-time scheduling too
     url_overrides: dict[str, str] | None = None  # stream name -> URL (tests, demo)
+    bus_url: str | None = None  # None: the config's [bus] url; "": no bus
 
 
 def open_historian(cfg: TwinConfig, o: GatewayOptions, clock: Callable[[], float]) -> Any:
@@ -126,8 +129,10 @@ def open_commands(cfg: TwinConfig, metrics: Metrics, event: EventSink) -> Any:
 
 async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
                          on_state: Any, on_fail: Any, on_event: Any) -> Any:
-    """The estimator supervisor with its process ready, or None (``estimator=False``)."""
-    if not o.estimator:
+    """The estimator supervisor with its process ready, or None (``estimator=False``, or
+    the fleet's workers estimate this twin)."""
+    if not o.estimator or (cfg.bus.estimate == "workers" and
+                           (cfg.bus.url if o.bus_url is None else o.bus_url)):
         return None
     from gateway.supervisor import EstimatorSupervisor
 
@@ -139,15 +144,32 @@ async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[
     return sup
 
 
+async def open_bus(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
+                   on_state: Any) -> Any:
+    """The bus link started, or None when no bus is configured. With ``[bus] estimate =
+    "workers"`` the fleet's states come back through ``on_state``."""
+    url = cfg.bus.url if o.bus_url is None else o.bus_url
+    if not url:
+        return None
+    from gateway.bus.link import BusLink, bus_options
+
+    link = BusLink(cfg, bus_options(cfg, url), clock=clock,
+                   on_state=on_state if cfg.bus.estimate == "workers" else None)
+    await link.start()
+    return link
+
+
 async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
                       state: Callable[[], dict[str, Any] | None],
                       streams: Callable[[], list[dict[str, Any]]],
-                      summary: Callable[[], dict[str, Any]]) -> MetricsServer | None:
+                      summary: Callable[[], dict[str, Any]],
+                      ready: Callable[[], list[str]]) -> MetricsServer | None:
     """The metrics HTTP server listening, or None when no address is configured."""
     bind = cfg.metrics_bind if o.metrics_bind is None else o.metrics_bind
     if not bind:
         return None
-    server = MetricsServer(metrics, state=state, streams=streams, summary=summary)
+    server = MetricsServer(metrics, state=state, streams=streams, summary=summary,
+                           ready=ready)
     try:
         addr = await server.start(bind)
     except OSError as exc:
@@ -155,6 +177,79 @@ async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
                            ) from exc
     log.info("metrics on http://%s:%d/metrics", *addr)
     return server
+
+
+async def open_stream(s: Stream, o: GatewayOptions, frame_size: int, *,
+                      on_frame: Any, on_drop: Any, on_event: Any,
+                      clock: Callable[[], float]) -> Transport:
+    """The transport of one stream, started (its URL may be overridden for a run)."""
+    url = (o.url_overrides or {}).get(s.name, s.url)
+    t = open_transport(
+        TransportSpec(s.name, url, s.format, frame_size, s.idcode, s.allow, s.rate_hz,
+                      read_timeout_s=s.read_timeout_s),
+        on_frame, on_drop=on_drop, on_event=on_event, clock=clock)
+    await t.start()
+    return t
+
+
+def open_live(server: MetricsServer, cfg: TwinConfig, *,
+              state: Callable[[], dict[str, Any] | None],
+              extras: Callable[[], dict[str, Any]], clock: Callable[[], float]) -> Any:
+    """The operator's live page on ``server``'s address (read-only routes, ``/live``)."""
+    from gateway.web.site import LiveSite
+
+    site = LiveSite(cfg, state=state, extras=extras, clock=clock)
+    server.routes.update(site.routes())
+    server.stream_routes["/live"] = site.serve_live
+    return site
+
+
+def live_extras(telemetry: Any, streams: list[dict[str, Any]]) -> dict[str, Any]:
+    """Latency (the last 1000 estimates), deadline misses and stream health for the page."""
+    import itertools
+
+    recent = deque(itertools.islice(reversed(telemetry.e2e_s), 1000))
+    lat = pct_ms(recent)
+    ss = telemetry.supervisor
+    return {"latency_ms": {"p50": lat["p50"], "p99": lat["p99"]},
+            "deadline_misses": ss.deadline_misses if ss else 0,
+            "streams": [{"name": s["stream"], "up": bool(s.get("rate_hz", 0) > 0),
+                         "rate_hz": s.get("rate_hz"), "lost": s.get("lost", 0)}
+                        for s in streams]}
+
+
+def readiness(gw: Any) -> list[str]:
+    """The reasons ``gw`` is not ready (:func:`gateway.health.not_ready`)."""
+    from gateway.health import not_ready
+
+    sup, h = gw.supervisor, gw.historian
+    st = gw.pipeline.last_state
+    return not_ready(gw.clock(), streams=gw.pipeline.stats,
+                     rates={s.name: s.rate_hz for s in gw.cfg.enabled_streams},
+                     estimating=sup is not None or (gw.bus is not None and gw.bus.workers),
+                     estimator_up=(sup is not None and sup.active is not None) or
+                     (gw.bus is not None and gw.bus.edge.stats.connected),
+                     last_state_at=None if st is None else st[1],
+                     historian=None if h is None else h.stats())
+
+
+def summary(gw: Any) -> dict[str, Any]:
+    """The runner's summary: the telemetry's totals and each component's own figures."""
+    sup, cl = gw.supervisor, gw.commands
+    hist = None
+    if gw.historian is not None:
+        with contextlib.suppress(Exception):
+            hist = gw.historian.stats().as_dict()
+    return {
+        **gw.telemetry.summary(),
+        "restart_s": list(sup.restart_durations) if sup else [],
+        "historian": hist,
+        "quality": type(gw.quality).__name__,
+        "commands_sent": cl.sent if cl is not None else 0,
+        "command_errors": cl.errors if cl is not None else 0,
+        "bus": gw.bus.stats() if gw.bus is not None else None,
+        "devices": gw.sensors.summary() if getattr(gw, "sensors", None) else None,
+    }
 
 
 def demote_thread(thread: Any) -> None:
@@ -227,6 +322,10 @@ class HistorianSink:
         self.put(self.writer.put_snapshot, "measurements", o.seq, o.source_time,
                  o.arrival_time, o.raw_values, o.raw_flags, o.values, o.flags,
                  also="corrected")
+
+    def late(self, o: StoreLate) -> None:
+        self.put(self.writer.put_measurements, "measurements", o.seq, o.source_time,
+                 o.arrival_time, o.values, o.flags)
 
     def forecast(self, o: StoreForecast) -> None:
         self.put(self.writer.put_forecasts, "forecasts", o.seq, o.time, o.pv_mw, o.sigma_mw)

@@ -12,24 +12,50 @@ class GatewayError(Exception):
 
 
 class ConfigError(GatewayError):
-    """The twin config is invalid; ``problems`` holds every error found, each naming a key."""
+    """The twin config is invalid; ``problems`` holds every error found, each naming a key.
+
+    A problem whose ``cause`` is set is a follow-on of another (a plant that failed its own
+    check is then "missing" for the meters naming it): the message lists the root problems
+    and counts the follow-ons, since fixing a root usually clears them.
+    """
 
     def __init__(self, problems: list[ConfigProblem] | str) -> None:
         if isinstance(problems, str):
             problems = [ConfigProblem("", problems, "")]
         self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
+        lines = [str(p) for p in self.roots]
+        if self.follow_ons:
+            lines.append(f"(and {len(self.follow_ons)} follow-on problem(s) that fixing the "
+                         "above should clear)")
+        super().__init__("\n".join(lines))
+
+    @property
+    def roots(self) -> list[ConfigProblem]:
+        """The problems not caused by another one."""
+        return [p for p in self.problems if p.cause is None]
+
+    @property
+    def follow_ons(self) -> list[ConfigProblem]:
+        return [p for p in self.problems if p.cause is not None]
 
 
 class ConfigProblem:
-    """One error in a config: the dotted key, what is wrong, and how to fix it."""
+    """One error in a config: the dotted key, what is wrong, and how to fix it.
 
-    __slots__ = ("fix", "key", "message")
+    ``value`` is the offending value when there is one; ``cause`` is the root problem this
+    one follows from (None for a root). :mod:`gateway.config.problems` has the typed
+    subclasses the checker raises.
+    """
 
-    def __init__(self, key: str, message: str, fix: str = "") -> None:
+    __slots__ = ("cause", "fix", "key", "message", "value")
+
+    def __init__(self, key: str, message: str, fix: str = "", *, value: object = None,
+                 cause: ConfigProblem | None = None) -> None:
         self.key = key
         self.message = message
         self.fix = fix
+        self.value = value
+        self.cause = cause
 
     def __str__(self) -> str:
         where = f"{self.key}: " if self.key else ""
@@ -37,7 +63,7 @@ class ConfigProblem:
         return f"{where}{self.message}{fix}"
 
     def __repr__(self) -> str:
-        return f"ConfigProblem({self.key!r}, {self.message!r}, {self.fix!r})"
+        return f"{type(self).__name__}({self.key!r}, {self.message!r}, {self.fix!r})"
 
 
 class FrameError(GatewayError):

@@ -47,6 +47,9 @@ DEFAULT_SPIN_US = 1000.0
 CORRECTED_SIGMA_FACTOR = 1.0
 #: J(x) above this many times its quantile: gross errors, removed by the LNR search
 GROSS_CHI2 = 3.0
+#: sigma factor of a STALE value: past its stale age an edge sensor's value has an
+#: error sigma of about σ0·sqrt(1 + age/τ) >= 2 σ0 (gateway.sensors), so 3 errs safe
+STALE_SIGMA_FACTOR = 3.0
 #: below this period snapshots come often enough to keep the process warm: no polling,
 #: the CPU is better left to the gateway and the sender
 MIN_SPIN_PERIOD_S = 0.004
@@ -64,7 +67,7 @@ def build_solver(config: str, method: str) -> tuple[int, SolveFn]:
     return solver_for(load_config(config), method)
 
 
-def solver_for(cfg: Any, method: str) -> tuple[int, SolveFn]:
+def solver_for(cfg: Any, method: str, *, clean: bool = False) -> tuple[int, SolveFn]:
     """(number of buses, solve function) for a loaded twin config: what the worker runs
     per snapshot (tests call it to compare the live path with ``gridtwin estimate``)."""
     n_bus = cfg.network.n_bus
@@ -77,23 +80,29 @@ def solver_for(cfg: Any, method: str) -> tuple[int, SolveFn]:
             return vm, va, 0.0, float("nan"), 0, True
 
         return n_bus, flat
-    return n_bus, _linear_solver(cfg, method)
+    return n_bus, _linear_solver(cfg, method, clean=clean)
 
 
-def _linear_solver(cfg: Any, method: str) -> SolveFn:
+def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     """The config's estimator (``linear``: the DT paper's constant-gain linear SE) on the
     config's measurement model. Values the quality stage flagged BAD and did not correct
     are left out; NaN values (missing, not filled) are inactive; the PV forecasts are the
     pseudo-measurements with the forecaster's own sigma; a value the predictor corrected
     (or filled) carries the predictor's error, :data:`CORRECTED_SIGMA_FACTOR` times the
-    meter's sigma (see :func:`measurement_sigmas`). When the static estimate's J(x) is
-    above :data:`GROSS_CHI2` times its 99 % quantile, the largest-normalized-residual
-    search (``estimator.badata``) removes what the quality stage let through (measured on
-    a 30 s, 50 Hz demo trace with 10 % bad data: the detector's first five snapshots,
-    before its window fills, let 5-17 gross errors each through, and their angle errors
-    of up to 0.1 rad made most of the run's angle RMSE)."""
+    meter's sigma (see :func:`measurement_sigmas`). With ``linear``, a value flagged
+    STALE (an edge sensor's latest value past its stale age, :mod:`gateway.sensors`)
+    weighs less: its sigma times :data:`STALE_SIGMA_FACTOR`. With ``clean`` (the worker
+    process's default, ``--no-clean`` to turn it off), when the static estimate's J(x) is
+    above :data:`GROSS_CHI2` times its 99 % quantile (and no value is STALE: an
+    aged value's error is what its factor accounts for, not bad data to remove), the
+    largest-normalized-residual search (``estimator.badata``) removes what the quality
+    stage let through (measured on a 30 s, 50 Hz demo trace with 10 % bad data: the
+    detector's first five snapshots, before its window fills, let 5-17 gross errors each
+    through, and their angle errors of up to 0.1 rad made most of the run's angle
+    RMSE)."""
     from estimator.baselines import make_estimator
     from estimator.errors import DidNotConverge
+    from estimator.linear import LinearStateEstimator
     from gateway.se_model import measurement_model
 
     model = measurement_model(cfg)
@@ -101,11 +110,13 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
                          max_iterations=cfg.estimator.max_iterations)
     chan = model.channel
     real = chan >= 0
-    bad, corrected = np.uint32(1), np.uint32(4)
+    bad, corrected, stale = np.uint32(1), np.uint32(4), np.uint32(256)
+    real_idx = np.flatnonzero(real)
+    lin = est if isinstance(est, LinearStateEstimator) else None  # takes sigma factors
     takes_sigma = hasattr(est, "nominal_sigma")  # the linear family weighs caller sigmas
     # bad-data fallback for the static linear SE (re-solving a snapshot is idempotent
     # there; the tracking filter would step once per re-solve)
-    clean = getattr(est, "solve_clean", None) if method == "linear" else None
+    cleaner = getattr(est, "solve_clean", None) if clean and method == "linear" else None
     _warm_up(cfg, model, est)
 
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
@@ -115,20 +126,26 @@ def _linear_solver(cfg: Any, method: str) -> SolveFn:
         f = flags[chan[real]]
         # BAD and not replaced by the predictor: leave the value out
         active[real] &= ~(((f & bad) != 0) & ((f & corrected) == 0))
+        aged = (f & stale) != 0
         extra: dict[str, Any] = {}
         if takes_sigma:
             extra["sigma"] = measurement_sigmas(model, z, f, sig)
         try:
-            st = est.solve(z, active=active, **extra)
+            if lin is not None and aged.any():
+                scale = np.ones(model.m)
+                scale[real_idx[aged]] = STALE_SIGMA_FACTOR
+                st = lin.solve(z, active=active, sigma_scale=scale, **extra)
+            else:
+                st = est.solve(z, active=active, **extra)
             # the chi-square test of the snapshot as it arrived (what the metrics and the
             # GridtwinChiSquareFailing alert report: bad data the quality stage let through)
             chi2, chi2_thr = float(st.objective), float(st.chi2_threshold)
-            if clean is not None and chi2 > GROSS_CHI2 * chi2_thr:
+            if cleaner is not None and not aged.any() and chi2 > GROSS_CHI2 * chi2_thr:
                 # gross errors the quality stage let through (its detector is still
                 # warming up, or an error looks plausible): the estimator's own test
                 # caught them (far above the quantile, not the 1 % of healthy snapshots
                 # just above it); remove them by the largest normalized residual
-                st = clean(z, active=active, warm_start=st.v, **extra)
+                st = cleaner(z, active=active, warm_start=st.v, **extra)
         except DidNotConverge as exc:
             if exc.last is None:
                 raise
@@ -293,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spin-us", type=float, default=DEFAULT_SPIN_US,
                    help="poll the socket this long around the expected snapshot arrival "
                    "(0: always block)")
+    p.add_argument("--no-clean", action="store_true",
+                   help="no largest-normalized-residual search when J(x) is far above its "
+                   "quantile (gross errors the quality stage let through)")
     p.add_argument("--realtime", action="store_true",
                    help="the estimator's SCHED_FIFO priority (gateway.realtime) if "
                    "allowed, else nice -10")
@@ -306,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.config import load_config
 
         cfg = load_config(args.config)
-        n_bus, solve = solver_for(cfg, args.method or cfg.estimator.method)
+        n_bus, solve = solver_for(cfg, args.method or cfg.estimator.method,
+                                  clean=not args.no_clean)
     except Exception as exc:
         print(f"estimator worker: cannot build the estimator: {exc}", file=sys.stderr)
         return 3

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,7 @@ from gateway.stats import StreamStats
 LATENCY_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2,
                    5e-2, 0.1, 0.25, 1.0)
 FLAG_NAMES = ("bad", "suspect", "corrected", "missing", "pseudo", "late", "duplicate",
-              "out_of_order", "stale")
+              "out_of_order", "stale", "time_suspect", "trigger")
 
 #: every metric name exported (the deploy helper builds alerts and dashboards from it);
 #: (name, type, labels, help)
@@ -62,6 +62,11 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Frames older than the newest seen of their stream."),
     ("gridtwin_frames_late_total", "counter", ("stream",),
      "Frames that arrived after their snapshot was published."),
+    ("gridtwin_frames_dropped_total", "counter", ("stream", "reason"),
+     "Frames not stored, by reason: duplicate, future (timestamp ahead of the local clock "
+     "or an unconfirmed jump ahead), outlier (unconfirmed jump back, stray timestamp)."),
+    ("gridtwin_stream_restarts_total", "counter", ("stream",),
+     "Sender restarts recognised (sequence or time went back and continued from there)."),
     ("gridtwin_stream_rate_hertz", "gauge", ("stream",), "Frames per second, recent window."),
     ("gridtwin_stream_one_way_delay_seconds", "gauge", ("stream",),
      "Arrival minus source timestamp of the last frame."),
@@ -95,6 +100,9 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "estimate, per unit."),
     ("gridtwin_state_timestamp_seconds", "gauge", (),
      "Source time (epoch) of the latest estimate."),
+    ("gridtwin_bus_voltage_pu", "gauge", ("bus",),
+     "Estimated voltage magnitude per bus (latest estimate, per unit; one series per bus "
+     "of the feeder)."),
     ("gridtwin_historian_records_total", "counter", ("kind",),
      "Records handed to the historian writer."),
     ("gridtwin_historian_dropped_total", "counter", (),
@@ -147,6 +155,8 @@ class _StreamCollector:
             cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             short = name[:-6] if kind == "counter" else name
             fams[name] = cls(short, doc, labels=["stream"])
+        drop = CounterMetricFamily("gridtwin_frames_dropped", _SPEC[
+            "gridtwin_frames_dropped_total"][2], labels=["stream", "reason"])
         now = self.clock()
         for s in self.source():
             lab = [s.name]
@@ -158,7 +168,12 @@ class _StreamCollector:
             fams["gridtwin_frames_duplicate_total"].add_metric(lab, s.duplicates)
             fams["gridtwin_frames_reordered_total"].add_metric(lab, s.reordered)
             fams["gridtwin_frames_late_total"].add_metric(lab, s.late)
-            fams["gridtwin_stream_rate_hertz"].add_metric(lab, s.rate())
+            fams["gridtwin_stream_rate_hertz"].add_metric(lab, s.rate(now))
+            fams["gridtwin_stream_restarts_total"].add_metric(lab, s.restarts)
+            for reason in ("duplicate", "future", "outlier"):
+                n = s.dropped_by.get(reason, 0) + (s.duplicates if reason == "duplicate"
+                                                   else 0)
+                drop.add_metric([s.name, reason], n)
             owd = s.owd_last
             fams["gridtwin_stream_one_way_delay_seconds"].add_metric(
                 lab, owd if math.isfinite(owd) else 0.0)
@@ -166,6 +181,7 @@ class _StreamCollector:
             fams["gridtwin_stream_last_frame_timestamp_seconds"].add_metric(lab, last)
             fams["gridtwin_stream_up"].add_metric(lab, 1.0 if now - last <= 1.0 else 0.0)
         yield from fams.values()
+        yield drop
 
 
 class Metrics:
@@ -200,6 +216,7 @@ class Metrics:
         self.estimator_up = self._gauge("gridtwin_estimator_up")
         self.chi2 = self._gauge("gridtwin_state_chi2")
         self.state_time = self._gauge("gridtwin_state_timestamp_seconds")
+        self.bus_vm = self._gauge("gridtwin_bus_voltage_pu")
         self.historian = self._counter("gridtwin_historian_records_total")
         self.historian_dropped = self._counter("gridtwin_historian_dropped_total")
         # the historian writer's own state, set from its stats at scrape time
@@ -293,15 +310,26 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 
 class MetricsServer:
-    """``/metrics``, ``/state``, ``/streams``, ``/healthz`` over a minimal HTTP/1.1."""
+    """``/metrics``, ``/state``, ``/streams``, ``/summary``, ``/healthz`` over a minimal
+    HTTP/1.1, read-only (only GET and HEAD are answered).
+
+    Other parts add routes: :attr:`routes` maps a path to a handler of the query string
+    returning (status, content type, body); :attr:`stream_routes` maps a path to a
+    coroutine that owns the connection's writer (Server-Sent Events). ``/healthz`` is a
+    readiness check: ``ready()`` returns the reasons the twin is not ready (none: 200 ok,
+    else 503 with one reason per line)."""
 
     def __init__(self, metrics: Metrics, *, state: Callable[[], dict[str, Any] | None],
                  streams: Callable[[], list[dict[str, Any]]] | None = None,
-                 summary: Callable[[], dict[str, Any]] | None = None) -> None:
+                 summary: Callable[[], dict[str, Any]] | None = None,
+                 ready: Callable[[], list[str]] | None = None) -> None:
         self.metrics = metrics
         self.state = state
         self.streams = streams or (lambda: [])
         self.summary = summary or (lambda: {})
+        self.ready = ready or (lambda: [])
+        self.routes: dict[str, Callable[[str], tuple[int, str, bytes]]] = {}
+        self.stream_routes: dict[str, Callable[[asyncio.StreamWriter], Awaitable[None]]] = {}
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, bind: str) -> tuple[str, int]:
@@ -325,8 +353,8 @@ class MetricsServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
             self._server = None
 
-    def route(self, method: str, path: str) -> tuple[int, str, bytes]:
-        path = path.split("?", 1)[0]
+    def route(self, method: str, target: str) -> tuple[int, str, bytes]:
+        path, _, query = target.partition("?")
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", b"only GET\n"
         if path == "/metrics":
@@ -341,10 +369,15 @@ class MetricsServer:
         if path == "/summary":
             return 200, "application/json", json.dumps(
                 self.summary(), default=_json_default).encode() + b"\n"
+        if path in self.routes:
+            return self.routes[path](query)
         if path in ("/healthz", "/"):
+            why = self.ready()
+            if why:
+                return 503, "text/plain", ("\n".join(why) + "\n").encode()
             return 200, "text/plain", b"ok\n"
-        return 404, "text/plain", (b"not found: try /metrics, /state, /streams, /summary, "
-                                   b"/healthz\n")
+        return 404, "text/plain", (b"not found: try /, /metrics, /state, /streams, "
+                                   b"/summary, /healthz\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                       ) -> None:
@@ -366,6 +399,10 @@ class MetricsServer:
                             (ln.partition(":") for ln in lines[1:] if ln)}
                     conn = hdrs.get("connection", "").lower()
                     keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
+                    live = self.stream_routes.get(path.partition("?")[0])
+                    if live is not None and method == "GET":
+                        await live(writer)  # owns the connection until the client leaves
+                        return
                     status, ctype, body = self.route(method, path)
                 resp = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
                         f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"

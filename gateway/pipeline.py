@@ -37,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gateway import discipline as dsc
 from gateway.aligner import Aligner
-from gateway.codecs.decoders import make_decoder
+from gateway.codecs.decoders import C37Decoder, make_decoder
 from gateway.errors import FrameError, GatewayError
 from gateway.quality.passthrough import PassThroughQuality
 from gateway.snapshot import Snapshot
@@ -77,6 +78,18 @@ class StoreSnapshot:
     arrival_time: float
     raw_values: np.ndarray
     raw_flags: np.ndarray
+    values: np.ndarray
+    flags: np.ndarray
+
+
+@dataclass(slots=True)
+class StoreLate:
+    """Store one frame that arrived after its snapshot was published: a raw
+    ``measurements`` row of its own (see :func:`gateway.discipline.late_row`)."""
+
+    seq: int
+    source_time: float
+    arrival_time: float
     values: np.ndarray
     flags: np.ndarray
 
@@ -121,7 +134,7 @@ class Settle:
 
 SETTLE = Settle()
 
-Output = Handoff | StoreSnapshot | StoreForecast | StoreState | Event | Settle
+Output = Handoff | StoreSnapshot | StoreLate | StoreForecast | StoreState | Event | Settle
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -142,17 +155,22 @@ class Pipeline:
         if not streams:
             raise GatewayError(f"config {cfg.name}: no enabled stream")
         self.decoders = {s.name: make_decoder(s) for s in streams}
+        # C37.118 decoders: per-point STAT flags for the aligner, session events to raise
+        self._c37 = {n: d for n, d in self.decoders.items() if isinstance(d, C37Decoder)}
         self.stats = {s.name: StreamStats(s.name) for s in streams}
-        self.aligner = Aligner(len(cfg.channels), [d.layout for d in self.decoders.values()],
-                               rate_hz=cfg.rate_hz, lag_s=cfg.align.lag_s)
+        self.aligner = Aligner.for_config(cfg, [d.layout for d in self.decoders.values()])
         self.telemetry = telemetry
         telemetry.watch(self.stats, self.aligner.stats)
         self.passthrough = PassThroughQuality(cfg)
         self.quality: Any = quality if quality is not None else self.passthrough
+        #: the sensor board (gateway.sensors) when edge sensors are configured: it fills
+        #: the sensor channels of every snapshot published, before cleaning
+        self.sensors: Any = None
         self.perf = perf
         self.handoff = True
         self.store = True
         self.quality_errors = 0
+        self._n_channels = len(cfg.channels)
         self._plant_names = [p.name for p in cfg.plants]
         self._bus_ids = [int(b) for b in cfg.network.bus_ids]
         self._out: list[Output] = []
@@ -177,6 +195,7 @@ class Pipeline:
         timed = self._n_frames % DECODE_SAMPLE == 0
         if timed:
             t0 = self.perf()
+        c37 = self._c37.get(stream)
         try:
             dec = self.decoders[stream].decode(data, now)
         except FrameError as exc:
@@ -184,24 +203,35 @@ class Pipeline:
             if st.decode_errors <= 10 or st.decode_errors % 1000 == 0:
                 log.warning("stream %s: frame %d undecodable: %s (%d so far)", stream,
                             st.received + st.decode_errors, exc, st.decode_errors)
+            if c37 is not None and c37.events:
+                self._c37_events(stream, c37, out)
             return out
+        if c37 is not None and c37.events:
+            self._c37_events(stream, c37, out)
         if timed:
             self.telemetry.obs_decode[stream].append(self.perf() - t0)
         if dec is None:  # a configuration/header frame
             return out
         seq, ts, values = dec
-        if st.frame(seq, ts, now, len(data)) == "duplicate":
-            return out
-        agg = self.aligner.stats
-        late0 = agg.late_frames
-        snaps = self.aligner.feed(stream, values, now, ts=ts, seq=seq)
-        if agg.late_frames != late0:
-            st.late += 1
+        snaps = dsc.ingest_frame(st, self.aligner, stream, seq, ts, values, now, len(data),
+                                 flags=None if c37 is None else c37.flags)
+        if dsc.pending(st, self.aligner):
+            rows, events = dsc.drain(self.stats, self.aligner, stream, self._n_channels)
+            if self.store:
+                out.extend(StoreLate(*r) for r in rows)
+            out.extend(Event(*e) for e in events)
         if snaps:
             for snap in snaps:
                 self._clean(snap)
             out.append(SETTLE)
         return out
+
+    @staticmethod
+    def _c37_events(stream: str, dec: C37Decoder, out: list[Output]) -> None:
+        """The C37.118 decoder's events (configuration accepted, remapped, changed or
+        refused naming both PMU lists, STAT flag changes) as ``stream_<kind>`` events."""
+        for ev in dec.take_events():
+            out.append(Event(f"stream_{ev.kind}", stream, ev.detail()))
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` has work: the oldest pending slot's lag window expires."""
@@ -228,6 +258,8 @@ class Pipeline:
     def _clean(self, snap: Snapshot) -> None:
         """Clean one snapshot; queue its handoff first, then what to store."""
         out = self._out
+        if self.sensors is not None:
+            self.sensors.fill(snap.values, snap.flags, snap.arrival_time)
         t0 = self.perf()
         try:
             res = self.quality.process(snap.values, snap.flags, snap.source_time)
@@ -297,6 +329,19 @@ class Pipeline:
         if self.store:
             out.append(StoreState(st, met, e2e, hand))
         return out
+
+    def dropped_source(self, stream: str, host: str) -> None:
+        """A frame from an address the stream does not allow (the transport dropped it)."""
+        st = self.stats[stream]
+        st.dropped()
+        if st.dropped_source <= 3:
+            log.warning("stream %s: dropped a frame from %s (not in the allowlist)", stream,
+                        host)
+
+    @property
+    def last_state(self) -> tuple[StateMsg, float, bool, float, float] | None:
+        """(state, received time, deadline met, e2e s, handoff s) of the newest estimate."""
+        return self._last_state
 
     @property
     def latest_state(self) -> dict[str, Any] | None:

@@ -30,6 +30,8 @@ class Flag(enum.IntFlag):
     DUPLICATE = 64  # same sequence number seen again
     OUT_OF_ORDER = 128  # arrived after a newer frame of the same stream
     STALE = 256  # repeated from an older frame
+    TIME_SUSPECT = 512  # source time not traceable (C37.118 STAT: sync lost, sorted by arrival)
+    TRIGGER = 1024  # the source reports a trigger (C37.118 STAT bit 11)
 
 
 _HEADER = struct.Struct("<qddI")  # seq, source_time, arrival_time, m

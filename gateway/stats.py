@@ -7,25 +7,58 @@ time and the size. The classification follows VILLASnode:
 * ``gaps``: sequence numbers skipped when the sequence jumps forward by more than one
   (each missing number counts once; a frame arriving later for it is counted
   ``reordered`` and no longer ``lost``);
-* ``duplicates``: a sequence number seen before (within the last :data:`WINDOW`);
+* ``duplicates``: a sequence number seen before (within the last :data:`WINDOW`) with
+  the same timestamp; a duplicate is dropped by the gateway and not counted in
+  ``received``;
 * ``reordered``: older than the newest seen but not seen before;
+* ``restart``: the sequence went back by more than the reorder window (or back at all
+  with a timestamp newer than any seen: a sender's short run) and the next
+  frame continued from there (case restart, recompile, card reboot): the baseline is
+  re-based, an event is queued (:attr:`StreamStats.events`), nothing is counted lost;
+* ``outlier``: a sequence number more than ``max_jump`` ahead (or beyond the reorder
+  window behind) that the next frame did not continue: it does not move the baseline,
+  so one bad number cannot turn every later frame into "reordered". A jump ahead that
+  the next frame continues is real (an outage): its gap is counted then;
 * ``late``: set by the aligner, the frame missed its snapshot;
 * one-way delay = arrival - source timestamp (meaningful when both clocks are
   synchronised, e.g. the emulator on the same host, or PTP/IRIG-B at the RTDS);
-* rate: frames per second over a sliding window of :data:`RATE_WINDOW` arrivals.
+* rate: frames per second over a sliding window of :data:`RATE_WINDOW` arrivals,
+  measured up to ``now`` (so it falls to 0 when the stream is silent for
+  :data:`SILENT_S`);
+* ``dropped``: frames the gateway did not store, by reason (``duplicate``, ``future``,
+  ``outlier``: see :mod:`gateway.aligner`), added by the runner.
+
+Sans-IO: the verdicts are returned (:class:`SeqVerdict`) and events queued as data; the
+runner drains them (:meth:`StreamStats.drain_events`).
 
 Sequence numbers are 32-bit and wrap (the VILLASnode header word is unsigned).
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 WINDOW = 1024  # a power of two
 RATE_WINDOW = 64
 SEQ_MOD = 1 << 32
+SILENT_S = 1.0  # no frame for this long: the rate is 0
+REORDER = 16  # sequence numbers a frame may come late before it is a restart candidate
+MAX_JUMP = 1 << 16  # sequence numbers ahead before a frame is a jump candidate
+
+
+class SeqVerdict(enum.StrEnum):
+    """The class of one frame's sequence number (a str: compares equal to its name)."""
+
+    OK = "ok"
+    GAP = "gap"
+    DUPLICATE = "duplicate"
+    REORDERED = "reordered"
+    RESTART = "restart"
+    OUTLIER = "outlier"  # provisional: the next frame decides (see the module docstring)
 
 
 def seq_diff(a: int, b: int) -> int:
@@ -51,17 +84,40 @@ class StreamStats:
     owd_max: float = 0.0
     last_arrival: float = math.nan
     last_seq: int | None = None
+    restarts: int = 0
+    outliers: int = 0
+    reorder: int = REORDER
+    max_jump: int = MAX_JUMP
+    dropped_by: dict[str, int] = field(default_factory=dict)
+    events: list[tuple[str, float, dict[str, Any]]] = field(default_factory=list)
+    _cand: int | None = field(default=None, repr=False)  # an unconfirmed jump
+    _newest_ts: float = field(default=-math.inf, repr=False)
+    # the timestamp that came with each ring entry: a repeated number with another
+    # timestamp is not a duplicate
+    _ring_ts: list[float] = field(default_factory=lambda: [math.nan] * WINDOW, repr=False)
     # seq -> slot seq & (WINDOW-1): a seen-before test in O(1) without a set
     _ring: list[int] = field(default_factory=lambda: [-1] * WINDOW, repr=False)
     _arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=RATE_WINDOW),
                                     repr=False)
 
-    def frame(self, seq: int | None, ts: float | None, now: float, size: int = 0) -> str:
-        """Account one decoded frame; return its class: ok, gap, duplicate or reordered."""
+    def frame(self, seq: int | None, ts: float | None, now: float,
+              size: int = 0, *, delay: bool = True) -> SeqVerdict:
+        """Account one decoded frame; return its class (a duplicate is not ``received``).
+        ``delay=False`` leaves the one-way delay to a later :meth:`delay` call (the
+        gateway records it only for frames the aligner did not refuse)."""
+        self.last_arrival = now
+        kind = SeqVerdict.OK if seq is None else self._classify(seq, ts, now)
+        if kind is SeqVerdict.DUPLICATE:
+            return kind
         self.received += 1
         self.bytes += size
-        self.last_arrival = now
         self._arrivals.append(now)
+        if delay:
+            self.delay(ts, now)
+        return kind
+
+    def delay(self, ts: float | None, now: float) -> None:
+        """Record the one-way delay of a frame stamped ``ts`` that arrived at ``now``."""
         if ts is not None and ts > 0:
             owd = now - ts
             self.owd_last = owd
@@ -69,28 +125,80 @@ class StreamStats:
             self.owd_n += 1
             if owd > self.owd_max:
                 self.owd_max = owd
-        if seq is None:
-            return "ok"
-        kind = "ok"
+
+    def _classify(self, seq: int, ts: float | None, now: float) -> SeqVerdict:
         ring = self._ring
         last = self.last_seq
+        kind = SeqVerdict.OK
+        t = ts if ts is not None and ts > 0 else math.nan
+        slot = seq & (WINDOW - 1)
+        newer = t > self._newest_ts  # False for NaN
+        if newer:
+            self._newest_ts = t
         if last is None or seq == (last + 1) & 0xFFFFFFFF:
             self.last_seq = seq
+            if self._cand is not None:  # the jump before was not continued
+                self.outliers += 1
+                self._cand = None
         else:
             d = seq_diff(seq, last)
-            if d > 0:
-                if d > 1:
-                    self.gaps += d - 1
-                    kind = "gap"
-                self.last_seq = seq
-            elif d > -WINDOW and ring[seq & (WINDOW - 1)] == seq:
-                self.duplicates += 1
-                return "duplicate"
+            if d <= 0 and newer:
+                # back in sequence but ahead in time: not a reordered frame, a restart
+                kind = self._jump(seq, d, now)
+            elif -self.reorder <= d <= self.max_jump:
+                if self._cand is not None:  # the jump before was not continued
+                    self.outliers += 1
+                    self._cand = None
+                if d > 0:
+                    if d > 1:
+                        self.gaps += d - 1
+                        kind = SeqVerdict.GAP
+                    self.last_seq = seq
+                elif d > -WINDOW and ring[slot] == seq and (
+                        math.isnan(t) or self._ring_ts[slot] == t):
+                    self.duplicates += 1
+                    return SeqVerdict.DUPLICATE
+                else:
+                    self.reordered += 1
+                    kind = SeqVerdict.REORDERED
             else:
-                self.reordered += 1
-                kind = "reordered"
-        ring[seq & (WINDOW - 1)] = seq
+                kind = self._jump(seq, d, now)
+        ring[slot] = seq
+        self._ring_ts[slot] = t
         return kind
+
+    def _jump(self, seq: int, d: int, now: float) -> SeqVerdict:
+        """A sequence number beyond the window: a candidate, or the candidate confirmed."""
+        cand = self._cand
+        if cand is not None and 0 < seq_diff(seq, cand) <= self.reorder:
+            self._cand = None
+            last = self.last_seq
+            assert last is not None
+            if seq_diff(cand, last) < 0:
+                self.restarts += 1
+                self._ring = [-1] * WINDOW
+                self._ring_ts = [math.nan] * WINDOW
+                self._ring[cand & (WINDOW - 1)] = cand
+                self.events.append(("restart", now, {"from_seq": last, "to_seq": cand}))
+                self.last_seq = seq
+                return SeqVerdict.RESTART
+            self.gaps += seq_diff(cand, last) - 1 + seq_diff(seq, cand) - 1
+            self.events.append(("seq_jump", now, {"from_seq": last, "to_seq": cand}))
+            self.last_seq = seq
+            return SeqVerdict.GAP
+        if cand is not None:
+            self.outliers += 1
+        self._cand = seq
+        return SeqVerdict.OUTLIER
+
+    def drain_events(self) -> list[tuple[str, float, dict[str, Any]]]:
+        """Events since the last call: (kind, time, detail)."""
+        out, self.events = self.events, []
+        return out
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        """The runner did not store a frame (``reason``: duplicate, future, outlier ...)."""
+        self.dropped_by[reason] = self.dropped_by.get(reason, 0) + n
 
     def decode_error(self) -> None:
         self.decode_errors += 1
@@ -107,19 +215,38 @@ class StreamStats:
     def owd_mean(self) -> float:
         return self.owd_sum / self.owd_n if self.owd_n else math.nan
 
-    def rate(self) -> float:
-        """Frames per second over the last arrivals (0 with fewer than two)."""
-        a = self._arrivals
-        if len(a) < 2 or a[-1] <= a[0]:
-            return 0.0
-        return (len(a) - 1) / (a[-1] - a[0])
+    @property
+    def not_stored(self) -> int:
+        """Frames that reached the gateway and were not stored: sequence numbers never
+        received, duplicates, undecodable and every refused frame (late frames are stored)."""
+        return self.lost + self.duplicates + self.decode_errors + sum(
+            self.dropped_by.values())
 
-    def as_dict(self) -> dict[str, float | int | str]:
+    def rate(self, now: float | None = None) -> float:
+        """Frames per second over the last arrivals (0 with fewer than two). With ``now``
+        the window reaches up to ``now``: a silent stream's rate falls, and is 0 after
+        :data:`SILENT_S` without a frame."""
+        a = self._arrivals
+        if len(a) < 2:
+            return 0.0
+        end = a[-1]
+        if now is not None and now > end:
+            if now - end >= SILENT_S:
+                return 0.0
+            if now - end > (end - a[0]) / (len(a) - 1):  # later than one mean interval
+                end = now
+        if end <= a[0]:
+            return 0.0
+        return (len(a) - 1) / (end - a[0])
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
         return {
             "stream": self.name, "received": self.received, "bytes": self.bytes,
             "decode_errors": self.decode_errors, "dropped_source": self.dropped_source,
             "gaps": self.gaps, "lost": self.lost, "duplicates": self.duplicates,
-            "reordered": self.reordered, "late": self.late, "rate_hz": round(self.rate(), 3),
-            "owd_mean_s": None if self.owd_n == 0 else self.owd_mean,  # type: ignore[dict-item]
+            "reordered": self.reordered, "late": self.late, "restarts": self.restarts,
+            "outliers": self.outliers, "dropped": dict(self.dropped_by),
+            "rate_hz": round(self.rate(now), 3),
+            "owd_mean_s": None if self.owd_n == 0 else self.owd_mean,
             "owd_max_s": self.owd_max,
         }

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from gateway.handoff import StateMsg
     from gateway.stats import StreamStats
 
-N_FLAG_BITS = 9
+N_FLAG_BITS = 11  # every gateway.snapshot.Flag bit
 FLAG_WORDS = 1 << N_FLAG_BITS  # flag words counted per meter kind (bits above: ignored)
 LATENCY_SAMPLES = 200_000
 METRICS_FLUSH_S = 1.0  # batched metrics reach the registry at least this often
@@ -85,6 +85,8 @@ class Telemetry:
         self.snapshots = 0
         self.states = 0
         self.chi2_failures = 0
+        self.bus_ids = [int(b) for b in cfg.network.bus_ids]
+        self._bus_vm: list[Any] | None = None
         self.e2e_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.handoff_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.quality_s: deque[float] = deque(maxlen=LATENCY_SAMPLES)
@@ -122,6 +124,22 @@ class Telemetry:
                 st.chi2 > st.chi2_threshold:
             self.chi2_failures += 1
         self._last_state = st
+
+    def estimator_event(self, kind: str, *, stored: bool) -> bool:
+        """Count an estimator event in the metrics; False when it should not be recorded
+        (deadline misses beyond the first 100 with a historian: counted, not flooded)."""
+        m = self.metrics
+        if kind == "estimator_restarted":
+            m.restarts.inc()
+            m.estimator_up.set(1)
+        elif kind == "estimator_crashed":
+            m.estimator_up.set(0)
+        elif kind == "deadline_missed":
+            m.deadline_misses.inc()
+            ss = self.supervisor
+            if stored and ss is not None and ss.deadline_misses > 100:
+                return False
+        return True
 
     def stored(self, kind: str, also: str | None = None) -> None:
         """A record (``also``: and a second one) accepted by the historian writer."""
@@ -210,6 +228,10 @@ class Telemetry:
         if st.vm.size:
             m.vm_min.set(float(st.vm.min()))
             m.vm_max.set(float(st.vm.max()))
+            if self._bus_vm is None:  # children made once: the label set is the feeder's
+                self._bus_vm = [m.bus_vm.labels(str(b)) for b in self.bus_ids]
+            for child, v in zip(self._bus_vm, st.vm.tolist(), strict=False):
+                child.set(v)
         m.state_time.set(st.source_time)
 
     # ------------------------------------------------------------------ reporting
@@ -224,7 +246,7 @@ class Telemetry:
         return {
             "frames_received": sum(s.received for s in stats),
             "decode_errors": sum(s.decode_errors for s in stats),
-            "frames_lost": sum(s.lost for s in stats),
+            "frames_lost": sum(s.not_stored for s in stats),
             "frames_late": sum(s.late for s in stats),
             "snapshots": self.snapshots,
             "snapshots_incomplete": self.aligner.incomplete if self.aligner else 0,

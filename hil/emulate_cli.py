@@ -6,6 +6,11 @@ Example::
     gridtwin emulate --config ieee33 --scenario hour.npz --seconds 60 \\
         --loss 1 --duplicate 0.5 --reorder 0.5 --malformed 0.2 --foreign 0.1 \\
         --burst 500:50 --seed 7 --fault-log faults.jsonl --json
+
+    # an impolite lab: VILLASnode-style stamps, a restart, a clock step, or a whole day
+    gridtwin emulate --config ieee33 --scenario hour.npz --seconds 30 --timestamps wall \\
+        --phase 0.5 --jitter 0.1 --disturb restart@5 --disturb clock_step@12:-1.5
+    gridtwin emulate --config ieee33 --scenario hour.npz --seconds 30 --lab-day --seed 3
 """
 
 from __future__ import annotations
@@ -57,6 +62,18 @@ def _register_emulate(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     f.add_argument("--foreign", type=float, default=0.0, metavar="PCT",
                    help="extra datagrams from a source not allowed (127.0.0.2; UDP streams)")
     f.add_argument("--seed", type=int, default=0, help="fault seed")
+    lab = p.add_argument_group("lab behaviours (GTNET-SKT streams, seeded)")
+    lab.add_argument("--phase", type=float, default=0.0, metavar="FRAC",
+                     help="timestamps at this fraction of the period (VILLASnode stamps "
+                          "before its tick); header-less frames are sent that late")
+    lab.add_argument("--jitter", type=float, default=0.0, metavar="FRAC",
+                     help="uniform +-FRAC of a period on every timestamp (or send time)")
+    lab.add_argument("--disturb", action="append", default=[], metavar="KIND@S[:ARG]",
+                     help="stop_start, restart, recompile, card_reboot, no_gtsync (ARG: "
+                          "seconds), clock_step (ARG: step in s), future_ts; repeatable")
+    lab.add_argument("--lab-day", action="store_true",
+                     help="every lab behaviour once, seeded (--seed), over the run "
+                          "(needs --seconds)")
     f.add_argument("--fault-log", default=None, metavar="FILE",
                    help="write the injected faults as JSON lines")
     p.add_argument("--commands", choices=("auto", "on", "off"), default="auto",
@@ -66,6 +83,10 @@ def _register_emulate(sub: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="wait up to S seconds for a client on every TCP stream first")
     p.add_argument("--realtime", action="store_true",
                    help="run the pacing thread SCHED_FIFO if the OS allows it")
+    p.add_argument("--mqtt", default=None, metavar="URL",
+                   help="also publish the IEEE33 micro sensors (line sensors, pole-top "
+                        "transformer meters, weather stations) to this broker, e.g. "
+                        "mqtt://127.0.0.1:1883 (Sparkplug B and SenML)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--progress", action="store_true", help="progress lines on stderr")
     p.set_defaults(func=run)
@@ -76,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     from gateway.errors import GatewayError
     from hil.emulator import Emulator, EmulatorRunner
     from hil.errors import HilError
-    from hil.faults import Burst, FaultPlan, write_log
+    from hil.faults import Burst, Disturbance, FaultPlan, lab_day, write_log
+    from hil.mqttsensors import start_fleet
     from hil.trace import load_trace
 
     try:
@@ -87,8 +109,15 @@ def run(args: argparse.Namespace) -> int:
                          bursts=tuple(Burst.parse(b) for b in args.burst),
                          malformed_pct=args.malformed, foreign_pct=args.foreign)
         closed = None if args.commands == "auto" else args.commands == "on"
+        dist = tuple(Disturbance.parse(d) for d in args.disturb)
+        if args.lab_day:
+            if args.seconds is None:
+                print("gridtwin emulate: --lab-day needs --seconds", file=sys.stderr)
+                return 2
+            dist += lab_day(args.seed, args.seconds)
         em = Emulator(cfg, trace, rate_hz=args.rate, faults=plan, start_step=args.start_step,
-                      loop=args.loop, timestamps=args.timestamps, closed_loop=closed)
+                      loop=args.loop, timestamps=args.timestamps, closed_loop=closed,
+                      disturbances=dist, phase=args.phase, jitter=args.jitter)
         runner = EmulatorRunner(
             em, speed=args.speed, fast=args.fast, steps=args.steps, seconds=args.seconds,
             wait_clients_s=args.wait_clients, realtime=args.realtime,
@@ -98,18 +127,22 @@ def run(args: argparse.Namespace) -> int:
         if args.progress:
             for name, (host, port) in addrs.items():
                 print(f"emulate: {name} on {host}:{port}", file=sys.stderr)
+        fleet = start_fleet(args.mqtt, cfg, trace, rate_hz=em.rate_hz, seed=args.seed,
+                            start_row=args.start_step) if args.mqtt else None
         # Ctrl-C ends the run at the next step and still prints the summary
         previous = signal.signal(signal.SIGINT, lambda *_: runner.stop())
         try:
             summary = runner.run()
         finally:
             signal.signal(signal.SIGINT, previous)
+            mqtt_sensors = fleet.close() if fleet is not None else None
     except (HilError, GatewayError) as exc:
         print(f"gridtwin emulate: {exc}", file=sys.stderr)
         return 2
     if args.fault_log:
         write_log(summary.fault_log, args.fault_log)
     d = summary.as_dict()
+    d["mqtt_sensors"] = mqtt_sensors
     if args.json:
         print(json.dumps(d, indent=1, default=str))
     else:
@@ -120,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {name:12} frames {st['frames']:8d}  bytes {st['bytes']:10d}  "
                   f"skipped {st['skipped']}  foreign {st['foreign']}  control {st['control']}")
         print(f"  faults: {d['faults'] or 'none'}")
+        for r in d["disturbances"]:
+            print(f"  disturbance: {r['kind']} at step {r['step']} (arg {r['arg']:g})")
         if pace:
             print(f"  pacing error: p50 {pace['p50']:.1f} us, p99 {pace['p99']:.1f} us, "
                   f"max {pace['max']:.1f} us")

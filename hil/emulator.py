@@ -25,6 +25,12 @@ for float32 points; an int32 channel point with a missing value carries -2**31).
 points (no channel) carry 0, except points named ``seq``, ``step`` or ending ``_seq``/
 ``_counter``, which carry the step number (mod 2**31).
 
+Lab behaviours (:class:`~hil.faults.CaseClock`, GTNET-SKT streams only): with
+``disturbances`` (restart, recompile, card reboot, stop/start, lost GTSYNC, clock step,
+stray future timestamp) or a timestamp ``phase``/``jitter``, a GTNET-SKT frame's sequence
+number, trace row and timestamp come from the case clock instead of the step; silent
+steps send nothing; :attr:`Emulator.disturbances` records what was played.
+
 The emulator steps at ``rate_hz`` (``--rate``; default the config's fastest stream). The
 fastest stream is sent every step; a stream with a lower ``rate_hz`` every
 ``round(fastest / rate_hz)``-th step, so ``--rate`` scales all streams together.
@@ -56,7 +62,15 @@ from gateway.config import Stream, TwinConfig
 from hil.c37server import C37Stream, PmuSession
 from hil.closedloop import ClosedLoop, CommandError, CommandRecord, StepState
 from hil.errors import HilError
-from hil.faults import Emission, FaultInjector, FaultPlan, FaultRecord
+from hil.faults import (
+    CaseClock,
+    Disturbance,
+    DisturbanceRecord,
+    Emission,
+    FaultInjector,
+    FaultPlan,
+    FaultRecord,
+)
 
 PACING_WINDOW = 1_000_000  # steps of pacing error kept for the summary's percentiles
 SPIN_S = 0.0005  # the most the pacer spins before a slot (and where the margin starts)
@@ -133,7 +147,9 @@ class Emulator:
 
     def __init__(self, cfg: TwinConfig, trace: TraceLike, *, rate_hz: float | None = None,
                  faults: FaultPlan | None = None, start_step: int = 0, loop: bool = False,
-                 timestamps: str = "trace", closed_loop: bool | None = None) -> None:
+                 timestamps: str = "trace", closed_loop: bool | None = None,
+                 disturbances: tuple[Disturbance, ...] = (), phase: float = 0.0,
+                 jitter: float = 0.0) -> None:
         self.cfg = cfg
         self.trace = trace
         self.n_rows = int(np.asarray(trace.time).shape[0])
@@ -167,6 +183,11 @@ class Emulator:
         self.ground_truth: OrderedDict[int, StepState] = OrderedDict()
         step_s = float(trace.time[1] - trace.time[0]) if self.n_rows > 1 else 1.0
         self._span = step_s * self.n_rows
+        self.case: CaseClock | None = None
+        if disturbances or phase or jitter:
+            self.case = CaseClock(self.rate_hz, disturbances, phase=phase, jitter=jitter,
+                                  seed=(faults or FaultPlan()).seed, start_step=start_step)
+        self.silent_steps = 0
 
     # -- setup --------------------------------------------------------------------------
     def _plan(self, s: Stream, i: int) -> StreamPlan:
@@ -255,9 +276,12 @@ class Emulator:
     def frames(self, step: int, *, wall_ts: float | None = None) -> list[Outgoing]:
         """Everything to send at ``step`` (faults applied), in send order; advances
         :attr:`next_step` so later commands apply after it."""
-        meas = self.measured(step)
         ts = wall_ts if (self.timestamps == "wall" and wall_ts is not None) \
             else self.trace_time(step)
+        if self.case is not None:
+            return self._case_frames(step, ts, wall=self.timestamps == "wall"
+                                     and wall_ts is not None)
+        meas = self.measured(step)
         out: list[Outgoing] = []
         for plan in self.plans:
             if (step - self.start_step) % plan.every:
@@ -268,6 +292,42 @@ class Emulator:
                 out.append(Outgoing(plan, step, em))
         self.next_step = step + 1
         return out
+
+    def _case_frames(self, step: int, ts: float, *, wall: bool) -> list[Outgoing]:
+        """:meth:`frames` with the case clock: GTNET-SKT frames carry its sequence
+        number, trace row and timestamp (C37.118 streams are sent as without it)."""
+        assert self.case is not None
+        stamp = self.case.at(step, ts)
+        self.next_step = step + 1
+        out: list[Outgoing] = []
+        if not stamp.send:
+            self.silent_steps += 1
+        meas = self.measured(stamp.row_step) if stamp.send else None
+        for plan in self.plans:
+            if (step - self.start_step) % plan.every:
+                continue
+            if plan.skt is None:
+                frame = self.clean_frame(plan, step, ts=ts)
+                seq, delay = step, 0.0
+            elif meas is None:
+                continue
+            else:
+                t = ts - (step - stamp.time_step) / self.rate_hz if wall else \
+                    self.trace_time(stamp.time_step)
+                wire_ts = 0.0 if stamp.ts_offset is None else t + stamp.ts_offset
+                frame = plan.skt.build(self.skt_values(plan, stamp.row_step, meas),
+                                       seq=stamp.seq, ts=wire_ts)
+                seq, delay = stamp.seq, 0.0 if plan.stream.header else stamp.delay_s
+            for em in self.injector.apply(step, plan.name, seq, frame, fmt=plan.fmt,
+                                          transport=plan.transport):
+                em.delay_s += delay
+                out.append(Outgoing(plan, step, em))
+        return out
+
+    @property
+    def disturbances(self) -> list[DisturbanceRecord]:
+        """The disturbances played so far (step, kind, argument, nominal time)."""
+        return [] if self.case is None else list(self.case.log)
 
     def flush(self) -> list[Outgoing]:
         """Frames the fault injector still holds back (reordering) at the end of a run."""
@@ -357,6 +417,8 @@ class Summary:
     command_errors: int = 0
     realtime: bool = False
     spin_us: float | None = None  # the pacer's spin margin at the end (None: --fast)
+    disturbances: list[DisturbanceRecord] = field(default_factory=list)
+    silent_steps: int = 0  # steps the case clock kept silent (stops, reboots)
 
     def as_dict(self, *, with_log: bool = False) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -369,6 +431,8 @@ class Summary:
             "commands": [c.as_dict() for c in self.commands],
             "command_errors": self.command_errors, "realtime": self.realtime,
             "spin_us": self.spin_us,
+            "disturbances": [r.as_dict() for r in self.disturbances],
+            "silent_steps": self.silent_steps,
         }
         rtts = [c.rtt_ms for c in self.commands if c.rtt_ms is not None]
         d["command_rtt_ms"] = ({"count": len(rtts), "p50": float(np.median(rtts)),
@@ -874,7 +938,8 @@ class EmulatorRunner:
                 faults=em.injector.summary(), fault_log=list(em.fault_log),
                 pacing_us={} if self.fast else pacing_stats(self._recent_errors(done)),
                 commands=list(em.closed_loop.records) if em.closed_loop else [],
-                command_errors=self.command_errors)
+                command_errors=self.command_errors, disturbances=em.disturbances,
+                silent_steps=em.silent_steps)
             if self.progress is not None:
                 self.progress(self._progress_line(done))
             summary.realtime = self.realtime_active

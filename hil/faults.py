@@ -37,6 +37,28 @@ Per frame, in this order:
 
 ``seq`` in the log is the emulator step (the GTNET-SKT header sequence number; for
 C37.118 the step whose timestamp the frame carries).
+
+**A lab, impolitely.** Besides network faults, a real GTNET-SKT sender does things to its
+sequence numbers and timestamps; :class:`CaseClock` plays them (sans-IO, seeded), on
+demand (:class:`Disturbance`, ``KIND@SECONDS[:ARG]``) or as a compressed "lab day"
+(:func:`lab_day`):
+
+``stop_start``   the case is stopped (silence for ARG s) and started again: sequence and
+                 case time (trace rows) from step 0; the GPS time goes on.
+``restart``      restart from step 0 without a pause: sequence and rows from 0.
+``recompile``    silence for ARG s, then sequence, rows *and time* reset (the timestamp
+                 goes back to the case's start).
+``card_reboot``  the GTNET card reboots: silence for ARG s, then its sequence from 0
+                 (the case kept running: rows and time go on).
+``no_gtsync``    the card loses GTSYNC for ARG s: timestamps are 0 (the key is the
+                 sequence number).
+``clock_step``   the sender's clock steps by ARG s (negative: back) and stays there.
+``future_ts``    one stray frame stamped one day ahead.
+
+Every frame's timestamp can sit at a ``phase`` of the period with uniform ``jitter``
+(fractions of the period), as VILLASnode stamps (it takes the time before waiting for
+the tick); a stream without a header carries no timestamp, so there the phase and
+jitter delay the send instead.
 """
 
 from __future__ import annotations
@@ -51,6 +73,12 @@ import numpy as np
 
 from hil.errors import HilError
 
+DAY_S = 86_400.0
+DISTURBANCE_KINDS = ("stop_start", "restart", "recompile", "card_reboot", "no_gtsync",
+                     "clock_step", "future_ts")
+#: the disturbances that take an argument, and its default
+_DEFAULT_ARG = {"stop_start": 0.5, "recompile": 0.5, "card_reboot": 0.5, "no_gtsync": 1.0,
+                "clock_step": -1.0}
 FAULT_KINDS = ("burst", "loss", "malformed", "duplicate", "reorder", "delay", "foreign")
 MALFORMED_KINDS = ("truncated", "wrong_length", "bad_crc")
 _N_DRAWS = 9  # uniforms drawn per offered frame (fixed, for reproducibility)
@@ -273,8 +301,169 @@ def read_log(path: str | Path) -> list[FaultRecord]:
     return out
 
 
+@dataclass(frozen=True)
+class Disturbance:
+    """One lab event at ``at_s`` seconds into the run (see the module docstring)."""
+
+    kind: str
+    at_s: float
+    arg: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in DISTURBANCE_KINDS:
+            raise FaultSpecError(f"disturbance {self.kind!r}: use one of "
+                                 f"{', '.join(DISTURBANCE_KINDS)}")
+        if self.at_s < 0:
+            raise FaultSpecError(f"disturbance {self.kind}@{self.at_s}: time must be >= 0")
+        if self.kind in ("stop_start", "recompile", "card_reboot", "no_gtsync") and \
+                self.arg < 0:
+            raise FaultSpecError(f"disturbance {self.kind}: duration {self.arg} < 0")
+
+    @classmethod
+    def parse(cls, text: str) -> Disturbance:
+        """``KIND@SECONDS`` or ``KIND@SECONDS:ARG`` (ARG: seconds of silence, of lost
+        GTSYNC, or the clock step)."""
+        kind, _, rest = text.partition("@")
+        at, _, arg = rest.partition(":")
+        try:
+            return cls(kind, float(at), float(arg) if arg else _DEFAULT_ARG.get(kind, 0.0))
+        except ValueError:
+            raise FaultSpecError(f"disturbance {text!r}: write KIND@SECONDS[:ARG], e.g. "
+                                 "restart@5 or clock_step@8:-1.5") from None
+
+
+def lab_day(seed: int, seconds: float, *, first_s: float = 2.0) -> tuple[Disturbance, ...]:
+    """A compressed lab day: every disturbance kind once, in a seeded order, spread over
+    ``seconds`` after ``first_s`` (each gets an equal share, at a seeded point of it)."""
+    rng = np.random.default_rng(seed)
+    kinds = list(DISTURBANCE_KINDS)
+    rng.shuffle(kinds)
+    share = (seconds - first_s) / len(kinds)
+    if share < 1.0:
+        raise FaultSpecError(f"a lab day needs {len(kinds) + first_s:.0f} s or more, "
+                             f"got {seconds:g}")
+    out = []
+    for i, kind in enumerate(kinds):
+        at = first_s + share * (i + 0.1 + 0.3 * rng.random())
+        arg = _DEFAULT_ARG.get(kind, 0.0)
+        if kind == "clock_step":
+            arg = float(rng.choice([-1.0, 1.0])) * (0.5 + rng.random())
+        elif kind in ("stop_start", "recompile", "card_reboot", "no_gtsync"):
+            arg = min(arg, 0.3 * share)
+        out.append(Disturbance(kind, round(at, 3), round(arg, 3)))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a GTNET-SKT sender puts on the wire at one emulator step: whether it sends,
+    its header sequence number, the case step whose trace row it carries, the step whose
+    nominal time it carries, the offset to add to that time (None: timestamp 0, no
+    GTSYNC) and the send delay of a header-less frame."""
+
+    send: bool
+    seq: int
+    row_step: int
+    time_step: int  # the step whose nominal time it carries (a recompile goes back)
+    ts_offset: float | None
+    delay_s: float
+    events: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DisturbanceRecord:
+    """A disturbance as played: the step it began and that step's nominal time."""
+
+    step: int
+    kind: str
+    arg: float
+    time: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class CaseClock:
+    """Sequence numbers, trace rows and timestamp offsets of an RTDS case, disturbed on
+    schedule (see the module docstring). Sans-IO and seeded."""
+
+    def __init__(self, rate_hz: float, disturbances: Sequence[Disturbance] = (), *,
+                 phase: float = 0.0, jitter: float = 0.0, seed: int = 0,
+                 start_step: int = 0) -> None:
+        if not 0.0 <= jitter < 1.0 or not -1.0 < phase < 1.0:
+            raise FaultSpecError(f"phase {phase} / jitter {jitter}: fractions of the "
+                                 "period, |phase| < 1 and 0 <= jitter < 1")
+        self.rate = float(rate_hz)
+        self.phase = phase
+        self.jitter = jitter
+        self._rng = np.random.default_rng(seed + 0x5EED)
+        self.start_step = start_step
+        self._todo = sorted(disturbances, key=lambda d: d.at_s)
+        self.seq_origin = 0  # the step whose sequence number is 0
+        self.row_origin = start_step  # the step that carries trace row start_step
+        self.ts_offset = 0.0
+        self.time_back = 0  # steps the case time went back (recompiles)
+        self.silent_until = -1  # steps before this one send nothing
+        self.no_sync_until = -1
+        self.log: list[DisturbanceRecord] = []
+
+    def at(self, step: int, nominal_time: float) -> Stamp:
+        """The stamp of ``step`` (steps are asked for in increasing order)."""
+        p = 1.0 / self.rate
+        events: list[str] = []
+        while self._todo and self._todo[0].at_s * self.rate <= step - self.start_step:
+            d = self._todo.pop(0)
+            self.log.append(DisturbanceRecord(step, d.kind, d.arg, nominal_time))
+            events.append(d.kind)
+            self._begin(d, step)
+        u = self._rng.uniform(-self.jitter, self.jitter) if self.jitter else 0.0
+        off: float | None = self.ts_offset + (self.phase + u) * p
+        if step < self.no_sync_until:
+            off = None
+        elif "future_ts" in events:
+            off = (off or 0.0) + DAY_S
+        return Stamp(step >= self.silent_until, step - self.seq_origin,
+                     self.start_step + step - self.row_origin, step - self.time_back, off,
+                     max(0.0, (self.phase + u) * p), tuple(events))
+
+    def _begin(self, d: Disturbance, step: int) -> None:
+        resume = step + max(0, round(d.arg * self.rate))
+        if d.kind in ("stop_start", "recompile", "card_reboot"):
+            self.silent_until = resume
+        if d.kind == "stop_start":
+            self.seq_origin = self.row_origin = resume
+        elif d.kind == "restart":
+            self.seq_origin = self.row_origin = step
+        elif d.kind == "recompile":
+            # the case time starts again: the timestamp goes back to the run's start
+            self.time_back += resume - self.row_origin
+            self.seq_origin = self.row_origin = resume
+        elif d.kind == "card_reboot":
+            self.seq_origin = resume  # the case ran on: rows and time continue
+        elif d.kind == "no_gtsync":
+            self.no_sync_until = resume
+        elif d.kind == "clock_step":
+            self.ts_offset += d.arg
+
+
 __all__ = [
-    "FAULT_KINDS", "MALFORMED_KINDS", "Burst", "Emission", "FaultInjector", "FaultPlan",
-    "FaultRecord", "FaultSpecError", "allowed_malformed", "malform", "read_log",
+    "DAY_S",
+    "DISTURBANCE_KINDS",
+    "FAULT_KINDS",
+    "MALFORMED_KINDS",
+    "Burst",
+    "CaseClock",
+    "Disturbance",
+    "DisturbanceRecord",
+    "Emission",
+    "FaultInjector",
+    "FaultPlan",
+    "FaultRecord",
+    "FaultSpecError",
+    "Stamp",
+    "allowed_malformed",
+    "lab_day",
+    "malform",
+    "read_log",
     "write_log",
 ]

@@ -65,8 +65,8 @@ def _torch_predictor() -> Callable[[np.ndarray], np.ndarray] | None:
         return None
     from models.card import card_path, load_card, sha256_file
     from models.errors import ModelCardMismatch
-    from models.nets import RecurrentRegressor
     from models.runtime import default_models_dir
+    from models.training.nets import RecurrentRegressor
 
     d = default_models_dir()
     card = load_card(card_path(d / "predictor.onnx"))

@@ -9,3 +9,7 @@ class ModelError(Exception):
 
 class ModelCardMismatch(ModelError):
     """The ONNX file does not match its model card (sha256, inputs or outputs)."""
+
+
+class MissingExtra(ModelError):
+    """An optional library is not installed; the message names the extra that installs it."""

@@ -10,11 +10,12 @@ detector's α and spread cap were chosen on traces with seeds 7, 77, 78).
   the stage up and are not scored), bad data at 5, 10, 15 % of the electrical values (the
   same truth and noise at each rate). ``missed_pct`` = bad values not flagged / bad values;
   ``false_pct`` = clean values flagged / clean values (missing values excluded).
-  Methods: ours (temporal statistic, :mod:`gateway.quality`), residual search (largest
-  normalized residual with re-estimation, :mod:`estimator.badata` on the WLS estimator,
-  on every 100th snapshot: it re-estimates once per removal) and DBSCAN (scikit-learn;
-  per channel, blocks of 100 values standardised by median/MAD, eps 0.5, min_samples 5;
-  values outside the largest cluster are bad).
+  Methods: ours (temporal statistic, :mod:`gateway.quality.detector`), residual search
+  (largest normalized residual with re-estimation, :mod:`estimator.badata` on the WLS
+  estimator, on every 100th snapshot: it re-estimates once per removal) and DBSCAN
+  (:func:`dbscan_labels`, the same labels as scikit-learn's; per channel, blocks of 100
+  values standardised by median/MAD, eps 0.5, min_samples 5; values outside the largest
+  cluster are bad).
 * prediction (Table 2): every branch P and Q channel over 06:00-18:00 (every 10th step),
   history = the 9 previous measured values, target = the true value; MAPE over points
   with |truth| above 5 % of the channel's largest |truth| (flows cross zero at midday),
@@ -36,9 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
-from models.data import PV_STRIDE_S, channel_sigma
 from models.features import HIST, minmax, normalise_windows, sliding_windows
+from models.training.data import PV_STRIDE_S, channel_sigma
+from models.training.metrics import pv_metrics
 
 Log = Callable[[str], None]
 EVAL_DAY = "1990-06-01"
@@ -46,7 +50,8 @@ DET_START = "11:00"
 BAD_RATES = (5.0, 10.0, 15.0)
 
 
-def _trace(spec_kw: dict[str, Any], log: Log) -> Any:
+def scenario_trace(spec_kw: dict[str, Any], log: Log) -> Any:
+    """A scenario trace generated in memory (``hil.scenario``), its cost logged."""
     from hil.scenario import ScenarioSpec, make_trace
 
     spec = ScenarioSpec(**spec_kw)
@@ -110,11 +115,43 @@ def rates(flagged: np.ndarray, bad: np.ndarray, valid: np.ndarray) -> tuple[floa
     return missed, false
 
 
+def dbscan_labels(v: np.ndarray, *, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN (Ester et al., KDD 1996) of 1-D values: a cluster number per value, -1 = noise.
+
+    Neighbours of a value: every value with |v_i - v_j| <= eps, itself included; a core
+    value has at least ``min_samples`` of them. A cluster is a connected set of core values
+    (neighbours of each other, transitively) plus the non-core values within eps of one of
+    them. Clusters are numbered in the order of their first core value (by position in
+    ``v``) and a non-core value within reach of two clusters joins the lower-numbered one:
+    the order in which the classic algorithm (and scikit-learn's ``DBSCAN``) visits them,
+    so the labels are the same as scikit-learn's (tests/test_models_dbscan.py). Written
+    here (numpy + scipy) so that evaluation needs no scikit-learn; a block holds ~100
+    values, so the pairwise matrix is small.
+    """
+    near = np.abs(v[:, None] - v[None, :]) <= eps
+    core = near.sum(axis=1) >= min_samples
+    labels = np.full(v.size, -1, np.intp)
+    ci = np.flatnonzero(core)
+    if ci.size == 0:
+        return labels
+    n_comp, comp = connected_components(csr_matrix(near[np.ix_(ci, ci)]), directed=False)
+    # number the clusters by their first core value
+    first = np.full(n_comp, v.size, np.intp)
+    np.minimum.at(first, comp, ci)
+    number = np.empty(n_comp, np.intp)
+    number[np.argsort(first)] = np.arange(n_comp)
+    labels[ci] = number[comp]
+    # a border value joins the lowest-numbered cluster among the core values it reaches
+    border = ~core & near[:, ci].any(axis=1)
+    if border.any():
+        reach = np.where(near[np.ix_(border, ci)], labels[ci][None, :], n_comp)
+        labels[border] = reach.min(axis=1)
+    return labels
+
+
 def dbscan_flags(x: np.ndarray, *, block: int = 100, eps: float = 0.5,
                  min_samples: int = 5) -> np.ndarray:
     """DBSCAN baseline: per channel, per block, values outside the largest cluster."""
-    from sklearn.cluster import DBSCAN
-
     n, m = x.shape
     out = np.zeros((n, m), bool)
     for j in range(m):
@@ -127,8 +164,7 @@ def dbscan_flags(x: np.ndarray, *, block: int = 100, eps: float = 0.5,
             med = np.median(vv)
             mad = 1.4826 * np.median(np.abs(vv - med))
             scale = mad if mad > 0 else (np.std(vv) or 1.0)
-            lab = DBSCAN(eps=eps, min_samples=min_samples).fit_predict(
-                ((vv - med) / scale)[:, None])
+            lab = dbscan_labels((vv - med) / scale, eps=eps, min_samples=min_samples)
             good = lab >= 0
             if good.any():
                 big = np.bincount(lab[good]).argmax()
@@ -182,8 +218,8 @@ def detection_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     for pct in BAD_RATES:
-        tr = _trace({"start": f"{EVAL_DAY}T{DET_START}", "hours": hours, "step_s": 1.0,
-                     "bad_pct": pct, "seed": seed}, log)
+        tr = scenario_trace({"start": f"{EVAL_DAY}T{DET_START}", "hours": hours,
+                             "step_s": 1.0, "bad_pct": pct, "seed": seed}, log)
         res = run_stage(cfg, tr, models_dir)
         sl = slice(warm, None)
         bad = tr.bad[sl][:, elec]
@@ -330,7 +366,6 @@ def pv_table(cfg: Any, trace: Any, models_dir: Path | None, *, site: str, log: L
     from models.features import PV_FEATURES
     from models.pv_features import feature_series
     from models.runtime import OnnxModel, default_models_dir
-    from models.train_pv import pv_metrics
 
     d = Path(models_dir) if models_dir is not None else default_models_dir()
     models = {"BiLSTM (ours)": d / "pv_forecaster.onnx"}
@@ -450,8 +485,8 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
         return [], {}
     n = 100 if quick else 500
     warm = 100
-    tr = _trace({"start": f"{EVAL_DAY}T12:00", "hours": (n + warm) / 3600.0, "step_s": 1.0,
-                 "bad_pct": 10.0, "seed": seed}, log)
+    tr = scenario_trace({"start": f"{EVAL_DAY}T12:00", "hours": (n + warm) / 3600.0,
+                         "step_s": 1.0, "bad_pct": 10.0, "seed": seed}, log)
     res = run_stage(cfg, tr, models_dir)
     model = measurement_model(cfg)
     rows = []
@@ -524,7 +559,7 @@ def se_healthy_row(cfg: Any, bad: Any, ks: np.ndarray, *, seed: int, log: Log
     from gateway.se_model import measurement_model
 
     spec = dict(bad.meta["spec"], bad_pct=0.0)
-    tr = _trace({k: spec[k] for k in ("start", "hours", "step_s", "bad_pct", "seed")}, log)
+    tr = scenario_trace({k: spec[k] for k in ("start", "hours", "step_s", "bad_pct", "seed")}, log)
     model = measurement_model(cfg)
     ratings = np.array([p.rating_mw for p in cfg.plants])
     pv = tr.pv_mw[ks] + np.random.default_rng(seed).standard_normal((ks.size, ratings.size)) \
@@ -558,16 +593,16 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
     log("evaluate: detection")
     detection, det_extra = detection_table(cfg, models_dir, seed=seed, quick=quick, log=log)
     log("evaluate: prediction and PV")
-    long = _trace({"start": f"{EVAL_DAY}T{'10:00' if quick else '06:00'}",
-                   "hours": 2.0 if quick else 12.0, "step_s": 1.0, "bad_pct": 0.0,
-                   "seed": seed}, log)
+    long = scenario_trace({"start": f"{EVAL_DAY}T{'10:00' if quick else '06:00'}",
+                           "hours": 2.0 if quick else 12.0, "step_s": 1.0, "bad_pct": 0.0,
+                           "seed": seed}, log)
     prediction, pred_series = prediction_table(cfg, long, models_dir, every=5 if quick else 10,
                                                log=log)
     pv, pv_series = pv_table(cfg, long, models_dir, site=site, log=log)
     if not quick:
         train_site = "miami"
-        other = _trace({"start": f"{EVAL_DAY}T06:00", "hours": 12.0, "step_s": 1.0,
-                        "bad_pct": 0.0, "seed": seed, "site": train_site}, log)
+        other = scenario_trace({"start": f"{EVAL_DAY}T06:00", "hours": 12.0, "step_s": 1.0,
+                                "bad_pct": 0.0, "seed": seed, "site": train_site}, log)
         rows, _ = pv_table(cfg, other, models_dir, site=f"{train_site} (training site, "
                            "held-out day)", log=log, with_baselines=False)
         pv.extend(rows)
@@ -590,31 +625,8 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
                               "meta": {"seed": seed, "quick": quick, **det_extra,
                                        "seconds": round(time.perf_counter() - t_all, 1)}}
     if plots is not None:
-        from models.plots import write_plots
+        from models.evaluate_plots import write_plots
 
         write_plots(plots, pred_series, pv_series, se_series, cfg, log=log)
     return report
 
-
-def calibrate_threshold(models_dir: Path, *, seed: int, log: Log = print) -> float:
-    """Choose the detector threshold on a held-out calibration trace (clean values only)
-    and store it in the predictor card (see :mod:`models.detector`)."""
-    from gateway.config import load_config
-    from models.detector import choose_threshold
-    from models.train import set_threshold
-
-    cfg = load_config("ieee33")
-    spec = {"start": "1990-09-10T09:00", "hours": 3.0, "step_s": 1.0, "bad_pct": 10.0,
-            "seed": seed}
-    tr = _trace(spec, log)
-    res = run_stage(cfg, tr, models_dir, threshold=8.0)
-    elec = np.array([c.electrical for c in cfg.channels])
-    warm = 100
-    z = res["z"][warm:][:, elec]
-    clean = ~tr.bad[warm:][:, elec] & ~tr.missing[warm:][:, elec] & np.isfinite(z)
-    k, q = choose_threshold(z[clean])
-    set_threshold(models_dir, k, q, int(clean.sum()),
-                  f"scenario {spec}, values not labelled bad or missing")
-    log(f"threshold: k = {k:.3f} (robust scale s_z = {q:.4f} over {int(clean.sum())} "
-        "clean values)")
-    return k

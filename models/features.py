@@ -28,8 +28,6 @@ model card's ``normalisation.features`` lists what a model reads.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 WINDOW = 10  # T: the paper's time-series length; the network reads the previous T-1 values
@@ -64,20 +62,3 @@ def sliding_windows(series: np.ndarray, length: int) -> np.ndarray:
     idx = np.arange(length)[None, :] + np.arange(n - length + 1)[:, None]
     return series[idx]
 
-
-# The PV forecaster's full inputs (weather + sun terms) are built in models.pv_features;
-# what the gateway's quality stage needs of it is re-exported here (the gateway may import
-# models.features, not models.pv_features: tests/test_architecture.py), lazily (PEP 562)
-# because models.pv_features itself imports this module
-_PV_EXPORTS = ("PvInputs", "needs_sun")
-if TYPE_CHECKING:
-    from models.pv_features import PvInputs as PvInputs
-    from models.pv_features import needs_sun as needs_sun
-
-
-def __getattr__(name: str) -> object:
-    if name in _PV_EXPORTS:
-        from models import pv_features
-
-        return getattr(pv_features, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -147,3 +147,99 @@ def test_session_state_machine(cfg: TwinConfig) -> None:
     src_frame = src.data_frame(np.ones(len(cfg.channels)), 1e9)
     assert s.receive(src_frame, 0.0) == []
     assert s.errors == 1
+
+
+def _data_of(src: C37Stream, cfg: TwinConfig, k: int = 0) -> c37.DataFrame:
+    values = 1.0 + 0.01 * np.arange(len(cfg.channels)) + 0.001 * k
+    f = c37.parse(src.data_frame(values, 1e9 + k / 50), 0.0, src.cfg2)
+    assert isinstance(f, c37.DataFrame)
+    return f
+
+
+def test_stat_bits_on_demand(cfg: TwinConfig) -> None:
+    src = C37Stream(cfg.stream("pmu-c37"), 50.0)
+    assert not _data_of(src, cfg).stat.any()
+    src.set_stat(0x8000 | 0x2000, "PMU6")
+    stat = _data_of(src, cfg).stat
+    assert list(stat) == [0, 0, 0xA000, 0, 0, 0, 0]
+    assert _data_of(src, cfg).stat_flags(2).data_error == 2
+    assert _data_of(src, cfg).stat_flags(2).sync_lost
+    src.set_stat(0x0800)  # every PMU
+    assert list(_data_of(src, cfg).stat) == [0x0800] * 7
+    with pytest.raises(ValueError, match="no PMU 'PMU99'"):
+        src.set_stat(0, "PMU99")
+
+
+def test_pmus_in_another_order(cfg: TwinConfig) -> None:
+    s = cfg.stream("pmu-c37")
+    order = [3, 0, 6, 1, 5, 2, 4]
+    src = C37Stream(s, 50.0, order=order)
+    assert [p.station for p in src.cfg2.pmus] == [s.pmus[k].station for k in order]
+    cfg2 = c37.parse(src.config_frame(c37.FRAME_CFG2, 1e9), 0.0)
+    assert isinstance(cfg2, c37.ConfigFrame)
+    assert [p.idcode for p in cfg2.pmus] == [s.pmus[k].idcode for k in order]
+    f = _data_of(src, cfg, 2)
+    values = 1.0 + 0.01 * np.arange(len(cfg.channels)) + 0.002
+    # wire block b carries config PMU order[b]: its first phasor is that PMU's voltage
+    first = np.cumsum([0] + [len(s.pmus[k].phasors) for k in order])[:-1]
+    for b, k in enumerate(order):
+        v = s.pmus[k].phasors[0]
+        assert abs(f.phasors[first[b]]) == pytest.approx(values[v.mag] * v.wire_factor,
+                                                         rel=1e-6)
+    with pytest.raises(ValueError, match="not a permutation"):
+        C37Stream(s, 50.0, order=[0, 0, 1, 2, 3, 4, 5])
+
+
+def test_config_change_mid_stream(cfg: TwinConfig) -> None:
+    src = C37Stream(cfg.stream("pmu-c37"), 50.0)
+    s = PmuSession(src, streaming=True)
+    src.set_stat(0x0800, "PMU1")
+    src.announce_config_change()  # STAT bit 10 ahead of the change, on top of set bits
+    assert list(_data_of(src, cfg).stat) == [0x0C00] + [0x0400] * 6
+    (before,) = s.receive(c37.command(1, c37.CMD_CFG2), 0.0)
+    old = c37.parse(before, 0.0)
+    assert isinstance(old, c37.ConfigFrame) and {p.cfgcnt for p in old.pmus} == {0}
+    new = src.change_config(order=[6, 5, 4, 3, 2, 1, 0])
+    assert {p.cfgcnt for p in new.pmus} == {1} and new.pmus[0].station == "PMU29"
+    assert list(_data_of(src, cfg).stat) == [0] * 6 + [0x0800]  # bit 10 cleared
+    (after,) = s.receive(c37.command(1, c37.CMD_CFG2), 0.0)
+    cfg2 = c37.parse(after, 0.0)
+    assert isinstance(cfg2, c37.ConfigFrame)
+    assert {p.cfgcnt for p in cfg2.pmus} == {1} and cfg2.pmus[0].station == "PMU29"
+
+
+def test_pmu_silent_on_an_open_connection(cfg: TwinConfig) -> None:
+    src = C37Stream(cfg.stream("pmu-c37"), 50.0)
+    s = PmuSession(src)
+    s.receive(c37.command(1, c37.CMD_START), 0.0)
+    assert s.streaming
+    s.go_silent()
+    assert not s.streaming  # the emulator sends it no data
+    assert s.receive(c37.command(1, c37.CMD_CFG2), 0.0) == []  # nor answers
+    assert s.ignored == 1 and "cfg2" not in s.commands
+    s.resume()
+    assert s.streaming and len(s.receive(c37.command(1, c37.CMD_CFG2), 0.0)) == 1
+
+
+def test_disturb_applies_behaviours_by_name(cfg: TwinConfig) -> None:
+    from hil.c37server import PMU_BEHAVIOURS, disturb
+
+    src = C37Stream(cfg.stream("pmu-c37"), 50.0)
+    peers = [PmuSession(src, streaming=True), PmuSession(src, streaming=True)]
+    disturb(src, peers, "stat", word=0x2000, station="PMU3")
+    assert list(_data_of(src, cfg).stat) == [0, 0x2000, 0, 0, 0, 0, 0]
+    disturb(src, peers, "cfg_announce")
+    assert all(_data_of(src, cfg).stat & 0x0400)
+    disturb(src, peers, "pmu_order", order=[1, 0, 2, 3, 4, 5, 6])
+    assert src.cfgcnt == 1 and src.cfg2.pmus[0].station == "PMU3"
+    disturb(src, peers, "cfg_change")
+    assert src.cfgcnt == 2 and src.cfg2.pmus[0].station == "PMU3"
+    disturb(src, peers, "silent")
+    assert not any(p.streaming for p in peers)
+    disturb(src, peers, "resume")
+    assert all(p.streaming for p in peers)
+    with pytest.raises(ValueError, match="needs an order"):
+        disturb(src, peers, "pmu_order")
+    with pytest.raises(ValueError, match="unknown PMU behaviour 'reboot'"):
+        disturb(src, peers, "reboot")
+    assert len(PMU_BEHAVIOURS) == 6

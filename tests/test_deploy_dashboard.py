@@ -29,9 +29,22 @@ _IDENT = re.compile(r"(?<![\w:$.])([a-zA-Z_:][\w:]*)(\s*\()?")
 
 
 def _registry_exposition() -> str:
-    """/metrics text of a gateway Metrics object with one stream and one of every label."""
+    """/metrics text of a gateway Metrics object with one stream and one of every label,
+    and of the fleet's worker and sink (their collectors over real, unconnected objects)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.bus.conn import BusOptions
+    from gateway.bus.metrics import SinkCollector, WorkerCollector
+    from gateway.bus.sink import Sink
+    from gateway.bus.worker import Worker
+
     m = gm.Metrics(streams=lambda: [StreamStats("pmu")])
-    return m.exposition().decode()
+    fleet = CollectorRegistry()
+    fleet.register(WorkerCollector(Worker(BusOptions())))
+    sink = Sink(BusOptions(), "sqlite:///:memory:")
+    sink.last_state["feeder-01"] = 0.0
+    fleet.register(SinkCollector(sink))
+    return m.exposition().decode() + generate_latest(fleet).decode()
 
 
 def exported() -> tuple[set[str], dict[str, set[str]]]:

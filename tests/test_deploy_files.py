@@ -165,7 +165,8 @@ def _unit(path: Path) -> configparser.RawConfigParser:
 
 def test_the_units_ship() -> None:
     assert {p.name for p in UNITS} == {"gridtwin.service", "gridtwin-realtime.service",
-                                       "gridtwin-emulator.service"}
+                                       "gridtwin-emulator.service", "gridtwin-worker@.service",
+                                       "gridtwin-sink.service"}
 
 
 @pytest.mark.parametrize("name", ["gridtwin.service", "gridtwin-realtime.service"])

@@ -84,7 +84,7 @@ def test_every_table_round_trips(url: str, tmp_path: Path) -> None:
     counts = {t.name: db.query(f"SELECT COUNT(*) FROM {t.name}")[0][0] for t in TABLES}
     assert counts == {"runs": 1, "meters": 2, "channels": 4, "buses": 3, "measurements": 20,
                       "corrected": 20, "flagged": 8, "forecasts": 20, "states": 20,
-                      "events": 2}
+                      "events": 2, "devices": 0}
     assert db.query("SELECT name, config_digest, config_toml, n_channels, n_buses FROM runs"
                     ) == [("ieee33", "d1g", "[x]\ny=1", 4, 3)]
     assert db.query("SELECT meter, kind, bus, branch, end_bus, quantities FROM meters "

@@ -79,7 +79,7 @@ def test_cli_exits_2_with_one_line_on_a_permanent_error(tmp_path: Path) -> None:
              "--spool-dir", str(tmp_path / "spool"), cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("gridtwin run: historian:") and "afile" in last
+    assert last.startswith("gridtwin run: cannot start:") and "afile" in last
     assert "Traceback" not in r.stderr
     r = _cli("--historian", f"sqlite:///{tmp_path / 'twin.db'}", "--spool-dir",
              str(tmp_path / "afile"), cwd=tmp_path)

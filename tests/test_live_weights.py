@@ -187,9 +187,9 @@ def test_the_worker_removes_a_gross_error_the_quality_stage_let_through(
     """A snapshot whose gross errors were not flagged (the detector still warming up):
     the estimate fails its chi-square test, which is what the worker reports (the alert's
     view of the data as it arrived), and the largest-normalized-residual search removes
-    the errors from the state it returns."""
+    the errors from the state it returns (the worker process's default, ``clean``)."""
     cfg, tr = case
-    _, solve = solver_for(cfg, "linear")
+    _, solve = solver_for(cfg, "linear", clean=True)
     flags = np.zeros(len(cfg.channels), np.uint32)
     clean = solve(tr.measured[3], flags, tr.pv_mw[3], np.zeros(0))
     bad = tr.measured[3].copy()

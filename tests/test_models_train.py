@@ -10,12 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from models.card import card_path, load_card, sha256_file  # noqa: E402
-from models.data import synthetic_predictor_data  # noqa: E402
 from models.runtime import OnnxModel  # noqa: E402
+from models.training.data import synthetic_predictor_data  # noqa: E402
 
 
 def test_predictor_training_smoke(tmp_path: Path) -> None:
-    from models.train import train_predictor
+    from models.training.train import train_predictor
 
     data = synthetic_predictor_data(6, 200, seed=3)
     report = train_predictor(data, tmp_path, steps=5, seed=0, source={"kind": "test"},
@@ -30,7 +30,7 @@ def test_predictor_training_smoke(tmp_path: Path) -> None:
 
 
 def test_fused_export_matches_nn_lstm() -> None:
-    from models.nets import FusedBiLstm, RecurrentRegressor
+    from models.training.nets import FusedBiLstm, RecurrentRegressor
 
     torch.manual_seed(0)
     for n_in, length in ((1, 9), (6, 10)):
@@ -44,8 +44,8 @@ def test_fused_export_matches_nn_lstm() -> None:
 def test_lean_bilstm_export_matches_nn_lstm(tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from models.nets import RecurrentRegressor
-    from models.train import export_bilstm
+    from models.training.nets import RecurrentRegressor
+    from models.training.train import export_bilstm
 
     torch.manual_seed(0)
     for n_in, length, head_hidden in ((1, 9, 0), (6, 10, 3)):
@@ -62,8 +62,8 @@ def test_lean_bilstm_export_matches_nn_lstm(tmp_path: Path) -> None:
 
 
 def test_committed_predictor_matches_its_torch_weights() -> None:
-    from models.nets import RecurrentRegressor
     from models.runtime import PREDICTOR, default_models_dir, load_model
+    from models.training.nets import RecurrentRegressor
 
     d = default_models_dir()
     card = load_card(card_path(d / "predictor.onnx"))
@@ -80,7 +80,7 @@ def test_committed_predictor_matches_its_torch_weights() -> None:
 
 
 def test_pv_training_smoke(tmp_path: Path) -> None:
-    from models.train_pv import train_pv
+    from models.training.train_pv import train_pv
 
     report = train_pv(tmp_path, site="miami", test_site="greensboro", n_days=2, steps=3,
                       seed=0, batch=32, log=lambda _m: None, sim_step_s=300.0)

@@ -211,3 +211,50 @@ def test_edits_return_copies(ieee33):
         net.find_branch(1, 18)
     with pytest.raises(NetworkError, match="duplicate branch 2-1"):
         net.with_branch(2, 1, r=0.1, x=0.1).validate()
+
+
+# -- MATPOWER files with code after the matrices (MATPOWER's own case33bw.m layout) -------
+_DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_case33bw_conversion_code_is_evaluated() -> None:
+    """Ohms -> per unit and kW -> MW, as the file's own code says, give the bundled case."""
+    raw = load_case(_DATA / "case33bw.m")
+    ref = load_case("ieee33")
+    assert raw.n_bus == 33 and raw.n_branch == 32
+    assert raw.p_load.sum() * raw.base_mva == pytest.approx(3.715)
+    assert raw.q_load.sum() * raw.base_mva == pytest.approx(2.300)
+    k = [ref.branches.names.index(n) for n in raw.branches.names]
+    assert np.allclose(raw.branches.r, ref.branches.r[k], rtol=1e-9)
+    assert np.allclose(raw.branches.x, ref.branches.x[k], rtol=1e-9)
+
+
+def test_matrices_without_the_code_keep_their_units() -> None:
+    raw = load_case(_DATA / "case33bw_ohms.m")
+    assert raw.p_load.sum() * raw.base_mva == pytest.approx(3715.0)
+    assert raw.branches.r[0] == pytest.approx(0.0922)
+
+
+def test_code_outside_the_idioms_is_refused_naming_the_line() -> None:
+    with pytest.raises(NetworkError, match=r"case3_code, line 31: .*savecase"):
+        load_case(_DATA / "case3_code.m")
+
+
+@pytest.mark.parametrize(("code", "r0", "pd"), [
+    # element and scalar idioms: one column, a scalar variable, operator precedence
+    ("Zb = 12.66^2 / 10;\nmpc.branch(:, 3) = mpc.branch(:, 3) / Zb;", 0.5 / 16.02756, 100.0),
+    ("[F_BUS, T_BUS, BR_R] = idx_brch;\nmpc.branch(1, BR_R) = 2 * mpc.branch(1, BR_R) - 0.5;",
+     0.5, 100.0),
+    ("[PQ, PV, REF, NONE, BUS_I, BUS_TYPE, PD, QD] = idx_bus;\n"
+     "mpc.bus(:, [PD QD]) = mpc.bus(:, [PD QD]) ./ 1e3;", 0.5, 0.1),
+    ("mpc.baseMVA = 2 * 5; %% comment\nmpc.bus(2, 3) = -(-mpc.bus(2, 3)) + ...\n  1;",
+     0.5, 101.0),
+])
+def test_post_processing_idioms(code: str, r0: float, pd: float) -> None:
+    text = ("mpc.baseMVA = 10;\nmpc.bus = [\n1 3 0 0 0 0 1 1 0 12.66 1 1 1;\n"
+            "2 1 100 60 0 0 1 1 0 12.66 1 1.1 0.9;\n];\n"
+            "mpc.branch = [\n1 2 0.5 0.25 0 0 0 0 0 0 1 -360 360;\n];\n" + code)
+    mpc = parse_matpower(text, name="t")
+    assert mpc["branch"][0, 2] == pytest.approx(r0)  # type: ignore[index]
+    assert mpc["bus"][1, 2] == pytest.approx(pd)  # type: ignore[index]
+    assert mpc["baseMVA"] == 10.0

@@ -29,6 +29,7 @@ from gateway.pipeline import (
     Output,
     Pipeline,
     StoreForecast,
+    StoreLate,
     StoreSnapshot,
     StoreState,
 )
@@ -176,8 +177,13 @@ def test_a_missing_stream_is_published_by_tick_when_the_lag_window_expires(
     assert hand.snapshot.published_time == pytest.approx(due)
     p.settle()
     assert p.next_deadline() is None
-    # the weather frame of slot 1 arrives after its snapshot: counted late, dropped
-    assert p.feed_frame("weather", frame(cfg.stream("weather"), 1), due + 0.005) == []
+    # the weather frame of slot 1 arrives after its snapshot: counted late, and stored
+    # as a raw row of its own (flagged LATE), never merged into the published snapshot
+    late_out = p.feed_frame("weather", frame(cfg.stream("weather"), 1), due + 0.005)
+    assert kinds(late_out) == [StoreLate]
+    row = late_out[0]
+    assert isinstance(row, StoreLate)
+    assert row.seq < 0 and np.all(row.flags[weather] == Flag.LATE)
     assert p.stats["weather"].late == 1
     assert p.telemetry.summary()["frames_late"] == 1
     assert p.telemetry.summary()["snapshots_incomplete"] == 1
@@ -200,7 +206,8 @@ def test_undecodable_and_duplicate_frames_are_counted_and_make_no_output(
     data = frame(cfg.stream("pmu"), 0)
     assert p.feed_frame("pmu", data, 10.001) == []
     assert p.feed_frame("pmu", data, 10.002) == []  # the same sequence number again
-    assert p.stats["pmu"].duplicates == 1 and p.stats["pmu"].received == 2
+    # a dropped duplicate is not counted received
+    assert p.stats["pmu"].duplicates == 1 and p.stats["pmu"].received == 1
     assert p.aligner.pending == 1
 
 

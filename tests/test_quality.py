@@ -9,9 +9,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.quality import QualityError, QualityStage
-from gateway.snapshot import Flag
-from models.bench import synthetic_snapshots
-from models.detector import (
+from gateway.quality.detector import (
     BAD,
     CORRECTED,
     SUSPECT,
@@ -20,6 +18,8 @@ from models.detector import (
     choose_threshold,
     confirm_with_residuals,
 )
+from gateway.snapshot import Flag
+from models.bench import synthetic_snapshots
 
 
 @pytest.fixture(scope="module")

@@ -262,6 +262,8 @@ def test_c37_decoder_maps_phasors_to_channels() -> None:
     dec = C37Decoder(stream)
     pmus = [(p.station, p.idcode, [ph.name for ph in p.phasors]) for p in stream.pmus]
     ccfg = c37.make_config(stream.idcode, pmus, data_rate=50)
+    for p, conf in zip(ccfg.pmus, stream.pmus, strict=True):  # PHUNIT: 0 voltage, 1 current
+        p.phunit = [(1 if ph.kind == "i" else 0, 1) for ph in conf.phasors]
     with pytest.raises(Exception, match="before the configuration"):
         dec.decode(b"\xaa\x01" + bytes(20), 0.0)
     assert dec.decode(ccfg.build(), 0.0) is None
@@ -281,3 +283,56 @@ def test_c37_decoder_maps_phasors_to_channels() -> None:
     np.testing.assert_allclose(values[0::2], want, rtol=1e-6)
     np.testing.assert_allclose(values[1::2], angs, atol=1e-6)
     assert dec.layout.channels.size == 2 * n
+
+
+async def test_c37_udp_silence_then_handshake_again() -> None:
+    """A UDP PMU that stops is a ``silent`` event after the read timeout; when its data
+    comes back the transport asks for CFG-2 and starts it again."""
+    cfg = _pmu_config()
+    loop = asyncio.get_running_loop()
+    commands: list[int] = []
+    sink = Sink(1)
+    silent = asyncio.Event()
+    restarted = asyncio.Event()
+
+    def event(stream: str, kind: str, detail: dict[str, object]) -> None:
+        sink.event(stream, kind, detail)
+        if kind == "silent":
+            silent.set()
+
+    t = open_transport(TransportSpec("pmu", "udp://127.0.0.1:0", format="c37.118",
+                                     idcode=7, read_timeout_s=1.0), sink, on_event=event)
+    await t.start()
+    bound = t.local_address
+    assert bound is not None
+    gw_addr = ("127.0.0.1", bound[1])
+
+    class Pmu(asyncio.DatagramProtocol):
+        def connection_made(self, transport):  # type: ignore[no-untyped-def]
+            self.t = transport
+            transport.sendto(cfg.build(), gw_addr)  # spontaneous CFG-2 first
+
+        def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
+            frame = c37.parse(data, 0.0)
+            commands.append(frame.cmd)
+            if frame.cmd == c37.CMD_CFG2:
+                self.t.sendto(cfg.build(), addr)
+            elif frame.cmd == c37.CMD_START:
+                self.t.sendto(_data(cfg, len(commands)), addr)
+                if commands.count(c37.CMD_START) == 2:
+                    restarted.set()
+
+    tr, pmu = await loop.create_datagram_endpoint(Pmu, local_addr=("127.0.0.1", 0))
+    try:
+        await asyncio.wait_for(silent.wait(), 20)  # the PMU sent one frame and stopped
+        assert commands == [c37.CMD_START]  # a spontaneous CFG-2 needs no request
+        pmu.t.sendto(_data(cfg, 9), gw_addr)  # data again: CFG-2 asked, then START
+        await asyncio.wait_for(restarted.wait(), 20)
+    finally:
+        await t.close()
+        tr.close()
+    assert commands[:3] == [c37.CMD_START, c37.CMD_CFG2, c37.CMD_START]
+    kinds = [e[1] for e in sink.events]
+    assert kinds.count("c37_started") == 2 and kinds.index("silent") < len(kinds) - 1
+    (detail,) = [e[2] for e in sink.events if e[1] == "silent"]
+    assert detail["timeout_s"] == 1.0

@@ -10,6 +10,10 @@ Bodies are declared with construct. Data frames (6.3, Table 5) are the hot path:
 :class:`DataDecoder` walks the construct declaration derived from a configuration once,
 turns its leaves into byte-gather indices per numpy dtype and then decodes a frame with a
 handful of vectorised numpy calls, never through construct's per-element parser.
+
+The common-header constants come from :mod:`gateway.codecs.c37common`, which the TCP
+stream reassembler (:mod:`gateway.codecs.stream`, re-exported here as
+``StreamReassembler``) shares, so the two modules import in one direction only.
 """
 
 from __future__ import annotations
@@ -25,8 +29,22 @@ from typing import Any
 import construct as cs
 import numpy as np
 
+from gateway.codecs.c37common import (
+    FRAME_CFG1,
+    FRAME_CFG2,
+    FRAME_CFG3,
+    FRAME_CMD,
+    FRAME_DATA,
+    FRAME_HEADER,
+    FRAME_NAMES,
+    HEADER_SIZE,
+    MIN_FRAME,
+    SYNC_BYTE,
+    VERSIONS,
+)
 from gateway.codecs.crc import crc_ccitt
 from gateway.codecs.layout import declaration_leaves
+from gateway.codecs.stream import StreamReassembler as StreamReassembler
 from gateway.errors import (
     BadCrc,
     BadSync,
@@ -35,18 +53,6 @@ from gateway.errors import (
     FrameTooShort,
     UnknownFrameType,
 )
-
-SYNC_BYTE = 0xAA
-VERSIONS = (1, 2)  # 1 = C37.118-2005, 2 = C37.118.2-2011
-
-# frame types, SYNC bits 6-4 (Table 2)
-FRAME_DATA = 0
-FRAME_HEADER = 1
-FRAME_CFG1 = 2
-FRAME_CFG2 = 3
-FRAME_CMD = 4
-FRAME_CFG3 = 5
-FRAME_NAMES = {0: "data", 1: "header", 2: "cfg1", 3: "cfg2", 4: "command", 5: "cfg3"}
 
 # command words (Table 15)
 CMD_STOP = 1
@@ -63,8 +69,6 @@ FMT_PHASOR_FLOAT = 0x2
 FMT_ANALOG_FLOAT = 0x4
 FMT_FREQ_FLOAT = 0x8
 
-HEADER_SIZE = 14  # SYNC..FRACSEC
-MIN_FRAME = HEADER_SIZE + 2  # plus CHK
 _COMMON = struct.Struct(">BBHHII")
 _EMPTY_F = np.zeros(0, np.float64)
 _EMPTY_U = np.zeros(0, np.uint16)
@@ -75,6 +79,11 @@ _U16 = struct.Struct(">H")
 
 class ConfigMismatch(FrameError):
     """A data frame arrived with no configuration, or one for another IDCODE."""
+
+
+class LayoutMismatch(FrameSizeMismatch):
+    """A well-formed data frame (FRAMESIZE, SYNC and CRC fine) of another size than the
+    configuration describes: the sender's configuration changed."""
 
 
 class InvalidField(FrameError):
@@ -747,6 +756,8 @@ class DataDecoder:
         self._single = len(self._num) == 1 and bool(
             np.array_equal(self._num[0].dest, np.arange(self._n_num)))
         self._words = _Gather(words[0], np.dtype(">u2"), words[1])
+        # the STAT word of each PMU, in configuration order (see stat_words)
+        self._stat_idx = self._words.idx[np.argsort(self._words.dest)[:n]]
         self._words_identity = bool(np.array_equal(self._words.dest, np.arange(n + D)))
         self._block = self._block_layout(leaves)
         # unit factors
@@ -861,14 +872,15 @@ class DataDecoder:
         return z, f, df, an
 
     # -- decode -----------------------------------------------------------------------
-    def decode(self, data: bytes | bytearray | memoryview, now: float) -> DataFrame:
-        """Decode one complete data frame (common header and CRC checked here too)."""
+    def _check(self, data: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
+        """Size, SYNC, version, CRC and IDCODE of a data frame for this configuration;
+        returns (SYNC second byte, IDCODE, SOC, FRACSEC word)."""
         n = len(data)
         if n != self.size:
             ftype = check_common(data)[0]  # raises the precise error for broken frames
             if ftype != FRAME_DATA:
                 raise UnknownFrameType(f"{FRAME_NAMES[ftype]} frame where data was due", 1)
-            raise FrameSizeMismatch(
+            raise LayoutMismatch(
                 f"{n}-byte data frame, the configuration describes {self.size}",
                 min(n, self.size))
         sync, kind, size, idcode, soc, frac = _COMMON.unpack_from(data)
@@ -880,6 +892,19 @@ class DataDecoder:
         if idcode != self.config.idcode:
             raise ConfigMismatch(
                 f"IDCODE {idcode}, the configuration is for {self.config.idcode}", 4)
+        return kind, idcode, soc, frac
+
+    def stat_words(self, data: bytes | bytearray | memoryview) -> np.ndarray:
+        """Every PMU's STAT word (configuration order) of a data frame, checked as
+        :meth:`decode` checks it but without converting a value: what a session needs to
+        follow the error and configuration-change bits cheaply."""
+        self._check(data)
+        raw = np.frombuffer(data, np.uint8)
+        return raw[self._stat_idx].view(">u2").ravel().astype(np.uint16)
+
+    def decode(self, data: bytes | bytearray | memoryview, now: float) -> DataFrame:
+        """Decode one complete data frame (common header and CRC checked here too)."""
+        kind, idcode, soc, frac = self._check(data)
         P, N = self.n_phasors, self.n_pmu
         fr = frac & 0xFFFFFF
         if self._block is not None:
@@ -1010,12 +1035,3 @@ def make_config(
     ]
     return ConfigFrame(idcode, pmus, data_rate=data_rate, frame_type=frame_type)
 
-
-def __getattr__(name: str) -> Any:
-    """``c37118.StreamReassembler`` lives in :mod:`gateway.codecs.stream` (which imports
-    this module); resolved lazily to avoid the import cycle."""
-    if name == "StreamReassembler":
-        from gateway.codecs.stream import StreamReassembler
-
-        return StreamReassembler
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,13 +10,13 @@ which snapshot channels the values fill. A new wire format adds a class here and
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol
 
 import numpy as np
 
 from gateway.aligner import StreamLayout
 from gateway.config import Stream
-from gateway.errors import FrameError
 
 
 class Decoder(Protocol):
@@ -47,59 +47,86 @@ class SktDecoder:
         return f.seq, f.ts, f.values
 
 
+MAX_PENDING_EVENTS = 256  # C37.118 session events kept until the runner takes them
+
+
 class C37Decoder:
-    """C37.118: configuration frames (re)build the data decoder; data frames give the
-    phasors as (magnitude kV/kA, angle rad) pairs in the config's PMU/phasor order.
+    """C37.118: configuration frames are checked against the config's PMUs and (re)build
+    the data mapping; data frames give the phasors as (magnitude kV/kA, angle rad) pairs
+    in the config's PMU/phasor order, whatever order the CFG-2 lists them in.
+
+    The identity and STAT logic is :class:`gateway.codecs.c37session.C37Receiver`'s.
+    A refused configuration raises :class:`~gateway.codecs.c37session.IdentityMismatch`
+    (naming both PMU lists); data without a usable configuration raises
+    :class:`~gateway.codecs.c37session.ConfigPending`. After each data frame
+    :attr:`flags` holds the per-point quality flags from the PMUs' STAT words (None: all
+    good), for ``Aligner.feed(..., flags=...)``; :meth:`take_events` hands the session
+    events (configuration accepted/remapped/changed/refused, STAT changes, unit warnings)
+    to the runner; the transport's session reports the handshake's own events.
 
     Wire convention (C37.118.1): per-phase RMS volts and amperes; the channel value is the
     wire magnitude divided by :attr:`gateway.config.C37Phasor.wire_factor`.
     """
 
     def __init__(self, stream: Stream) -> None:
-        from gateway.codecs import c37118  # here, not per frame: only C37.118 streams need it
+        from gateway.codecs import c37session, c37118  # only C37.118 streams need them
 
         self._c37 = c37118
         self.stream = stream
-        chans: list[int] = []
-        factors: list[float] = []
-        for pmu in stream.pmus:
-            for ph in pmu.phasors:
-                chans += [ph.mag, ph.ang]
-                factors.append(ph.wire_factor)
-        self.factor = np.array(factors)
+        self.receiver = c37session.C37Receiver(stream.pmus, idcode=stream.idcode,
+                                               rate_hz=stream.rate_hz)
+        self._data_event = c37session.DataReceived
+        self._announced = c37session.ConfigChangeAnnounced  # the transport reports it
+        self._pending = c37session.ConfigPending
+        chans = [c for pmu in stream.pmus for ph in pmu.phasors for c in (ph.mag, ph.ang)]
         self.n_phasors = len(chans) // 2
         self.layout = StreamLayout.of(stream.name, chans)
         self.size = 0
-        self.config: Any = None
-        self._data: Any = None  # the data-frame decoder of ``config``
-        self.rate = stream.rate_hz
+        self.flags: np.ndarray | None = None
+        # bounded: a runner that never drains them must not grow without end
+        self.events: deque[Any] = deque(maxlen=MAX_PENDING_EVENTS)
         self.configs = 0
+
+    @property
+    def config(self) -> Any:
+        """The configuration frame in force (None before one was accepted)."""
+        lay = self.receiver.layout
+        return lay.config if lay is not None else None
+
+    @property
+    def rate(self) -> float:
+        return self.receiver.rate
+
+    def take_events(self) -> list[Any]:
+        """Session events since the last call, the newest :data:`MAX_PENDING_EVENTS`
+        (the runner logs/stores them)."""
+        out = list(self.events)
+        self.events.clear()
+        return out
 
     def decode(self, data: bytes, now: float) -> tuple[int | None, float | None,
                                                        np.ndarray] | None:
-        c37 = self._c37
+        c37, rx = self._c37, self.receiver
         if c37.frame_type_of(data) == c37.FRAME_DATA:
-            if self._data is None:
-                raise FrameError("data frame before the configuration (CFG-2)", 0)
-            f = self._data.decode(data, now)
-            z = f.phasors
-            out = np.empty(2 * self.n_phasors)
-            out[0::2] = np.abs(z) / self.factor
-            out[1::2] = np.angle(z)
-            ts = f.time
-            seq = round(ts * self.rate) & 0xFFFFFFFF if ts is not None else None
-            return seq, ts, out
+            events = rx.data(data, now)
+            out = None
+            for ev in events:
+                if type(ev) is self._data_event:
+                    out = ev
+                elif type(ev) is not self._announced:
+                    self.events.append(ev)
+            if out is None:
+                raise self._pending("configuration change in force: data held back until "
+                                    "the new CFG-2 is in", 0)
+            self.flags = out.flags
+            return out.seq, out.ts, out.values
         frame = c37.parse(data, now)
         if isinstance(frame, c37.ConfigFrame):
-            n = sum(p.n_phasors for p in frame.pmus)
-            if n != self.n_phasors:
-                raise FrameError(f"CFG has {n} phasors, stream {self.stream.name} expects "
-                                 f"{self.n_phasors}", 0)
-            self.config = frame
-            self._data = frame.decoder()
-            if frame.data_rate > 0:
-                self.rate = float(frame.data_rate)
-            self.configs += 1
+            self.events.extend(rx.config(frame))
+            if rx.refused is not None:
+                raise rx.refused
+            if frame.frame_type != c37.FRAME_CFG1:
+                self.configs += 1
         return None
 
 

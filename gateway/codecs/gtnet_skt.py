@@ -33,6 +33,12 @@ _FIELD = {"int32": cs.Int32sb, "float32": cs.Float32b}
 _HEADER = struct.Struct(">III")
 
 
+def skt_words(n_points: int, header: bool) -> int:
+    """Words in one frame: the points plus the header's (the component's limit counts both;
+    the config check counts with this same function)."""
+    return n_points + (HEADER_WORDS if header else 0)
+
+
 def skt_struct(types: Sequence[str], *, header: bool) -> cs.Struct:
     """The construct declaration of one frame: optional header words, then point ``p<i>``."""
     fields: list[cs.Construct] = []
@@ -80,7 +86,7 @@ class GtnetSktCodec:
         self.types = tuple(types)
         self.header = header
         self.allow_nonfinite = allow_nonfinite
-        n_words = len(self.types) + (HEADER_WORDS if header else 0)
+        n_words = skt_words(len(self.types), header)
         if not self.types:
             raise ValueError("a GTNET-SKT point list needs at least one point")
         if n_words > MAX_WORDS:

@@ -9,7 +9,7 @@ matches; otherwise it skips one byte and resynchronises. Skipped bytes are count
 
 from __future__ import annotations
 
-from gateway.codecs.c37118 import FRAME_NAMES, MIN_FRAME, SYNC_BYTE, VERSIONS
+from gateway.codecs.c37common import FRAME_NAMES, MIN_FRAME, SYNC_BYTE, VERSIONS
 from gateway.codecs.crc import crc_ccitt
 
 

@@ -12,13 +12,13 @@ URLs: ``sqlite:///path.db`` (default ``sqlite:///twin.db``) or
 ``mysql://user:password@host:port/database``.
 """
 
+from gateway.historian.backends import open_backend
 from gateway.historian.base import (
     Backend,
     Misconfigured,
     Rejected,
     SchemaTooNew,
     Unavailable,
-    open_backend,
 )
 from gateway.historian.reader import HistorianReader, MeasurementFrame, StateFrame
 from gateway.historian.schema import (

@@ -174,21 +174,3 @@ class Backend(abc.ABC):
 
     def _ordered(self, batch: Mapping[str, Sequence[Row]]) -> list[tuple[str, Sequence[Row]]]:
         return [(self._inserts[t], batch[t]) for t in WRITE_ORDER if batch.get(t)]
-
-
-def open_backend(url: str) -> Backend:
-    """The backend for ``url``: ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or
-    ``mysql://user:password@host:port/database[?connect_timeout=5&read_timeout=30]``.
-    Not connected yet: the first ``write``/``query`` (or ``connect()``) connects."""
-    scheme = url.split(":", 1)[0].lower()
-    if scheme == "sqlite":
-        from gateway.historian.sqlite import SqliteBackend
-
-        return SqliteBackend(url)
-    if scheme in ("mysql", "mariadb", "mysql+pymysql"):
-        from gateway.historian.mysql import MysqlBackend
-
-        return MysqlBackend(url)
-    raise HistorianError(
-        f"unsupported historian URL {url!r}: use sqlite:///path.db or "
-        "mysql://user:password@host:port/database")

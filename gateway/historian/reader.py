@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import HistorianError
-from gateway.historian.base import Backend, open_backend
+from gateway.historian.backends import open_backend
+from gateway.historian.base import Backend
 from gateway.historian.schema import json_at, vector_from_json
 
 #: what ``export``/``gridtwin history`` can write
@@ -411,8 +412,8 @@ class HistorianReader:
             try:
                 df.to_parquet(path, index=False)
             except ImportError as exc:
-                raise HistorianError(
-                    f"Parquet export needs pyarrow ({exc}): pip install pyarrow") from exc
+                raise HistorianError(f"Parquet export needs pyarrow ({exc}): "
+                                     "pip install 'gridtwin[parquet]'") from exc
         elif fmt == "csv":
             df.to_csv(sys.stdout if path is None else path, index=False)
         else:

@@ -23,6 +23,8 @@ Row model (documented for users in docs/historian.md):
   snapshot; per-bus rows (33 per snapshot) were the bottleneck of the MySQL writer.
 * ``events`` — bad data found, deadline missed, estimator restarted, stream gaps, ...
   ``detail`` is a JSON object.
+* ``devices`` — the edge devices' registry entries (:mod:`gateway.devices`), one row per
+  device when it changes (new, online, offline) and at shutdown.
 
 Every time is float64 epoch seconds (``DOUBLE``). Every row carries ``run_id``; every table
 has a unique key over the row's natural identity, so replaying a spool after an unclear
@@ -134,6 +136,13 @@ TABLES: tuple[Table, ...] = (
         ("run_id", "i64"), ("event_no", "i64"), ("time", "f64"), ("kind", "str"),
         ("source", "str"), ("detail", "text"),
     ), unique=("run_id", "event_no"), indexes=(("kind", "time"), ("run_id", "time"))),
+    # edge devices (gateway.devices): one row per device and change (online, offline,
+    # new) and at shutdown; errors/health are JSON objects, no credentials
+    Table("devices", (
+        ("run_id", "i64"), ("time", "f64"), ("device", "str"), ("name", "str"),
+        ("kind", "str"), ("quality", "str"), ("online", "i32"), ("last_seen", "f64"),
+        ("messages", "i64"), ("errors", "text"), ("health", "text"), ("detail", "text"),
+    ), unique=("run_id", "device", "time"), indexes=(("device", "time"),)),
 )
 
 TABLE: dict[str, Table] = {t.name: t for t in TABLES}
@@ -143,13 +152,13 @@ TABLE: dict[str, Table] = {t.name: t for t in TABLES}
 #: :func:`expand`
 KINDS: tuple[str, ...] = (
     "runs", "meters", "channels", "buses", "measurements", "corrected", "forecasts",
-    "states", "events",
+    "states", "events", "devices",
 )
 KIND_CODE: dict[str, int] = {k: i for i, k in enumerate(KINDS)}
 #: tables in the order a batch writes them
 WRITE_ORDER: tuple[str, ...] = (
     "runs", "meters", "channels", "buses", "measurements", "corrected", "flagged",
-    "forecasts", "states", "events",
+    "forecasts", "states", "events", "devices",
 )
 
 _SQLITE_TYPES = {"i64": "INTEGER", "i32": "INTEGER", "f64": "REAL", "str": "TEXT",

@@ -63,11 +63,11 @@ from typing import Any
 import numpy as np
 
 from gateway.errors import HistorianError
+from gateway.historian.backends import open_backend
 from gateway.historian.base import (
     Backend,
     Misconfigured,
     Rejected,
-    open_backend,
 )
 from gateway.historian.redact import redact
 from gateway.historian.schema import (
@@ -191,6 +191,24 @@ class RunInfo:
     bus_ids: Sequence[int] = ()  # external ids, in state-vector order
     base_kv: Sequence[float] = ()
     note: str = ""
+
+
+def run_records(info: RunInfo, rid: int, started: float) -> list[Record]:
+    """The rows that describe a run (``runs``, ``meters``, ``channels``, ``buses``). The
+    config text may hold credentials (database, bus, MQTT URLs): it is stored redacted."""
+    recs: list[Record] = [("runs", (
+        rid, started, info.name, info.config_digest, redact(info.config_toml), info.version,
+        info.host, len(info.channels), len(info.bus_ids), redact(info.note)))]
+    for m in info.meters:
+        recs.append(("meters", (rid, m.meter, m.kind, m.bus, m.branch, m.end,
+                                ",".join(m.quantities))))
+    for c in info.channels:
+        recs.append(("channels", (rid, int(c.idx), c.name, c.meter, c.kind, c.quantity,
+                                  c.unit, c.bus, c.branch, c.end)))
+    kv = list(info.base_kv) + [None] * (len(info.bus_ids) - len(info.base_kv))
+    for i, (b, k) in enumerate(zip(info.bus_ids, kv, strict=True)):
+        recs.append(("buses", (rid, i, int(b), None if k is None else float(k))))
+    return recs
 
 
 def run_info_from_config(cfg: Any, *, note: str = "") -> RunInfo:
@@ -397,11 +415,19 @@ class HistorianWriter:
             return True
 
     def close(self, timeout: float = 10.0) -> bool:
-        """Commit what is accepted within ``timeout``; whatever is left goes to the spool
-        (replayed by the next start). True when everything was committed."""
+        """Commit what is accepted; whatever is left goes to the spool (replayed by the next
+        start). True when everything was committed. The wait ends when ``timeout`` passes
+        without a commit: a database that is slow at shutdown (a loaded machine) but still
+        committing gets its rows, only one that stopped answering leaves them spooled."""
         if self._closed:
             return True
-        flushed = self.flush(timeout) if self._thread is not None else True
+        flushed = True
+        if self._thread is not None:
+            while True:
+                before = self._processed
+                flushed = self.flush(timeout)
+                if flushed or self._processed == before:
+                    break
         with self._lock:
             self._closing = True
             self._abort = True
@@ -432,20 +458,7 @@ class HistorianWriter:
         time in epoch microseconds."""
         t = self._clock() if started is None else started
         rid = int(t * 1e6) if run_id is None else int(run_id)
-        # the config text may hold credentials (database, bus, MQTT URLs): stored redacted
-        recs: list[Record] = [("runs", (
-            rid, float(t), info.name, info.config_digest, redact(info.config_toml),
-            info.version, info.host, len(info.channels), len(info.bus_ids),
-            redact(info.note)))]
-        for m in info.meters:
-            recs.append(("meters", (rid, m.meter, m.kind, m.bus, m.branch, m.end,
-                                    ",".join(m.quantities))))
-        for c in info.channels:
-            recs.append(("channels", (rid, int(c.idx), c.name, c.meter, c.kind, c.quantity,
-                                      c.unit, c.bus, c.branch, c.end)))
-        kv = list(info.base_kv) + [None] * (len(info.bus_ids) - len(info.base_kv))
-        for i, (b, k) in enumerate(zip(info.bus_ids, kv, strict=True)):
-            recs.append(("buses", (rid, i, int(b), None if k is None else float(k))))
+        recs = run_records(info, rid, float(t))
         for r in recs:
             self._accept(*r)
         self.run_id = rid
@@ -510,6 +523,20 @@ class HistorianWriter:
             no = max(self._last_event_no + 1, int(self._clock() * 1e6))
             self._last_event_no = no
         self._accept("events", (self._rid(run_id), no, float(time), kind, source, dj))
+
+    def put_device(self, time: float, d: Mapping[str, Any], *,
+                   run_id: int | None = None) -> None:
+        """One device's registry entry (``gateway.devices.Device.as_json``) at ``time``."""
+        def dump(v: Any) -> str:
+            return json.dumps(v, default=str)
+
+        self._accept("devices", (
+            self._rid(run_id), float(time), str(d["device"]), str(d["id"]), str(d["kind"]),
+            str(d["quality"]), int(bool(d["online"])), d.get("last_seen"),
+            int(d.get("messages") or 0), dump(d.get("errors") or {}),
+            dump(d.get("health") or {}),
+            dump({k: d.get(k) for k in ("bus", "branch", "model", "firmware", "period_s",
+                                        "clock_offset_s", "config") if d.get(k)})))
 
     def _rid(self, run_id: int | None) -> int:
         rid = self.run_id if run_id is None else run_id

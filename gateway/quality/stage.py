@@ -7,7 +7,7 @@ Per snapshot (``QualityStage.process``):
    and go through the measurement predictor (bidirectional LSTM, ONNX) in ONE batched
    onnxruntime call: batch = channels, sequence = 9.
 2. The temporal-correlation statistic ``z = |x - x̂| / σ`` with a robust running spread
-   (``models.detector``) flags BAD values; BAD values are replaced by the prediction
+   (:mod:`gateway.quality.detector`) flags BAD values; BAD values are replaced by the prediction
    (BAD|CORRECTED) and missing ones filled (MISSING|CORRECTED).
 3. Weather channels are not tested (irradiance legitimately jumps with clouds); a
    missing weather value holds the last one (MISSING|CORRECTED).
@@ -56,12 +56,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gateway.quality.detector import DetectorParams, TemporalDetector
 from gateway.quality.predictor import REMOTE_TIMEOUT_S, PredictorProcess, QualityError
 from gateway.snapshot import Flag
 
 if TYPE_CHECKING:
     from gateway.config import TwinConfig
-    from models.runtime import BoundModel
+    from models.runtime import BoundModel, OnnxModel
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 _MISSING = np.uint32(Flag.MISSING)
@@ -86,14 +87,11 @@ class QualityStage:
                  threshold: float | None = None, predictor: Predictor | None = None,
                  pv_predictor: Predictor | None = None,
                  predictor_process: bool = False) -> None:
-        from models.detector import DetectorParams, TemporalDetector
         from models.errors import ModelError
-        from models.features import PV_FEATURES, PvInputs, minmax, needs_sun
         from models.runtime import PREDICTOR, PV, load_model
 
         self.cfg = cfg
-        m = len(cfg.channels)
-        self.m = m
+        self.m = len(cfg.channels)
         try:
             self.model = load_model(PREDICTOR, models_dir)
             self.pv_model = load_model(PV, models_dir) if cfg.plants else None
@@ -109,6 +107,28 @@ class QualityStage:
         if k is None:
             k = float(card.extra.get("threshold", 8.0))
         self.threshold = float(k)
+        self._init_detector(float(card.extra.get("kappa", 0.0)))
+        self._init_predictor(predictor)
+        self._init_pv(pv_predictor)
+        self._ahead = False  # the prediction for the next snapshot is in _pred/_s/_c
+        self._yn = np.zeros(self.det_idx.size, np.float32)
+        #: seconds the last :meth:`lookahead` took in the caller's thread (predict + PV,
+        #: or with the predictor process: normalise + send + PV; 0 when nothing was due)
+        self.lookahead_s = 0.0
+        #: called once with the reason when the predictor process is given up
+        self.on_remote_lost: Callable[[str], None] | None = None
+        self.remote: PredictorProcess | None = None
+        #: why the predictor process could not be started (None: started or not asked)
+        self.remote_error: str | None = None
+        if predictor_process and self._bound is not None:
+            try:
+                self.remote = PredictorProcess(self.det_idx.size, self.hist_len, models_dir)
+            except QualityError as exc:  # same model in-process: slower, not wrong
+                self.remote_error = str(exc)
+
+    def _init_detector(self, kappa: float) -> None:
+        """Electrical channels (tested) and the others (held); their σ_meas terms."""
+        cfg = self.cfg
         det = [c for c in cfg.channels if c.electrical]
         self.det_idx = np.array([c.index for c in det], dtype=np.int64)
         k_div = np.array([c.k for c in det])
@@ -117,17 +137,20 @@ class QualityStage:
         self._abs_k = np.maximum(np.array([c.abs for c in det]) / k_div, 1e-12)
         self.other_idx = np.array([c.index for c in cfg.channels if not c.electrical],
                                   dtype=np.int64)
-        n_det = self.det_idx.size
         self._di = _as_slice(self.det_idx)
         self._oi = _as_slice(self.other_idx)
         self.detector = TemporalDetector(len(det), self.hist_len, DetectorParams(
-            threshold=self.threshold, kappa=float(card.extra.get("kappa", 0.0))))
+            threshold=self.threshold, kappa=kappa))
         self._last_other = np.full(self.other_idx.size, np.nan)
 
-        # the predictor: by default the ONNX model with its input and output bound to
-        # preallocated buffers (IO binding); the prepared windows are written straight
-        # into the bound input. A callable (the bench's PyTorch peer) gets the same
-        # float32 (n, T-1, 1) array.
+    def _init_predictor(self, predictor: Predictor | None) -> None:
+        """The predictor and the per-snapshot scratch (no allocation on the steady path).
+
+        By default the ONNX model with its input and output bound to preallocated buffers
+        (IO binding); the prepared windows are written straight into the bound input. A
+        callable (the bench's PyTorch peer) gets the same float32 (n, T-1, 1) array.
+        """
+        n_det = self.det_idx.size
         self._predict: Predictor | None = predictor
         self._bound: BoundModel | None = None
         if predictor is None and n_det:
@@ -135,7 +158,6 @@ class QualityStage:
             self._xn = self._bound.input
         else:
             self._xn = np.zeros((n_det, self.hist_len, 1), np.float32)
-        # per-snapshot scratch (no allocation on the steady path)
         self._c = np.empty(n_det)
         self._s = np.empty(n_det)
         self._floor = np.empty(n_det)
@@ -144,7 +166,12 @@ class QualityStage:
         self._sigma_meas = np.empty(n_det)
         self._no_missing = np.zeros(n_det, bool)
 
-        # PV: weather channel indices per plant in the forecaster's feature order
+    def _init_pv(self, pv_predictor: Predictor | None) -> None:
+        """PV: weather channel indices per plant in the forecaster's feature order, the
+        forecaster's card terms and its input ring."""
+        from models.features import PV_FEATURES, minmax
+
+        cfg = self.cfg
         self.n_plants = len(cfg.plants)
         self.rating = np.array([p.rating_mw for p in cfg.plants])
         wx = np.full((self.n_plants, len(PV_FEATURES)), -1, dtype=np.int64)
@@ -158,61 +185,58 @@ class QualityStage:
         self.pv_fallback = np.zeros(self.n_plants, bool)
         self._pv_predict: Predictor | None = None
         self._minmax = minmax
+        window, n_inputs = 10, len(PV_FEATURES)
         if self.pv_model is not None:
-            pc = self.pv_model.card
-            norm = pc.normalisation
-            self.pv_lo = np.asarray(norm["min"], dtype=np.float64)
-            self.pv_hi = np.asarray(norm["max"], dtype=np.float64)
-            self.pv_stride_s = float(pc.extra.get("stride_s", 20.0))
-            self.pv_window = pc.window
-            sig = pc.extra.get("sigma_pu", {"abs": 0.03, "rel": 0.1})
-            self.pv_sig_a = float(sig["abs"])
-            self.pv_sig_b = float(sig["rel"])
-            # sigma = a + b g(p): g(p) = p ("linear", the default) or p (1 - p)
-            self.pv_sig_quad = sig.get("form", "linear") == "p(1-p)"
-            self.pv_max = float(pc.extra.get("max_pu", 1.0))
-            self._pv_predict = pv_predictor or self.pv_model.run
-            # the card's inputs: the weather values, then the derived (sun) terms
-            features = tuple(norm.get("features", PV_FEATURES))
-            if len(features) != len(self.pv_lo):
-                raise QualityError(f"{self.pv_model.path}: card lists {len(features)} PV "
-                                   f"inputs but {len(self.pv_lo)} normalisation ranges")
-            # a plant without coordinates cannot get the sun terms: weak nameplate guess
-            has_coords = np.array([p.latitude is not None and p.longitude is not None
-                                   for p in cfg.plants], bool)
-            if needs_sun(features):
-                self.pv_fallback = ~has_coords
-                self.pv_ok &= has_coords
-            try:
-                self._pv_inputs = PvInputs(
-                    features,
-                    [p.latitude if p.latitude is not None else 0.0 for p in cfg.plants],
-                    [p.longitude if p.longitude is not None else 0.0 for p in cfg.plants])
-            except ModelError as exc:
-                raise QualityError(f"quality stage: {exc}") from exc
-            self.pv_n_inputs = len(features)
-        self._pv_ring = np.zeros((self.n_plants, getattr(self, "pv_window", 10),
-                                  getattr(self, "pv_n_inputs", len(PV_FEATURES))))
+            window, n_inputs = self._init_pv_model(self.pv_model, pv_predictor)
+        self._pv_ring = np.zeros((self.n_plants, window, n_inputs))
         self._pv_last_t: float | None = None
         self._pv_out = np.zeros(self.n_plants)
         self._pv_sig = np.zeros(self.n_plants)
         self._pv_pending = False  # a stride sample is in the ring, its forecast not run
         self._pv_started = False
-        self._ahead = False  # the prediction for the next snapshot is in _pred/_s/_c
-        self._yn = np.zeros(n_det, np.float32)
-        #: seconds the last :meth:`lookahead` took in the caller's thread (predict + PV,
-        #: or with the predictor process: normalise + send + PV; 0 when nothing was due)
-        self.lookahead_s = 0.0
-        #: called once with the reason when the predictor process is given up
-        self.on_remote_lost: Callable[[str], None] | None = None
-        self.remote: PredictorProcess | None = None
-        #: why the predictor process could not be started (None: started or not asked)
-        self.remote_error: str | None = None
-        if predictor_process and self._bound is not None:
-            try:
-                self.remote = PredictorProcess(n_det, self.hist_len, models_dir)
-            except QualityError as exc:  # same model in-process: slower, not wrong
-                self.remote_error = str(exc)
+
+    def _init_pv_model(self, pv_model: OnnxModel, pv_predictor: Predictor | None
+                       ) -> tuple[int, int]:
+        """The forecaster card's ranges, stride, σ model and inputs; returns (window,
+        number of inputs per sample)."""
+        from models.errors import ModelError
+        from models.features import PV_FEATURES
+        from models.pv_features import PvInputs, needs_sun
+
+        plants = self.cfg.plants
+        pc = pv_model.card
+        norm = pc.normalisation
+        self.pv_lo = np.asarray(norm["min"], dtype=np.float64)
+        self.pv_hi = np.asarray(norm["max"], dtype=np.float64)
+        self.pv_stride_s = float(pc.extra.get("stride_s", 20.0))
+        self.pv_window = pc.window
+        sig = pc.extra.get("sigma_pu", {"abs": 0.03, "rel": 0.1})
+        self.pv_sig_a = float(sig["abs"])
+        self.pv_sig_b = float(sig["rel"])
+        # sigma = a + b g(p): g(p) = p ("linear", the default) or p (1 - p)
+        self.pv_sig_quad = sig.get("form", "linear") == "p(1-p)"
+        self.pv_max = float(pc.extra.get("max_pu", 1.0))
+        self._pv_predict = pv_predictor or pv_model.run
+        # the card's inputs: the weather values, then the derived (sun) terms
+        features = tuple(norm.get("features", PV_FEATURES))
+        if len(features) != len(self.pv_lo):
+            raise QualityError(f"{pv_model.path}: card lists {len(features)} PV "
+                               f"inputs but {len(self.pv_lo)} normalisation ranges")
+        # a plant without coordinates cannot get the sun terms: weak nameplate guess
+        has_coords = np.array([p.latitude is not None and p.longitude is not None
+                               for p in plants], bool)
+        if needs_sun(features):
+            self.pv_fallback = ~has_coords
+            self.pv_ok &= has_coords
+        try:
+            self._pv_inputs = PvInputs(
+                features,
+                [p.latitude if p.latitude is not None else 0.0 for p in plants],
+                [p.longitude if p.longitude is not None else 0.0 for p in plants])
+        except ModelError as exc:
+            raise QualityError(f"quality stage: {exc}") from exc
+        self.pv_n_inputs = len(features)
+        return self.pv_window, self.pv_n_inputs
 
     @property
     def predictor_input(self) -> np.ndarray:

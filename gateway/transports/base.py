@@ -5,7 +5,10 @@ socket) and nats.py's ``client/connection.py`` (one class per scheme behind a ti
 interface). A transport owns a socket (or a file) and nothing else: it hands each
 complete frame to a :data:`FrameSink` as ``(stream, data, peer, now)`` and never decodes
 values. Framing is the only protocol knowledge a transport has (fixed-size GTNET-SKT
-frames on TCP, C37.118 FRAMESIZE on TCP, the C37.118 command handshake).
+frames on TCP); the C37.118 transports drive a sans-IO session
+(:mod:`gateway.codecs.c37session`) that frames, handshakes and keeps the timers.
+Every TCP transport has a read timeout (:attr:`TransportSpec.read_timeout`): a silent or
+half-open peer is a ``silent`` event, then a reconnect.
 
 A new transport is one module that defines a class and decorates it with
 :func:`register`; :func:`open_transport` picks it by the stream URL's scheme (and, for
@@ -27,6 +30,9 @@ from typing import Protocol, runtime_checkable
 from gateway.config import url_parts
 from gateway.errors import TransportError
 
+MIN_READ_TIMEOUT_S = 2.0
+READ_TIMEOUT_PERIODS = 5.0
+
 #: ``sink(stream, data, peer_host, now)``: one complete frame received at ``now``
 FrameSink = Callable[[str, bytes, str | None, float], None]
 #: ``on_drop(stream, peer_host)``: a frame from a source outside the allowlist
@@ -47,6 +53,18 @@ class TransportSpec:
     allow: tuple[str, ...] = ("127.0.0.1",)
     rate_hz: float = 50.0
     options: dict[str, float] = field(default_factory=dict)
+    #: TCP: no byte for this long means a silent or half-open peer (0: a few periods,
+    #: at least 2 s; see :func:`read_timeout`)
+    read_timeout_s: float = 0.0
+
+    @property
+    def read_timeout(self) -> float:
+        """The read/silence timeout in force: the configured one, else a few frame
+        periods and never under 2 s."""
+        if self.read_timeout_s > 0:
+            return self.read_timeout_s
+        return max(MIN_READ_TIMEOUT_S, READ_TIMEOUT_PERIODS / self.rate_hz) \
+            if self.rate_hz > 0 else MIN_READ_TIMEOUT_S
 
     @property
     def scheme(self) -> str:
@@ -117,6 +135,8 @@ BUILTIN: dict[str, str] = {
     "c37+tcp": "gateway.transports.c37",
     "c37+udp": "gateway.transports.c37",
     "c37+file": "gateway.transports.file",
+    "mqtt": "gateway.transports.mqtt",
+    "mqtts": "gateway.transports.mqtt",
 }
 
 

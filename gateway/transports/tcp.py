@@ -4,6 +4,11 @@ The GTNET-SKT card is the TCP *server* in its TCP mode, so the gateway connects 
 reads fixed-size frames (the point list's size) and reconnects with exponential backoff
 (0.1 s doubling to 5 s, reset after a successful frame) when the connection drops. The
 peer address is checked against the allowlist once per connection.
+
+Liveness: a read that brings nothing for the spec's read timeout (a silent card, a
+half-open connection after a cable pull or a peer that froze) is a ``silent`` event and
+a :class:`SilentPeer` error, so the connection is dropped and made again like any other
+failure; TCP itself would wait for hours before noticing.
 """
 
 from __future__ import annotations
@@ -37,12 +42,19 @@ class Backoff:
         self.delay = self.start
 
 
+class SilentPeer(TransportError):
+    """Nothing arrived within the read timeout: the peer is silent or the connection
+    half-open."""
+
+
 class StreamClientBase(TransportBase, abc.ABC):
     """A reconnecting TCP client; subclasses implement :meth:`session`."""
 
     _writer: asyncio.StreamWriter | None = None
     connected = False
     connects = 0
+    failures = 0  # sessions ended by an error (disconnect, silence, lost framing)
+    silences = 0  # of which by the read timeout
 
     async def start(self) -> None:
         if self.spec.port == 0:
@@ -55,8 +67,8 @@ class StreamClientBase(TransportBase, abc.ABC):
         spec = self.spec
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(spec.host, spec.port), CONNECT_TIMEOUT_S)
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    reader, writer = await asyncio.open_connection(spec.host, spec.port)
             except (OSError, TimeoutError) as exc:
                 delay = self.backoff.next()
                 self.on_event(spec.name, "connect_failed", {"url": spec.url, "error": str(exc),
@@ -77,6 +89,7 @@ class StreamClientBase(TransportBase, abc.ABC):
             try:
                 await self.session(reader, writer, host)
             except (OSError, asyncio.IncompleteReadError, TransportError) as exc:
+                self.failures += 1
                 self.on_event(spec.name, "disconnected", {"url": spec.url, "error": str(exc)})
             finally:
                 self.connected = False
@@ -85,6 +98,26 @@ class StreamClientBase(TransportBase, abc.ABC):
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
             await asyncio.sleep(self.backoff.next())
+
+    def silent(self, silent_s: float) -> SilentPeer:
+        """Report a silent peer (event) and return the error that ends the session."""
+        spec = self.spec
+        self.silences += 1
+        self.on_event(spec.name, "silent", {"url": spec.url, "silent_s": round(silent_s, 3),
+                                            "timeout_s": spec.read_timeout})
+        return SilentPeer(f"stream {spec.name}: nothing received for {silent_s:.1f} s "
+                          f"(read timeout {spec.read_timeout:g} s)")
+
+    async def read_exactly(self, reader: asyncio.StreamReader, n: int) -> bytes:
+        """``readexactly`` bounded by the read timeout (:meth:`silent` when it expires)."""
+        timeout = self.spec.read_timeout
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the task's
+            # cancellation when the read completes at the same moment (close() would hang)
+            async with asyncio.timeout(timeout):
+                return await reader.readexactly(n)
+        except TimeoutError:
+            raise self.silent(timeout) from None
 
     @abc.abstractmethod
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -111,7 +144,7 @@ class TcpSktTransport(StreamClientBase):
         name, sink, clock = self.spec.name, self.sink, self.clock
         first = True
         while True:
-            data = await reader.readexactly(size)
+            data = await self.read_exactly(reader, size)
             sink(name, data, host, clock())
             if first:
                 self.backoff.reset()

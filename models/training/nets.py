@@ -164,14 +164,29 @@ def bilstm_onnx(model: RecurrentRegressor, length: int, *, input_name: str,
     from onnx import helper as oh
     from onnx import numpy_helper as nh
 
-    fused = FusedBiLstm(model, length)
+    inits = _recurrence_weights(FusedBiLstm(model, length), model.n_in, nh)
+    nodes, hs = _recurrence_nodes(oh, input_name, length)
+    head_nodes, head_inits, n_out = _head_nodes(model, hs, output_name, oh, nh)
+    graph = oh.make_graph(
+        nodes + head_nodes, "bilstm",
+        [oh.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", length,
+                                                                   model.n_in])],
+        [oh.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_out])],
+        inits + head_inits)
+    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)],
+                          producer_name="gridtwin models.training.nets.bilstm_onnx")
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _recurrence_weights(fused: FusedBiLstm, f: int, nh: Any) -> list[Any]:
+    """Initializers of the recurrence: the gate blocks split [i f o] | [g]."""
     w = fused.w.numpy().astype(np.float32)  # (2F, 8H): rows [:F] fwd input, [F:] bwd input
     u = fused.u.numpy().astype(np.float32)  # (2H, 8H)
     b = fused.b.numpy().astype(np.float32)  # (8H,)
-    h = fused.h
-    f = model.n_in
-    g2 = 2 * h
-    inits = [
+    g2 = 2 * fused.h
+    return [
         nh.from_array(np.ascontiguousarray(w[:, :3 * g2]), "w_ifo"),
         nh.from_array(np.ascontiguousarray(w[:, 3 * g2:]), "w_g"),
         nh.from_array(np.ascontiguousarray(b[:3 * g2]), "b_ifo"),
@@ -184,6 +199,11 @@ def bilstm_onnx(model: RecurrentRegressor, length: int, *, input_name: str,
         nh.from_array(np.array([0], np.int64), "axis0"),
         nh.from_array(np.array([-1, 2 * f], np.int64), "shape_steps"),
     ]
+
+
+def _recurrence_nodes(oh: Any, input_name: str, length: int) -> tuple[list[Any], str]:
+    """Nodes of the input part and the ``length`` unrolled steps; returns them and the
+    name of the last state h_{L-1}."""
     # time-major input part of the gates: row block t of P holds [x_t, x_{L-1-t}] W + b,
     # so each step's slice is one contiguous block (the Splits along axis 0 are memcpys)
     nodes = [
@@ -219,9 +239,18 @@ def bilstm_onnx(model: RecurrentRegressor, length: int, *, input_name: str,
         nodes += [oh.make_node("Tanh", [c_new], [f"tc{t}"]),
                   oh.make_node("Mul", [f"o{t}", f"tc{t}"], [f"h{t}"])]
         hs, cs = f"h{t}", c_new
+    return nodes, hs
+
+
+def _head_nodes(model: RecurrentRegressor, hs: str, output_name: str, oh: Any, nh: Any
+                ) -> tuple[list[Any], list[Any], int]:
+    """Nodes and initializers of the head (Linear, or Linear/Tanh layers) on ``hs``;
+    returns them and the number of outputs."""
     linears: list[nn.Module] = (
         [model.head] if isinstance(model.head, nn.Linear)
         else list(model.head.children()))
+    nodes: list[Any] = []
+    inits: list[Any] = []
     feat = hs
     for k, layer in enumerate(linears):
         last = k == len(linears) - 1
@@ -240,14 +269,4 @@ def bilstm_onnx(model: RecurrentRegressor, length: int, *, input_name: str,
         feat = out
     if feat != output_name:
         raise ValueError("bilstm_onnx: the head must end with nn.Linear")
-    n_out = int(linears[-1].out_features)  # type: ignore[arg-type]
-    graph = oh.make_graph(
-        nodes, "bilstm",
-        [oh.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", length, f])],
-        [oh.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", n_out])],
-        inits)
-    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)],
-                          producer_name="gridtwin models.nets.bilstm_onnx")
-    proto.ir_version = 8
-    onnx.checker.check_model(proto)
-    return proto
+    return nodes, inits, int(linears[-1].out_features)  # type: ignore[arg-type]

@@ -11,12 +11,12 @@ the latitude. Without them the window does not say where the sun is and the
 plane-of-array irradiance of a tilted plant is undetermined (a slow bias that moved with
 the season and the site).
 
-Data (:func:`models.data.pv_dataset`): the scenario's own physical truth (``hil.weather``
+Data (:func:`models.training.data.pv_dataset`): the scenario's own physical truth (``hil.weather``
 TMY + sub-hourly clouds, the station on the plant and the plant seeing the footprint
 average of the cloud field; ``hil.pvplant`` plants with hidden random parameters) at ONE
 training site; inputs are the weather station's *measured* GHI, DNI, DHI, air
 temperature, wind speed and wind direction (sensor noise of the bundled config) plus the
-sun terms, 10 samples ``stride_s`` apart ending now (see :data:`models.data.PV_STRIDE_S`);
+sun terms, 10 samples ``stride_s`` apart ending now (see :data:`models.training.data.PV_STRIDE_S`);
 target: the plant's AC output now per unit of rating. Days spread over the year; every 6th day
 is held out (same site); the test site is never seen in training and its days give the
 card's "unseen site" metrics.
@@ -46,32 +46,16 @@ import numpy as np
 import torch
 
 from models.card import TensorSpec
-from models.data import PV_STRIDE_S, PvData, pv_dataset
 from models.features import WINDOW, minmax
-from models.nets import FusedBiLstm, MlpRegressor, RecurrentRegressor
 from models.pv_features import PV_SUN_FEATURES, PV_SUN_UNITS, feature_ranges
-from models.train import export_onnx, fit, predict, set_seed, write_card
+from models.training.data import PV_STRIDE_S, PvData, pv_dataset
+from models.training.metrics import pv_metrics
+from models.training.nets import FusedBiLstm, MlpRegressor, RecurrentRegressor
+from models.training.train import export_onnx, fit, predict, set_seed, write_card
 
 PV_HIDDEN = 24
 # MSE: the conditional mean, which is what the estimator's pseudo-measurement wants
 PV_LOSS = "mse"
-
-
-def pv_metrics(pred_pu: np.ndarray, true_pu: np.ndarray, *, above: float = 0.05,
-               sun_up: np.ndarray | None = None) -> dict[str, float]:
-    """MAPE (%) over points whose true output is above ``above`` of rating; RMSE (% of
-    rating) over the daytime points (sun up: measured GHI > 0 or output > 0)."""
-    p = np.asarray(pred_pu, float)
-    t = np.asarray(true_pu, float)
-    sel = t > above
-    day = sun_up if sun_up is not None else np.ones_like(t, bool)
-    return {
-        "mape_pct": float(100 * np.mean(np.abs(p[sel] - t[sel]) / t[sel])) if sel.any()
-        else float("nan"),
-        "rmse_pct": float(100 * np.sqrt(np.mean((p[day] - t[day]) ** 2))),
-        "n_mape": int(sel.sum()),
-        "n_rmse": int(day.sum()),
-    }
 
 
 def _sun_up(d: PvData) -> np.ndarray:
@@ -124,6 +108,7 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
              batch: int = 512, lr: float = 3e-3, log: Callable[[str], None] = print,
              sim_step_s: float = 1.0,
              features: tuple[str, ...] = PV_SUN_FEATURES) -> dict[str, Any]:
+    """Train the BiLSTM forecaster and its ANN/BP baseline; write the ONNX files and cards."""
     torch.set_num_threads(1)  # small nets: threads only add sync overhead
     days = [int(d) for d in np.linspace(3, 360, n_days)]
     val_days = days[::6]
@@ -134,9 +119,16 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
     va = pv_dataset(site, val_days, seed=seed + 1, step_s=sim_step_s, features=features)
     te = pv_dataset(test_site, test_days, seed=seed + 2, step_s=sim_step_s, features=features)
     lo, hi = feature_ranges(features)
-    units = [PV_SUN_UNITS[PV_SUN_FEATURES.index(f)] for f in features]
     xtr, xva, xte = (minmax(d.x, lo, hi) for d in (tr, va, te))
     log(f"pv: {len(tr.y)} training windows, {len(va.y)} held out, {len(te.y)} unseen-site")
+    card = _card_parts(features, lo, hi)
+    data = {"data": {"generator": "hil.weather + hil.pvplant (TMY from pvlib, "
+                                  "sub-hourly cloud model, hidden plant params)",
+                     "site": site, "days_of_year": train_days, "held_out_days": val_days,
+                     "step_s": sim_step_s, "plants_per_day": 4},
+            "unseen_site": {"site": test_site, "days_of_year": test_days, "seed": seed + 2},
+            "seed": seed, "steps": steps, "batch": batch, "lr": lr,
+            "loss": PV_LOSS, "optimizer": "Adam, cosine decay"}
     set_seed(seed)
     models = {
         "bilstm": RecurrentRegressor(len(features), PV_HIDDEN, bidirectional=True,
@@ -171,37 +163,9 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
         write_card(
             path, name=path.stem,
             task=f"PV forecaster ({name}): station weather window -> plant AC output / rating",
-            inputs=[TensorSpec("weather", (None, WINDOW, len(features)), "float32", "1",
-                               "min-max normalised " + ", ".join(
-                                   f"{f} [{u}]" for f, u in zip(features, units, strict=True))
-                               + f"; {WINDOW} samples {PV_STRIDE_S:g} s apart ending now; "
-                               "sun terms from the sample time (UTC) and the plant's "
-                               "latitude/longitude (models.pv_features)")],
-            outputs=[TensorSpec("p_pu", (None, 1), "float32", "p.u. of plant AC rating",
-                                "plant AC active power now")],
-            window=WINDOW,
-            normalisation={"method": "min-max per feature: (x - min) / (max - min), "
-                                     "clipped to [-0.5, 1.5]; fixed sensor ranges, the "
-                                     "same at every site",
-                           "features": list(features), "units": units,
-                           "builder": "models.pv_features.PvInputs (run time), "
-                                      "models.pv_features.feature_series (training)",
-                           "min": [round(float(v), 4) for v in lo],
-                           "max": [round(float(v), 4) for v in hi]},
-            training={"data": {"generator": "hil.weather + hil.pvplant (TMY from pvlib, "
-                                            "sub-hourly cloud model, hidden plant params)",
-                               "site": site, "days_of_year": train_days,
-                               "held_out_days": val_days, "step_s": sim_step_s,
-                               "plants_per_day": 4},
-                      "unseen_site": {"site": test_site, "days_of_year": test_days,
-                                      "seed": seed + 2},
-                      "seed": seed, "steps": steps, "batch": batch, "lr": lr,
-                      "loss": PV_LOSS, "optimizer": "Adam, cosine decay",
-                      "seconds": round(hist["seconds"], 1),
-                      "architecture": (f"1-layer BiLSTM hidden {PV_HIDDEN}/direction -> "
-                                       "16 tanh -> 1" if name == "bilstm"
-                                       else f"MLP {WINDOW * len(features)}-64-64-1 tanh "
-                                            "(ANN/BP)"),
+            **card,
+            training={**data, "seconds": round(hist["seconds"], 1),
+                      "architecture": _architecture(name, len(features)),
                       "method": "the paper's BiLSTM over weather windows with derived "
                                 "sun-position inputs (NOAA solar position; cos AOI and "
                                 "isotropic-sky POA on a nominal latitude-tilt plane)"},
@@ -221,3 +185,33 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
         )
         log(f"  wrote {path} ({path.stat().st_size} bytes), sigma {sig}")
     return report
+
+
+def _card_parts(features: tuple[str, ...], lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
+    """What both PV cards say of their inputs, output, window and normalisation."""
+    units = [PV_SUN_UNITS[PV_SUN_FEATURES.index(f)] for f in features]
+    described = ", ".join(f"{f} [{u}]" for f, u in zip(features, units, strict=True))
+    return {
+        "inputs": [TensorSpec("weather", (None, WINDOW, len(features)), "float32", "1",
+                              f"min-max normalised {described}; {WINDOW} samples "
+                              f"{PV_STRIDE_S:g} s apart ending now; sun terms from the "
+                              "sample time (UTC) and the plant's latitude/longitude "
+                              "(models.pv_features)")],
+        "outputs": [TensorSpec("p_pu", (None, 1), "float32", "p.u. of plant AC rating",
+                               "plant AC active power now")],
+        "window": WINDOW,
+        "normalisation": {"method": "min-max per feature: (x - min) / (max - min), "
+                                    "clipped to [-0.5, 1.5]; fixed sensor ranges, the "
+                                    "same at every site",
+                          "features": list(features), "units": units,
+                          "builder": "models.pv_features.PvInputs (run time), "
+                                     "models.pv_features.feature_series (training)",
+                          "min": [round(float(v), 4) for v in lo],
+                          "max": [round(float(v), 4) for v in hi]},
+    }
+
+
+def _architecture(name: str, n_features: int) -> str:
+    if name == "bilstm":
+        return f"1-layer BiLSTM hidden {PV_HIDDEN}/direction -> 16 tanh -> 1"
+    return f"MLP {WINDOW * n_features}-64-64-1 tanh (ANN/BP)"

@@ -4,18 +4,18 @@
 
 * Data: windows of 9 measured values -> the next true value, from scenario traces
   (every PMU/SCADA channel, windows touching bad or missing data skipped) or, without
-  traces, from synthetic channels (:func:`models.data.synthetic_predictor_data`).
+  traces, from synthetic channels (:func:`models.training.data.synthetic_predictor_data`).
   80 % of each channel's time span trains, the last 20 % is held out.
 * Models (same data, same normalisation, same steps): the BiLSTM (ours, committed as
   ``predictor.onnx``), and the baselines LSTM (unidirectional) and BP (MLP), committed
   under ``baselines/`` for ``gridtwin evaluate``.
 * Export: opset 17, dynamic batch axis (batch = channels of a snapshot), the BiLSTM as a
   lean fused, unrolled ONNX graph written from its weights
-  (:func:`models.nets.bilstm_onnx`, 79 nodes after onnxruntime's fusions); the exported
+  (:func:`models.training.nets.bilstm_onnx`, 79 nodes after onnxruntime's fusions); the exported
   graph is run with onnxruntime and compared with ``nn.LSTM`` before the card is written.
 * The detector threshold goes into the card (``extra.threshold``), chosen from the
   held-out clean distribution of the statistic when a held-out trace is given
-  (:func:`models.detector.choose_threshold`), else the documented default 8.
+  (:func:`gateway.quality.detector.choose_threshold`), else the documented default 8.
 
 torch is imported here (training extra); the run time never imports this module.
 """
@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from models.card import ModelCard, TensorSpec, card_path, save_card, sha256_file
-from models.data import PredictorData
 from models.features import HIST, WINDOW
-from models.nets import MlpRegressor, RecurrentRegressor, bilstm_onnx
+from models.training.data import PredictorData
+from models.training.nets import MlpRegressor, RecurrentRegressor, bilstm_onnx
 
 OPSET = 17
 PRED_HIDDEN = 8  # BiLSTM hidden size per direction (latency budget: see models/bench.py)
@@ -137,7 +137,7 @@ def verify_onnx(path: Path, reference: nn.Module, example: torch.Tensor, *, inpu
 
 def export_bilstm(model: RecurrentRegressor, length: int, example: torch.Tensor, path: Path,
                   *, input_name: str, output_name: str) -> None:
-    """The lean unrolled ONNX graph of a trained BiLSTM (:func:`models.nets.bilstm_onnx`),
+    """The lean unrolled ONNX graph of a trained BiLSTM (:func:`models.training.nets.bilstm_onnx`),
     opset 17, dynamic batch; verified against ``model`` (``nn.LSTM``) with onnxruntime."""
     import onnx
 
@@ -264,20 +264,7 @@ def _describe(name: str) -> str:
     return {
         "bilstm": f"1-layer bidirectional LSTM, hidden {PRED_HIDDEN}/direction, final states "
                   "of both directions -> linear; exported as a lean fused/unrolled graph "
-                  "(models.nets.bilstm_onnx)",
+                  "(models.training.nets.bilstm_onnx)",
         "lstm": f"1-layer LSTM, hidden {2 * PRED_HIDDEN}, final state -> linear",
         "bp": "MLP 9-32-32-1, tanh (BP neural network)",
     }[name]
-
-
-def set_threshold(models_dir: Path, k: float, q: float, n: int, source: str) -> None:
-    """Store the calibrated threshold in the predictor card (the .onnx is unchanged)."""
-    from models.card import load_card
-
-    path = models_dir / "predictor.onnx"
-    card = load_card(card_path(path))
-    card.extra["threshold"] = round(float(k), 3)
-    card.extra["threshold_method"] = (
-        f"k = max(4, 8 s_z), s_z = median(z) / 0.6745 = {q:.4f}: robust (MAD) scale of the "
-        f"statistic z on {n} clean held-out values ({source})")
-    save_card(card, card_path(path))

@@ -1,8 +1,9 @@
 """Temporal-correlation bad-data detector (the DT paper's contribution, sec. 3/5.2).
 
-numpy only (and the quality bits of ``gateway.snapshot.Flag``): the gateway's quality
-stage runs this per snapshot next to one batched ONNX Runtime call of the measurement
-predictor.
+numpy and the quality bits of :class:`gateway.snapshot.Flag`: the quality stage
+(:mod:`gateway.quality.stage`) runs this per snapshot next to one batched ONNX Runtime call
+of the measurement predictor, which is why it lives on the gateway side and not in
+``models`` (whose run-time part imports nothing of the gateway).
 
 The statistic
 -------------
@@ -161,7 +162,6 @@ class TemporalDetector:
         if self._all_ready and not missing.any():
             return self._step_steady(x, pred_ready, sigma_meas, scale)
         p = self.params
-        h = self.hist_len
         ready = self.ready
         all_ready = bool(ready.all())
         floor = (sigma_meas if scale is None or p.kappa == 0.0
@@ -188,7 +188,27 @@ class TemporalDetector:
         if not all_ready:
             bad &= can_test
 
-        # level shift: R consecutive flags whose raw values agree -> the grid moved
+        shift_rows = self._level_shift(x, bad, missing, any_missing, sigma)
+        out, flags = self._correct(x, pred, bad, missing, any_missing)
+        # spread update on accepted values: m <- (1 - a) m + a min(|d|, clip sigma)
+        acc = ~bad
+        if any_missing:
+            acc &= ~missing
+        if not all_ready:
+            acc &= ready
+        with np.errstate(invalid="ignore"):
+            upd = (1 - p.alpha) * self.m_abs + p.alpha * np.minimum(np.abs(d), p.clip * sigma)
+        self.m_abs = np.where(acc, upd, self.m_abs)
+        self._store(out, shift_rows, sigma_meas, all_ready=all_ready, any_missing=any_missing)
+        if any_missing or not all_ready:
+            z = np.where(~missing & can_test, z, np.nan)
+        return StepResult(out, flags, z, pred)
+
+    def _level_shift(self, x: np.ndarray, bad: np.ndarray, missing: np.ndarray,
+                     any_missing: bool, sigma: np.ndarray) -> np.ndarray:
+        """R consecutive flags whose raw values agree: the grid moved. Clears their
+        ``bad`` (in place) and returns the rows whose history restarts."""
+        p = self.params
         self._tick = (self._tick + 1) % 3
         self.recent[:, self._tick] = x
         if any_missing:
@@ -211,7 +231,12 @@ class TemporalDetector:
             run[shift_rows] = 0
             self._shift_slope = (rec[ok, 2] - rec[ok, 0]) / 2.0
         self.run = run
+        return shift_rows
 
+    def _correct(self, x: np.ndarray, pred: np.ndarray, bad: np.ndarray,
+                 missing: np.ndarray, any_missing: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Cleaned values and flags: BAD values replaced by the prediction, missing ones
+        filled where a prediction exists."""
         out = x.copy()
         flags = np.zeros(self.n, np.uint32)
         if bad.any():
@@ -223,18 +248,13 @@ class TemporalDetector:
             out[fill] = pred[fill]
             flags[missing] = MISSING
             flags[fill] = MISSING | CORRECTED
+        return out, flags
 
-        # spread update on accepted values: m <- (1 - a) m + a min(|d|, clip sigma)
-        acc = ~bad
-        if any_missing:
-            acc &= ~missing
-        if not all_ready:
-            acc &= ready
-        with np.errstate(invalid="ignore"):
-            upd = (1 - p.alpha) * self.m_abs + p.alpha * np.minimum(np.abs(d), p.clip * sigma)
-        self.m_abs = np.where(acc, upd, self.m_abs)
-
-        # ring: shift in the cleaned value (channels with nothing to store keep theirs)
+    def _store(self, out: np.ndarray, shift_rows: np.ndarray, sigma_meas: np.ndarray, *,
+               all_ready: bool, any_missing: bool) -> None:
+        """Shift the cleaned values into the rings (channels with nothing to store keep
+        theirs); restart the history of level-shifted channels on their trajectory."""
+        h = self.hist_len
         if all_ready and not any_missing:
             self.ring[:, :-1] = self.ring[:, 1:]
             self.ring[:, -1] = out
@@ -253,9 +273,6 @@ class TemporalDetector:
             back = np.arange(h - 1, -1, -1)[None, :]
             self.ring[shift_rows] = (out[shift_rows, None]
                                      - back * self._shift_slope[:, None])
-        if any_missing or not all_ready:
-            z = np.where(~missing & can_test, z, np.nan)
-        return StepResult(out, flags, z, pred)
 
     def _step_steady(self, x: np.ndarray, pred: np.ndarray, sigma_meas: np.ndarray,
                      scale: np.ndarray | None) -> StepResult:

@@ -1,0 +1,184 @@
+"""Edge publishing: a twin's snapshots, events and health onto the bus, never blocking ingest.
+
+The gateway calls :meth:`EdgeBus.offer_snapshot` (and ``offer_event``/``offer_health``)
+on its hot path; that only encodes the message and appends it to a bounded buffer. A
+publisher task sends the buffer to JetStream in windows of up to ``window`` concurrent
+publishes and waits for the acknowledgements:
+
+* while the bus is down the buffer is the spool: nothing is sent, the twin keeps
+  estimating locally; on reconnect the spool is sent in order (catch-up), newest last;
+* the buffer is bounded (``buffer`` messages): when it is full the *oldest* message is
+  dropped and counted (``dropped``); the de-duplication ids make a message that was sent
+  but whose acknowledgement was lost harmless to send again;
+* states coming back from the workers (core subscription on ``gridtwin.<twin>.state``)
+  are handed to ``on_state`` with the round-trip time (publish at the edge → state back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.bus import wire
+from gateway.bus.conn import BusOptions, connect, ensure_fleet
+
+log = logging.getLogger("gridtwin.bus")
+
+
+@dataclass
+class EdgeStats:
+    offered: int = 0
+    published: int = 0  # acknowledged by JetStream
+    duplicates: int = 0  # acknowledged as duplicates (sent twice, stored once)
+    dropped: int = 0  # oldest messages dropped because the buffer was full
+    errors: int = 0  # publish attempts that failed (retried)
+    states: int = 0  # states received back
+    bad_states: int = 0
+    connected: bool = False
+    reconnects: int = 0
+
+
+class EdgeBus:
+    """The publishing side of one twin (see the module docstring)."""
+
+    def __init__(self, twin: str, opts: BusOptions, *, buffer: int = 50_000, window: int = 64,
+                 clock: Callable[[], float] = time.time,
+                 on_state: Callable[[wire.BusState, float], None] | None = None) -> None:
+        self.twin = twin
+        self.opts = opts
+        self.window = window
+        self.clock = clock
+        self.on_state = on_state
+        self.stats = EdgeStats()
+        #: this edge run's id (µs since the epoch at construction): part of every message
+        #: id, so a twin restarted from step 0 is a new run, not a repetition
+        self.run = int(clock() * 1e6)
+        self._buf: deque[tuple[str, bytes, str]] = deque(maxlen=buffer)
+        self._wake = asyncio.Event()
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.nc: Any = None
+        self.js: Any = None
+
+    # ------------------------------------------------------------------ hot path
+    def offer_snapshot(self, seq: int, source_time: float, arrival_time: float,
+                       values: np.ndarray, flags: np.ndarray, pv_mw: np.ndarray,
+                       pv_sigma_mw: np.ndarray) -> None:
+        msg = wire.encode_snapshot(wire.BusSnapshot(
+            self.run, seq, source_time, arrival_time, self.clock(), values, flags, pv_mw,
+            pv_sigma_mw))
+        self._offer(wire.SNAPSHOT, seq, msg)
+
+    def offer_event(self, seq: int, body: dict[str, Any]) -> None:
+        self._offer(wire.EVENT, seq, wire.encode_json(wire.EVENT, body))
+
+    def offer_health(self, seq: int, body: dict[str, Any]) -> None:
+        self._offer(wire.HEALTH, seq, wire.encode_json(wire.HEALTH, body))
+
+    def offer(self, kind: int, seq: int, msg: bytes) -> None:
+        """Publish an encoded message of ``kind`` (e.g. a state) with its sequence."""
+        self._offer(kind, seq, msg)
+
+    def _offer(self, kind: int, seq: int, msg: bytes) -> None:
+        self.stats.offered += 1
+        if len(self._buf) == self._buf.maxlen:
+            self.stats.dropped += 1  # the deque drops the oldest
+        self._buf.append((wire.subject(self.twin, kind), msg,
+                          wire.msg_id(self.twin, self.run, kind, seq)))
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting (the spool while the bus is down)."""
+        return len(self._buf)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.nc = await connect(self.opts, disconnected_cb=self._down,
+                                reconnected_cb=self._again)
+        self.js = self.nc.jetstream()
+        await ensure_fleet(self.js, self.opts)
+        await self.nc.subscribe(wire.subject(self.twin, wire.STATE), cb=self._state)
+        self.stats.connected = True
+        self._up.set()
+        self._task = asyncio.create_task(self._publish_loop())
+
+    async def _down(self) -> None:
+        self.stats.connected = False
+        self._up.clear()
+        if self._closing:
+            return
+        log.warning("bus %s: disconnected; spooling (%d waiting)", self.opts.redacted(),
+                    self.pending)
+
+    async def _again(self) -> None:
+        self.stats.connected = True
+        self.stats.reconnects += 1
+        self._up.set()
+        log.warning("bus %s: reconnected; catching up %d messages", self.opts.redacted(),
+                    self.pending)
+
+    async def _state(self, m: Any) -> None:
+        try:
+            st = wire.decode(m.data)
+        except wire.BusMessageError:
+            self.stats.bad_states += 1
+            return
+        if not isinstance(st, wire.BusState):
+            self.stats.bad_states += 1
+            return
+        self.stats.states += 1
+        if self.on_state is not None:
+            self.on_state(st, self.clock() - st.publish_time)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._buf:
+                await self._up.wait()
+                n = min(self.window, len(self._buf))
+                items = [self._buf[i] for i in range(n)]
+                results = await asyncio.gather(
+                    *(self.js.publish(s, d, timeout=2.0, headers={"Nats-Msg-Id": i})
+                      for s, d, i in items), return_exceptions=True)
+                done = 0
+                for r in results:  # in order: stop at the first failure, retry from there
+                    if isinstance(r, BaseException):
+                        break
+                    done += 1
+                    self.stats.published += 1
+                    self.stats.duplicates += int(bool(getattr(r, "duplicate", False)))
+                for _ in range(done):
+                    if self._buf:
+                        self._buf.popleft()
+                if done < n:
+                    self.stats.errors += 1
+                    await asyncio.sleep(0.1)  # the connection is likely down: let it notice
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until everything offered so far is acknowledged (True) or ``timeout``."""
+        end = time.monotonic() + timeout
+        while self._buf and time.monotonic() < end:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        return not self._buf
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()

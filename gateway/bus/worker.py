@@ -1,0 +1,327 @@
+"""``gridtwin worker``: an estimator for any feeder of the fleet, pulling from JetStream.
+
+Workers share the ``workers`` pull consumer, so JetStream spreads snapshots over however
+many workers run, on however many machines. Per fetched batch:
+
+1. messages that do not follow the layout are terminated (never redelivered) and counted;
+2. **newest wins per feeder**: of several snapshots of one feeder in the batch only the
+   newest is estimated; the older ones are acknowledged as *superseded* (counted), as in
+   the single-box twin;
+3. the feeder's estimator comes from a cache keyed by (feeder, config revision): the
+   measurement model is built and factorised once per config, so any worker serves any
+   feeder and a busy one pays the set-up once;
+4. the state goes to ``gridtwin.<twin>.state`` (with its de-duplication id) and only then
+   is the snapshot acknowledged: a worker killed between the two leaves the snapshot
+   unacknowledged, and JetStream redelivers it to another worker after ``ack_wait``.
+
+A state whose snapshot waited longer than the feeder's ``estimator.deadline_s`` (publish
+at the edge → state done) counts as a deadline miss; it is still published (the edge and
+the sink want it; dropping it would lose data that was accepted).
+
+Feeder configs come from the ``gridtwin_feeders`` bucket and are watched: a new revision is
+validated like a file; an invalid one is reported as an event and the previous revision
+stays in force.
+
+The pure part (:class:`BatchPlan`) decides what to do with a batch; :class:`Worker` only
+talks to the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.bus import wire
+from gateway.bus.conn import BUCKET, STREAM, WORKERS, BusOptions, connect, ensure_fleet
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gridtwin.worker")
+
+#: solve(values, flags, pv_mw, pv_sigma) -> (vm, va, chi2, chi2_thr, iterations, converged)
+SolveFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                   tuple[np.ndarray, np.ndarray, float, float, int, bool]]
+
+
+@dataclass
+class WorkerStats:
+    solved: int = 0
+    superseded: int = 0
+    bad: int = 0
+    unknown_feeder: int = 0
+    failed: int = 0
+    redelivered: int = 0
+    deadline_misses: int = 0
+    config_loads: int = 0
+    config_rejected: int = 0
+    per_feeder: dict[str, int] = field(default_factory=dict)
+    superseded_per_feeder: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Planned:
+    twin: str
+    snap: wire.BusSnapshot
+    msg: Any
+
+
+@dataclass
+class BatchPlan:
+    """What to do with one fetched batch: estimate ``keep``, ack ``superseded``,
+    terminate ``bad`` (each with the reason)."""
+
+    keep: list[Planned] = field(default_factory=list)
+    superseded: list[Any] = field(default_factory=list)
+    bad: list[tuple[Any, str]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, msgs: list[Any]) -> BatchPlan:
+        plan = cls()
+        newest: dict[str, Planned] = {}
+        for m in msgs:
+            parts = m.subject.split(".")
+            if len(parts) != 3 or parts[2] != "snapshot":
+                plan.bad.append((m, f"subject {m.subject!r} is not gridtwin.<twin>.snapshot"))
+                continue
+            try:
+                snap = wire.decode(m.data)
+            except wire.BusMessageError as exc:
+                plan.bad.append((m, f"{m.subject}: {exc}"))
+                continue
+            if not isinstance(snap, wire.BusSnapshot):
+                plan.bad.append((m, f"{m.subject}: not a snapshot message"))
+                continue
+            twin = parts[1]
+            old = newest.get(twin)
+            if old is None or snap.seq > old.snap.seq:
+                if old is not None:
+                    plan.superseded.append(old.msg)
+                newest[twin] = Planned(twin, snap, m)
+            else:
+                plan.superseded.append(m)
+        plan.keep = list(newest.values())
+        return plan
+
+
+async def poll_pending(js: Any, durable: str, owner: Any, every_s: float = 2.0) -> None:
+    """Keep ``owner.pending`` at the consumer's backlog (for the lag metric)."""
+    while True:
+        with contextlib.suppress(Exception):  # the bus may be down: keep the last value
+            info = await js.consumer_info(STREAM, durable)
+            owner.pending = int(info.num_pending)
+        await asyncio.sleep(every_s)
+
+
+class FeederCache:
+    """Estimators per (feeder, config revision), built from the config bucket's text."""
+
+    def __init__(self, build: Callable[[str], tuple[SolveFn, float]]) -> None:
+        self._build = build
+        self._solvers: dict[str, tuple[int, SolveFn, float]] = {}
+        self.errors: dict[str, str] = {}
+
+    def update(self, twin: str, revision: int, text: str) -> str | None:
+        """Install a config revision; the error (old revision kept) or None."""
+        try:
+            solve, deadline = self._build(text)
+        except (GatewayError, ValueError, OSError) as exc:
+            self.errors[twin] = f"revision {revision}: {exc}"
+            return self.errors[twin]
+        self._solvers[twin] = (revision, solve, deadline)
+        self.errors.pop(twin, None)
+        return None
+
+    def get(self, twin: str) -> tuple[SolveFn, float] | None:
+        hit = self._solvers.get(twin)
+        return None if hit is None else (hit[1], hit[2])
+
+    def revision(self, twin: str) -> int | None:
+        hit = self._solvers.get(twin)
+        return None if hit is None else hit[0]
+
+    @property
+    def feeders(self) -> list[str]:
+        return sorted(self._solvers)
+
+
+def config_from_text(text: str) -> Any:
+    """A validated twin config from its TOML text (as the config bucket holds it). A
+    network case it names must be bundled or at an absolute path on this machine."""
+    from gateway.config import load_config
+
+    with tempfile.TemporaryDirectory(prefix="gridtwin-feeder-") as d:
+        path = Path(d) / "twin.toml"
+        path.write_text(text)
+        return load_config(str(path))
+
+
+def build_from_text(text: str) -> tuple[SolveFn, float]:
+    """(solve, deadline_s) for a twin config given as TOML text (validated like a file)."""
+    from gateway.estimator_worker import solver_for
+
+    cfg = config_from_text(text)
+    _, solve = solver_for(cfg, cfg.estimator.method)
+    return solve, float(cfg.estimator.deadline_s)
+
+
+class Worker:
+    """One estimator worker process's bus side (see the module docstring)."""
+
+    def __init__(self, opts: BusOptions, *, batch: int = 64, clock: Callable[[], float] =
+                 time.time, build: Callable[[str], tuple[SolveFn, float]] = build_from_text,
+                 metrics_bind: str = "") -> None:
+        self.opts = opts
+        self.metrics_bind = metrics_bind
+        self.pending = 0  # the work queue's backlog at the last poll
+        self.batch = batch
+        self.clock = clock
+        self.cache = FeederCache(build)
+        self.stats = WorkerStats()
+        self.nc: Any = None
+        self.js: Any = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.nc = await connect(self.opts)
+        self.js = self.nc.jetstream()
+        await ensure_fleet(self.js, self.opts)
+        kv = await self.js.key_value(BUCKET)
+        await self._load_all(kv)
+        self._psub = await self.js.pull_subscribe_bind(WORKERS, stream=STREAM)
+        self._tasks = [asyncio.create_task(self._watch(kv)),
+                       asyncio.create_task(self._loop()),
+                       asyncio.create_task(poll_pending(self.js, WORKERS, self))]
+        if self.metrics_bind:
+            from gateway.bus.metrics import WorkerCollector, serve
+
+            serve(WorkerCollector(self), self.metrics_bind)
+
+    async def _load_all(self, kv: Any) -> None:
+        from nats.js.errors import NoKeysError
+
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            keys = []
+        for k in keys:
+            e = await kv.get(k)
+            self._install(k, e.revision, e.value)
+
+    def _install(self, twin: str, revision: int, value: bytes | None) -> None:
+        if value is None or self.cache.revision(twin) == revision:
+            return
+        err = self.cache.update(twin, revision, value.decode("utf-8", "replace"))
+        if err is None:
+            self.stats.config_loads += 1
+            log.info("feeder %s: config revision %d in force", twin, revision)
+        else:
+            self.stats.config_rejected += 1
+            log.error("feeder %s: config %s; the previous revision stays", twin, err)
+            asyncio.get_running_loop().create_task(self._event(
+                twin, "config_rejected", {"error": err}))
+
+    async def _watch(self, kv: Any) -> None:
+        watcher = await kv.watchall()
+        async for e in watcher:
+            if e is not None and e.value:
+                self._install(e.key, e.revision, e.value)
+
+    async def _loop(self) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        while not self._stop.is_set():
+            try:
+                msgs = await self._psub.fetch(self.batch, timeout=0.5)
+            except (NatsTimeout, TimeoutError):
+                continue
+            except Exception as exc:  # bus trouble: retry, never die
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(0.2)
+                continue
+            await self.handle(msgs)
+
+    async def handle(self, msgs: list[Any]) -> None:
+        plan = BatchPlan.of(msgs)
+        for m, why in plan.bad:
+            self.stats.bad += 1
+            if self.stats.bad <= 10:
+                log.warning("dropped a bad bus message: %s", why)
+            await m.term()
+        for m in plan.superseded:
+            self.stats.superseded += 1
+            twin = m.subject.split(".")[1]
+            per = self.stats.superseded_per_feeder
+            per[twin] = per.get(twin, 0) + 1
+            await m.ack()
+        sends = []
+        for p in plan.keep:
+            if p.msg.metadata.num_delivered > 1:
+                self.stats.redelivered += 1
+            send = await self._estimate(p)
+            if send is not None:
+                sends.append(send)
+        # the batch's states go out together (one round trip to JetStream, not one per
+        # feeder); each snapshot is acknowledged only once its state is stored
+        await asyncio.gather(*sends)
+
+    async def _estimate(self, p: Planned) -> Any:
+        """Estimate one snapshot; the coroutine that publishes its state and then
+        acknowledges it (None when there is nothing to publish)."""
+        hit = self.cache.get(p.twin)
+        if hit is None:
+            self.stats.unknown_feeder += 1
+            await p.msg.ack()  # nobody can estimate it until it is registered
+            return None
+        solve, deadline = hit
+        s = p.snap
+        t0 = time.perf_counter()
+        try:
+            vm, va, chi2, thr, iters, conv = solve(s.values, s.flags, s.pv_mw, s.pv_sigma_mw)
+        except Exception as exc:  # one feeder fails alone
+            self.stats.failed += 1
+            await self._event(p.twin, "estimate_failed", {"seq": s.seq, "error": str(exc)})
+            await p.msg.ack()
+            return None
+        t_solve = time.perf_counter() - t0
+        done = self.clock()
+        if done - s.publish_time > deadline:
+            self.stats.deadline_misses += 1
+        state = wire.BusState(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time,
+                              done, chi2, thr, t_solve,
+                              iters, conv, np.asarray(vm, float), np.asarray(va, float))
+        return self._publish(p, state)
+
+    async def _publish(self, p: Planned, state: wire.BusState) -> None:
+        s = p.snap
+        await self.js.publish(wire.subject(p.twin, wire.STATE), wire.encode_state(state),
+                              headers={"Nats-Msg-Id": wire.msg_id(p.twin, s.run, wire.STATE,
+                                                                  s.seq)})
+        await p.msg.ack()
+        self.stats.solved += 1
+        self.stats.per_feeder[p.twin] = self.stats.per_feeder.get(p.twin, 0) + 1
+
+    async def _event(self, twin: str, kind: str, detail: dict[str, Any]) -> None:
+        body = {"time": self.clock(), "kind": kind, "source": "worker", "detail": detail}
+        with contextlib.suppress(Exception):
+            await self.js.publish(wire.subject(twin, wire.EVENT),
+                                  wire.encode_json(wire.EVENT, body))
+
+    async def close(self) -> None:
+        self._stop.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()

@@ -1,0 +1,32 @@
+"""What the fleet tests share: a wait on a condition and publishing scenario rows as
+snapshots from an edge (the ``nats`` fixture is in conftest.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from gateway.bus.edge import EdgeBus
+
+
+async def until(cond: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    """Wait on the event loop for ``cond`` (bounded: a hang fails, it does not block)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def offer_rows(edge: EdgeBus, trace, seqs: range, *, wall: bool = False) -> None:  # type: ignore[no-untyped-def]
+    """Publish trace rows as snapshots ``seqs`` (rows wrap around the trace)."""
+    m, n = trace.measured.shape[1], trace.pv_mw.shape[1]
+    for seq in seqs:
+        k = seq % trace.measured.shape[0]
+        edge.offer_snapshot(seq, float(trace.time[k]),
+                            time.time() if wall else float(trace.time[k]),
+                            trace.measured[k], np.zeros(m, np.uint32), trace.pv_mw[k],
+                            np.full(n, 0.01))
