@@ -293,6 +293,11 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
             broker.close()
     final = json.loads(gw_out.strip().splitlines()[-1]) if gw_out.strip() else live
     res = collect(final, emu_sum, db, trace_path, rate=rate, seconds=seconds)
+    # chi-square failures at 99 % over the run's estimates: the counters behind the
+    # GridtwinChiSquareFailing alert (the historian's states keep chi2, not the threshold)
+    n_fail = _metric_value(metrics_text, "gridtwin_chi2_test_failures_total")
+    n_est = _metric_value(metrics_text, "gridtwin_states_total")
+    res["chi2_fail_pct"] = 100.0 * n_fail / n_est if n_fail is not None and n_est else None
     res["restart"] = None
     if killed is not None:
         res["restart"] = {"killed_pid": killed["pid"], "at_s": kill_at,
