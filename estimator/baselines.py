@@ -34,6 +34,7 @@ from estimator.linear import LinearStateEstimator, chi2_quantile, sensitivity
 from estimator.measurement import MeasurementModel, Spec
 from estimator.observability import check_observable
 from estimator.state import State
+from estimator.tracking import TrackingStateEstimator
 
 __all__ = [
     "METHODS",
@@ -45,7 +46,7 @@ __all__ = [
     "make_estimator",
 ]
 
-METHODS = ("linear", "wls", "wlav", "pgm_il", "pgm_nr", "pandapower")
+METHODS = ("linear", "tracking", "wls", "wlav", "pgm_il", "pgm_nr", "pandapower")
 
 
 class Estimator(Protocol):
@@ -61,6 +62,9 @@ def make_estimator(name: str, model: MeasurementModel, *, tolerance: float = 1e-
     if name == "linear":
         return LinearStateEstimator(model, tolerance=tolerance, max_iterations=max_iterations,
                                     **kw)
+    if name == "tracking":
+        return TrackingStateEstimator(model, tolerance=tolerance,
+                                      max_iterations=max_iterations, **kw)
     if name == "wls":
         return WlsPolar(model, tolerance=tolerance, max_iterations=max_iterations, **kw)
     if name == "wlav":

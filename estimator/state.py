@@ -8,7 +8,7 @@ import numpy as np
 
 from estimator.network import Network
 
-__all__ = ["State", "branch_quantities"]
+__all__ = ["BatchStates", "State", "branch_quantities"]
 
 
 def branch_quantities(net: Network, v: np.ndarray) -> dict[str, np.ndarray]:
@@ -38,7 +38,8 @@ class State:
     computed), ``active`` (used in this solve). ``objective`` is J(x) = sum (r/sigma)^2
     over the active measurements, tested against the chi-square quantile with ``dof``
     degrees of freedom (m - n, equality constraints counted as exact measurements).
-    ``timings`` holds seconds per stage.
+    ``timings`` holds seconds per stage. ``innovation`` (tracking estimator only): the
+    normalized innovation ``nu^T S^-1 nu`` of the filter step (see :mod:`estimator.tracking`).
     """
 
     method: str
@@ -53,6 +54,7 @@ class State:
     dof: int = 0
     chi2_threshold: float = float("nan")
     timings: dict[str, float] = field(default_factory=dict)
+    innovation: float = float("nan")
     removed: list[int] = field(default_factory=list)
     i_from: np.ndarray | None = None
     i_to: np.ndarray | None = None
@@ -79,3 +81,73 @@ class State:
         self.i_from, self.i_to = q["i_from"], q["i_to"]
         self.s_from, self.s_to, self.s_inj = q["s_from"], q["s_to"], q["s_inj"]
         return self
+
+
+@dataclass
+class BatchStates:
+    """The answers of a batch solve (:meth:`~estimator.linear.LinearStateEstimator.
+    solve_batch`), one row per snapshot: the fields of :class:`State` as arrays
+    (``v``: ``B x n``; ``residual``, ``normalized_residual``: ``B x m``). A row that
+    failed is NaN, ``converged`` False, its error message in ``errors``."""
+
+    method: str
+    v: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+    residual: np.ndarray
+    normalized_residual: np.ndarray
+    objective: np.ndarray
+    dof: np.ndarray
+    chi2_threshold: np.ndarray
+    errors: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, nb: int, m: int, n: int, method: str) -> BatchStates:
+        nan = np.full(nb, np.nan)
+        return cls(method=method, v=np.full((nb, n), np.nan + 0j),
+                   iterations=np.zeros(nb, np.int64), converged=np.zeros(nb, bool),
+                   residual=np.full((nb, m), np.nan), normalized_residual=np.full((nb, m),
+                                                                                  np.nan),
+                   objective=nan.copy(), dof=np.zeros(nb, np.int64),
+                   chi2_threshold=nan.copy())
+
+    def __len__(self) -> int:
+        return int(self.v.shape[0])
+
+    @property
+    def chi2_ok(self) -> np.ndarray:
+        """Per row: J(x) below its quantile (False for a failed row)."""
+        return np.asarray(self.objective <= self.chi2_threshold)
+
+    def put(self, k: int, st: State) -> None:
+        """Row ``k`` from a single solve."""
+        self.v[k] = st.v
+        self.iterations[k] = st.iterations
+        self.converged[k] = True
+        self.residual[k] = st.residual
+        self.normalized_residual[k] = st.normalized_residual
+        self.objective[k] = st.objective
+        self.dof[k] = st.dof
+        self.chi2_threshold[k] = st.chi2_threshold
+
+    def fail(self, k: int, exc: Exception) -> None:
+        last = getattr(exc, "last", None)
+        if last is not None:
+            self.v[k] = last
+        self.converged[k] = False
+        self.errors[k] = f"{type(exc).__name__}: {exc}"
+
+    def set_rows(self, rows: np.ndarray, v: np.ndarray, it: np.ndarray, conv: np.ndarray,
+                 r: np.ndarray, rn: np.ndarray, obj: np.ndarray, dof: np.ndarray,
+                 thr: np.ndarray) -> None:
+        """Rows ``rows`` from a shared-gain segment."""
+        self.v[rows] = v
+        self.iterations[rows] = it
+        self.converged[rows] = conv
+        self.residual[rows] = r
+        self.normalized_residual[rows] = rn
+        self.objective[rows] = obj
+        self.dof[rows] = dof
+        self.chi2_threshold[rows] = thr
+        for k in rows[~conv]:
+            self.errors[int(k)] = "DidNotConverge: batch iteration limit reached"

@@ -33,6 +33,7 @@ from gateway import components as comp
 from gateway import pipeline as pl
 from gateway.components import GatewayOptions
 from gateway.config import TwinConfig
+from gateway.forecast import ForecastRunner
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
@@ -66,6 +67,7 @@ class Gateway:
         self.live: Any = None  # gateway.web.site.LiveSite with the HTTP server
         self.bus: Any = None  # gateway.bus.link.BusLink when [bus] url is set
         self.sensors: Sensors | None = None  # edge sensors over MQTT ([mqtt] configured)
+        self.forecast: ForecastRunner | None = None  # the state ahead ([forecast] enabled)
         # who hears of each handoff, state and event (components add themselves at start)
         self.on_handoff: list[Callable[[Any, Any, Any], None]] = []
         self.on_new_state: list[Callable[[StateMsg, float], None]] = []
@@ -145,6 +147,12 @@ class Gateway:
                 self.on_new_state.append(self.bus.on_estimate)
             self.started("bus", self.bus.close)
         self.started("pipeline", self.drain)  # once the transports stopped
+        self.forecast = ForecastRunner.open(
+            cfg, self.metrics, self.event, loop, self.clock,
+            cfg.historian_url if o.historian_url is None else o.historian_url)
+        if self.forecast is not None:
+            self.on_new_state.append(self.forecast.on_estimate)
+            self.started("forecaster", self.forecast.close)
         self.server = await comp.open_server(
             cfg, o, self.metrics, state=lambda: self.latest_state,
             streams=self.stream_summary, summary=self.summary, ready=self.not_ready)
@@ -156,6 +164,8 @@ class Gateway:
             self.on_new_state.append(self.live.on_estimate)
             self.on_event.append(self.live.note_event)
             self.started("live view", self.live.close)
+            if self.forecast is not None:
+                self.server.routes["/forecast"] = self.forecast.route
         for s in cfg.enabled_streams:
             t = await comp.open_stream(s, o, p.decoders[s.name].size, on_frame=self.on_frame,
                                        on_drop=self.on_drop, on_event=self.event_stream,

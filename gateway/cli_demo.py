@@ -376,8 +376,15 @@ def _stop_twin(gw: Any) -> str:
 
 def _add_run_report(res: dict[str, Any], final: dict[str, Any], played: _Played, *,
                     kill_at: float | None) -> None:
-    """The restart report (when the estimator was killed) and the MQTT devices (with
-    ``--sensors mqtt``); the restart events ``collect`` read are shown only with a kill."""
+    """Figures from the twin's metrics and final summary beside ``collect``'s: the
+    chi-square failure share, the restart report (when the estimator was killed) and the
+    MQTT devices (with ``--sensors mqtt``); the restart events ``collect`` read are shown
+    only with a kill."""
+    # chi-square failures at 99 % over the run's estimates: the counters behind the
+    # GridtwinChiSquareFailing alert (the historian's states keep chi2, not the threshold)
+    n_fail = _metric_value(played.metrics_text, "gridtwin_chi2_test_failures_total")
+    n_est = _metric_value(played.metrics_text, "gridtwin_states_total")
+    res["chi2_fail_pct"] = 100.0 * n_fail / n_est if n_fail is not None and n_est else None
     res["restart"] = None
     if played.killed is not None:
         res["restart"] = {"killed_pid": played.killed["pid"], "at_s": kill_at,

@@ -130,6 +130,12 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
      "Volt-watt curtailment commands sent to the simulator ([commands] enabled)."),
     ("gridtwin_command_errors_total", "counter", (),
      "Commands that could not be sent (refused, no route, buffer full)."),
+    ("gridtwin_forecast_min_vm_pu", "gauge", ("horizon",),
+     "Lowest bus voltage magnitude of the latest forecast at each horizon (pu)."),
+    ("gridtwin_forecast_max_vm_pu", "gauge", ("horizon",),
+     "Highest bus voltage magnitude of the latest forecast at each horizon (pu)."),
+    ("gridtwin_forecast_violations", "gauge", ("horizon",),
+     "Buses the latest forecast puts outside the voltage limits at each horizon."),
 )
 
 #: name -> (type, labels, help)
@@ -235,6 +241,9 @@ class Metrics:
         self.events = self._counter("gridtwin_events_total")
         self.commands_sent = self._counter("gridtwin_commands_sent_total")
         self.command_errors = self._counter("gridtwin_command_errors_total")
+        self.forecast_min_vm = self._gauge("gridtwin_forecast_min_vm_pu")
+        self.forecast_max_vm = self._gauge("gridtwin_forecast_max_vm_pu")
+        self.forecast_violations = self._gauge("gridtwin_forecast_violations")
         for reason in ("superseded", "stale", "no_estimator"):
             self.skipped.labels(reason)
         kinds = channel_kinds or {"all": 0}

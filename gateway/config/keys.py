@@ -187,6 +187,25 @@ TABLES: dict[str, dict[str, Key]] = {
         "buffer": _k("integer", "messages kept while the bus is away (oldest dropped beyond)"),
         "replicas": _k("integer", "stream replicas when this gateway creates the stream"),
     },
+    "forecast": {
+        "enabled": _k("boolean", "forecast the feeder ahead (default true)"),
+        "every_s": _k("number", "a forecast at most this often (s, default 5)"),
+        "horizons_min": _k("array", "horizons in minutes (default [5, 15, 60])",
+                           items="number"),
+        "limits": _k("object", "voltage limits of the predicted violations (pu)",
+                     table="forecast_limits"),
+        "method": _k("string", "load forecast", enum=("learned", "seasonal", "persistence")),
+        "resolution_s": _k("number", "history bin (s, default 60)"),
+        "history_days": _k("number", "history kept (days, default 3; 8 lets a weekly lag in)"),
+        "scenarios": _k("integer", "error scenarios per horizon for the band (0: none)"),
+        "coverage": _k("number", "central band of the scenarios (default 0.9)"),
+        "refit_s": _k("number", "refit the load model this often (s, default 900)"),
+        "sample_s": _k("number", "estimates sampled at most this often (s, default 1)"),
+    },
+    "forecast_limits": {
+        "vmin": _k("number", "lower limit (pu, default 0.95)"),
+        "vmax": _k("number", "upper limit (pu, default 1.05)"),
+    },
 }
 
 #: top-level key -> (table name, is an array of tables)
@@ -196,7 +215,7 @@ TOP: dict[str, tuple[str, bool]] = {
     "estimator": ("estimator", False), "quality": ("quality", False),
     "align": ("align", False), "historian": ("historian", False),
     "metrics": ("metrics", False), "bus": ("bus", False), "mqtt": ("mqtt", False),
-    "sensors": ("sensors", True),
+    "sensors": ("sensors", True), "forecast": ("forecast", False),
 }
 
 

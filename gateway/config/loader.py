@@ -100,6 +100,10 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     historian_url = sections.historian(pr, pr.table(raw, "historian"))
     bind = sections.metrics(pr, pr.table(raw, "metrics"))
     bus = sections.bus(pr, pr.table(raw, "bus"))
+    from gateway.forecast import parse_settings  # [forecast]: its schema lives there
+
+    for problem in parse_settings(raw.get("forecast", {}))[1]:
+        pr.add(problem)
     if net is None or pr:
         return None
     canonical = json.dumps(raw, sort_keys=True, default=str).encode()
