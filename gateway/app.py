@@ -33,7 +33,6 @@ from gateway import components as comp
 from gateway import pipeline as pl
 from gateway.components import GatewayOptions
 from gateway.config import TwinConfig
-from gateway.forecast import ForecastRunner
 from gateway.handoff import FailMsg, StateMsg
 from gateway.metrics import MetricsServer
 from gateway.pipeline import Output, Pipeline
@@ -67,7 +66,7 @@ class Gateway:
         self.live: Any = None  # gateway.web.site.LiveSite with the HTTP server
         self.bus: Any = None  # gateway.bus.link.BusLink when [bus] url is set
         self.sensors: Sensors | None = None  # edge sensors over MQTT ([mqtt] configured)
-        self.forecast: ForecastRunner | None = None  # the state ahead ([forecast] enabled)
+        self.forecast: Any = None  # gateway.forecast.ForecastRunner ([forecast] enabled)
         # who hears of each handoff, state and event (components add themselves at start)
         self.on_handoff: list[Callable[[Any, Any, Any], None]] = []
         self.on_new_state: list[Callable[[StateMsg, float], None]] = []
@@ -147,9 +146,7 @@ class Gateway:
                 self.on_new_state.append(self.bus.on_estimate)
             self.started("bus", self.bus.close)
         self.started("pipeline", self.drain)  # once the transports stopped
-        self.forecast = ForecastRunner.open(
-            cfg, self.metrics, self.event, loop, self.clock,
-            cfg.historian_url if o.historian_url is None else o.historian_url)
+        self.forecast = comp.open_forecast(cfg, o, self.metrics, self.event, loop, self.clock)
         if self.forecast is not None:
             self.on_new_state.append(self.forecast.on_estimate)
             self.started("forecaster", self.forecast.close)

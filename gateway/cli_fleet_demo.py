@@ -133,7 +133,10 @@ async def _start_edges(feeders: list[Feeder], url: str, rate: float) -> None:
             retarget(base, {s.name: "udp://127.0.0.1:0" for s in base.streams}),
             name=f.name, bus=BusConfig(url=url, estimate="workers"),
             quality=dataclasses.replace(base.quality, predictor_process=False))
-        gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind=""))
+        # the edges of the demo forecast nothing: one forecaster process per feeder would
+        # measure the forecaster, not the fleet
+        gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="",
+                                         forecast=False))
         await gw.start()
         f.gateway = gw
         ports = {n: t.local_address for n, t in gw.transports.items()}

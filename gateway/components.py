@@ -46,6 +46,7 @@ class GatewayOptions:
     realtime: bool = False  # the estimator process asks for real-time scheduling too
     url_overrides: dict[str, str] | None = None  # stream name -> URL (tests, demo)
     bus_url: str | None = None  # None: the config's [bus] url; "": no bus
+    forecast: bool | None = None  # None: the config's [forecast] enabled
 
 
 def open_historian(cfg: TwinConfig, o: GatewayOptions, clock: Callable[[], float]) -> Any:
@@ -157,6 +158,19 @@ async def open_bus(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], fl
                    on_state=on_state if cfg.bus.estimate == "workers" else None)
     await link.start()
     return link
+
+
+def open_forecast(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, event: EventSink,
+                  loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> Any:
+    """The feeder forecaster (its worker process starts with the first forecast), or
+    None when ``[forecast]`` is off or the run says so (``forecast=False``)."""
+    if o.forecast is False:
+        return None
+    from gateway.forecast import ForecastRunner
+
+    return ForecastRunner.open(cfg, metrics, event, loop, clock,
+                               cfg.historian_url if o.historian_url is None
+                               else o.historian_url)
 
 
 async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,

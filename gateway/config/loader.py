@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gateway.config.forecast import parse_settings
 from gateway.config.keys import TOP
 from gateway.config.problems import Problems, Unreadable
 from gateway.config.rules import meters as meter_rules
@@ -100,8 +101,6 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     historian_url = sections.historian(pr, pr.table(raw, "historian"))
     bind = sections.metrics(pr, pr.table(raw, "metrics"))
     bus = sections.bus(pr, pr.table(raw, "bus"))
-    from gateway.forecast import parse_settings  # [forecast]: its schema lives there
-
     for problem in parse_settings(raw.get("forecast", {}))[1]:
         pr.add(problem)
     if net is None or pr:
