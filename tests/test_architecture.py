@@ -146,6 +146,20 @@ def import_targets(path: Path, known: set[str]) -> set[str]:
             target = _resolve(name, known)
             if target is not None and target != me:
                 out.add(target)
+    return out | _packages_run_first(out, me, known)
+
+
+def _packages_run_first(targets: set[str], me: str, known: set[str]) -> set[str]:
+    """Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first: a module outside
+    package ``a.b`` that imports one of its submodules depends on the package's
+    ``__init__`` too (the circle a package's loader and an outside module can form)."""
+    out: set[str] = set()
+    for t in targets:
+        parts = t.split(".")
+        for i in range(1, len(parts)):
+            pkg = ".".join(parts[:i])
+            if pkg in known and pkg != me and not me.startswith(pkg + "."):
+                out.add(pkg)
     return out
 
 
