@@ -126,6 +126,18 @@ RESIDUAL_LIMIT = 4000  # states up to which normalized residuals are computed (d
 SEGMENT_CHUNK = 256  # rows a batch examines at a time for the re-weighting rule
 
 
+def _pv_rows(ybus: sp.csr_matrix, pv: np.ndarray, il: np.ndarray) -> sp.csr_matrix:
+    """R0: the rows of the PV nodes' injected current I = Y V, real and imaginary parts
+    interleaved per node, in the interleaved state order ``il``."""
+    y = ybus[pv]
+    re_rows = sp.hstack([y.real, -y.imag])
+    im_rows = sp.hstack([y.imag, y.real])
+    perm = np.empty(2 * pv.size, np.int64)
+    perm[0::2] = np.arange(pv.size)
+    perm[1::2] = pv.size + np.arange(pv.size)
+    return sp.csr_matrix(sp.csr_matrix(sp.vstack([re_rows, im_rows]))[perm][:, il])
+
+
 def _interleave(n: int) -> np.ndarray:
     """Permutation from ``[Vr; Vi]`` to ``[Vr_0, Vi_0, Vr_1, Vi_1, ...]``."""
     il = np.empty(2 * n, np.int64)
@@ -615,9 +627,11 @@ class LinearStateEstimator:
 
 
     def _build(self, active: np.ndarray) -> _Factor:
+        """Factorize the estimator for the measurement set ``active`` (see the class
+        docstring): the linear model's rows, the weights, the gain with its equality
+        constraints, the PV sensitivities and the test's degrees of freedom."""
         model = self.model
-        n = model.n_bus
-        n2 = 2 * n
+        n2 = 2 * model.n_bus
         slot_active = np.zeros(model.g, bool)
         slot_active[model.slot[active]] = True
         slots = np.flatnonzero(slot_active)
@@ -626,7 +640,7 @@ class LinearStateEstimator:
         rows2[1::2] = 2 * slots + 1
         # state order interleaved per bus, x = [Vr_0, Vi_0, Vr_1, ...], so that
         # x.view(complex) is V itself (no gather per iteration)
-        il = _interleave(n)
+        il = _interleave(model.n_bus)
         h = sp.csr_matrix(model.H[rows2][:, il])
         w = self._slot_weights(slots, active)
         htw = sp.csr_matrix(h.T @ w)
@@ -638,96 +652,87 @@ class LinearStateEstimator:
         alpha = 1.0
         if c.shape[0]:
             alpha = float(np.abs(gain.diagonal()).max() / max(abs(c).max(), 1e-300))
-        nk = n2 + c.shape[0]
         pv = model.pv_nodes if self.constraints else np.zeros(0, np.int64)
-        r0 = None
-        if pv.size:
-            y = model.ybus[pv]
-            re_rows = sp.hstack([y.real, -y.imag])
-            im_rows = sp.hstack([y.imag, y.real])
-            perm = np.empty(2 * pv.size, np.int64)
-            perm[0::2] = np.arange(pv.size)
-            perm[1::2] = pv.size + np.arange(pv.size)
-            r0 = sp.csr_matrix(sp.csr_matrix(sp.vstack([re_rows, im_rows]))[perm][:, il])
-        dense = nk <= self.dense_limit
-        op = opc = red = e = er = s0 = None
-        try:
-            if dense:
-                cs = sp.csr_matrix(c * alpha)
-                kd = sp.bmat([[gain, cs.T], [cs, None]]).toarray()
-                lu_piv = sla.lu_factor(kd)
-                kinv = sla.lu_solve(lu_piv, np.eye(nk))
-                e = kinv[:n2, :n2]
-                # x0 = E H^T W z_t (the solution operator, stored once): K0 [op; .] =
-                # [H^T W; 0], solved with one step of iterative refinement so that the
-                # direct form x = op z_t is as exact as the correction form
-                b = np.zeros((nk, htw.shape[1]))
-                b[:n2] = htw.toarray()
-                sol = sla.lu_solve(lu_piv, b)
-                sol += sla.lu_solve(lu_piv, b - kd @ sol)
-                op = sol[:n2]
-                opc = kinv[:n2, n2:] * alpha if c.shape[0] else None
-            else:
-                nmat = opos = None
-                if c.shape[0]:
-                    nmat, opos = self._null_space()
-                red = _Reduced(h, w, nmat, opos, solver=self.sparse_solver)
-        except (np.linalg.LinAlgError, RuntimeError, ValueError) as exc:
-            raise EstimatorError(f"gain matrix is singular although the observability check "
-                                 f"passed: {exc}") from exc
+        r0 = _pv_rows(model.ybus, pv, il) if pv.size else None
+        dense = n2 + c.shape[0] <= self.dense_limit
+        op, opc, red, e = self._factorize(h, w, htw, gain, c, alpha, dense)
+        er = s0 = None
         if r0 is not None:
             if dense:
-                assert e is not None and op is not None
+                assert e is not None
                 er = np.asarray(r0 @ e).T  # E symmetric: E R0^T = (R0 E)^T
             else:
                 assert red is not None
                 # E R0^T = N G_r^-1 N^T R0^T
                 er = red.inverse_times(r0.T.toarray())
             s0 = np.asarray(r0 @ er)
+        return self._factor(slots, active, h, w, c, alpha, pv, r0, dense,
+                            op=op, opc=opc, red=red, e=e, er=er, s0=s0)
+
+    def _factorize(self, h: sp.csr_matrix, w: sp.csr_matrix, htw: sp.csr_matrix,
+                   gain: sp.csr_matrix, c: sp.csr_matrix, alpha: float, dense: bool
+                   ) -> tuple[Any, Any, Any, Any]:
+        """(op, opc, reduced solver, E) of the constrained gain: dense LU with the
+        solution operator stored once, or the sparse null-space reduction."""
+        n2 = h.shape[1]
+        nk = n2 + c.shape[0]
+        try:
+            if not dense:
+                nmat = opos = None
+                if c.shape[0]:
+                    nmat, opos = self._null_space()
+                return None, None, _Reduced(h, w, nmat, opos, solver=self.sparse_solver), None
+            cs = sp.csr_matrix(c * alpha)
+            kd = sp.bmat([[gain, cs.T], [cs, None]]).toarray()
+            lu_piv = sla.lu_factor(kd)
+            kinv = sla.lu_solve(lu_piv, np.eye(nk))
+            # x0 = E H^T W z_t (the solution operator, stored once): K0 [op; .] =
+            # [H^T W; 0], solved with one step of iterative refinement so that the
+            # direct form x = op z_t is as exact as the correction form
+            b = np.zeros((nk, htw.shape[1]))
+            b[:n2] = htw.toarray()
+            sol = sla.lu_solve(lu_piv, b)
+            sol += sla.lu_solve(lu_piv, b - kd @ sol)
+            opc = kinv[:n2, n2:] * alpha if c.shape[0] else None
+            return sol[:n2], opc, None, kinv[:n2, :n2]
+        except (np.linalg.LinAlgError, RuntimeError, ValueError) as exc:
+            raise EstimatorError(f"gain matrix is singular although the observability check "
+                                 f"passed: {exc}") from exc
+
+    def _factor(self, slots: np.ndarray, active: np.ndarray, h: sp.csr_matrix,
+                w: sp.csr_matrix, c: sp.csr_matrix, alpha: float, pv: np.ndarray,
+                r0: sp.csr_matrix | None, dense: bool, **ops: Any) -> _Factor:
+        """The :class:`_Factor` record: operators plus what each solve reads per slot."""
+        model = self.model
+        n2 = 2 * model.n_bus
         mem = model.members[slots]
         has = (mem >= 0) & active[np.maximum(mem, 0)]
         st = model.slot_type[slots]
         n_active = int(np.count_nonzero(active))
         n_con = c.shape[0] + pv.size
         angle_ref = bool(np.any(active & model.is_angle))
+        # degrees of freedom: measurements + equality constraints - states (+1 without an
+        # angle measurement: the reference angle is then fixed, not estimated)
         dof = n_active + n_con - n2 + (0 if angle_ref else 1)
+        phasor = np.isin(st, [SLOT_V, SLOT_I])
+        s0 = ops["s0"]
+        k = np.arange(slots.size)
         return _Factor(
-            slots=slots,
-            a=sp.csr_matrix(model.A[slots]),
-            vbus=model.vbus[slots],
-            is_phasor=np.isin(st, [SLOT_V, SLOT_I]),
-            is_pv_slot=st == SLOT_PV,
-            idx0=np.maximum(mem[:, 0], 0),
-            idx1=np.maximum(mem[:, 1], 0),
-            has0=has[:, 0],
-            has1=has[:, 1],
-            n_state=n2,
-            dense=dense,
-            op=op,
-            red=red,
-            e=e,
-            pv=pv,
-            er=er,
-            s0=s0,
-            opc=opc,
-            h=sp.csr_matrix(h),
-            c=c,
-            alpha=alpha,
+            slots=slots, a=sp.csr_matrix(model.A[slots]), vbus=model.vbus[slots],
+            is_phasor=phasor, is_pv_slot=st == SLOT_PV,
+            idx0=np.maximum(mem[:, 0], 0), idx1=np.maximum(mem[:, 1], 0),
+            has0=has[:, 0], has1=has[:, 1], n_state=n2, dense=dense, pv=pv,
+            h=sp.csr_matrix(h), c=c, alpha=alpha,
             hd=h.toarray() if dense else None,
             ypv=model.ybus[pv].toarray() if pv.size else None,
             s0r=s0.reshape(pv.size, 2, pv.size, 2) if s0 is not None else None,
-            r0=r0,
-            dof=dof,
-            chi2=chi2_quantile(dof),
-            n_active=n_active,
-            phasor_pos=np.flatnonzero(np.isin(st, [SLOT_V, SLOT_I])),
-            power_pos=np.flatnonzero(~np.isin(st, [SLOT_V, SLOT_I])),
+            r0=r0, dof=dof, chi2=chi2_quantile(dof), n_active=n_active,
+            phasor_pos=np.flatnonzero(phasor), power_pos=np.flatnonzero(~phasor),
             complete=bool(np.all(has[:, 0]) and np.all(has[:, 1] | (st == SLOT_PV))),
             w=w,
-            wb=np.column_stack([w.diagonal()[0::2],
-                                np.asarray(w[2 * np.arange(slots.size),
-                                             2 * np.arange(slots.size) + 1]).ravel(),
+            wb=np.column_stack([w.diagonal()[0::2], np.asarray(w[2 * k, 2 * k + 1]).ravel(),
                                 w.diagonal()[1::2]]),
+            **ops,
         )
 
     def _fast(self, fac: _Factor) -> _Fast:
