@@ -6,11 +6,19 @@
   snapshot hand-on with the quality stage off and no estimator — takes with **zero loss**
   on its one asyncio thread. A separate sender process offers each rate for a fixed time
   in 1 ms bursts; the rate steps up until a frame is lost. No peer.
+* ``ingest.udp_single`` (frames/s): the same with a single-stream config (ieee33's PMU
+  stream alone), so every frame completes a snapshot: the per-snapshot work (alignment
+  publish, pass-through cleaning, telemetry) on every frame, as with one stream or one
+  frame per instant. No peer.
+* ``gateway.cpu_per_frame_us`` (µs): the gateway process's CPU time (user + system,
+  ``getrusage``, every thread) per frame received while the single-stream gateway takes
+  a fixed number of frames at :data:`CPU_RATE` frames/s: the cost behind
+  ``ingest.udp_single``, less dependent on the machine's load than a rate. No peer.
 * ``ingest.pipeline`` (frames/s): the same frames fed straight into the sans-IO
   :class:`~gateway.pipeline.Pipeline` (decode, statistics, alignment, pass-through
-  cleaning, settle) with a counted ``now``, no socket and no loop: the CPU cost of the
+  cleaning, settle) with arrival times that follow the timestamps, no socket and no loop: the CPU cost of the
   per-frame path alone, the ceiling ``ingest.udp`` approaches. Best of several passes.
-  ``ingest.pipeline_single``: the same with the single-stream config below.
+  ``ingest.pipeline_single``: the same with the single-stream config above.
 * ``e2e.ieee33.p99`` / ``e2e.ieee33.p99_1khz`` (ms): ``gridtwin demo`` at 50 Hz and 1 kHz
   (emulator and twin as separate processes, SQLite, models, real estimator): the 99th
   percentile of first frame received → state back in the gateway. No peer.
