@@ -16,8 +16,9 @@
   ``ingest.udp_single``, less dependent on the machine's load than a rate. No peer.
 * ``ingest.pipeline`` (frames/s): the same frames fed straight into the sans-IO
   :class:`~gateway.pipeline.Pipeline` (decode, statistics, alignment, pass-through
-  cleaning, settle) with arrival times that follow the timestamps, no socket and no loop: the CPU cost of the
-  per-frame path alone, the ceiling ``ingest.udp`` approaches. Best of several passes.
+  cleaning, settle) with arrival times that follow the timestamps, no socket and no
+  loop: the CPU cost of the per-frame path alone, the ceiling ``ingest.udp`` approaches.
+  Best of several passes.
   ``ingest.pipeline_single``: the same with the single-stream config above.
 * ``e2e.ieee33.p99`` / ``e2e.ieee33.p99_1khz`` (ms): ``gridtwin demo`` at 50 Hz and 1 kHz
   (emulator and twin as separate processes, SQLite, models, real estimator): the 99th
