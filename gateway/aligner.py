@@ -155,7 +155,7 @@ def _as_slice(idx: np.ndarray) -> slice | np.ndarray:
     return idx
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     key: int
     source_time: float
@@ -594,10 +594,12 @@ class Aligner:
 
     # -- publishing ---------------------------------------------------------------------
     def _publish_through(self, key: int, now: float, *, early: bool) -> list[Snapshot]:
-        out = []
-        for k in sorted(k for k in self._pending if k <= key):
-            slot = self._pending.pop(k)
-            out.append(self._finish(slot, now, early=early and k == key))
+        pending = self._pending
+        if len(pending) == 1 and key in pending:  # the usual case: no older slot pends
+            out = [self._finish(pending.pop(key), now, early=early)]
+        else:
+            out = [self._finish(pending.pop(k), now, early=early and k == key)
+                   for k in sorted(k for k in pending if k <= key)]
         self._last_key = key if self._last_key is None else max(self._last_key, key)
         return out
 

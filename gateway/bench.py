@@ -24,6 +24,7 @@ BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("emulator.", "hil.bench"),
     ("scenario.", "hil.bench_scenario"),
     ("ingest.", "gateway.bench_e2e:benchmarks_ingest"),
+    ("gateway.", "gateway.bench_e2e:benchmarks_ingest"),  # cpu_per_frame_us, same run
     ("e2e.", "gateway.bench_e2e:e2e"),
     ("handoff.", "gateway.bench_e2e:e2e"),  # measured in the same demo runs as e2e.
     ("live.", "gateway.bench_live"),

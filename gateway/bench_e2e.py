@@ -6,10 +6,20 @@
   snapshot hand-on with the quality stage off and no estimator — takes with **zero loss**
   on its one asyncio thread. A separate sender process offers each rate for a fixed time
   in 1 ms bursts; the rate steps up until a frame is lost. No peer.
+* ``ingest.udp_single`` (frames/s): the same with a single-stream config (ieee33's PMU
+  stream alone), so every frame completes a snapshot: the per-snapshot work (alignment
+  publish, pass-through cleaning, telemetry) on every frame, as with one stream or one
+  frame per instant. No peer.
+* ``gateway.cpu_per_frame_us`` (µs): the gateway process's CPU time (user + system,
+  ``getrusage``, every thread) per frame received while the single-stream gateway takes
+  a fixed number of frames at :data:`CPU_RATE` frames/s: the cost behind
+  ``ingest.udp_single``, less dependent on the machine's load than a rate. No peer.
 * ``ingest.pipeline`` (frames/s): the same frames fed straight into the sans-IO
   :class:`~gateway.pipeline.Pipeline` (decode, statistics, alignment, pass-through
-  cleaning, settle) with a counted ``now``, no socket and no loop: the CPU cost of the
-  per-frame path alone, the ceiling ``ingest.udp`` approaches. Best of several passes.
+  cleaning, settle) with arrival times that follow the timestamps, no socket and no
+  loop: the CPU cost of the per-frame path alone, the ceiling ``ingest.udp`` approaches.
+  Best of several passes.
+  ``ingest.pipeline_single``: the same with the single-stream config above.
 * ``e2e.ieee33.p99`` / ``e2e.ieee33.p99_1khz`` (ms): ``gridtwin demo`` at 50 Hz and 1 kHz
   (emulator and twin as separate processes, SQLite, models, real estimator): the 99th
   percentile of first frame received → state back in the gateway. No peer.
@@ -25,15 +35,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
+import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from gateway.bench import BenchResult
 
-INGEST_RATES = (5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000)
+if TYPE_CHECKING:
+    from gateway.config import TwinConfig
+
+INGEST_RATES = (5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000,
+                150_000, 200_000)
+#: the offered rate and the duration of the CPU-per-frame run (single stream)
+CPU_RATE = 10_000
+CPU_SECONDS = (1.0, 3.0)  # quick, full
 
 
 def benchmarks(quick: bool) -> list[BenchResult]:
@@ -42,42 +63,63 @@ def benchmarks(quick: bool) -> list[BenchResult]:
 
 def benchmarks_ingest(quick: bool) -> list[BenchResult]:
     return [BenchResult("ingest.pipeline", ingest_pipeline(quick), "frames/s"),
-            BenchResult("ingest.udp", float(ingest_udp(quick)), "frames/s")]
+            BenchResult("ingest.pipeline_single", ingest_pipeline(quick, single=True),
+                        "frames/s"),
+            BenchResult("ingest.udp", float(ingest_udp(quick)), "frames/s"),
+            BenchResult("ingest.udp_single", float(ingest_udp(quick, single=True)),
+                        "frames/s"),
+            BenchResult("gateway.cpu_per_frame_us", cpu_per_frame_us(quick), "us")]
 
 
-def _frames(steps: int) -> list[tuple[str, bytes]]:
-    """ieee33 frames of ``steps`` time slots, the three streams in turn (headers matter,
-    values do not)."""
-    from gateway.codecs.gtnet_skt import GtnetSktCodec
+def _config(single: bool = False) -> TwinConfig:
+    """ieee33, or ieee33 with its first stream alone (``single``: one frame per
+    snapshot; the other streams' channels stay MISSING)."""
     from gateway.config import load_config
 
-    streams = load_config("ieee33").enabled_streams
+    cfg = load_config("ieee33")
+    if single:
+        first = cfg.enabled_streams[0].name
+        cfg = dataclasses.replace(cfg, streams=[
+            s if s.name == first else dataclasses.replace(s, enabled=False) for s in cfg.streams])
+    return cfg
+
+
+def _frames(steps: int, single: bool = False) -> list[tuple[str, bytes]]:
+    """ieee33 frames of ``steps`` time slots, the enabled streams in turn (headers
+    matter, values do not)."""
+    from gateway.codecs.gtnet_skt import GtnetSktCodec
+
+    streams = _config(single).enabled_streams
     codecs = [GtnetSktCodec([p.type for p in s.points], header=True) for s in streams]
     return [(s.name, c.build([0.5] * c.n_points, seq=k, ts=1_000_000.0 + k * 0.02))
             for k in range(steps) for s, c in zip(streams, codecs, strict=True)]
 
 
-def ingest_pipeline(quick: bool) -> float:
+def ingest_pipeline(quick: bool, single: bool = False) -> float:
     """Frames per second through :meth:`Pipeline.feed_frame` (+ ``settle`` per snapshot),
-    best of several passes over pre-built frames; a fresh pipeline per pass."""
-    from gateway.config import load_config
+    best of several passes over pre-built frames; a fresh pipeline per pass
+    (``single``: the single-stream config, a snapshot per frame)."""
     from gateway.pipeline import Pipeline
     from gateway.telemetry import Telemetry
 
-    cfg = load_config("ieee33")
-    frames = _frames(2_000 if quick else 10_000)
+    cfg = _config(single)
+    per_slot = len(cfg.enabled_streams)
+    frames = _frames(2_000 if quick else 10_000, single)
+    # each frame arrives 0.1 ms after its timestamp (those of a slot 10 µs apart): a
+    # clock that ran ahead of, or behind, the timestamps would refuse them as FUTURE
+    arrival = [1_000_000.0 + (i // per_slot) * 0.02 + 1e-4 + (i % per_slot) * 1e-5
+               for i in range(len(frames))]
     best = math.inf
     for _ in range(5 if quick else 15):
         p = Pipeline(cfg, Telemetry(cfg, clock=time.time))
         p.handoff = p.store = False  # no estimator, no historian: the ingest path alone
         feed, settle = p.feed_frame, p.settle
-        now = 1_000_000.0
         t0 = time.perf_counter()
         for i, (name, data) in enumerate(frames):
-            if feed(name, data, now + i * 1e-5):
+            if feed(name, data, arrival[i]):
                 settle()
         best = min(best, time.perf_counter() - t0)
-        if p.telemetry.snapshots != len(frames) // 3:
+        if p.telemetry.snapshots != len(frames) // per_slot:
             raise RuntimeError(f"ingest.pipeline: {p.telemetry.snapshots} snapshots from "
                                f"{len(frames)} frames")
     return len(frames) / best
@@ -85,7 +127,8 @@ def ingest_pipeline(quick: bool) -> float:
 
 # --------------------------------------------------------------------------- ingest
 
-def _sender(port_list: list[int], rate: float, seconds: float) -> None:
+def _sender(port_list: list[int], rate: float, seconds: float, single: bool = False
+            ) -> None:
     """Child process: offer ``rate`` frames/s round-robin over the streams for ``seconds``."""
     import socket
 
@@ -93,7 +136,7 @@ def _sender(port_list: list[int], rate: float, seconds: float) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
     # pre-build one frame per step and stream (values do not matter, headers do)
-    frames = [data for _, data in _frames(n // 3 + 1)]
+    frames = [data for _, data in _frames(n // len(port_list) + 1, single)]
     addrs = [("127.0.0.1", p) for p in port_list]
     per_ms = rate / 1000.0
     t0 = time.perf_counter()
@@ -108,12 +151,12 @@ def _sender(port_list: list[int], rate: float, seconds: float) -> None:
     print(json.dumps({"sent": sent, "s": time.perf_counter() - t0}), flush=True)
 
 
-async def _ingest_once(rate: float, seconds: float, sender_cpus: list[int] | None = None
-                       ) -> tuple[int, int]:
+async def _ingest_once(rate: float, seconds: float, sender_cpus: list[int] | None = None,
+                       single: bool = False) -> tuple[int, int, float]:
+    """(frames sent, frames received, CPU seconds of this process while receiving)."""
     from gateway.app import Gateway, GatewayOptions
-    from gateway.config import load_config
 
-    cfg = load_config("ieee33")
+    cfg = _config(single)
     urls = {s.name: "udp://127.0.0.1:0" for s in cfg.enabled_streams}
     gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="", quality=False,
                                      estimator=False, url_overrides=urls))
@@ -123,9 +166,11 @@ async def _ingest_once(rate: float, seconds: float, sender_cpus: list[int] | Non
                  for s in cfg.enabled_streams]
         pin = f"import os; os.sched_setaffinity(0, {set(sender_cpus)!r}); " \
             if sender_cpus else ""
+        cpu0 = _cpu_s()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", pin + "from gateway.bench_e2e import _sender; "
-            f"_sender({ports!r}, {rate!r}, {seconds!r})", stdout=subprocess.PIPE)
+            f"_sender({ports!r}, {rate!r}, {seconds!r}, {single!r})",
+            stdout=subprocess.PIPE)
         out, _ = await proc.communicate()
         sent = int(json.loads(out)["sent"])
         last, stable = -1, 0
@@ -134,18 +179,23 @@ async def _ingest_once(rate: float, seconds: float, sender_cpus: list[int] | Non
             got = sum(s.received + s.decode_errors for s in gw.stats.values())
             stable = stable + 1 if got == last else 0
             last = got
-        return sent, last
+        return sent, last, _cpu_s() - cpu0
     finally:
         await gw.close()
 
 
-def ingest_udp(quick: bool) -> float:
-    """Best zero-loss rate; the receiving process is pinned to one CPU (the sender to the
-    others) and asks for real-time scheduling as ``gridtwin run --realtime`` does."""
+def _cpu_s() -> float:
+    """CPU seconds (user + system) of this process, every thread."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+@contextlib.contextmanager
+def _pinned_realtime() -> Iterator[list[int]]:
+    """This process on the first CPU with real-time scheduling (as ``gridtwin run
+    --realtime``); yields the other CPUs, for the sender (all CPUs if there is one)."""
     import os
 
-    seconds = 1.0 if quick else 3.0
-    best = 0.0
     cpus = sorted(os.sched_getaffinity(0))
     old_policy = os.sched_getscheduler(0)
     old_param = os.sched_getparam(0)
@@ -155,16 +205,36 @@ def ingest_udp(quick: bool) -> float:
         from gateway.realtime import set_realtime
 
         set_realtime("gateway")
-        for rate in INGEST_RATES:
-            sent, got = asyncio.run(_ingest_once(rate, seconds, cpus[1:] or cpus))
-            if got < sent:
-                break
-            best = float(rate)
+        yield cpus[1:] or cpus
     finally:
         os.sched_setaffinity(0, set(cpus))
         with contextlib.suppress(OSError):
             os.sched_setscheduler(0, old_policy, old_param)
+
+
+def ingest_udp(quick: bool, single: bool = False) -> float:
+    """Best zero-loss rate (``single``: the single-stream config, one frame per
+    snapshot); the receiving process is pinned to one CPU (the sender to the others) and
+    asks for real-time scheduling as ``gridtwin run --realtime`` does."""
+    seconds = 1.0 if quick else 3.0
+    best = 0.0
+    with _pinned_realtime() as sender_cpus:
+        for rate in INGEST_RATES:
+            sent, got, _ = asyncio.run(_ingest_once(rate, seconds, sender_cpus, single))
+            if got < sent:
+                break
+            best = float(rate)
     return best
+
+
+def cpu_per_frame_us(quick: bool) -> float:
+    """µs of this process's CPU per frame received by the single-stream gateway at
+    :data:`CPU_RATE` frames/s (a fixed number of frames; pinned and real-time as for
+    ``ingest.udp``). NaN when nothing was received."""
+    seconds = CPU_SECONDS[0] if quick else CPU_SECONDS[1]
+    with _pinned_realtime() as sender_cpus:
+        _, got, cpu = asyncio.run(_ingest_once(CPU_RATE, seconds, sender_cpus, True))
+    return cpu / got * 1e6 if got else math.nan
 
 
 # --------------------------------------------------------------------------- end to end

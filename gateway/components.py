@@ -85,25 +85,18 @@ def open_quality(cfg: TwinConfig, o: GatewayOptions, loop: asyncio.AbstractEvent
         event("quality_unavailable", "quality", {"error": str(exc)})
         return PassThroughQuality(cfg), None
 
-    def lost(reason: str) -> None:
-        """The predictor process broke: unregister its socket; the stage goes on
-        in-process (same model), so this is an event, not an outage."""
-        if q.remote is not None:
-            loop.remove_reader(q.remote.fileno())
-        log.error("predictor process lost (%s): predicting in the gateway from now on",
-                  reason)
-        event("predictor_process_lost", "quality", {"reason": reason})
+    from gateway.quality.predictor import PredictorKeeper
+
+    # the child's socket feeds q.collect; a lost child is restarted with back-off
+    keeper = PredictorKeeper(q, loop, event)
+    q.on_remote_lost = keeper.lost
 
     def close() -> None:
-        if q.remote is not None:
-            loop.remove_reader(q.remote.fileno())
+        keeper.close()
         q.close()
 
     if q.remote_error is not None:
-        lost(q.remote_error)
-    if q.remote is not None:
-        loop.add_reader(q.remote.fileno(), q.collect)
-        q.on_remote_lost = lost
+        keeper.start_failed(q.remote_error)
     return q, close
 
 

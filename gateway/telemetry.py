@@ -38,6 +38,9 @@ METRICS_FLUSH_S = 1.0  # batched metrics reach the registry at least this often
 BIT_OF_WORD = ((np.arange(FLAG_WORDS)[:, None] >> np.arange(N_FLAG_BITS)) & 1).astype(
     np.int64)
 SKIP_REASONS = ("superseded", "stale", "no_estimator")
+#: snapshots' flag words buffered before one bincount counts them all (a bincount per
+#: snapshot costs more than the rest of its telemetry)
+FLAG_BATCH = 64
 
 
 class Telemetry:
@@ -60,6 +63,9 @@ class Telemetry:
         self.kind_base = (kind_code * FLAG_WORDS).astype(np.intp)
         self.flag_words = np.zeros(len(self.kind_names) * FLAG_WORDS, np.int64)
         self._flag_words_flushed = np.zeros_like(self.flag_words)
+        #: flag words of the snapshots not counted yet (one row each), and how many
+        self._flag_rows = np.zeros((FLAG_BATCH, len(cfg.channels)), np.uint32)
+        self._n_flag_rows = 0
         self.stats: Mapping[str, StreamStats] = {}
         self.aligner: AlignerStats | None = None
         self.supervisor: Any = None
@@ -106,10 +112,28 @@ class Telemetry:
         self._obs_quality.append(quality_s)
         self.quality_s.append(quality_s)
         self.align_s.append(align_wait_s)
-        if flags.any():
-            # count flag words per meter kind: one bincount; bits are split at flush time
-            self.flag_words += np.bincount(self.kind_base + (flags & (FLAG_WORDS - 1)),
-                                           minlength=self.flag_words.size)
+        # flag words per meter kind are counted in batches (one bincount for FLAG_BATCH
+        # snapshots, :meth:`_count_flags`); bits are split at flush time
+        n = self._n_flag_rows
+        self._flag_rows[n] = flags
+        self._n_flag_rows = n = n + 1
+        if n == FLAG_BATCH:
+            self._count_flags()
+
+    def _count_flags(self) -> None:
+        """Add the buffered snapshots' flag words to :attr:`flag_words` (word 0, no flag,
+        is not counted)."""
+        n = self._n_flag_rows
+        if not n:
+            return
+        self._n_flag_rows = 0
+        rows = self._flag_rows[:n]
+        if not rows.any():
+            return
+        idx = self.kind_base + (rows & (FLAG_WORDS - 1))
+        counts = np.bincount(idx.ravel(), minlength=self.flag_words.size)
+        counts.reshape(len(self.kind_names), FLAG_WORDS)[:, 0] = 0
+        self.flag_words += counts
 
     def state(self, st: StateMsg, e2e_s: float, handoff_s: float) -> None:
         """One estimate back: end-to-end, handoff and solve times, the chi-square test."""
@@ -151,6 +175,7 @@ class Telemetry:
     # ------------------------------------------------------------------ flag counts
     def flag_counts_by_bit(self) -> np.ndarray:
         """(n_kinds, N_FLAG_BITS) values flagged so far, per meter kind and flag bit."""
+        self._count_flags()
         words = self.flag_words.reshape(len(self.kind_names), FLAG_WORDS)
         return words @ BIT_OF_WORD  # type: ignore[no-any-return]
 
@@ -198,6 +223,7 @@ class Telemetry:
         self._hist_counts.clear()
 
     def _flush_flags(self) -> None:
+        self._count_flags()
         if np.array_equal(self.flag_words, self._flag_words_flushed):
             return
         delta = self.flag_words - self._flag_words_flushed

@@ -1,6 +1,7 @@
 """The predictor process: ``python -m models.serve --fd N [--model predictor] [--batch B]``.
 
-Started by the gateway's quality stage (:class:`gateway.quality.predictor.PredictorProcess`) so that
+Started by the gateway's quality stage (:class:`gateway.quality.predictor.PredictorProcess`,
+a worker of ``gateway/workers.py``; restarted with back-off when it dies) so that
 the measurement predictor's ONNX Runtime call (a few hundred µs per snapshot, the
 largest single cost of the gateway's thread) runs on another core. Threads do not do
 it: onnxruntime releases the GIL, but the ingest thread and a predictor thread then hand
@@ -9,7 +10,8 @@ read in time). A process shares nothing but one socket.
 
 Protocol on the inherited AF_UNIX ``SOCK_SEQPACKET`` fd (one message per record):
 
-* the process sends ``READY`` + ``<II`` (batch, window) once the session is bound;
+* the process sends ``READY`` + ``<II`` (batch, window), ``models.runtime.READY_MSG``,
+  once the session is bound and has run once (the gateway's READY handshake checks both);
 * the gateway sends the float32 ``(batch, window, 1)`` normalised windows, C order, as
   one message of exactly ``4 * batch * window`` bytes;
 * the process answers with the float32 ``(batch,)`` outputs, ``4 * batch`` bytes;

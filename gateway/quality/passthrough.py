@@ -29,13 +29,23 @@ class PassThroughQuality:
         self.ghi = np.array([cfg.channel_index.get(f"{p.weather}.ghi", -1) for p in cfg.plants],
                             int)
         self.sigma = 0.3 * self.rating
+        self._has_ghi = self.ghi >= 0
+        self._ghi_at = np.maximum(self.ghi, 0)
+        # the guess changes only when an irradiance does (weather is slow next to the
+        # snapshot rate): the last GHI values and their guess are kept
+        self._last_ghi = b""
+        self._last_pv = np.zeros(0)
 
     def process(self, values: np.ndarray, flags: np.ndarray, now: float) -> PassResult:
-        ghi = np.where(self.ghi >= 0, values[np.maximum(self.ghi, 0)], np.nan)
-        # P = rating * clip(0.85 * GHI / 1000, 0, 1); no GHI: rating / 2
-        pv = np.where(np.isfinite(ghi), self.rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
-                      0.5 * self.rating)
-        return PassResult(values, flags, pv, self.sigma)
+        ghi = np.where(self._has_ghi, values[self._ghi_at], np.nan)
+        key = ghi.tobytes()
+        if key != self._last_ghi:
+            # P = rating * clip(0.85 * GHI / 1000, 0, 1); no GHI: rating / 2
+            pv = np.where(np.isfinite(ghi),
+                          self.rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
+                          0.5 * self.rating)
+            self._last_ghi, self._last_pv = key, pv
+        return PassResult(values, flags, self._last_pv.copy(), self.sigma)
 
     lookahead_s = 0.0
     remote = None  # no predictor process

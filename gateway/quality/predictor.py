@@ -2,22 +2,29 @@
 
 The BiLSTM's ONNX Runtime call is the slowest part of cleaning a snapshot; run in its own
 process (``python -m models.serve``) it overlaps the gateway's ingest on the other core.
+The child is a worker of :mod:`gateway.workers` (socket pair, READY handshake with a
+timeout, kill); when it dies the quality stage predicts in-process (same model, same
+numbers) and :class:`PredictorKeeper` starts a new one after a back-off delay.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import select
-import socket
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from gateway.errors import GatewayError
+from gateway.workers import Backoff, WorkerError, WorkerSpec, start_blocking
 from models.runtime import READY, READY_MSG
+
+log = logging.getLogger("gridtwin.quality")
 
 
 class QualityError(GatewayError):
@@ -28,6 +35,24 @@ class QualityError(GatewayError):
 REMOTE_TIMEOUT_S = 0.25
 #: how long the predictor process may take to load the model and say READY
 REMOTE_START_TIMEOUT_S = 60.0
+#: consecutive failed restarts after which the predictor process is given up for good
+#: (the model does not load there: retrying would only spend a core on it)
+MAX_FAILED_STARTS = 3
+
+
+def predictor_spec(batch: int, window: int, models_dir: Path | str | None = None,
+                   model: str = "predictor") -> WorkerSpec:
+    """The worker spec of ``python -m models.serve``: READY is ``models.runtime``'s
+    ``READY_MSG`` with this batch and window (a child bound to another shape is not
+    ready)."""
+    args = ["--model", model, "--batch", str(batch)]
+    if models_dir is not None:
+        args += ["--models-dir", str(models_dir)]
+
+    def is_ready(msg: bytes) -> bool:
+        return len(msg) == READY_MSG.size and READY_MSG.unpack(msg) == (READY, batch, window)
+
+    return WorkerSpec("models.serve", args, is_ready=is_ready)
 
 
 class PredictorProcess:
@@ -40,32 +65,17 @@ class PredictorProcess:
 
     def __init__(self, batch: int, window: int, models_dir: Path | str | None = None,
                  model: str = "predictor") -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cmd = [sys.executable, "-m", "models.serve", "--fd", str(child.fileno()),
-               "--model", model, "--batch", str(batch)]
-        if models_dir is not None:
-            cmd += ["--models-dir", str(models_dir)]
         try:
-            self.proc = subprocess.Popen(cmd, pass_fds=(child.fileno(),),
-                                         stdin=subprocess.DEVNULL)
-        except OSError as exc:
-            parent.close()
-            raise QualityError(f"cannot start the predictor process: {exc}") from exc
-        finally:
-            child.close()
-        self.sock = parent
+            self.worker = start_blocking(predictor_spec(batch, window, models_dir, model),
+                                         timeout=REMOTE_START_TIMEOUT_S)
+        except WorkerError as exc:
+            raise QualityError(f"predictor process: {exc}") from exc
+        self.proc = self.worker.proc
+        self.sock = self.worker.sock
         self.batch = batch
         self.n_out = 4 * batch
         self.pending = False
-        try:
-            ready, _, _ = select.select([parent], [], [], REMOTE_START_TIMEOUT_S)
-            msg = parent.recv(64) if ready else b""
-        except OSError:
-            msg = b""
-        if len(msg) != READY_MSG.size or READY_MSG.unpack(msg) != (READY, batch, window):
-            self.close()
-            raise QualityError(f"predictor process did not become ready (got {msg[:80]!r})")
-        parent.setblocking(False)
+        self.sock.setblocking(False)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -103,11 +113,121 @@ class PredictorProcess:
             select.select([self.sock], [], [], left)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        if self.proc.poll() is None:
-            try:
-                self.proc.wait(timeout=2.0)  # EOF on its socket ends it
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Close the socket (EOF ends the child), kill it if it lingers."""
+        self.worker.close()
+
+
+class RestartableStage(Protocol):
+    """What :class:`PredictorKeeper` needs of the quality stage."""
+
+    remote: PredictorProcess | None
+
+    def start_remote(self) -> PredictorProcess: ...
+
+    def adopt_remote(self, remote: PredictorProcess) -> bool: ...
+
+    def collect(self) -> None: ...
+
+
+#: event(kind, source, detail), as the gateway's event log takes it
+EventSink = Callable[[str, str, dict[str, Any]], None]
+
+
+class PredictorKeeper:
+    """Keeps a quality stage's predictor process alive on an asyncio loop.
+
+    Registers the child's socket for the stage's :meth:`collect`; when the stage drops the
+    child (:meth:`lost`, the stage's ``on_remote_lost``) it unregisters it and, after the
+    :class:`~gateway.workers.Backoff` delay, starts a new child in a thread (loading the
+    model takes about a second: the loop goes on ingesting, the stage predicting
+    in-process meanwhile) and hands it to the stage (event ``predictor_process_restarted``).
+    After :data:`MAX_FAILED_STARTS` starts in a row that fail, it gives up.
+    """
+
+    def __init__(self, stage: RestartableStage, loop: asyncio.AbstractEventLoop,
+                 event: EventSink, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stage = stage
+        self.loop = loop
+        self.event = event
+        self.clock = clock
+        self.backoff = Backoff()
+        self.restarts = 0
+        self.failed_starts = 0
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._starting: asyncio.Future[PredictorProcess] | None = None
+        self._watched: int | None = None
+        if stage.remote is not None:
+            self._watch(stage.remote)
+
+    def _watch(self, remote: PredictorProcess) -> None:
+        self._watched = remote.fileno()
+        self.loop.add_reader(self._watched, self.stage.collect)
+
+    def _unwatch(self) -> None:
+        if self._watched is not None:
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self._watched)
+            self._watched = None
+
+    def lost(self, reason: str) -> None:
+        """The stage gave up its child (called while the child's socket is still open):
+        an event, not an outage, since the stage predicts in-process meanwhile."""
+        self._unwatch()
+        log.error("predictor process lost (%s): predicting in the gateway until it is "
+                  "restarted", reason)
+        self.event("predictor_process_lost", "quality", {"reason": reason})
+        self._schedule()
+
+    def start_failed(self, reason: str) -> None:
+        """The first start failed (the stage has no child): retry as after a failed
+        restart."""
+        self.failed_starts += 1
+        self.lost(reason)
+
+    def _schedule(self) -> None:
+        if self.closed or self._timer is not None or self._starting is not None:
+            return
+        if self.failed_starts >= MAX_FAILED_STARTS:
+            log.error("predictor process failed to start %d times: predicting in the "
+                      "gateway from now on", self.failed_starts)
+            return
+        delay = self.backoff.crashed(self.clock())
+        self._timer = self.loop.call_later(delay, self._start)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        self._starting = self.loop.run_in_executor(None, self.stage.start_remote)
+        self._starting.add_done_callback(self._started)
+
+    def _started(self, fut: asyncio.Future[PredictorProcess]) -> None:
+        self._starting = None
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.failed_starts += 1
+            log.error("predictor process restart failed: %s", exc)
+            self._schedule()
+            return
+        remote = fut.result()
+        if self.closed or not self.stage.adopt_remote(remote):
+            remote.close()
+            return
+        self.failed_starts = 0
+        self.restarts += 1
+        self._watch(remote)
+        log.warning("predictor process restarted as pid %d", remote.proc.pid)
+        self.event("predictor_process_restarted", "quality",
+                   {"pid": remote.proc.pid, "restarts": self.restarts})
+
+    def close(self) -> None:
+        """Stop restarting and unregister the socket (the stage closes the child; a
+        start still under way closes its child when it completes)."""
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._unwatch()

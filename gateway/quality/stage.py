@@ -39,8 +39,9 @@ windows go out over an AF_UNIX ``SOCK_SEQPACKET`` socket right after the handoff
 outputs come back while the gateway ingests (:meth:`QualityStage.collect`, a reader
 callback) and the gateway's thread keeps only the normalisation. A lost or silent child
 (no answer within :data:`REMOTE_TIMEOUT_S`) is closed, reported once through
-``on_remote_lost`` and the stage predicts in-process from then on: same model, same
-numbers.
+``on_remote_lost`` and the stage predicts in-process (same model, same numbers) until a
+new child is handed to it (:meth:`QualityStage.adopt_remote`; the gateway's
+:class:`~gateway.quality.predictor.PredictorKeeper` starts one after a back-off delay).
 
 ``now`` is passed in (seconds); nothing here reads the clock except for the timings.
 No torch: the predictor can be swapped for a callable (the bench's PyTorch-eager peer).
@@ -120,9 +121,12 @@ class QualityStage:
         self.remote: PredictorProcess | None = None
         #: why the predictor process could not be started (None: started or not asked)
         self.remote_error: str | None = None
+        self._remote_args: tuple[int, int, Path | str | None] | None = None
+        self._closed = False
         if predictor_process and self._bound is not None:
+            self._remote_args = (self.det_idx.size, self.hist_len, models_dir)
             try:
-                self.remote = PredictorProcess(self.det_idx.size, self.hist_len, models_dir)
+                self.remote = self.start_remote()
             except QualityError as exc:  # same model in-process: slower, not wrong
                 self.remote_error = str(exc)
 
@@ -380,8 +384,27 @@ class QualityStage:
         remote, self.remote = self.remote, None
         remote.close()
 
+    def start_remote(self) -> PredictorProcess:
+        """A new predictor process for this stage, ready (blocks while it loads the
+        model; reads no state of the stage that changes, so another thread may call it).
+        QualityError when it cannot start or the stage was built without one."""
+        if self._remote_args is None:
+            raise QualityError("quality stage: built without predictor_process")
+        return PredictorProcess(*self._remote_args)
+
+    def adopt_remote(self, remote: PredictorProcess) -> bool:
+        """Use ``remote`` (from :meth:`start_remote`) for the look-aheads from now on,
+        after the previous one was dropped. False, and nothing changed, when the stage
+        still has one or was closed (the caller closes ``remote``)."""
+        if self.remote is not None or self._closed:
+            return False
+        self.remote = remote
+        self.remote_error = None
+        return True
+
     def close(self) -> None:
-        """Stop the predictor process (if any)."""
+        """Stop the predictor process (if any); no other is adopted after this."""
+        self._closed = True
         remote, self.remote = self.remote, None
         if remote is not None:
             remote.close()

@@ -1,10 +1,12 @@
 """``udp://HOST:PORT``: the gateway listens; every datagram is one frame.
 
-Each readiness callback reads up to :data:`BURST` datagrams with ``recvfrom`` (no
-protocol object, no awaiting ``recv`` wrapper such as asyncio-dgram), then yields so the
-other streams' sockets are read in turn: a backlog is worked off snapshot by snapshot
-instead of stream by stream. The receive buffer is enlarged so bursts do not overflow it.
-Datagrams from sources outside the stream's allowlist are dropped and counted.
+Each readiness callback drains the socket: it reads datagrams with ``recvfrom`` in a loop
+(no protocol object, no awaiting ``recv`` wrapper such as asyncio-dgram) until the socket
+is empty or :data:`BURST` were read, then yields so the other streams' sockets are read in
+turn. A wake-up of the event loop costs more than reading a datagram, so under load one
+wake-up takes many frames; the cap keeps a backlog worked off in step across streams.
+The receive buffer is enlarged so bursts do not overflow it. Datagrams from sources
+outside the stream's allowlist are dropped and counted.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from gateway.transports.base import TransportBase, register
 
 RCVBUF_BYTES = 8 * 1024 * 1024
 MAX_DATAGRAM = 65535
-#: datagrams read per wake-up before yielding to the other streams. Small on purpose: a
-#: snapshot needs one frame of every stream, so when the loop is behind, reading one
-#: stream's backlog ahead of the others would leave every slot waiting for the slowest
-#: stream (latency, late frames); the selector round trip is cheap next to a snapshot
-BURST = 2
+#: datagrams read per wake-up at most before yielding to the other streams. A snapshot
+#: needs one frame of every stream; the streams' callbacks all run in the same turn of
+#: the loop, so a slot opened by one stream's burst is completed by the others' in that
+#: turn, as long as a burst stays well below the aligner's pending-slot limit (64), past
+#: which the oldest slot would be published incomplete
+BURST = 32
 
 
 @register("udp")
@@ -54,6 +57,7 @@ class UdpTransport(TransportBase):
         name = self.spec.name
         allowed = self.allowed
         clock = self.clock
+        ok_host = None  # the last source allowed: most bursts come from one sender
         for _ in range(BURST):
             try:
                 data, addr = recv(MAX_DATAGRAM)
@@ -62,10 +66,12 @@ class UdpTransport(TransportBase):
             except OSError:  # e.g. ICMP port unreachable echoes; keep listening
                 return
             host = addr[0]
-            if not allowed(host):
-                self.on_drop(name, host)
-                continue
-            sink(name, data, host, clock())
+            if host != ok_host:
+                if not allowed(host):
+                    self.on_drop(name, host)
+                    continue
+                ok_host = host
+            sink(name, data, host, clock())  # a closed socket raises OSError next
 
     @property
     def local_address(self) -> tuple[str, int] | None:
