@@ -1684,6 +1684,49 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     n = model.n_bus
     n2 = 2 * n
     il = _interleave(n)
+    h = fac.h  # 2g x 2n (interleaved state)
+    jx, jz = _transform_jacobians(model, fac, v, act)
+    assert fac.w is not None
+    htw = sp.csr_matrix((fac.w @ h).T)
+    # top-left H^T W (H - J_x); right-hand side H^T W J_z
+    k11 = (htw @ (h - jx)).toarray()
+    bz = (htw @ jz).toarray()
+    top, bottom = _fixed_point_rows(model, fac, v, act, constraints=constraints)
+    if top:
+        ct, cb = np.vstack(top), np.vstack(bottom)
+        # constraint rows scaled to the gain's size (pivoting)
+        scale = np.abs(np.diag(k11)).max() / max(np.abs(ct).max(), np.abs(cb).max())
+        nc = ct.shape[0]
+        kk = np.block([[k11, scale * ct.T], [scale * cb, np.zeros((nc, nc))]])
+        rhs = np.vstack([bz, np.zeros((nc, model.m))])
+    else:
+        kk, rhs = k11, bz
+    try:
+        sens = np.linalg.solve(kk, rhs)[:n2]
+    except np.linalg.LinAlgError:
+        sens = np.linalg.lstsq(kk, rhs, rcond=None)[0][:n2]
+    # T = H_r S (raw Jacobian, interleaved columns); Omega_ii = sum_j (I - T)_ij^2 s_j^2
+    hr = model.jacobian(v)[:, il]
+    t = -np.asarray(hr @ sens)
+    t[np.arange(model.m), np.arange(model.m)] += 1.0
+    var = np.where(act, sig, 0.0) ** 2
+    omega = (t * t) @ var
+    sens = np.where(act, np.maximum(omega / sig**2, 1e-6), 1.0)
+    if not moments:
+        return sens
+    # J = |B u|^2, u ~ N(0, I), B = diag(1/sigma) (I - H_r S) diag(sigma) (active part)
+    ia = np.flatnonzero(act)
+    b = t[np.ix_(ia, ia)] * (sig[ia][None, :] / sig[ia][:, None])
+    bbt = b @ b.T
+    return sens, float(np.trace(bbt)), float(np.square(bbt).sum())
+
+
+def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                         act: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """``(J_x, J_z)``: the derivatives of the equivalent-current transform ``z_t(z, x)``
+    with respect to the state and to the raw measurements (see
+    :func:`linear_sensitivity`)."""
+    n2 = 2 * model.n_bus
     g = fac.slots.size
     has0 = fac.has0 & act[fac.idx0]
     has1 = fac.has1 & act[fac.idx1]
@@ -1727,12 +1770,15 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
                  np.where(comp == 0, 1.0, -1j) / cvk[sp_i])
     jz = sp.csr_matrix((np.r_[d.real, d.imag], (np.r_[2 * sp_i, 2 * sp_i + 1],
                                                 np.r_[idx, idx])), shape=(2 * g, model.m))
-    assert fac.w is not None
-    htw = fac.w @ h
-    htw = sp.csr_matrix(htw.T)
-    # top-left H^T W (H - J_x); right-hand side H^T W J_z
-    k11 = (htw @ (h - jx)).toarray()
-    bz = (htw @ jz).toarray()
+    return jx, jz
+
+
+def _fixed_point_rows(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: np.ndarray,
+                      *, constraints: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The constraint rows of the fixed point: ``Ct`` (what the iteration uses) and ``Cb``
+    (what the fixed point keeps at zero), plus a reference-angle row when no angle is
+    measured (see :func:`linear_sensitivity`)."""
+    n2 = 2 * model.n_bus
     top: list[np.ndarray] = []
     bottom: list[np.ndarray] = []
     if constraints:
@@ -1765,30 +1811,4 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
         ref[0, 2 * model.net.slack + 1] = 1.0
         top.append(ref)
         bottom.append(ref)
-    if top:
-        ct, cb = np.vstack(top), np.vstack(bottom)
-        # constraint rows scaled to the gain's size (pivoting)
-        scale = np.abs(np.diag(k11)).max() / max(np.abs(ct).max(), np.abs(cb).max())
-        nc = ct.shape[0]
-        kk = np.block([[k11, scale * ct.T], [scale * cb, np.zeros((nc, nc))]])
-        rhs = np.vstack([bz, np.zeros((nc, model.m))])
-    else:
-        kk, rhs = k11, bz
-    try:
-        sens = np.linalg.solve(kk, rhs)[:n2]
-    except np.linalg.LinAlgError:
-        sens = np.linalg.lstsq(kk, rhs, rcond=None)[0][:n2]
-    # T = H_r S (raw Jacobian, interleaved columns); Omega_ii = sum_j (I - T)_ij^2 s_j^2
-    hr = model.jacobian(v)[:, il]
-    t = -np.asarray(hr @ sens)
-    t[np.arange(model.m), np.arange(model.m)] += 1.0
-    var = np.where(act, sig, 0.0) ** 2
-    omega = (t * t) @ var
-    sens = np.where(act, np.maximum(omega / sig**2, 1e-6), 1.0)
-    if not moments:
-        return sens
-    # J = |B u|^2, u ~ N(0, I), B = diag(1/sigma) (I - H_r S) diag(sigma) (active part)
-    ia = np.flatnonzero(act)
-    b = t[np.ix_(ia, ia)] * (sig[ia][None, :] / sig[ia][:, None])
-    bbt = b @ b.T
-    return sens, float(np.trace(bbt)), float(np.square(bbt).sum())
+    return top, bottom
