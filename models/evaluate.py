@@ -46,6 +46,8 @@ from models.training.metrics import pv_metrics
 
 Log = Callable[[str], None]
 EVAL_DAY = "1990-06-01"
+# TMY sites the PV forecaster never saw in training (miami): each gets its own PV rows
+PV_UNSEEN_SITES = ("greensboro", "sandpoint")
 DET_START = "11:00"
 BAD_RATES = (5.0, 10.0, 15.0)
 
@@ -622,6 +624,13 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
     prediction, pred_series = prediction_table(cfg, long, models_dir, every=5 if quick else 10,
                                                log=log)
     pv, pv_series = pv_table(cfg, long, models_dir, site=site, log=log)
+    unseen = [site] + [s for s in PV_UNSEEN_SITES if s != site]
+    for other_site in unseen[1:]:
+        # the same hours at another site the forecaster never saw, every PV method
+        other = scenario_trace({"start": f"{EVAL_DAY}T{'10:00' if quick else '06:00'}",
+                                "hours": 2.0 if quick else 12.0, "step_s": 1.0,
+                                "bad_pct": 0.0, "seed": seed, "site": other_site}, log)
+        pv.extend(pv_table(cfg, other, models_dir, site=other_site, log=log)[0])
     if not quick:
         train_site = "miami"
         other = scenario_trace({"start": f"{EVAL_DAY}T06:00", "hours": 12.0, "step_s": 1.0,
@@ -639,7 +648,7 @@ def evaluate(*, models_dir: Path | None = None, plots: Path | None = None, quick
         "prediction: mean over the 64 branch P/Q channels; MAPE over |truth| > 5 % of the "
         "channel's max |truth|; RMSE in MW or MVAr; target is the true value",
         "pv: MAPE over points above 5 % of rating; RMSE in % of rating over daytime points; "
-        f"{site} is a site the forecaster never saw (trained on miami)",
+        f"{' and '.join(unseen)} are sites the forecaster never saw (trained on miami)",
     ]
     if not se:
         notes.append("se: estimator API not available; list left empty")

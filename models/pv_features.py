@@ -22,6 +22,14 @@ coordinates; :mod:`models.solar`):
 
       E = DNI max(cos θ, 0) [cos z > 0] + DHI (1 + cos β)/2 + GHI ρ (1 - cos β)/2,  ρ = 0.2
 
+* ``cos_aoi_typical``, ``poa_typical``: the same two terms on a *typical* fixed-tilt
+  plane, tilt = clip(0.75 |latitude|, 10°, 35°) facing the equator: utility plants are
+  tilted below the latitude and rarely beyond 35° (row spacing, wind load). At high
+  latitudes the latitude-tilt plane is far from any plant (55° at Sand Point); the
+  physics-informed forecaster's prior uses this plane. It is the convention around which
+  the project's plant simulator draws hidden tilts (``hil.pvplant.draw_params``, ±5°), so
+  on simulated plants it is the centre of the tilt distribution, not each plant's tilt.
+
 All are min-max normalised like the weather with fixed ranges (:data:`SUN_MIN`,
 :data:`SUN_MAX`: [-1, 1] for the direction cosines, 0-1400 W/m² for the plane of array),
 the same at every site. Which inputs a model reads is its card's
@@ -44,11 +52,14 @@ from models.solar import SunTracker, solar_position
 # sensors can report anywhere the twin is deployed, so every site normalises alike
 WEATHER_MIN = np.array([0.0, 0.0, 0.0, -30.0, 0.0, 0.0])
 WEATHER_MAX = np.array([1400.0, 1100.0, 700.0, 50.0, 25.0, 360.0])
-SUN_FEATURES = ("cos_zenith", "sin_azimuth", "cos_azimuth", "cos_aoi_nominal", "poa_nominal")
-SUN_UNITS = ("1", "1", "1", "1", "W/m2")
-SUN_MIN = np.array([-1.0, -1.0, -1.0, -1.0, 0.0])
-SUN_MAX = np.array([1.0, 1.0, 1.0, 1.0, 1400.0])
+SUN_FEATURES = ("cos_zenith", "sin_azimuth", "cos_azimuth", "cos_aoi_nominal", "poa_nominal",
+                "cos_aoi_typical", "poa_typical")
+SUN_UNITS = ("1", "1", "1", "1", "W/m2", "1", "W/m2")
+SUN_MIN = np.array([-1.0, -1.0, -1.0, -1.0, 0.0, -1.0, 0.0])
+SUN_MAX = np.array([1.0, 1.0, 1.0, 1.0, 1400.0, 1.0, 1400.0])
 NOMINAL_ALBEDO = 0.2
+# typical plane: tilt = clip(TYPICAL_TILT_FACTOR |latitude|, TYPICAL_TILT_MIN, TYPICAL_TILT_MAX)
+TYPICAL_TILT_FACTOR, TYPICAL_TILT_MIN, TYPICAL_TILT_MAX = 0.75, 10.0, 35.0
 # the forecaster's inputs: the paper's six weather values + the sun terms
 PV_SUN_FEATURES = PV_FEATURES + SUN_FEATURES
 PV_SUN_UNITS = PV_UNITS + SUN_UNITS
@@ -74,21 +85,35 @@ def needs_sun(features: Sequence[str]) -> bool:
     return any(f in SUN_FEATURES for f in features)
 
 
-def _sun_terms(weather: np.ndarray, cz: np.ndarray, sz: np.ndarray, sa: np.ndarray,
-               ca: np.ndarray, latitude: np.ndarray | float) -> np.ndarray:
-    """(..., 6) weather and sun terms (broadcast) -> (..., 5) in SUN_FEATURES order."""
-    lat = np.asarray(latitude, dtype=np.float64)
-    beta = np.radians(np.abs(lat))
+def typical_tilt(latitude: np.ndarray | float) -> np.ndarray:
+    """Tilt in degrees of the typical plane: clip(0.75 |latitude|, 10, 35)."""
+    return np.clip(TYPICAL_TILT_FACTOR * np.abs(np.asarray(latitude, dtype=np.float64)),
+                   TYPICAL_TILT_MIN, TYPICAL_TILT_MAX)
+
+
+def _plane_terms(weather: np.ndarray, cz: np.ndarray, sz: np.ndarray, cag: np.ndarray,
+                 tilt_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos AOI and isotropic-sky POA on an equator-facing plane tilted ``tilt_deg``."""
+    beta = np.radians(tilt_deg)
     cb, sb = np.cos(beta), np.sin(beta)
-    # equator-facing: cos(A - γ) = cos A cos γ + sin A sin γ = -cos A (γ = 180°) or cos A (γ = 0°)
-    cag = np.where(lat >= 0, -ca, ca)
     # cos θ = cos z cos β + sin z sin β cos(A - γ)
     cos_aoi = cz * cb + sz * sb * cag
     ghi, dni, dhi = weather[..., 0], weather[..., 1], weather[..., 2]
     # E = DNI max(cos θ, 0) [cos z > 0] + DHI (1 + cos β)/2 + GHI ρ (1 - cos β)/2
     poa = (dni * np.maximum(cos_aoi, 0.0) * (cz > 0.0) + dhi * (1.0 + cb) / 2.0
            + ghi * NOMINAL_ALBEDO * (1.0 - cb) / 2.0)
-    return np.stack([cz, sa, ca, cos_aoi, poa], axis=-1)
+    return cos_aoi, poa
+
+
+def _sun_terms(weather: np.ndarray, cz: np.ndarray, sz: np.ndarray, sa: np.ndarray,
+               ca: np.ndarray, latitude: np.ndarray | float) -> np.ndarray:
+    """(..., 6) weather and sun terms (broadcast) -> (..., 7) in SUN_FEATURES order."""
+    lat = np.asarray(latitude, dtype=np.float64)
+    # equator-facing: cos(A - γ) = cos A cos γ + sin A sin γ = -cos A (γ = 180°) or cos A (γ = 0°)
+    cag = np.where(lat >= 0, -ca, ca)
+    cos_nom, poa_nom = _plane_terms(weather, cz, sz, cag, np.abs(lat))
+    cos_typ, poa_typ = _plane_terms(weather, cz, sz, cag, typical_tilt(lat))
+    return np.stack([cz, sa, ca, cos_nom, poa_nom, cos_typ, poa_typ], axis=-1)
 
 
 def feature_series(weather: np.ndarray, time_s: np.ndarray, latitude: float | None,

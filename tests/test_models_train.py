@@ -87,5 +87,7 @@ def test_pv_training_smoke(tmp_path: Path) -> None:
     assert "unseen_site" in report["bilstm"]
     model = OnnxModel(tmp_path / "pv_forecaster.onnx")
     n_in = len(model.card.normalisation["features"])
-    assert n_in == 11  # the paper's six weather inputs + five sun terms (models.pv_features)
+    from models.pv_features import PV_SUN_FEATURES
+
+    assert n_in == len(PV_SUN_FEATURES) == 13  # six weather inputs + seven sun terms
     assert model.run(np.zeros((2, 10, n_in), np.float32)).shape == (2, 1)

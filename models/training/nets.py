@@ -270,3 +270,70 @@ def _head_nodes(model: RecurrentRegressor, hs: str, output_name: str, oh: Any, n
     if feat != output_name:
         raise ValueError("bilstm_onnx: the head must end with nn.Linear")
     return nodes, inits, int(linears[-1].out_features)  # type: ignore[arg-type]
+
+
+# PVWatts-style constants of the physical prior (per unit of AC rating per W/m2 of POA):
+# DC/AC 1.2, derate 0.95, soiling 2.5 %, inverter 96.5 % -> p_dc = E/1000 * PV_PRIOR_GAIN
+PV_PRIOR_GAIN = 1.2 * 0.95 * 0.975 * 0.965
+PV_GAMMA = -0.0037  # 1/K, power temperature coefficient
+# Faiman steady-state cell temperature: T_c = T_air + E / (U0 + U1 ws)
+PV_FAIMAN_U0, PV_FAIMAN_U1 = 25.0, 6.84
+PV_RESIDUAL_SCALE = 0.2  # p.u.: scale of the BiLSTM's additive residual (second output)
+
+
+class PhysicsPv(nn.Module):
+    """Physics-informed PV forecaster: a physical estimate from the sun's position and the
+    measured weather, corrected by a BiLSTM that learns the ratio (a clear-sky-index-like
+    factor) of the plant's output to that estimate.
+
+    Input: the card's min-max normalised window ``(B, L, F)``; ``lo``/``span`` undo the
+    normalisation of the last (current) sample inside the graph, so the run time feeds the
+    same inputs as for a plain BiLSTM. With ``E`` the isotropic-sky POA on the typical
+    fixed-tilt plane (``poa_typical``, :mod:`models.pv_features`), ``T`` the air
+    temperature and ``ws`` the wind speed::
+
+        T_c   = T + E / (U0 + U1 ws)                     # Faiman, steady state
+        p_dc  = E / 1000 * G * (1 + gamma (T_c - 25))    # PVWatts, G = PV_PRIOR_GAIN
+        k, r  = BiLSTM(window)                           # two outputs
+        p     = min(p_dc * (1 + k), 1) + R r             # ratio, clipped at rating, + residual
+
+    ``R`` = :data:`PV_RESIDUAL_SCALE`. The BiLSTM sees the whole window and learns what the
+    prior misses: the plant's true
+    tilt, azimuth, losses and cloud footprint relative to the station. A ratio, unlike the
+    raw output, has the same scale at every site and season, which is what lets it carry
+    over to a site the network never saw.
+    """
+
+    def __init__(self, core: nn.Module, lo: Any, hi: Any, features: tuple[str, ...]) -> None:
+        super().__init__()
+        self.core = core
+        self.features = tuple(features)
+        self.i_poa = self.features.index("poa_typical")
+        self.i_temp = self.features.index("temp_air")
+        self.i_wind = self.features.index("wind_speed")
+        self.lo: torch.Tensor
+        self.span: torch.Tensor
+        self.register_buffer("lo", torch.as_tensor(lo, dtype=torch.float32))
+        self.register_buffer("span", torch.as_tensor(hi, dtype=torch.float32)
+                             - torch.as_tensor(lo, dtype=torch.float32))
+
+    def prior_dc(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, F) normalised -> (B, 1) physical DC estimate at the last sample (p.u.)."""
+        raw = x[:, -1, :] * self.span + self.lo
+        e = torch.clamp(raw[:, self.i_poa:self.i_poa + 1], min=0.0)
+        t = raw[:, self.i_temp:self.i_temp + 1]
+        ws = torch.clamp(raw[:, self.i_wind:self.i_wind + 1], min=0.0)
+        tc = t + e / (PV_FAIMAN_U0 + PV_FAIMAN_U1 * ws)
+        return e * (PV_PRIOR_GAIN / 1000.0) * (1.0 + PV_GAMMA * (tc - 25.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kr = self.core(x)
+        ratio = torch.clamp(self.prior_dc(x) * (1.0 + kr[:, 0:1]), max=1.0)
+        return ratio + PV_RESIDUAL_SCALE * kr[:, 1:2]
+
+    def exportable(self, length: int) -> PhysicsPv:
+        """The same model with its BiLSTM in the fused export form (:class:`FusedBiLstm`)."""
+        assert isinstance(self.core, RecurrentRegressor)
+        lo = self.lo.numpy()
+        return PhysicsPv(FusedBiLstm(self.core, length), lo, lo + self.span.numpy(),
+                         self.features)
