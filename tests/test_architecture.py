@@ -252,10 +252,7 @@ def test_no_import_cycles_between_modules() -> None:
 
 MAX_FUNCTION_LINES = 80
 #: functions allowed to be longer. Split a function instead of adding it here.
-LONG_FUNCTION_ALLOWLIST: set[tuple[str, str]] = {
-    # being reworked right now (the physics-informed PV forecaster)
-    ("models/training/train_pv.py", "train_pv"),
-}
+LONG_FUNCTION_ALLOWLIST: set[tuple[str, str]] = set()
 
 
 def function_lengths(path: Path) -> list[tuple[str, int]]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,62 +152,93 @@ def train_pv(out_dir: Path, *, site: str, test_site: str, n_days: int, steps: in
                                                head_hidden=16, n_out=2), lo, hi, features),
         "bp": MlpRegressor(len(features), WINDOW, 64),
     }
-    report: dict[str, Any] = {}
-    for name, model in models.items():
-        log(f"training pv {name} ({sum(p.numel() for p in model.parameters())} parameters)")
-        hist = fit(model, xtr, tr.y, steps=steps, batch=batch, lr=lr, seed=seed, loss=PV_LOSS,
-                   log=log, x_val=xva, y_val=va.y)
-        pva = np.clip(predict(model, xva), 0, 1.05)
-        m_va = pv_metrics(pva, va.y, sun_up=_sun_up(va))
-        log(f"  {name}: held-out {json.dumps(m_va)}")
-        ptes = {t: np.clip(predict(model, x), 0, 1.05) for t, x in xtes.items()}
-        m_tes = {t: pv_metrics(ptes[t], tes[t].y, sun_up=_sun_up(tes[t])) for t in sites}
-        for t, m in m_tes.items():
-            log(f"  {name} unseen {t}: {json.dumps(m)}")
-        m_te = m_tes[test_site]
-        report[name] = {"held_out_same_site": m_va, "unseen_site": m_te,
-                        "unseen_sites": m_tes}
-        # sigma(p) from the unseen sites' binned RMS errors (daytime)
-        pte = np.concatenate([ptes[t][_sun_up(tes[t])] for t in sites])
-        yte = np.concatenate([tes[t].y[_sun_up(tes[t])] for t in sites])
-        sig, sig_bins, sig_fits = sigma_model(pte, yte)
-        report[name]["sigma_pu"] = sig
-        report[name]["sigma_bins"] = sig_bins
-        example = torch.from_numpy(xva[:64].copy())
-        site_list = ", ".join(sites)
-        if name == "bilstm":
-            path = out_dir / "pv_forecaster.onnx"
-            assert isinstance(model, PhysicsPv)
-            export_onnx(model.exportable(WINDOW), example, path, input_name="weather",
-                        output_name="p_pu", check=model)
-        else:
-            path = out_dir / "baselines" / "pv_bp.onnx"
-            export_onnx(model, example, path, input_name="weather", output_name="p_pu")
-        write_card(
-            path, name=path.stem,
-            task=f"PV forecaster ({name}): station weather window -> plant AC output / rating",
-            **card,
-            training={**data, "seconds": round(hist["seconds"], 1),
-                      "architecture": _architecture(name, len(features)),
-                      "method": _method(name)},
-            metrics={"held_out_same_site": m_va, "unseen_site": {"site": test_site,
-                                                                 "days": test_days, **m_te},
-                     "unseen_sites": [{"site": t, "days": test_days, **m_tes[t]}
-                                      for t in sites],
-                     "definition": "MAPE over points above 5 % of rating; RMSE in % of "
-                                   "rating over daytime points"},
-            extra={"stride_s": PV_STRIDE_S, "sigma_pu": sig, "sigma_bins": sig_bins,
-                   "sigma_fits": sig_fits,
-                   "sigma_definition": "sigma(p) = abs + rel * g(p) (p.u. of rating), "
-                                       "g(p) = p if form == 'linear', p (1 - p) if form == "
-                                       "'p(1-p)': weighted fit to the RMS error in bins of "
-                                       f"the prediction p on the unseen sites ({site_list}); "
-                                       "the form with the smaller weighted misfit "
-                                       "(sigma_fits) is kept",
-                   "max_pu": 1.0, "train_site": site},
-        )
-        log(f"  wrote {path} ({path.stat().st_size} bytes), sigma {sig}")
-    return report
+    sets = _PvSets(tr, va, tes, xtr, xva, xtes, sites, test_site, test_days)
+    return {name: _train_one(name, model, sets, out_dir=out_dir, card=card, data=data,
+                             n_features=len(features), steps=steps, batch=batch, lr=lr,
+                             seed=seed, site=site, log=log)
+            for name, model in models.items()}
+
+
+@dataclass
+class _PvSets:
+    """The training, held-out and unseen-site windows of one run (raw and normalised)."""
+
+    tr: Any
+    va: Any
+    tes: dict[str, Any]
+    xtr: np.ndarray
+    xva: np.ndarray
+    xtes: dict[str, np.ndarray]
+    sites: list[str]
+    test_site: str
+    test_days: list[int]
+
+
+def _train_one(name: str, model: Any, d: _PvSets, *, out_dir: Path, card: dict[str, Any],
+               data: dict[str, Any], n_features: int, steps: int, batch: int, lr: float,
+               seed: int, site: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Fit one network, score it held out and at every unseen site, fit its sigma(p),
+    export it with its card; its report."""
+    log(f"training pv {name} ({sum(p.numel() for p in model.parameters())} parameters)")
+    hist = fit(model, d.xtr, d.tr.y, steps=steps, batch=batch, lr=lr, seed=seed,
+               loss=PV_LOSS, log=log, x_val=d.xva, y_val=d.va.y)
+    pva = np.clip(predict(model, d.xva), 0, 1.05)
+    m_va = pv_metrics(pva, d.va.y, sun_up=_sun_up(d.va))
+    log(f"  {name}: held-out {json.dumps(m_va)}")
+    ptes = {t: np.clip(predict(model, x), 0, 1.05) for t, x in d.xtes.items()}
+    m_tes = {t: pv_metrics(ptes[t], d.tes[t].y, sun_up=_sun_up(d.tes[t])) for t in d.sites}
+    for t, m in m_tes.items():
+        log(f"  {name} unseen {t}: {json.dumps(m)}")
+    rep: dict[str, Any] = {"held_out_same_site": m_va, "unseen_site": m_tes[d.test_site],
+                           "unseen_sites": m_tes}
+    # sigma(p) from the unseen sites' binned RMS errors (daytime)
+    pte = np.concatenate([ptes[t][_sun_up(d.tes[t])] for t in d.sites])
+    yte = np.concatenate([d.tes[t].y[_sun_up(d.tes[t])] for t in d.sites])
+    sig, sig_bins, sig_fits = sigma_model(pte, yte)
+    rep["sigma_pu"] = sig
+    rep["sigma_bins"] = sig_bins
+    path = _export(name, model, d.xva, out_dir)
+    site_list = ", ".join(d.sites)
+    write_card(
+        path, name=path.stem,
+        task=f"PV forecaster ({name}): station weather window -> plant AC output / rating",
+        **card,
+        training={**data, "seconds": round(hist["seconds"], 1),
+                  "architecture": _architecture(name, n_features),
+                  "method": _method(name)},
+        metrics={"held_out_same_site": m_va,
+                 "unseen_site": {"site": d.test_site, "days": d.test_days,
+                                 **m_tes[d.test_site]},
+                 "unseen_sites": [{"site": t, "days": d.test_days, **m_tes[t]}
+                                  for t in d.sites],
+                 "definition": "MAPE over points above 5 % of rating; RMSE in % of "
+                               "rating over daytime points"},
+        extra={"stride_s": PV_STRIDE_S, "sigma_pu": sig, "sigma_bins": sig_bins,
+               "sigma_fits": sig_fits,
+               "sigma_definition": "sigma(p) = abs + rel * g(p) (p.u. of rating), "
+                                   "g(p) = p if form == 'linear', p (1 - p) if form == "
+                                   "'p(1-p)': weighted fit to the RMS error in bins of "
+                                   f"the prediction p on the unseen sites ({site_list}); "
+                                   "the form with the smaller weighted misfit "
+                                   "(sigma_fits) is kept",
+               "max_pu": 1.0, "train_site": site},
+    )
+    log(f"  wrote {path} ({path.stat().st_size} bytes), sigma {sig}")
+    return rep
+
+
+def _export(name: str, model: Any, xva: np.ndarray, out_dir: Path) -> Path:
+    """The network as ONNX: the BiLSTM with its physical prior inside the graph."""
+    example = torch.from_numpy(xva[:64].copy())
+    if name == "bilstm":
+        path = out_dir / "pv_forecaster.onnx"
+        assert isinstance(model, PhysicsPv)
+        export_onnx(model.exportable(WINDOW), example, path, input_name="weather",
+                    output_name="p_pu", check=model)
+    else:
+        path = out_dir / "baselines" / "pv_bp.onnx"
+        export_onnx(model, example, path, input_name="weather", output_name="p_pu")
+    return path
 
 
 def _card_parts(features: tuple[str, ...], lo: np.ndarray, hi: np.ndarray) -> dict[str, Any]:
