@@ -155,8 +155,10 @@ class Gateway:
             streams=self.stream_summary, summary=self.summary, ready=self.not_ready)
         if self.server is not None:
             self.started("metrics server", self.server.close)
-            self.live = comp.open_live(self.server, cfg, state=lambda: self.latest_state,
-                                       extras=self.live_extras, clock=self.clock)
+            self.live = comp.open_live(
+                self.server, cfg, state=lambda: self.latest_state, extras=self.live_extras,
+                clock=self.clock, historian=None if self.historian is None else
+                lambda: (self.historian.url, self.historian.run_id))
             self.on_handoff.append(self.live.note_handoff)
             self.on_new_state.append(self.live.on_estimate)
             self.on_event.append(self.live.note_event)

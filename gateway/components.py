@@ -201,13 +201,16 @@ async def open_stream(s: Stream, o: GatewayOptions, frame_size: int, *,
 
 def open_live(server: MetricsServer, cfg: TwinConfig, *,
               state: Callable[[], dict[str, Any] | None],
-              extras: Callable[[], dict[str, Any]], clock: Callable[[], float]) -> Any:
-    """The operator's live page on ``server``'s address (read-only routes, ``/live``)."""
+              extras: Callable[[], dict[str, Any]], clock: Callable[[], float],
+              historian: Callable[[], tuple[str, int | None]] | None = None) -> Any:
+    """The operator's live page on ``server``'s address (read-only routes, ``/live``,
+    ``/history`` from memory or, for longer ranges, the historian)."""
     from gateway.web.site import LiveSite
 
-    site = LiveSite(cfg, state=state, extras=extras, clock=clock)
+    site = LiveSite(cfg, state=state, extras=extras, clock=clock, historian=historian)
     server.routes.update(site.routes())
     server.stream_routes["/live"] = site.serve_live
+    server.stream_routes["/history"] = site.serve_history
     return site
 
 

@@ -338,7 +338,8 @@ class MetricsServer:
         self.summary = summary or (lambda: {})
         self.ready = ready or (lambda: [])
         self.routes: dict[str, Callable[[str], tuple[int, str, bytes]]] = {}
-        self.stream_routes: dict[str, Callable[[asyncio.StreamWriter], Awaitable[None]]] = {}
+        self.stream_routes: dict[str, Callable[[asyncio.StreamWriter, str],
+                                               Awaitable[None]]] = {}
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, bind: str) -> tuple[str, int]:
@@ -408,9 +409,10 @@ class MetricsServer:
                             (ln.partition(":") for ln in lines[1:] if ln)}
                     conn = hdrs.get("connection", "").lower()
                     keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
-                    live = self.stream_routes.get(path.partition("?")[0])
+                    target, _, query = path.partition("?")
+                    live = self.stream_routes.get(target)
                     if live is not None and method == "GET":
-                        await live(writer)  # owns the connection until the client leaves
+                        await live(writer, query)  # owns the connection from here on
                         return
                     status, ctype, body = self.route(method, path)
                 resp = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"

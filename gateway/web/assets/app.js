@@ -5,7 +5,7 @@
 const STEP_X = 46, STEP_Y = 58, PAD = 30, R = 8;
 const FLAG = { BAD: 1, CORRECTED: 4, MISSING: 8, LATE: 32, STALE: 256 };
 const svgNS = "http://www.w3.org/2000/svg";
-let layout = null, selected = null, lastPayload = null;
+let layout = null, selected = null, lastPayload = null, minutes = 10;
 
 function el(name, attrs, parent) {
   const e = document.createElementNS(svgNS, name);
@@ -165,7 +165,7 @@ async function selectBus(id) {
   document.getElementById(`bus-${id}`).classList.add("selected");
   selected = id;
   txt("bus-sel", id);
-  const r = await fetch(`/history?bus=${id}`);
+  const r = await fetch(`/history?bus=${id}&minutes=${minutes}`);
   if (!r.ok) { txt("trend-note", `no history (${r.status})`); return; }
   const h = await r.json();
   drawTrend(h);
@@ -184,7 +184,7 @@ function drawTrend(h) {
   if (h.meter_vm) el("path", { d: path(h.meter_vm), class: "meter-v" }, svg);
   el("text", { x: 2, y: 14 }, svg).textContent = fmt(hi, 4);
   el("text", { x: 2, y: 132 }, svg).textContent = fmt(lo, 4);
-  el("text", { x: 30, y: 146 }, svg).textContent = `|V| pu over the last ${Math.round(t1 - t0)} s` + (h.meter_vm ? " (dashed: meter)" : "");
+  el("text", { x: 30, y: 146 }, svg).textContent = `|V| pu over the last ${Math.round((t1 - t0) / 60)} min` + (h.meter_vm ? " (dashed: meter)" : "");
   const va = h.va[h.va.length - 1];
   txt("trend-note", `latest: ${fmt(h.vm[h.vm.length - 1], 4)} pu, ${fmt(va * 180 / Math.PI, 3)}° (${h.source})`);
 }
@@ -197,6 +197,12 @@ function connect() {
     update(JSON.parse(m.data));
   });
   es.onerror = () => { conn.textContent = "reconnecting…"; conn.className = "conn-lost"; };
+}
+
+for (const [id, m] of [["range-10", 10], ["range-60", 60], ["range-1440", 1440]]) {
+  document.getElementById(id).addEventListener("click", (ev) => {
+    ev.preventDefault(); minutes = m; if (selected !== null) selectBus(selected);
+  });
 }
 
 fetch("/layout.json").then(r => r.json()).then(l => {
