@@ -45,6 +45,7 @@ belong to the identification's hypotheses; the live estimator keeps its own mode
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -230,16 +231,30 @@ class TopologyBank:
     measurements in the same order for every topology, so one measurement vector serves
     every hypothesis. ``builds`` counts the estimators built (a known topology coming back
     does not add one, and its factorizations are still in its estimator's cache).
+
+    **Common weights.** J values are comparable between hypotheses only when every
+    hypothesis weighs the measurements alike. The estimator weighs at its *nominal*
+    values (see :mod:`estimator.linear`), which it would otherwise take from whatever
+    snapshot it first saw -- possibly one taken under another topology, where a branch
+    that now carries power read zero. So the bank owns one reference snapshot: every
+    estimator is primed with it when built (``reweight_ratio`` 0: no private re-basing),
+    and :meth:`rebase` moves all of them to a new reference together, when the load has
+    moved far (:meth:`drifted`, the estimator's own median rule).
     """
 
     def __init__(self, switches: SwitchSet, make_model: Callable[[Network], MeasurementModel],
-                 *, size: int = 256, **estimator_options: Any) -> None:
+                 *, size: int = 256, reweight_ratio: float = 2.0,
+                 **estimator_options: Any) -> None:
         self.switches = switches
         self.make_model = make_model
         self.size = int(size)
-        self.options = estimator_options
+        self.options = {**estimator_options, "reweight_ratio": 0.0}
+        self.reweight_ratio = float(reweight_ratio)
         self.builds = 0
+        self.rebases = 0
+        self.reference: np.ndarray | None = None
         self._est: OrderedDict[Topology, LinearStateEstimator] = OrderedDict()
+        self._primed: set[Topology] = set()
 
     def __contains__(self, topology: Topology) -> bool:
         return topology in self._est
@@ -247,18 +262,53 @@ class TopologyBank:
     def __len__(self) -> int:
         return len(self._est)
 
-    def estimator(self, topology: Topology) -> LinearStateEstimator:
-        hit = self._est.get(topology)
-        if hit is not None:
+    def estimator(self, topology: Topology, z: np.ndarray | None = None) -> LinearStateEstimator:
+        """The estimator of ``topology``; ``z`` becomes the reference when none is set."""
+        if self.reference is None and z is not None:
+            self.reference = np.asarray(z, float).copy()
+        est = self._est.get(topology)
+        if est is not None:
             self._est.move_to_end(topology)
-            return hit
-        est = LinearStateEstimator(self.make_model(self.switches.network(topology)),
-                                   **self.options)
-        self.builds += 1
-        self._est[topology] = est
-        if len(self._est) > self.size:
-            self._est.popitem(last=False)
+        else:
+            est = LinearStateEstimator(self.make_model(self.switches.network(topology)),
+                                       **self.options)
+            self.builds += 1
+            self._est[topology] = est
+            if len(self._est) > self.size:
+                old, _ = self._est.popitem(last=False)
+                self._primed.discard(old)
+        if topology not in self._primed and self.reference is not None:
+            ref = self.reference
+            est.factor(np.isfinite(ref), ref)  # sets the nominal values = the reference
+            self._primed.add(topology)
         return est
+
+    def drifted(self, z: np.ndarray) -> bool:
+        """The sigmas at ``z`` moved, in the median, more than ``reweight_ratio`` away from
+        those at the reference (never when ``reweight_ratio`` is 0)."""
+        if self.reference is None or not self.reweight_ratio:
+            return False
+        model = next(iter(self._est.values())).model if self._est else None
+        if model is None:
+            return False
+        ref = self.reference
+        check = np.isfinite(z) & np.isfinite(ref) & ~model.is_angle & (model.rel > 0)
+        floor = np.maximum(model.floor[check], 1e-12)
+        s_now = np.fmax(model.rel[check] * np.abs(z[check]), floor)
+        s_ref = np.fmax(model.rel[check] * np.abs(ref[check]), floor)
+        moving = (s_now > floor) | (s_ref > floor)
+        if not moving.any():
+            return False
+        return abs(float(np.median(np.log(s_now[moving] / s_ref[moving])))) > math.log(
+            self.reweight_ratio)
+
+    def rebase(self, z: np.ndarray) -> None:
+        """Make ``z`` the reference of every estimator (each refactorizes on next use)."""
+        self.reference = np.asarray(z, float).copy()
+        for est in self._est.values():
+            est.forget_weights()
+        self._primed.clear()
+        self.rebases += 1
 
 
 @dataclass(frozen=True)
@@ -307,7 +357,9 @@ def identify(bank: TopologyBank, z: np.ndarray, reported: Topology, *,
     bank's measurement order); see the module docstring for the method."""
     sw = bank.switches
     cands = sw.candidates(reported) if candidates is None else list(candidates)
-    hyps = [Hypothesis(t, _objective(bank.estimator(t), z, warm))
+    if bank.drifted(z):
+        bank.rebase(z)
+    hyps = [Hypothesis(t, _objective(bank.estimator(t, z), z, warm))
             for t in (reported, *[c for c in cands if c != reported])]
     j_rep = hyps[0].objective
     ranked = tuple(sorted(hyps, key=lambda h: h.objective))

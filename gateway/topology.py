@@ -231,8 +231,9 @@ class TopologyTwin:
         test the candidate topologies when the tracker asks."""
         tr = self.tracker
         events = tr.on_status(now, statuses or {})
-        est = self.bank.estimator(tr.current)
-        state = est.solve(z, now=now)
+        if self.bank.drifted(z):
+            self.bank.rebase(z)
+        state = self.bank.estimator(tr.current, z).solve(z, now=now)
         tr.on_estimate(now, state.objective)
         if tr.needs_test():
             self.tests += 1
