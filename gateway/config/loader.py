@@ -88,6 +88,7 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     network_rules.plant_weather(pr, plants, meters, raw.get("plants", []))
     channels = meter_rules.channels(pr, meters, raw.get("meters", []))
     stream_list = streams.streams(pr, raw.get("streams", []), channels)
+    network_rules.switch_points(pr, net, stream_list)
     commands = sections.commands(pr, pr.table(raw, "commands"), plants)
     rate = max((s.rate_hz for s in stream_list if s.enabled), default=50.0)
     estimator = sections.estimator(pr, pr.table(raw, "estimator"), rate)
