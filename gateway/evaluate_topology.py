@@ -59,18 +59,22 @@ class TopologyEval:
     modes: tuple[str, ...] = STATUS_MODES
     quiet_hours: float = 24.0  # the reconfiguration-free trace
     max_cases: int | None = None
+    only: str | None = None  # cases whose label contains this (e.g. "sw_18_33")
+    probe_every_s: float = math.inf  # periodic tests besides the J-rise trigger
+    pseudo_rel: float = 0.5  # load pseudo-measurement sigma / nominal load
 
 
 class Twin:
     """Bank, snapshot assembly and a fresh tracker per case, for one config."""
 
-    def __init__(self, cfg: TwinConfig, seed: int = 0) -> None:
+    def __init__(self, cfg: TwinConfig, seed: int = 0, pseudo_rel: float = 0.5) -> None:
         self.cfg = cfg
         self.sw = SwitchSet.of(cfg.network)
         base = cfg.network
 
         def make(net: Network) -> Any:
-            return with_load_pseudo(measurement_model(replace(cfg, network=net)), base)
+            return with_load_pseudo(measurement_model(replace(cfg, network=net)), base,
+                                    rel=pseudo_rel)
 
         self.bank = TopologyBank(self.sw, make)
         self.model = self.bank.estimator(self.sw.normal).model
@@ -114,7 +118,7 @@ def run_case(twin: Twin, day: Trace, offset: int, truth_after: Topology, mode: s
     case = reconfigure(win, twin.cfg, plan, seed=seed, phantom=phantom)
     names, status = status_values(twin.cfg, plan, n, "sent" if phantom else mode)
     true_after = sw.normal if phantom else truth_after
-    rt = twin.tracker(probe_every_s=math.inf)
+    rt = twin.tracker(probe_every_s=ev.probe_every_s)
     hit: int | None = None
     for k in range(n):
         st = statuses_from_values(dict(zip(names, status[k], strict=True)))
@@ -128,7 +132,7 @@ def run_case(twin: Twin, day: Trace, offset: int, truth_after: Topology, mode: s
 def false_alarms(twin: Twin, ev: TopologyEval) -> dict[str, Any]:
     day = make_trace(ScenarioSpec(config=ev.config, start=ev.start, hours=ev.quiet_hours,
                                   step_s=ev.step_s, missing_pct=0.0, seed=ev.seed + 1))
-    rt = twin.tracker(probe_every_s=900.0)
+    rt = twin.tracker(probe_every_s=min(900.0, ev.probe_every_s))
     alarms = 0
     for k in range(day.n_steps):
         _, events = rt.step(float(day.time[k]), twin.snapshot(day, k))
@@ -142,9 +146,11 @@ def topology_rows(ev: TopologyEval = TopologyEval(),
     """One row per status mode (identification rate, snapshots to identify) and one of
     false alarms."""
     cfg = load_config(ev.config)
-    twin = Twin(cfg, ev.seed)
+    twin = Twin(cfg, ev.seed, ev.pseudo_rel)
     sw = twin.sw
     cases = [t for t in sw.candidates(sw.normal) if sw.radial(t)]
+    if ev.only is not None:
+        cases = [t for t in cases if ev.only in sw.label(t)]
     if ev.max_cases is not None:
         cases = cases[: ev.max_cases]
     n = ev.before + ev.after
@@ -182,9 +188,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-cases", type=int, default=None)
     ap.add_argument("--quiet-hours", type=float, default=24.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default=None, help="cases whose label contains this")
+    ap.add_argument("--probe-every", type=float, default=math.inf,
+                    help="periodic hypothesis test every this many seconds (default: only "
+                    "when J rises)")
+    ap.add_argument("--pseudo-rel", type=float, default=0.5,
+                    help="load pseudo-measurement sigma as a fraction of the nominal load")
+    ap.add_argument("--modes", default=",".join(STATUS_MODES))
     a = ap.parse_args(argv)
     ev = TopologyEval(config=a.config, max_cases=a.max_cases, quiet_hours=a.quiet_hours,
-                      seed=a.seed)
+                      seed=a.seed, only=a.only, probe_every_s=a.probe_every,
+                      pseudo_rel=a.pseudo_rel, modes=tuple(a.modes.split(",")))
     rows = topology_rows(ev, log=lambda s: print(s, flush=True))
     print(json.dumps(rows[-1]), flush=True)
     return 0
