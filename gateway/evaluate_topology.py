@@ -62,6 +62,7 @@ class TopologyEval:
     only: str | None = None  # cases whose label contains this (e.g. "sw_18_33")
     probe_every_s: float = math.inf  # periodic tests besides the J-rise trigger
     pseudo_rel: float = 0.5  # load pseudo-measurement sigma / nominal load
+    ratio: float = 1.5  # the tracker's summed-J ratio
 
 
 class Twin:
@@ -118,7 +119,7 @@ def run_case(twin: Twin, day: Trace, offset: int, truth_after: Topology, mode: s
     case = reconfigure(win, twin.cfg, plan, seed=seed, phantom=phantom)
     names, status = status_values(twin.cfg, plan, n, "sent" if phantom else mode)
     true_after = sw.normal if phantom else truth_after
-    rt = twin.tracker(probe_every_s=ev.probe_every_s)
+    rt = twin.tracker(probe_every_s=ev.probe_every_s, ratio=ev.ratio)
     hit: int | None = None
     for k in range(n):
         st = statuses_from_values(dict(zip(names, status[k], strict=True)))
@@ -132,7 +133,7 @@ def run_case(twin: Twin, day: Trace, offset: int, truth_after: Topology, mode: s
 def false_alarms(twin: Twin, ev: TopologyEval) -> dict[str, Any]:
     day = make_trace(ScenarioSpec(config=ev.config, start=ev.start, hours=ev.quiet_hours,
                                   step_s=ev.step_s, missing_pct=0.0, seed=ev.seed + 1))
-    rt = twin.tracker(probe_every_s=min(900.0, ev.probe_every_s))
+    rt = twin.tracker(probe_every_s=min(900.0, ev.probe_every_s), ratio=ev.ratio)
     alarms = 0
     for k in range(day.n_steps):
         _, events = rt.step(float(day.time[k]), twin.snapshot(day, k))
@@ -195,10 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pseudo-rel", type=float, default=0.5,
                     help="load pseudo-measurement sigma as a fraction of the nominal load")
     ap.add_argument("--modes", default=",".join(STATUS_MODES))
+    ap.add_argument("--ratio", type=float, default=1.5, help="the tracker's summed-J ratio")
     a = ap.parse_args(argv)
     ev = TopologyEval(config=a.config, max_cases=a.max_cases, quiet_hours=a.quiet_hours,
                       seed=a.seed, only=a.only, probe_every_s=a.probe_every,
-                      pseudo_rel=a.pseudo_rel, modes=tuple(a.modes.split(",")))
+                      pseudo_rel=a.pseudo_rel, ratio=a.ratio, modes=tuple(a.modes.split(",")))
     rows = topology_rows(ev, log=lambda s: print(s, flush=True))
     print(json.dumps(rows[-1]), flush=True)
     return 0
