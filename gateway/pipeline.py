@@ -149,6 +149,9 @@ class Pipeline:
     outputs are wanted (the runner turns them off when no estimator or historian runs).
     """
 
+    #: switch states the estimates use (a gateway.topology label; "normal": the config's)
+    topology: str = "normal"
+
     def __init__(self, cfg: TwinConfig, telemetry: Telemetry, *, quality: Any = None,
                  perf: Callable[[], float] = time.perf_counter) -> None:
         streams = cfg.enabled_streams
@@ -355,7 +358,7 @@ class Pipeline:
                 "chi2_threshold": st.chi2_threshold if math.isfinite(st.chi2_threshold)
                 else None,
                 "iterations": st.iterations, "converged": st.converged,
-                "deadline_met": met,
+                "deadline_met": met, "topology": self.topology,
                 "latency_ms": {"e2e": e2e * 1e3, "handoff": hand * 1e3,
                                "estimate": st.t_solve_s * 1e3},
             }

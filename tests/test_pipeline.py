@@ -325,6 +325,7 @@ def test_states_coming_back_are_measured_stored_and_kept_as_the_latest(
     assert latest["vm_pu"][0] == pytest.approx(0.95) and len(latest["bus"]) == len(
         latest["vm_pu"])
     assert latest["latency_ms"]["e2e"] == pytest.approx(3.0)
+    assert latest["topology"] == "normal"  # the config's switch states
     tel = p.telemetry
     assert tel.states == 1 and tel.chi2_failures == 1  # 250 > 100: bad data suspected
     p.store = False

@@ -93,6 +93,7 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     for problem in sensor_problems(raw, [c.name for c in channels], [
             channels[i].name for s in stream_list if s.enabled for i in s.channels]):
         pr.add(problem)
+    network_rules.switch_points(pr, net, stream_list)
     commands = sections.commands(pr, pr.table(raw, "commands"), plants)
     rate = max((s.rate_hz for s in stream_list if s.enabled), default=50.0)
     estimator = sections.estimator(pr, pr.table(raw, "estimator"), rate)

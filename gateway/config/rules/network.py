@@ -236,3 +236,29 @@ def plant_weather(pr: Problems, plants_: list[Plant], meters: list[Meter], raw: 
             f"use one of {', '.join(weather) or '(no weather meters)'} or remove weather "
             "(the forecaster would fall back to the nameplate guess)", value=p.weather),
             f"meter:{p.weather}")
+
+
+#: status points named ``sw_<from>_<to>`` carry the state of the switch on that branch
+SWITCH_POINT = re.compile(r"sw_(\d+)_(\d+)")
+
+
+def switch_points(pr: Problems, net: Network | None, streams: list[Any]) -> None:
+    """A status point named like a switch (``sw_8_21``) must name a branch of the network
+    and be an ``int32`` (0 open, 1 closed): the topology tracker maps it to that branch."""
+    if net is None:
+        return
+    for i, s in enumerate(streams):
+        key = f"streams[{i}] ({s.name}).points"
+        for p in s.points:
+            m = SWITCH_POINT.fullmatch(p.name) if p.channel is None else None
+            if m is None:
+                continue
+            if p.type != "int32":
+                pr.add(InvalidValue(key, f"switch status {p.name} is {p.type}",
+                                    f'write "{p.name}:int32" (0 open, 1 closed)', value=p.type))
+            try:
+                net.find_branch(int(m[1]), int(m[2]))
+            except NetworkError:
+                pr.add(UnknownReference(key, f"switch status {p.name}: no branch "
+                                        f"{m[1]}-{m[2]} in the network", "name a switch "
+                                        "sw_<from>_<to> after an existing branch", value=p.name))

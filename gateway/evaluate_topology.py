@@ -1,0 +1,210 @@
+"""Evaluation of topology tracking: the ``topology`` rows of ``gridtwin evaluate``.
+
+Cases: every classic reconfiguration of the feeder from its normal topology (close a tie,
+open a sectionalising switch on the loop it forms; :meth:`SwitchSet.candidates`), each at
+another time of a day-long scenario (other loads, other PV), played through
+:class:`~gateway.topology.TopologyTwin` with the switch statuses ``sent``, ``withheld``
+(missing), ``stuck`` or ``phantom`` (falsified; :mod:`hil.reconfigure`). A case is
+identified when the tracker's topology equals the true one within ``within`` snapshots of
+the switching (0: the switching snapshot itself was estimated on the right topology) and
+stays so to the end of the case. False alarms: ``topology_identified`` events over a
+reconfiguration-free day.
+
+The twin's snapshot here is what the live twin sees: the noisy channels, a PV forecast
+(the truth plus the forecaster's error level) and load pseudo-measurements scaled to the
+feeder's load level from the measured head flow (:func:`estimator.topology.with_load_pseudo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from estimator.network import Network
+from estimator.topology import (
+    SwitchSet,
+    Topology,
+    TopologyBank,
+    load_pseudo_values,
+    with_load_pseudo,
+)
+from gateway.config import TwinConfig, load_config
+from gateway.se_model import measurement_model
+from gateway.topology import TopologyTracker, TopologyTwin, statuses_from_values
+from hil.reconfigure import STATUS_MODES, Switching, reconfigure, status_values
+from hil.scenario import ScenarioSpec, make_trace
+from hil.trace import Trace
+
+__all__ = ["TopologyEval", "Twin", "topology_rows"]
+
+PV_FORECAST_FRAC = 0.041  # the forecaster's RMSE as a fraction of the rating
+
+
+@dataclass(frozen=True)
+class TopologyEval:
+    config: str = "ieee33"
+    start: str = "1990-06-01"
+    step_s: float = 60.0
+    before: int = 8  # snapshots before the switching
+    after: int = 8  # snapshots from the switching on
+    within: int = 5  # snapshots allowed to identify
+    seed: int = 0
+    modes: tuple[str, ...] = STATUS_MODES
+    quiet_hours: float = 24.0  # the reconfiguration-free trace
+    max_cases: int | None = None
+    only: str | None = None  # cases whose label contains this (e.g. "sw_18_33")
+    probe_every_s: float = math.inf  # periodic tests besides the J-rise trigger
+    pseudo_rel: float = 0.5  # load pseudo-measurement sigma / nominal load
+    ratio: float = 1.5  # the tracker's summed-J ratio
+
+
+class Twin:
+    """Bank, snapshot assembly and a fresh tracker per case, for one config."""
+
+    def __init__(self, cfg: TwinConfig, seed: int = 0, pseudo_rel: float = 0.5) -> None:
+        self.cfg = cfg
+        self.sw = SwitchSet.of(cfg.network)
+        base = cfg.network
+
+        def make(net: Network) -> Any:
+            return with_load_pseudo(measurement_model(replace(cfg, network=net)), base,
+                                    rel=pseudo_rel)
+
+        self.bank = TopologyBank(self.sw, make)
+        self.model = self.bank.estimator(self.sw.normal).model
+        self.rng = np.random.default_rng(np.random.SeedSequence([seed, 2121]))
+        self.head = cfg.channel_index.get(f"flow.{base.branches.names[0]}.p")
+        self.nominal_mw = float(base.p_load.sum() * base.base_mva)
+        self.ratings = np.array([p.rating_mw for p in cfg.plants])
+
+    def snapshot(self, trace: Trace, k: int) -> np.ndarray:
+        pv = trace.pv_mw[k] + self.rng.standard_normal(self.ratings.size) * (
+            PV_FORECAST_FRAC * self.ratings)
+        head = trace.measured[k, self.head] if self.head is not None else math.nan
+        level = (head + pv.sum()) / self.nominal_mw if math.isfinite(head) else 1.0
+        pseudo = np.r_[pv, load_pseudo_values(self.cfg.network, max(level, 0.05))]
+        return np.asarray(self.model.values_to_pu(trace.measured[k], pseudo))
+
+    def tracker(self, **options: Any) -> TopologyTwin:
+        return TopologyTwin(self.bank, TopologyTracker(self.sw, **options))
+
+
+def _window(trace: Trace, start: int, n: int) -> Trace:
+    sl = slice(start, start + n)
+    return replace(trace, time=trace.time[sl], measured=trace.measured[sl],
+                   truth=trace.truth[sl], bad=trace.bad[sl], missing=trace.missing[sl],
+                   v=trace.v[sl], i_branch_from=trace.i_branch_from[sl],
+                   s_branch_from=trace.s_branch_from[sl], s_branch_to=trace.s_branch_to[sl],
+                   s_inj=trace.s_inj[sl], pv_mw=trace.pv_mw[sl], weather=trace.weather[sl],
+                   extras={})
+
+
+def run_case(twin: Twin, day: Trace, offset: int, truth_after: Topology, mode: str,
+             ev: TopologyEval, seed: int) -> int | None:
+    """Snapshots from the switching until the tracker holds the true topology for good
+    (None: not by the end of the case)."""
+    sw = twin.sw
+    n = ev.before + ev.after
+    states = dict(sw.diff(sw.normal, truth_after))
+    plan = [Switching(ev.before, tuple(states.items()))]
+    win = _window(day, offset, n)
+    phantom = mode == "phantom"
+    case = reconfigure(win, twin.cfg, plan, seed=seed, phantom=phantom)
+    names, status = status_values(twin.cfg, plan, n, "sent" if phantom else mode)
+    true_after = sw.normal if phantom else truth_after
+    rt = twin.tracker(probe_every_s=ev.probe_every_s, ratio=ev.ratio)
+    hit: int | None = None
+    for k in range(n):
+        st = statuses_from_values(dict(zip(names, status[k], strict=True)))
+        rt.step(float(case.time[k]), twin.snapshot(case, k), st)
+        if k >= ev.before:
+            right = rt.tracker.current == true_after
+            hit = (k - ev.before if hit is None else hit) if right else None
+    return hit
+
+
+def false_alarms(twin: Twin, ev: TopologyEval) -> dict[str, Any]:
+    day = make_trace(ScenarioSpec(config=ev.config, start=ev.start, hours=ev.quiet_hours,
+                                  step_s=ev.step_s, missing_pct=0.0, seed=ev.seed + 1))
+    rt = twin.tracker(probe_every_s=min(900.0, ev.probe_every_s), ratio=ev.ratio)
+    alarms = 0
+    for k in range(day.n_steps):
+        _, events = rt.step(float(day.time[k]), twin.snapshot(day, k))
+        alarms += sum(e.kind == "topology_identified" for e in events)
+    return {"row": "topology", "mode": "none", "snapshots": day.n_steps,
+            "hypothesis_tests": rt.tests, "false_alarms": alarms}
+
+
+def topology_rows(ev: TopologyEval = TopologyEval(),
+                  log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """One row per status mode (identification rate, snapshots to identify) and one of
+    false alarms."""
+    cfg = load_config(ev.config)
+    twin = Twin(cfg, ev.seed, ev.pseudo_rel)
+    sw = twin.sw
+    cases = [t for t in sw.candidates(sw.normal) if sw.radial(t)]
+    if ev.only is not None:
+        cases = [t for t in cases if ev.only in sw.label(t)]
+    if ev.max_cases is not None:
+        cases = cases[: ev.max_cases]
+    n = ev.before + ev.after
+    day = make_trace(ScenarioSpec(config=ev.config, start=ev.start, hours=24.0,
+                                  step_s=ev.step_s, missing_pct=0.0, seed=ev.seed))
+    stride = max(1, (day.n_steps - n) // max(1, len(cases)))
+    rows: list[dict[str, Any]] = []
+    for mode in ev.modes:
+        times: list[int | None] = []
+        for i, topo in enumerate(cases):
+            times.append(run_case(twin, day, i * stride, topo, mode, ev, ev.seed + i))
+        rows.append(_row(mode, times, ev.within, [sw.label(t) for t in cases]))
+        if log:
+            log(json.dumps(rows[-1]))
+    rows.append(false_alarms(twin, ev))
+    return rows
+
+
+def _row(mode: str, times: Sequence[int | None], within: int,
+         labels: Sequence[str]) -> dict[str, Any]:
+    ok = [t for t in times if t is not None and t <= within]
+    got = [t for t in times if t is not None]
+    return {"row": "topology", "mode": mode, "cases": len(times),
+            "identified": len(ok), "identification_rate": len(ok) / max(1, len(times)),
+            "median_snapshots": float(np.median(got)) if got else None,
+            "max_snapshots": max(got) if got else None,
+            "missed": [lab for lab, t in zip(labels, times, strict=True)
+                       if t is None or t > within]}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m gateway.evaluate_topology",
+                                 description="topology identification rows (JSON lines)")
+    ap.add_argument("--config", default="ieee33")
+    ap.add_argument("--max-cases", type=int, default=None)
+    ap.add_argument("--quiet-hours", type=float, default=24.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", default=None, help="cases whose label contains this")
+    ap.add_argument("--probe-every", type=float, default=math.inf,
+                    help="periodic hypothesis test every this many seconds (default: only "
+                    "when J rises)")
+    ap.add_argument("--pseudo-rel", type=float, default=0.5,
+                    help="load pseudo-measurement sigma as a fraction of the nominal load")
+    ap.add_argument("--modes", default=",".join(STATUS_MODES))
+    ap.add_argument("--ratio", type=float, default=1.5, help="the tracker's summed-J ratio")
+    a = ap.parse_args(argv)
+    ev = TopologyEval(config=a.config, max_cases=a.max_cases, quiet_hours=a.quiet_hours,
+                      seed=a.seed, only=a.only, probe_every_s=a.probe_every,
+                      pseudo_rel=a.pseudo_rel, ratio=a.ratio, modes=tuple(a.modes.split(",")))
+    rows = topology_rows(ev, log=lambda s: print(s, flush=True))
+    print(json.dumps(rows[-1]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
