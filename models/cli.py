@@ -203,7 +203,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_tables(report: dict[str, object]) -> None:
-    for section in ("detection", "prediction", "pv", "se", "forecast", "sensors"):
+    for section in ("detection", "prediction", "pv", "se", "topology", "forecast", "sensors"):
         rows = report.get(section) or []
         print(f"== {section}")
         if not rows:
