@@ -1451,7 +1451,6 @@ class LinearStateEstimator:
         # z_t = m e^{ja} (PMU phasors): fixed per row; conj(S) = P - jQ (Q = 0 at PV slots)
         zt[:, ph] = z0[:, ph] * np.exp(1j * z1[:, ph])
         s_conj = z0[:, pw] - 1j * np.where(fac.is_pv_slot[pw], 0.0, z1[:, pw])
-        has_c = fac.c.shape[0] > 0
         iters = np.zeros(nb, np.int64)
         conv = np.zeros(nb, bool)
         dv_prev = np.zeros(nb)
@@ -1463,18 +1462,7 @@ class LinearStateEstimator:
             zl = zt[live]
             zl[:, pw] = s_conj[live] / np.conj(v[:, vb])
             x1 = xv @ m_t + zl.view(np.float64) @ op_t
-            if has_c:
-                x1 -= (fac.c @ xv.T).T @ fac.opc.T  # type: ignore[union-attr]
-            if fac.pv.size:
-                x1 = self._batch_pv(fac, v, x1)
-            dv = np.abs(x1 - xv).max(axis=1)
-            x[live] = x1
-            iters[live] = it
-            done = (dv < tol) | ((2.0 * dv < dv_prev[live]) & (dv * dv < tol * (dv_prev[live]
-                                                                               - dv)))
-            dv_prev[live] = dv
-            conv[live[done]] = True
-            live = live[~done]
+            live = self._batch_settle(fac, v, xv, x1, x, live, it, tol, iters, conv, dv_prev)
             if live.size == 0:
                 break
         return x, iters, conv
@@ -1491,8 +1479,7 @@ class LinearStateEstimator:
                          np.ascontiguousarray(fac.hd.T), op_t,
                          np.eye(fac.n_state) - fac.hd.T @ op_t)
         ad, hd_t, op_t, _ = fac.batch
-        phasor, pvs, vbus, pv = fac.is_phasor, fac.is_pv_slot, fac.vbus, fac.pv
-        has_c = fac.c.shape[0] > 0
+        phasor, pvs, vbus = fac.is_phasor, fac.is_pv_slot, fac.vbus
         nb = x.shape[0]
         if nb == 0:
             return x, np.zeros(0, np.int64), np.zeros(0, bool)
@@ -1517,22 +1504,30 @@ class LinearStateEstimator:
             # r_t = z_t - H x ; dX = r_t op^T (one multi-right-hand-side product)
             rt = zt.view(np.float64) - xv @ hd_t
             x1 = xv + rt @ op_t
-            if has_c:
-                x1 -= (fac.c @ xv.T).T @ fac.opc.T  # type: ignore[union-attr]
-            if pv.size:
-                x1 = self._batch_pv(fac, v, x1)
-            dv = np.abs(x1 - xv).max(axis=1)
-            x[live] = x1
-            iters[live] = it
-            # _converged, per column
-            done = (dv < tol) | ((2.0 * dv < dv_prev[live]) & (dv * dv < tol * (dv_prev[live]
-                                                                               - dv)))
-            dv_prev[live] = dv
-            conv[live[done]] = True
-            live = live[~done]
+            live = self._batch_settle(fac, v, xv, x1, x, live, it, tol, iters, conv, dv_prev)
             if live.size == 0:
                 break
         return x, iters, conv
+
+    def _batch_settle(self, fac: _Factor, v: np.ndarray, xv: np.ndarray, x1: np.ndarray,
+                      x: np.ndarray, live: np.ndarray, it: int, tol: float,
+                      iters: np.ndarray, conv: np.ndarray, dv_prev: np.ndarray
+                      ) -> np.ndarray:
+        """End of one batch iteration: the equality constraints' and the PV nodes'
+        corrections, the new iterates stored, each column's convergence test (as in
+        :meth:`_converged`); the columns still iterating."""
+        if fac.c.shape[0]:
+            x1 -= (fac.c @ xv.T).T @ fac.opc.T  # type: ignore[union-attr]
+        if fac.pv.size:
+            x1 = self._batch_pv(fac, v, x1)
+        dv = np.abs(x1 - xv).max(axis=1)
+        x[live] = x1
+        iters[live] = it
+        done = (dv < tol) | ((2.0 * dv < dv_prev[live]) & (dv * dv < tol * (dv_prev[live]
+                                                                           - dv)))
+        dv_prev[live] = dv
+        conv[live[done]] = True
+        return live[~done]
 
     @staticmethod
     def _batch_pv(fac: _Factor, v: np.ndarray, x1: np.ndarray) -> np.ndarray:
