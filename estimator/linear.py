@@ -381,7 +381,7 @@ class _Factor:
     w: sp.csr_matrix | None = None  # slot weights W (2g x 2g)
     wb: np.ndarray | None = None  # the same per slot: columns w11, w12, w22
     fast: _Fast | None = None
-    batch: tuple[np.ndarray, ...] | None = None  # A^T, H^T, op^T (contiguous) for batches
+    batch: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # A^T, H^T, op^T (contiguous) for batches
     plan: tuple[Any, ...] | None = None  # what the re-weighting check reads (_plan)
 
 
@@ -1430,6 +1430,18 @@ class LinearStateEstimator:
         self.last_factor = fac
         return self._last_v
 
+    @staticmethod
+    def _batch_ops(fac: _Factor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(A^T, H^T, op^T, M = I - H^T op^T)`` dense, made once per factorization for
+        the batch iterations (row-vector form: ``X = V A^T``, ``x' = x M + z_t op^T``)."""
+        assert fac.op is not None and fac.hd is not None
+        if fac.batch is None:
+            op_t = np.ascontiguousarray(fac.op.T)
+            fac.batch = (np.ascontiguousarray(fac.a.toarray().T),
+                         np.ascontiguousarray(fac.hd.T), op_t,
+                         np.eye(fac.n_state) - fac.hd.T @ op_t)
+        return fac.batch
+
     def _batch_iterate_full(self, fac: _Factor, x: np.ndarray, z0: np.ndarray,
                             z1: np.ndarray, tol: float, itmax: int
                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1437,13 +1449,7 @@ class LinearStateEstimator:
         fixed per row, the power slots' equivalent currents per iteration, and one
         product with the iteration matrix ``M = I - (op H)^T`` and one with ``op^T`` per
         iteration (``x' = x + (z_t - x H^T) op^T = x M + z_t op^T``)."""
-        assert fac.op is not None and fac.hd is not None
-        if fac.batch is None:
-            op_t = np.ascontiguousarray(fac.op.T)
-            fac.batch = (np.ascontiguousarray(fac.a.toarray().T),  # n x g: X = V A^T
-                         np.ascontiguousarray(fac.hd.T), op_t,
-                         np.eye(fac.n_state) - fac.hd.T @ op_t)
-        _, _, op_t, m_t = fac.batch
+        _, _, op_t, m_t = self._batch_ops(fac)
         ph, pw = fac.phasor_pos, fac.power_pos
         vb = fac.vbus[pw]
         nb = x.shape[0]
@@ -1472,13 +1478,7 @@ class LinearStateEstimator:
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_iterate` on ``B`` columns at once (rows of ``x``, interleaved states);
         a column stops at its own convergence. Returns ``(x, iterations, converged)``."""
-        assert fac.op is not None and fac.hd is not None
-        if fac.batch is None:
-            op_t = np.ascontiguousarray(fac.op.T)
-            fac.batch = (np.ascontiguousarray(fac.a.toarray().T),  # n x g: X = V A^T
-                         np.ascontiguousarray(fac.hd.T), op_t,
-                         np.eye(fac.n_state) - fac.hd.T @ op_t)
-        ad, hd_t, op_t, _ = fac.batch
+        ad, hd_t, op_t, _ = self._batch_ops(fac)
         phasor, pvs, vbus = fac.is_phasor, fac.is_pv_slot, fac.vbus
         nb = x.shape[0]
         if nb == 0:
