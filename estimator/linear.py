@@ -381,7 +381,8 @@ class _Factor:
     w: sp.csr_matrix | None = None  # slot weights W (2g x 2g)
     wb: np.ndarray | None = None  # the same per slot: columns w11, w12, w22
     fast: _Fast | None = None
-    batch: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None  # A^T, H^T, op^T (contiguous) for batches
+    # A^T, H^T, op^T, M (contiguous) for batches (LinearStateEstimator._batch_ops)
+    batch: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
     plan: tuple[Any, ...] | None = None  # what the re-weighting check reads (_plan)
 
 
