@@ -30,3 +30,22 @@ def offer_rows(edge: EdgeBus, trace, seqs: range, *, wall: bool = False) -> None
                             time.time() if wall else float(trace.time[k]),
                             trace.measured[k], np.zeros(m, np.uint32), trace.pv_mw[k],
                             np.full(n, 0.01))
+
+
+async def play_into(gw, base, trace, steps: int, *,  # type: ignore[no-untyped-def]
+                    counter: str = "states") -> None:
+    """Play ``steps`` of ``trace`` from the emulator into the running gateway ``gw`` over
+    loopback UDP, one step at a time, each awaited until ``gw.<counter>`` has counted it
+    (``states``: its estimate; ``snapshots``: its snapshot)."""
+    import socket
+
+    from hil.emulator import Emulator, retarget
+
+    ports = {n: t.local_address for n, t in gw.transports.items()}
+    em = Emulator(retarget(base, {n: f"udp://{a[0]}:{a[1]}" for n, a in ports.items() if a}),
+                  trace, rate_hz=50.0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for k in range(steps):
+            for out in em.frames(k):
+                tx.sendto(out.emission.data, (out.plan.stream.host, out.plan.stream.port))
+            await until(lambda k=k: getattr(gw, counter) > k, f"{counter} of step {k}")

@@ -9,7 +9,6 @@ statistics. A real ``nats-server -js`` per test.
 from __future__ import annotations
 
 import dataclasses
-import socket
 
 import numpy as np
 
@@ -18,10 +17,10 @@ from gateway.bus.conn import BusOptions
 from gateway.bus.fleet import register_config
 from gateway.bus.worker import Worker
 from gateway.config import BusConfig, load_config
-from hil.emulator import Emulator, retarget
+from hil.emulator import retarget
 from hil.natsserver import NatsServer
 from hil.scenario import ScenarioSpec, make_trace
-from tests.fleethelpers import until
+from tests.fleethelpers import play_into, until
 
 STEPS = 40
 
@@ -38,18 +37,11 @@ async def test_gateway_estimated_by_fleet_workers(nats: NatsServer) -> None:
     worker = Worker(opts)
     await worker.start()
     gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="", quality=False))
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         await gw.start()
         assert gw.supervisor is None and gw.bus is not None  # the workers estimate
-        ports = {n: t.local_address for n, t in gw.transports.items()}
-        em = Emulator(retarget(base, {n: f"udp://{a[0]}:{a[1]}" for n, a in ports.items()
-                                      if a}), trace, rate_hz=50.0)
         seen: dict[int, np.ndarray] = {}
-        for k in range(STEPS):
-            for out in em.frames(k):
-                tx.sendto(out.emission.data, (out.plan.stream.host, out.plan.stream.port))
-            await until(lambda k=k: gw.snapshots > k, f"snapshot {k}")
+        await play_into(gw, base, trace, STEPS, counter="snapshots")
         await until(lambda: worker.stats.solved + worker.stats.superseded == gw.snapshots,
                     "every snapshot estimated or superseded")
         await until(lambda: gw.states == worker.stats.solved, "the states back at the edge")
@@ -58,7 +50,6 @@ async def test_gateway_estimated_by_fleet_workers(nats: NatsServer) -> None:
         seen[int(st["seq"])] = np.array(st["vm_pu"])
         summary = gw.summary()
     finally:
-        tx.close()
         await gw.close()
         await worker.close()
     assert summary["bus"]["published"] >= STEPS and summary["bus"]["dropped"] == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +21,9 @@ import pytest
 from gateway.app import Gateway, GatewayOptions
 from gateway.config import load_config
 from gateway.web.page import BAND_COLOURS, VoltageLimits, voltage_band
-from hil.emulator import Emulator, retarget
+from hil.emulator import retarget
 from hil.scenario import ScenarioSpec, make_trace
+from tests.fleethelpers import play_into, until
 
 STEPS = 60
 BAD_STEP = 40  # after the quality stage's 10-sample window has filled
@@ -45,15 +45,6 @@ def _browser(profile: Path):  # type: ignore[no-untyped-def]
               f"--user-data-dir={profile}", "--window-size=1600,1000"):
         opts.add_argument(a)
     return webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER))
-
-
-async def until(cond: Callable[[], object], what: str, timeout: float = 60.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def until_async(cond: Callable[[], object], what: str, timeout: float = 60.0) -> None:
@@ -83,7 +74,6 @@ async def test_live_page_in_chromium(tmp_path: Path) -> None:
     cfg = retarget(base, {s.name: "udp://127.0.0.1:0" for s in base.streams})
     gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="127.0.0.1:0",
                                      spare=False))
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     driver = None
     try:
         await gw.start()
@@ -92,13 +82,7 @@ async def test_live_page_in_chromium(tmp_path: Path) -> None:
         driver = await asyncio.to_thread(_browser, tmp_path / "profile")
         await asyncio.to_thread(driver.get, f"http://127.0.0.1:{port}/")
         await until(lambda: gw.live.feed.clients, "the page's live connection")
-        ports = {n: t.local_address for n, t in gw.transports.items()}
-        em = Emulator(retarget(base, {n: f"udp://{a[0]}:{a[1]}" for n, a in ports.items()
-                                      if a}), trace, rate_hz=50.0)
-        for k in range(STEPS):
-            for out in em.frames(k):
-                tx.sendto(out.emission.data, (out.plan.stream.host, out.plan.stream.port))
-            await until(lambda k=k: gw.states > k, f"the estimate of step {k}")
+        await play_into(gw, base, trace, STEPS, counter="states")
 
         def page(js: str) -> object:
             return driver.execute_script(js)  # type: ignore[union-attr]
@@ -116,7 +100,6 @@ async def test_live_page_in_chromium(tmp_path: Path) -> None:
     finally:
         if driver is not None:
             await asyncio.to_thread(driver.quit)
-        tx.close()
         await gw.close()
     assert [int(b) for b, _, _ in buses] == [int(b) for b in cfg.network.bus_ids]
     lim = VoltageLimits()

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
 from gateway.app import Gateway, GatewayOptions
 from gateway.config import load_config
-from hil.emulator import Emulator, retarget
+from hil.emulator import retarget
 from hil.scenario import ScenarioSpec, make_trace
-from tests.fleethelpers import until
+from tests.fleethelpers import play_into, until
 
 STEPS = 30
 
@@ -34,20 +33,13 @@ async def test_history_from_memory_and_from_the_historian(tmp_path: Path) -> Non
     gw = Gateway(cfg, GatewayOptions(historian_url=f"sqlite:///{tmp_path / 'twin.db'}",
                                      metrics_bind="127.0.0.1:0", quality=False, spare=False,
                                      forecast=False))
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         await gw.start()
         assert gw.server is not None and gw.server.address is not None
         port = gw.server.address[1]
         # the page's feed keeps memory only while a browser listens: one listens here
         gw.live.feed.connect()
-        ports = {n: t.local_address for n, t in gw.transports.items()}
-        em = Emulator(retarget(base, {n: f"udp://{a[0]}:{a[1]}" for n, a in ports.items()
-                                      if a}), trace, rate_hz=50.0)
-        for k in range(STEPS):
-            for out in em.frames(k):
-                tx.sendto(out.emission.data, (out.plan.stream.host, out.plan.stream.port))
-            await until(lambda k=k: gw.states > k, f"the estimate of step {k}")
+        await play_into(gw, base, trace, STEPS, counter="states")
         await until(lambda: gw.historian.stats().committed > 0, "rows in the database")
         gw.historian.flush(10)
         mem = await asyncio.to_thread(_get, port, "/history?bus=6")
@@ -55,7 +47,6 @@ async def test_history_from_memory_and_from_the_historian(tmp_path: Path) -> Non
         bad = await asyncio.to_thread(_get, port, "/history?bus=999")
         junk = await asyncio.to_thread(_get, port, "/history?bus=six")
     finally:
-        tx.close()
         await gw.close()
     assert mem[0] == 200 and mem[1]["source"] == "memory" and mem[1]["bus"] == 6
     assert stored[0] == 200 and stored[1]["source"] == "historian"
