@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -21,17 +22,31 @@ def mysql_scratch() -> Iterator[tuple[str, str]]:
     base = os.environ.get("GRIDTWIN_MYSQL_URL")
     if not base:
         pytest.skip(MYSQL_SKIP)
+    db = f"gt_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    yield base, db
+    drop_scratch(base, db)
+
+
+def drop_scratch(base: str, db: str) -> None:
+    """Drop a scratch database without waiting on anyone: connections still using it (a
+    test that failed half-way, a writer stuck behind a cut proxy) are killed first, and
+    every wait is bounded, so a failed test can never hang the suite here."""
     import pymysql
 
     from gateway.historian.mysql import parse_mysql_url
 
-    db = f"gt_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    yield base, db
     a = parse_mysql_url(urlsplit(base)._replace(path="/" + db).geturl())
     conn = pymysql.connect(host=a["host"], port=a["port"], user=a["user"],
-                           password=a["password"])
+                           password=a["password"], connect_timeout=10, read_timeout=60,
+                           write_timeout=60)
     try:
         with conn.cursor() as cur:
+            cur.execute("SET SESSION lock_wait_timeout = 30")
+            cur.execute("SELECT id FROM information_schema.processlist "
+                        "WHERE db = %s AND id <> CONNECTION_ID()", (db,))
+            for (pid,) in cur.fetchall():
+                with contextlib.suppress(pymysql.MySQLError):
+                    cur.execute("KILL %s", (int(pid),))
             cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
     finally:
         conn.close()

@@ -232,8 +232,12 @@ class Sink:
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
-        await asyncio.get_running_loop().run_in_executor(self._db, self.backend.close)
-        self._db.shutdown(wait=False)
+        # bounded: a write stuck behind a dead link must not hold the shutdown forever
+        # (the backend's own socket timeouts end it; the thread is not waited for)
+        with contextlib.suppress(TimeoutError, HistorianError):
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                self._db, self.backend.close), self.write_timeout_s)
+        self._db.shutdown(wait=False, cancel_futures=True)
 
     def _connect(self) -> None:
         self.backend.connect()
