@@ -406,6 +406,104 @@ class _Fast:
     m1: np.ndarray | None  # PV: Pc E Pc^T (complex p x p), Pc = rows of Ybus[pv]
     m2: np.ndarray | None  # PV: Pc E Pc^H
     er: np.ndarray | None  # PV: E R0^T (2n x 2p), interleaved
+    step: _DenseStep | None = None  # dense: the fixed point as one product per iteration
+
+
+class _DenseStep:
+    """The dense fast path of one factorization (every slot complete), built once: the
+    fixed point as one matrix-vector product per iteration plus the PV correction.
+
+    Direct form of the correction step of :meth:`LinearStateEstimator._iterate_fast`:
+    ``x' = x + op (z_t - H x) - K0^-1[x, c] alpha C x = op_ph z_ph + op_pw z_pw + M x``
+    with ``M = I - op H - K0^-1[x, c] alpha C`` (the batch path's iteration matrix),
+    ``z_ph`` the phasor slots' rectangular values (fixed per snapshot: their product
+    ``b`` is taken once) and ``z_pw`` the power slots' equivalent currents (per
+    iteration). With ``w = [z_pw; x]`` kept in one preallocated vector, an iteration is
+    ``[x'; R0 x'] = [b; R0 b] + [[op_pw, M]; [R0 op_pw, R0 M]] w``: the PV rows ``R0 x'``
+    come out of the same product. Per snapshot the measurement vector is read through two
+    precomputed gathers (phasor members, power members with the sign of ``conj(S)`` and
+    ``Q = 0`` at PV slots), so nothing is validated or allocated per call beyond the
+    products' results.
+    """
+
+    def __init__(self, fac: _Factor, f: _Fast) -> None:
+        assert fac.op is not None and fac.hd is not None
+        n2 = fac.n_state
+        ph, pw = fac.phasor_pos, fac.power_pos
+        op = fac.op
+        mat = np.eye(n2) - op @ fac.hd
+        if fac.c.shape[0]:
+            assert fac.opc is not None
+            mat -= fac.opc @ fac.c.toarray()
+        opb = op[:, _pair(ph)]
+        opw = np.hstack([op[:, _pair(pw)], mat])
+        if fac.r0 is not None:
+            r0 = fac.r0.toarray()
+            opb = np.vstack([opb, r0 @ opb])
+            opw = np.vstack([opw, r0 @ opw])
+        self.n2 = n2
+        self.opb = np.ascontiguousarray(opb)
+        self.opw = np.ascontiguousarray(opw)
+        # phasor members: [|.|_0, angle_0, |.|_1, ...]
+        self.ph01 = np.ravel(np.column_stack([fac.idx0[ph], fac.idx1[ph]]))
+        # power members: [P_0, Q_0, P_1, ...] (a PV slot reads its P twice, weighted 0) and
+        # the sign that makes them conj(S) = P - jQ
+        pv = fac.is_pv_slot[pw]
+        self.pw01 = np.ravel(np.column_stack([fac.idx0[pw],
+                                              np.where(pv, fac.idx0[pw], fac.idx1[pw])]))
+        self.sign = np.ravel(np.column_stack([np.ones(pw.size), np.where(pv, 0.0, -1.0)]))
+        self.vb = fac.vbus[pw]
+        self.k = 2 * pw.size
+        self.w = np.empty(self.k + n2)  # [z_pw (interleaved); x]
+        self.pv = fac.pv
+        self.m1, self.m2, self.er = f.m1, f.m2, f.er
+
+    def run(self, v: np.ndarray, z: np.ndarray, tol: float,
+            itmax: int) -> tuple[np.ndarray, int, float]:
+        """The fixed point from ``v`` for measurement vector ``z`` (see the class)."""
+        k, n2 = self.k, self.n2
+        w = self.w
+        zc = w[:k].view(complex)  # the power slots' equivalent currents
+        xv = w[k:]
+        v_prev = xv.view(complex)
+        v_prev[:] = v
+        zz = z[self.ph01]
+        # [b; R0 b] = [op_ph; R0 op_ph] z_ph, z_ph = m e^{ja}
+        b = self.opb @ (zz[0::2] * np.exp(1j * zz[1::2])).view(np.float64)
+        sc = z[self.pw01]
+        sc *= self.sign
+        s_conj = sc.view(complex)
+        npv = self.pv.size
+        dv = np.inf
+        dv_prev = 0.0
+        for it in range(1, itmax + 1):
+            # equivalent currents I = conj(S) / conj(V_k)
+            np.divide(s_conj, np.conj(v_prev[self.vb]), out=zc)
+            y = self.opw @ w
+            y += b
+            x = y[:n2]
+            if npv:
+                x = self._pv(v_prev, y[n2:].view(complex), x)
+            dv = float(np.abs(x - xv).max())
+            xv[:] = x
+            if _converged(dv, dv_prev, tol):
+                return x.view(complex).copy(), it, dv
+            dv_prev = dv
+        raise _not_converged(itmax, dv, xv.view(complex).copy())
+
+    def _pv(self, v: np.ndarray, yp: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """``Q = 0`` at the PV nodes: ``Im(conj(u_j) Ybus[j] V) = 0``, ``u_j`` the unit voltage
+        phasor at the previous iterate ``v``; ``yp = R0 x`` before the correction."""
+        u = v[self.pv]
+        u /= np.abs(u)
+        ub = u.conj()
+        t = (ub * yp).imag
+        # S = D^T (R0 E R0^T) D = Re(conj(u) u^T o M2 - conj(u) conj(u)^T o M1) / 2
+        s = (ub[:, None] * (self.m2 * u - self.m1 * ub)).real  # type: ignore[operator]
+        mu = gesv(s, t)[2]
+        # x = x0 - E R0^T D mu ; D mu interleaved = j u mu (mu from 2 S)
+        x -= self.er @ (2j * u * mu).view(np.float64)  # type: ignore[operator]
+        return x
 
 
 class LinearStateEstimator:
@@ -462,6 +560,7 @@ class LinearStateEstimator:
             raise EstimatorError(f"weight_tolerance must be > 0, not {weight_tolerance!r}")
         self.weight_tolerance = float(weight_tolerance)
         self._tol_hi = 1.0 + self.weight_tolerance
+        self._tol_sum = self._tol_hi + 1.0 / self._tol_hi  # r + 1/r at the tolerance
         #: how many times the nominal values were re-based on a snapshot (see the rule)
         self.reweights = 0
         self._nspace: tuple[sp.csr_matrix, np.ndarray] | None = None
@@ -472,6 +571,7 @@ class LinearStateEstimator:
         self._chi2_cache: dict[int, float] = {}
         self._cache: OrderedDict[bytes, _Factor] = OrderedDict()
         self._nominal_set = np.zeros(model.m, bool)
+        self._nom_version = 0  # bumped whenever nominal values or sigmas change
         #: the sigma of every measurement at its nominal value (what the gain weighs; 1
         #: where no nominal value is set yet)
         self.nominal_sigma = np.ones(model.m)
@@ -512,6 +612,7 @@ class LinearStateEstimator:
             model.nominal[fresh] = z[fresh]
             self.nominal_sigma[fresh] = (model.sigma(z) if sig is None else sig)[fresh]
             self._nominal_set |= fresh
+            self._nom_version += 1
         self._observable(active)  # structural: cached per measurement set
         with single_threaded():
             fac = self._build(active)
@@ -883,7 +984,7 @@ class LinearStateEstimator:
         if self.reweight_ratio and self._drifted(z, act):
             self._rebase(z, sig, act)
         fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
-        if self.reweight_ratio and self._slots_drifted(fac, z, sig, act):
+        if self.reweight_ratio and self._slots_drifted(fac, z, sig, act, bool(act.all())):
             self._rebase(z, sig, act, full=False)
             fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
         tol = self.tolerance if tolerance is None else float(tolerance)
@@ -961,51 +1062,62 @@ class LinearStateEstimator:
         return fac, fac.has0, fac.has1, fac.complete, fac.dof, fac.chi2
 
     def _slots_drifted(self, fac: _Factor, z: np.ndarray, sig: np.ndarray,
-                       act: np.ndarray) -> bool:
+                       act: np.ndarray, full: bool = False) -> bool:
         """Rule (b) of the module docstring: some complete slot's covariance at the current
         values is off the gain's by more than ``weight_tolerance`` now and in the previous
         solve. Power and PV slots (diagonal or isotropic covariance): each member's
-        ``(sigma_now / sigma_gain)^2``; phasor slots: the eigenvalues of ``W_gain R_now``
-        (2x2), ``tr/2 +- sqrt(tr^2/4 - det)`` (the per-call cost matters: ~20 us)."""
-        plan = self._plan(fac)
-        pm, ph, i0, i1, wph = plan
+        ``r = (sigma_now / sigma_gain)^2`` outside ``[1/tol, tol]``, i.e. ``r + 1/r >
+        tol + 1/tol``; phasor slots: the eigenvalues of ``W_gain R_now`` (2x2),
+        ``tr/2 +- sqrt(tr^2/4 - det)``. Everything that does not depend on the snapshot
+        is in the plan (:meth:`_plan`); ``full``: every measurement active (no masks)."""
+        (_, pm, pm_slot, inv_nom, nom_pm, ph, i0, i1, wa, wb, w12, wdet, nom_ph,
+         all_nom) = self._plan(fac)
         tol = self._tol_hi
-        drift = np.zeros(self.model.g, bool)
-        # power members: sigma ratio squared outside [1/tol, tol]
-        r = sig[pm] / self.nominal_sigma[pm]
+        r = sig[pm] * inv_nom
         r *= r
-        bad = ((r > tol) | (r * tol < 1.0)) & act[pm] & self._nominal_set[pm]
-        drift[self.model.slot[pm[bad]]] = True
-        # phasor slots with both members: R = s_m^2 d d^T + max(m^2 s_a^2, .01 s_m^2) p p^T
-        ok = act[i0] & act[i1] & self._nominal_set[i0]
-        vd = sig[i0] ** 2
-        vp = np.maximum((z[i0] * sig[i1]) ** 2, 0.01 * vd)
-        c, s = np.cos(z[i1]), np.sin(z[i1])
-        cc, ss, cs = c * c, s * s, c * s
-        r11 = vd * cc + vp * ss
-        r22 = vd * ss + vp * cc
-        r12 = (vd - vp) * cs
-        w11, w12, w22 = wph
-        tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
-        det = (w11 * w22 - w12 * w12) * (vd * vp)
-        disc = np.sqrt(np.maximum(0.25 * tr * tr - det, 0.0))
-        hit = ok & (((0.5 * tr + disc) > tol) | ((0.5 * tr - disc) * tol < 1.0))
+        bad = (r + 1.0 / r) > self._tol_sum
+        # phasor slots: R = s_m^2 d d^T + max(m^2 s_a^2, .01 s_m^2) p p^T, d = (cos a,
+        # sin a); tr(W R) = vd (A + K) + vp (A - K) with A = (w11 + w22) / 2,
+        # K = (w11 - w22) / 2 cos 2a + w12 sin 2a; det(W R) = det(W) vd vp
+        vd = sig[i0]
+        vd *= vd
+        vp = z[i0] * sig[i1]
+        vp *= vp
+        np.maximum(vp, 0.01 * vd, out=vp)
+        e2 = np.exp(2j * z[i1])
+        k = wb * e2.real + w12 * e2.imag
+        tr = vd * (wa + k) + vp * (wa - k)
+        half = 0.5 * tr
+        disc = np.sqrt(np.maximum(half * half - wdet * vd * vp, 0.0))
+        hit = ((half + disc) > tol) | ((half - disc) * tol < 1.0)
+        if not (full and all_nom):
+            bad &= act[pm] & nom_pm
+            hit &= act[i0] & act[i1] & nom_ph
+        drift = np.zeros(self.model.g, bool)
+        drift[pm_slot[bad]] = True
         drift[ph[hit]] = True
-        fire = bool(np.any(drift & self._drift_prev))
+        fire = bool((drift & self._drift_prev).any())
         self._drift_prev = drift
         return fire
 
     def _plan(self, fac: _Factor) -> tuple[Any, ...]:
-        """Per factorization (cached): what :meth:`_slots_drifted` reads: the members of
-        the power and PV slots, the phasor slots, their magnitude and angle members and
-        the gain's weights of those slots."""
-        if fac.plan is None:
+        """Per factorization and nominal values (cached): what :meth:`_slots_drifted`
+        reads: the members of the power and PV slots with their slots and the inverse of
+        their sigmas in the gain, the phasor slots, their magnitude and angle members and
+        the gain's weights of those slots as the constants of the eigenvalue test."""
+        if fac.plan is None or fac.plan[0] != self._nom_version:
             assert fac.wb is not None
             phm = fac.is_phasor & fac.has0 & fac.has1
             pw = ~fac.is_phasor
-            pm = np.r_[fac.idx0[pw & fac.has0], fac.idx1[pw & fac.has1 & ~fac.is_pv_slot]]
-            wph = tuple(np.ascontiguousarray(c) for c in fac.wb[phm].T)
-            fac.plan = (np.sort(pm), fac.slots[phm], fac.idx0[phm], fac.idx1[phm], wph)
+            pm = np.sort(np.r_[fac.idx0[pw & fac.has0],
+                               fac.idx1[pw & fac.has1 & ~fac.is_pv_slot]])
+            w11, w12, w22 = (np.ascontiguousarray(c) for c in fac.wb[phm].T)
+            i0 = fac.idx0[phm]
+            nom_pm, nom_ph = self._nominal_set[pm], self._nominal_set[i0]
+            fac.plan = (self._nom_version, pm, self.model.slot[pm],
+                        1.0 / self.nominal_sigma[pm], nom_pm, fac.slots[phm], i0,
+                        fac.idx1[phm], 0.5 * (w11 + w22), 0.5 * (w11 - w22), w12,
+                        w11 * w22 - w12 * w12, nom_ph, bool(nom_pm.all() and nom_ph.all()))
         return fac.plan
 
     def _run(self, fac: _Factor, v: np.ndarray, z: np.ndarray, finite: np.ndarray,
@@ -1013,6 +1125,11 @@ class LinearStateEstimator:
              itmax: int) -> tuple[np.ndarray, int, float]:
         if complete:
             # every member of every slot active (and so finite)
+            if fac.dense:
+                f = self._fast(fac)
+                if f.step is None:
+                    f.step = _DenseStep(fac, f)
+                return f.step.run(v, z, tol, itmax)
             return self._iterate_fast(fac, v, z, tol, itmax)
         zc = np.where(finite, z, 0.0)
         z0 = np.where(has0, zc[fac.idx0], 0.0)
@@ -1162,6 +1279,7 @@ class LinearStateEstimator:
         self.nominal_sigma[:] = 1.0
         self._stale.clear()
         self._nominal_set[:] = False
+        self._nom_version += 1
         self._drift_prev[:] = False
         self._cache.clear()
         self._sens.clear()
@@ -1208,7 +1326,7 @@ class LinearStateEstimator:
         self.model.nominal[act] = z[act]
         self.nominal_sigma[act] = sig[act]
         self._nominal_set[act] = True
-        self._nominal_set[act] = True
+        self._nom_version += 1
         self.reweights += 1
 
     # ------------------------------------------------------------------ batch
