@@ -457,22 +457,21 @@ class _DenseStep:
         self.w = np.empty(self.k + n2)  # [z_pw (interleaved); x]
         self.pv = fac.pv
         self.m1, self.m2, self.er = f.m1, f.m2, f.er
+        self.newton: np.ndarray | None = None  # T (see _newton), at the first solve
 
     def run(self, v: np.ndarray, z: np.ndarray, tol: float,
             itmax: int) -> tuple[np.ndarray, int, float]:
-        """The fixed point from ``v`` for measurement vector ``z`` (see the class)."""
+        """The fixed point from ``v`` for measurement vector ``z`` (see the class):
+        Newton-type steps ``x += T (F(x) - x)`` on the plain iteration ``F``."""
         k, n2 = self.k, self.n2
         w = self.w
         zc = w[:k].view(complex)  # the power slots' equivalent currents
         xv = w[k:]
         v_prev = xv.view(complex)
         v_prev[:] = v
-        zz = z[self.ph01]
-        # [b; R0 b] = [op_ph; R0 op_ph] z_ph, z_ph = m e^{ja}
-        b = self.opb @ (zz[0::2] * np.exp(1j * zz[1::2])).view(np.float64)
-        sc = z[self.pw01]
-        sc *= self.sign
-        s_conj = sc.view(complex)
+        b, s_conj = self._snapshot(z)
+        if self.newton is None:
+            self.newton = self._newton(v_prev, b, s_conj)
         npv = self.pv.size
         dv = np.inf
         dv_prev = 0.0
@@ -484,12 +483,66 @@ class _DenseStep:
             x = y[:n2]
             if npv:
                 x = self._pv(v_prev, y[n2:].view(complex), x)
-            dv = float(np.abs(x - xv).max())
-            xv[:] = x
+            x -= xv
+            step = self.newton @ x
+            dv = float(np.abs(step).max())
+            xv += step
             if _converged(dv, dv_prev, tol):
-                return x.view(complex).copy(), it, dv
+                return v_prev.copy(), it, dv
             dv_prev = dv
-        raise _not_converged(itmax, dv, xv.view(complex).copy())
+        raise _not_converged(itmax, dv, v_prev.copy())
+
+    def _snapshot(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``([b; R0 b], conj(S))`` of measurement vector ``z``: the phasor slots'
+        product, ``b = op_ph z_ph`` with ``z_ph = m e^{ja}``, and the power slots' values."""
+        zz = z[self.ph01]
+        b = self.opb @ (zz[0::2] * np.exp(1j * zz[1::2])).view(np.float64)
+        sc = z[self.pw01]
+        sc *= self.sign
+        return b, sc.view(complex)
+
+    def newton_at(self, v: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """``T`` (:meth:`_newton`) at voltages ``v`` for measurement vector ``z``."""
+        b, s_conj = self._snapshot(z)
+        return self._newton(np.ascontiguousarray(v, complex), b, s_conj)
+
+    def _newton(self, v: np.ndarray, b: np.ndarray, s_conj: np.ndarray) -> np.ndarray:
+        """``T = I + J_F ~ (I - J_F)^-1`` (``|J_F|`` is about 0.01: the neglected ``J_F^2``
+        is below the iteration's own error), ``J_F`` the derivative of one plain iteration
+        ``F`` at ``v`` for the snapshot ``(b, s_conj)``, by forward differences over all
+        the state's components in one vectorised evaluation (the PV correction's
+        direction moves with the voltage, so ``J_F`` is not worth writing out). Taken
+        once per factorization: any ``T`` near ``(I - J_F)^-1`` leaves the fixed point
+        where it is (``F(x) = x``) and contracts by ``|I - T (I - J_F)|`` per step instead
+        of ``|J_F|`` (IEEE33: two iterations instead of three)."""
+        n2 = self.n2
+        h = 1e-7
+        x0 = v.view(np.float64)
+        xs = np.vstack([x0[None, :], x0 + h * np.eye(n2)])
+        fx = self._f_rows(xs, b, s_conj)
+        t = ((fx[1:] - fx[0]) / h).T
+        t[np.diag_indices(n2)] += 1.0
+        return np.ascontiguousarray(t)
+
+    def _f_rows(self, xs: np.ndarray, b: np.ndarray, s_conj: np.ndarray) -> np.ndarray:
+        """One plain iteration ``F`` (as :meth:`run` takes it) for every row of ``xs``."""
+        k, n2 = self.k, self.n2
+        v = xs.view(complex)
+        zc = s_conj / np.conj(v[:, self.vb])
+        y = np.hstack([np.ascontiguousarray(zc).view(np.float64), xs]) @ self.opw.T + b
+        x = y[:, :n2]
+        if self.pv.size:
+            yp = np.ascontiguousarray(y[:, n2:]).view(complex)
+            u = v[:, self.pv]
+            u = u / np.abs(u)
+            ub = u.conj()
+            t = (ub * yp).imag
+            s = (ub[:, :, None] * (self.m2[None] * u[:, None, :]  # type: ignore[index]
+                                   - self.m1[None] * ub[:, None, :])).real  # type: ignore[index]
+            mu = np.linalg.solve(s, t[..., None])[..., 0]
+            x = x - (2j * u * mu).view(np.float64) @ self.er.T  # type: ignore[union-attr]
+        del k
+        return x
 
     def _pv(self, v: np.ndarray, yp: np.ndarray, x: np.ndarray) -> np.ndarray:
         """``Q = 0`` at the PV nodes: ``Im(conj(u_j) Ybus[j] V) = 0``, ``u_j`` the unit voltage
@@ -1126,15 +1179,24 @@ class LinearStateEstimator:
         if complete:
             # every member of every slot active (and so finite)
             if fac.dense:
-                f = self._fast(fac)
-                if f.step is None:
-                    f.step = _DenseStep(fac, f)
-                return f.step.run(v, z, tol, itmax)
+                return self._dense_step(fac, v, z).run(v, z, tol, itmax)
             return self._iterate_fast(fac, v, z, tol, itmax)
         zc = np.where(finite, z, 0.0)
         z0 = np.where(has0, zc[fac.idx0], 0.0)
         z1 = np.where(has1, zc[fac.idx1], 0.0)
         return self._iterate(fac, v, z0, z1, has0, has1, tol, itmax)
+
+    def _dense_step(self, fac: _Factor, v: np.ndarray, z: np.ndarray) -> _DenseStep:
+        """The dense fast path of ``fac``, built on its first use (with its Newton matrix
+        at this snapshot: about 0.1 ms on IEEE33, against 0.3 ms for the re-weighting
+        that made ``fac``)."""
+        f = self._fast(fac)
+        if f.step is None:
+            with single_threaded():
+                step = _DenseStep(fac, f)
+                step.newton = step.newton_at(v, z)
+            f.step = step
+        return f.step
 
     def _iterate(self, fac: _Factor, v: np.ndarray, z0: np.ndarray, z1: np.ndarray,
                  has0: np.ndarray, has1: np.ndarray, tol: float,
