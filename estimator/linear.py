@@ -378,7 +378,7 @@ class _Factor:
     phasor_pos: np.ndarray
     power_pos: np.ndarray
     complete: bool
-    w: sp.csr_matrix | None = None  # slot weights W (2g x 2g)
+    w: sp.csr_matrix | None = None  # slot weights W (2g x 2g); None: only as blocks (wb)
     wb: np.ndarray | None = None  # the same per slot: columns w11, w12, w22
     fast: _Fast | None = None
     # A^T, H^T, op^T, M (contiguous) for batches (LinearStateEstimator._batch_ops)
@@ -491,6 +491,39 @@ class _DenseStep:
                 return v_prev.copy(), it, dv
             dv_prev = dv
         raise _not_converged(itmax, dv, v_prev.copy())
+
+    def run_rows(self, x: np.ndarray, z: np.ndarray, tol: float, itmax: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`run` on ``B`` complete rows at once (``x``: ``B x 2n`` interleaved
+        start states, ``z``: ``B x m``): one product for the rows' phasor slots, then per
+        iteration one product with ``[op_pw, M]`` and one with ``T`` for the rows still
+        iterating (each stops at its own convergence). Returns ``(x, iterations,
+        converged)``."""
+        nb = x.shape[0]
+        zz = z[:, self.ph01]
+        zph = np.ascontiguousarray(zz[:, 0::2] * np.exp(1j * zz[:, 1::2]))
+        b = zph.view(np.float64) @ self.opb.T
+        sc = np.ascontiguousarray(z[:, self.pw01] * self.sign)
+        s_conj = sc.view(complex)
+        t_t = np.ascontiguousarray(self.newton.T)  # type: ignore[union-attr]
+        iters = np.zeros(nb, np.int64)
+        conv = np.zeros(nb, bool)
+        dv_prev = np.zeros(nb)
+        live = np.arange(nb)
+        for it in range(1, itmax + 1):
+            xl = x[live]
+            step = (self._f_rows(xl, b[live], s_conj[live]) - xl) @ t_t
+            dv = np.abs(step).max(axis=1)
+            x[live] = xl + step
+            iters[live] = it
+            dp = dv_prev[live]
+            done = (dv < tol) | ((2.0 * dv < dp) & (dv * dv < tol * (dp - dv)))
+            dv_prev[live] = dv
+            conv[live[done]] = True
+            live = live[~done]
+            if live.size == 0:
+                break
+        return x, iters, conv
 
     def _snapshot(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``([b; R0 b], conj(S))`` of measurement vector ``z``: the phasor slots'
@@ -623,6 +656,8 @@ class LinearStateEstimator:
         self._obs_ok: OrderedDict[bytes, bool] = OrderedDict()
         self._chi2_cache: dict[int, float] = {}
         self._cache: OrderedDict[bytes, _Factor] = OrderedDict()
+        #: the latest Newton matrix of the dense fast path per measurement structure
+        self._newton: dict[bytes, np.ndarray] = {}
         self._nominal_set = np.zeros(model.m, bool)
         self._nom_version = 0  # bumped whenever nominal values or sigmas change
         #: the sigma of every measurement at its nominal value (what the gain weighs; 1
@@ -727,6 +762,11 @@ class LinearStateEstimator:
 
     def _slot_weights(self, slots: np.ndarray, active: np.ndarray) -> sp.csr_matrix:
         """``W = R^-1`` per slot at the nominal values and sigmas (block diagonal)."""
+        return _block_diag(*self._slot_weight_blocks(slots, active))
+
+    def _slot_weight_blocks(self, slots: np.ndarray, active: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(w11, w12, w22)``: the 2x2 blocks of :meth:`_slot_weights`."""
         model = self.model
         nom = np.nan_to_num(model.nominal)
         sig = np.where(self._nominal_set, self.nominal_sigma, model.sigma(nom))
@@ -737,17 +777,13 @@ class LinearStateEstimator:
         r11, r12, r22 = self._slot_cov(slots, has, nom, sig)
         # W = R^-1 per 2x2 block
         det = r11 * r22 - r12 * r12
-        return _block_diag(r22 / det, -r12 / det, r11 / det)
+        return r22 / det, -r12 / det, r11 / det
 
     def _reweighted(self, fac: _Factor, active: np.ndarray) -> _Factor:
         """``fac`` with new weights (dense mode): ``G = H^T W H``, the KKT inverse, the
         solution operator and the PV terms recomputed from the cached structure."""
         assert fac.hd is not None
-        w = self._slot_weights(fac.slots, active)
-        wd = w.diagonal()
-        w11, w22 = wd[0::2], wd[1::2]
-        w12 = np.asarray(w[2 * np.arange(fac.slots.size),
-                           2 * np.arange(fac.slots.size) + 1]).ravel()
+        w11, w12, w22 = self._slot_weight_blocks(fac.slots, active)
         hd = fac.hd
         # W H by 2x2 blocks; G = H^T (W H); H^T W = (W H)^T (W symmetric)
         wh = np.empty_like(hd)
@@ -763,13 +799,14 @@ class LinearStateEstimator:
         kd[:n2, :n2] = gain
         kd[:n2, n2:] = alpha * cd.T
         kd[n2:, :n2] = alpha * cd
-        lu_piv = sla.lu_factor(kd)
-        kinv = sla.lu_solve(lu_piv, np.eye(n2 + nc))
+        lu_piv = sla.lu_factor(kd, check_finite=False)
+        kinv = sla.lu_solve(lu_piv, np.eye(n2 + nc), check_finite=False)
         e = kinv[:n2, :n2]
         b = np.zeros((n2 + nc, wh.shape[0]))
         b[:n2] = wh.T
-        sol = sla.lu_solve(lu_piv, b)
-        sol += sla.lu_solve(lu_piv, b - kd @ sol)  # one step of iterative refinement
+        sol = sla.lu_solve(lu_piv, b, check_finite=False)
+        # one step of iterative refinement
+        sol += sla.lu_solve(lu_piv, b - kd @ sol, check_finite=False)
         er = s0 = None
         if fac.r0 is not None:
             er = np.asarray(fac.r0 @ e).T
@@ -777,7 +814,7 @@ class LinearStateEstimator:
         return replace(fac, op=sol[:n2], e=e, opc=kinv[:n2, n2:] * alpha if nc else None,
                        alpha=alpha, er=er, s0=s0,
                        s0r=s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None
-                       else None, w=w, wb=np.column_stack([w11, w12, w22]), fast=None,
+                       else None, w=None, wb=np.column_stack([w11, w12, w22]), fast=None,
                        batch=None, plan=None)
 
 
@@ -1186,15 +1223,25 @@ class LinearStateEstimator:
         z1 = np.where(has1, zc[fac.idx1], 0.0)
         return self._iterate(fac, v, z0, z1, has0, has1, tol, itmax)
 
-    def _dense_step(self, fac: _Factor, v: np.ndarray, z: np.ndarray) -> _DenseStep:
-        """The dense fast path of ``fac``, built on its first use (with its Newton matrix
-        at this snapshot: about 0.1 ms on IEEE33, against 0.3 ms for the re-weighting
-        that made ``fac``)."""
+    def _dense_step(self, fac: _Factor, v: np.ndarray, z: np.ndarray, *,
+                    reuse: bool = False) -> _DenseStep:
+        """The dense fast path of ``fac``, built on its first use with its Newton matrix
+        ``T`` at this snapshot (about 0.1 ms on IEEE33 against 0.3 ms for the
+        re-weighting that made ``fac``); ``reuse``: take the ``T`` of the previous
+        factorization of the same measurement structure instead (a batch: new weights
+        move ``J_F`` a little, which costs a fraction of an iteration per row, never the
+        fixed point)."""
         f = self._fast(fac)
         if f.step is None:
+            key = fac.slots.tobytes() + fac.has0.tobytes() + fac.has1.tobytes()
             with single_threaded():
                 step = _DenseStep(fac, f)
-                step.newton = step.newton_at(v, z)
+                step.newton = self._newton.get(key) if reuse else None
+                if step.newton is None:
+                    step.newton = step.newton_at(v, z)
+            if len(self._newton) > 4 * self.cache_size:
+                self._newton.clear()
+            self._newton[key] = step.newton
             f.step = step
         return f.step
 
@@ -1592,8 +1639,9 @@ class LinearStateEstimator:
             conv = np.zeros(rows.size, bool)
             full = np.flatnonzero(~gap)
             if full.size:
-                x[full], it[full], conv[full] = self._batch_iterate_full(
-                    fac, x[full], z0[full], z1[full], tol, itmax)
+                step = self._dense_step(fac, x[full[0]].view(complex), z[full[0]],
+                                        reuse=True)
+                x[full], it[full], conv[full] = step.run_rows(x[full], z[full], tol, itmax)
             # a row filled from the estimate contracts slowly along the filled directions
             # and stops near its start: start it, as solve() would from the previous
             # snapshot, from the latest complete row's answer (v0 before the first)
@@ -1622,37 +1670,6 @@ class LinearStateEstimator:
                          np.ascontiguousarray(fac.hd.T), op_t,
                          np.eye(fac.n_state) - fac.hd.T @ op_t)
         return fac.batch
-
-    def _batch_iterate_full(self, fac: _Factor, x: np.ndarray, z0: np.ndarray,
-                            z1: np.ndarray, tol: float, itmax: int
-                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:meth:`_iterate_fast` on ``B`` complete rows at once: the phasor slots' ``z_t``
-        fixed per row, the power slots' equivalent currents per iteration, and one
-        product with the iteration matrix ``M = I - (op H)^T`` and one with ``op^T`` per
-        iteration (``x' = x + (z_t - x H^T) op^T = x M + z_t op^T``)."""
-        _, _, op_t, m_t = self._batch_ops(fac)
-        ph, pw = fac.phasor_pos, fac.power_pos
-        vb = fac.vbus[pw]
-        nb = x.shape[0]
-        zt = np.empty((nb, fac.slots.size), complex)
-        # z_t = m e^{ja} (PMU phasors): fixed per row; conj(S) = P - jQ (Q = 0 at PV slots)
-        zt[:, ph] = z0[:, ph] * np.exp(1j * z1[:, ph])
-        s_conj = z0[:, pw] - 1j * np.where(fac.is_pv_slot[pw], 0.0, z1[:, pw])
-        iters = np.zeros(nb, np.int64)
-        conv = np.zeros(nb, bool)
-        dv_prev = np.zeros(nb)
-        live = np.arange(nb)
-        for it in range(1, itmax + 1):
-            xv = x[live]
-            v = xv.view(complex)
-            # equivalent currents I = conj(S) / conj(V_k)
-            zl = zt[live]
-            zl[:, pw] = s_conj[live] / np.conj(v[:, vb])
-            x1 = xv @ m_t + zl.view(np.float64) @ op_t
-            live = self._batch_settle(fac, v, xv, x1, x, live, it, tol, iters, conv, dv_prev)
-            if live.size == 0:
-                break
-        return x, iters, conv
 
     def _batch_iterate(self, fac: _Factor, x: np.ndarray, z0: np.ndarray, z1: np.ndarray,
                        has0: np.ndarray, has1: np.ndarray, tol: float, itmax: int
@@ -1862,8 +1879,11 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     il = _interleave(n)
     h = fac.h  # 2g x 2n (interleaved state)
     jx, jz = _transform_jacobians(model, fac, v, act)
-    assert fac.w is not None
-    htw = sp.csr_matrix((fac.w @ h).T)
+    w = fac.w
+    if w is None:  # a re-weighted factorization keeps its weights as blocks only
+        assert fac.wb is not None
+        w = _block_diag(*fac.wb.T)
+    htw = sp.csr_matrix((w @ h).T)
     # top-left H^T W (H - J_x); right-hand side H^T W J_z
     k11 = (htw @ (h - jx)).toarray()
     bz = (htw @ jz).toarray()
