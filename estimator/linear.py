@@ -381,8 +381,8 @@ class _Factor:
     w: sp.csr_matrix | None = None  # slot weights W (2g x 2g); None: only as blocks (wb)
     wb: np.ndarray | None = None  # the same per slot: columns w11, w12, w22
     fast: _Fast | None = None
-    # A^T, H^T, op^T, M (contiguous) for batches (LinearStateEstimator._batch_ops)
-    batch: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+    # A^T, H^T, op^T (contiguous) for batches (LinearStateEstimator._batch_ops)
+    batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     plan: tuple[Any, ...] | None = None  # what the re-weighting check reads (_plan)
 
 
@@ -660,6 +660,7 @@ class LinearStateEstimator:
         self._newton: dict[bytes, np.ndarray] = {}
         self._nominal_set = np.zeros(model.m, bool)
         self._nom_version = 0  # bumped whenever nominal values or sigmas change
+        self._drift_plan: tuple[Any, ...] | None = None  # rule (a)'s constants (_drifted)
         #: the sigma of every measurement at its nominal value (what the gain weighs; 1
         #: where no nominal value is set yet)
         self.nominal_sigma = np.ones(model.m)
@@ -1071,10 +1072,11 @@ class LinearStateEstimator:
         if sigma is not None:
             sigma = np.asarray(sigma, float)
             sig = np.where(np.isfinite(sigma) & (sigma > 0), sigma, sig)
-        if self.reweight_ratio and self._drifted(z, act):
+        full = bool(act.all())
+        if self.reweight_ratio and self._drifted(z, act, full):
             self._rebase(z, sig, act)
         fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
-        if self.reweight_ratio and self._slots_drifted(fac, z, sig, act, bool(act.all())):
+        if self.reweight_ratio and self._slots_drifted(fac, z, sig, act, full):
             self._rebase(z, sig, act, full=False)
             fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
         tol = self.tolerance if tolerance is None else float(tolerance)
@@ -1393,19 +1395,26 @@ class LinearStateEstimator:
         self._cache.clear()
         self._sens.clear()
 
-    def _drifted(self, z: np.ndarray, act: np.ndarray) -> bool:
+    def _drifted(self, z: np.ndarray, act: np.ndarray, full: bool = False) -> bool:
         """True when the active measurements' sigmas have moved, as a whole, more than
         ``reweight_ratio`` away from their sigmas at the nominal values (the re-weighting
         rule): the median log-ratio over the measurements whose sigma is relative (above
-        its floor at either value), so a minority of gross errors cannot trigger it."""
-        model = self.model
-        idx = np.flatnonzero(act & self._nominal_set & self._rel_meas)
+        its floor at either value), so a minority of gross errors cannot trigger it.
+        ``full`` (every measurement active): what depends on the nominal values alone is
+        taken from a cache kept per nominal values."""
+        if full:
+            plan = self._drift_plan
+            if plan is None or plan[0] != self._nom_version:
+                plan = self._drift_plan = (self._nom_version,
+                                           *self._drift_terms(self._nominal_set))
+            _, idx, rel, floor, inv_nom, nom_above = plan
+        else:
+            idx, rel, floor, inv_nom, nom_above = self._drift_terms(act & self._nominal_set)
         if idx.size == 0:
             return False
-        rel, floor = model.rel[idx], self._floor_pos[idx]
         s_now = np.fmax(rel * np.abs(z[idx]), floor)
-        s_nom = np.fmax(rel * np.abs(model.nominal[idx]), floor)
-        lr = np.log(s_now / s_nom)[(s_now > floor) | (s_nom > floor)]
+        use = nom_above | (s_now > floor)
+        lr = np.log(s_now[use] * inv_nom[use])
         n = lr.size
         if n == 0:
             return False
@@ -1414,6 +1423,15 @@ class LinearStateEstimator:
         part = np.partition(lr, (k - 1, k) if n % 2 == 0 else k)
         shift = 0.5 * (part[k - 1] + part[k]) if n % 2 == 0 else part[k]
         return bool(abs(shift) > self._log_ratio)
+
+    def _drift_terms(self, sel: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(idx, rel, floor, 1 / sigma_nominal, sigma_nominal above its floor)`` of the
+        measurements ``sel`` with a relative sigma (rule a's constants)."""
+        model = self.model
+        idx = np.flatnonzero(sel & self._rel_meas)
+        rel, floor = model.rel[idx], self._floor_pos[idx]
+        s_nom = np.fmax(rel * np.abs(model.nominal[idx]), floor)
+        return idx, rel, floor, 1.0 / s_nom, s_nom > floor
 
     def _rebase(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray, *,
                 full: bool = True) -> None:
@@ -1660,15 +1678,14 @@ class LinearStateEstimator:
         return self._last_v
 
     @staticmethod
-    def _batch_ops(fac: _Factor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(A^T, H^T, op^T, M = I - H^T op^T)`` dense, made once per factorization for
-        the batch iterations (row-vector form: ``X = V A^T``, ``x' = x M + z_t op^T``)."""
+    def _batch_ops(fac: _Factor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(A^T, H^T, op^T)`` dense, made once per factorization for the batch
+        iterations of rows with gaps (row-vector form: ``X = V A^T``,
+        ``x' = x + (z_t - x H^T) op^T``)."""
         assert fac.op is not None and fac.hd is not None
         if fac.batch is None:
-            op_t = np.ascontiguousarray(fac.op.T)
             fac.batch = (np.ascontiguousarray(fac.a.toarray().T),
-                         np.ascontiguousarray(fac.hd.T), op_t,
-                         np.eye(fac.n_state) - fac.hd.T @ op_t)
+                         np.ascontiguousarray(fac.hd.T), np.ascontiguousarray(fac.op.T))
         return fac.batch
 
     def _batch_iterate(self, fac: _Factor, x: np.ndarray, z0: np.ndarray, z1: np.ndarray,
@@ -1676,7 +1693,7 @@ class LinearStateEstimator:
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_iterate` on ``B`` columns at once (rows of ``x``, interleaved states);
         a column stops at its own convergence. Returns ``(x, iterations, converged)``."""
-        ad, hd_t, op_t, _ = self._batch_ops(fac)
+        ad, hd_t, op_t = self._batch_ops(fac)
         phasor, pvs, vbus = fac.is_phasor, fac.is_pv_slot, fac.vbus
         nb = x.shape[0]
         if nb == 0:

@@ -273,9 +273,11 @@ class MeasurementModel:
     def sigma(self, z: np.ndarray) -> np.ndarray:
         """Standard deviation per measurement at value ``z``: max(rel |z|, floor)."""
         # sigma_i = max(rel_i * |z_i|, floor_i)
-        if self._floored:
-            # every measurement has a floor: fmax takes the floor for a NaN value
-            return np.fmax(self.rel * np.abs(z), self.floor)
+        # fmax takes the floor for a NaN value
+        s = np.fmax(self.rel * np.abs(z), self.floor)
+        if self._floored or (s.min() > 0 and s.max() < np.inf):
+            # every measurement has a floor, or no value hit the cases below
+            return s
         a = np.abs(z)
         s = np.maximum(self.rel * np.where(a < np.inf, a, 0.0), self.floor)
         # a relative-only accuracy without a usable value: take it at the nominal value
@@ -293,7 +295,8 @@ class MeasurementModel:
         out = np.empty(self.m)
         g = self._by_code
         out[g[0]] = np.abs(x[self._slot_mag])
-        out[g[1]] = np.angle(x[self._slot_ang])
+        xa = x[self._slot_ang]
+        out[g[1]] = np.arctan2(xa.imag, xa.real)
         # S = V_k conj(X) per power slot (X is the current into the branch / network);
         # P = Re S, Q = Im S picked from the interleaved real view
         s = v[self._pvbus] * np.conj(x[self._pslots])
@@ -304,7 +307,9 @@ class MeasurementModel:
         """``z - h(v)`` with angle differences wrapped to (-pi, pi]."""
         r = z - self.h(v)
         ang = self._by_code[1]
-        r[ang] = np.angle(np.exp(1j * r[ang]))
+        ra = r[ang]
+        if (np.abs(ra) > np.pi).any():  # a wrapped difference (rare): rewrap
+            r[ang] = np.angle(np.exp(1j * ra))
         return r
 
     def _build_raw_jacobian_pattern(self) -> None:
