@@ -665,6 +665,7 @@ class LinearStateEstimator:
         #: where no nominal value is set yet)
         self.nominal_sigma = np.ones(model.m)
         self._drift_prev = np.zeros(model.g, bool)  # slots drifted in the previous solve
+        self._drift_any = False  # any of them (so the usual solve skips the bookkeeping)
         self._stale: set[bytes] = set()  # cached factorizations whose weights moved
         self._last_v: np.ndarray | None = None
         self.last_factor: _Factor | None = None
@@ -1162,7 +1163,7 @@ class LinearStateEstimator:
         tol + 1/tol``; phasor slots: the eigenvalues of ``W_gain R_now`` (2x2),
         ``tr/2 +- sqrt(tr^2/4 - det)``. Everything that does not depend on the snapshot
         is in the plan (:meth:`_plan`); ``full``: every measurement active (no masks)."""
-        (_, pm, pm_slot, inv_nom, nom_pm, ph, i0, i1, wa, wb, w12, wdet, nom_ph,
+        (_, pm, pm_slot, inv_nom, nom_pm, ph, i0, i1, i01, cw, wa, wdet, nom_ph,
          all_nom) = self._plan(fac)
         tol = self._tol_hi
         r = sig[pm] * inv_nom
@@ -1170,14 +1171,16 @@ class LinearStateEstimator:
         bad = (r + 1.0 / r) > self._tol_sum
         # phasor slots: R = s_m^2 d d^T + max(m^2 s_a^2, .01 s_m^2) p p^T, d = (cos a,
         # sin a); tr(W R) = vd (A + K) + vp (A - K) with A = (w11 + w22) / 2,
-        # K = (w11 - w22) / 2 cos 2a + w12 sin 2a; det(W R) = det(W) vd vp
-        vd = sig[i0]
-        vd *= vd
-        vp = z[i0] * sig[i1]
+        # K = (w11 - w22) / 2 cos 2a + w12 sin 2a = Re(c e^{-2ja}), c = (w11 - w22) / 2
+        # + j w12; det(W R) = det(W) vd vp
+        nph = i0.size
+        ss = sig[i01]  # [s_m; s_a]
+        zz = z[i01]  # [m; a]
+        vd = ss[:nph] * ss[:nph]
+        vp = zz[:nph] * ss[nph:]
         vp *= vp
         np.maximum(vp, 0.01 * vd, out=vp)
-        e2 = np.exp(2j * z[i1])
-        k = wb * e2.real + w12 * e2.imag
+        k = (cw * np.exp(-2j * zz[nph:])).real
         tr = vd * (wa + k) + vp * (wa - k)
         half = 0.5 * tr
         disc = np.sqrt(np.maximum(half * half - wdet * vd * vp, 0.0))
@@ -1185,11 +1188,14 @@ class LinearStateEstimator:
         if not (full and all_nom):
             bad &= act[pm] & nom_pm
             hit &= act[i0] & act[i1] & nom_ph
+        if not (self._drift_any or bad.any() or hit.any()):
+            return False  # nothing drifted, now or in the previous solve (the usual case)
         drift = np.zeros(self.model.g, bool)
         drift[pm_slot[bad]] = True
         drift[ph[hit]] = True
         fire = bool((drift & self._drift_prev).any())
         self._drift_prev = drift
+        self._drift_any = bool(drift.any())
         return fire
 
     def _plan(self, fac: _Factor) -> tuple[Any, ...]:
@@ -1204,11 +1210,11 @@ class LinearStateEstimator:
             pm = np.sort(np.r_[fac.idx0[pw & fac.has0],
                                fac.idx1[pw & fac.has1 & ~fac.is_pv_slot]])
             w11, w12, w22 = (np.ascontiguousarray(c) for c in fac.wb[phm].T)
-            i0 = fac.idx0[phm]
+            i0, i1 = fac.idx0[phm], fac.idx1[phm]
             nom_pm, nom_ph = self._nominal_set[pm], self._nominal_set[i0]
             fac.plan = (self._nom_version, pm, self.model.slot[pm],
-                        1.0 / self.nominal_sigma[pm], nom_pm, fac.slots[phm], i0,
-                        fac.idx1[phm], 0.5 * (w11 + w22), 0.5 * (w11 - w22), w12,
+                        1.0 / self.nominal_sigma[pm], nom_pm, fac.slots[phm], i0, i1,
+                        np.r_[i0, i1], 0.5 * (w11 - w22) + 1j * w12, 0.5 * (w11 + w22),
                         w11 * w22 - w12 * w12, nom_ph, bool(nom_pm.all() and nom_ph.all()))
         return fac.plan
 
@@ -1392,6 +1398,7 @@ class LinearStateEstimator:
         self._nominal_set[:] = False
         self._nom_version += 1
         self._drift_prev[:] = False
+        self._drift_any = False
         self._cache.clear()
         self._sens.clear()
 
@@ -1450,6 +1457,7 @@ class LinearStateEstimator:
         else:
             self._stale = set(self._cache.keys())
             self._drift_prev[:] = False
+            self._drift_any = False
         self.model.nominal[act] = z[act]
         self.nominal_sigma[act] = sig[act]
         self._nominal_set[act] = True
@@ -1614,6 +1622,7 @@ class LinearStateEstimator:
         self._drift_prev[:] = False
         if k > 0:
             self._drift_prev[fac.slots] = drift[k - 1]
+        self._drift_any = bool(self._drift_prev.any())
         return int(hit[0]) if hit.size else -1
 
     def _drifted_rows(self, zb: np.ndarray, act: np.ndarray) -> np.ndarray:
