@@ -384,6 +384,7 @@ class _Factor:
     # A^T, H^T, op^T (contiguous) for batches (LinearStateEstimator._batch_ops)
     batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     plan: tuple[Any, ...] | None = None  # what the re-weighting check reads (_plan)
+    step: _DenseStep | None = None  # dense fast path (LinearStateEstimator._dense_step)
 
 
 @dataclass
@@ -406,7 +407,18 @@ class _Fast:
     m1: np.ndarray | None  # PV: Pc E Pc^T (complex p x p), Pc = rows of Ybus[pv]
     m2: np.ndarray | None  # PV: Pc E Pc^H
     er: np.ndarray | None  # PV: E R0^T (2n x 2p), interleaved
-    step: _DenseStep | None = None  # dense: the fixed point as one product per iteration
+
+
+def _pv_metric(fac: _Factor) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(M1, M2)`` of the PV correction: ``M1 = Pc E Pc^T``, ``M2 = Pc E Pc^H`` with
+    ``Pc = R0_re + j R0_im`` (None without PV nodes)."""
+    if not fac.pv.size:
+        return None, None
+    s0 = fac.s0
+    assert s0 is not None
+    srr, sri = s0[0::2, 0::2], s0[0::2, 1::2]
+    sir, sii = s0[1::2, 0::2], s0[1::2, 1::2]
+    return (srr - sii) + 1j * (sri + sir), (srr + sii) + 1j * (sir - sri)
 
 
 class _DenseStep:
@@ -426,7 +438,7 @@ class _DenseStep:
     products' results.
     """
 
-    def __init__(self, fac: _Factor, f: _Fast) -> None:
+    def __init__(self, fac: _Factor) -> None:
         assert fac.op is not None and fac.hd is not None
         n2 = fac.n_state
         ph, pw = fac.phasor_pos, fac.power_pos
@@ -456,7 +468,8 @@ class _DenseStep:
         self.k = 2 * pw.size
         self.w = np.empty(self.k + n2)  # [z_pw (interleaved); x]
         self.pv = fac.pv
-        self.m1, self.m2, self.er = f.m1, f.m2, f.er
+        self.m1, self.m2 = _pv_metric(fac)
+        self.er = None if fac.er is None else np.ascontiguousarray(fac.er)
         self.newton: np.ndarray | None = None  # T (see _newton), at the first solve
 
     def run(self, v: np.ndarray, z: np.ndarray, tol: float,
@@ -817,7 +830,7 @@ class LinearStateEstimator:
                        alpha=alpha, er=er, s0=s0,
                        s0r=s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None
                        else None, w=None, wb=np.column_stack([w11, w12, w22]), fast=None,
-                       batch=None, plan=None)
+                       batch=None, plan=None, step=None)
 
 
     def _build(self, active: np.ndarray) -> _Factor:
@@ -934,15 +947,7 @@ class LinearStateEstimator:
         if fac.fast is not None:
             return fac.fast
         ph, pw = fac.phasor_pos, fac.power_pos
-        m1 = m2 = None
-        if fac.pv.size:
-            s0 = fac.s0
-            assert s0 is not None
-            srr, sri = s0[0::2, 0::2], s0[0::2, 1::2]
-            sir, sii = s0[1::2, 0::2], s0[1::2, 1::2]
-            # Pc = R0_re + j R0_im: M1 = Pc E Pc^T, M2 = Pc E Pc^H
-            m1 = (srr - sii) + 1j * (sri + sir)
-            m2 = (srr + sii) + 1j * (sir - sri)
+        m1, m2 = _pv_metric(fac)
         if fac.dense:
             assert fac.op is not None and fac.hd is not None
             r0 = None if fac.r0 is None else fac.r0.toarray()
@@ -1239,19 +1244,18 @@ class LinearStateEstimator:
         factorization of the same measurement structure instead (a batch: new weights
         move ``J_F`` a little, which costs a fraction of an iteration per row, never the
         fixed point)."""
-        f = self._fast(fac)
-        if f.step is None:
+        if fac.step is None:
             key = fac.slots.tobytes() + fac.has0.tobytes() + fac.has1.tobytes()
             with single_threaded():
-                step = _DenseStep(fac, f)
+                step = _DenseStep(fac)
                 step.newton = self._newton.get(key) if reuse else None
                 if step.newton is None:
                     step.newton = step.newton_at(v, z)
             if len(self._newton) > 4 * self.cache_size:
                 self._newton.clear()
             self._newton[key] = step.newton
-            f.step = step
-        return f.step
+            fac.step = step
+        return fac.step
 
     def _iterate(self, fac: _Factor, v: np.ndarray, z0: np.ndarray, z1: np.ndarray,
                  has0: np.ndarray, has1: np.ndarray, tol: float,
