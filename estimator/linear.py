@@ -90,6 +90,8 @@ import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 from scipy.linalg.lapack import dgesv as gesv
+from scipy.linalg.lapack import dgetrf as getrf
+from scipy.linalg.lapack import dgetri as getri
 from scipy.sparse.csgraph import connected_components
 
 from estimator.badata import largest_normalized_residual
@@ -814,14 +816,20 @@ class LinearStateEstimator:
         kd[:n2, :n2] = gain
         kd[:n2, n2:] = alpha * cd.T
         kd[n2:, :n2] = alpha * cd
-        lu_piv = sla.lu_factor(kd, check_finite=False)
-        kinv = sla.lu_solve(lu_piv, np.eye(n2 + nc), check_finite=False)
+        # the KKT inverse from its LU factors (LAPACK getri: cheaper than solving for the
+        # identity), then the solution operator as products with it, refined once
+        lu, piv, info = getrf(kd)
+        if info == 0:
+            kinv, info = getri(lu, piv)
+        if info != 0:
+            raise EstimatorError(f"gain matrix is singular after re-weighting (LAPACK info "
+                                 f"{info})")
         e = kinv[:n2, :n2]
         b = np.zeros((n2 + nc, wh.shape[0]))
         b[:n2] = wh.T
-        sol = sla.lu_solve(lu_piv, b, check_finite=False)
+        sol = kinv[:, :n2] @ b[:n2]
         # one step of iterative refinement
-        sol += sla.lu_solve(lu_piv, b - kd @ sol, check_finite=False)
+        sol += kinv @ (b - kd @ sol)
         er = s0 = None
         if fac.r0 is not None:
             er = np.asarray(fac.r0 @ e).T
