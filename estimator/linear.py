@@ -574,7 +574,7 @@ class _DenseStep:
 
     def _f_rows(self, xs: np.ndarray, b: np.ndarray, s_conj: np.ndarray) -> np.ndarray:
         """One plain iteration ``F`` (as :meth:`run` takes it) for every row of ``xs``."""
-        k, n2 = self.k, self.n2
+        n2 = self.n2
         v = xs.view(complex)
         zc = s_conj / np.conj(v[:, self.vb])
         y = np.hstack([np.ascontiguousarray(zc).view(np.float64), xs]) @ self.opw.T + b
@@ -589,7 +589,6 @@ class _DenseStep:
                                    - self.m1[None] * ub[:, None, :])).real  # type: ignore[index]
             mu = np.linalg.solve(s, t[..., None])[..., 0]
             x = x - (2j * u * mu).view(np.float64) @ self.er.T  # type: ignore[union-attr]
-        del k
         return x
 
     def _pv(self, v: np.ndarray, yp: np.ndarray, x: np.ndarray) -> np.ndarray:
