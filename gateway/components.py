@@ -121,6 +121,35 @@ def open_commands(cfg: TwinConfig, metrics: Metrics, event: EventSink) -> Any:
     return link
 
 
+def open_topology(cfg: TwinConfig, pipeline: Any, metrics: Metrics, event: EventSink,
+                  loop: asyncio.AbstractEventLoop) -> tuple[Any, Callable[[], None]] | None:
+    """Topology tracking (:class:`gateway.topology.LiveTopology`) when the config maps a
+    switch status (or ``[topology] track`` says so), else None: the pipeline's status
+    board, the tracker, its counters on the registry, and the one thread hypothesis
+    tests run on (off the event loop). Returns the tracker and what closes it."""
+    if not cfg.tracks_topology:
+        return None
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway.topology import LiveTopology, StatusBoard, TopologyCollector
+
+    board = StatusBoard(cfg)
+    if not board.empty:
+        pipeline.switches = board
+    pool = ThreadPoolExecutor(1, thread_name_prefix="topology")
+    topo = LiveTopology(cfg, event=event, submit=pool.submit,
+                        call_soon=loop.call_soon_threadsafe)
+    collector = TopologyCollector(topo.tracker)
+    metrics.registry.register(collector)  # type: ignore[arg-type]
+
+    def close() -> None:
+        pool.shutdown(wait=False, cancel_futures=True)
+        pipeline.switches = None
+        metrics.registry.unregister(collector)  # type: ignore[arg-type]
+
+    return topo, close
+
+
 async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
                          on_state: Any, on_fail: Any, on_event: Any) -> Any:
     """The estimator supervisor with its process ready, or None (``estimator=False``, or
@@ -259,6 +288,7 @@ def summary(gw: Any) -> dict[str, Any]:
         "command_errors": cl.errors if cl is not None else 0,
         "bus": gw.bus.stats() if gw.bus is not None else None,
         "devices": gw.sensors.summary() if getattr(gw, "sensors", None) else None,
+        "topology": gw.topology.summary() if getattr(gw, "topology", None) else None,
     }
 
 
@@ -345,7 +375,7 @@ class HistorianSink:
         self.put(self.writer.put_state, "states", st.seq, st.source_time, st.vm, st.va,
                  chi2=st.chi2 if math.isfinite(st.chi2) else None,
                  iterations=st.iterations, converged=st.converged,
-                 deadline_met=o.deadline_met,
+                 deadline_met=o.deadline_met, topology=st.topology,
                  timings={"handoff_s": o.handoff_s, "solve_s": st.t_solve_s,
                           "e2e_s": o.e2e_s})
 
