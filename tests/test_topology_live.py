@@ -1,0 +1,284 @@
+"""Topology tracking on the live path: the real gateway (its estimator a real child
+process) receives a reconfiguring IEEE33 scenario from the real emulator over loopback
+UDP; switch statuses travel as GTNET-SKT int32 points. Also: the historian's topology
+column (and its migration), the C37.118 DIGITAL-bit mapping, and ``config check`` on a
+bad mapping.
+
+The switching closes the tie 8-21 and opens the sectionaliser 7-8 on the loop it forms
+(buses 8-18 then hang off the 19-22 lateral).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.config import TwinConfig, load_config
+from hil.reconfigure import Switching, reconfigure, with_statuses
+from hil.scenario import ScenarioSpec, make_trace
+from hil.trace import Trace
+from tests.wirehelpers import only_streams, query, run_wire
+
+ROOT = Path(__file__).resolve().parents[1]
+RATE = 20.0
+ROWS = 160
+AT = 80  # the switching's trace row
+NEW = "sw_7_8=open,sw_8_21=closed"
+SWITCH_POINTS = '"sw_8_21:int32", "sw_7_8:int32"'
+
+
+def twin_text(extra: str = "") -> str:
+    """The bundled ieee33 config with the two switch statuses on the scada stream and a
+    hypothesis test after every estimate."""
+    text = (ROOT / "gateway" / "configs" / "ieee33.toml").read_text("utf-8")
+    old = 'points = ["flow.*", "inj.*", "scada_status:int32"]'
+    assert old in text
+    text = text.replace(old, old[:-1] + ", " + SWITCH_POINTS + "]")
+    return text + "\n[topology]\nprobe_s = 0\n" + extra
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TwinConfig, Trace, Trace]:
+    """(config path, config at RATE, the normal trace, the reconfigured trace)."""
+    tmp = tmp_path_factory.mktemp("topo")
+    path = tmp / "twin.toml"
+    path.write_text(twin_text(), "utf-8")
+    cfg = load_config(path)
+    base = make_trace(ScenarioSpec(config="ieee33", start="1990-06-01T12:00",
+                                   hours=ROWS / RATE / 3600, step_s=1 / RATE,
+                                   missing_pct=0.0, seed=5))
+    plan = [Switching.of(AT, sw_8_21=True, sw_7_8=False)]
+    switched = reconfigure(base, cfg, plan, seed=1)
+    return path, only_streams(cfg, ("pmu", "scada", "weather"), rate_hz=RATE), base, \
+        switched
+
+
+def play(scenario: Any, tmp: Path, mode: str) -> tuple[list[tuple[Any, ...]], Any, str]:
+    """Run the reconfigured scenario with the statuses ``mode``; (states rows
+    (seq, source_time, topology, vm, va), the emulator's trace time origin, the metrics
+    text read while the twin ran)."""
+    path, cfg, _, switched = scenario
+    plan = [Switching.of(AT, sw_8_21=True, sw_7_8=False)]
+    trace = with_statuses(switched, cfg, plan, mode)
+    seen: dict[str, str] = {}
+
+    def done(gw: Any, esum: Any) -> bool:
+        if gw.telemetry.states < ROWS - 30:
+            return False
+        seen["metrics"] = gw.metrics.exposition().decode()
+        return True
+
+    run_wire(cfg, trace, tmp, steps=ROWS, estimator=True, done=done, deadline_s=60.0,
+             options={"config_ref": str(path), "forecast": False})
+    rows = query(tmp / "twin.db", "SELECT seq, source_time, topology, vm, va FROM states "
+                 "ORDER BY seq")
+    return rows, float(trace.time[0]), seen["metrics"]
+
+
+def trace_rows(rows: list[tuple[Any, ...]], t0: float) -> np.ndarray:
+    return np.rint((np.array([r[1] for r in rows]) - t0) * RATE).astype(int) % ROWS
+
+
+def vm_mape(rows: list[tuple[Any, ...]], k: np.ndarray, v: np.ndarray) -> float:
+    vm = np.array([json.loads(r[3]) for r in rows])
+    return float(np.mean(np.abs(vm - np.abs(v[k])) / np.abs(v[k])) * 100)
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+def test_status_on_the_wire_moves_the_estimator_within_one_snapshot(
+        scenario: Any, tmp_path: Path) -> None:
+    _, _, base, switched = scenario
+    rows, t0, metrics = play(scenario, tmp_path, "sent")
+    k = trace_rows(rows, t0)
+    labels = [r[2] for r in rows]
+    before, after = k < AT, k >= AT
+    assert before.sum() > 40 and after.sum() > 40, "too few estimates to judge"
+    # every estimate of a snapshot before the switching used the normal topology, every
+    # one from the switching snapshot on the new one (the status came with it)
+    assert {lab for lab, b in zip(labels, before, strict=True) if b} == {"normal"}
+    assert {lab for lab, a in zip(labels, after, strict=True) if a} == {NEW}
+    after_rows = [r for r, a in zip(rows, after, strict=True) if a]
+    before_rows = [r for r, b in zip(rows, before, strict=True) if b]
+    err_new = vm_mape(after_rows, k[after], switched.v)
+    err_old_truth = vm_mape(after_rows, k[after], base.v)
+    err_before = vm_mape(before_rows, k[before], switched.v)
+    # after the switching the estimates follow the switched feeder's truth as closely as
+    # they followed the normal one before, and not the truth the feeder left
+    assert err_new < 2 * err_before + 0.02, (err_new, err_before)
+    assert err_old_truth > 3 * err_new, (err_old_truth, err_new)
+    assert metric(metrics, "gridtwin_topology_changes_total") == 1
+    assert metric(metrics, "gridtwin_topology_identified_total") == 0
+    ev = query(tmp_path / "twin.db", "SELECT detail FROM events WHERE kind = ?",
+               "topology_changed")
+    assert len(ev) == 1 and json.loads(ev[0][0])["topology"] == NEW
+
+
+def test_withheld_status_is_identified_from_the_measurements(
+        scenario: Any, tmp_path: Path) -> None:
+    rows, t0, metrics = play(scenario, tmp_path, "withheld")
+    ev = query(tmp_path / "twin.db", "SELECT kind, detail FROM events WHERE kind LIKE ?",
+               "topology_%")
+    assert [e[0] for e in ev] == ["topology_identified"], ev
+    detail = json.loads(ev[0][1])
+    assert detail["source"] == "measurements" and detail["topology"] == NEW
+    assert {(s["switch"], s["state"]) for s in detail["switches"]} == {
+        ("sw_8_21", "closed"), ("sw_7_8", "open")}
+    k = trace_rows(rows, t0)
+    labels = [r[2] for r in rows]
+    assert all(lab == "normal" for lab, kk in zip(labels, k, strict=True) if kk < AT)
+    moved = [kk for lab, kk in zip(labels, k, strict=True) if lab == NEW]
+    assert moved and min(moved) >= AT and labels[-1] == NEW
+    assert metric(metrics, "gridtwin_topology_identified_total") == 1
+    assert metric(metrics, "gridtwin_topology_changes_total") == 0
+
+
+# ------------------------------------------------------------------ historian
+
+def _state(w: Any, seq: int, topology: str | None) -> None:
+    w.put_state(seq, 100.0 + seq, np.ones(3), np.zeros(3), chi2=1.0, iterations=1,
+                topology=topology)
+
+
+def test_historian_keeps_the_topology_and_migrates_an_old_database(tmp_path: Path) -> None:
+    from gateway.historian.reader import HistorianReader
+    from gateway.historian.writer import HistorianWriter, RunInfo
+
+    db = tmp_path / "old.db"
+    # a version-1 database: the states table without the topology column
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied REAL "
+                    "NOT NULL)")
+        con.execute("INSERT INTO schema_version VALUES (1, 0)")
+        con.execute("CREATE TABLE states (id INTEGER PRIMARY KEY, run_id INTEGER, seq "
+                    "INTEGER, source_time REAL, n INTEGER, vm TEXT, va TEXT, chi2 REAL, "
+                    "iterations INTEGER, converged INTEGER, deadline_met INTEGER, timings "
+                    "TEXT, UNIQUE (run_id, seq))")
+        con.execute("INSERT INTO states (run_id, seq, source_time, n, vm, va) VALUES "
+                    "(1, 0, 99.0, 3, '[1,1,1]', '[0,0,0]')")
+    w = HistorianWriter(f"sqlite:///{db}", spool_dir=str(tmp_path / "spool"))
+    w.start()
+    try:
+        rid = w.start_run(RunInfo(name="t", config_digest="d", config_toml=""))
+        _state(w, 1, "normal")
+        _state(w, 2, NEW)
+        _state(w, 3, None)
+        w.flush()
+    finally:
+        w.close()
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+        old = con.execute("SELECT topology FROM states WHERE run_id = 1").fetchall()
+    assert old == [(None,)]  # the old row keeps its data, its topology unknown
+    with HistorianReader(f"sqlite:///{db}") as rd:
+        st = rd.states(run_id=rid)
+    assert st.topology == ["normal", NEW, None]
+
+
+def test_historian_topology_column_on_mysql(tmp_path: Path) -> None:
+    from tests import dbhelpers
+
+    for base, name in dbhelpers.mysql_scratch():
+        from urllib.parse import urlsplit
+
+        from gateway.historian.reader import HistorianReader
+        from gateway.historian.writer import HistorianWriter, RunInfo
+
+        url = urlsplit(base)._replace(path="/" + name).geturl()
+        w = HistorianWriter(url, spool_dir=str(tmp_path / "spool"))
+        w.start()
+        try:
+            rid = w.start_run(RunInfo(name="t", config_digest="d", config_toml=""))
+            _state(w, 1, NEW)
+            w.flush()
+        finally:
+            w.close()
+        with HistorianReader(url) as rd:
+            assert rd.states(run_id=rid).topology == [NEW]
+
+
+# ------------------------------------------------------------------ config and C37.118
+
+def test_config_check_names_the_key_of_an_unknown_switch(tmp_path: Path) -> None:
+    bad = twin_text().replace('points = ["pmu*"]\n', 'points = ["pmu*"]\n'
+                              'digitals = { PMU6 = ["sw_8_21", "", "tie_9"] }\n', 1)
+    path = tmp_path / "bad.toml"
+    path.write_text(bad, "utf-8")
+    res = subprocess.run([sys.executable, "-m", "gateway.cli", "config", "check", str(path)],
+                         capture_output=True, text=True, timeout=120, check=False,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert "streams[3] (pmu-c37).digitals.PMU6[2]: no switch named 'tie_9'" in res.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(bad.replace('"tie_9"', '"sw_7_8"'), "utf-8")
+    cfg = load_config(good)
+    assert [s.name for s in cfg.switches] == ["sw_8_21", "sw_7_8"]
+    assert cfg.stream("pmu-c37").digitals == (("PMU6", 0, "sw_8_21"), ("PMU6", 2, "sw_7_8"))
+
+
+def test_declared_switch_names_a_status_point(tmp_path: Path) -> None:
+    text = twin_text().replace(SWITCH_POINTS, '"tie_a:int32"').replace(
+        'case = "ieee33"\n', 'case = "ieee33"\n\n[[network.switches]]\nname = "tie_a"\n'
+        'branch = "8-21"\n', 1)
+    path = tmp_path / "named.toml"
+    path.write_text(text, "utf-8")
+    cfg = load_config(path)
+    assert [(s.name, cfg.network.branches.names[s.branch]) for s in cfg.switches] == [
+        ("tie_a", "8-21")]
+    assert cfg.tracks_topology
+    float_point = tmp_path / "float.toml"
+    float_point.write_text(text.replace('"tie_a:int32"', '"tie_a"'), "utf-8")
+    with pytest.raises(Exception, match="switch status tie_a is float32"):
+        load_config(float_point)
+
+
+def test_c37_digital_bits_become_snapshot_statuses() -> None:
+    """The emulator's C37.118 sender puts the statuses on the DIGITAL bits the config
+    names; the gateway's own decoder and the status board read them back (the PMUs sent
+    in another order than configured: bits are found by station)."""
+    from gateway.codecs.decoders import C37Decoder
+    from gateway.config import parse_config
+    from gateway.topology import StatusBoard
+    from hil.c37server import C37Stream
+
+    text = twin_text().replace('points = ["pmu*"]\n', 'points = ["pmu*"]\n'
+                               'digitals = { PMU6 = ["sw_8_21", "", "sw_7_8"] }\n', 1)
+    cfg = parse_config(text)
+    cfg = dataclasses.replace(cfg, streams=[dataclasses.replace(
+        s, enabled=s.name in ("pmu-c37", "scada", "weather")) for s in cfg.streams])
+    stream = cfg.stream("pmu-c37")
+    assert cfg.tracks_topology
+    src = C37Stream(stream, RATE, order=list(reversed(range(len(stream.pmus)))))
+    dec = C37Decoder(stream)
+    assert dec.decode(src.cfg2.build(), 0.0) is None
+    board = StatusBoard(cfg)
+    values = np.ones(len(cfg.channels))
+    got = []
+    for k, st in enumerate(({"sw_8_21": 1.0, "sw_7_8": 0.0}, {"sw_8_21": 0.0, "sw_7_8": 1.0},
+                            {"sw_8_21": np.nan, "sw_7_8": np.nan})):
+        out = dec.decode(src.data_frame(values, 1e9 + k / RATE, st), 0.0)
+        assert out is not None
+        board.feed(stream.name, out[2], dec)
+        got.append(board.take())
+    names = board.names
+    a, b = names.index("sw_8_21"), names.index("sw_7_8")
+    assert (got[0][a], got[0][b]) == (1.0, 0.0)
+    assert (got[1][a], got[1][b]) == (0.0, 1.0)
+    # the sender keeps a bit it was given no status for: the last one is read again
+    assert (got[2][a], got[2][b]) == (0.0, 1.0)
+    assert np.isnan(board.take()).all()  # taken: nothing received since
