@@ -79,9 +79,11 @@ class TopologyEvent:
     source: str  # "status" | "measurements"
     confidence: float = 1.0
     evidence: float = float("nan")  # sum J_before / sum J_after over the confirming tests
+    previous: str = ""  # label of the topology moved from
 
     def as_dict(self) -> dict[str, Any]:
-        return {"event": self.kind, "time": self.time, "topology": self.topology,
+        return {"event": self.kind, "time": self.time, "from": self.previous,
+                "topology": self.topology,
                 "switches": [{"switch": n, "state": "closed" if c else "open"}
                              for n, c in self.switches],
                 "source": self.source, "confidence": round(self.confidence, 4),
@@ -204,6 +206,7 @@ class TopologyTracker:
     def _move(self, now: float, to: Topology, source: str, *, confidence: float = 1.0,
               evidence: float = math.nan) -> TopologyEvent:
         diff = self.switches.diff(self.current, to)
+        previous = self.switches.label(self.current)
         self.current = to
         self._streak = _Streak()
         if source == "status":
@@ -213,7 +216,7 @@ class TopologyTracker:
             self.identified += 1
             kind = "topology_identified"
         return TopologyEvent(kind, now, self.switches.label(to), diff, source, confidence,
-                             evidence)
+                             evidence, previous)
 
     def metrics(self) -> dict[str, int]:
         return {"gridtwin_topology_changes_total": self.changes,

@@ -83,6 +83,7 @@ def reconfigure(trace: Trace, cfg: Any, plan: Sequence[Switching], *, seed: int 
     s_inj = trace.s_inj.copy()
     truth = trace.truth.copy()
     measured = trace.measured.copy()
+    bad = trace.bad.copy()
     rng = np.random.default_rng(np.random.SeedSequence([seed, 21]))
     chans = cfg.channels
     rel = np.array([c.rel for c in chans])
@@ -119,8 +120,9 @@ def reconfigure(trace: Trace, cfg: Any, plan: Sequence[Switching], *, seed: int 
         truth[sl] = t
         elec = np.array([c.electrical for c in chans], bool)
         measured[sl][:, elec] = m[:, elec]
+        bad[sl][:, elec] = False  # fresh noise: the gross errors injected before are gone
     return replace(trace, v=v, i_branch_from=i_from, s_branch_from=s_from, s_branch_to=s_to,
-                   s_inj=s_inj, truth=truth, measured=measured, meta=meta)
+                   s_inj=s_inj, truth=truth, measured=measured, bad=bad, meta=meta)
 
 
 def status_values(cfg: Any, plan: Sequence[Switching], n: int,
