@@ -227,7 +227,7 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
     deployed shape (separate schedulers, real sockets, the estimator's worker process).
     The twin is always stopped (and a private broker closed) however the run ends.
     ``reconfigure``: the switch statuses' mode of a run whose feeder switches half-way
-    (:mod:`gateway.demo_topology`).
+    (:mod:`gateway.cli_demo_topology`).
     """
     import subprocess
 
@@ -240,7 +240,7 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
                                        bad_pct=bad_pct, seed=seed, log=log)
     patch, switching = None, None
     if reconfigure is not None:
-        from gateway import demo_topology
+        from gateway import cli_demo_topology as demo_topology
 
         if loop:
             raise ValueError(f"--reconfigure: a {seconds:g} s run at {rate:g} Hz is longer "
@@ -276,7 +276,7 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
     res = collect(final, played.emu_sum, db, trace_path, rate=rate, seconds=seconds)
     _add_run_report(res, final, played, kill_at=kill_at)
     if switching is not None:
-        from gateway import demo_topology
+        from gateway import cli_demo_topology as demo_topology
 
         res.update(demo_topology.report(db, trace_path, switching, rate))
     res["workdir"] = str(wd)
