@@ -282,3 +282,47 @@ def test_c37_digital_bits_become_snapshot_statuses() -> None:
     # the sender keeps a bit it was given no status for: the last one is read again
     assert (got[2][a], got[2][b]) == (0.0, 1.0)
     assert np.isnan(board.take()).all()  # taken: nothing received since
+
+
+def test_estimator_worker_keeps_one_solver_per_topology(scenario: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's solver cache: a topology coming back is neither rebuilt nor
+    refactorized, and its estimate is the one a solver built for it alone gives."""
+    from estimator.linear import LinearStateEstimator
+    from estimator.topology import SwitchSet
+    from gateway.estimator_worker import SolverCache, solver_for
+
+    _, cfg, base, switched = scenario
+    sw = SwitchSet.of(cfg.network)
+    new = sw.with_states(sw.normal, {"sw_8_21": True, "sw_7_8": False})
+    cache = SolverCache(cfg, "linear")
+    # count the real factorizations (a build or a re-weighting; factor() is the cache)
+    factored: list[int] = []
+    for name in ("_build", "_reweighted"):
+        real = getattr(LinearStateEstimator, name)
+
+        def counted(self: Any, *a: Any, _real: Any = real, **kw: Any) -> Any:
+            factored.append(id(self))
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(LinearStateEstimator, name, counted)
+    flags = np.zeros(len(cfg.channels), np.uint32)
+    sig = np.array([0.041 * p.rating_mw for p in cfg.plants])
+
+    def run(topo: Any, trace: Trace, k: int) -> tuple[str, np.ndarray]:
+        fn, label = cache.solver(topo)
+        vm = fn(trace.measured[k], flags, trace.pv_mw[k], sig)[0]
+        return label, vm
+
+    first = [run(None, base, 10), run(new, switched, AT + 10)]
+    n_factored = len(factored)
+    again = [run(sw.normal, base, 10), run(new, switched, AT + 10)]
+    assert [lab for lab, _ in first] == ["normal", NEW] == [lab for lab, _ in again]
+    assert cache.builds == 2 and len(factored) == n_factored
+    for (_, a), (_, b) in zip(first, again, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # warm start vs cold
+    alone = solver_for(dataclasses.replace(cfg, network=sw.network(new)), "linear")[1]
+    np.testing.assert_allclose(again[1][1], alone(switched.measured[AT + 10], flags,
+                                                  switched.pv_mw[AT + 10], sig)[0], atol=1e-6)
+    assert np.mean(np.abs(again[1][1] - np.abs(switched.v[AT + 10]))) < np.mean(
+        np.abs(run(None, switched, AT + 10)[1] - np.abs(switched.v[AT + 10])))
