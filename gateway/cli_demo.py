@@ -279,6 +279,7 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
         from gateway import cli_demo_topology as demo_topology
 
         res.update(demo_topology.report(db, trace_path, switching, rate))
+        res["topology_tracker"] = final.get("topology")
     res["workdir"] = str(wd)
     if keep_metrics:
         res["_metrics_text"] = played.metrics_text

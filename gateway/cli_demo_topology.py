@@ -37,7 +37,7 @@ def config_text(text: str) -> str:
         raise ValueError("the demo config has no scada point list to add the switches to")
     points = ", ".join(f'"{n}:int32"' for n, _ in SWITCHING)
     return text.replace(_SCADA, _SCADA[:-1] + ", " + points + "]") + \
-        "\n[topology]\nprobe_s = 0\n"
+        "\n[topology]\nprobe_s = 5\n"
 
 
 def prepare(trace_path: Path, out: Path, *, seconds: float, rate: float, status: str,

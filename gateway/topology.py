@@ -401,10 +401,10 @@ class LiveTopology:
       to estimate on (:attr:`Snapshot.topology`), so a reported change is in force for
       the very snapshot that carried it.
     * :meth:`on_estimate` sees every estimate: its ``J`` feeds the tracker's rise
-      detector; when a hypothesis test is due, :meth:`Identifier.identify` runs on
-      ``submit`` (a one-thread executor: off the event loop, one test at a time, on the
-      estimate's snapshot) and its result comes back through ``call_soon`` (the loop's
-      thread), where the tracker decides.
+      detector; when a hypothesis test is due, :func:`identify_in_child` runs through
+      ``submit`` (the component gives a one-process pool: off the event loop and off
+      the gateway's GIL, one test at a time, on the estimate's snapshot) and its result
+      comes back through ``call_soon`` (the loop's thread), where the tracker decides.
     * events (``topology_changed``, ``topology_identified``) go to ``event``.
     """
 
@@ -419,9 +419,6 @@ class LiveTopology:
         self.event = event
         self.submit = submit if t.identify else None
         self.call_soon = call_soon
-        self.pseudo_rel = t.pseudo_rel
-        self.cfg = cfg
-        self._identifier: Identifier | None = None
         self._recent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._busy = False
         self.tests = 0
@@ -452,17 +449,16 @@ class LiveTopology:
         kept = self._recent.get(st.seq)
         if kept is None or st.topology != tr.label:
             return  # estimated on another topology than the one to test around
-        self._busy = True
         reported, now = tr.current, st.source_time
-        fut = self.submit(self._identify, kept[0], kept[1], reported)
+        try:
+            fut = self.submit(identify_in_child, kept[0], kept[1], reported)
+        except Exception as exc:  # the pool is gone (its process died): stop testing
+            self.submit = None
+            log.error("topology identification stopped: %s", exc)
+            self.event("topology_identification_lost", "topology", {"error": str(exc)})
+            return
+        self._busy = True
         fut.add_done_callback(lambda f: self.call_soon(self._identified, f, reported, now))
-
-    def _identify(self, values: np.ndarray, pv: np.ndarray, reported: Topology
-                  ) -> Identification:
-        """Worker thread: the bank is built on first use (not on the loop)."""
-        if self._identifier is None:
-            self._identifier = Identifier(self.cfg, self.switches, self.pseudo_rel)
-        return self._identifier.identify(values, pv, reported)
 
     def _identified(self, fut: Any, reported: Topology, now: float) -> None:
         self._busy = False
@@ -488,3 +484,27 @@ class LiveTopology:
         return {"topology": self.label, "changes": self.tracker.changes,
                 "identified": self.tracker.identified, "tests": self.tests,
                 "test_errors": self.test_errors}
+
+
+#: the identification process's Identifier (built by :func:`child_init`)
+_CHILD: Identifier | None = None
+
+
+def child_init(cfg: TwinConfig, nice: int = 10) -> None:
+    """Initializer of the identification process: lower its priority (the hot path's
+    processes come first), build the :class:`Identifier` of ``cfg``."""
+    global _CHILD
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError):
+        os.nice(nice)
+    _CHILD = Identifier(cfg, SwitchSet.of(cfg.network), cfg.topology.pseudo_rel)
+
+
+def identify_in_child(values: np.ndarray, pv_mw: np.ndarray, reported: Topology
+                      ) -> Identification:
+    """One hypothesis test in the identification process (see :func:`child_init`)."""
+    if _CHILD is None:
+        raise GatewayError("topology identification: the process was not initialized")
+    return _CHILD.identify(values, pv_mw, reported)

@@ -72,7 +72,10 @@ def play(scenario: Any, tmp: Path, mode: str) -> tuple[list[tuple[Any, ...]], An
     seen: dict[str, str] = {}
 
     def done(gw: Any, esum: Any) -> bool:
-        if gw.telemetry.states < ROWS - 30:
+        # every snapshot handed on was estimated, skipped (newest wins) or failed
+        f = gw.supervisor.stats
+        if f.submitted < ROWS - 1 or f.states + f.failures + f.skipped < f.submitted \
+                or gw.supervisor.inflight is not None:
             return False
         seen["metrics"] = gw.metrics.exposition().decode()
         return True
