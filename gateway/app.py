@@ -125,7 +125,7 @@ class Gateway:
         p.quality, close_quality = comp.open_quality(cfg, o, loop, self.event)
         if close_quality is not None:
             self.started("quality stage", close_quality)
-        topo = comp.open_topology(cfg, p, self.metrics, self.event, loop)
+        topo = await comp.open_topology(cfg, p, self.metrics, self.event, loop)
         if topo is not None:  # before the estimator: it stamps each snapshot's topology
             self.topology = topo[0]
             self.on_handoff.append(self.topology.note_handoff)

@@ -499,7 +499,19 @@ def child_init(cfg: TwinConfig, nice: int = 10) -> None:
 
     with contextlib.suppress(OSError):
         os.nice(nice)
-    _CHILD = Identifier(cfg, SwitchSet.of(cfg.network), cfg.topology.pseudo_rel)
+    child = Identifier(cfg, SwitchSet.of(cfg.network), cfg.topology.pseudo_rel)
+    # the hypotheses around the normal topology: their models now, not in the first test
+    # (weights and factorizations still come from the first real snapshot)
+    sw = child.bank.switches
+    for t in sw.candidates(sw.normal):
+        child.bank.estimator(t)
+    _CHILD = child
+
+
+def child_ready() -> bool:
+    """Nothing: submitted once when the pool opens, so the process starts (and
+    :func:`child_init` builds the hypotheses) while the gateway starts, not in the run."""
+    return _CHILD is not None
 
 
 def identify_in_child(values: np.ndarray, pv_mw: np.ndarray, reported: Topology
