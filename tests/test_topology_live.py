@@ -65,7 +65,8 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TwinConfig
 def play(scenario: Any, tmp: Path, mode: str) -> tuple[list[tuple[Any, ...]], Any, str]:
     """Run the reconfigured scenario with the statuses ``mode``; (states rows
     (seq, source_time, topology, vm, va), the emulator's trace time origin, the metrics
-    text read while the twin ran)."""
+    text read while the twin ran). Also checks that ``/state``'s object names the
+    topology of the last estimate stored."""
     path, cfg, _, switched = scenario
     plan = [Switching.of(AT, sw_8_21=True, sw_7_8=False)]
     trace = with_statuses(switched, cfg, plan, mode)
@@ -80,10 +81,13 @@ def play(scenario: Any, tmp: Path, mode: str) -> tuple[list[tuple[Any, ...]], An
         seen["metrics"] = gw.metrics.exposition().decode()
         return True
 
-    run_wire(cfg, trace, tmp, steps=ROWS, estimator=True, done=done, deadline_s=60.0,
-             options={"config_ref": str(path), "forecast": False})
+    _, _, gw, _ = run_wire(cfg, trace, tmp, steps=ROWS, estimator=True, done=done,
+                           deadline_s=60.0, options={"config_ref": str(path),
+                                                     "forecast": False})
     rows = query(tmp / "twin.db", "SELECT seq, source_time, topology, vm, va FROM states "
                  "ORDER BY seq")
+    last = gw.latest_state
+    assert last is not None and (last["seq"], last["topology"]) == rows[-1][0:3:2]
     return rows, float(trace.time[0]), seen["metrics"]
 
 
