@@ -333,3 +333,31 @@ def test_estimator_worker_keeps_one_solver_per_topology(scenario: Any,
                                                   switched.pv_mw[AT + 10], sig)[0], atol=1e-6)
     assert np.mean(np.abs(again[1][1] - np.abs(switched.v[AT + 10]))) < np.mean(
         np.abs(run(None, switched, AT + 10)[1] - np.abs(switched.v[AT + 10])))
+
+
+def test_demo_reconfigure_scenario_and_config(tmp_path: Path) -> None:
+    """What ``gridtwin demo --reconfigure --status withheld`` plays: a scenario switching
+    at the middle with the statuses on status columns (withheld from then on), and a
+    twin config that maps them."""
+    from gateway import cli_demo_topology as demo
+    from gateway.config import parse_config
+    from hil.scenario import make_scenario
+    from hil.trace import STATUS_PREFIX, load_trace
+
+    src = make_scenario(ScenarioSpec(config="ieee33", start="1990-06-01T10:00",
+                                     hours=100 / RATE / 3600, step_s=1 / RATE, seed=2),
+                        tmp_path / "base.npz", progress=False)
+    out = tmp_path / "switched.npz"
+    info = demo.prepare(Path(src), out, seconds=4.0, rate=RATE, status="withheld", seed=2)
+    assert info["step"] == 40 and info["switches"] == {"sw_8_21": "closed", "sw_7_8": "open"}
+    tr = load_trace(out)
+    tie, line = tr.extras[STATUS_PREFIX + "sw_8_21"], tr.extras[STATUS_PREFIX + "sw_7_8"]
+    assert (tie[:40] == 0).all() and (line[:40] == 1).all()
+    assert np.isnan(tie[40:]).all() and np.isnan(line[40:]).all()
+    base = load_trace(src)
+    assert np.allclose(tr.v[:40], base.v[:40]) and not np.allclose(tr.v[40:], base.v[40:])
+    text = (ROOT / "gateway" / "configs" / "ieee33.toml").read_text("utf-8")
+    cfg = parse_config(demo.config_text(text))
+    assert [s.name for s in cfg.switches] == ["sw_8_21", "sw_7_8"] and cfg.tracks_topology
+    with pytest.raises(ValueError, match="--status"):
+        demo.prepare(Path(src), out, seconds=4.0, rate=RATE, status="stuck", seed=2)
