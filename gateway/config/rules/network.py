@@ -65,7 +65,7 @@ def network(pr: Problems, t: dict[str, Any], base_dir: Path | None
         if closed is not None:
             net = net.with_switch(idx, closed)
         declared.append(SwitchSpec(name or switch_name(net.branches.names[idx]), idx))
-    _unique_switches(pr, declared)
+    _unique_switches(pr, net, declared)
     return net, declared
 
 
@@ -74,10 +74,10 @@ def switch_name(branch_name: str) -> str:
     return "sw_" + branch_name.replace("-", "_")
 
 
-def _unique_switches(pr: Problems, declared: list[SwitchSpec]) -> None:
+def _unique_switches(pr: Problems, net: Network, declared: list[SwitchSpec]) -> None:
     names = [s.name for s in declared]
-    branches = [str(s.branch) for s in declared]
-    for what, vals in (("name", names), ("branch index", branches)):
+    branches = [str(net.branches.names[s.branch]) for s in declared]
+    for what, vals in (("name", names), ("on branch", branches)):
         for v in sorted({v for v in vals if vals.count(v) > 1}):
             pr.add(Duplicate("network.switches", f"switch {what} {v!r} declared twice",
                              "declare each switch once", value=v))
