@@ -22,10 +22,17 @@ the topology the estimator must use next (:attr:`TopologyTracker.current`).
 
 :class:`TopologyTwin` is the thin runner that couples the tracker to a
 :class:`~estimator.topology.TopologyBank`: one call per snapshot estimates on the current
-topology and runs the identification when the tracker asks. The counters behind
-``gridtwin_topology_changes_total`` and ``gridtwin_topology_identified_total`` are
-:meth:`TopologyTracker.metrics`; :class:`TopologyCollector` exposes them to a Prometheus
-registry.
+topology and runs the identification when the tracker asks (the evaluation uses it).
+The counters behind ``gridtwin_topology_changes_total`` and
+``gridtwin_topology_identified_total`` are :meth:`TopologyTracker.metrics`;
+:class:`TopologyCollector` exposes them to a Prometheus registry.
+
+On the live twin (:func:`gateway.components.open_topology`): :class:`StatusBoard` turns
+the decoded frames into each snapshot's statuses, :class:`LiveTopology` runs the tracker
+between the pipeline and the estimator process (the topology travels with the snapshot,
+the estimator process names the one it used in its state), and the hypothesis tests run
+in a child process (:func:`child_init`, :func:`identify_in_child`) with the
+:class:`Identifier` of the config.
 """
 
 from __future__ import annotations
