@@ -255,40 +255,48 @@ def test_declared_switch_names_a_status_point(tmp_path: Path) -> None:
 
 
 def test_c37_digital_bits_become_snapshot_statuses() -> None:
-    """The emulator's C37.118 sender puts the statuses on the DIGITAL bits the config
-    names; the gateway's own decoder and the status board read them back (the PMUs sent
-    in another order than configured: bits are found by station)."""
-    from gateway.codecs.decoders import C37Decoder
+    """Sans-IO through the real pipeline: the emulator's C37.118 sender puts the
+    statuses on the DIGITAL bits the config names (its PMUs in another order than
+    configured: bits are found by station); each handed-off snapshot carries them, and
+    the tracker stamps the topology they report on it."""
     from gateway.config import parse_config
-    from gateway.topology import StatusBoard
+    from gateway.pipeline import Handoff, Pipeline
+    from gateway.telemetry import Telemetry
+    from gateway.topology import LiveTopology, StatusBoard
     from hil.c37server import C37Stream
+    from hil.emulator import retarget
 
     text = twin_text().replace('points = ["pmu*"]\n', 'points = ["pmu*"]\n'
                                'digitals = { PMU6 = ["sw_8_21", "", "sw_7_8"] }\n', 1)
-    cfg = parse_config(text)
-    cfg = dataclasses.replace(cfg, streams=[dataclasses.replace(
-        s, enabled=s.name in ("pmu-c37", "scada", "weather")) for s in cfg.streams])
+    cfg = retarget(parse_config(text), {}, enable=("pmu-c37",),
+                   disable=("pmu", "scada", "weather"))
     stream = cfg.stream("pmu-c37")
     assert cfg.tracks_topology
+    p = Pipeline(cfg, Telemetry(cfg, clock=lambda: 0.0), perf=lambda: 0.0)
+    p.switches = StatusBoard(cfg)
+    events: list[tuple[str, dict[str, Any]]] = []
+    topo = LiveTopology(cfg, event=lambda kind, src, d: events.append((kind, d)))
     src = C37Stream(stream, RATE, order=list(reversed(range(len(stream.pmus)))))
-    dec = C37Decoder(stream)
-    assert dec.decode(src.cfg2.build(), 0.0) is None
-    board = StatusBoard(cfg)
+    p.feed_frame(stream.name, src.cfg2.build(), 10.0)
     values = np.ones(len(cfg.channels))
-    got = []
-    for k, st in enumerate(({"sw_8_21": 1.0, "sw_7_8": 0.0}, {"sw_8_21": 0.0, "sw_7_8": 1.0},
+    names = p.switches.names
+    got, labels = [], []
+    for k, st in enumerate(({"sw_8_21": 0.0, "sw_7_8": 1.0}, {"sw_8_21": 1.0, "sw_7_8": 0.0},
                             {"sw_8_21": np.nan, "sw_7_8": np.nan})):
-        out = dec.decode(src.data_frame(values, 1e9 + k / RATE, st), 0.0)
-        assert out is not None
-        board.feed(stream.name, out[2], dec)
-        got.append(board.take())
-    names = board.names
-    a, b = names.index("sw_8_21"), names.index("sw_7_8")
-    assert (got[0][a], got[0][b]) == (1.0, 0.0)
-    assert (got[1][a], got[1][b]) == (0.0, 1.0)
+        out = p.feed_frame(stream.name, src.data_frame(values, 1e9 + k / RATE, st),
+                           10.02 + k / RATE)
+        (h,) = [o for o in out if isinstance(o, Handoff)]
+        statuses = h.snapshot.statuses
+        assert statuses is not None
+        got.append((statuses[names.index("sw_8_21")], statuses[names.index("sw_7_8")]))
+        topo.note_handoff(h.snapshot, h.pv_mw, h.pv_sigma_mw)
+        assert h.snapshot.topology is not None
+        labels.append(topo.switches.label(h.snapshot.topology))
     # the sender keeps a bit it was given no status for: the last one is read again
-    assert (got[2][a], got[2][b]) == (0.0, 1.0)
-    assert np.isnan(board.take()).all()  # taken: nothing received since
+    assert got == [(0.0, 1.0), (1.0, 0.0), (1.0, 0.0)]
+    assert labels == ["normal", NEW, NEW]
+    assert [kind for kind, _ in events] == ["topology_changed"]
+    assert events[0][1]["from"] == "normal" and events[0][1]["topology"] == NEW
 
 
 def test_estimator_worker_keeps_one_solver_per_topology(scenario: Any,
