@@ -67,6 +67,7 @@ class Gateway:
         self.bus: Any = None  # gateway.bus.link.BusLink when [bus] url is set
         self.sensors: Sensors | None = None  # edge sensors over MQTT ([mqtt] configured)
         self.forecast: Any = None  # gateway.forecast.ForecastRunner ([forecast] enabled)
+        self.topology: Any = None  # gateway.topology.LiveTopology (switch statuses mapped)
         # who hears of each handoff, state and event (components add themselves at start)
         self.on_handoff: list[Callable[[Any, Any, Any], None]] = []
         self.on_new_state: list[Callable[[StateMsg, float], None]] = []
@@ -124,6 +125,12 @@ class Gateway:
         p.quality, close_quality = comp.open_quality(cfg, o, loop, self.event)
         if close_quality is not None:
             self.started("quality stage", close_quality)
+        topo = await comp.open_topology(cfg, p, self.metrics, self.event, loop)
+        if topo is not None:  # before the estimator: it stamps each snapshot's topology
+            self.topology = topo[0]
+            self.on_handoff.append(self.topology.note_handoff)
+            self.on_new_state.append(self.topology.on_estimate)
+            self.started("topology", topo[1])
         self.commands = comp.open_commands(cfg, self.metrics, self.event)
         if self.commands is not None:
             self.on_new_state.append(self.commands.on_estimate)

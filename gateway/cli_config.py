@@ -158,11 +158,37 @@ def describe(cfg: TwinConfig, *, points: bool = False) -> str:
                  f"{(electrical + pseudo) / (2 * n - 1):.2f})")
     for s in cfg.streams:
         lines += _stream_lines(cfg, s, points)
+    lines += _switch_lines(cfg)
     lines.append(f"estimator: {cfg.estimator.method}, deadline "
                  f"{cfg.estimator.deadline_s * 1000:g} ms; historian {cfg.historian_url}; "
                  f"metrics {cfg.metrics_bind}; commands "
                  f"{'ENABLED ' + cfg.commands.url if cfg.commands.enabled else 'off'}")
     return "\n".join(lines)
+
+
+def _switch_lines(cfg: TwinConfig) -> list[str]:
+    """Each switch with where its status comes from (topology tracking on or off)."""
+    if not cfg.switches:
+        return []
+    src: dict[str, list[str]] = {}
+    for s in cfg.streams:
+        for p in s.points:
+            if p.channel is None:
+                src.setdefault(p.name, []).append(f"{s.name} int32 point")
+        for station, bit, name in s.digitals:
+            src.setdefault(name, []).append(f"{s.name} {station} DIGITAL{bit // 16} bit "
+                                            f"{bit % 16}")
+    t = cfg.topology
+    lines = [f"switches {len(cfg.switches)}, topology tracking "
+             + (f"on (identify {'on' if t.identify else 'off'}, a hypothesis test "
+                + (f"at least every {t.probe_s:g} s)" if t.probe_s else "after every estimate)")
+                if cfg.tracks_topology else "off")]
+    net = cfg.network
+    for sw in cfg.switches:
+        state = "closed" if net.branches.in_service[sw.branch] else "open"
+        lines.append(f"  switch {sw.name}: branch {net.branches.names[sw.branch]} ({state}), "
+                     f"status {'; '.join(src.get(sw.name, [])) or 'not on the wire'}")
+    return lines
 
 
 def _stream_lines(cfg: TwinConfig, s: Stream, points: bool) -> list[str]:

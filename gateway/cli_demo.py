@@ -76,6 +76,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="mqtt: the emulator also publishes IEEE33 micro sensors (Sparkplug "
                    "B, SenML) through a private Mosquitto; the twin subscribes, and the "
                    "report adds its devices (online, stale, unassigned)")
+    p.add_argument("--reconfigure", action="store_true",
+                   help="the feeder switches half-way (tie 8-21 closes, 7-8 opens); the "
+                   "report adds the topology changes and the accuracy before and after")
+    p.add_argument("--status", choices=("sent", "withheld", "falsified"), default="sent",
+                   help="with --reconfigure: the switch statuses on the wire are the truth, "
+                   "never sent, or keep the old state")
     p.add_argument("--estimator-method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-quality", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
@@ -96,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
                            bad_pct=args.bad_data, seed=args.seed, cache=args.cache,
                            kill_at=args.kill_estimator_at, method=args.estimator_method,
                            quality=not args.no_quality, progress=not args.json,
-                           realtime=not args.no_realtime, sensors=args.sensors)
+                           realtime=not args.no_realtime, sensors=args.sensors,
+                           reconfigure=args.status if args.reconfigure else None)
         if not args.workdir:
             res["workdir"] = None  # removed with the temporary directory
-    except (GatewayError, OSError, RuntimeError) as exc:
+    except (GatewayError, OSError, RuntimeError, ValueError) as exc:
         print(f"gridtwin demo: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -149,8 +156,9 @@ def ensure_scenario(cache: Path, *, seconds: float, rate: float, bad_pct: float,
 # --------------------------------------------------------------------------- processes
 
 def write_config(path: Path, *, rate: float, db: Path, ports: dict[str, int] | None,
-                 metrics_port: int) -> Path:
-    """The bundled ieee33 config with loopback ports, this run's database and rate."""
+                 metrics_port: int, patch: Callable[[str], str] | None = None) -> Path:
+    """The bundled ieee33 config with loopback ports, this run's database and rate
+    (``patch``: a last edit of the text, e.g. the switch statuses of --reconfigure)."""
     import re
     from importlib import resources
 
@@ -163,7 +171,7 @@ def write_config(path: Path, *, rate: float, db: Path, ports: dict[str, int] | N
     text = re.sub(r"rate_hz = \d+(\.\d+)?", f"rate_hz = {rate:g}", text)
     text = text.replace('url = "sqlite:///twin.db"', f'url = "sqlite:///{db}"')
     text = text.replace('bind = "127.0.0.1:9108"', f'bind = "127.0.0.1:{metrics_port}"')
-    path.write_text(text, "utf-8")
+    path.write_text(patch(text) if patch is not None else text, "utf-8")
     return path
 
 
@@ -211,12 +219,15 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
              cache: str | None = None, kill_at: float | None = None,
              method: str | None = None, quality: bool = True, progress: bool = True,
              extra_run_args: list[str] | None = None, realtime: bool = True,
-             keep_metrics: bool = False, sensors: str = "none") -> dict[str, Any]:
+             keep_metrics: bool = False, sensors: str = "none",
+             reconfigure: str | None = None) -> dict[str, Any]:
     """Run the twin and the emulator as two real processes and grade the twin.
 
     Real processes on loopback rather than threads, so the figures are those of the
     deployed shape (separate schedulers, real sockets, the estimator's worker process).
     The twin is always stopped (and a private broker closed) however the run ends.
+    ``reconfigure``: the switch statuses' mode of a run whose feeder switches half-way
+    (:mod:`gateway.cli_demo_topology`).
     """
     import subprocess
 
@@ -227,10 +238,24 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
     wd.mkdir(parents=True, exist_ok=True)
     trace_path, loop = ensure_scenario(cache_dir(cache), seconds=seconds, rate=rate,
                                        bad_pct=bad_pct, seed=seed, log=log)
+    patch, switching = None, None
+    if reconfigure is not None:
+        from gateway import cli_demo_topology as demo_topology
+
+        if loop:
+            raise ValueError(f"--reconfigure: a {seconds:g} s run at {rate:g} Hz is longer "
+                             "than one scenario; run shorter")
+        switching = demo_topology.prepare(trace_path, wd / "reconfigured.npz",
+                                          seconds=seconds, rate=rate, status=reconfigure,
+                                          seed=seed)
+        trace_path, patch = wd / "reconfigured.npz", demo_topology.config_text
+        log(f"demo: the feeder switches at {switching['step'] / rate:g} s "
+            f"({switching['switches']}), statuses {reconfigure}")
     db = wd / "twin.db"
     if db.exists():
         db.unlink()
-    gw_cfg = write_config(wd / "twin.toml", rate=rate, db=db, ports=None, metrics_port=0)
+    gw_cfg = write_config(wd / "twin.toml", rate=rate, db=db, ports=None, metrics_port=0,
+                          patch=patch)
     broker, mqtt_url = _start_broker(wd, gw_cfg) if sensors == "mqtt" else (None, "")
     gw_log = wd / "gateway.log"
     cmd = _twin_command(gw_cfg, wd, method=method, quality=quality, realtime=realtime,
@@ -242,7 +267,7 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
         ready = _wait_ready(gw, gw_log, 120.0)
         played = _play(ready, gw.pid, wd, db, trace_path, rate=rate, seconds=seconds,
                        loop=loop, mqtt_url=mqtt_url, realtime=realtime, kill_at=kill_at,
-                       devices=broker is not None, log=log)
+                       devices=broker is not None, log=log, patch=patch)
     finally:
         gw_out = _stop_twin(gw)
         if broker is not None:
@@ -250,6 +275,11 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
     final = json.loads(gw_out.strip().splitlines()[-1]) if gw_out.strip() else played.live
     res = collect(final, played.emu_sum, db, trace_path, rate=rate, seconds=seconds)
     _add_run_report(res, final, played, kill_at=kill_at)
+    if switching is not None:
+        from gateway import cli_demo_topology as demo_topology
+
+        res.update(demo_topology.report(db, trace_path, switching, rate))
+        res["topology_tracker"] = final.get("topology")
     res["workdir"] = str(wd)
     if keep_metrics:
         res["_metrics_text"] = played.metrics_text
@@ -302,7 +332,8 @@ def _emulate_command(emu_cfg: Path, trace_path: Path, *, rate: float, seconds: f
 
 def _play(ready: dict[str, Any], gw_pid: int, wd: Path, db: Path, trace_path: Path, *,
           rate: float, seconds: float, loop: bool, mqtt_url: str, realtime: bool,
-          kill_at: float | None, devices: bool, log: Any) -> _Played:
+          kill_at: float | None, devices: bool, log: Any,
+          patch: Callable[[str], str] | None = None) -> _Played:
     """Point the emulator at the ports the twin reported ready, let it play, then read the
     twin's live figures; the emulator is killed if anything fails on the way."""
     import subprocess
@@ -311,7 +342,7 @@ def _play(ready: dict[str, Any], gw_pid: int, wd: Path, db: Path, trace_path: Pa
     mport = int(ready["metrics"][1])
     ports = {k: int(v[1]) for k, v in ready["streams"].items()}
     emu_cfg = write_config(wd / "emulator.toml", rate=rate, db=db, ports=ports,
-                           metrics_port=mport)
+                           metrics_port=mport, patch=patch)
     ecmd = _emulate_command(emu_cfg, trace_path, rate=rate, seconds=seconds, loop=loop,
                             mqtt_url=mqtt_url, realtime=realtime)
     log(f"demo: twin ready (metrics http://127.0.0.1:{mport}/metrics); emulating "
@@ -593,6 +624,8 @@ def human(r: dict[str, Any]) -> str:
         f"{_f(lat.get('p99'), '.3f')} ms, max {_f(lat.get('max'), '.3f')} ms",
         f"  historian  {r['historian_rows']} rows",
     ]
+    if "topology_changes" in r:
+        lines += _topology_lines(r)
     if r.get("restart"):
         rs = r["restart"]
         lines.append(f"  restart    killed pid {rs['killed_pid']} at {rs['at_s']} s: "
@@ -610,3 +643,22 @@ def human(r: dict[str, Any]) -> str:
         "  not with a synchronised clock.",
     ]
     return "\n".join(lines)
+
+
+def _topology_lines(r: dict[str, Any]) -> list[str]:
+    """--reconfigure: the switching, what the twin did, the accuracy around it."""
+    sw = r["switching"]
+    acc = r["accuracy"]
+    idf = r["topology_identified"]
+    out = [f"  switching  at {sw['step'] / r['rate_hz']:g} s: "
+           + ", ".join(f"{n} {s}" for n, s in sw["switches"].items())
+           + f" (statuses {sw['status']})"]
+    for c in r["topology_changes"]:
+        out.append(f"  topology   {c['from']} -> {c['to']} ({c['source']})")
+    if idf["identified"]:
+        out.append(f"  identified {idf['topology']} after {idf['snapshots']} snapshots")
+    for when in ("before", "after", "after_on_new_topology"):
+        a = acc[when]
+        out.append(f"  {when.replace('_', ' ')}: |V| MAPE {_f(a['vm_mape_pct'], '.4f')} %, "
+                   f"angle RMSE {_f(a['va_rmse_rad'], '.2e')} rad over {a['states']} states")
+    return out

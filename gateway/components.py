@@ -30,6 +30,7 @@ from gateway.transports.base import Transport, TransportSpec, open_transport
 log = logging.getLogger("gridtwin.gateway")
 
 EventSink = Callable[[str, str, dict[str, Any]], None]  # (kind, source, detail)
+TOPOLOGY_READY_S = 60.0  # the identification process's start-up, at most
 
 
 @dataclass
@@ -119,6 +120,59 @@ def open_commands(cfg: TwinConfig, metrics: Metrics, event: EventSink) -> Any:
     log.warning("commands ENABLED: %s curtailment to %s", cfg.commands.policy,
                 cfg.commands.url)
     return link
+
+
+async def open_topology(cfg: TwinConfig, pipeline: Any, metrics: Metrics, event: EventSink,
+                        loop: asyncio.AbstractEventLoop
+                        ) -> tuple[Any, Callable[[], None]] | None:
+    """Topology tracking (:class:`gateway.topology.LiveTopology`) when the config maps a
+    switch status (or ``[topology] track`` says so), else None: the pipeline's status
+    board, the tracker, its counters on the registry, and the one process hypothesis
+    tests run in (a niced child: a test over 64 hypotheses is 40 ms of CPU, the first
+    one 1.1 s while it builds their estimators; in a thread of the gateway it held the
+    GIL against the hot path). The process is started, and has built the hypotheses'
+    models, before this returns: its start-up (imports, 0.7 s of models) does not compete
+    with the run. Returns the tracker and what closes it."""
+    if not cfg.tracks_topology:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from gateway.topology import (
+        LiveTopology,
+        StatusBoard,
+        TopologyCollector,
+        child_init,
+        child_ready,
+    )
+
+    board = StatusBoard(cfg)
+    if not board.empty:
+        pipeline.switches = board
+    pool = None
+    if cfg.topology.identify:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=child_init, initargs=(cfg,))
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(pool.submit(child_ready)),
+                                   TOPOLOGY_READY_S)
+        except Exception as exc:  # identification is optional: track the statuses only
+            log.error("topology identification unavailable: %s", exc)
+            event("topology_identification_lost", "topology", {"error": str(exc)})
+            pool.shutdown(wait=False, cancel_futures=True)
+            pool = None
+    topo = LiveTopology(cfg, event=event, submit=None if pool is None else pool.submit,
+                        call_soon=loop.call_soon_threadsafe)
+    collector = TopologyCollector(topo.tracker)
+    metrics.registry.register(collector)  # type: ignore[arg-type]
+
+    def close() -> None:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        pipeline.switches = None
+        metrics.registry.unregister(collector)  # type: ignore[arg-type]
+
+    return topo, close
 
 
 async def open_estimator(cfg: TwinConfig, o: GatewayOptions, *, clock: Callable[[], float],
@@ -259,6 +313,7 @@ def summary(gw: Any) -> dict[str, Any]:
         "command_errors": cl.errors if cl is not None else 0,
         "bus": gw.bus.stats() if gw.bus is not None else None,
         "devices": gw.sensors.summary() if getattr(gw, "sensors", None) else None,
+        "topology": gw.topology.summary() if getattr(gw, "topology", None) else None,
     }
 
 
@@ -345,7 +400,7 @@ class HistorianSink:
         self.put(self.writer.put_state, "states", st.seq, st.source_time, st.vm, st.va,
                  chi2=st.chi2 if math.isfinite(st.chi2) else None,
                  iterations=st.iterations, converged=st.converged,
-                 deadline_met=o.deadline_met,
+                 deadline_met=o.deadline_met, topology=st.topology,
                  timings={"handoff_s": o.handoff_s, "solve_s": st.t_solve_s,
                           "e2e_s": o.e2e_s})
 

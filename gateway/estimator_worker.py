@@ -13,6 +13,13 @@ warm-up solve before READY only loads code and structural caches: its synthetic 
 snapshot is forgotten (:meth:`~estimator.linear.LinearStateEstimator.forget_weights`), so
 the live estimates equal ``gridtwin estimate`` on the same values.
 
+Topology: a snapshot may name the switch states to estimate on (the gateway's topology
+tracker, :mod:`gateway.topology`). :class:`SolverCache` keeps one solver per topology
+met (its estimator built on the switched network, as
+:class:`estimator.topology.TopologyBank` keeps one per hypothesis), so a topology that
+comes back is a dictionary look-up with its factorizations still cached; only a topology
+never seen before costs a model build. Each STATE names the topology it used.
+
 ``--method flat`` answers every snapshot with the flat start (1 pu, 0 rad) without any
 estimator maths: it exists for supervision tests and the handoff benchmark only.
 """
@@ -26,7 +33,9 @@ import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -81,6 +90,44 @@ def solver_for(cfg: Any, method: str, *, clean: bool = False) -> tuple[int, Solv
 
         return n_bus, flat
     return n_bus, _linear_solver(cfg, method, clean=clean)
+
+
+class SolverCache:
+    """One solve function per topology (LRU over ``size``), the config's built at once.
+
+    ``builds`` counts the solvers built: a topology coming back adds none (its
+    estimator, and the factorizations it cached, are reused)."""
+
+    def __init__(self, cfg: Any, method: str, *, clean: bool = False, size: int = 32
+                 ) -> None:
+        from estimator.topology import SwitchSet
+
+        self.cfg, self.method, self.clean, self.size = cfg, method, clean, int(size)
+        self.switches = SwitchSet.of(cfg.network)
+        self.n_bus, solve = solver_for(cfg, method, clean=clean)
+        normal = self.switches.normal
+        self._fns: OrderedDict[tuple[bool, ...], tuple[SolveFn, str]] = OrderedDict(
+            {normal: (solve, "normal")})
+        self.builds = 1
+
+    def solver(self, topology: tuple[bool, ...] | None) -> tuple[SolveFn, str]:
+        """(solve function, label) of ``topology`` (None: the config's network)."""
+        key = self.switches.normal if topology is None else topology
+        hit = self._fns.get(key)
+        if hit is not None:
+            self._fns.move_to_end(key)
+            return hit
+        sw = self.switches
+        if len(key) != len(sw.branches):
+            raise ValueError(f"topology of {len(key)} switches, the network has "
+                             f"{len(sw.branches)} switchable branches")
+        cfg = replace(self.cfg, network=sw.network(key))
+        hit = (solver_for(cfg, self.method, clean=self.clean)[1], sw.label(key))
+        self.builds += 1
+        self._fns[key] = hit
+        if len(self._fns) > self.size:
+            self._fns.popitem(last=False)
+        return hit
 
 
 def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
@@ -266,7 +313,7 @@ class PeriodicReceiver:
         return msg, now
 
 
-def serve(sock: socket.socket, n_bus: int, solve: SolveFn, t_build: float, *,
+def serve(sock: socket.socket, n_bus: int, solve: SolveFn | SolverCache, t_build: float, *,
           spin_s: float = 0.0) -> int:
     """Answer snapshots until STOP or the socket closes (0); every failure is a FAIL."""
     clock = time.time
@@ -285,21 +332,29 @@ def serve(sock: socket.socket, n_bus: int, solve: SolveFn, t_build: float, *,
         sock.send(answer(msg, recv_time, solve, t_build, clock))
 
 
-def answer(msg: bytes, recv_time: float, solve: SolveFn, t_build: float,
+def answer(msg: bytes, recv_time: float, solve: SolveFn | SolverCache, t_build: float,
            clock: Callable[[], float] = time.time) -> bytes:
-    """The STATE (or, on any failure, FAIL) message answering one SNAP message."""
+    """The STATE (or, on any failure, FAIL) message answering one SNAP message; with a
+    :class:`SolverCache`, estimated on the topology the snapshot names (the time to
+    build a solver for a topology never seen before counts as solve time)."""
     seq, send_time = -1, float("nan")
+    label = "normal"
     try:
         snap, pv, sig, send_time = decode_snapshot(msg)
         seq = snap.seq
         t0 = time.perf_counter()
-        vm, va, chi2, chi2_thr, iters, conv = solve(snap.values, snap.flags, pv, sig)
+        if isinstance(solve, SolverCache):
+            fn, label = solve.solver(snap.topology)
+        else:
+            fn = solve
+        vm, va, chi2, chi2_thr, iters, conv = fn(snap.values, snap.flags, pv, sig)
         t_solve = time.perf_counter() - t0
     except Exception as exc:  # report any failure (bad message, solver), keep serving
         return FailMsg(seq, send_time, recv_time, f"{type(exc).__name__}: {exc}").encode()
     times = (snap.source_time, snap.arrival_time, snap.published_time, send_time,
              recv_time, clock())
-    return encode_state(seq, times, chi2, chi2_thr, t_build, t_solve, iters, conv, vm, va)
+    return encode_state(seq, times, chi2, chi2_thr, t_build, t_solve, iters, conv, vm, va,
+                        label)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,13 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.config import load_config
 
         cfg = load_config(args.config)
-        n_bus, solve = solver_for(cfg, args.method or cfg.estimator.method,
-                                  clean=not args.no_clean)
+        solvers = SolverCache(cfg, args.method or cfg.estimator.method,
+                              clean=not args.no_clean)
     except Exception as exc:
         print(f"estimator worker: cannot build the estimator: {exc}", file=sys.stderr)
         return 3
     try:
-        return serve(sock, n_bus, solve, time.perf_counter() - t0,
+        return serve(sock, solvers.n_bus, solvers, time.perf_counter() - t0,
                      spin_s=max(0.0, args.spin_us) * 1e-6)
     except (BrokenPipeError, ConnectionResetError):
         return 0

@@ -27,17 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from estimator.network import Network
-from estimator.topology import (
-    SwitchSet,
-    Topology,
-    TopologyBank,
-    load_pseudo_values,
-    with_load_pseudo,
-)
+from estimator.topology import SwitchSet, Topology
 from gateway.config import TwinConfig, load_config
-from gateway.se_model import measurement_model
-from gateway.topology import TopologyTracker, TopologyTwin, statuses_from_values
+from gateway.topology import Identifier, TopologyTracker, TopologyTwin, statuses_from_values
 from hil.reconfigure import STATUS_MODES, Switching, reconfigure, status_values
 from hil.scenario import ScenarioSpec, make_trace
 from hil.trace import Trace
@@ -66,31 +58,24 @@ class TopologyEval:
 
 
 class Twin:
-    """Bank, snapshot assembly and a fresh tracker per case, for one config."""
+    """Bank, snapshot assembly (the live twin's :class:`~gateway.topology.Identifier`)
+    and a fresh tracker per case, for one config."""
 
     def __init__(self, cfg: TwinConfig, seed: int = 0, pseudo_rel: float = 0.5) -> None:
         self.cfg = cfg
         self.sw = SwitchSet.of(cfg.network)
-        base = cfg.network
-
-        def make(net: Network) -> Any:
-            return with_load_pseudo(measurement_model(replace(cfg, network=net)), base,
-                                    rel=pseudo_rel)
-
-        self.bank = TopologyBank(self.sw, make)
-        self.model = self.bank.estimator(self.sw.normal).model
+        self.ident = Identifier(cfg, self.sw, pseudo_rel)
+        self.bank = self.ident.bank
+        self.model = self.ident.model
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 2121]))
-        self.head = cfg.channel_index.get(f"flow.{base.branches.names[0]}.p")
-        self.nominal_mw = float(base.p_load.sum() * base.base_mva)
         self.ratings = np.array([p.rating_mw for p in cfg.plants])
 
     def snapshot(self, trace: Trace, k: int) -> np.ndarray:
+        """The live twin's snapshot of row ``k``: the PV forecast is the truth plus the
+        forecaster's error level."""
         pv = trace.pv_mw[k] + self.rng.standard_normal(self.ratings.size) * (
             PV_FORECAST_FRAC * self.ratings)
-        head = trace.measured[k, self.head] if self.head is not None else math.nan
-        level = (head + pv.sum()) / self.nominal_mw if math.isfinite(head) else 1.0
-        pseudo = np.r_[pv, load_pseudo_values(self.cfg.network, max(level, 0.05))]
-        return np.asarray(self.model.values_to_pu(trace.measured[k], pseudo))
+        return self.ident.z(trace.measured[k], pv)
 
     def tracker(self, **options: Any) -> TopologyTwin:
         return TopologyTwin(self.bank, TopologyTracker(self.sw, **options))

@@ -149,7 +149,8 @@ class Pipeline:
     outputs are wanted (the runner turns them off when no estimator or historian runs).
     """
 
-    #: switch states the estimates use (a gateway.topology label; "normal": the config's)
+    #: switch states the latest estimate used (its label, gateway.topology; "normal": the
+    #: config's), as the estimator reported it
     topology: str = "normal"
 
     def __init__(self, cfg: TwinConfig, telemetry: Telemetry, *, quality: Any = None,
@@ -169,6 +170,9 @@ class Pipeline:
         #: the sensor board (gateway.sensors) when edge sensors are configured: it fills
         #: the sensor channels of every snapshot published, before cleaning
         self.sensors: Any = None
+        #: the switch status board (gateway.topology.StatusBoard) when switch statuses are
+        #: mapped: fed every decoded frame, it gives each snapshot its statuses
+        self.switches: Any = None
         self.perf = perf
         self.handoff = True
         self.store = True
@@ -216,6 +220,8 @@ class Pipeline:
         if dec is None:  # a configuration/header frame
             return out
         seq, ts, values = dec
+        if self.switches is not None:
+            self.switches.feed(stream, values, c37)
         snaps = dsc.ingest_frame(st, self.aligner, stream, seq, ts, values, now, len(data),
                                  flags=None if c37 is None else c37.flags)
         if dsc.pending(st, self.aligner):
@@ -263,6 +269,8 @@ class Pipeline:
         out = self._out
         if self.sensors is not None:
             self.sensors.fill(snap.values, snap.flags, snap.arrival_time)
+        if self.switches is not None:
+            snap.statuses = self.switches.take()
         t0 = self.perf()
         try:
             res = self.quality.process(snap.values, snap.flags, snap.source_time)
@@ -274,7 +282,7 @@ class Pipeline:
         pv = np.asarray(res.pv_mw, float)
         if self.handoff:
             clean = Snapshot(snap.seq, snap.source_time, snap.arrival_time, res.values,
-                             flags, snap.published_time)
+                             flags, snap.published_time, snap.statuses)
             out.append(Handoff(clean, pv, np.asarray(res.pv_sigma_mw, float)))
         self._cleaned.append((dq, snap.published_time - snap.arrival_time, flags))
         self._last_seq = snap.seq
@@ -328,6 +336,7 @@ class Pipeline:
         hand = st.recv_time - st.send_time
         self.telemetry.state(st, e2e, hand)
         self._last_state = (st, received, met, e2e, hand)
+        self.topology = st.topology
         self._latest_json = None
         if self.store:
             out.append(StoreState(st, met, e2e, hand))

@@ -47,6 +47,13 @@ class Snapshot:
     values: np.ndarray
     flags: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint32))
     published_time: float = 0.0  # when the aligner handed it on (for end-to-end latency)
+    #: switch statuses received for this snapshot, in ``TwinConfig.switches`` order (1
+    #: closed, 0 open, NaN none received); None when no switch status is mapped. Not in
+    #: :meth:`to_bytes`: the estimator is handed the topology decided from them
+    statuses: np.ndarray | None = None
+    #: the switch states (gateway.topology) the estimate of this snapshot must use; None:
+    #: the config's network
+    topology: tuple[bool, ...] | None = None
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values, dtype=np.float64)

@@ -22,29 +22,55 @@ the topology the estimator must use next (:attr:`TopologyTracker.current`).
 
 :class:`TopologyTwin` is the thin runner that couples the tracker to a
 :class:`~estimator.topology.TopologyBank`: one call per snapshot estimates on the current
-topology and runs the identification when the tracker asks. The counters behind
-``gridtwin_topology_changes_total`` and ``gridtwin_topology_identified_total`` are
-:meth:`TopologyTracker.metrics`; :class:`TopologyCollector` exposes them to a Prometheus
-registry.
+topology and runs the identification when the tracker asks (the evaluation uses it).
+The counters behind ``gridtwin_topology_changes_total`` and
+``gridtwin_topology_identified_total`` are :meth:`TopologyTracker.metrics`;
+:class:`TopologyCollector` exposes them to a Prometheus registry.
+
+On the live twin (:func:`gateway.components.open_topology`): :class:`StatusBoard` turns
+the decoded frames into each snapshot's statuses, :class:`LiveTopology` runs the tracker
+between the pipeline and the estimator process (the topology travels with the snapshot,
+the estimator process names the one it used in its state), and the hypothesis tests run
+in a child process (:func:`child_init`, :func:`identify_in_child`) with the
+:class:`Identifier` of the config.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily
 
+from estimator.network import Network
 from estimator.state import State
-from estimator.topology import Identification, SwitchSet, Topology, TopologyBank, identify
+from estimator.topology import (
+    Identification,
+    SwitchSet,
+    Topology,
+    TopologyBank,
+    identify,
+    load_pseudo_values,
+    with_load_pseudo,
+)
 from gateway.errors import GatewayError
+from gateway.se_model import measurement_model
 
-__all__ = ["TopologyCollector", "TopologyEvent", "TopologyTracker", "TopologyTwin",
-           "statuses_from_values"]
+if TYPE_CHECKING:
+    from gateway.config import TwinConfig
+
+log = logging.getLogger("gridtwin.topology")
+
+#: an int32 GTNET-SKT point with no value (the emulator's and RSCAD's missing marker)
+INT32_MISSING = -(2**31)
+
+__all__ = ["Identifier", "StatusBoard", "TopologyCollector", "TopologyEvent",
+           "TopologyTracker", "TopologyTwin", "statuses_from_values"]
 
 
 class TopologyStatusError(GatewayError):
@@ -60,9 +86,11 @@ class TopologyEvent:
     source: str  # "status" | "measurements"
     confidence: float = 1.0
     evidence: float = float("nan")  # sum J_before / sum J_after over the confirming tests
+    previous: str = ""  # label of the topology moved from
 
     def as_dict(self) -> dict[str, Any]:
-        return {"event": self.kind, "time": self.time, "topology": self.topology,
+        return {"event": self.kind, "time": self.time, "from": self.previous,
+                "topology": self.topology,
                 "switches": [{"switch": n, "state": "closed" if c else "open"}
                              for n, c in self.switches],
                 "source": self.source, "confidence": round(self.confidence, 4),
@@ -185,6 +213,7 @@ class TopologyTracker:
     def _move(self, now: float, to: Topology, source: str, *, confidence: float = 1.0,
               evidence: float = math.nan) -> TopologyEvent:
         diff = self.switches.diff(self.current, to)
+        previous = self.switches.label(self.current)
         self.current = to
         self._streak = _Streak()
         if source == "status":
@@ -194,7 +223,7 @@ class TopologyTracker:
             self.identified += 1
             kind = "topology_identified"
         return TopologyEvent(kind, now, self.switches.label(to), diff, source, confidence,
-                             evidence)
+                             evidence, previous)
 
     def metrics(self) -> dict[str, int]:
         return {"gridtwin_topology_changes_total": self.changes,
@@ -240,3 +269,261 @@ class TopologyTwin:
             idf = identify(self.bank, z, tr.current, warm=state.v)
             events += tr.on_identification(now, idf)
         return state, events
+
+
+class StatusBoard:
+    """The switch statuses received since the last snapshot, from the decoded frames.
+
+    One slot per switch of ``cfg.switches``. A GTNET-SKT ``int32`` point named after a
+    switch carries 0 (open) or 1 (closed); a C37.118 stream's ``digitals`` name the bits
+    of a PMU's DIGITAL words (bit set: closed). :meth:`feed` takes every decoded frame (a
+    dictionary look-up for the streams that carry none); :meth:`take` hands the
+    snapshot being published its statuses and clears the board, so a status that stops
+    arriving reads NaN (not received) instead of its last value. A value other than 0/1
+    (or the int32 missing marker) is not a status: it is counted in :attr:`invalid` and
+    ignored.
+    """
+
+    def __init__(self, cfg: TwinConfig) -> None:
+        self.names = [s.name for s in cfg.switches]
+        index = {n: i for i, n in enumerate(self.names)}
+        self.values = np.full(len(self.names), np.nan)
+        self._skt: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._c37: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        self._c37_words: dict[str, tuple[Any, np.ndarray, np.ndarray, np.ndarray]] = {}
+        for st in cfg.enabled_streams:
+            if st.format == "c37.118":
+                if st.digitals:
+                    self._c37[st.name] = tuple((station, bit, index[name])
+                                               for station, bit, name in st.digitals)
+                continue
+            pos = [(j, index[p.name]) for j, p in enumerate(st.points)
+                   if p.channel is None and p.name in index]
+            if pos:
+                self._skt[st.name] = (np.array([j for j, _ in pos], np.intp),
+                                      np.array([k for _, k in pos], np.intp))
+        self.invalid = 0
+
+    @property
+    def empty(self) -> bool:
+        """No enabled stream carries a status."""
+        return not self._skt and not self._c37
+
+    def feed(self, stream: str, values: np.ndarray, c37: Any = None) -> None:
+        """One decoded frame of ``stream`` (its values in point order; ``c37``: the
+        stream's C37.118 decoder, whose last DIGITAL words are read)."""
+        skt = self._skt.get(stream)
+        if skt is not None:
+            self._put(values[skt[0]], skt[1], stream)
+        elif c37 is not None and stream in self._c37 and c37.digitals is not None:
+            words, shift, sws = self._c37_map(stream, c37)
+            ok = words >= 0
+            bits = (c37.digitals[words[ok]] >> shift[ok]) & 1
+            self._put(bits.astype(float), sws[ok], stream)
+
+    def _put(self, v: np.ndarray, sws: np.ndarray, stream: str) -> None:
+        good = (v == 0) | (v == 1)
+        self.values[sws[good]] = v[good]
+        bad = ~good & np.isfinite(v) & (v != INT32_MISSING)
+        if bad.any():
+            self.invalid += int(bad.sum())
+            if self.invalid <= 3:
+                log.warning("stream %s: switch status %s = %r is neither 0 (open) nor 1 "
+                            "(closed); ignored", stream, self.names[int(sws[bad][0])],
+                            float(v[bad][0]))
+
+    def _c37_map(self, stream: str, dec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(word index into the frame's DIGITAL words or -1, bit, switch slot) per mapped
+        bit, for the configuration in force (recomputed when the sender's changes)."""
+        cfg = dec.config
+        cached = self._c37_words.get(stream)
+        if cached is not None and cached[0] is cfg:
+            return cached[1], cached[2], cached[3]
+        base: dict[str, tuple[int, int]] = {}
+        k = 0
+        for p in (cfg.pmus if cfg is not None else ()):
+            base[p.station] = (k, p.n_digitals)
+            k += p.n_digitals
+        words, bits, sws = [], [], []
+        for station, bit, sw in self._c37[stream]:
+            first, n = base.get(station, (0, 0))
+            words.append(first + bit // 16 if bit // 16 < n else -1)
+            bits.append(bit % 16)
+            sws.append(sw)
+        w, b, s = (np.array(words, np.intp), np.array(bits, np.uint16),
+                   np.array(sws, np.intp))
+        self._c37_words[stream] = (cfg, w, b, s)
+        return w, b, s
+
+    def take(self) -> np.ndarray:
+        """The statuses received since the last call (NaN: none), and clear the board."""
+        out = self.values.copy()
+        self.values.fill(np.nan)
+        return out
+
+
+class Identifier:
+    """Topology identification for a twin config: the bank of hypothesis estimators (the
+    config's measurement model plus load pseudo-measurements, :func:`with_load_pseudo`)
+    and the assembly of a snapshot into the bank's measurement vector. Runs where it is
+    called: the live twin calls :meth:`identify` from a worker thread, off the loop."""
+
+    def __init__(self, cfg: TwinConfig, switches: SwitchSet, pseudo_rel: float = 0.5) -> None:
+        base = cfg.network
+        self.cfg = cfg
+
+        def make(net: Network) -> Any:
+            return with_load_pseudo(measurement_model(replace(cfg, network=net)), base,
+                                    rel=pseudo_rel)
+
+        self.bank = TopologyBank(switches, make)
+        self.model = self.bank.estimator(switches.normal).model
+        self.head = cfg.channel_index.get(f"flow.{base.branches.names[0]}.p")
+        self.nominal_mw = float(base.p_load.sum() * base.base_mva)
+
+    def z(self, values: np.ndarray, pv_mw: np.ndarray) -> np.ndarray:
+        """The bank's measurement vector of a snapshot: its channels, the PV forecasts,
+        and the load pseudo-measurements scaled to the load level the measured head
+        flow implies (nominal when the head flow is not measured)."""
+        head = values[self.head] if self.head is not None else math.nan
+        level = (head + float(np.sum(pv_mw))) / self.nominal_mw if math.isfinite(head) \
+            else 1.0
+        pseudo = np.r_[pv_mw, load_pseudo_values(self.cfg.network, max(level, 0.05))]
+        return np.asarray(self.model.values_to_pu(values, pseudo))
+
+    def identify(self, values: np.ndarray, pv_mw: np.ndarray, reported: Topology,
+                 warm: np.ndarray | None = None) -> Identification:
+        return identify(self.bank, self.z(values, pv_mw), reported, warm=warm)
+
+
+#: snapshots kept for an identification asked after their estimate came back
+RECENT_SNAPSHOTS = 16
+
+
+class LiveTopology:
+    """The tracker on the live twin (the runner side of :class:`TopologyTracker`).
+
+    * :meth:`note_handoff` runs first for every snapshot handed to the estimator: its
+      reported statuses go to the tracker, and the snapshot is stamped with the topology
+      to estimate on (:attr:`Snapshot.topology`), so a reported change is in force for
+      the very snapshot that carried it.
+    * :meth:`on_estimate` sees every estimate: its ``J`` feeds the tracker's rise
+      detector; when a hypothesis test is due, :func:`identify_in_child` runs through
+      ``submit`` (the component gives a one-process pool: off the event loop and off
+      the gateway's GIL, one test at a time, on the estimate's snapshot) and its result
+      comes back through ``call_soon`` (the loop's thread), where the tracker decides.
+    * events (``topology_changed``, ``topology_identified``) go to ``event``.
+    """
+
+    def __init__(self, cfg: TwinConfig, *, event: Any, submit: Any = None,
+                 call_soon: Any = None) -> None:
+        t = cfg.topology
+        self.switches = SwitchSet.of(cfg.network)
+        self.tracker = TopologyTracker(self.switches, confirm=t.confirm, ratio=t.ratio,
+                                       probe_every_s=t.probe_s)
+        self.names = [self.switches.names[self.switches.branches.index(s.branch)]
+                      for s in cfg.switches]
+        self.event = event
+        self.submit = submit if t.identify else None
+        self.call_soon = call_soon
+        self._recent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._busy = False
+        self.tests = 0
+        self.test_errors = 0
+
+    @property
+    def label(self) -> str:
+        return self.tracker.label
+
+    def note_handoff(self, snap: Any, pv_mw: np.ndarray, pv_sigma: np.ndarray) -> None:
+        st = snap.statuses
+        if st is not None:
+            states = {self.names[k]: bool(st[k]) for k in np.flatnonzero(np.isfinite(st))}
+            for ev in self.tracker.on_status(snap.source_time, states):
+                self._emit(ev)
+        snap.topology = self.tracker.current
+        if self.submit is not None:
+            recent = self._recent
+            recent[snap.seq] = (snap.values, pv_mw)
+            if len(recent) > RECENT_SNAPSHOTS:
+                del recent[next(iter(recent))]
+
+    def on_estimate(self, st: Any, received: float) -> None:
+        tr = self.tracker
+        tr.on_estimate(st.source_time, st.chi2 if st.converged else math.inf)
+        if self.submit is None or self._busy or not tr.needs_test():
+            return
+        kept = self._recent.get(st.seq)
+        if kept is None or st.topology != tr.label:
+            return  # estimated on another topology than the one to test around
+        reported, now = tr.current, st.source_time
+        try:
+            fut = self.submit(identify_in_child, kept[0], kept[1], reported)
+        except Exception as exc:  # the pool is gone (its process died): stop testing
+            self.submit = None
+            log.error("topology identification stopped: %s", exc)
+            self.event("topology_identification_lost", "topology", {"error": str(exc)})
+            return
+        self._busy = True
+        fut.add_done_callback(lambda f: self.call_soon(self._identified, f, reported, now))
+
+    def _identified(self, fut: Any, reported: Topology, now: float) -> None:
+        self._busy = False
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.test_errors += 1
+            if self.test_errors <= 3:
+                log.error("topology identification failed: %s", exc)
+            return
+        self.tests += 1
+        if self.tracker.current != reported:
+            return  # a status moved the tracker meanwhile: the test is about the past
+        for ev in self.tracker.on_identification(now, fut.result()):
+            self._emit(ev)
+
+    def _emit(self, ev: TopologyEvent) -> None:
+        log.warning("%s: %s (%s)", ev.kind, ev.topology, ev.source)
+        self.event(ev.kind, "topology", ev.as_dict())
+
+    def summary(self) -> dict[str, Any]:
+        return {"topology": self.label, "changes": self.tracker.changes,
+                "identified": self.tracker.identified, "tests": self.tests,
+                "test_errors": self.test_errors}
+
+
+#: the identification process's Identifier (built by :func:`child_init`)
+_CHILD: Identifier | None = None
+
+
+def child_init(cfg: TwinConfig, nice: int = 10) -> None:
+    """Initializer of the identification process: lower its priority (the hot path's
+    processes come first), build the :class:`Identifier` of ``cfg``."""
+    global _CHILD
+    import contextlib
+    import os
+
+    with contextlib.suppress(OSError):
+        os.nice(nice)
+    child = Identifier(cfg, SwitchSet.of(cfg.network), cfg.topology.pseudo_rel)
+    # the hypotheses around the normal topology: their models now, not in the first test
+    # (weights and factorizations still come from the first real snapshot)
+    sw = child.bank.switches
+    for t in sw.candidates(sw.normal):
+        child.bank.estimator(t)
+    _CHILD = child
+
+
+def child_ready() -> bool:
+    """Nothing: submitted once when the pool opens, so the process starts (and
+    :func:`child_init` builds the hypotheses) while the gateway starts, not in the run."""
+    return _CHILD is not None
+
+
+def identify_in_child(values: np.ndarray, pv_mw: np.ndarray, reported: Topology
+                      ) -> Identification:
+    """One hypothesis test in the identification process (see :func:`child_init`)."""
+    if _CHILD is None:
+        raise GatewayError("topology identification: the process was not initialized")
+    return _CHILD.identify(values, pv_mw, reported)

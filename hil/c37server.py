@@ -60,12 +60,15 @@ def stream_config(stream: Stream, rate_hz: float, frame_type: int = c37.FRAME_CF
                   order: Sequence[int] | None = None, cfgcnt: int = 0) -> c37.ConfigFrame:
     """The configuration frame describing ``stream``'s data frames; ``order``: config PMU
     index of each wire block (default the config's order)."""
+    digs = digital_names(stream)
     pmus = [
         c37.PmuConfig(
             station=p.station, idcode=p.idcode, format=FORMAT,
-            phasor_names=[ph.name for ph in p.phasors], analog_names=[], digital_names=[],
+            phasor_names=[ph.name for ph in p.phasors], analog_names=[],
+            digital_names=digs.get(p.station, []),
             phunit=[(1 if ph.kind == "i" else 0, 1) for ph in p.phasors],
-            anunit=[], digunit=[], fnom=NOMINAL_HZ, cfgcnt=cfgcnt,
+            anunit=[], digunit=[(0, 0xFFFF)] * (len(digs.get(p.station, [])) // 16),
+            fnom=NOMINAL_HZ, cfgcnt=cfgcnt,
         )
         for p in stream.pmus
     ]
@@ -76,8 +79,22 @@ def stream_config(stream: Stream, rate_hz: float, frame_type: int = c37.FRAME_CF
                            frame_type=frame_type)
 
 
+def digital_names(stream: Stream) -> dict[str, list[str]]:
+    """Per station, the names of its DIGITAL bits (16 per word, bit 0 first): the switches
+    the config's ``digitals`` map there, "" for unused bits."""
+    out: dict[str, list[str]] = {}
+    for station, bit, name in stream.digitals:
+        names = out.setdefault(station, [])
+        need = 16 * (bit // 16 + 1)
+        names.extend([""] * (need - len(names)))
+        names[bit] = name
+    return out
+
+
 class C37Stream:
-    """Frame factory of one C37.118 stream: configuration, header and data frames."""
+    """Frame factory of one C37.118 stream: configuration, header and data frames. A
+    stream whose config maps switch statuses to DIGITAL bits sends them
+    (:meth:`data_frame`'s ``statuses``; a status not given keeps its last bit)."""
 
     def __init__(self, stream: Stream, rate_hz: float, *, text: str = "",
                  order: Sequence[int] | None = None) -> None:
@@ -114,6 +131,14 @@ class C37Stream:
         self.cfg2 = self.config(c37.FRAME_CFG2)
         self._decoder = self.cfg2.decoder()
         self._update_stat()
+        # DIGITAL words in wire order and (word, bit, switch) of every mapped bit
+        first = np.cumsum([0] + [p.n_digitals for p in self.cfg2.pmus])
+        wire_pmu = {p.station: k for k, p in enumerate(self.cfg2.pmus)}
+        self._dig_bits = [(int(first[wire_pmu[st]]) + bit // 16, bit % 16, name)
+                          for st, bit, name in self.stream.digitals]
+        old = getattr(self, "_dig_state", {})
+        self._dig_state: dict[str, bool] = dict(old)
+        self._dig = np.zeros(int(first[-1]), np.uint16)
 
     def config(self, frame_type: int) -> c37.ConfigFrame:
         return stream_config(self.stream, self.rate_hz, frame_type, order=self.order,
@@ -161,14 +186,32 @@ class C37Stream:
         soc, frac = _stamp(now)
         return c37.HeaderFrame(self.idcode, self.text, soc, frac).build()
 
-    def data_frame(self, values: np.ndarray, ts: float) -> bytes:
-        """Data frame of one row of channel values (engineering units) stamped ``ts``."""
+    def data_frame(self, values: np.ndarray, ts: float,
+                   statuses: dict[str, float] | None = None) -> bytes:
+        """Data frame of one row of channel values (engineering units) stamped ``ts``;
+        ``statuses`` (switch: 1 closed, 0 open, NaN not sent) set the DIGITAL bits the
+        config maps."""
         # phasor = |.| (kV line-to-line or kA) * wire_factor (V per phase or A) * e^{j angle}
         z = values[self.mag] * self._factor * np.exp(1j * values[self.ang])
         soc, frac = _stamp(ts)
+        dig = self._nodig
+        if self._dig.size:
+            dig = self._digital_words(statuses or {})
         frame = c37.DataFrame(self.idcode, soc, frac, self._stat, z[self._wire], self._freq,
-                              self._dfreq, self._none, self._nodig)
+                              self._dfreq, self._none, dig)
         return self._decoder.encode(frame)
+
+    def _digital_words(self, statuses: dict[str, float]) -> np.ndarray:
+        state = self._dig_state
+        for name, v in statuses.items():
+            if v == v:  # not NaN: a status sent (NaN: the bit keeps its last state)
+                state[name] = bool(v)
+        dig = self._dig
+        dig[:] = 0
+        for word, bit, name in self._dig_bits:
+            if state.get(name):
+                dig[word] |= np.uint16(1 << bit)
+        return dig
 
 
 def _stamp(t: float) -> tuple[int, int]:

@@ -23,7 +23,10 @@ time of the step's slot (``timestamps="wall"``).
 Values: channel point ``p`` carries ``measured[row, p.channel] / p.scale`` (NaN stays NaN
 for float32 points; an int32 channel point with a missing value carries -2**31). Status
 points (no channel) carry 0, except points named ``seq``, ``step`` or ending ``_seq``/
-``_counter``, which carry the step number (mod 2**31).
+``_counter``, which carry the step number (mod 2**31), and switch status points whose
+name has a column ``status__<name>`` in the trace's extras (a reconfiguring scenario,
+:mod:`hil.reconfigure`): 1 closed, 0 open, the int32 missing marker where the status is
+withheld (NaN in the column).
 
 Lab behaviours (:class:`~hil.faults.CaseClock`, GTNET-SKT streams only): with
 ``disturbances`` (restart, recompile, card reboot, stop/start, lost GTSYNC, clock step,
@@ -71,6 +74,7 @@ from hil.faults import (
     FaultPlan,
     FaultRecord,
 )
+from hil.trace import STATUS_PREFIX
 
 PACING_WINDOW = 1_000_000  # steps of pacing error kept for the summary's percentiles
 SPIN_S = 0.0005  # the most the pacer spins before a slot (and where the margin starts)
@@ -118,6 +122,9 @@ class StreamPlan:
     chan_scale: np.ndarray = field(default_factory=lambda: np.zeros(0))
     int_chan: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     seq_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.intp))
+    #: switch status points the trace has a column for (``extras["status__<name>"]``)
+    status_pos: np.ndarray = field(default_factory=lambda: np.zeros(0, np.intp))
+    status_cols: list[np.ndarray] = field(default_factory=list)
     n_points: int = 0
 
     @property
@@ -209,6 +216,11 @@ class Emulator:
         plan.seq_pos = np.array(
             [j for j, p in enumerate(s.points) if p.channel is None and _is_seq(p.name)],
             np.intp)
+        extras = getattr(self.trace, "extras", None) or {}
+        status = [(j, extras[STATUS_PREFIX + p.name]) for j, p in enumerate(s.points)
+                  if p.channel is None and STATUS_PREFIX + p.name in extras]
+        plan.status_pos = np.array([j for j, _ in status], np.intp)
+        plan.status_cols = [np.asarray(col, float) for _, col in status]
         plan.n_points = len(s.points)
         return plan
 
@@ -252,6 +264,13 @@ class Emulator:
         st = self.ground_truth.get(step)
         return st.v if st is not None else np.asarray(self.trace.v[self.row(step)])
 
+    def statuses(self, step: int) -> dict[str, float]:
+        """The switch statuses of ``step`` (the trace's ``status__<switch>`` columns)."""
+        extras = getattr(self.trace, "extras", None) or {}
+        row = step % self.n_rows
+        return {k[len(STATUS_PREFIX):]: float(v[row]) for k, v in extras.items()
+                if k.startswith(STATUS_PREFIX)}
+
     def skt_values(self, plan: StreamPlan, step: int, measured: np.ndarray) -> np.ndarray:
         vals = np.zeros(plan.n_points)
         # wire value = engineering value / scale
@@ -260,6 +279,10 @@ class Emulator:
             x = np.where(plan.int_chan & ~np.isfinite(x), INT32_MISSING, x)
         vals[plan.chan_pos] = x
         vals[plan.seq_pos] = step % (2**31)
+        if plan.status_cols:
+            row = step % self.n_rows
+            st = np.array([col[row] for col in plan.status_cols])
+            vals[plan.status_pos] = np.where(np.isfinite(st), st, INT32_MISSING)
         return vals
 
     # -- frames -------------------------------------------------------------------------
@@ -269,7 +292,8 @@ class Emulator:
         meas = self.measured(step) if measured is None else measured
         t = self.trace_time(step) if ts is None else ts
         if plan.c37 is not None:
-            return plan.c37.data_frame(meas, t)
+            return plan.c37.data_frame(meas, t, self.statuses(step) if plan.stream.digitals
+                                       else None)
         assert plan.skt is not None
         return plan.skt.build(self.skt_values(plan, step, meas), seq=step, ts=t)
 

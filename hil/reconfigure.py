@@ -32,9 +32,9 @@ from estimator.topology import SwitchSet, TopologyError
 from hil import corruption
 from hil.errors import ScenarioError
 from hil.scenario import PF_TOLERANCE, channel_truth
-from hil.trace import Trace
+from hil.trace import STATUS_PREFIX, Trace
 
-__all__ = ["STATUS_MODES", "Switching", "reconfigure", "status_values"]
+__all__ = ["STATUS_MODES", "Switching", "reconfigure", "status_values", "with_statuses"]
 
 STATUS_MODES = ("sent", "withheld", "stuck", "phantom")
 
@@ -83,6 +83,7 @@ def reconfigure(trace: Trace, cfg: Any, plan: Sequence[Switching], *, seed: int 
     s_inj = trace.s_inj.copy()
     truth = trace.truth.copy()
     measured = trace.measured.copy()
+    bad = trace.bad.copy()
     rng = np.random.default_rng(np.random.SeedSequence([seed, 21]))
     chans = cfg.channels
     rel = np.array([c.rel for c in chans])
@@ -119,8 +120,9 @@ def reconfigure(trace: Trace, cfg: Any, plan: Sequence[Switching], *, seed: int 
         truth[sl] = t
         elec = np.array([c.electrical for c in chans], bool)
         measured[sl][:, elec] = m[:, elec]
+        bad[sl][:, elec] = False  # fresh noise: the gross errors injected before are gone
     return replace(trace, v=v, i_branch_from=i_from, s_branch_from=s_from, s_branch_to=s_to,
-                   s_inj=s_inj, truth=truth, measured=measured, meta=meta)
+                   s_inj=s_inj, truth=truth, measured=measured, bad=bad, meta=meta)
 
 
 def status_values(cfg: Any, plan: Sequence[Switching], n: int,
@@ -144,3 +146,24 @@ def status_values(cfg: Any, plan: Sequence[Switching], n: int,
         if start > 0 and mode == "withheld":
             out[start:stop] = np.nan
     return names, out
+
+
+def with_statuses(trace: Trace, cfg: Any, plan: Sequence[Switching], mode: str = "sent",
+                  names: Sequence[str] | None = None) -> Trace:
+    """``trace`` with the statuses of :func:`status_values` as extras columns
+    (``status__<switch>``): the emulator sends them on the status points of those names.
+    ``names`` (default: the plan's switches) may add switches the plan leaves alone:
+    their status is their state in the normal topology, all along."""
+    touched, values = status_values(cfg, plan, trace.n_steps, mode)
+    sw = SwitchSet.of(cfg.network)
+    extras = dict(trace.extras)
+    for name in names if names is not None else touched:
+        if name in touched:
+            col = values[:, touched.index(name)]
+        else:
+            try:
+                col = np.full(trace.n_steps, float(sw.normal[sw.index(name)]))
+            except TopologyError as exc:
+                raise ScenarioError(str(exc)) from exc
+        extras[STATUS_PREFIX + name] = col
+    return replace(trace, extras=extras)

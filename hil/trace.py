@@ -19,6 +19,9 @@ import numpy as np
 from hil.errors import ScenarioError
 
 FORMAT_VERSION = 1
+#: extras column of a switch status (``status__sw_8_21``: 1 closed, 0 open, NaN not
+#: sent), what the emulator puts on a status point of that name
+STATUS_PREFIX = "status__"
 
 # arrays of the contract, in file order
 ARRAY_FIELDS: tuple[str, ...] = (

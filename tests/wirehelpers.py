@@ -48,15 +48,18 @@ async def wait_for(cond: Callable[[], bool], deadline_s: float, what: str) -> No
 def run_wire(cfg: TwinConfig, trace: Any, tmp: Path, *, steps: int,
              estimator: bool = False, emulator_kw: dict[str, Any] | None = None,
              done: Callable[[Gateway, Any], bool] | None = None,
-             deadline_s: float = 120.0) -> tuple[dict[str, Any], Any, Gateway, Path]:
+             deadline_s: float = 120.0, options: dict[str, Any] | None = None
+             ) -> tuple[dict[str, Any], Any, Gateway, Path]:
     """Start the gateway on free ports, emulate ``steps`` steps at it, wait until every
     frame sent was received (and ``done`` holds), close; (summary, emulator summary,
-    gateway, database path)."""
+    gateway, database path). ``options``: more GatewayOptions (the estimator's
+    ``config_ref``, ``forecast``)."""
     db = tmp / "twin.db"
     names = [s.name for s in cfg.enabled_streams]
     opts = GatewayOptions(historian_url=f"sqlite:///{db}", spool_dir=str(tmp / "spool"),
                           metrics_bind="", quality=False, estimator=estimator, spare=False,
-                          url_overrides={n: "udp://127.0.0.1:0" for n in names})
+                          url_overrides={n: "udp://127.0.0.1:0" for n in names},
+                          **(options or {}))
 
     async def main() -> tuple[dict[str, Any], Any, Gateway]:
         gw = Gateway(cfg, opts)

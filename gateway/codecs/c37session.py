@@ -184,6 +184,8 @@ class DataReceived(Event):
     ts: float | None
     values: np.ndarray
     flags: np.ndarray | None
+    #: the raw DIGITAL words of the frame, PMUs in the sender's configuration order
+    digitals: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -532,7 +534,8 @@ class C37Receiver:
         out[1::2] = np.angle(z)
         ts = f.time
         seq = round(ts * self.rate) & 0xFFFFFFFF if ts is not None else None
-        return DataReceived(seq, ts, out, self._point_flags)
+        return DataReceived(seq, ts, out, self._point_flags,
+                            f.digitals if len(f.digitals) else None)
 
 
 # --------------------------------------------------------------------------------------

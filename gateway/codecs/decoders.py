@@ -83,6 +83,8 @@ class C37Decoder:
         self.layout = StreamLayout.of(stream.name, chans)
         self.size = 0
         self.flags: np.ndarray | None = None
+        #: the last data frame's DIGITAL words (sender's PMU order; None: it has none)
+        self.digitals: np.ndarray | None = None
         # bounded: a runner that never drains them must not grow without end
         self.events: deque[Any] = deque(maxlen=MAX_PENDING_EVENTS)
         self.configs = 0
@@ -119,6 +121,7 @@ class C37Decoder:
                 raise self._pending("configuration change in force: data held back until "
                                     "the new CFG-2 is in", 0)
             self.flags = out.flags
+            self.digitals = out.digitals
             return out.seq, out.ts, out.values
         frame = c37.parse(data, now)
         if isinstance(frame, c37.ConfigFrame):

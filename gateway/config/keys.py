@@ -49,7 +49,9 @@ TABLES: dict[str, dict[str, Key]] = {
     },
     "switch": {
         "branch": _k("string", 'branch as "from-to" bus ids, e.g. "8-21"', required=True),
-        "closed": _k("boolean", "true: in service; false: open", required=True),
+        "closed": _k("boolean", "true: in service; false: open (default: the case's state)"),
+        "name": _k("string", "switch name: an int32 GTNET-SKT point or a C37.118 digital "
+                   "bit of this name carries its status (default sw_<from>_<to>)"),
     },
     "plants": {
         "name": _k("string", "plant name (command points are <name>_curtail)", required=True),
@@ -100,6 +102,17 @@ TABLES: dict[str, dict[str, Key]] = {
         "idcode": _k("integer", "C37.118 IDCODE of the first PMU"),
         "read_timeout_s": _k("number", "TCP: a peer silent this long is reconnected (0: five "
                              "frame periods, at least 2 s)"),
+        "digitals": _k("object", "C37.118: per PMU station, the switch whose status each bit "
+                       "of its DIGITAL words carries (bit 0 of word 0 first; \"\" unused)"),
+    },
+    "topology": {
+        "track": _k("boolean", "follow switch statuses and identify the topology (default: "
+                    "true when a switch status is mapped)"),
+        "identify": _k("boolean", "test topology hypotheses against the measurements"),
+        "probe_s": _k("number", "a hypothesis test at least this often (s; 0: every estimate)"),
+        "confirm": _k("integer", "tests in a row a topology must win to be declared"),
+        "ratio": _k("number", "summed-J ratio the winner must reach over those tests"),
+        "pseudo_rel": _k("number", "load pseudo-measurement sigma, fraction of the nominal load"),
     },
     "commands": {
         "enabled": _k("boolean", "send commands back to the simulator"),
@@ -216,6 +229,7 @@ TOP: dict[str, tuple[str, bool]] = {
     "align": ("align", False), "historian": ("historian", False),
     "metrics": ("metrics", False), "bus": ("bus", False), "mqtt": ("mqtt", False),
     "sensors": ("sensors", True), "forecast": ("forecast", False),
+    "topology": ("topology", False),
 }
 
 

@@ -81,7 +81,7 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     pr.unknown_keys(raw, "", set(TOP))
     twin = pr.table(raw, "twin")
     name = pr.get(twin, "name", "twin", str, default="twin")
-    net = network_rules.network(pr, pr.table(raw, "network"), base_dir)
+    net, declared = network_rules.network(pr, pr.table(raw, "network"), base_dir)
     feeder = set() if net is None else {int(b) for b in net.bus_ids}
     plants: list[Plant] = []
     if net is not None:
@@ -93,7 +93,8 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
     for problem in sensor_problems(raw, [c.name for c in channels], [
             channels[i].name for s in stream_list if s.enabled for i in s.channels]):
         pr.add(problem)
-    network_rules.switch_points(pr, net, stream_list)
+    switches = network_rules.switch_points(pr, net, stream_list, declared)
+    topology = sections.topology(pr, pr.table(raw, "topology"))
     commands = sections.commands(pr, pr.table(raw, "commands"), plants)
     rate = max((s.rate_hz for s in stream_list if s.enabled), default=50.0)
     estimator = sections.estimator(pr, pr.table(raw, "estimator"), rate)
@@ -113,5 +114,5 @@ def build(pr: Problems, raw: dict[str, Any], text: str, source: str, base_dir: P
         quality=quality, align=align, historian_url=historian_url, metrics_bind=bind,
         digest=hashlib.sha256(canonical).hexdigest(), text=text,
         channel_index={c.name: c.index for c in channels}, warnings=tuple(pr.warnings),
-        bus=bus,
+        bus=bus, switches=switches, topology=topology,
     )

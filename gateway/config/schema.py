@@ -133,6 +133,8 @@ class Stream:
     idcode: int = 0
     pmus: tuple[C37Pmu, ...] = ()
     read_timeout_s: float = 0.0  # TCP: silent-peer timeout; 0 = a few periods, >= 2 s
+    #: C37.118 switch statuses: (station, bit over the station's DIGITAL words, switch)
+    digitals: tuple[tuple[str, int, str], ...] = ()
 
     @property
     def scheme(self) -> str:
@@ -181,6 +183,30 @@ class CommandsConfig:
     deadband: float = 0.01  # send when a cap moves by more (fraction of rating)
     refresh_s: float = 10.0  # re-send the current caps at least this often
     plants: tuple[str, ...] = ()  # plants the policy controls; (): every plant a point names
+
+
+@dataclass(frozen=True)
+class SwitchSpec:
+    """A switch the twin tracks: ``name`` (the status point or digital bit carrying its
+    state) on branch index ``branch`` of the network."""
+
+    name: str
+    branch: int
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """Topology tracking (:mod:`gateway.topology`): on when a switch status is mapped,
+    unless ``track`` is false. ``probe_s``: a hypothesis test at least this often (0:
+    after every estimate); ``confirm``/``ratio``: the tracker's decision rule;
+    ``pseudo_rel``: the identification's load pseudo-measurement sigma."""
+
+    track: bool | None = None
+    identify: bool = True
+    probe_s: float = 60.0
+    confirm: int = 3
+    ratio: float = 1.5
+    pseudo_rel: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -259,6 +285,18 @@ class TwinConfig:
     #: doubts that did not stop the config (``gridtwin config check`` prints them)
     warnings: tuple[ConfigProblem, ...] = ()
     bus: BusConfig = field(default_factory=BusConfig)
+    #: switches with a status on the wire, or declared in [[network.switches]]
+    switches: tuple[SwitchSpec, ...] = ()
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+
+    @property
+    def tracks_topology(self) -> bool:
+        """Follow switch statuses (and identify the topology) on the live path."""
+        if self.topology.track is not None:
+            return self.topology.track
+        return any(s.digitals for s in self.enabled_streams) or any(
+            p.channel is None and p.name in {w.name for w in self.switches}
+            for s in self.enabled_streams for p in s.points)
 
     @property
     def enabled_streams(self) -> list[Stream]:

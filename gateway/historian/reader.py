@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class StateFrame:
     iterations: np.ndarray
     converged: np.ndarray  # bool
     deadline_met: np.ndarray  # bool
+    #: label of the switch states each estimate used (None: not recorded)
+    topology: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.seq)
@@ -87,7 +89,7 @@ class StateFrame:
         for j, b in enumerate(self.bus_ids):
             cols[f"va_{b}"] = self.va[:, j]
         cols.update(chi2=self.chi2, iterations=self.iterations, converged=self.converged,
-                    deadline_met=self.deadline_met)
+                    deadline_met=self.deadline_met, topology=self.topology)
         return pd.DataFrame(cols)
 
 
@@ -241,7 +243,7 @@ class HistorianReader:
         where, params = _where(start, end, run_id)
         rows = self.db.query(
             "SELECT run_id, seq, source_time, n, vm, va, chi2, iterations, converged,"
-            f" deadline_met FROM states{where} ORDER BY source_time, id", params)
+            f" deadline_met, topology FROM states{where} ORDER BY source_time, id", params)
         runs = sorted({int(r[0]) for r in rows})
         widths = {int(r[3]) for r in rows}
         layouts = {tuple(self.db.bus_ids(r) or ()) for r in runs}
@@ -264,6 +266,7 @@ class HistorianReader:
             iterations=np.array([r[7] for r in rows], dtype=np.int64),
             converged=np.array([bool(r[8]) for r in rows], dtype=bool),
             deadline_met=np.array([bool(r[9]) for r in rows], dtype=bool),
+            topology=[r[10] for r in rows],
         )
 
     def bus_voltage(self, bus: int, start: float | None = None, end: float | None = None, *,

@@ -17,7 +17,9 @@ Row model (documented for users in docs/historian.md):
   objects keyed by plant name (``{"pv8": 0.41, ...}``), queryable with
   ``json_extract(p_mw, '$.pv8')`` / ``JSON_VALUE(p_mw, '$.pv8')``.
 * ``states`` — one wide row per estimate: ``vm`` (pu) and ``va`` (rad) as JSON arrays in
-  state-vector order (``buses.idx``), χ², iterations, convergence, deadline, timings. JSON
+  state-vector order (``buses.idx``), χ², iterations, convergence, deadline, timings, and
+  ``topology``: the label of the switch states the estimate used (``normal``: the
+  config's network; else the switches that differ, ``sw_8_21=closed,sw_7_8=open``). JSON
   rather than a blob or per-bus rows: one bus's voltage over an hour is plain SQL on both
   backends (``json_extract(vm, '$[17]')`` / ``JSON_VALUE(vm, '$[17]')``) at one row per
   snapshot; per-bus rows (33 per snapshot) were the bottleneck of the MySQL writer.
@@ -43,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: flags that make a value land in the ``flagged`` table: BAD|SUSPECT|CORRECTED|MISSING
 FLAGGED_MASK = 0x1 | 0x2 | 0x4 | 0x8
@@ -131,6 +133,7 @@ TABLES: tuple[Table, ...] = (
         ("run_id", "i64"), ("seq", "i64"), ("source_time", "f64"), ("n", "i32"),
         ("vm", "text"), ("va", "text"), ("chi2", "f64"), ("iterations", "i32"),
         ("converged", "i32"), ("deadline_met", "i32"), ("timings", "text"),
+        ("topology", "text"),
     ), unique=("run_id", "seq"), indexes=(("source_time",),)),
     Table("events", (
         ("run_id", "i64"), ("event_no", "i64"), ("time", "f64"), ("kind", "str"),
@@ -195,8 +198,12 @@ def ddl(dialect: str) -> list[str]:
 
 
 #: migrations: version -> statements taking the schema from version-1 to version
-#: (version 1 is the initial schema created by :func:`ddl`)
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+#: (version 1 is the initial schema created by :func:`ddl`). Both dialects take the same
+#: ``ALTER TABLE ... ADD COLUMN`` (TEXT is TEXT in SQLite and MySQL/MariaDB alike).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: which topology (switch states) each estimate used
+    2: ("ALTER TABLE states ADD COLUMN topology TEXT",),
+}
 
 
 def insert_sql(table: str, dialect: str) -> str:
@@ -222,6 +229,8 @@ def expand(kind: str, row: Row, out: dict[str, list[Row]]) -> None:
     ``measurements``/``corrected`` rows add one ``flagged`` row per value whose flags hit
     :data:`FLAGGED_MASK` (``stage`` 0 raw, 1 corrected).
     """
+    if kind == "states" and len(row) == len(TABLE["states"].columns) - 1:
+        row = (*row, None)  # spooled before the topology column: unknown
     out.setdefault(kind, []).append(row)
     if kind == "measurements" or kind == "corrected":
         if kind == "measurements":

@@ -142,14 +142,15 @@ def _forecast_rows(rid: int, seq: int, t: float, step: int, target: float,
 
 def _state_rows(rid: int, seq: int, src: float, vm: np.ndarray, va: np.ndarray,
                 chi2: float | None, iterations: int, converged: bool, deadline_met: bool,
-                timings: Mapping[str, float] | None) -> list[Record]:
+                timings: Mapping[str, float] | None, topology: str | None = None
+                ) -> list[Record]:
     tj = None
     if timings:
         tj = json.dumps({k: finite_or_none(float(v)) for k, v in timings.items()})
     return [("states", (
         rid, seq, src, int(np.size(vm)), json_vector(vm), json_vector(va),
         finite_or_none(None if chi2 is None else float(chi2)), int(iterations),
-        int(bool(converged)), int(bool(deadline_met)), tj))]
+        int(bool(converged)), int(bool(deadline_met)), tj, topology))]
 
 
 @dataclass(frozen=True)
@@ -502,7 +503,7 @@ class HistorianWriter:
     def put_state(self, seq: int, source_time: float, vm: np.ndarray, va: np.ndarray, *,
                   chi2: float | None = None, iterations: int = 0, converged: bool = True,
                   deadline_met: bool = True, timings: Mapping[str, float] | None = None,
-                  run_id: int | None = None) -> None:
+                  topology: str | None = None, run_id: int | None = None) -> None:
         """One estimate: ``vm`` pu and ``va`` rad per bus (state-vector order). The
         vectors are copied; the JSON is written by the writer thread."""
         if np.shape(vm) != np.shape(va):
@@ -510,7 +511,7 @@ class HistorianWriter:
         self._accept_lazy(_Lazy(_state_rows, (
             self._rid(run_id), int(seq), float(source_time), np.array(vm, np.float64),
             np.array(va, np.float64), chi2, int(iterations), bool(converged),
-            bool(deadline_met), dict(timings) if timings else None), 1))
+            bool(deadline_met), dict(timings) if timings else None, topology), 1))
 
     def put_event(self, time: float, kind: str, source: str = "",
                   detail: Mapping[str, Any] | None = None, *,

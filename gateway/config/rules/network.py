@@ -23,18 +23,20 @@ from gateway.config.problems import (
     UnknownReference,
     Unreadable,
 )
-from gateway.config.schema import Meter, Plant
+from gateway.config.schema import Meter, Plant, SwitchSpec
 
 _CASE_FIX = 'case = "ieee33" or a path to a MATPOWER .m file'
 
 
-def network(pr: Problems, t: dict[str, Any], base_dir: Path | None) -> Network | None:
-    """The case the config names, with its switch states applied."""
+def network(pr: Problems, t: dict[str, Any], base_dir: Path | None
+            ) -> tuple[Network | None, list[SwitchSpec]]:
+    """The case the config names, with its switch states applied, and the switches
+    declared in ``[[network.switches]]`` (named, for their status on the wire)."""
     pr.unknown_keys(t, "network", known("network"))
     case = pr.get(t, "case", "network", str, fix=_CASE_FIX)
     if case is None:
         pr.broken("network", pr.items[-1] if pr else None)
-        return None
+        return None, []
     path = Path(case)
     if not path.is_absolute() and base_dir is not None and path.suffix == ".m":
         path = base_dir / path
@@ -44,21 +46,41 @@ def network(pr: Problems, t: dict[str, Any], base_dir: Path | None) -> Network |
         pr.broken("network", pr.add(Unreadable(
             "network.case", str(exc), "fix the case file or choose a bundled case",
             value=case)))
-        return None
+        return None, []
     if not plausible(pr, net):
         pr.broken("network", pr.items[-1])
-        return None
+        return None, []
+    declared: list[SwitchSpec] = []
     for i, sw in enumerate(pr.array(t.get("switches", []), "network.switches")):
         key = f"network.switches[{i}]"
         pr.unknown_keys(sw, key, known("switch"))
         br = pr.get(sw, "branch", key, str, fix='branch = "from-to", e.g. "8-21"')
-        closed = pr.get(sw, "closed", key, bool)
-        if br is None or closed is None:
+        closed = pr.get(sw, "closed", key, bool, default=None)
+        name = pr.get(sw, "name", key, str, default=None)
+        if br is None:
             continue
         idx = branch_index(pr, net, br, f"{key}.branch")
-        if idx is not None:
+        if idx is None:
+            continue
+        if closed is not None:
             net = net.with_switch(idx, closed)
-    return net
+        declared.append(SwitchSpec(name or switch_name(net.branches.names[idx]), idx))
+    _unique_switches(pr, net, declared)
+    return net, declared
+
+
+def switch_name(branch_name: str) -> str:
+    """Default switch name of branch ``"8-21"``: ``"sw_8_21"`` (as estimator.topology)."""
+    return "sw_" + branch_name.replace("-", "_")
+
+
+def _unique_switches(pr: Problems, net: Network, declared: list[SwitchSpec]) -> None:
+    names = [s.name for s in declared]
+    branches = [str(net.branches.names[s.branch]) for s in declared]
+    for what, vals in (("name", names), ("on branch", branches)):
+        for v in sorted({v for v in vals if vals.count(v) > 1}):
+            pr.add(Duplicate("network.switches", f"switch {what} {v!r} declared twice",
+                             "declare each switch once", value=v))
 
 
 #: refuse a case whose first-order voltage drop at its own load exceeds this (pu)
@@ -242,23 +264,52 @@ def plant_weather(pr: Problems, plants_: list[Plant], meters: list[Meter], raw: 
 SWITCH_POINT = re.compile(r"sw_(\d+)_(\d+)")
 
 
-def switch_points(pr: Problems, net: Network | None, streams: list[Any]) -> None:
-    """A status point named like a switch (``sw_8_21``) must name a branch of the network
-    and be an ``int32`` (0 open, 1 closed): the topology tracker maps it to that branch."""
+def switch_points(pr: Problems, net: Network | None, streams: list[Any],
+                  declared: list[SwitchSpec]) -> tuple[SwitchSpec, ...]:
+    """The switches with a status on the wire, resolved by name: a GTNET-SKT status point
+    named after a declared switch (or ``sw_<from>_<to>`` after a branch) must be an
+    ``int32`` (0 open, 1 closed); every name in a C37.118 stream's ``digitals`` must be
+    such a switch. Returns the declared switches, then those named by points only."""
     if net is None:
-        return
+        return ()
+    found = {s.name: s for s in declared}
     for i, s in enumerate(streams):
-        key = f"streams[{i}] ({s.name}).points"
+        key = f"streams[{i}] ({s.name})"
         for p in s.points:
-            m = SWITCH_POINT.fullmatch(p.name) if p.channel is None else None
-            if m is None:
+            if p.channel is not None:
                 continue
-            if p.type != "int32":
-                pr.add(InvalidValue(key, f"switch status {p.name} is {p.type}",
-                                    f'write "{p.name}:int32" (0 open, 1 closed)', value=p.type))
-            try:
-                net.find_branch(int(m[1]), int(m[2]))
-            except NetworkError:
-                pr.add(UnknownReference(key, f"switch status {p.name}: no branch "
-                                        f"{m[1]}-{m[2]} in the network", "name a switch "
-                                        "sw_<from>_<to> after an existing branch", value=p.name))
+            sw = _resolve_switch(pr, net, found, p.name, f"{key}.points", strict=False)
+            if sw is not None and p.type != "int32":
+                pr.add(InvalidValue(f"{key}.points", f"switch status {p.name} is {p.type}",
+                                    f'write "{p.name}:int32" (0 open, 1 closed)',
+                                    value=p.type))
+        for station, bit, name in s.digitals:
+            _resolve_switch(pr, net, found, name, f"{key}.digitals.{station}[{bit}]",
+                            strict=True)
+    return tuple(found.values())
+
+
+def _resolve_switch(pr: Problems, net: Network, found: dict[str, SwitchSpec], name: str,
+                    key: str, *, strict: bool) -> SwitchSpec | None:
+    """The switch called ``name`` (declared, or ``sw_<from>_<to>`` of a branch, then
+    added to ``found``); an unknown name is a problem when ``strict`` or when it looks
+    like a switch (``sw_...``), else None (an ordinary status point)."""
+    if name in found:
+        return found[name]
+    m = SWITCH_POINT.fullmatch(name)
+    if m is not None:
+        try:
+            idx = net.find_branch(int(m[1]), int(m[2]))
+        except NetworkError:
+            pr.add(UnknownReference(key, f"switch status {name}: no branch {m[1]}-{m[2]} "
+                                    "in the network", "name a switch sw_<from>_<to> after an "
+                                    "existing branch", value=name))
+            return None
+        found[name] = SwitchSpec(name, idx)
+        return found[name]
+    if strict:
+        known_ = ", ".join(found) or "none declared"
+        pr.add(UnknownReference(key, f"no switch named {name!r} (switches: {known_})",
+                                "declare it in [[network.switches]] (name, branch) or use "
+                                "sw_<from>_<to>", value=name))
+    return None

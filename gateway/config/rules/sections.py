@@ -17,6 +17,7 @@ from gateway.config.schema import (
     Plant,
     Point,
     QualityConfig,
+    TopologyConfig,
 )
 from gateway.config.vocabulary import (
     BUS_ESTIMATE,
@@ -252,3 +253,26 @@ def bus(pr: Problems, t: dict[str, Any]) -> BusConfig:
                                 value=val))
     return BusConfig(url=url, estimate=estimate, buffer=int(buffer or 50_000),
                      replicas=int(replicas or 1), **text)
+
+
+def topology(pr: Problems, t: dict[str, Any]) -> TopologyConfig:
+    """The [topology] table: the tracker's settings (see :mod:`gateway.topology`)."""
+    d = TopologyConfig()
+    pr.unknown_keys(t, "topology", known("topology"))
+    track = pr.get(t, "track", "topology", bool, default=None)
+    ident = pr.get(t, "identify", "topology", bool, default=d.identify)
+    probe = pr.get(t, "probe_s", "topology", _NUM, default=d.probe_s)
+    confirm = pr.get(t, "confirm", "topology", int, default=d.confirm)
+    ratio = pr.get(t, "ratio", "topology", _NUM, default=d.ratio)
+    rel = pr.get(t, "pseudo_rel", "topology", _NUM, default=d.pseudo_rel)
+    checks = (("probe_s", probe, probe is None or probe >= 0, "probe_s = 60 (0: every estimate)"),
+              ("confirm", confirm, confirm is None or confirm >= 1, "confirm = 3"),
+              ("ratio", ratio, ratio is None or ratio > 1, "ratio = 1.5 (must exceed 1)"),
+              ("pseudo_rel", rel, rel is None or rel > 0, "pseudo_rel = 0.5"))
+    for key, val, ok, fix in checks:
+        if not ok:
+            pr.add(InvalidValue(f"topology.{key}", f"out of range: {val!r}", fix, value=val))
+            return d
+    return TopologyConfig(track, bool(ident), float(probe if probe is not None else d.probe_s),
+                          int(confirm or d.confirm), float(ratio or d.ratio),
+                          float(rel or d.pseudo_rel))

@@ -94,11 +94,44 @@ def stream(pr: Problems, t: dict[str, Any], key: str, channels: list[Channel]
     pmus: tuple[C37Pmu, ...] = ()
     if fmt == "c37.118":
         pmus = c37_layout(pr, pts, channels, f"{key}.points", idcode)
+    digs = digitals(pr, t.get("digitals"), f"{key}.digitals", fmt, pmus)
     if not url_ok:
         return None
     return Stream(name, url, fmt, bool(header), float(rate), tuple(str(a) for a in allow),
                   tuple(pts), bool(enabled), int(idcode), pmus,
-                  max(0.0, float(read_timeout or 0.0)))
+                  max(0.0, float(read_timeout or 0.0)), digs)
+
+
+def digitals(pr: Problems, val: Any, key: str, fmt: str, pmus: tuple[C37Pmu, ...]
+             ) -> tuple[tuple[str, int, str], ...]:
+    """A C37.118 stream's ``digitals = { STATION = ["sw_8_21", "", ...] }``: bit ``k`` of
+    the station's DIGITAL words (word ``k // 16``, bit ``k % 16``) carries the named
+    switch's status (1 closed); the names are resolved against the switches later."""
+    if val is None:
+        return ()
+    if fmt != "c37.118":
+        pr.add(InvalidValue(key, "only a c37.118 stream has DIGITAL words",
+                            'map GTNET-SKT statuses with an int32 point named after the '
+                            'switch, e.g. "sw_8_21:int32"'))
+        return ()
+    if not isinstance(val, dict):
+        pr.add(InvalidValue(key, "must be a table of station = [switch names]",
+                            'digitals = { PMU1 = ["sw_8_21", "sw_7_8"] }', value=val))
+        return ()
+    stations = {p.station for p in pmus}
+    out: list[tuple[str, int, str]] = []
+    for station, names in val.items():
+        if station not in stations:
+            pr.add(UnknownReference(f"{key}.{station}", f"no PMU station {station!r} in "
+                                    "this stream", f"use one of {', '.join(sorted(stations))}",
+                                    value=station))
+            continue
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            pr.add(InvalidValue(f"{key}.{station}", "must be a list of switch names ('' for "
+                                "an unused bit)", value=names))
+            continue
+        out.extend((station, k, n) for k, n in enumerate(names) if n)
+    return tuple(out)
 
 
 def word_budget(pr: Problems, n_points: int, header: bool, key: str) -> None:
