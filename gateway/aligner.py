@@ -197,6 +197,18 @@ class _Frame:
     flags: np.ndarray | None = None  # the source's quality bits per point
 
 
+@dataclass(slots=True)
+class RunPlan:
+    """What :meth:`Aligner.plan_run` found: the stream's index, and for each ordinary
+    frame its slot key, ``ts * rate`` and slot instant; the grid phase after them."""
+
+    index: int
+    keys: list[int] = field(default_factory=list)
+    xs: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    phase: float = 0.0
+
+
 @dataclass
 class _Source:
     """One stream's discipline: phase, newest key, sequence mapping, a held frame."""
@@ -362,6 +374,101 @@ class Aligner:
                 self._refute(i, now)
             return self._place(i, fr)
         return self._on_jump(i, fr)
+
+    # -- a run of ordinary frames (the batch path) -------------------------------------
+    def plan_run(self, stream: str, seqs: list[int], tss: list[float],
+                 nows: list[float], limit: int) -> RunPlan:
+        """How many leading frames (at most ``limit``) of a batch of ``stream`` are
+        *ordinary*, and where they go, without changing anything. Ordinary: timed (as
+        the stream's frame before), within ``max_ahead_s``, slotted by sequence one step
+        or more ahead with a timestamp that agrees, nothing held, not late, not a
+        duplicate: :meth:`feed` would place each and do nothing else (no event, no
+        refusal). :meth:`place_run` then places them; the rest go through :meth:`feed`."""
+        i = self.index[stream]
+        src = self._src[i]
+        plan = RunPlan(i)
+        last_key, last_seq, ph, sc = src.last_key, src.last_seq, src.phase, src.scale
+        if (src.timed is not True or src.held is not None or last_key is None
+                or last_seq is None or ph is None or sc is None):
+            return plan
+        r, off, jit, ahead = self.rate, src.offset, self.jitter, self.max_ahead
+        agree, jump, stepped = 0.5 + jit, self.jump, src.stepped
+        published = self._last_key if self._last_key is not None else -math.inf
+        pending, bit = self._pending, 1 << i
+        keys, xs, times = plan.keys, plan.xs, plan.times
+        for k in range(limit):
+            ts, now = tss[k], nows[k]
+            if not ts > 0 or (ahead is not None and ts > now + ahead):
+                break
+            d = (seqs[k] - last_seq) % SEQ_MOD
+            if d >= SEQ_HALF:
+                d -= SEQ_MOD
+            key = last_key + d * sc
+            x = ts * r
+            if not 0 < d * sc <= jump or not abs(x - ph + off - key) < agree \
+                    or key <= published:
+                break
+            slot = pending.get(key)
+            if slot is not None and slot.got & bit:
+                break
+            ph += PHASE_GAIN * max(-jit, min(jit, x - (key - off) - ph))
+            keys.append(key)
+            xs.append(x)
+            times.append((key + ph - stepped) / r)
+            last_key, last_seq = key, seqs[k]
+        plan.phase = ph
+        return plan
+
+    def place_run(self, plan: RunPlan, seqs: list[int], nows: list[float],
+                  values: np.ndarray) -> list[tuple[int, list[Snapshot]]]:
+        """Place the frames :meth:`plan_run` found ordinary (``values``: their decoded
+        points, one row each): the same slots, flags, publications and counts as
+        :meth:`feed` frame by frame. New slots take rows of two blocks filled for the
+        whole run (no per-slot copies); a slot completed by the frame that opened it
+        with nothing else pending (a single stream) is published without a slot object.
+        (frame index, snapshots) for each frame that published some."""
+        i, keys, m = plan.index, plan.keys, len(plan.keys)
+        lay, src = self.streams[i], self._src[i]
+        v = values[:m, lay.point_sel]
+        if not lay.unit:
+            v = v * lay.scale
+        f = np.where(np.isfinite(v), np.uint32(0), MISSING)
+        bv = np.empty((m, self.n))
+        bv[:] = self._template_vals
+        bv[:, lay.chan_sel] = v
+        bf = np.empty((m, self.n), np.uint32)
+        bf[:] = self._template_flags
+        bf[:, lay.chan_sel] = f
+        src.synced = src.synced or self.max_ahead is not None
+        src.last_key, src.last_seq = keys[-1], seqs[m - 1]
+        src.last_now, src.last_x, src.phase = nows[m - 1], plan.xs[-1], plan.phase
+        self._last_seen[i] = nows[m - 1]
+        self.last_verdict = Verdict.PLACED
+        out: list[tuple[int, list[Snapshot]]] = []
+        pending, bit, full, st = self._pending, 1 << i, self.all_mask, self.stats
+        cs, times = lay.chan_sel, plan.times
+        for k in range(m):
+            key, now = keys[k], nows[k]
+            slot = pending.get(key)
+            if slot is None:
+                if bit == full and not pending:  # opened and completed by this frame
+                    st.published += 1
+                    st.early += 1
+                    self._last_key = key if self._last_key is None else max(
+                        self._last_key, key)
+                    out.append((k, [Snapshot.trusted(key, times[k], now, bv[k], bf[k],
+                                                     now)]))
+                    continue
+                slot = pending[key] = _Slot(key, times[k], now, bv[k], bf[k], bit)
+            else:
+                slot.values[cs] = v[k]
+                slot.flags[cs] = f[k]
+                slot.got |= bit
+            if slot.got == full:
+                out.append((k, self._publish_through(key, now, early=True)))
+            elif len(pending) > self.max_pending:
+                out.append((k, self._publish_through(min(pending), now, early=False)))
+        return out
 
     def _on_jump(self, i: int, fr: _Frame) -> list[Snapshot]:
         """A key beyond the stream's window: hold it, or confirm the held one."""
