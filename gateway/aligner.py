@@ -257,6 +257,7 @@ class Aligner:
         self._rebase: tuple[int, int, float] | None = None  # (held key, offset delta, now)
         self._template_flags = np.full(n_channels, MISSING, np.uint32)
         self._template_vals = np.full(n_channels, np.nan)
+        self._blank: tuple[np.ndarray, np.ndarray] | None = None  # see _blank_rows
         self.stats = AlignerStats(late_by_stream={s.name: 0 for s in self.streams})
         for s in self.streams:
             self.stats.dropped_by_stream[s.name] = {str(r): 0 for r in DROP_REASONS}
@@ -432,12 +433,11 @@ class Aligner:
         v = values[:m, lay.point_sel]
         if not lay.unit:
             v = v * lay.scale
-        f = np.where(np.isfinite(v), np.uint32(0), MISSING)
-        bv = np.empty((m, self.n))
-        bv[:] = self._template_vals
+        # one reduction: NaN or inf anywhere makes it non-finite (flags per value then)
+        finite = math.isfinite(v.sum())
+        f: Any = 0 if finite else np.where(np.isfinite(v), np.uint32(0), MISSING)
+        bv, bf = self._blank_rows(m)
         bv[:, lay.chan_sel] = v
-        bf = np.empty((m, self.n), np.uint32)
-        bf[:] = self._template_flags
         bf[:, lay.chan_sel] = f
         src.synced = src.synced or self.max_ahead is not None
         src.last_key, src.last_seq = keys[-1], seqs[m - 1]
@@ -462,13 +462,23 @@ class Aligner:
                 slot = pending[key] = _Slot(key, times[k], now, bv[k], bf[k], bit)
             else:
                 slot.values[cs] = v[k]
-                slot.flags[cs] = f[k]
+                slot.flags[cs] = 0 if finite else f[k]
                 slot.got |= bit
             if slot.got == full:
                 out.append((k, self._publish_through(key, now, early=True)))
             elif len(pending) > self.max_pending:
                 out.append((k, self._publish_through(min(pending), now, early=False)))
         return out
+
+    def _blank_rows(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh (values, flags) blocks of ``m`` empty slots (NaN, MISSING): one copy
+        each of a block kept for the purpose, not a copy per slot."""
+        if self._blank is None or len(self._blank[0]) < m:
+            size = max(m, 64)
+            self._blank = (np.tile(self._template_vals, (size, 1)),
+                           np.tile(self._template_flags, (size, 1)))
+        vals, flags = self._blank
+        return vals[:m].copy(), flags[:m].copy()
 
     def _on_jump(self, i: int, fr: _Frame) -> list[Snapshot]:
         """A key beyond the stream's window: hold it, or confirm the held one."""

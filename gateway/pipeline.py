@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -230,8 +230,8 @@ class Pipeline:
             out.append(SETTLE)
         return out
 
-    def feed_frames(self, stream: str, frames: Sequence[bytes],
-                    nows: Sequence[float]) -> list[Output]:
+    def feed_frames(self, stream: str, frames: list[bytes],
+                    nows: list[float]) -> list[Output]:
         """The frames of ``stream`` that one wake-up read, each with its arrival time:
         the outputs :meth:`feed_frame` gives for them one after the other, concatenated
         (the list is reused by the next call). GTNET-SKT frames are decoded in one go;

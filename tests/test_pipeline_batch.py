@@ -242,14 +242,14 @@ def test_batch_path_takes_runs() -> None:
     p = make(SINGLE)
     calls = 0
     parse_many = CODECS["pmu"].parse_many
-    codec = p.decoders["pmu"].codec  # type: ignore[attr-defined]
+    codec = p.decoders["pmu"].codec  # type: ignore[union-attr]
 
     def counting(fr: Any) -> Any:
         nonlocal calls
         calls += 1
         return parse_many(fr)
 
-    codec.parse_many = counting
+    codec.parse_many = counting  # type: ignore[method-assign]
     log: list[tuple[Any, ...]] = []
     carry(p, p.feed_frames("pmu", [d for _, d, _ in frames], [t for _, _, t in frames]),
           log)

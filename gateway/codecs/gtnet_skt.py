@@ -105,7 +105,7 @@ class GtnetSktCodec:
         self._all_int = self._float_idx.size == 0
         self._f4 = np.dtype(">f4")
         self._i4 = np.dtype(">i4")
-        self._u4 = np.dtype(">u4")
+        self._int_words = self._int_idx + (HEADER_WORDS if header else 0)
 
     # -- decoding ---------------------------------------------------------------------
     def _check_size(self, n: int) -> None:
@@ -157,15 +157,19 @@ class GtnetSktCodec:
         n = len(frames)
         buf = b"".join(frames)
         w = self.n_words
-        hw = HEADER_WORDS
         f = np.frombuffer(buf, self._f4).reshape(n, w)
-        values = f[:, hw:].astype(np.float64)
+        values = f[:, HEADER_WORDS:].astype(np.float64)
         if not self._all_float:
-            ints = np.frombuffer(buf, self._i4).reshape(n, w)[:, hw:]
-            values[:, self._int_idx] = ints[:, self._int_idx]
-        hdr = np.frombuffer(buf, self._u4).reshape(n, w)[:, :hw]
-        ts = hdr[:, 1].astype(np.float64) + hdr[:, 2].astype(np.float64) * 1e-9
-        return hdr[:, 0].tolist(), ts.tolist(), values
+            ints = np.frombuffer(buf, self._i4).reshape(n, w)
+            values[:, self._int_idx] = ints[:, self._int_words]
+        unpack = _HEADER.unpack_from  # a few header words: cheaper in Python than numpy
+        seqs: list[int] = []
+        tss: list[float] = []
+        for data in frames:
+            seq, sec, nsec = unpack(data)
+            seqs.append(seq)
+            tss.append(sec + nsec * 1e-9)
+        return seqs, tss, values
 
     def batchable(self, frames: Sequence[bytes]) -> bool:
         """Whether :meth:`parse_many` takes these frames (header, non-finite values
