@@ -66,8 +66,9 @@ class Snapshot:
         of one length (the aligner's slot rows, the pass-through's own arrays): the
         checks of the constructor were made once for the layout, not per snapshot."""
         snap = cls.__new__(cls)
-        snap.__dict__.update(seq=seq, source_time=source_time, arrival_time=arrival_time,
-                             values=values, flags=flags, published_time=published_time)
+        snap.__dict__ = {"seq": seq, "source_time": source_time,
+                         "arrival_time": arrival_time, "values": values, "flags": flags,
+                         "published_time": published_time}
         return snap
 
     def to_bytes(self) -> bytes:
