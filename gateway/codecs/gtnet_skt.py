@@ -105,7 +105,14 @@ class GtnetSktCodec:
         self._all_int = self._float_idx.size == 0
         self._f4 = np.dtype(">f4")
         self._i4 = np.dtype(">i4")
-        self._int_words = self._int_idx + (HEADER_WORDS if header else 0)
+        # the int32 points as a slice when they are one run (views, no fancy indexing)
+        ii = self._int_idx
+        contiguous = ii.size and ii[-1] - ii[0] + 1 == ii.size
+        self._int_cols: slice | np.ndarray = slice(int(ii[0]), int(ii[-1]) + 1) \
+            if contiguous else ii
+        self._int_words: slice | np.ndarray = \
+            slice(int(ii[0]) + HEADER_WORDS, int(ii[-1]) + 1 + HEADER_WORDS) \
+            if contiguous else ii + HEADER_WORDS
 
     # -- decoding ---------------------------------------------------------------------
     def _check_size(self, n: int) -> None:
@@ -161,7 +168,7 @@ class GtnetSktCodec:
         values = f[:, HEADER_WORDS:].astype(np.float64)
         if not self._all_float:
             ints = np.frombuffer(buf, self._i4).reshape(n, w)
-            values[:, self._int_idx] = ints[:, self._int_words]
+            values[:, self._int_cols] = ints[:, self._int_words]
         unpack = _HEADER.unpack_from  # a few header words: cheaper in Python than numpy
         seqs: list[int] = []
         tss: list[float] = []
