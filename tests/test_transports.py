@@ -83,7 +83,9 @@ async def test_udp_batch_sink_gets_every_allowed_datagram_in_order() -> None:
     t = open_transport(TransportSpec("s", "udp://127.0.0.1:0", allow=("127.0.0.1",)), sink,
                        on_drop=sink.drop, on_event=sink.event, sink_many=many)
     await t.start()
-    port = t.local_address[1]
+    addr = t.local_address
+    assert addr is not None
+    port = addr[1]
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     other.bind(("127.0.0.2", 0))
