@@ -412,7 +412,8 @@ class Aligner:
             slot = pending.get(key)
             if slot is not None and slot.got & bit:
                 break
-            ph += PHASE_GAIN * max(-jit, min(jit, x - (key - off) - ph))
+            res = x - (key - off) - ph  # finite: the agreement test above passed
+            ph += PHASE_GAIN * (jit if res > jit else -jit if res < -jit else res)
             keys.append(key)
             xs.append(x)
             times.append((key + ph - stepped) / r)
@@ -425,8 +426,8 @@ class Aligner:
         """Place the frames :meth:`plan_run` found ordinary (``values``: their decoded
         points, one row each): the same slots, flags, publications and counts as
         :meth:`feed` frame by frame. New slots take rows of two blocks filled for the
-        whole run (no per-slot copies); a slot completed by the frame that opened it
-        with nothing else pending (a single stream) is published without a slot object.
+        whole run (no per-slot copies); with a single stream each frame's slot is
+        published at once, without a slot object.
         (frame index, snapshots) for each frame that published some."""
         i, keys, m = plan.index, plan.keys, len(plan.keys)
         lay, src = self.streams[i], self._src[i]
@@ -444,21 +445,20 @@ class Aligner:
         src.last_now, src.last_x, src.phase = nows[m - 1], plan.xs[-1], plan.phase
         self._last_seen[i] = nows[m - 1]
         self.last_verdict = Verdict.PLACED
-        out: list[tuple[int, list[Snapshot]]] = []
         pending, bit, full, st = self._pending, 1 << i, self.all_mask, self.stats
         cs, times = lay.chan_sel, plan.times
+        if bit == full and not pending:  # one stream: each frame opens and completes a slot
+            st.published += m
+            st.early += m
+            self._last_key = keys[-1]  # newer than any published (plan_run)
+            trusted = Snapshot.trusted
+            return [(k, [trusted(keys[k], times[k], nows[k], bv[k], bf[k], nows[k])])
+                    for k in range(m)]
+        out: list[tuple[int, list[Snapshot]]] = []
         for k in range(m):
             key, now = keys[k], nows[k]
             slot = pending.get(key)
             if slot is None:
-                if bit == full and not pending:  # opened and completed by this frame
-                    st.published += 1
-                    st.early += 1
-                    self._last_key = key if self._last_key is None else max(
-                        self._last_key, key)
-                    out.append((k, [Snapshot.trusted(key, times[k], now, bv[k], bf[k],
-                                                     now)]))
-                    continue
                 slot = pending[key] = _Slot(key, times[k], now, bv[k], bf[k], bit)
             else:
                 slot.values[cs] = v[k]

@@ -77,7 +77,7 @@ class Gateway:
             pl.Handoff: self._handoff, pl.StoreSnapshot: self._stored("snapshot"),
             pl.StoreLate: self._stored("late"), pl.StoreForecast: self._stored("forecast"),
             pl.StoreState: self._stored("state"),
-            pl.Settle: lambda _: self.execute(self.pipeline.settle()),
+            pl.Settle: self._settle,
             pl.Event: lambda o: self.event(o.kind, o.source, o.detail)}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
@@ -244,6 +244,11 @@ class Gateway:
         run = self._run
         for o in outputs:
             run[type(o)](o)
+
+    def _settle(self, _: pl.Settle) -> None:
+        out = self.pipeline.settle()
+        if out:
+            self.execute(out)
 
     def _handoff(self, o: pl.Handoff) -> None:
         for hand in self.on_handoff:
