@@ -10,6 +10,9 @@ protocol: it owns every decision and no socket, task or clock. The runner
   outputs: a :class:`Handoff` (the cleaned snapshot and the PV pseudo-measurements, for
   the estimator), a :class:`StoreSnapshot` (raw + corrected rows) and, when the PV
   forecast changed, a :class:`StoreForecast`, then :data:`SETTLE`;
+* :meth:`Pipeline.feed_frames` ``(stream, [bytes], [now])``: the frames one wake-up of a
+  datagram socket read, with the outputs :meth:`feed_frame` would give one by one
+  (decoded in one go; runs of in-sequence frames accounted and placed at once);
 * :data:`SETTLE` marks the end of the urgent part: the runner hands the snapshots on
   first, then calls :meth:`Pipeline.settle`, which records the snapshots' telemetry and
   runs the quality stage's look-ahead (the next snapshot's prediction, which then overlaps
