@@ -197,6 +197,18 @@ class _Frame:
     flags: np.ndarray | None = None  # the source's quality bits per point
 
 
+@dataclass(slots=True)
+class RunPlan:
+    """What :meth:`Aligner.plan_run` found: the stream's index, and for each ordinary
+    frame its slot key, ``ts * rate`` and slot instant; the grid phase after them."""
+
+    index: int
+    keys: list[int] = field(default_factory=list)
+    xs: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    phase: float = 0.0
+
+
 @dataclass
 class _Source:
     """One stream's discipline: phase, newest key, sequence mapping, a held frame."""
@@ -245,6 +257,7 @@ class Aligner:
         self._rebase: tuple[int, int, float] | None = None  # (held key, offset delta, now)
         self._template_flags = np.full(n_channels, MISSING, np.uint32)
         self._template_vals = np.full(n_channels, np.nan)
+        self._blank: tuple[np.ndarray, np.ndarray] | None = None  # see _blank_rows
         self.stats = AlignerStats(late_by_stream={s.name: 0 for s in self.streams})
         for s in self.streams:
             self.stats.dropped_by_stream[s.name] = {str(r): 0 for r in DROP_REASONS}
@@ -362,6 +375,110 @@ class Aligner:
                 self._refute(i, now)
             return self._place(i, fr)
         return self._on_jump(i, fr)
+
+    # -- a run of ordinary frames (the batch path) -------------------------------------
+    def plan_run(self, stream: str, seqs: list[int], tss: list[float],
+                 nows: list[float], limit: int) -> RunPlan:
+        """How many leading frames (at most ``limit``) of a batch of ``stream`` are
+        *ordinary*, and where they go, without changing anything. Ordinary: timed (as
+        the stream's frame before), within ``max_ahead_s``, slotted by sequence one step
+        or more ahead with a timestamp that agrees, nothing held, not late, not a
+        duplicate: :meth:`feed` would place each and do nothing else (no event, no
+        refusal). :meth:`place_run` then places them; the rest go through :meth:`feed`."""
+        i = self.index[stream]
+        src = self._src[i]
+        plan = RunPlan(i)
+        last_key, last_seq, ph, sc = src.last_key, src.last_seq, src.phase, src.scale
+        if (src.timed is not True or src.held is not None or last_key is None
+                or last_seq is None or ph is None or sc is None):
+            return plan
+        r, off, jit, ahead = self.rate, src.offset, self.jitter, self.max_ahead
+        agree, jump, stepped = 0.5 + jit, self.jump, src.stepped
+        published = self._last_key if self._last_key is not None else -math.inf
+        pending, bit = self._pending, 1 << i
+        keys, xs, times = plan.keys, plan.xs, plan.times
+        for k in range(limit):
+            ts, now = tss[k], nows[k]
+            if not ts > 0 or (ahead is not None and ts > now + ahead):
+                break
+            d = (seqs[k] - last_seq) % SEQ_MOD
+            if d >= SEQ_HALF:
+                d -= SEQ_MOD
+            key = last_key + d * sc
+            x = ts * r
+            if not 0 < d * sc <= jump or not abs(x - ph + off - key) < agree \
+                    or key <= published:
+                break
+            slot = pending.get(key)
+            if slot is not None and slot.got & bit:
+                break
+            res = x - (key - off) - ph  # finite: the agreement test above passed
+            ph += PHASE_GAIN * (jit if res > jit else -jit if res < -jit else res)
+            keys.append(key)
+            xs.append(x)
+            times.append((key + ph - stepped) / r)
+            last_key, last_seq = key, seqs[k]
+        plan.phase = ph
+        return plan
+
+    def place_run(self, plan: RunPlan, seqs: list[int], nows: list[float],
+                  values: np.ndarray) -> list[tuple[int, list[Snapshot]]]:
+        """Place the frames :meth:`plan_run` found ordinary (``values``: their decoded
+        points, one row each): the same slots, flags, publications and counts as
+        :meth:`feed` frame by frame. New slots take rows of two blocks filled for the
+        whole run (no per-slot copies); with a single stream each frame's slot is
+        published at once, without a slot object.
+        (frame index, snapshots) for each frame that published some."""
+        i, keys, m = plan.index, plan.keys, len(plan.keys)
+        lay, src = self.streams[i], self._src[i]
+        v = values[:m, lay.point_sel]
+        if not lay.unit:
+            v = v * lay.scale
+        # one reduction: NaN or inf anywhere makes it non-finite (flags per value then)
+        finite = math.isfinite(v.sum())
+        f: Any = 0 if finite else np.where(np.isfinite(v), np.uint32(0), MISSING)
+        bv, bf = self._blank_rows(m)
+        bv[:, lay.chan_sel] = v
+        bf[:, lay.chan_sel] = f
+        src.synced = src.synced or self.max_ahead is not None
+        src.last_key, src.last_seq = keys[-1], seqs[m - 1]
+        src.last_now, src.last_x, src.phase = nows[m - 1], plan.xs[-1], plan.phase
+        self._last_seen[i] = nows[m - 1]
+        self.last_verdict = Verdict.PLACED
+        pending, bit, full, st = self._pending, 1 << i, self.all_mask, self.stats
+        cs, times = lay.chan_sel, plan.times
+        if bit == full and not pending:  # one stream: each frame opens and completes a slot
+            st.published += m
+            st.early += m
+            self._last_key = keys[-1]  # newer than any published (plan_run)
+            trusted = Snapshot.trusted
+            return [(k, [trusted(keys[k], times[k], nows[k], bv[k], bf[k], nows[k])])
+                    for k in range(m)]
+        out: list[tuple[int, list[Snapshot]]] = []
+        for k in range(m):
+            key, now = keys[k], nows[k]
+            slot = pending.get(key)
+            if slot is None:
+                slot = pending[key] = _Slot(key, times[k], now, bv[k], bf[k], bit)
+            else:
+                slot.values[cs] = v[k]
+                slot.flags[cs] = 0 if finite else f[k]
+                slot.got |= bit
+            if slot.got == full:
+                out.append((k, self._publish_through(key, now, early=True)))
+            elif len(pending) > self.max_pending:
+                out.append((k, self._publish_through(min(pending), now, early=False)))
+        return out
+
+    def _blank_rows(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fresh (values, flags) blocks of ``m`` empty slots (NaN, MISSING): one copy
+        each of a block kept for the purpose, not a copy per slot."""
+        if self._blank is None or len(self._blank[0]) < m:
+            size = max(m, 64)
+            self._blank = (np.tile(self._template_vals, (size, 1)),
+                           np.tile(self._template_flags, (size, 1)))
+        vals, flags = self._blank
+        return vals[:m].copy(), flags[:m].copy()
 
     def _on_jump(self, i: int, fr: _Frame) -> list[Snapshot]:
         """A key beyond the stream's window: hold it, or confirm the held one."""

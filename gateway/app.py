@@ -73,6 +73,13 @@ class Gateway:
         self.on_new_state: list[Callable[[StateMsg, float], None]] = []
         self.on_event: list[Callable[[float, str, str, dict[str, Any]], None]] = []
         self._stack: list[tuple[str, Closer]] = []  # what start() started, to unwind
+        #: what :meth:`execute` does with each kind of pipeline output
+        self._run: dict[type, Callable[[Any], None]] = {
+            pl.Handoff: self._handoff, pl.StoreSnapshot: self._stored("snapshot"),
+            pl.StoreLate: self._stored("late"), pl.StoreForecast: self._stored("forecast"),
+            pl.StoreState: self._stored("state"),
+            pl.Settle: self._settle,
+            pl.Event: lambda o: self.event(o.kind, o.source, o.detail)}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -175,7 +182,7 @@ class Gateway:
         for s in cfg.enabled_streams:
             t = await comp.open_stream(s, o, p.decoders[s.name].size, on_frame=self.on_frame,
                                        on_drop=self.on_drop, on_event=self.event_stream,
-                                       clock=self.clock)
+                                       clock=self.clock, on_frames=self.on_frames)
             self.transports[s.name] = t
             self.started(f"stream {s.name}", t.close)
         self.sensors = await open_sensors(
@@ -229,31 +236,39 @@ class Gateway:
         if self._timer is None:  # an armed timer is never later than the oldest slot's
             self._arm_timer()
 
+    def on_frames(self, stream: str, frames: list[bytes], nows: list[float]) -> None:
+        """A wake-up's frames of ``stream`` (UDP): decoded and aligned in one go."""
+        out = self.pipeline.feed_frames(stream, frames, nows)
+        if out:
+            self.execute(out)
+        if self._timer is None:
+            self._arm_timer()
+
     def execute(self, outputs: list[Output]) -> None:
         """Carry out the pipeline's outputs in order (handoffs come first; store outputs
-        come only while the historian runs)."""
-        store = self._store
+        come only while the historian runs). One dictionary look-up per output: this
+        runs for every snapshot."""
+        run = self._run
         for o in outputs:
-            match o:
-                case pl.Handoff():
-                    for hand in self.on_handoff:
-                        hand(o.snapshot, o.pv_mw, o.pv_sigma_mw)
-                case pl.StoreSnapshot():
-                    assert store is not None
-                    store.snapshot(o)
-                case pl.StoreLate():
-                    assert store is not None
-                    store.late(o)
-                case pl.Settle():
-                    self.execute(self.pipeline.settle())
-                case pl.StoreForecast():
-                    assert store is not None
-                    store.forecast(o)
-                case pl.StoreState():
-                    assert store is not None
-                    store.state(o)
-                case pl.Event():
-                    self.event(o.kind, o.source, o.detail)
+            run[type(o)](o)
+
+    def _settle(self, _: pl.Settle) -> None:
+        out = self.pipeline.settle()
+        if out:
+            self.execute(out)
+
+    def _handoff(self, o: pl.Handoff) -> None:
+        for hand in self.on_handoff:
+            hand(o.snapshot, o.pv_mw, o.pv_sigma_mw)
+
+    def _stored(self, kind: str) -> Callable[[Any], None]:
+        """The historian sink's method for ``kind`` (looked up when the output comes:
+        store outputs come only while the historian runs)."""
+        def put(o: Any) -> None:
+            store = self._store
+            assert store is not None
+            getattr(store, kind)(o)
+        return put
 
     def _arm_timer(self) -> None:
         due = self.pipeline.next_deadline()

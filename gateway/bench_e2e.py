@@ -20,6 +20,10 @@
   loop: the CPU cost of the per-frame path alone, the ceiling ``ingest.udp`` approaches.
   Best of several passes.
   ``ingest.pipeline_single``: the same with the single-stream config above.
+* ``ingest.pipeline_batch`` / ``ingest.pipeline_batch_single`` (frames/s): the same
+  frames through :meth:`~gateway.pipeline.Pipeline.feed_frames` in batches of
+  :data:`BURST` frames of one stream (what the UDP transport hands over per wake-up
+  under load); peer: the same frames one at a time (``ingest.pipeline[_single]``).
 * ``e2e.ieee33.p99`` / ``e2e.ieee33.p99_1khz`` (ms): ``gridtwin demo`` at 50 Hz and 1 kHz
   (emulator and twin as separate processes, SQLite, models, real estimator): the 99th
   percentile of first frame received → state back in the gateway. No peer.
@@ -46,6 +50,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from gateway.bench import BenchResult
+from gateway.transports.udp import BURST  # frames one UDP wake-up reads at most
 
 if TYPE_CHECKING:
     from gateway.config import TwinConfig
@@ -62,9 +67,15 @@ def benchmarks(quick: bool) -> list[BenchResult]:
 
 
 def benchmarks_ingest(quick: bool) -> list[BenchResult]:
-    return [BenchResult("ingest.pipeline", ingest_pipeline(quick), "frames/s"),
-            BenchResult("ingest.pipeline_single", ingest_pipeline(quick, single=True),
-                        "frames/s"),
+    one = ingest_pipeline(quick)
+    one_single = ingest_pipeline(quick, single=True)
+    return [BenchResult("ingest.pipeline", one, "frames/s"),
+            BenchResult("ingest.pipeline_single", one_single, "frames/s"),
+            BenchResult("ingest.pipeline_batch", ingest_pipeline(quick, batch=BURST),
+                        "frames/s", "the same frames one at a time", one),
+            BenchResult("ingest.pipeline_batch_single",
+                        ingest_pipeline(quick, single=True, batch=BURST), "frames/s",
+                        "the same frames one at a time", one_single),
             BenchResult("ingest.udp", float(ingest_udp(quick)), "frames/s"),
             BenchResult("ingest.udp_single", float(ingest_udp(quick, single=True)),
                         "frames/s"),
@@ -95,11 +106,13 @@ def _frames(steps: int, single: bool = False) -> list[tuple[str, bytes]]:
             for k in range(steps) for s, c in zip(streams, codecs, strict=True)]
 
 
-def ingest_pipeline(quick: bool, single: bool = False) -> float:
+def ingest_pipeline(quick: bool, single: bool = False, batch: int = 1) -> float:
     """Frames per second through :meth:`Pipeline.feed_frame` (+ ``settle`` per snapshot),
     best of several passes over pre-built frames; a fresh pipeline per pass
-    (``single``: the single-stream config, a snapshot per frame)."""
-    from gateway.pipeline import Pipeline
+    (``single``: the single-stream config, a snapshot per frame). ``batch`` > 1: through
+    :meth:`Pipeline.feed_frames`, each stream's frames in batches of that many, as the
+    UDP transport hands over one wake-up's datagrams."""
+    from gateway.pipeline import Pipeline, Settle
     from gateway.telemetry import Telemetry
 
     cfg = _config(single)
@@ -109,20 +122,42 @@ def ingest_pipeline(quick: bool, single: bool = False) -> float:
     # clock that ran ahead of, or behind, the timestamps would refuse them as FUTURE
     arrival = [1_000_000.0 + (i // per_slot) * 0.02 + 1e-4 + (i % per_slot) * 1e-5
                for i in range(len(frames))]
+    batches = _batches(frames, arrival, per_slot, batch)
     best = math.inf
     for _ in range(5 if quick else 15):
         p = Pipeline(cfg, Telemetry(cfg, clock=time.time))
         p.handoff = p.store = False  # no estimator, no historian: the ingest path alone
-        feed, settle = p.feed_frame, p.settle
+        feed, feed_many, settle = p.feed_frame, p.feed_frames, p.settle
         t0 = time.perf_counter()
-        for i, (name, data) in enumerate(frames):
-            if feed(name, data, arrival[i]):
-                settle()
+        if batch <= 1:
+            for i, (name, data) in enumerate(frames):
+                if feed(name, data, arrival[i]):
+                    settle()
+        else:
+            for name, datas, nows in batches:
+                for o in feed_many(name, datas, nows):
+                    if o.__class__ is Settle:
+                        settle()
         best = min(best, time.perf_counter() - t0)
         if p.telemetry.snapshots != len(frames) // per_slot:
             raise RuntimeError(f"ingest.pipeline: {p.telemetry.snapshots} snapshots from "
                                f"{len(frames)} frames")
     return len(frames) / best
+
+
+def _batches(frames: list[tuple[str, bytes]], arrival: list[float], per_slot: int,
+             batch: int) -> list[tuple[str, list[bytes], list[float]]]:
+    """The frames (streams in turn, slot by slot) as each stream's socket would give
+    them: ``batch`` consecutive frames of one stream, then the next stream's."""
+    out = []
+    n_slots = len(frames) // per_slot
+    for start in range(0, n_slots, max(1, batch)):
+        for j in range(per_slot):
+            idx = range(start * per_slot + j, min(start + batch, n_slots) * per_slot,
+                        per_slot)
+            out.append((frames[idx[0]][0], [frames[i][1] for i in idx],
+                        [arrival[i] for i in idx]))
+    return out
 
 
 # --------------------------------------------------------------------------- ingest

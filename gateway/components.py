@@ -242,13 +242,14 @@ async def open_server(cfg: TwinConfig, o: GatewayOptions, metrics: Metrics, *,
 
 async def open_stream(s: Stream, o: GatewayOptions, frame_size: int, *,
                       on_frame: Any, on_drop: Any, on_event: Any,
-                      clock: Callable[[], float]) -> Transport:
-    """The transport of one stream, started (its URL may be overridden for a run)."""
+                      clock: Callable[[], float], on_frames: Any = None) -> Transport:
+    """The transport of one stream, started (its URL may be overridden for a run);
+    ``on_frames`` takes a wake-up's frames at once from the transports that batch."""
     url = (o.url_overrides or {}).get(s.name, s.url)
     t = open_transport(
         TransportSpec(s.name, url, s.format, frame_size, s.idcode, s.allow, s.rate_hz,
                       read_timeout_s=s.read_timeout_s),
-        on_frame, on_drop=on_drop, on_event=on_event, clock=clock)
+        on_frame, on_drop=on_drop, on_event=on_event, clock=clock, sink_many=on_frames)
     await t.start()
     return t
 

@@ -10,6 +10,9 @@ protocol: it owns every decision and no socket, task or clock. The runner
   outputs: a :class:`Handoff` (the cleaned snapshot and the PV pseudo-measurements, for
   the estimator), a :class:`StoreSnapshot` (raw + corrected rows) and, when the PV
   forecast changed, a :class:`StoreForecast`, then :data:`SETTLE`;
+* :meth:`Pipeline.feed_frames` ``(stream, [bytes], [now])``: the frames one wake-up of a
+  datagram socket read, with the outputs :meth:`feed_frame` would give one by one
+  (decoded in one go; runs of in-sequence frames accounted and placed at once);
 * :data:`SETTLE` marks the end of the urgent part: the runner hands the snapshots on
   first, then calls :meth:`Pipeline.settle`, which records the snapshots' telemetry and
   runs the quality stage's look-ahead (the next snapshot's prediction, which then overlaps
@@ -181,6 +184,7 @@ class Pipeline:
         self._plant_names = [p.name for p in cfg.plants]
         self._bus_ids = [int(b) for b in cfg.network.bus_ids]
         self._out: list[Output] = []
+        self._batch_out: list[Output] = []
         self._settle_out: list[Output] = []
         self._state_out: list[Output] = []
         self._cleaned: list[tuple[float, float, np.ndarray]] = []  # awaiting settle()
@@ -234,6 +238,61 @@ class Pipeline:
                 self._clean(snap)
             out.append(SETTLE)
         return out
+
+    def feed_frames(self, stream: str, frames: list[bytes],
+                    nows: list[float]) -> list[Output]:
+        """The frames of ``stream`` that one wake-up read, each with its arrival time:
+        the outputs :meth:`feed_frame` gives for them one after the other, concatenated
+        (the list is reused by the next call). GTNET-SKT frames are decoded in one go;
+        runs of ordinary frames (in sequence, timestamps that agree: see
+        :meth:`Aligner.plan_run`) are accounted and placed at once, any other frame
+        takes :meth:`feed_frame`."""
+        batch = self._batch_out
+        batch.clear()
+        codec = getattr(self.decoders[stream], "codec", None)
+        n = len(frames)
+        if codec is None or n < 2 or not codec.batchable(frames):
+            for data, now in zip(frames, nows, strict=True):
+                batch.extend(self.feed_frame(stream, data, now))
+            return batch
+        t0 = self.perf()
+        seqs, tss, values = codec.parse_many(frames)
+        per_frame = (self.perf() - t0) / n
+        st, al, size = self.stats[stream], self.aligner, codec.size
+        k = 0
+        while k < n:
+            m = 0
+            if not dsc.pending(st, al) and st.dropped_by is al.stats.dropped_by_stream[stream]:
+                m = st.run_length(seqs[k:], tss[k:])
+            plan = al.plan_run(stream, seqs[k:], tss[k:], nows[k:], m) if m else None
+            m = 0 if plan is None else len(plan.keys)
+            if m == 0:
+                batch.extend(self.feed_frame(stream, frames[k], nows[k]))
+                k += 1
+                continue
+            assert plan is not None
+            self._decode_samples(stream, m, per_frame)
+            st.take_run(seqs[k:k + m], tss[k:k + m], nows[k:k + m], size)
+            placed = al.place_run(plan, seqs[k:k + m], nows[k:k + m], values[k:k + m])
+            if placed:
+                out = self._out
+                out.clear()
+                for _, snaps in placed:
+                    for snap in snaps:
+                        self._clean(snap)
+                    out.append(SETTLE)
+                batch.extend(out)
+            k += m
+        return batch
+
+    def _decode_samples(self, stream: str, m: int, per_frame: float) -> None:
+        """Count ``m`` frames decoded in a batch; the decode-time histogram gets the
+        batch's time per frame for the one frame in :data:`DECODE_SAMPLE` it samples."""
+        n0 = self._n_frames
+        self._n_frames = n0 + m
+        samples = (n0 + m) // DECODE_SAMPLE - n0 // DECODE_SAMPLE
+        if samples:
+            self.telemetry.obs_decode[stream].extend([per_frame] * samples)
 
     @staticmethod
     def _c37_events(stream: str, dec: C37Decoder, out: list[Output]) -> None:

@@ -66,6 +66,18 @@ class Snapshot:
                 f"{self.flags.shape} must be 1-D of equal length"
             )
 
+    @classmethod
+    def trusted(cls, seq: int, source_time: float, arrival_time: float, values: np.ndarray,
+                flags: np.ndarray, published_time: float = 0.0) -> Snapshot:
+        """A snapshot from arrays already known to be 1-D float64 values and uint32 flags
+        of one length (the aligner's slot rows, the pass-through's own arrays): the
+        checks of the constructor were made once for the layout, not per snapshot."""
+        snap = cls.__new__(cls)
+        snap.__dict__ = {"seq": seq, "source_time": source_time,
+                         "arrival_time": arrival_time, "values": values, "flags": flags,
+                         "published_time": published_time}
+        return snap
+
     def to_bytes(self) -> bytes:
         """Fixed layout: header, float64[m] values, uint32[m] flags, float64 published."""
         m = self.values.size

@@ -89,6 +89,33 @@ def test_round_trip(types: list[str], header: bool, data: st.DataObject) -> None
         assert f.seq == seq and f.ts == float(sec)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # signalling NaNs
+@settings(max_examples=60, deadline=None)
+@given(types=point_lists, n=st.integers(1, 40), data=st.data())
+def test_parse_many_equals_parse(types: list[str], n: int, data: st.DataObject) -> None:
+    """A batch decoded at once gives, frame for frame, what parse gives: sequence
+    numbers, timestamps to the bit, values (NaN included); only batchable frames."""
+    codec = GtnetSktCodec(types, header=True)
+    frames = []
+    for _ in range(n):
+        values = [
+            data.draw(st.floats(width=32, allow_nan=True)) if t == "float32"
+            else float(data.draw(st.integers(-(2**31), 2**31 - 1)))
+            for t in types
+        ]
+        ts = data.draw(st.floats(0.0, 2**32 - 1.0))
+        frames.append(codec.build(values, seq=data.draw(st.integers(0, 2**32 - 1)), ts=ts))
+    assert codec.batchable(frames)
+    seqs, tss, values_many = codec.parse_many(frames)
+    assert values_many.shape == (n, len(types))
+    for k, frame in enumerate(frames):
+        f = codec.parse(frame, 0.0)
+        assert (f.seq, f.ts) == (seqs[k], tss[k])
+        np.testing.assert_array_equal(values_many[k], f.values)
+    assert not codec.batchable([*frames, frames[0][:-4]])
+    assert not GtnetSktCodec(types, header=False).batchable(frames)
+
+
 def test_parse_accepts_memoryview_and_bytearray() -> None:
     codec = GtnetSktCodec(TYPES, header=False)
     golden = (DATA / "gtnet_skt_noheader.bin").read_bytes()

@@ -64,6 +64,50 @@ async def test_udp_receives_and_enforces_allowlist() -> None:
     assert len(sink.drops) == 5 and sink.drops[0] == ("s", "127.0.0.2")
 
 
+async def test_udp_batch_sink_gets_every_allowed_datagram_in_order() -> None:
+    """With a batch sink the transport hands over what each wake-up read: every allowed
+    datagram once, in order, each with its own arrival time, never more than BURST at
+    a time; sources outside the allowlist are dropped as with the one-frame sink."""
+    from gateway.transports.udp import BURST
+
+    sink = Sink(0)
+    got: list[tuple[str, list[bytes], list[float]]] = []
+    n = 3 * BURST + 5
+    done = asyncio.Event()
+
+    def many(stream: str, frames: list[bytes], nows: list[float]) -> None:
+        got.append((stream, list(frames), list(nows)))
+        if sum(len(f) for _, f, _ in got) >= n:
+            done.set()
+
+    t = open_transport(TransportSpec("s", "udp://127.0.0.1:0", allow=("127.0.0.1",)), sink,
+                       on_drop=sink.drop, on_event=sink.event, sink_many=many)
+    await t.start()
+    addr = t.local_address
+    assert addr is not None
+    port = addr[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other.bind(("127.0.0.2", 0))
+    try:
+        for i in range(n):  # sent before the loop reads: wake-ups find many queued
+            tx.sendto(b"frame%d" % i, ("127.0.0.1", port))
+            if i % 10 == 0:
+                other.sendto(b"x", ("127.0.0.1", port))
+        await asyncio.wait_for(done.wait(), 5)
+    finally:
+        tx.close()
+        other.close()
+        await t.close()
+    assert sink.frames == []  # nothing went to the one-frame sink
+    assert [d for _, f, _ in got for d in f] == [b"frame%d" % i for i in range(n)]
+    assert all(s == "s" and 0 < len(f) <= BURST and len(f) == len(t_) for s, f, t_ in got)
+    assert any(len(f) > 1 for _, f, _ in got)  # a wake-up took several
+    nows = [x for _, _, t_ in got for x in t_]
+    assert nows == sorted(nows)
+    assert len(sink.drops) == len(range(0, n, 10))
+
+
 async def test_udp_bind_error_is_a_transport_error() -> None:
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     blocker.bind(("127.0.0.1", 0))

@@ -31,13 +31,17 @@ class PassThroughQuality:
         self.sigma = 0.3 * self.rating
         self._has_ghi = self.ghi >= 0
         self._ghi_at = np.maximum(self.ghi, 0)
+        self._all_ghi = bool(self._has_ghi.all())
+        self._no_ghi = ~self._has_ghi
         # the guess changes only when an irradiance does (weather is slow next to the
         # snapshot rate): the last GHI values and their guess are kept
         self._last_ghi = b""
         self._last_pv = np.zeros(0)
 
     def process(self, values: np.ndarray, flags: np.ndarray, now: float) -> PassResult:
-        ghi = np.where(self._has_ghi, values[self._ghi_at], np.nan)
+        ghi = values.take(self._ghi_at)  # every snapshot: no np.where unless needed
+        if not self._all_ghi:
+            ghi[self._no_ghi] = np.nan
         key = ghi.tobytes()
         if key != self._last_ghi:
             # P = rating * clip(0.85 * GHI / 1000, 0, 1); no GHI: rating / 2

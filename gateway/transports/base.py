@@ -35,6 +35,10 @@ READ_TIMEOUT_PERIODS = 5.0
 
 #: ``sink(stream, data, peer_host, now)``: one complete frame received at ``now``
 FrameSink = Callable[[str, bytes, str | None, float], None]
+#: ``sink_many(stream, frames, arrivals)``: the frames one read of a datagram socket
+#: took, each with its arrival time (a transport that reads in batches calls it instead
+#: of :data:`FrameSink` when given one: the receiver then decodes them in one go)
+BatchSink = Callable[[str, list[bytes], list[float]], None]
 #: ``on_drop(stream, peer_host)``: a frame from a source outside the allowlist
 DropSink = Callable[[str, str], None]
 #: ``on_event(stream, kind, detail)``: connected, disconnected, reconnect, ...
@@ -162,10 +166,14 @@ def transport_class(key: str) -> type:
 
 def open_transport(spec: TransportSpec, sink: FrameSink, *, on_drop: DropSink | None = None,
                    on_event: EventSink | None = None,
-                   clock: Callable[[], float] = time.time) -> Transport:
-    """The transport for ``spec`` (not started yet: ``await t.start()``)."""
+                   clock: Callable[[], float] = time.time,
+                   sink_many: BatchSink | None = None) -> Transport:
+    """The transport for ``spec`` (not started yet: ``await t.start()``); ``sink_many``
+    is used by the transports that read in batches (UDP), ``sink`` by the others."""
     cls = transport_class(spec.registry_key)
     t: Transport = cls(spec, sink, on_drop=on_drop, on_event=on_event, clock=clock)
+    if sink_many is not None and hasattr(t, "sink_many"):
+        t.sink_many = sink_many  # type: ignore[attr-defined]
     return t
 
 
