@@ -382,7 +382,8 @@ def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
             "deadline_misses": s["deadline_misses"],
             "vm_mape_pct": 100 * float(np.mean(f.errors)) if f.errors else None,
             "e2e_p99_ms": s["e2e_latency_ms"]["p99"],
-            "fresh_p99_ms": (b.get("fresh_ms") or {}).get("p99"), "bus_rtt_ms": b.get("rtt_ms")})
+            "fresh_p99_ms": (b.get("fresh_ms") or {}).get("p99"), "bus_rtt_ms": b.get("rtt_ms"),
+            "bus_errors": b.get("errors", 0)})
     tot = {k: sum(r[k] for r in rows) for k in ("frames_sent", "frames_received",
                                                 "frames_lost", "snapshots", "states",
                                                 "superseded", "lost", "deadline_misses")}

@@ -122,7 +122,7 @@ class BusLink:
         rtt = np.asarray(self.rtt_s[-10_000:]) * 1e3
         fresh = np.asarray(self.fresh_s) * 1e3
         return {"published": s.published, "dropped": s.dropped, "pending": self.edge.pending,
-                "duplicates": s.duplicates, "connected": s.connected,
+                "duplicates": s.duplicates, "errors": s.errors, "connected": s.connected,
                 "reconnects": s.reconnects, "states_back": s.states,
                 "rtt_ms": {"p50": float(np.percentile(rtt, 50)) if rtt.size else None,
                            "p99": float(np.percentile(rtt, 99)) if rtt.size else None},
