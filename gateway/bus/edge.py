@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -53,8 +54,10 @@ class EdgeBus:
 
     def __init__(self, twin: str, opts: BusOptions, *, buffer: int = 50_000, window: int = 64,
                  clock: Callable[[], float] = time.time,
-                 on_state: Callable[[wire.BusState, float], None] | None = None) -> None:
+                 on_state: Callable[[wire.BusState, float], None] | None = None,
+                 shared: bool = False) -> None:
         self.twin = twin
+        self.shared = shared
         self.opts = opts
         self.window = window
         self.clock = clock
@@ -72,6 +75,8 @@ class EdgeBus:
         self._closing = False
         self.nc: Any = None
         self.js: Any = None
+        self._conn: _Shared | None = None
+        self._sub: Any = None
 
     # ------------------------------------------------------------------ hot path
     def offer_snapshot(self, seq: int, source_time: float, arrival_time: float,
@@ -107,13 +112,18 @@ class EdgeBus:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self.nc = await connect(self.opts, disconnected_cb=self._down,
-                                reconnected_cb=self._again)
+        if self.shared:
+            self._conn = await _Shared.join(self)
+            self.nc, self._pub = self._conn.nc, self._conn.pub
+        else:
+            self.nc = await connect(self.opts, disconnected_cb=self._down,
+                                    reconnected_cb=self._again)
+            self._pub = AckedPublisher(self.nc)
+            await self._pub.start()
         self.js = self.nc.jetstream()
         await ensure_fleet(self.js, self.opts)
-        self._pub = AckedPublisher(self.nc)
-        await self._pub.start()
-        await self.nc.subscribe(wire.subject(self.twin, wire.STATE), cb=self._state)
+        self._sub = await self.nc.subscribe(wire.subject(self.twin, wire.STATE),
+                                            cb=self._state)
         self.stats.connected = True
         self._up.set()
         self._task = asyncio.create_task(self._publish_loop())
@@ -193,8 +203,67 @@ class EdgeBus:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            await self._conn.leave(self)
+            return
         if self._pub is not None:
             await self._pub.close()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
+
+
+class _Shared:
+    """One bus connection for the edges of one process that use the same bus (the fleet
+    demo's feeders, several twins on one box): their publishes leave in one socket
+    write per event-loop turn instead of one per feeder, for this process and for the
+    server. Disconnects and reconnects reach every edge on it."""
+
+    _open: ClassVar[dict[tuple[int, BusOptions], asyncio.Future[_Shared]]] = {}
+
+    def __init__(self, key: tuple[int, BusOptions]) -> None:
+        self.key = key
+        self.edges: list[EdgeBus] = []
+        self.nc: Any = None
+        self.pub: Any = None
+
+    @classmethod
+    async def join(cls, edge: EdgeBus) -> _Shared:
+        opts = dataclasses.replace(edge.opts, name="gridtwin-edges")
+        key = (id(asyncio.get_running_loop()), opts)
+        fut = cls._open.get(key)
+        if fut is None:
+            fut = cls._open[key] = asyncio.get_running_loop().create_future()
+            conn = cls(key)
+            try:
+                conn.nc = await connect(opts, disconnected_cb=conn._down,
+                                        reconnected_cb=conn._again)
+                conn.pub = AckedPublisher(conn.nc)
+                await conn.pub.start()
+            except BaseException as exc:
+                del cls._open[key]
+                fut.set_exception(exc)
+                raise
+            fut.set_result(conn)
+        conn = await asyncio.shield(fut)
+        conn.edges.append(edge)
+        return conn
+
+    async def leave(self, edge: EdgeBus) -> None:
+        self.edges.remove(edge)
+        if self.edges:
+            return
+        self._open.pop(self.key, None)
+        await self.pub.close()
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+
+    async def _down(self) -> None:
+        for e in list(self.edges):
+            await e._down()
+
+    async def _again(self) -> None:
+        for e in list(self.edges):
+            await e._again()

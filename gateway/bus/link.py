@@ -50,8 +50,11 @@ class BusLink:
         self.workers = on_state is not None
         self.deadline_s = cfg.estimator.deadline_s
         self._on_state = on_state
+        # the edges of one process share their bus connection (one write per loop turn
+        # for all of them)
         self.edge = EdgeBus(cfg.name, opts, buffer=cfg.bus.buffer, clock=clock,
-                            on_state=self._state if on_state is not None else None)
+                            on_state=self._state if on_state is not None else None,
+                            shared=True)
         self.clock = clock
         self._events = 0
         self._last_health = -math.inf
