@@ -204,9 +204,12 @@ class EdgeBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._conn is not None:
+            conn, self._conn = self._conn, None  # closing twice leaves once
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
-            await self._conn.leave(self)
+            await conn.leave(self)
+            return
+        if self.shared:
             return
         if self._pub is not None:
             await self._pub.close()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import tempfile
 import time
@@ -219,6 +220,9 @@ class Worker:
         await ensure_fleet(self.js, self.opts)
         kv = await self.js.key_value(BUCKET)
         await self._load_all(kv)
+        # the feeders' models stay: keep them out of the collector's full passes
+        gc.collect()
+        gc.freeze()
         self._pub = AckedPublisher(self.nc)
         await self._pub.start()
         self._feed = PullFeed(self.nc, STREAM, WORKERS, credit=2 * self.batch)
