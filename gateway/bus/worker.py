@@ -195,8 +195,12 @@ class Worker:
 
     def __init__(self, opts: BusOptions, *, batch: int = 64, clock: Callable[[], float] =
                  time.time, build: Callable[[str], tuple[SolveFn, float]] = build_from_text,
-                 metrics_bind: str = "") -> None:
+                 metrics_bind: str = "", credit: int = 16) -> None:
         self.opts = opts
+        #: messages the server may push ahead of this worker's progress: small, so one
+        #: worker the OS leaves waiting holds few snapshots while the others are free
+        #: (a request per ~credit/2 messages, sent with the states)
+        self.credit = credit
         self.metrics_bind = metrics_bind
         self.pending = 0  # the work queue's backlog at the last poll
         self.batch = batch
@@ -225,7 +229,7 @@ class Worker:
         gc.freeze()
         self._pub = AckedPublisher(self.nc)
         await self._pub.start()
-        self._feed = PullFeed(self.nc, STREAM, WORKERS, credit=2 * self.batch)
+        self._feed = PullFeed(self.nc, STREAM, WORKERS, credit=self.credit)
         await self._feed.start()
         self._tasks = [asyncio.create_task(self._watch(kv)),
                        asyncio.create_task(self._loop()),
