@@ -326,11 +326,12 @@ def _ticker(feeders: list[Feeder], workers: list[tuple[subprocess.Popen[bytes], 
             cpu: CpuMeter, killed: list[int], args: argparse.Namespace, log: Any) -> Any:
     """What happens at a time into the run: the end of the warm-up (latency and CPU are
     measured from there: the first seconds are the workers' start-up, imports and each
-    feeder's model built once, not the fleet) and ``--kill-worker-at``."""
+    feeder's model built once, not the fleet; it ends once every feeder has had a state
+    back, however long the start-up took) and ``--kill-worker-at``."""
     warmup_s = min(3.0, args.seconds / 4)
 
     def on_tick(t: float) -> None:
-        if not cpu.marked and t >= warmup_s:
+        if not cpu.marked and t >= warmup_s and all(f.gateway.states for f in feeders):
             cpu.mark()
             for f in feeders:
                 f.gateway.telemetry.e2e_s.clear()
