@@ -350,7 +350,8 @@ async def _drain(feeders: list[Feeder], timeout: float = 30.0) -> None:
     ``timeout``: states still in flight at the end are not losses."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if all(f.gateway.bus.edge.pending == 0 for f in feeders):
+        if all(f.gateway.bus.edge.pending == 0 and f.gateway.bus.unanswered == 0
+               for f in feeders):
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.5)  # the last states' flight time (ack wait 1 s): a bounded grace

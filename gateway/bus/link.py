@@ -120,6 +120,11 @@ class BusLink:
                        st.vm_pu, st.va_rad)
         self._on_state(msg, received, received - st.publish_time <= self.deadline_s)
 
+    @property
+    def unanswered(self) -> int:
+        """Snapshots published with no state back yet for them or a newer one."""
+        return len(self._waiting)
+
     def stats(self) -> dict[str, Any]:
         s = self.edge.stats
         rtt = np.asarray(self.rtt_s[-10_000:]) * 1e3
