@@ -2,22 +2,23 @@
 nats-server on loopback.
 
 * ``bus.publish`` (snapshots/s): one edge publishes IEEE33 snapshots to JetStream with
-  acknowledgements (windows of 64 in flight); peer: the same messages as core NATS
+  acknowledgements (pipelined, up to 64 awaiting their PubAck); peer: the same messages as core NATS
   publishes without acknowledgements (the bus's own ceiling on this machine).
 * ``bus.rtt.p99`` (µs): edge publish → worker (a ``gridtwin worker`` process) → state back
   at the edge, one feeder at 200 snapshots/s.
 * ``fleet.feeders_50hz`` (feeders): the largest N of IEEE33 feeders at 50 Hz (N emulators,
   N edge gateways with their quality stage, two workers and the sink, all on this machine)
-  with no lost snapshot and an end-to-end p99 (first frame → state back at the edge) of at
-  most 20 ms; ``fleet.e2e_p99_ms`` and ``fleet.cpu_per_feeder_ms`` (process CPU per
-  feeder-second of the edges' process) report that run.
+  with no lost snapshot and an end-to-end p99 of at most 20 ms over every snapshot (first
+  frame at the edge → its state back there; a superseded one → the state of a newer one);
+  ``fleet.e2e_p99_ms`` and ``fleet.cpu_per_feeder_ms`` (CPU of every process of the fleet
+  — emulators, edges, workers, sink, nats-server — per feeder-second) report that run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
+import os
 import subprocess
 import sys
 import time
@@ -119,26 +120,33 @@ async def _rtt(url: str, n: int) -> BenchResult:
 
 
 def _fleet(quick: bool) -> list[BenchResult]:
+    """Fleets of growing N until one loses a snapshot or misses the latency bound. The
+    bound applies to every snapshot: an estimated one from its first frame at the edge to
+    its state back there, a superseded one until the state of a newer snapshot came back
+    (newest-wins must not hide a backlog)."""
     from gateway.cli_fleet_demo import _demo
 
     seconds = 8.0 if quick else 20.0
     best, best_res = 0, None
-    for n in ((4, 8) if quick else (8, 12, 16, 20, 24, 28, 32)):
-        t_cpu = resource.getrusage(resource.RUSAGE_SELF)
+    for n in ((2, 4, 8) if quick else (2, 4, 8, 12, 16, 20, 24, 28, 32)):
+        load = os.getloadavg()[0]
         args = argparse.Namespace(feeders=n, workers=2, seconds=seconds, rate=50.0, bus=None,
                                   kill_worker_at=None, json=True)
         res = asyncio.run(_demo(args))
-        t_cpu2 = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (t_cpu2.ru_utime + t_cpu2.ru_stime) - (t_cpu.ru_utime + t_cpu.ru_stime)
-        e2e = max(r["e2e_p99_ms"] or 0.0 for r in res["per_feeder"])
+        e2e = max(res["e2e_p99_ms_max"] or 0.0, res["fresh_p99_ms_max"] or 0.0)
         ok = res["total"]["lost"] == 0 and e2e <= E2E_P99_MAX_MS
-        print(f"bench: fleet {n} feeders: lost {res['total']['lost']}, e2e p99 {e2e:.1f} ms"
-              f" -> {'ok' if ok else 'over'}", file=sys.stderr)
+        cpu = res.get("cpu_ms_per_feeder_s") or {}
+        print(f"bench: fleet {n} feeders (load {load:.1f}): lost {res['total']['lost']}, "
+              f"superseded {res['total']['superseded']}/{res['total']['snapshots']}, e2e p99 "
+              f"{e2e:.1f} ms, CPU ms/feeder-s " + ", ".join(
+                  f"{k} {v:.1f}" for k, v in cpu.items() if v is not None)
+              + f" -> {'ok' if ok else 'over'}", file=sys.stderr)
         if not ok:
             break
-        best, best_res = n, (e2e, cpu / (n * seconds) * 1e3)
+        best, best_res = n, (e2e, cpu)
     out = [BenchResult("fleet.feeders_50hz", float(best), "feeders")]
     if best_res is not None:
         out += [BenchResult("fleet.e2e_p99_ms", best_res[0], "ms"),
-                BenchResult("fleet.cpu_per_feeder_ms", best_res[1], "ms/s")]
+                BenchResult("fleet.cpu_per_feeder_ms", best_res[1].get("total", float("nan")),
+                            "ms/s")]
     return out

@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import os
 import signal
@@ -82,19 +83,20 @@ def _answers(port: int) -> bool:
     return False
 
 
-def _bus(url: str | None, stack: contextlib.ExitStack, log: Any) -> str:
+def _bus(url: str | None, stack: contextlib.ExitStack, log: Any) -> tuple[str, int | None]:
+    """The bus URL and, for a private server, its pid (for its CPU time)."""
     from hil.errors import HilError
     from hil.natsserver import NatsServer, nats_server_binary
 
     if url:
-        return url
+        return url, None
     if nats_server_binary() is not None:
         srv = stack.enter_context(NatsServer())
         log(f"fleet demo: private nats-server on {srv.url}")
-        return srv.url
+        return srv.url, srv.proc.pid if srv.proc is not None else None
     if _answers(4222):
         log("fleet demo: using the NATS server on 127.0.0.1:4222")
-        return "nats://127.0.0.1:4222"
+        return "nats://127.0.0.1:4222", None
     raise HilError("no NATS server: install Debian's nats-server ('apt-get install "
                    "nats-server') or pass --bus nats://HOST:PORT of a JetStream server")
 
@@ -160,8 +162,11 @@ def _score(f: Feeder, rate: float) -> None:
     f.errors.append(float(np.mean(np.abs(msg.vm - truth) / truth)))
 
 
-async def _play(feeders: list[Feeder], rate: float, seconds: float, on_tick: Any) -> None:
-    """All feeders' emulators at ``rate``, paced on the wall clock, for ``seconds``."""
+async def _play(feeders: list[Feeder], rate: float, seconds: float, on_tick: Any,
+                cpu: CpuMeter) -> None:
+    """All feeders' emulators at ``rate``, paced on the wall clock, for ``seconds``. How
+    late each step's frames left (against the schedule) goes to ``cpu.late_s``: an edge
+    process too busy to send on time shows there, not as a short e2e latency."""
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -169,10 +174,16 @@ async def _play(feeders: list[Feeder], rate: float, seconds: float, on_tick: Any
     last_states = [0] * len(feeders)
     try:
         for k in range(steps):
-            for i, f in enumerate(feeders):
+            c0 = time.thread_time()
+            if cpu.marked:
+                cpu.late_s.append(loop.time() - (t0 + k / rate))
+                cpu.steps += 1
+            for f in feeders:
                 for out in f.emulator.frames(k):
                     tx.sendto(out.emission.data, (out.plan.stream.host, out.plan.stream.port))
                     f.sent += 1
+            cpu.emulator_s += time.thread_time() - c0
+            for i, f in enumerate(feeders):
                 if f.gateway.states != last_states[i]:
                     last_states[i] = f.gateway.states
                     _score(f, rate)
@@ -181,6 +192,63 @@ async def _play(feeders: list[Feeder], rate: float, seconds: float, on_tick: Any
             await asyncio.sleep(max(0.0, delay))  # pacing the senders at the frame rate
     finally:
         tx.close()
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU time (user + system, s) of process ``pid`` from /proc; None when it is gone (or
+    there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class CpuMeter:
+    """CPU time per process kind over the steady state (:meth:`mark` → :meth:`stop`), in
+    ms per feeder-second of data played (not of wall time: a run that falls behind is not
+    made to look cheaper): where a fleet on one machine spends its cores. The emulators
+    share the edges' process; their thread CPU time is taken out of it."""
+
+    pids: dict[str, list[int]]
+    rate: float = 50.0
+    steps: int = 0  # emulator steps played since the mark
+    emulator_s: float = 0.0
+    late_s: list[float] = dataclasses.field(default_factory=list)
+    marked: bool = False
+    _t0: dict[int, float | None] = dataclasses.field(default_factory=dict)
+    _t1: dict[int, float | None] = dataclasses.field(default_factory=dict)
+    _wall: list[float] = dataclasses.field(default_factory=list)
+
+    def _read(self) -> dict[int, float | None]:
+        return {pid: proc_cpu_s(pid) for pids in self.pids.values() for pid in pids}
+
+    def mark(self) -> None:
+        self.marked, self.emulator_s, self.steps = True, 0.0, 0
+        self._t0, self._wall = self._read(), [time.monotonic()]
+
+    def stop(self) -> None:
+        if self.marked and len(self._wall) == 1:
+            self._t1 = self._read()
+            self._wall.append(time.monotonic())
+
+    def report(self, feeders: int) -> dict[str, Any]:
+        if len(self._wall) != 2:
+            return {}
+        fs = feeders * max(self.steps, 1) / self.rate
+        out: dict[str, Any] = {}
+        for kind, pids in self.pids.items():
+            used = [(self._t1.get(p) or 0.0) - (self._t0.get(p) or 0.0) for p in pids
+                    if self._t0.get(p) is not None and self._t1.get(p) is not None]
+            out[kind] = 1e3 * sum(used) / fs if used else None
+        if out.get("edges") is not None:
+            out["edges"] -= 1e3 * self.emulator_s / fs
+        out["emulators"] = 1e3 * self.emulator_s / fs
+        out["total"] = sum(v for v in out.values() if v is not None)
+        return {"cpu_ms_per_feeder_s": out,
+                "emulator_late_ms_p99": float(np.percentile(self.late_s, 99)) * 1e3
+                if self.late_s else None}
 
 
 # --------------------------------------------------------------------------- processes
@@ -217,7 +285,7 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(
             prefix="gridtwin-fleet-") as tmp:
         wd = Path(tmp)
-        url = _bus(args.bus, stack, log)
+        url, nats_pid = _bus(args.bus, stack, log)
         rows = min(round(args.seconds * args.rate) + 50, 6000)
         feeders = _feeders(args.feeders, rows, args.rate, log)
         opts = BusOptions(url=url, ack_wait_s=1.0)
@@ -228,28 +296,21 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         sink_out = wd / "sink.json"
         sink = _spawn(["sink", "--bus", url, "--historian", f"sqlite:///{wd / 'fleet.db'}"],
                       sink_out)
+        cpu = CpuMeter({"edges": [os.getpid()], "workers": [p.pid for p, _ in workers],
+                        "sink": [sink.pid], "nats": [nats_pid] if nats_pid else []},
+                       rate=args.rate)
         killed: list[int] = []
-        warm = [False]
-        warmup_s = min(3.0, args.seconds / 4)
-
-        def on_tick(t: float) -> None:
-            if not warm[0] and t >= warmup_s:
-                # latency from here on: the first seconds measure the workers' start-up
-                # (imports, each feeder's model built once), not the fleet
-                warm[0] = True
-                for f in feeders:
-                    f.gateway.telemetry.e2e_s.clear()
-                    f.gateway.bus.rtt_s.clear()
-            if args.kill_worker_at is not None and not killed and t >= args.kill_worker_at:
-                workers[0][0].send_signal(signal.SIGKILL)
-                killed.append(workers[0][0].pid)
-                log(f"fleet demo: worker {workers[0][0].pid} killed at {t:.1f} s")
-
+        on_tick = _ticker(feeders, workers, cpu, killed, args, log)
         try:
             await _start_edges(feeders, url, args.rate)
+            # what start-up built (traces, models, configs) stays: out of the collector's
+            # way, so a full collection does not walk it during the run (pauses of ~0.1 s)
+            gc.collect()
+            gc.freeze()
             log(f"fleet demo: {len(feeders)} edges, {args.workers} workers, playing "
                 f"{args.seconds:g} s at {args.rate:g} Hz")
-            await _play(feeders, args.rate, args.seconds, on_tick)
+            await _play(feeders, args.rate, args.seconds, on_tick, cpu)
+            cpu.stop()
             await _drain(feeders)
         finally:
             for f in feeders:
@@ -258,7 +319,30 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         wstats = [_stop(p, out) for p, out in workers]
         await _sink_caught_up(opts)
         sstats = _stop(sink, sink_out)
-        return _report(feeders, wstats, sstats, killed, args)
+        return {**_report(feeders, wstats, sstats, killed, args), **cpu.report(len(feeders))}
+
+
+def _ticker(feeders: list[Feeder], workers: list[tuple[subprocess.Popen[bytes], Path]],
+            cpu: CpuMeter, killed: list[int], args: argparse.Namespace, log: Any) -> Any:
+    """What happens at a time into the run: the end of the warm-up (latency and CPU are
+    measured from there: the first seconds are the workers' start-up, imports and each
+    feeder's model built once, not the fleet; it ends once every feeder has had a state
+    back, however long the start-up took) and ``--kill-worker-at``."""
+    warmup_s = min(3.0, args.seconds / 4)
+
+    def on_tick(t: float) -> None:
+        if not cpu.marked and t >= warmup_s and all(f.gateway.states for f in feeders):
+            cpu.mark()
+            for f in feeders:
+                f.gateway.telemetry.e2e_s.clear()
+                f.gateway.bus.rtt_s.clear()
+                f.gateway.bus.fresh_s.clear()
+        if args.kill_worker_at is not None and not killed and t >= args.kill_worker_at:
+            workers[0][0].send_signal(signal.SIGKILL)
+            killed.append(workers[0][0].pid)
+            log(f"fleet demo: worker {workers[0][0].pid} killed at {t:.1f} s")
+
+    return on_tick
 
 
 async def _drain(feeders: list[Feeder], timeout: float = 30.0) -> None:
@@ -266,7 +350,8 @@ async def _drain(feeders: list[Feeder], timeout: float = 30.0) -> None:
     ``timeout``: states still in flight at the end are not losses."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if all(f.gateway.bus.edge.pending == 0 for f in feeders):
+        if all(f.gateway.bus.edge.pending == 0 and f.gateway.bus.unanswered == 0
+               for f in feeders):
             break
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.5)  # the last states' flight time (ack wait 1 s): a bounded grace
@@ -308,7 +393,9 @@ def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
             "superseded": superseded[f.name], "lost": lost,
             "deadline_misses": s["deadline_misses"],
             "vm_mape_pct": 100 * float(np.mean(f.errors)) if f.errors else None,
-            "e2e_p99_ms": s["e2e_latency_ms"]["p99"], "bus_rtt_ms": b.get("rtt_ms")})
+            "e2e_p99_ms": s["e2e_latency_ms"]["p99"],
+            "fresh_p99_ms": (b.get("fresh_ms") or {}).get("p99"), "bus_rtt_ms": b.get("rtt_ms"),
+            "bus_errors": b.get("errors", 0)})
     tot = {k: sum(r[k] for r in rows) for k in ("frames_sent", "frames_received",
                                                 "frames_lost", "snapshots", "states",
                                                 "superseded", "lost", "deadline_misses")}
@@ -319,6 +406,8 @@ def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
             "vm_mape_pct_max": max((r["vm_mape_pct"] for r in rows
                                     if r["vm_mape_pct"] is not None), default=None),
             "bus_rtt_p99_ms_max": max(rtts, default=None),
+            "e2e_p99_ms_max": max((r["e2e_p99_ms"] or 0.0 for r in rows), default=None),
+            "fresh_p99_ms_max": max((r["fresh_p99_ms"] or 0.0 for r in rows), default=None),
             "workers_killed": len(killed),
             "redelivered": sum(w.get("redelivered", 0) for w in live),
             "sink": sstats}
@@ -339,6 +428,14 @@ def _print(res: dict[str, Any]) -> None:
     t = res["total"]
     print(f"{'total':12} {t['frames_received']:>6}/{t['frames_sent']:<7} {t['snapshots']:>6} "
           f"{t['states']:>6} {t['superseded']:>6} {t['lost']:>5} {t['deadline_misses']:>5}")
+    print(f"e2e p99 (first frame -> state back at the edge): {res['e2e_p99_ms_max']:.1f} ms "
+          f"estimated snapshots, {res['fresh_p99_ms_max']:.1f} ms every snapshot (superseded "
+          "ones until a newer state came)")
+    cpu = res.get("cpu_ms_per_feeder_s") or {}
+    if cpu:
+        print("CPU ms per feeder-second: " + ", ".join(
+            f"{k} {v:.1f}" for k, v in cpu.items() if v is not None)
+            + f"; emulator late p99 {res['emulator_late_ms_p99']:.1f} ms")
     if res["workers_killed"]:
         print(f"worker killed mid-run: {res['redelivered']} snapshots redelivered to the "
               "others")

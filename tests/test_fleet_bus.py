@@ -108,7 +108,7 @@ async def test_newest_wins_within_a_batch(nats, trace) -> None:
             offer_rows(e, trace, range(10))
         for e in edges:
             assert await e.flush(30)
-        worker = Worker(opts, batch=64)
+        worker = Worker(opts, batch=64, credit=64)  # a batch holds at most the credit
         await worker.start()
         await until(lambda: worker.stats.solved + worker.stats.superseded == 20,
                     "the backlog handled", 60)
@@ -116,8 +116,11 @@ async def test_newest_wins_within_a_batch(nats, trace) -> None:
     finally:
         for e in edges:
             await e.close()
-    assert worker.stats.solved == 2 and worker.stats.superseded == 18
-    assert worker.stats.per_feeder == {"f1": 1, "f2": 1}
+    # the backlog arrives in one batch or, when a read splits it, two: at most two
+    # estimates per feeder, everything else superseded (never one estimate each)
+    assert worker.stats.solved <= 4 and worker.stats.superseded >= 16
+    assert set(worker.stats.per_feeder) == {"f1", "f2"}
+    assert max(worker.stats.per_feeder.values()) <= 2
 
 
 async def test_stream_and_consumers_are_created_once(nats) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -49,12 +50,19 @@ class BusLink:
         self.workers = on_state is not None
         self.deadline_s = cfg.estimator.deadline_s
         self._on_state = on_state
+        # the edges of one process share their bus connection (one write per loop turn
+        # for all of them)
         self.edge = EdgeBus(cfg.name, opts, buffer=cfg.bus.buffer, clock=clock,
-                            on_state=self._state if on_state is not None else None)
+                            on_state=self._state if on_state is not None else None,
+                            shared=True)
         self.clock = clock
         self._events = 0
         self._last_health = -math.inf
         self.rtt_s: list[float] = []  # publish at the edge -> state back (workers mode)
+        #: every snapshot's first frame at the edge -> the first state back for it or a
+        #: newer snapshot (workers mode): the latency of superseded snapshots included
+        self.fresh_s: deque[float] = deque(maxlen=100_000)
+        self._waiting: deque[tuple[int, float]] = deque(maxlen=100_000)
 
     async def start(self) -> None:
         await self.edge.start()
@@ -65,6 +73,8 @@ class BusLink:
 
     # ------------------------------------------------------------------ outgoing
     def snapshot(self, snap: Any, pv_mw: np.ndarray, pv_sigma_mw: np.ndarray) -> None:
+        if self.workers:
+            self._waiting.append((snap.seq, snap.arrival_time))
         self.edge.offer_snapshot(snap.seq, snap.source_time, snap.arrival_time, snap.values,
                                  snap.flags, pv_mw, pv_sigma_mw)
 
@@ -101,17 +111,28 @@ class BusLink:
         if len(self.rtt_s) > 100_000:
             del self.rtt_s[:50_000]
         received = self.clock()
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= st.seq:  # answered: by this state or a newer
+            self.fresh_s.append(received - waiting.popleft()[1])
         msg = StateMsg(st.seq, st.source_time, st.arrival_time, st.publish_time,
                        st.publish_time, st.done_time - st.t_solve_s, st.done_time, st.chi2,
                        st.chi2_threshold, 0.0, st.t_solve_s, st.iterations, st.converged,
                        st.vm_pu, st.va_rad)
         self._on_state(msg, received, received - st.publish_time <= self.deadline_s)
 
+    @property
+    def unanswered(self) -> int:
+        """Snapshots published with no state back yet for them or a newer one."""
+        return len(self._waiting)
+
     def stats(self) -> dict[str, Any]:
         s = self.edge.stats
         rtt = np.asarray(self.rtt_s[-10_000:]) * 1e3
+        fresh = np.asarray(self.fresh_s) * 1e3
         return {"published": s.published, "dropped": s.dropped, "pending": self.edge.pending,
-                "duplicates": s.duplicates, "connected": s.connected,
+                "duplicates": s.duplicates, "errors": s.errors, "connected": s.connected,
                 "reconnects": s.reconnects, "states_back": s.states,
                 "rtt_ms": {"p50": float(np.percentile(rtt, 50)) if rtt.size else None,
-                           "p99": float(np.percentile(rtt, 99)) if rtt.size else None}}
+                           "p99": float(np.percentile(rtt, 99)) if rtt.size else None},
+                "fresh_ms": {"p50": float(np.percentile(fresh, 50)) if fresh.size else None,
+                             "p99": float(np.percentile(fresh, 99)) if fresh.size else None}}

@@ -36,6 +36,9 @@ class WorkerCollector(Collector):
         yield CounterMetricFamily("gridtwin_worker_deadline_misses", "States done later than "
                                   "the feeder's deadline after the edge published the "
                                   "snapshot", value=s.deadline_misses)
+        yield CounterMetricFamily("gridtwin_worker_state_publish_failures", "States not "
+                                  "stored (no PubAck): their snapshots left for redelivery",
+                                  value=s.publish_failures)
         yield CounterMetricFamily("gridtwin_worker_config_rejected", "Feeder config revisions "
                                   "refused (the previous one stayed)", value=s.config_rejected)
         yield GaugeMetricFamily("gridtwin_worker_feeders", "Feeders this worker can estimate",

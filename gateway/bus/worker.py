@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import tempfile
 import time
@@ -41,10 +42,26 @@ from typing import Any
 import numpy as np
 
 from gateway.bus import wire
-from gateway.bus.conn import BUCKET, STREAM, WORKERS, BusOptions, connect, ensure_fleet
+from gateway.bus.conn import (
+    BUCKET,
+    STREAM,
+    WORKERS,
+    BusError,
+    BusOptions,
+    connect,
+    ensure_fleet,
+)
+from gateway.bus.pub import AckedPublisher
+from gateway.bus.pull import PullFeed
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gridtwin.worker")
+
+#: a stored state's snapshot is acknowledged at most this late (with the next batch's
+#: states when one comes sooner): far inside any ack wait, one write for many
+ACK_DELAY_S = 0.02
+#: within a long batch, states leave at least this often (not all after the last solve)
+FLUSH_EVERY_S = 0.004
 
 #: solve(values, flags, pv_mw, pv_sigma) -> (vm, va, chi2, chi2_thr, iterations, converged)
 SolveFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -60,6 +77,7 @@ class WorkerStats:
     failed: int = 0
     redelivered: int = 0
     deadline_misses: int = 0
+    publish_failures: int = 0  # states not stored: their snapshots left for redelivery
     config_loads: int = 0
     config_rejected: int = 0
     per_feeder: dict[str, int] = field(default_factory=dict)
@@ -177,8 +195,12 @@ class Worker:
 
     def __init__(self, opts: BusOptions, *, batch: int = 64, clock: Callable[[], float] =
                  time.time, build: Callable[[str], tuple[SolveFn, float]] = build_from_text,
-                 metrics_bind: str = "") -> None:
+                 metrics_bind: str = "", credit: int = 16) -> None:
         self.opts = opts
+        #: messages the server may push ahead of this worker's progress: small, so one
+        #: worker the OS leaves waiting holds few snapshots while the others are free
+        #: (a request per ~credit/2 messages, sent with the states)
+        self.credit = credit
         self.metrics_bind = metrics_bind
         self.pending = 0  # the work queue's backlog at the last poll
         self.batch = batch
@@ -189,6 +211,12 @@ class Worker:
         self.js: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._settling: set[asyncio.Task[None]] = set()
+        self._acks: list[Any] = []
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_task: asyncio.Task[None] | None = None
+        self._pub: Any = None
+        self._feed: Any = None
 
     async def start(self) -> None:
         self.nc = await connect(self.opts)
@@ -196,7 +224,13 @@ class Worker:
         await ensure_fleet(self.js, self.opts)
         kv = await self.js.key_value(BUCKET)
         await self._load_all(kv)
-        self._psub = await self.js.pull_subscribe_bind(WORKERS, stream=STREAM)
+        # the feeders' models stay: keep them out of the collector's full passes
+        gc.collect()
+        gc.freeze()
+        self._pub = AckedPublisher(self.nc)
+        await self._pub.start()
+        self._feed = PullFeed(self.nc, STREAM, WORKERS, credit=self.credit)
+        await self._feed.start()
         self._tasks = [asyncio.create_task(self._watch(kv)),
                        asyncio.create_task(self._loop()),
                        asyncio.create_task(poll_pending(self.js, WORKERS, self))]
@@ -236,18 +270,15 @@ class Worker:
                 self._install(e.key, e.revision, e.value)
 
     async def _loop(self) -> None:
-        from nats.errors import TimeoutError as NatsTimeout
-
         while not self._stop.is_set():
             try:
-                msgs = await self._psub.fetch(self.batch, timeout=0.5)
-            except (NatsTimeout, TimeoutError):
-                continue
+                msgs = await self._feed.next_batch(self.batch, 0.5)
             except Exception as exc:  # bus trouble: retry, never die
-                log.warning("fetch failed: %s", exc)
+                log.warning("receive failed: %s", exc)
                 await asyncio.sleep(0.2)
                 continue
-            await self.handle(msgs)
+            if msgs:
+                await self.handle(msgs)
 
     async def handle(self, msgs: list[Any]) -> None:
         plan = BatchPlan.of(msgs)
@@ -262,20 +293,32 @@ class Worker:
             per = self.stats.superseded_per_feeder
             per[twin] = per.get(twin, 0) + 1
             await m.ack()
-        sends = []
+        await self._send_acks()  # those due leave in the same write as the states
+        sent = []
+        flushed = time.perf_counter()
         for p in plan.keep:
             if p.msg.metadata.num_delivered > 1:
                 self.stats.redelivered += 1
-            send = await self._estimate(p)
-            if send is not None:
-                sends.append(send)
-        # the batch's states go out together (one round trip to JetStream, not one per
-        # feeder); each snapshot is acknowledged only once its state is stored
-        await asyncio.gather(*sends)
+            state = await self._estimate(p)
+            if state is not None:
+                s = p.snap
+                sent.append((p, await self._pub.publish(
+                    wire.subject(p.twin, wire.STATE), wire.encode_state(state),
+                    wire.msg_id(p.twin, s.run, wire.STATE, s.seq))))
+            if time.perf_counter() - flushed > FLUSH_EVERY_S:
+                await asyncio.sleep(0)  # a long batch: let the states so far leave
+                flushed = time.perf_counter()
+        if sent:
+            # each snapshot is acknowledged once its state is stored, while the next
+            # batch is already being estimated
+            while len(self._settling) >= 32:
+                await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.create_task(self._settle(sent))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
 
-    async def _estimate(self, p: Planned) -> Any:
-        """Estimate one snapshot; the coroutine that publishes its state and then
-        acknowledges it (None when there is nothing to publish)."""
+    async def _estimate(self, p: Planned) -> wire.BusState | None:
+        """Estimate one snapshot; its state (None when there is nothing to publish)."""
         hit = self.cache.get(p.twin)
         if hit is None:
             self.stats.unknown_feeder += 1
@@ -295,19 +338,44 @@ class Worker:
         done = self.clock()
         if done - s.publish_time > deadline:
             self.stats.deadline_misses += 1
-        state = wire.BusState(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time,
-                              done, chi2, thr, t_solve,
-                              iters, conv, np.asarray(vm, float), np.asarray(va, float))
-        return self._publish(p, state)
+        return wire.BusState(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time,
+                             done, chi2, thr, t_solve, iters, conv, np.asarray(vm, float),
+                             np.asarray(va, float))
 
-    async def _publish(self, p: Planned, state: wire.BusState) -> None:
-        s = p.snap
-        await self.js.publish(wire.subject(p.twin, wire.STATE), wire.encode_state(state),
-                              headers={"Nats-Msg-Id": wire.msg_id(p.twin, s.run, wire.STATE,
-                                                                  s.seq)})
-        await p.msg.ack()
-        self.stats.solved += 1
-        self.stats.per_feeder[p.twin] = self.stats.per_feeder.get(p.twin, 0) + 1
+    async def _settle(self, sent: list[tuple[Planned, asyncio.Future[bool]]]) -> None:
+        """Acknowledge each snapshot whose state is stored. One whose state was not
+        stored stays unacknowledged: JetStream gives it to a worker again after the ack
+        wait (the state's de-duplication id keeps a second copy out)."""
+        for p, fut in sent:
+            try:
+                await fut
+            except BusError as exc:
+                self.stats.publish_failures += 1
+                log.warning("state of %s not stored (%s): left for redelivery", p.twin, exc)
+                continue
+            self._ack_later(p.msg)
+            self.stats.solved += 1
+            self.stats.per_feeder[p.twin] = self.stats.per_feeder.get(p.twin, 0) + 1
+
+    def _ack_later(self, m: Any) -> None:
+        """Acknowledge ``m`` with the next batch's states, or in :data:`ACK_DELAY_S` (one
+        socket write for many acknowledgements instead of one each)."""
+        self._acks.append(m)
+        if self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY_S,
+                                                                    self._acks_due)
+
+    def _acks_due(self) -> None:
+        self._ack_timer = None
+        self._ack_task = asyncio.create_task(self._send_acks())  # referenced: not collected
+
+    async def _send_acks(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        acks, self._acks = self._acks, []
+        for m in acks:
+            await m.ack()
 
     async def _event(self, twin: str, kind: str, detail: dict[str, Any]) -> None:
         body = {"time": self.clock(), "kind": kind, "source": "worker", "detail": detail}
@@ -322,6 +390,14 @@ class Worker:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if self._settling:  # states in flight: their snapshots acknowledged if stored
+            await asyncio.wait(self._settling, timeout=3.0)
+        with contextlib.suppress(Exception):
+            await self._send_acks()
+            await self.nc.flush(2)
+        for part in (self._feed, self._pub):
+            if part is not None:
+                await part.close()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
