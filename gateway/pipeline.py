@@ -251,7 +251,10 @@ class Pipeline:
         batch.clear()
         codec = getattr(self.decoders[stream], "codec", None)
         n = len(frames)
-        if codec is None or n < 2 or not codec.batchable(frames):
+        # switch statuses are fed frame by frame (each snapshot takes the statuses of
+        # the frames that completed it), so a twin that maps statuses takes that path
+        if codec is None or n < 2 or self.switches is not None \
+                or not codec.batchable(frames):
             for data, now in zip(frames, nows, strict=True):
                 batch.extend(self.feed_frame(stream, data, now))
             return batch

@@ -11,6 +11,7 @@ The switching closes the tie 8-21 and opens the sectionaliser 7-8 on the loop it
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import sqlite3
@@ -369,3 +370,49 @@ def test_demo_reconfigure_scenario_and_config(tmp_path: Path) -> None:
     assert [s.name for s in cfg.switches] == ["sw_8_21", "sw_7_8"] and cfg.tracks_topology
     with pytest.raises(ValueError, match="--status"):
         demo.prepare(Path(src), out, seconds=4.0, rate=RATE, status="stuck", seed=2)
+
+
+def test_batched_frames_give_each_snapshot_its_own_statuses() -> None:
+    """A wake-up's GTNET-SKT frames fed in one call (the UDP transport's batch path): the
+    status point changes inside the batch, and each handed-off snapshot carries the
+    status of the frame that completed it, exactly as frame by frame."""
+    from gateway.codecs.gtnet_skt import GtnetSktCodec
+    from gateway.config import parse_config
+    from gateway.pipeline import Handoff, Pipeline
+    from gateway.telemetry import Telemetry
+    from gateway.topology import StatusBoard
+    from hil.emulator import retarget
+
+    cfg = retarget(parse_config(twin_text()), {}, disable=("pmu", "weather", "pmu-c37"))
+    (stream,) = cfg.enabled_streams
+    codec = GtnetSktCodec([p.type for p in stream.points], header=stream.header)
+    at = [p.name for p in stream.points].index("sw_8_21")
+    # long enough for the aligner to know the stream's rate (runs are placed at once)
+    closed = [float(k // 7 % 2) for k in range(60)]
+    frames = []
+    for k, c in enumerate(closed):
+        vals = np.ones(codec.n_points)
+        vals[at] = c
+        frames.append(codec.build(vals, seq=k + 1, ts=1.7e9 + k / stream.rate_hz))
+    nows = [1.7e9 + k / stream.rate_hz + 1e-4 for k in range(len(frames))]
+
+    def statuses(batched: bool) -> list[float]:
+        p = Pipeline(cfg, Telemetry(cfg, clock=lambda: 0.0), perf=lambda: 0.0)
+        p.handoff = True
+        p.switches = StatusBoard(cfg)
+        got: list[float] = []
+        # batched: the first wake-up reads one frame, the later ones ten each
+        cuts = [0, 1, *range(11, len(frames) + 10, 10)] if batched else \
+            list(range(len(frames) + 1))
+        outs = [list(p.feed_frames(stream.name, frames[a:b], nows[a:b]))
+                for a, b in itertools.pairwise(cuts) if a < len(frames)]
+        for out in outs:
+            for o in out:
+                if isinstance(o, Handoff):
+                    assert o.snapshot.statuses is not None
+                    got.append(float(o.snapshot.statuses[p.switches.names.index("sw_8_21")]))
+        return got
+
+    one_by_one = statuses(False)
+    assert one_by_one == closed[:len(one_by_one)] and len(one_by_one) >= len(closed) - 1
+    assert statuses(True) == one_by_one
