@@ -87,7 +87,8 @@ def report(db: Path, trace_path: Path, switching: dict[str, Any], rate: float
             "topology_identified": _identified(st, events, t_sw, rate),
             "accuracy": {"before": _accuracy(st, trace, ~after),
                          "after": _accuracy(st, trace, after),
-                         "after_on_new_topology": _accuracy(st, trace, after & new)},
+                         "after_on_new_topology": _accuracy(st, trace, after & new),
+                         "right_after": _right_after(st, trace, t_sw)},
             "states_by_topology": _count(st.topology)}
 
 
@@ -128,6 +129,27 @@ def _accuracy(st: Any, trace: Any, sel: np.ndarray) -> dict[str, Any]:
     return {"states": int(sel.sum()),
             "vm_mape_pct": float(np.mean(np.abs(vm - np.abs(v)) / np.abs(v)) * 100),
             "va_rmse_rad": float(np.sqrt(np.mean((va - np.angle(v)) ** 2)))}
+
+
+#: the estimates after the switching whose worst |V| error the report gives
+RIGHT_AFTER = 5
+
+
+def _right_after(st: Any, trace: Any, t_sw: float) -> dict[str, Any]:
+    """The worst |V| error (%, over the buses) of each of the first :data:`RIGHT_AFTER`
+    estimates from the switching on, and the largest of them: where a quality stage that
+    took the switching for bad data shows (the averages over the run's second half hide
+    two bad estimates)."""
+    idx = np.flatnonzero(st.source_time >= t_sw - 1e-6)
+    idx = idx[np.argsort(st.source_time[idx], kind="stable")][:RIGHT_AFTER]
+    if idx.size == 0:
+        return {"states": 0, "vm_worst_pct": None, "vm_worst_pct_each": []}
+    t0, step, n = float(trace.time[0]), float(trace.step_s), trace.time.shape[0]
+    rows = np.mod(np.rint((st.source_time[idx] - t0) / step).astype(np.int64), n)
+    v = np.abs(trace.v[rows])
+    each = np.max(np.abs(st.vm[idx] - v) / v, axis=1) * 100
+    return {"states": int(idx.size), "vm_worst_pct": float(each.max()),
+            "vm_worst_pct_each": [round(float(e), 4) for e in each]}
 
 
 def _count(labels: list[str | None]) -> dict[str, int]:

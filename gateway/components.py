@@ -163,6 +163,7 @@ async def open_topology(cfg: TwinConfig, pipeline: Any, metrics: Metrics, event:
             pool = None
     topo = LiveTopology(cfg, event=event, submit=None if pool is None else pool.submit,
                         call_soon=loop.call_soon_threadsafe)
+    pipeline.topology_of = topo.stamp  # before cleaning: a change re-bases the quality
     collector = TopologyCollector(topo.tracker)
     metrics.registry.register(collector)  # type: ignore[arg-type]
 
@@ -170,6 +171,7 @@ async def open_topology(cfg: TwinConfig, pipeline: Any, metrics: Metrics, event:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         pipeline.switches = None
+        pipeline.topology_of = None
         metrics.registry.unregister(collector)  # type: ignore[arg-type]
 
     return topo, close

@@ -176,6 +176,10 @@ class Pipeline:
         #: the switch status board (gateway.topology.StatusBoard) when switch statuses are
         #: mapped: fed every decoded frame, it gives each snapshot its statuses
         self.switches: Any = None
+        #: when topology is tracked (gateway.topology.LiveTopology.stamp): stamps each
+        #: snapshot published with its topology before cleaning; True when it changed,
+        #: and the quality stage is then told that a new regime starts
+        self.topology_of: Callable[[Snapshot], bool] | None = None
         self.perf = perf
         self.handoff = True
         self.store = True
@@ -333,6 +337,8 @@ class Pipeline:
             self.sensors.fill(snap.values, snap.flags, snap.arrival_time)
         if self.switches is not None:
             snap.statuses = self.switches.take()
+        if self.topology_of is not None and self.topology_of(snap):
+            self.quality.new_regime()  # the switching's jump is no bad data
         t0 = self.perf()
         try:
             res = self.quality.process(snap.values, snap.flags, snap.source_time)
@@ -344,7 +350,8 @@ class Pipeline:
         pv = np.asarray(res.pv_mw, float)
         if self.handoff:
             clean = Snapshot(snap.seq, snap.source_time, snap.arrival_time, res.values,
-                             flags, snap.published_time, snap.statuses)
+                             flags, snap.published_time, snap.statuses,
+                             getattr(snap, "topology", None))
             out.append(Handoff(clean, pv, np.asarray(res.pv_sigma_mw, float)))
         self._cleaned.append((dq, snap.published_time - snap.arrival_time, flags))
         self._last_seq = snap.seq

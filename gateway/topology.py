@@ -403,10 +403,15 @@ RECENT_SNAPSHOTS = 16
 class LiveTopology:
     """The tracker on the live twin (the runner side of :class:`TopologyTracker`).
 
-    * :meth:`note_handoff` runs first for every snapshot handed to the estimator: its
-      reported statuses go to the tracker, and the snapshot is stamped with the topology
-      to estimate on (:attr:`Snapshot.topology`), so a reported change is in force for
-      the very snapshot that carried it.
+    * :meth:`stamp` runs for every snapshot the pipeline publishes, before the quality
+      stage cleans it (:attr:`gateway.pipeline.Pipeline.topology_of`): its reported
+      statuses go to the tracker, and the snapshot is stamped with the topology to
+      estimate on (:attr:`Snapshot.topology`), so a reported change is in force for the
+      very snapshot that carried it. It says whether that topology differs from the
+      previous snapshot's (reported or identified): the pipeline then tells the quality
+      stage that a new regime starts, so the flows' jump is not taken for bad data.
+    * :meth:`note_handoff` runs first for every snapshot handed to the estimator: it keeps
+      the snapshot for a hypothesis test (and stamps it when no pipeline did).
     * :meth:`on_estimate` sees every estimate: its ``J`` feeds the tracker's rise
       detector; when a hypothesis test is due, :func:`identify_in_child` runs through
       ``submit`` (the component gives a one-process pool: off the event loop and off
@@ -427,6 +432,7 @@ class LiveTopology:
         self.submit = submit if t.identify else None
         self.call_soon = call_soon
         self._recent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._stamped: Topology = self.tracker.current  # the last snapshot's topology
         self._busy = False
         self.tests = 0
         self.test_errors = 0
@@ -435,13 +441,24 @@ class LiveTopology:
     def label(self) -> str:
         return self.tracker.label
 
-    def note_handoff(self, snap: Any, pv_mw: np.ndarray, pv_sigma: np.ndarray) -> None:
+    def stamp(self, snap: Any) -> bool:
+        """Feed ``snap``'s reported statuses to the tracker and stamp it with the topology
+        to estimate on; True when that topology differs from the previous snapshot's (a
+        reported change, or one identified since)."""
         st = snap.statuses
         if st is not None:
             states = {self.names[k]: bool(st[k]) for k in np.flatnonzero(np.isfinite(st))}
             for ev in self.tracker.on_status(snap.source_time, states):
                 self._emit(ev)
-        snap.topology = self.tracker.current
+        topo = snap.topology = self.tracker.current
+        if topo == self._stamped:
+            return False
+        self._stamped = topo
+        return True
+
+    def note_handoff(self, snap: Any, pv_mw: np.ndarray, pv_sigma: np.ndarray) -> None:
+        if snap.topology is None:  # not stamped by a pipeline before cleaning
+            self.stamp(snap)
         if self.submit is not None:
             recent = self._recent
             recent[snap.seq] = (snap.values, pv_mw)

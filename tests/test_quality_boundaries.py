@@ -89,3 +89,35 @@ def test_two_consecutive_independent_gross_errors_are_both_bad(cfg: Any, path: s
     # the channel recovers: the next clean value is accepted
     third = _step(det, n, {}, missing)
     assert not third.flags[j] & BAD
+
+
+def test_detector_rebase_takes_a_switching_jump_as_a_new_regime() -> None:
+    """Every channel jumps by 30 % at once and stays there (a feeder switching): without
+    a re-base the jump is flagged BAD on two snapshots; with :meth:`rebase` before it,
+    neither the jump nor the snapshots after it are flagged, and the history ends on the
+    new level."""
+    from gateway.quality.detector import TemporalDetector
+
+    n, h = 6, 9
+    rng = np.random.default_rng(3)
+    level = np.linspace(1.0, 2.0, n)
+    sig = np.full(n, 1e-3)
+    none = np.zeros(n, bool)
+
+    def run(rebase: bool) -> list[int]:
+        det = TemporalDetector(n, h)
+        flagged = []
+        for t in range(30):
+            x = level * (1.3 if t >= 20 else 1.0) + rng.normal(0, 1e-3, n)
+            pred = det.ring[:, -1].copy()  # persistence: the last cleaned value
+            if rebase and t == 20:
+                det.rebase()
+            res = det.step(x, none, pred, sig)
+            flagged.append(int((res.flags & 1).astype(bool).sum()))
+            if rebase and t == 20:
+                assert np.allclose(det.ring[:, -1], x)
+                assert np.allclose(det.ring[:, -2], det.ring[:, -1], atol=0.02)
+        return flagged[20:]
+
+    assert sum(run(False)) >= n  # the jump is taken for bad data without a re-base
+    assert run(True) == [0] * 10

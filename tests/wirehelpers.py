@@ -53,13 +53,13 @@ def run_wire(cfg: TwinConfig, trace: Any, tmp: Path, *, steps: int,
     """Start the gateway on free ports, emulate ``steps`` steps at it, wait until every
     frame sent was received (and ``done`` holds), close; (summary, emulator summary,
     gateway, database path). ``options``: more GatewayOptions (the estimator's
-    ``config_ref``, ``forecast``)."""
+    ``config_ref``, ``forecast``; ``quality`` True turns the quality stage on)."""
     db = tmp / "twin.db"
     names = [s.name for s in cfg.enabled_streams]
+    kw: dict[str, Any] = {"quality": False, **(options or {})}
     opts = GatewayOptions(historian_url=f"sqlite:///{db}", spool_dir=str(tmp / "spool"),
-                          metrics_bind="", quality=False, estimator=estimator, spare=False,
-                          url_overrides={n: "udp://127.0.0.1:0" for n in names},
-                          **(options or {}))
+                          metrics_bind="", estimator=estimator, spare=False,
+                          url_overrides={n: "udp://127.0.0.1:0" for n in names}, **kw)
 
     async def main() -> tuple[dict[str, Any], Any, Gateway]:
         gw = Gateway(cfg, opts)

@@ -53,6 +53,13 @@ Warm-up, missing values, level shifts
   PV-cloud ramp, not independent gross errors), the grid itself moved: the newest value
   is accepted and the ring restarts on that trajectory, so the detector cannot lock onto
   a stale level.
+* A new regime (:meth:`TemporalDetector.rebase`: the feeder was switched, so every flow
+  may jump at once and stay there): the next snapshot is not tested; each channel's
+  history is moved by that snapshot's innovation onto its new level (its shape kept), so
+  the predictions continue from the new flows. Waiting for the level-shift rule instead
+  replaced the jumped flows by predictions of the old ones on two snapshots, and both
+  estimates were about 1 % off in |V|. The price: a gross error arriving on the very
+  snapshot of the switching is accepted (and restarts its channel's history).
 
 Optional confirmation by the estimator (:func:`confirm_with_residuals`): values in a grey
 zone ``k_low < z <= k`` are marked SUSPECT and promoted to BAD when the estimator's
@@ -132,6 +139,7 @@ class TemporalDetector:
         self._tick = 0
         self._shift_slope = np.zeros(0)
         self._all_ready = False  # latched: counts never decrease
+        self._rebase = False  # the next step starts a new regime (rebase())
         n = self.n
         self._ad = np.empty(n)  # scratch of the steady-state path (no per-call allocation)
         self._sig = np.empty(n)
@@ -154,9 +162,18 @@ class TemporalDetector:
         return _mode(np.where(mask, self.ring, np.nan), self.params.gross * sigma_meas,
                      sigma_meas)
 
+    def rebase(self) -> None:
+        """The next snapshot starts a new regime (the feeder's topology changed): it is
+        not tested, and every channel's history is re-based onto its value (see the
+        module docstring)."""
+        self._rebase = True
+
     def step(self, x: np.ndarray, missing: np.ndarray, pred_ready: np.ndarray,
              sigma_meas: np.ndarray, scale: np.ndarray | None = None) -> StepResult:
         """One snapshot. ``pred_ready`` is the network's prediction (used where ready)."""
+        if self._rebase:
+            self._rebase = False
+            return self._step_rebase(x, missing, pred_ready, sigma_meas)
         if not self._all_ready:
             self._all_ready = bool(self.ready.all())
         if self._all_ready and not missing.any():
@@ -203,6 +220,32 @@ class TemporalDetector:
         if any_missing or not all_ready:
             z = np.where(~missing & can_test, z, np.nan)
         return StepResult(out, flags, z, pred)
+
+    def _step_rebase(self, x: np.ndarray, missing: np.ndarray, pred_ready: np.ndarray,
+                     sigma_meas: np.ndarray) -> StepResult:
+        """:meth:`step` on the first snapshot of a new regime: nothing is flagged (missing
+        values are filled as usual), and each channel's history is moved by the
+        snapshot's innovation ``x - x̂`` so that it ends on the new value with the shape
+        it had; the running spread is kept (the jump is not noise)."""
+        ready = self.ready
+        all_ready = bool(ready.all())
+        if all_ready:
+            pred = pred_ready
+        else:
+            warm_pred, _ = self._warm_prediction(sigma_meas)
+            pred = np.where(ready, pred_ready, warm_pred)
+        any_missing = bool(missing.any())
+        out, flags = self._correct(x, pred, np.zeros(self.n, bool), missing, any_missing)
+        self._tick = (self._tick + 1) % 3
+        self.recent[:, self._tick] = x
+        self.run[:] = 0
+        with np.errstate(invalid="ignore"):
+            d = x - pred
+        move = np.flatnonzero(~missing & np.isfinite(d) & (self.count > 0))
+        self._store(out, np.zeros(0, np.int64), sigma_meas, all_ready=all_ready,
+                    any_missing=any_missing)
+        self.ring[move, :-1] += d[move, None]
+        return StepResult(out, flags, np.full(self.n, np.nan), pred)
 
     def _level_shift(self, x: np.ndarray, bad: np.ndarray, missing: np.ndarray,
                      any_missing: bool, sigma: np.ndarray) -> np.ndarray:

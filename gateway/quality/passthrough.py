@@ -54,5 +54,8 @@ class PassThroughQuality:
     lookahead_s = 0.0
     remote = None  # no predictor process
 
+    def new_regime(self) -> None:
+        """Nothing is tested here, so a topology change needs no re-basing."""
+
     def lookahead(self) -> None:
         """Nothing is predicted here, so nothing can be prepared ahead."""

@@ -326,6 +326,13 @@ class QualityStage:
             z=z,
         )
 
+    def new_regime(self) -> None:
+        """The next snapshot starts a new regime: the feeder's topology changed (a
+        reported switching or an identified one), so its flows may all jump at once. The
+        detector does not take that jump for bad data; it re-bases its histories on that
+        snapshot (:meth:`TemporalDetector.rebase`). Call it before :meth:`process`."""
+        self.detector.rebase()
+
     def lookahead(self) -> None:
         """Prepare the next snapshot from what is known now: the predictor's output for
         every electrical channel (from the rings as the last :meth:`process` left them)
