@@ -81,10 +81,13 @@ class EdgeBus:
     # ------------------------------------------------------------------ hot path
     def offer_snapshot(self, seq: int, source_time: float, arrival_time: float,
                        values: np.ndarray, flags: np.ndarray, pv_mw: np.ndarray,
-                       pv_sigma_mw: np.ndarray) -> None:
+                       pv_sigma_mw: np.ndarray, topology: tuple[bool, ...] | None = None
+                       ) -> None:
+        """Publish one cleaned snapshot; ``topology``: the switch states to estimate it on
+        (the gateway's tracker stamped it; None: the config's network)."""
         msg = wire.encode_snapshot(wire.BusSnapshot(
             self.run, seq, source_time, arrival_time, self.clock(), values, flags, pv_mw,
-            pv_sigma_mw))
+            pv_sigma_mw, topology))
         self._offer(wire.SNAPSHOT, seq, msg)
 
     def offer_event(self, seq: int, body: dict[str, Any]) -> None:

@@ -76,14 +76,15 @@ class BusLink:
         if self.workers:
             self._waiting.append((snap.seq, snap.arrival_time))
         self.edge.offer_snapshot(snap.seq, snap.source_time, snap.arrival_time, snap.values,
-                                 snap.flags, pv_mw, pv_sigma_mw)
+                                 snap.flags, pv_mw, pv_sigma_mw,
+                                 getattr(snap, "topology", None))
 
     def state(self, st: StateMsg) -> None:
         """A state of the gateway's own estimator (``estimate = "local"``)."""
         msg = wire.encode_state(wire.BusState(
             self.edge.run, st.seq, st.source_time, st.arrival_time, st.published_time,
             st.done_time, st.chi2, st.chi2_threshold, st.t_solve_s, st.iterations,
-            st.converged, st.vm, st.va))
+            st.converged, st.vm, st.va, st.topology))
         self.edge.offer(wire.STATE, st.seq, msg)
 
     def on_estimate(self, st: StateMsg, received: float) -> None:
@@ -117,7 +118,7 @@ class BusLink:
         msg = StateMsg(st.seq, st.source_time, st.arrival_time, st.publish_time,
                        st.publish_time, st.done_time - st.t_solve_s, st.done_time, st.chi2,
                        st.chi2_threshold, 0.0, st.t_solve_s, st.iterations, st.converged,
-                       st.vm_pu, st.va_rad)
+                       st.vm_pu, st.va_rad, st.topology)
         self._on_state(msg, received, received - st.publish_time <= self.deadline_s)
 
     @property

@@ -88,7 +88,7 @@ class SinkRows:
             out = self._run(twin, msg.run, msg.source_time)
             out.extend(_state_rows(msg.run, msg.seq, msg.source_time, msg.vm_pu, msg.va_rad,
                                    msg.chi2, msg.iterations, msg.converged, True,
-                                   {"solve_s": msg.t_solve_s}))
+                                   {"solve_s": msg.t_solve_s}, msg.topology))
             return out
         if parts[2] == "event":
             run = int(msg.get("run", 0))

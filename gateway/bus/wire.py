@@ -1,4 +1,4 @@
-"""Binary layouts of the fleet's bus messages (version 1), sans-IO.
+"""Binary layouts of the fleet's bus messages (version 2), sans-IO.
 
 Snapshots and states cross the bus at the stream rate, so they are compact fixed layouts,
 not JSON; events and health are rare and stay JSON. All integers and floats are
@@ -7,7 +7,7 @@ little-endian. Every message starts with the same 8-byte preamble::
     offset size  field
     0      4     magic  b"GTB1"
     4      1     kind   1 snapshot, 2 state, 3 event (JSON body), 4 health (JSON body)
-    5      1     version (1)
+    5      1     version (2; version 1 had no topology, see below)
     6      2     reserved (0)
 
 **Snapshot** (kind 1), after the preamble::
@@ -19,10 +19,16 @@ little-endian. Every message starts with the same 8-byte preamble::
     40     8     publish_time     float64 s, when the edge handed it to the bus
     48     4     m                uint32  channels
     52     4     n_pv             uint32  PV plants
-    56     8m    values           float64[m]  cleaned values, channel order (NaN: none)
+    56     4     n_sw             uint32  switchable branches of the topology (0: none
+                                          named, estimate on the config's network)
+    60     4     reserved (0)
+    64     8m    values           float64[m]  cleaned values, channel order (NaN: none)
     ..     4m    flags            uint32[m]   quality flags (gateway.snapshot.Flag)
     ..     8n    pv_mw            float64[n]  PV pseudo-measurements
     ..     8n    pv_sigma_mw      float64[n]  their standard deviations
+    ..     ⌈n_sw/8⌉ topology      uint8[]     switch states, one bit per switchable branch
+                                          of estimator.topology.SwitchSet (branch k: bit
+                                          k % 8 of byte k // 8, 1 closed)
 
 **State** (kind 2), after the preamble::
 
@@ -38,9 +44,18 @@ little-endian. Every message starts with the same 8-byte preamble::
     80     4     iterations       uint32
     84     4     n_bus            uint32
     88     1     converged        uint8
-    89     7     reserved
+    89     1     reserved
+    90     2     n_label          uint16  bytes of the topology label
+    92     4     reserved
     96     8n    vm_pu            float64[n]
     ..     8n    va_rad           float64[n]
+    ..     n_label topology       UTF-8   label of the switch states the estimate used
+                                          (gateway.topology; "normal": the config's)
+
+Version 2 added the snapshot's topology and the state's label. A reader refuses a
+message of another version naming both versions (``version 1, this build reads 2: the
+sender runs another gridtwin build``): edges, workers and the sink of a fleet are
+upgraded together.
 
 A message whose magic, kind, version or length does not match raises
 :class:`BusMessageError` naming the offset: bad messages are counted and dropped by the
@@ -65,15 +80,15 @@ __all__ = ["EVENT", "HEALTH", "MAGIC", "SNAPSHOT", "STATE", "BusMessageError", "
            "msg_id", "subject"]
 
 MAGIC = b"GTB1"
-VERSION = 1
+VERSION = 2
 SNAPSHOT, STATE, EVENT, HEALTH = 1, 2, 3, 4
 KIND_NAMES = {SNAPSHOT: "snapshot", STATE: "state", EVENT: "event", HEALTH: "health"}
 #: largest message a receiver accepts (a 10k-channel snapshot is ~200 kB)
 MAX_MESSAGE = 4 * 1024 * 1024
 
 _PRE = struct.Struct("<4sBBH")
-_SNAP = struct.Struct("<qqdddII")
-_STATE = struct.Struct("<qqdddddddIIB7x")
+_SNAP = struct.Struct("<qqdddIII4x")
+_STATE = struct.Struct("<qqdddddddIIBxH4x")
 
 
 class BusMessageError(GatewayError):
@@ -96,6 +111,8 @@ class BusSnapshot:
     flags: np.ndarray
     pv_mw: np.ndarray
     pv_sigma_mw: np.ndarray
+    #: switch states to estimate on (one per switchable branch); None: the config's
+    topology: tuple[bool, ...] | None = None
 
 
 @dataclass
@@ -113,6 +130,8 @@ class BusState:
     converged: bool
     vm_pu: np.ndarray
     va_rad: np.ndarray
+    #: label of the switch states the estimate used ("normal": the config's network)
+    topology: str = "normal"
 
 
 def subject(twin: str, kind: int) -> str:
@@ -127,23 +146,31 @@ def msg_id(twin: str, run: int, kind: int, seq: int) -> str:
 
 def encode_snapshot(s: BusSnapshot) -> bytes:
     m, n = int(s.values.size), int(s.pv_mw.size)
+    topo = s.topology
+    n_sw = 0 if topo is None else len(topo)
+    bits = b"" if not n_sw else np.packbits(np.asarray(topo, bool), bitorder="little"
+                                            ).tobytes()
     return b"".join((
         _PRE.pack(MAGIC, SNAPSHOT, VERSION, 0),
-        _SNAP.pack(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time, m, n),
+        _SNAP.pack(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time, m, n, n_sw),
         np.ascontiguousarray(s.values, "<f8").tobytes(),
         np.ascontiguousarray(s.flags, "<u4").tobytes(),
         np.ascontiguousarray(s.pv_mw, "<f8").tobytes(),
-        np.ascontiguousarray(s.pv_sigma_mw, "<f8").tobytes()))
+        np.ascontiguousarray(s.pv_sigma_mw, "<f8").tobytes(), bits))
 
 
 def encode_state(s: BusState) -> bytes:
     n = int(s.vm_pu.size)
+    label = s.topology.encode()
+    if len(label) > 0xFFFF:
+        raise ValueError(f"topology label of {len(label)} bytes, the layout holds 65535")
     return b"".join((
         _PRE.pack(MAGIC, STATE, VERSION, 0),
         _STATE.pack(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time, s.done_time,
-                    s.chi2, s.chi2_threshold, s.t_solve_s, s.iterations, n, int(s.converged)),
+                    s.chi2, s.chi2_threshold, s.t_solve_s, s.iterations, n, int(s.converged),
+                    len(label)),
         np.ascontiguousarray(s.vm_pu, "<f8").tobytes(),
-        np.ascontiguousarray(s.va_rad, "<f8").tobytes()))
+        np.ascontiguousarray(s.va_rad, "<f8").tobytes(), label))
 
 
 def encode_json(kind: int, body: dict[str, Any]) -> bytes:
@@ -165,7 +192,8 @@ def kind_of(msg: bytes) -> int:
     if kind not in KIND_NAMES:
         raise BusMessageError(f"unknown kind {kind}", 4)
     if version != VERSION:
-        raise BusMessageError(f"version {version}, this build reads {VERSION}", 5)
+        raise BusMessageError(f"version {version}, this build reads {VERSION}: the sender "
+                              "runs another gridtwin build", 5)
     return int(kind)
 
 
@@ -195,25 +223,38 @@ def _decode_snapshot(msg: bytes) -> BusSnapshot:
     off = _PRE.size
     if len(msg) < off + _SNAP.size:
         raise BusMessageError("snapshot header truncated", len(msg))
-    run, seq, src, arr, pub, m, n = _SNAP.unpack_from(msg, off)
+    run, seq, src, arr, pub, m, n, n_sw = _SNAP.unpack_from(msg, off)
     off += _SNAP.size
-    _need(msg, off + 12 * m + 16 * n, "snapshot")
+    n_bits = (n_sw + 7) // 8
+    _need(msg, off + 12 * m + 16 * n + n_bits, "snapshot")
     values = np.frombuffer(msg, "<f8", m, off).copy()
     flags = np.frombuffer(msg, "<u4", m, off + 8 * m).copy()
     off += 12 * m
     pv = np.frombuffer(msg, "<f8", n, off).copy()
     sig = np.frombuffer(msg, "<f8", n, off + 8 * n).copy()
-    return BusSnapshot(run, seq, src, arr, pub, values, flags, pv, sig)
+    off += 16 * n
+    topo = None
+    if n_sw:
+        bits = np.unpackbits(np.frombuffer(msg, np.uint8, n_bits, off), count=n_sw,
+                             bitorder="little")
+        topo = tuple(bool(b) for b in bits)
+    return BusSnapshot(run, seq, src, arr, pub, values, flags, pv, sig, topo)
 
 
 def _decode_state(msg: bytes) -> BusState:
     off = _PRE.size
     if len(msg) < off + _STATE.size:
         raise BusMessageError("state header truncated", len(msg))
-    run, seq, src, arr, pub, done, chi2, thr, t_solve, iters, n, conv = _STATE.unpack_from(
-        msg, off)
+    run, seq, src, arr, pub, done, chi2, thr, t_solve, iters, n, conv, n_label = \
+        _STATE.unpack_from(msg, off)
     off += _STATE.size
-    _need(msg, off + 16 * n, "state")
+    _need(msg, off + 16 * n + n_label, "state")
     vm = np.frombuffer(msg, "<f8", n, off).copy()
     va = np.frombuffer(msg, "<f8", n, off + 8 * n).copy()
-    return BusState(run, seq, src, arr, pub, done, chi2, thr, t_solve, iters, bool(conv), vm, va)
+    off += 16 * n
+    try:
+        label = bytes(msg[off:off + n_label]).decode()
+    except UnicodeDecodeError as exc:
+        raise BusMessageError(f"topology label: {exc}", off) from exc
+    return BusState(run, seq, src, arr, pub, done, chi2, thr, t_solve, iters, bool(conv), vm, va,
+                    label or "normal")

@@ -7,9 +7,12 @@ many workers run, on however many machines. Per fetched batch:
 2. **newest wins per feeder**: of several snapshots of one feeder in the batch only the
    newest is estimated; the older ones are acknowledged as *superseded* (counted), as in
    the single-box twin;
-3. the feeder's estimator comes from a cache keyed by (feeder, config revision): the
-   measurement model is built and factorised once per config, so any worker serves any
-   feeder and a busy one pays the set-up once;
+3. the feeder's estimator comes from a cache keyed by (feeder, config revision), and
+   within it by the snapshot's topology (the switch states the edge's tracker stamped
+   it with; :class:`gateway.estimator_worker.SolverCache`, the estimator process's own
+   cache): the measurement model is built and factorised once per config and
+   topology, so any worker serves any feeder and a busy one pays the set-up once;
+   the state names the topology it used (``states.topology`` at the sink);
 4. the state goes to ``gridtwin.<twin>.state`` (with its de-duplication id) and only then
    is the snapshot acknowledged: a worker killed between the two leaves the snapshot
    unacknowledged, and JetStream redelivers it to another worker after ``ack_wait``.
@@ -37,7 +40,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -138,12 +141,19 @@ async def poll_pending(js: Any, durable: str, owner: Any, every_s: float = 2.0) 
         await asyncio.sleep(every_s)
 
 
-class FeederCache:
-    """Estimators per (feeder, config revision), built from the config bucket's text."""
+class Solvers(Protocol):
+    """One feeder's solvers per topology (:class:`gateway.estimator_worker.SolverCache`)."""
 
-    def __init__(self, build: Callable[[str], tuple[SolveFn, float]]) -> None:
+    def solver(self, topology: tuple[bool, ...] | None) -> tuple[SolveFn, str]: ...
+
+
+class FeederCache:
+    """Estimators per (feeder, config revision), built from the config bucket's text;
+    each revision's :class:`Solvers` keeps one solver per topology met."""
+
+    def __init__(self, build: Callable[[str], tuple[Solvers, float]]) -> None:
         self._build = build
-        self._solvers: dict[str, tuple[int, SolveFn, float]] = {}
+        self._solvers: dict[str, tuple[int, Solvers, float]] = {}
         self.errors: dict[str, str] = {}
 
     def update(self, twin: str, revision: int, text: str) -> str | None:
@@ -157,7 +167,7 @@ class FeederCache:
         self.errors.pop(twin, None)
         return None
 
-    def get(self, twin: str) -> tuple[SolveFn, float] | None:
+    def get(self, twin: str) -> tuple[Solvers, float] | None:
         hit = self._solvers.get(twin)
         return None if hit is None else (hit[1], hit[2])
 
@@ -181,20 +191,20 @@ def config_from_text(text: str) -> Any:
         return load_config(str(path))
 
 
-def build_from_text(text: str) -> tuple[SolveFn, float]:
-    """(solve, deadline_s) for a twin config given as TOML text (validated like a file)."""
-    from gateway.estimator_worker import solver_for
+def build_from_text(text: str) -> tuple[Solvers, float]:
+    """(solvers per topology, deadline_s) for a twin config given as TOML text (validated
+    like a file); the config's own topology is built at once."""
+    from gateway.estimator_worker import SolverCache
 
     cfg = config_from_text(text)
-    _, solve = solver_for(cfg, cfg.estimator.method)
-    return solve, float(cfg.estimator.deadline_s)
+    return SolverCache(cfg, cfg.estimator.method), float(cfg.estimator.deadline_s)
 
 
 class Worker:
     """One estimator worker process's bus side (see the module docstring)."""
 
     def __init__(self, opts: BusOptions, *, batch: int = 64, clock: Callable[[], float] =
-                 time.time, build: Callable[[str], tuple[SolveFn, float]] = build_from_text,
+                 time.time, build: Callable[[str], tuple[Solvers, float]] = build_from_text,
                  metrics_bind: str = "", credit: int = 16) -> None:
         self.opts = opts
         #: messages the server may push ahead of this worker's progress: small, so one
@@ -324,10 +334,11 @@ class Worker:
             self.stats.unknown_feeder += 1
             await p.msg.ack()  # nobody can estimate it until it is registered
             return None
-        solve, deadline = hit
+        solvers, deadline = hit
         s = p.snap
         t0 = time.perf_counter()
-        try:
+        try:  # a topology met for the first time builds its solver (counted in t_solve)
+            solve, label = solvers.solver(s.topology)
             vm, va, chi2, thr, iters, conv = solve(s.values, s.flags, s.pv_mw, s.pv_sigma_mw)
         except Exception as exc:  # one feeder fails alone
             self.stats.failed += 1
@@ -340,7 +351,7 @@ class Worker:
             self.stats.deadline_misses += 1
         return wire.BusState(s.run, s.seq, s.source_time, s.arrival_time, s.publish_time,
                              done, chi2, thr, t_solve, iters, conv, np.asarray(vm, float),
-                             np.asarray(va, float))
+                             np.asarray(va, float), label)
 
     async def _settle(self, sent: list[tuple[Planned, asyncio.Future[bool]]]) -> None:
         """Acknowledge each snapshot whose state is stored. One whose state was not
