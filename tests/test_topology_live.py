@@ -449,3 +449,32 @@ def test_batched_frames_give_each_snapshot_its_own_statuses() -> None:
     one_by_one = statuses(False)
     assert one_by_one == closed[:len(one_by_one)] and len(one_by_one) >= len(closed) - 1
     assert statuses(True) == one_by_one
+
+
+def test_stamp_says_when_the_topology_differs_from_the_previous_snapshot() -> None:
+    """``LiveTopology.stamp`` (run before cleaning) is True exactly on the first snapshot
+    of a new topology: a reported change, or one the tracker took meanwhile (as after an
+    identification), and False while it stays."""
+    from gateway.config import parse_config
+    from gateway.snapshot import Snapshot
+    from gateway.topology import LiveTopology
+
+    cfg = parse_config(twin_text("identify = false\n"))
+    live = LiveTopology(cfg, event=lambda *a: None)
+    order = [s.name for s in cfg.switches]
+
+    def snap(seq: int, **states: float) -> Snapshot:
+        st = np.full(len(order), np.nan)
+        for name, v in states.items():
+            st[order.index(name)] = v
+        return Snapshot(seq, float(seq), float(seq), np.zeros(1), statuses=st)
+
+    got = [live.stamp(snap(0)), live.stamp(snap(1, sw_8_21=0.0, sw_7_8=1.0)),
+           live.stamp(snap(2, sw_8_21=1.0, sw_7_8=0.0)), live.stamp(snap(3)),
+           live.stamp(snap(4, sw_8_21=1.0, sw_7_8=0.0))]
+    assert got == [False, False, True, False, False]
+    assert live.label == NEW
+    sw = live.switches
+    live.tracker.current = sw.normal  # the tracker moved without a status (identified)
+    s5 = snap(5)
+    assert live.stamp(s5) and s5.topology == sw.normal and not live.stamp(snap(6))
