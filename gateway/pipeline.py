@@ -255,10 +255,7 @@ class Pipeline:
         batch.clear()
         codec = getattr(self.decoders[stream], "codec", None)
         n = len(frames)
-        # switch statuses are fed frame by frame (each snapshot takes the statuses of
-        # the frames that completed it), so a twin that maps statuses takes that path
-        if codec is None or n < 2 or self.switches is not None \
-                or not codec.batchable(frames):
+        if codec is None or n < 2 or not codec.batchable(frames):
             for data, now in zip(frames, nows, strict=True):
                 batch.extend(self.feed_frame(stream, data, now))
             return batch
@@ -281,16 +278,28 @@ class Pipeline:
             self._decode_samples(stream, m, per_frame)
             st.take_run(seqs[k:k + m], tss[k:k + m], nows[k:k + m], size)
             placed = al.place_run(plan, seqs[k:k + m], nows[k:k + m], values[k:k + m])
+            fed = k  # the next frame whose switch statuses the board has not seen
             if placed:
                 out = self._out
                 out.clear()
-                for _, snaps in placed:
+                for j, snaps in placed:
+                    fed = self._feed_statuses(stream, values, fed, k + j + 1)
                     for snap in snaps:
                         self._clean(snap)
                     out.append(SETTLE)
                 batch.extend(out)
+            self._feed_statuses(stream, values, fed, k + m)
             k += m
         return batch
+
+    def _feed_statuses(self, stream: str, values: np.ndarray, start: int, end: int) -> int:
+        """Give the status board rows ``start:end`` of a batch (in frame order, so each
+        snapshot takes the statuses of the frames up to the one that completed it, as
+        frame by frame); the next row it has not seen."""
+        if self.switches is not None:
+            for row in values[start:end]:
+                self.switches.feed(stream, row)
+        return end
 
     def _decode_samples(self, stream: str, m: int, per_frame: float) -> None:
         """Count ``m`` frames decoded in a batch; the decode-time histogram gets the
@@ -350,8 +359,7 @@ class Pipeline:
         pv = np.asarray(res.pv_mw, float)
         if self.handoff:
             clean = Snapshot(snap.seq, snap.source_time, snap.arrival_time, res.values,
-                             flags, snap.published_time, snap.statuses,
-                             getattr(snap, "topology", None))
+                             flags, snap.published_time, snap.statuses, snap.topology)
             out.append(Handoff(clean, pv, np.asarray(res.pv_sigma_mw, float)))
         self._cleaned.append((dq, snap.published_time - snap.arrival_time, flags))
         self._last_seq = snap.seq

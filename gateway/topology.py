@@ -366,7 +366,8 @@ class Identifier:
     """Topology identification for a twin config: the bank of hypothesis estimators (the
     config's measurement model plus load pseudo-measurements, :func:`with_load_pseudo`)
     and the assembly of a snapshot into the bank's measurement vector. Runs where it is
-    called: the live twin calls :meth:`identify` from a worker thread, off the loop."""
+    called: the live twin builds one in its identification process (:func:`child_init`),
+    off the loop and off the gateway's GIL."""
 
     def __init__(self, cfg: TwinConfig, switches: SwitchSet, pseudo_rel: float = 0.5) -> None:
         base = cfg.network
