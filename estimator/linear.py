@@ -411,6 +411,23 @@ class _Fast:
     er: np.ndarray | None  # PV: E R0^T (2n x 2p), interleaved
 
 
+_KERNELS: Any = None
+
+
+def _kernels() -> Any:
+    """The compiled kernels (:mod:`estimator.kernels`), or None without numba (then the
+    NumPy code paths run: same answers, slower). Imported on first use, not with this
+    module: numba's import and the kernels' cache load cost about 0.5 s once."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from estimator import kernels
+        except ImportError:  # pragma: no cover - numba missing
+            kernels = False  # type: ignore[assignment]
+        _KERNELS = kernels
+    return _KERNELS or None
+
+
 def _pv_metric(fac: _Factor) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(M1, M2)`` of the PV correction: ``M1 = Pc E Pc^T``, ``M2 = Pc E Pc^H`` with
     ``Pc = R0_re + j R0_im`` (None without PV nodes)."""
@@ -473,6 +490,12 @@ class _DenseStep:
         self.m1, self.m2 = _pv_metric(fac)
         self.er = None if fac.er is None else np.ascontiguousarray(fac.er)
         self.newton: np.ndarray | None = None  # T (see _newton), at the first solve
+        # the compiled kernels' arguments (typed, never None: empty without PV nodes)
+        p = self.pv.size
+        self.s_buf = np.empty(self.k)
+        self.m1c = self.m1 if self.m1 is not None else np.zeros((p, p), complex)
+        self.m2c = self.m2 if self.m2 is not None else np.zeros((p, p), complex)
+        self.erc = self.er if self.er is not None else np.zeros((n2, 0))
 
     def run(self, v: np.ndarray, z: np.ndarray, tol: float,
             itmax: int) -> tuple[np.ndarray, int, float]:
@@ -484,6 +507,9 @@ class _DenseStep:
         xv = w[k:]
         v_prev = xv.view(complex)
         v_prev[:] = v
+        kern = _kernels()
+        if kern is not None and self.newton is not None:
+            return self._run_compiled(kern, z, tol, itmax)
         b, s_conj = self._snapshot(z)
         if self.newton is None:
             self.newton = self._newton(v_prev, b, s_conj)
@@ -506,6 +532,18 @@ class _DenseStep:
                 return v_prev.copy(), it, dv
             dv_prev = dv
         raise _not_converged(itmax, dv, v_prev.copy())
+
+    def _run_compiled(self, kern: Any, z: np.ndarray, tol: float, itmax: int
+                      ) -> tuple[np.ndarray, int, float]:
+        """:meth:`run` (start already in ``self.w``) in one compiled call."""
+        b = kern.snapshot(z, self.ph01, self.pw01, self.sign, self.opb, self.s_buf)
+        it, dv, ok = kern.dense_run(self.opw, b, self.s_buf.view(complex), self.vb, self.w, self.k,
+                                    self.n2, self.newton, self.pv, self.m1c, self.m2c,
+                                    self.erc, tol, itmax)
+        v = self.w[self.k:].view(complex).copy()
+        if not ok:
+            raise _not_converged(itmax, dv, v)
+        return v, it, dv
 
     def run_rows(self, x: np.ndarray, z: np.ndarray, tol: float, itmax: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -74,10 +74,12 @@ def _same_state(a: Any, b: Any) -> None:
     assert a.dof == b.dof
     np.testing.assert_array_equal(a.active, b.active)
     np.testing.assert_allclose(a.residual, b.residual, rtol=0, atol=1e-10)
-    np.testing.assert_allclose(a.normalized_residual, b.normalized_residual, rtol=1e-9,
-                               atol=1e-9)
+    # r / (sigma sqrt(s)): a 1e-12 pu difference in V is up to 1e-8 of a sigma at its
+    # floor, and a critical measurement's s is floored at 1e-6 (x 1000)
+    np.testing.assert_allclose(a.normalized_residual, b.normalized_residual, rtol=1e-6,
+                               atol=1e-4)
     assert a.objective == pytest.approx(b.objective, rel=1e-9)
-    assert a.chi2_threshold == pytest.approx(b.chi2_threshold, rel=1e-12, nan_ok=True)
+    assert a.chi2_threshold == pytest.approx(b.chi2_threshold, rel=1e-9, nan_ok=True)
 
 
 def _solve(est: Any, z: np.ndarray, **kw: Any) -> Any:
@@ -124,9 +126,9 @@ def test_solve_batch_matches_reference() -> None:
         np.testing.assert_array_equal(a.iterations[ok], b.iterations[ok])
         np.testing.assert_array_equal(a.dof[ok], b.dof[ok])
         np.testing.assert_allclose(a.objective[ok], b.objective[ok], rtol=1e-9)
-        np.testing.assert_allclose(a.chi2_threshold[ok], b.chi2_threshold[ok], rtol=1e-12)
+        np.testing.assert_allclose(a.chi2_threshold[ok], b.chi2_threshold[ok], rtol=1e-9)
         np.testing.assert_allclose(a.normalized_residual[ok], b.normalized_residual[ok],
-                                   rtol=1e-9, atol=1e-9)
+                                   rtol=1e-6, atol=1e-4)
     assert fast.reweights == slow.reweights > 3
 
 
