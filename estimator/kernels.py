@@ -107,3 +107,85 @@ def dense_run(opw, b, s_conj, vb, w, k, n2, newton, pv, m1, m2, er,
             return it, dv, True
         dv_prev = dv
     return itmax, dv, False
+
+
+@njit(cache=True)
+def slot_drift(sig, z, act, pm, inv_nom, nom_pm, i0, i1, cw, wa, wdet, nom_ph, tol,
+               tol_sum, masked):  # type: ignore[no-untyped-def]
+    """The per-slot test of rule (b) (:meth:`estimator.linear.LinearStateEstimator.
+    _slots_drifted`): ``(bad, hit, any)``, the power members and the phasor slots whose
+    covariance at ``z`` is off the gain's; ``masked``: only active members with nominal
+    values count."""
+    bad = np.empty(pm.size, np.bool_)
+    found = False
+    for i in range(pm.size):
+        r = sig[pm[i]] * inv_nom[i]
+        r *= r
+        b = (r + 1.0 / r) > tol_sum
+        if masked:
+            b = b and act[pm[i]] and nom_pm[i]
+        bad[i] = b
+        found = found or b
+    nph = i0.size
+    hit = np.empty(nph, np.bool_)
+    for i in range(nph):
+        sm = sig[i0[i]]
+        vd = sm * sm
+        vp = z[i0[i]] * sig[i1[i]]
+        vp *= vp
+        vp = max(vp, 0.01 * vd)
+        a = -2.0 * z[i1[i]]
+        k = cw[i].real * math.cos(a) - cw[i].imag * math.sin(a)
+        tr = vd * (wa[i] + k) + vp * (wa[i] - k)
+        half = 0.5 * tr
+        disc = math.sqrt(max(half * half - wdet[i] * vd * vp, 0.0))
+        h = ((half + disc) > tol) or ((half - disc) * tol < 1.0)
+        if masked:
+            h = h and act[i0[i]] and act[i1[i]] and nom_ph[i]
+        hit[i] = h
+        found = found or h
+    return bad, hit, found
+
+
+@njit(cache=True)
+def drift_shift(z, idx, rel, floor, inv_nom, nom_above):  # type: ignore[no-untyped-def]
+    """Rule (a)'s median log-ratio of the sigmas at ``z`` to those at the nominal values
+    (:meth:`estimator.linear.LinearStateEstimator._drifted`); ``(shift, any used)``."""
+    lr = np.empty(idx.size)
+    n = 0
+    for i in range(idx.size):
+        s_now = max(rel[i] * abs(z[idx[i]]), floor[i])
+        if np.isnan(s_now):
+            s_now = floor[i]
+        if nom_above[i] or s_now > floor[i]:
+            lr[n] = math.log(s_now * inv_nom[i])
+            n += 1
+    if n == 0:
+        return 0.0, False
+    srt = np.sort(lr[:n])
+    k = n // 2
+    if n % 2 == 0:
+        return 0.5 * (srt[k - 1] + srt[k]), True
+    return srt[k], True
+
+
+@njit(cache=True)
+def residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
+             g_pow):  # type: ignore[no-untyped-def]
+    """``z - h(v)`` (:meth:`estimator.measurement.MeasurementModel.residual` without the
+    angle re-wrapping, which the caller does when needed) for a dense ``A``."""
+    x = np.dot(a, v)
+    out = np.empty(z.size)
+    for i in range(g_mag.size):
+        out[g_mag[i]] = z[g_mag[i]] - abs(x[slot_mag[i]])
+    for i in range(g_ang.size):
+        xa = x[slot_ang[i]]
+        out[g_ang[i]] = z[g_ang[i]] - math.atan2(xa.imag, xa.real)
+    s = np.empty(2 * pslots.size)
+    for i in range(pslots.size):
+        c = v[pvbus[i]] * x[pslots[i]].conjugate()
+        s[2 * i] = c.real
+        s[2 * i + 1] = c.imag
+    for i in range(g_pow.size):
+        out[g_pow[i]] = z[g_pow[i]] - s[pq_pick[i]]
+    return out

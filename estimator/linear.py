@@ -725,6 +725,7 @@ class LinearStateEstimator:
         #: factorization's cache key, so a pattern of aged measurements is factorized once
         self._scale: np.ndarray | None = None
         self._flat = np.full(model.n_bus, self.net.vm_slack * np.exp(1j * self.net.va_slack))
+        self._res_args: tuple[np.ndarray, ...] | None = None  # the residual kernel's
         self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
                         else sp.csr_matrix((0, n2)))
 
@@ -1216,6 +1217,14 @@ class LinearStateEstimator:
         (_, pm, pm_slot, inv_nom, nom_pm, ph, i0, i1, i01, cw, wa, wdet, nom_ph,
          all_nom) = self._plan(fac)
         tol = self._tol_hi
+        kern = _kernels()
+        if kern is not None:
+            bad, hit, found = kern.slot_drift(sig, z, act, pm, inv_nom, nom_pm, i0, i1, cw,
+                                              wa, wdet, nom_ph, tol, self._tol_sum,
+                                              not (full and all_nom))
+            if not (self._drift_any or found):
+                return False
+            return self._drift_fire(pm_slot[bad], ph[hit])
         r = sig[pm] * inv_nom
         r *= r
         bad = (r + 1.0 / r) > self._tol_sum
@@ -1240,9 +1249,14 @@ class LinearStateEstimator:
             hit &= act[i0] & act[i1] & nom_ph
         if not (self._drift_any or bad.any() or hit.any()):
             return False  # nothing drifted, now or in the previous solve (the usual case)
+        return self._drift_fire(pm_slot[bad], ph[hit])
+
+    def _drift_fire(self, power_slots: np.ndarray, phasor_slots: np.ndarray) -> bool:
+        """Rule (b)'s persistence: the slots that drifted now (power and phasor) against
+        those of the previous solve; True when one drifted in both."""
         drift = np.zeros(self.model.g, bool)
-        drift[pm_slot[bad]] = True
-        drift[ph[hit]] = True
+        drift[power_slots] = True
+        drift[phasor_slots] = True
         fire = bool((drift & self._drift_prev).any())
         self._drift_prev = drift
         self._drift_any = bool(drift.any())
@@ -1367,7 +1381,7 @@ class LinearStateEstimator:
         model = self.model
         full = bool(act.all())
         if full:
-            r = model.residual(z, v)
+            r = self._residual(z, v)
             w = r / sig
         else:
             r = np.full(model.m, np.nan)
@@ -1393,6 +1407,24 @@ class LinearStateEstimator:
         return State(method=self.method, v=v, time=now, iterations=it, mismatch=dv,
                      residual=r, normalized_residual=rn, active=act, objective=obj,
                      dof=fac.dof, chi2_threshold=chi2)
+
+    def _residual(self, z: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``model.residual(z, v)``, by the compiled kernel where ``A`` is dense."""
+        model = self.model
+        kern = _kernels()
+        if kern is None or model._a_dense is None:
+            return model.residual(z, v)
+        if self._res_args is None:
+            g = model._by_code
+            self._res_args = (np.ascontiguousarray(model._a_dense), model._slot_mag, g[0],
+                              model._slot_ang, g[1], model._pvbus, model._pslots,
+                              model._pq_pick, g[4])
+        r: np.ndarray = kern.residual(z, np.ascontiguousarray(v, complex), *self._res_args)
+        ang = model._by_code[1]
+        ra = r[ang]
+        if (np.abs(ra) > np.pi).any():  # a wrapped difference (rare): rewrap
+            r[ang] = np.angle(np.exp(1j * ra))
+        return r
 
     def _sens_hit(self, fac: _Factor, v: np.ndarray, sig: np.ndarray, act: np.ndarray,
                   obj: float) -> tuple[np.ndarray, bool, float]:
@@ -1468,6 +1500,10 @@ class LinearStateEstimator:
             idx, rel, floor, inv_nom, nom_above = self._drift_terms(act & self._nominal_set)
         if idx.size == 0:
             return False
+        kern = _kernels()
+        if kern is not None:
+            shift, used = kern.drift_shift(z, idx, rel, floor, inv_nom, nom_above)
+            return used and abs(shift) > self._log_ratio
         s_now = np.fmax(rel * np.abs(z[idx]), floor)
         use = nom_above | (s_now > floor)
         lr = np.log(s_now[use] * inv_nom[use])
