@@ -4,10 +4,11 @@ NumPy code they replace.
 Why: on IEEE33 a solve is a few hundred floating-point operations spread over about a
 hundred NumPy calls, so the interpreter and NumPy's per-call overhead (about 1 µs each)
 were most of its time. Each kernel here runs one of those sequences in one call. The
-products stay BLAS ``dgemv`` calls (``np.dot``), the small PV solve LAPACK ``dgesv``,
-and the order of every elementwise step is the NumPy code's, so the answers are those
-of the NumPy path to rounding (``tests/test_linear_fast.py`` holds them to a frozen copy
-of the estimator before these kernels).
+matrices are the NumPy path's own (built by the same code), the small PV solve is
+LAPACK ``dgesv``, the order of every elementwise step is the NumPy code's, and the
+matrix-vector products differ from BLAS's only in the order of their sums, so the
+answers are those of the NumPy path to rounding (``tests/test_linear_fast.py`` holds them
+to a frozen copy of the estimator before these kernels).
 
 Compiled once per machine (``cache=True``: the machine code is kept beside this module
 and loaded in milliseconds afterwards); imported only when a dense factorization is
@@ -20,6 +21,21 @@ import math
 
 import numpy as np
 from numba import njit
+
+
+@njit(cache=True, fastmath={"reassoc", "contract"})
+def matvec(a, x):  # type: ignore[no-untyped-def]
+    """``a @ x`` (dense, C order), vectorised by the compiler: reordering a dot product's
+    sum only moves the last bit, and at these sizes (tens to a few hundred) a BLAS call
+    costs more in its set-up and, on a busy machine, in its threads' hand-offs (SciPy's
+    OpenBLAS, which numba's ``np.dot`` calls, is threaded) than in arithmetic."""
+    out = np.empty(a.shape[0], x.dtype)
+    for i in range(a.shape[0]):
+        acc = x.dtype.type(0)
+        for j in range(a.shape[1]):
+            acc += a[i, j] * x[j]
+        out[i] = acc
+    return out
 
 
 @njit(cache=True)
@@ -41,7 +57,7 @@ def snapshot(z, ph01, pw01, sign, opb, s_conj):  # type: ignore[no-untyped-def]
         zph[2 * i + 1] = m * math.sin(a)
     for i in range(pw01.size):
         s_conj[i] = z[pw01[i]] * sign[i]
-    return np.dot(opb, zph)
+    return matvec(opb, zph)
 
 
 @njit(cache=True)
@@ -66,7 +82,7 @@ def pv_correct(v, yp, x, pv, m1, m2, er):  # type: ignore[no-untyped-def]
         c = 2j * u[j] * mu[j]
         d[2 * j] = c.real
         d[2 * j + 1] = c.imag
-    x -= np.dot(er, d)
+    x -= matvec(er, d)
 
 
 @njit(cache=True)
@@ -88,7 +104,7 @@ def dense_run(opw, b, s_conj, vb, w, k, n2, newton, pv, m1, m2, er,
             c = s_conj[i] / vprev[vb[i]].conjugate()
             w[2 * i] = c.real
             w[2 * i + 1] = c.imag
-        y = np.dot(opw, w)
+        y = matvec(opw, w)
         y += b
         x = y[:n2]
         if npv:
@@ -96,7 +112,7 @@ def dense_run(opw, b, s_conj, vb, w, k, n2, newton, pv, m1, m2, er,
                 yp[j] = complex(y[n2 + 2 * j], y[n2 + 2 * j + 1])
             pv_correct(vprev, yp, x, pv, m1, m2, er)
         x -= w[k:]
-        step = np.dot(newton, x)
+        step = matvec(newton, x)
         dv = 0.0  # the largest component's change (np.abs(step).max())
         for i in range(n2):
             a = abs(step[i])
@@ -174,7 +190,7 @@ def residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
              g_pow):  # type: ignore[no-untyped-def]
     """``z - h(v)`` (:meth:`estimator.measurement.MeasurementModel.residual` without the
     angle re-wrapping, which the caller does when needed) for a dense ``A``."""
-    x = np.dot(a, v)
+    x = matvec(a, v)
     out = np.empty(z.size)
     for i in range(g_mag.size):
         out[g_mag[i]] = z[g_mag[i]] - abs(x[slot_mag[i]])
@@ -188,4 +204,102 @@ def residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
         s[2 * i + 1] = c.imag
     for i in range(g_pow.size):
         out[g_pow[i]] = z[g_pow[i]] - s[pq_pick[i]]
+    return out
+
+
+@njit(cache=True)
+def dense_rows(x, z, opw, opb, ph01, pw01, sign, vb, k, n2, newton, pv, m1, m2, er, tol,
+               itmax):  # type: ignore[no-untyped-def]
+    """:meth:`estimator.linear._DenseStep.run_rows`: :func:`dense_run` on every row of
+    ``x`` (interleaved start states, overwritten by the answers) for the rows of ``z``.
+    Returns ``(iterations, converged)``."""
+    nb = x.shape[0]
+    iters = np.zeros(nb, np.int64)
+    conv = np.zeros(nb, np.bool_)
+    w = np.empty(k + n2)
+    s_buf = np.empty(k)
+    s_conj = np.empty(k // 2, np.complex128)
+    for r in range(nb):
+        b = snapshot(z[r], ph01, pw01, sign, opb, s_buf)
+        for i in range(k // 2):
+            s_conj[i] = complex(s_buf[2 * i], s_buf[2 * i + 1])
+        w[k:] = x[r]
+        it, _, ok = dense_run(opw, b, s_conj, vb, w, k, n2, newton, pv, m1, m2, er, tol,
+                              itmax)
+        x[r] = w[k:]
+        iters[r] = it
+        conv[r] = ok
+    return iters, conv
+
+
+@njit(cache=True)
+def slot_cov(h0, h1, v0, v1, s0, s1, st, slot_v, slot_i, slot_pv,
+             unmeasured):  # type: ignore[no-untyped-def]
+    """One slot of :meth:`estimator.linear.LinearStateEstimator._slot_cov`:
+    ``(r11, r12, r22)`` from its members' presence, values and sigmas."""
+    s0 = s0 if h0 else unmeasured
+    s1 = s1 if h1 else unmeasured
+    v0 = v0 if h0 else 0.0
+    v1 = v1 if h1 else 0.0
+    m0 = abs(v0) if h0 else (1.0 if st == slot_v else 0.0)
+    a0 = v1 if h1 else 0.0
+    c, s = math.cos(a0), math.sin(a0)
+    var_d = s0**2
+    var_p = max(m0**2 * s1**2, (0.1 * s0) ** 2)
+    if st <= slot_i:
+        return (var_d * c * c + var_p * s * s, (var_d - var_p) * c * s,
+                var_d * s * s + var_p * c * c)
+    return var_d, 0.0, (var_d if st == slot_pv else s1**2)
+
+
+@njit(cache=True)
+def rows_drift(zb, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb, tol_hi,
+               consts):  # type: ignore[no-untyped-def]
+    """Rule (b)'s per-slot drift of every row (``B x g``), as in
+    :meth:`estimator.linear.LinearStateEstimator._fires`; ``consts``: SLOT_V, SLOT_I,
+    SLOT_PV, the unmeasured sigma."""
+    nb, g = zb.shape[0], idx0.size
+    slot_v, slot_i, slot_pv, unmeasured = int(consts[0]), int(consts[1]), int(consts[2]), \
+        consts[3]
+    drift = np.zeros((nb, g), np.bool_)
+    for r in range(nb):
+        for j in range(g):
+            h0 = has0[j] and act[r, idx0[j]]
+            h1 = has1[j] and act[r, idx1[j]]
+            if not (h0 and (h1 or is_pv[j]) and nominal_set[idx0[j]]):
+                continue
+            r11, r12, r22 = slot_cov(h0, h1, zb[r, idx0[j]], zb[r, idx1[j]],
+                                     sig[r, idx0[j]], sig[r, idx1[j]], st[j], slot_v,
+                                     slot_i, slot_pv, unmeasured)
+            w11, w12, w22 = wb[j, 0], wb[j, 1], wb[j, 2]
+            tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
+            det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
+            disc = math.sqrt(max(0.25 * tr * tr - det, 0.0))
+            drift[r, j] = ((0.5 * tr + disc) > tol_hi) or ((0.5 * tr - disc) * tol_hi < 1.0)
+    return drift
+
+
+@njit(cache=True)
+def rows_shift(zb, act, check, rel, floor, s_nom, log_ratio):  # type: ignore[no-untyped-def]
+    """Rule (a) for every row (:meth:`estimator.linear.LinearStateEstimator.
+    _drifted_rows`): the median log-ratio of the sigmas beyond ``log_ratio``."""
+    nb, m = zb.shape
+    out = np.zeros(nb, np.bool_)
+    lr = np.empty(m)
+    for r in range(nb):
+        n = 0
+        for i in range(m):
+            if not (check[i] and act[r, i]):
+                continue
+            s_now = rel[i] * abs(zb[r, i])
+            if not s_now >= floor[i]:  # fmax: the floor for a NaN value too
+                s_now = floor[i]
+            if s_now > floor[i] or s_nom[i] > floor[i]:
+                lr[n] = math.log(s_now / s_nom[i])
+                n += 1
+        if n == 0:
+            continue
+        srt = np.sort(lr[:n])
+        shift = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
+        out[r] = abs(shift) > log_ratio
     return out

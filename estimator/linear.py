@@ -552,6 +552,14 @@ class _DenseStep:
         iteration one product with ``[op_pw, M]`` and one with ``T`` for the rows still
         iterating (each stops at its own convergence). Returns ``(x, iterations,
         converged)``."""
+        kern = _kernels()
+        if kern is not None and self.newton is not None:
+            x = np.ascontiguousarray(x)
+            it, ok = kern.dense_rows(x, np.ascontiguousarray(z), self.opw, self.opb,
+                                     self.ph01, self.pw01, self.sign, self.vb, self.k,
+                                     self.n2, self.newton, self.pv, self.m1c, self.m2c,
+                                     self.erc, tol, itmax)
+            return x, it, ok
         nb = x.shape[0]
         zz = z[:, self.ph01]
         zph = np.ascontiguousarray(zz[:, 0::2] * np.exp(1j * zz[:, 1::2]))
@@ -1686,16 +1694,7 @@ class LinearStateEstimator:
         first row where one fires (-1: none); ``_drift_prev`` follows the rows."""
         rows = slice(start, stop)
         a = act[rows]
-        has = np.stack([fac.has0 & a[:, fac.idx0], fac.has1 & a[:, fac.idx1]], axis=-1)
-        full = has[..., 0] & (has[..., 1] | fac.is_pv_slot) & self._nominal_set[fac.idx0]
-        r11, r12, r22 = self._slot_cov(fac.slots, has, zb[rows], sig[rows])
-        assert fac.wb is not None
-        w11, w12, w22 = fac.wb.T
-        tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
-        det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
-        disc = np.sqrt(np.maximum(0.25 * tr * tr - det, 0.0))
-        drift = full & (((0.5 * tr + disc) > self._tol_hi)
-                        | ((0.5 * tr - disc) * self._tol_hi < 1.0))
+        drift = self._rows_drift(fac, zb[rows], sig[rows], a)
         prev = np.vstack([self._drift_prev[fac.slots][None, :], drift[:-1]])
         fire = np.any(drift & prev, axis=1)
         if start > 0:
@@ -1710,13 +1709,46 @@ class LinearStateEstimator:
         self._drift_any = bool(self._drift_prev.any())
         return int(hit[0]) if hit.size else -1
 
+    def _rows_drift(self, fac: _Factor, zb: np.ndarray, sig: np.ndarray, a: np.ndarray
+                    ) -> np.ndarray:
+        """Rule (b)'s per-slot test for every row (``B x g``): the slot's covariance at
+        the row's values is off the gain's by more than ``weight_tolerance``."""
+        assert fac.wb is not None
+        kern = _kernels()
+        if kern is not None:
+            model = self.model
+            consts = np.array([SLOT_V, SLOT_I, SLOT_PV, UNMEASURED_SIGMA], float)
+            return kern.rows_drift(np.ascontiguousarray(zb), np.ascontiguousarray(sig),
+                                   np.ascontiguousarray(a), fac.has0, fac.has1, fac.idx0,
+                                   fac.idx1, model.slot_type[fac.slots], fac.is_pv_slot,
+                                   self._nominal_set, np.ascontiguousarray(fac.wb),
+                                   self._tol_hi, consts)
+        has = np.stack([fac.has0 & a[:, fac.idx0], fac.has1 & a[:, fac.idx1]], axis=-1)
+        full = has[..., 0] & (has[..., 1] | fac.is_pv_slot) & self._nominal_set[fac.idx0]
+        r11, r12, r22 = self._slot_cov(fac.slots, has, zb, sig)
+        w11, w12, w22 = fac.wb.T
+        tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
+        det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
+        disc = np.sqrt(np.maximum(0.25 * tr * tr - det, 0.0))
+        drift: np.ndarray = full & (((0.5 * tr + disc) > self._tol_hi)
+                                    | ((0.5 * tr - disc) * self._tol_hi < 1.0))
+        return drift
+
     def _drifted_rows(self, zb: np.ndarray, act: np.ndarray) -> np.ndarray:
         """Rule (a) (:meth:`_drifted`) for every row of ``zb``."""
         model = self.model
         if not self._nominal_set.any():
             return np.zeros(zb.shape[0], bool)
-        check = act & self._nominal_set & ~model.is_angle & (model.rel > 0)
+        check = self._nominal_set & ~model.is_angle & (model.rel > 0)
         floor = np.maximum(model.floor, 1e-12)
+        kern = _kernels()
+        if kern is not None:
+            s_nom = np.fmax(model.rel * np.abs(model.nominal), floor)
+            out: np.ndarray = kern.rows_shift(
+                np.ascontiguousarray(zb), np.ascontiguousarray(act), check, model.rel,
+                floor, s_nom, math.log(self.reweight_ratio))
+            return out
+        check = act & check
         s_now = np.fmax(model.rel * np.abs(zb), floor)
         s_nom = np.fmax(model.rel * np.abs(model.nominal), floor)
         use = check & ((s_now > floor) | (s_nom > floor))
