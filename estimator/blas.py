@@ -10,15 +10,24 @@ products are left alone (entering the context costs about 60 µs).
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 _controller: Any = None
+_local = threading.local()  # per thread: nesting of single_threaded()
 
 
 @contextlib.contextmanager
 def single_threaded() -> Iterator[None]:
+    """One BLAS thread inside; re-entrant per thread: nested uses (a batch holding the
+    limit around the factorizations and re-weightings it triggers) set it only once, as
+    entering costs tens of microseconds."""
     global _controller
+    depth = getattr(_local, "depth", 0)
+    if depth:
+        yield
+        return
     try:
         if _controller is None:
             from threadpoolctl import ThreadpoolController
@@ -29,4 +38,8 @@ def single_threaded() -> Iterator[None]:
         yield
         return
     with ctx:
-        yield
+        _local.depth = 1
+        try:
+            yield
+        finally:
+            _local.depth = 0

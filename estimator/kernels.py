@@ -303,3 +303,14 @@ def rows_shift(zb, act, check, rel, floor, s_nom, log_ratio):  # type: ignore[no
         shift = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
         out[r] = abs(shift) > log_ratio
     return out
+
+
+@njit(cache=True)
+def rows_residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
+                  g_pow):  # type: ignore[no-untyped-def]
+    """:func:`residual` for every row of ``z`` and ``v``."""
+    out = np.empty(z.shape)
+    for r in range(z.shape[0]):
+        out[r] = residual(z[r], v[r], a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots,
+                          pq_pick, g_pow)
+    return out

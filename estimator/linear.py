@@ -1594,6 +1594,17 @@ class LinearStateEstimator:
             v0 = self._last_v
         else:
             v0 = self._flat
+        with single_threaded():  # once for the batch: its factorizations, products
+            self._batch_rows(out, zb, sig, act, shared, now, v0)
+        return out
+
+    def _batch_rows(self, out: BatchStates, zb: np.ndarray, sig: np.ndarray,
+                    act: np.ndarray, shared: np.ndarray, now: np.ndarray | None,
+                    v0: np.ndarray) -> None:
+        """:meth:`solve_batch`'s walk over the rows: segments sharing a factorization,
+        split where the re-weighting rule fires; rows with their own measurement set one
+        by one."""
+        nb = zb.shape[0]
         start = 0
         while start < nb:
             if not shared[start]:
@@ -1626,7 +1637,6 @@ class LinearStateEstimator:
             if fired:
                 full = bool(self._drifted_rows(zb[start:start + 1], act[start:start + 1])[0])
                 self._rebase(zb[start], sig[start], act[start], full=full)
-        return out
 
     def _batch_one(self, out: BatchStates, k: int, zb: np.ndarray, sig: np.ndarray,
                    act: np.ndarray, now: np.ndarray | None, *, own: bool = False) -> None:
@@ -1889,7 +1899,7 @@ class LinearStateEstimator:
         """Residuals, J(x), thresholds and normalized residuals of :meth:`_finish`, for
         every row (per measurement set: the cached sensitivities)."""
         model = self.model
-        r = z - self._h_rows(v)
+        r = self._rows_residual(z, v)
         ang = model.is_angle
         r[:, ang] = np.angle(np.exp(1j * r[:, ang]))
         r = np.where(act, r, np.nan)
@@ -1906,6 +1916,18 @@ class LinearStateEstimator:
                 if math.isfinite(hit[2]):
                     thr[sel] = hit[2]
         out.set_rows(rows, v, it, conv, r, rn, obj, dof, thr)
+
+    def _rows_residual(self, z: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``z - h(v)`` for every row (angles not yet wrapped)."""
+        kern = _kernels()
+        if kern is None or self.model._a_dense is None:
+            return z - self._h_rows(v)
+        self._residual(z[0], v[0])  # the kernel's arguments, made once
+        assert self._res_args is not None
+        out: np.ndarray = kern.rows_residual(np.ascontiguousarray(z),
+                                             np.ascontiguousarray(v, complex),
+                                             *self._res_args)
+        return out
 
     def _h_rows(self, v: np.ndarray) -> np.ndarray:
         """:meth:`MeasurementModel.h` for every row of ``v`` (``B x n``)."""
