@@ -314,3 +314,28 @@ def rows_residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_p
         out[r] = residual(z[r], v[r], a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots,
                           pq_pick, g_pow)
     return out
+
+
+@njit(cache=True)
+def rows_weighted(r, act, sig, ang):  # type: ignore[no-untyped-def]
+    """A segment's residuals finished as :meth:`estimator.linear.LinearStateEstimator.
+    _batch_statistics` does (in place: angles wrapped as ``angle(exp(j r))``, NaN where
+    inactive); returns ``(r / sigma, J(x) per row)``."""
+    nb, m = r.shape
+    w = np.empty((nb, m))
+    obj = np.zeros(nb)
+    for b in range(nb):
+        for i in range(ang.size):
+            a = r[b, ang[i]]
+            r[b, ang[i]] = math.atan2(math.sin(a), math.cos(a))
+        acc = 0.0
+        for i in range(m):
+            if act[b, i]:
+                wi = r[b, i] / sig[b, i]
+                acc += wi * wi
+            else:
+                r[b, i] = np.nan
+                wi = np.nan
+            w[b, i] = wi
+        obj[b] = acc
+    return w, obj

@@ -1900,11 +1900,16 @@ class LinearStateEstimator:
         every row (per measurement set: the cached sensitivities)."""
         model = self.model
         r = self._rows_residual(z, v)
-        ang = model.is_angle
-        r[:, ang] = np.angle(np.exp(1j * r[:, ang]))
-        r = np.where(act, r, np.nan)
-        w = r / sig
-        obj = np.where(act, w * w, 0.0).sum(axis=1)
+        kern = _kernels()
+        if kern is not None:
+            w, obj = kern.rows_weighted(r, np.ascontiguousarray(act),
+                                        np.ascontiguousarray(sig), np.flatnonzero(model.is_angle))
+        else:
+            ang = model.is_angle
+            r[:, ang] = np.angle(np.exp(1j * r[:, ang]))
+            r = np.where(act, r, np.nan)
+            w = r / sig
+            obj = np.where(act, w * w, 0.0).sum(axis=1)
         n_off = model.m - np.count_nonzero(act, axis=1)
         dof = fac.dof - n_off
         thr = np.array([self._chi2(int(d)) for d in dof])
