@@ -339,3 +339,22 @@ def rows_weighted(r, act, sig, ang):  # type: ignore[no-untyped-def]
             w[b, i] = wi
         obj[b] = acc
     return w, obj
+
+
+@njit(cache=True)
+def weight_blocks(has0, has1, nom, sig, idx0, idx1, st, consts):  # type: ignore[no-untyped-def]
+    """:meth:`estimator.linear.LinearStateEstimator._slot_weight_blocks`: ``W = R^-1`` per
+    slot, ``(w11, w12, w22)``, with the NumPy code's operations in its order (the gain
+    built from them must come out bit for bit)."""
+    g = idx0.size
+    slot_v, slot_i, slot_pv, unmeasured = int(consts[0]), int(consts[1]), int(consts[2]), \
+        consts[3]
+    w11, w12, w22 = np.empty(g), np.empty(g), np.empty(g)
+    for j in range(g):
+        r11, r12, r22 = slot_cov(has0[j], has1[j], nom[idx0[j]], nom[idx1[j]], sig[idx0[j]],
+                                 sig[idx1[j]], st[j], slot_v, slot_i, slot_pv, unmeasured)
+        det = r11 * r22 - r12 * r12
+        w11[j] = r22 / det
+        w12[j] = -r12 / det
+        w22[j] = r11 / det
+    return w11, w12, w22

@@ -412,6 +412,8 @@ class _Fast:
 
 
 _KERNELS: Any = None
+#: the slot codes and the unmeasured sigma, as the kernels take them
+_SLOT_CONSTS = np.array([SLOT_V, SLOT_I, SLOT_PV, UNMEASURED_SIGMA], float)
 
 
 def _kernels() -> Any:
@@ -837,6 +839,12 @@ class LinearStateEstimator:
             sig = sig * self._scale
         mem = model.members[slots]
         has = (mem >= 0) & active[np.maximum(mem, 0)]
+        kern = _kernels()
+        if kern is not None:
+            w: tuple[np.ndarray, np.ndarray, np.ndarray] = kern.weight_blocks(
+                has[:, 0].copy(), has[:, 1].copy(), nom, sig, np.maximum(mem[:, 0], 0),
+                np.maximum(mem[:, 1], 0), model.slot_type[slots], _SLOT_CONSTS)
+            return w
         r11, r12, r22 = self._slot_cov(slots, has, nom, sig)
         # W = R^-1 per 2x2 block
         det = r11 * r22 - r12 * r12
@@ -1727,12 +1735,11 @@ class LinearStateEstimator:
         kern = _kernels()
         if kern is not None:
             model = self.model
-            consts = np.array([SLOT_V, SLOT_I, SLOT_PV, UNMEASURED_SIGMA], float)
             return kern.rows_drift(np.ascontiguousarray(zb), np.ascontiguousarray(sig),
                                    np.ascontiguousarray(a), fac.has0, fac.has1, fac.idx0,
                                    fac.idx1, model.slot_type[fac.slots], fac.is_pv_slot,
                                    self._nominal_set, np.ascontiguousarray(fac.wb),
-                                   self._tol_hi, consts)
+                                   self._tol_hi, _SLOT_CONSTS)
         has = np.stack([fac.has0 & a[:, fac.idx0], fac.has1 & a[:, fac.idx1]], axis=-1)
         full = has[..., 0] & (has[..., 1] | fac.is_pv_slot) & self._nominal_set[fac.idx0]
         r11, r12, r22 = self._slot_cov(fac.slots, has, zb, sig)

@@ -150,3 +150,29 @@ def test_solve_clean_matches_reference() -> None:
         _same_state(a, b)
         if b is not None:
             assert a.removed == b.removed
+
+
+def test_weights_are_those_of_the_numpy_code_bit_for_bit(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The gain is built from the weights, and ``I - op H`` is rounding noise of about
+    1e-9 on IEEE33: weights one bit off would move the answers far beyond 1e-12. So the
+    compiled weights must equal the NumPy path's exactly (all members active, and one
+    missing)."""
+    import estimator.linear as lin_mod
+
+    pytest.importorskip("numba")
+    model = _model()
+    z = _snapshots(model, 30, seed=2)
+    est = LinearStateEstimator(model)
+    for zk in z:
+        _solve(est, zk)
+    fac = est.last_factor
+    assert fac is not None and lin_mod._kernels() is not None
+    partial = est._all.copy()
+    partial[5] = False
+    fast = [est._slot_weight_blocks(fac.slots, a) for a in (est._all, partial)]
+    monkeypatch.setattr(lin_mod, "_KERNELS", False)  # the NumPy path
+    slow = [est._slot_weight_blocks(fac.slots, a) for a in (est._all, partial)]
+    for f, s in zip(fast, slow, strict=True):
+        for a, b in zip(f, s, strict=True):
+            np.testing.assert_array_equal(a, b)
