@@ -459,34 +459,40 @@ class _DenseStep:
     products' results.
     """
 
-    def __init__(self, fac: _Factor) -> None:
+    ph_cols: np.ndarray
+    pw_cols: np.ndarray
+    r0d: np.ndarray | None
+    ph01: np.ndarray
+    pw01: np.ndarray
+    sign: np.ndarray
+    vb: np.ndarray
+    k: int
+
+    def __init__(self, fac: _Factor, like: _DenseStep | None = None) -> None:
+        """``like``: a step of the same measurement structure (a previous weighting),
+        whose gathers and dense ``R0`` are taken instead of being made again."""
         assert fac.op is not None and fac.hd is not None
         n2 = fac.n_state
-        ph, pw = fac.phasor_pos, fac.power_pos
+        if like is None:
+            self._structure(fac)
+        else:
+            self.ph_cols, self.pw_cols, self.r0d = like.ph_cols, like.pw_cols, like.r0d
+            self.ph01, self.pw01, self.sign = like.ph01, like.pw01, like.sign
+            self.vb, self.k = like.vb, like.k
         op = fac.op
         mat = np.eye(n2) - op @ fac.hd
         if fac.c.shape[0]:
             assert fac.opc is not None
             mat -= fac.opc @ fac.c.toarray()
-        opb = op[:, _pair(ph)]
-        opw = np.hstack([op[:, _pair(pw)], mat])
-        if fac.r0 is not None:
-            r0 = fac.r0.toarray()
+        opb = op[:, self.ph_cols]
+        opw = np.hstack([op[:, self.pw_cols], mat])
+        if self.r0d is not None:
+            r0 = self.r0d
             opb = np.vstack([opb, r0 @ opb])
             opw = np.vstack([opw, r0 @ opw])
         self.n2 = n2
         self.opb = np.ascontiguousarray(opb)
         self.opw = np.ascontiguousarray(opw)
-        # phasor members: [|.|_0, angle_0, |.|_1, ...]
-        self.ph01 = np.ravel(np.column_stack([fac.idx0[ph], fac.idx1[ph]]))
-        # power members: [P_0, Q_0, P_1, ...] (a PV slot reads its P twice, weighted 0) and
-        # the sign that makes them conj(S) = P - jQ
-        pv = fac.is_pv_slot[pw]
-        self.pw01 = np.ravel(np.column_stack([fac.idx0[pw],
-                                              np.where(pv, fac.idx0[pw], fac.idx1[pw])]))
-        self.sign = np.ravel(np.column_stack([np.ones(pw.size), np.where(pv, 0.0, -1.0)]))
-        self.vb = fac.vbus[pw]
-        self.k = 2 * pw.size
         self.w = np.empty(self.k + n2)  # [z_pw (interleaved); x]
         self.pv = fac.pv
         self.m1, self.m2 = _pv_metric(fac)
@@ -498,6 +504,23 @@ class _DenseStep:
         self.m1c = self.m1 if self.m1 is not None else np.zeros((p, p), complex)
         self.m2c = self.m2 if self.m2 is not None else np.zeros((p, p), complex)
         self.erc = self.er if self.er is not None else np.zeros((n2, 0))
+
+    def _structure(self, fac: _Factor) -> None:
+        """What depends on the measurement structure only: the columns of the phasor
+        and power slots, the dense ``R0``, the gathers that read a snapshot."""
+        ph, pw = fac.phasor_pos, fac.power_pos
+        self.ph_cols, self.pw_cols = _pair(ph), _pair(pw)
+        self.r0d = None if fac.r0 is None else fac.r0.toarray()
+        # phasor members: [|.|_0, angle_0, |.|_1, ...]
+        self.ph01 = np.ravel(np.column_stack([fac.idx0[ph], fac.idx1[ph]]))
+        # power members: [P_0, Q_0, P_1, ...] (a PV slot reads its P twice, weighted 0) and
+        # the sign that makes them conj(S) = P - jQ
+        pv = fac.is_pv_slot[pw]
+        self.pw01 = np.ravel(np.column_stack([fac.idx0[pw],
+                                              np.where(pv, fac.idx0[pw], fac.idx1[pw])]))
+        self.sign = np.ravel(np.column_stack([np.ones(pw.size), np.where(pv, 0.0, -1.0)]))
+        self.vb = fac.vbus[pw]
+        self.k = 2 * pw.size
 
     def run(self, v: np.ndarray, z: np.ndarray, tol: float,
             itmax: int) -> tuple[np.ndarray, int, float]:
@@ -720,6 +743,8 @@ class LinearStateEstimator:
         self._cache: OrderedDict[bytes, _Factor] = OrderedDict()
         #: the latest Newton matrix of the dense fast path per measurement structure
         self._newton: dict[bytes, np.ndarray] = {}
+        #: and its latest fast path (whose structure a new weighting reuses)
+        self._steps: dict[bytes, _DenseStep] = {}
         self._nominal_set = np.zeros(model.m, bool)
         self._nom_version = 0  # bumped whenever nominal values or sigmas change
         self._drift_plan: tuple[Any, ...] | None = None  # rule (a)'s constants (_drifted)
@@ -1322,13 +1347,15 @@ class LinearStateEstimator:
         if fac.step is None:
             key = fac.slots.tobytes() + fac.has0.tobytes() + fac.has1.tobytes()
             with single_threaded():
-                step = _DenseStep(fac)
+                step = _DenseStep(fac, like=self._steps.get(key))
                 step.newton = self._newton.get(key) if reuse else None
                 if step.newton is None:
                     step.newton = step.newton_at(v, z)
             if len(self._newton) > 4 * self.cache_size:
                 self._newton.clear()
+                self._steps.clear()
             self._newton[key] = step.newton
+            self._steps[key] = step
             fac.step = step
         return fac.step
 
