@@ -1815,9 +1815,6 @@ class LinearStateEstimator:
         z, a = zb[rows], act[rows]
         has0 = fac.has0 & a[:, fac.idx0]
         has1 = fac.has1 & a[:, fac.idx1]
-        zc = np.where(a, z, 0.0)
-        z0 = np.where(has0, zc[:, fac.idx0], 0.0)
-        z1 = np.where(has1, zc[:, fac.idx1], 0.0)
         n = self.model.n_bus
         x = np.empty((rows.size, 2 * n))
         x.view(complex)[:] = v0
@@ -1836,11 +1833,14 @@ class LinearStateEstimator:
             last = np.maximum.accumulate(np.where(~gap, np.arange(gap.size), -1))
             redo = np.flatnonzero(gap)
             if redo.size:
+                zc = np.where(a[redo], z[redo], 0.0)
+                z0 = np.where(has0[redo], zc[:, fac.idx0], 0.0)
+                z1 = np.where(has1[redo], zc[:, fac.idx1], 0.0)
                 start = x[redo].copy()
                 has_prev = last[redo] >= 0
                 start[has_prev] = x[last[redo][has_prev]]
                 x[redo], it[redo], conv[redo] = self._batch_iterate(
-                    fac, start, z0[redo], z1[redo], has0[redo], has1[redo], tol, itmax)
+                    fac, start, z0, z1, has0[redo], has1[redo], tol, itmax)
             v = x.view(complex)
             self._batch_statistics(fac, out, rows, v, z, sig[rows], a, it, conv)
         self._last_v = v[-1].copy()
