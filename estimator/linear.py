@@ -748,6 +748,7 @@ class LinearStateEstimator:
         self._nominal_set = np.zeros(model.m, bool)
         self._nom_version = 0  # bumped whenever nominal values or sigmas change
         self._drift_plan: tuple[Any, ...] | None = None  # rule (a)'s constants (_drifted)
+        self._rows_plan: tuple[Any, ...] | None = None  # the same for _drifted_rows
         #: the sigma of every measurement at its nominal value (what the gain weighs; 1
         #: where no nominal value is set yet)
         self.nominal_sigma = np.ones(model.m)
@@ -1783,15 +1784,20 @@ class LinearStateEstimator:
         model = self.model
         if not self._nominal_set.any():
             return np.zeros(zb.shape[0], bool)
-        check = self._nominal_set & ~model.is_angle & (model.rel > 0)
-        floor = np.maximum(model.floor, 1e-12)
         kern = _kernels()
         if kern is not None:
-            s_nom = np.fmax(model.rel * np.abs(model.nominal), floor)
+            plan = self._rows_plan
+            if plan is None or plan[0] != self._nom_version:
+                floor = np.maximum(model.floor, 1e-12)
+                plan = self._rows_plan = (
+                    self._nom_version, self._nominal_set & ~model.is_angle & (model.rel > 0),
+                    floor, np.fmax(model.rel * np.abs(model.nominal), floor))
             out: np.ndarray = kern.rows_shift(
-                np.ascontiguousarray(zb), np.ascontiguousarray(act), check, model.rel,
-                floor, s_nom, math.log(self.reweight_ratio))
+                np.ascontiguousarray(zb), np.ascontiguousarray(act), plan[1], model.rel,
+                plan[2], plan[3], self._log_ratio)
             return out
+        check = self._nominal_set & ~model.is_angle & (model.rel > 0)
+        floor = np.maximum(model.floor, 1e-12)
         check = act & check
         s_now = np.fmax(model.rel * np.abs(zb), floor)
         s_nom = np.fmax(model.rel * np.abs(model.nominal), floor)
@@ -1961,7 +1967,8 @@ class LinearStateEstimator:
         kern = _kernels()
         if kern is None or self.model._a_dense is None:
             return z - self._h_rows(v)
-        self._residual(z[0], v[0])  # the kernel's arguments, made once
+        if self._res_args is None:
+            self._residual(z[0], v[0])  # the kernel's arguments, made once
         assert self._res_args is not None
         out: np.ndarray = kern.rows_residual(np.ascontiguousarray(z),
                                              np.ascontiguousarray(v, complex),
