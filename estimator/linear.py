@@ -1159,7 +1159,7 @@ class LinearStateEstimator:
         self._scale = None if sigma_scale is None else np.asarray(sigma_scale, float)
         t0 = time.perf_counter()
         model = self.model
-        z = np.asarray(z, float)
+        z = np.ascontiguousarray(z, float)  # (the kernels take C order: one signature)
         finite = np.isfinite(z)
         act = finite if active is None else (np.asarray(active, bool) & finite)
         sig = model.sigma(z)
