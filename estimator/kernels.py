@@ -299,6 +299,16 @@ def rows_shift(zb, act, check, rel, floor, s_nom, log_ratio):  # type: ignore[no
                 n += 1
         if n == 0:
             continue
+        # the median lies between the lower and upper middle values: when too few values
+        # lie beyond +-log_ratio for either middle to, |median| <= log_ratio (no sort)
+        n_hi = n_lo = 0
+        for i in range(n):
+            if lr[i] > log_ratio:
+                n_hi += 1
+            elif lr[i] < -log_ratio:
+                n_lo += 1
+        if n_hi < n - n // 2 and n_lo < (n - 1) // 2 + 1:
+            continue
         srt = np.sort(lr[:n])
         shift = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
         out[r] = abs(shift) > log_ratio
