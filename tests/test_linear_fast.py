@@ -176,3 +176,25 @@ def test_weights_are_those_of_the_numpy_code_bit_for_bit(monkeypatch: pytest.Mon
     for f, s in zip(fast, slow, strict=True):
         for a, b in zip(f, s, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_rule_a_per_row_as_the_numpy_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule (a) for a batch's rows (the kernel decides most rows by counting the
+    log-ratios beyond the threshold, without the median): the same verdicts as the NumPy
+    median on rows scaled around the threshold, with some values inactive."""
+    import estimator.linear as lin_mod
+
+    pytest.importorskip("numba")
+    model = _model()
+    z = _snapshots(model, 40, seed=4)
+    est = LinearStateEstimator(model)
+    est.solve(np.nan_to_num(z[0], nan=1.0))
+    rng = np.random.default_rng(6)
+    zb = np.nan_to_num(z) * rng.choice([0.4, 0.5, 0.55, 1.0, 1.9, 2.0, 2.1, 2.5], (40, 1))
+    zb *= np.exp(rng.normal(0, 0.3, zb.shape))
+    act = rng.random(zb.shape) < 0.95
+    fast = est._drifted_rows(zb, act)
+    monkeypatch.setattr(lin_mod, "_KERNELS", False)
+    slow = est._drifted_rows(zb, act)
+    np.testing.assert_array_equal(fast, slow)
+    assert 0 < slow.sum() < slow.size  # both verdicts occur
