@@ -154,10 +154,10 @@ def test_solve_clean_matches_reference() -> None:
 
 def test_weights_are_those_of_the_numpy_code_bit_for_bit(monkeypatch: pytest.MonkeyPatch
                                                          ) -> None:
-    """The gain is built from the weights, and ``I - op H`` is rounding noise of about
-    1e-9 on IEEE33: weights one bit off would move the answers far beyond 1e-12. So the
-    compiled weights must equal the NumPy path's exactly (all members active, and one
-    missing)."""
+    """The gain, its inverse and the solution operator are built from the weights, and
+    the answers move with their rounding (about 1e-12 when the operator is computed
+    another way): the compiled weights equal the NumPy path's exactly, so every matrix
+    is the same bit for bit (all members active, and one missing)."""
     import estimator.linear as lin_mod
 
     pytest.importorskip("numba")
