@@ -46,8 +46,10 @@ __all__ = [
     "MeterGain",
     "TopologyObservability",
     "candidate_meters",
+    "flow_meter",
     "recommend",
     "separations",
+    "transformer_meter",
     "with_specs",
 ]
 
@@ -195,35 +197,41 @@ def separations(switches: SwitchSet, make_model: MakeModel, cases: Iterable[Topo
     return out
 
 
-def candidate_meters(base: Network, model: MeasurementModel, *, inj_rel: float = 0.005 / 3,
-                     inj_floor_pu: float = 0.001 / 3, flow_rel: float = 0.01 / 3,
-                     flow_floor_pu: float = 0.002 / 3) -> list[Meter]:
-    """Meters one could add: the P/Q injection of every load bus whose injection is not
-    measured (``tx<bus>``: its distribution transformer's meter), and the P/Q flow at the
-    sending end of every branch whose flow is not measured there (``flow<branch>``; the
-    normally-open ties among them). Accuracies per unit, as sigmas."""
+def transformer_meter(base: Network, bus: int, *, rel: float = 0.005 / 3,
+                      floor_mw: float = 0.001 / 3) -> Meter:
+    """``tx<bus id>``: P/Q injection at internal bus ``bus`` (the load's distribution
+    transformer); sigma ``max(rel |value|, floor)``."""
+    bid = int(base.bus_ids[bus])
+    return Meter(f"tx{bid}", tuple(
+        Spec(kind, bus=bus, sigma=floor_mw / base.base_mva, rel=rel, name=f"tx{bid}.{kind}")
+        for kind in ("pinj", "qinj")), f"P/Q injection at bus {bid}")
+
+
+def flow_meter(base: Network, branch: int, *, rel: float = 0.01 / 3,
+               floor_mw: float = 0.002 / 3) -> Meter:
+    """``flow<from>_<to>``: P/Q flow at the sending end of branch index ``branch``."""
+    name = base.branches.names[branch]
+    tag = "flow" + name.replace("-", "_")
+    return Meter(tag, tuple(
+        Spec(kind, branch=branch, end="from", sigma=floor_mw / base.base_mva, rel=rel,
+             name=f"{tag}.{kind}") for kind in ("p", "q")),
+        f"P/Q flow on branch {name} (sending end)")
+
+
+def candidate_meters(base: Network, model: MeasurementModel) -> list[Meter]:
+    """Meters one could add (accuracies of the bundled SCADA meters): the P/Q injection
+    of every load bus whose injection is not measured (:func:`transformer_meter`), and
+    the P/Q flow at the sending end of every in-service branch whose flow is not
+    measured there (:func:`flow_meter`; not on a normally-open tie: a twin config
+    meters only branches in service)."""
     measured_inj = {int(s.bus) for s in model.specs  # type: ignore[arg-type]
                     if s.kind == "pinj" and not (s.name or "").endswith(".pseudo")}
     measured_flow = {(int(s.branch), s.end) for s in model.specs  # type: ignore[arg-type]
                      if s.kind == "p"}
-    out: list[Meter] = []
-    for b in np.flatnonzero((base.p_load != 0) | (base.q_load != 0)):
-        bus = int(b)
-        if bus in measured_inj:
-            continue
-        bid = int(base.bus_ids[bus])
-        out.append(Meter(f"tx{bid}", tuple(
-            Spec(kind, bus=bus, sigma=inj_floor_pu, rel=inj_rel, name=f"tx{bid}.{kind}")
-            for kind in ("pinj", "qinj")), f"P/Q injection at bus {bid}"))
-    for br in range(base.n_branch):
-        if (br, "from") in measured_flow:
-            continue
-        name = base.branches.names[br]
-        out.append(Meter(f"flow{name}", tuple(
-            Spec(kind, branch=br, end="from", sigma=flow_floor_pu, rel=flow_rel,
-                 name=f"flow{name}.{kind}") for kind in ("p", "q")),
-            f"P/Q flow on branch {name} (sending end)"))
-    return out
+    loads = np.flatnonzero((base.p_load != 0) | (base.q_load != 0))
+    return [*(transformer_meter(base, int(b)) for b in loads if int(b) not in measured_inj),
+            *(flow_meter(base, br) for br in range(base.n_branch)
+              if base.branches.in_service[br] and (br, "from") not in measured_flow)]
 
 
 def recommend(switches: SwitchSet, make_model: MakeModel, cases: Sequence[Topology],
