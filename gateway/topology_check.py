@@ -116,7 +116,7 @@ class TopologyCheck:
         d = self.as_dict()
         lines = [f"topology check {d['config']}: {d['cases']} reconfigurations (every "
                  "exchange of a tie for a sectionaliser from the normal topology)",
-                 f"  load pseudo-measurements at {self.pseudo_rel:g} x the nominal load; "
+                 f"  load pseudo-measurement sigma {self.pseudo_rel:g} x the nominal load; "
                  f"load levels {', '.join(f'{x:g}' for x in self.levels)}; "
                  f"indistinguishable below lambda = {d['min_lambda']:g}"]
         if self.added:
