@@ -63,6 +63,9 @@ def _check(args: argparse.Namespace) -> int:
         if args.write_config:
             text = with_meters(resolve(args.config)[0], cfg, res.recommended)
             Path(args.write_config).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"{args.config}: --write-config: {exc}", file=sys.stderr)
+        return 2
     except MeterNameError as exc:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return 2
