@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "gateway.cli_run",
     "gateway.cli_fleet",
     "gateway.cli_config",
+    "gateway.cli_topology",
     "hil.cli",
     "gateway.cli_decode",
     "gateway.cli_estimate",

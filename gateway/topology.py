@@ -432,7 +432,9 @@ class LiveTopology:
         self.event = event
         self.submit = submit if t.identify else None
         self.call_soon = call_soon
-        self._recent: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        #: seq -> (values, PV, stamped topology, source time) of the snapshots kept for a
+        #: test; a snapshot leaves when it is tested
+        self._recent: dict[int, tuple[np.ndarray, np.ndarray, Topology | None, float]] = {}
         self._stamped: Topology = self.tracker.current  # the last snapshot's topology
         self._busy = False
         self.tests = 0
@@ -462,21 +464,43 @@ class LiveTopology:
             self.stamp(snap)
         if self.submit is not None:
             recent = self._recent
-            recent[snap.seq] = (snap.values, pv_mw)
+            recent[snap.seq] = (snap.values, pv_mw, snap.topology, snap.source_time)
             if len(recent) > RECENT_SNAPSHOTS:
                 del recent[next(iter(recent))]
 
     def on_estimate(self, st: Any, received: float) -> None:
-        tr = self.tracker
-        tr.on_estimate(st.source_time, st.chi2 if st.converged else math.inf)
-        if self.submit is None or self._busy or not tr.needs_test():
+        self.tracker.on_estimate(st.source_time, st.chi2 if st.converged else math.inf)
+        self._next_test()
+
+    def _candidate(self) -> int | None:
+        """The newest kept snapshot not yet tested that was stamped with the topology the
+        tracker holds now (a snapshot of another topology says nothing about this one)."""
+        current = self.tracker.current
+        for seq in reversed(self._recent):
+            if self._recent[seq][2] == current:
+                return seq
+        return None
+
+    def _next_test(self) -> None:
+        """Submit a hypothesis test when the tracker wants one and none is running. Called
+        after every estimate AND after every test's result: a test that falls due while
+        another runs is not left waiting for the next estimate, which never comes once
+        the stream ends (a slow, niced process under CPU load returned its tests after
+        the last estimate, and the tracker never got its confirming tests)."""
+        if self.submit is None or self._busy:
             return
-        kept = self._recent.get(st.seq)
-        if kept is None or st.topology != tr.label:
-            return  # estimated on another topology than the one to test around
-        reported, now = tr.current, st.source_time
+        seq = self._candidate()
+        if seq is None:
+            return
+        values, pv, _, now = self._recent[seq]
+        tr = self.tracker
+        tr.tick(now)
+        if not tr.needs_test():
+            return
+        del self._recent[seq]  # each snapshot is tested once: independent evidence
+        reported = tr.current
         try:
-            fut = self.submit(identify_in_child, kept[0], kept[1], reported)
+            fut = self.submit(identify_in_child, values, pv, reported)
         except Exception as exc:  # the pool is gone (its process died): stop testing
             self.submit = None
             log.error("topology identification stopped: %s", exc)
@@ -484,6 +508,16 @@ class LiveTopology:
             return
         self._busy = True
         fut.add_done_callback(lambda f: self.call_soon(self._identified, f, reported, now))
+
+    def idle(self) -> bool:
+        """No test is running and none is due that a kept snapshot could serve: what the
+        identification will conclude from the snapshots received so far is concluded."""
+        if self.submit is None or self._busy:
+            return not self._busy
+        seq = self._candidate()
+        tr = self.tracker
+        return seq is None or not (tr.needs_test()
+                                   or self._recent[seq][3] >= tr.next_deadline())
 
     def _identified(self, fut: Any, reported: Topology, now: float) -> None:
         self._busy = False
@@ -494,12 +528,12 @@ class LiveTopology:
             self.test_errors += 1
             if self.test_errors <= 3:
                 log.error("topology identification failed: %s", exc)
-            return
+            return  # no chaining: the next estimate tries again
         self.tests += 1
-        if self.tracker.current != reported:
-            return  # a status moved the tracker meanwhile: the test is about the past
-        for ev in self.tracker.on_identification(now, fut.result()):
-            self._emit(ev)
+        if self.tracker.current == reported:  # else a status moved it: the test is past
+            for ev in self.tracker.on_identification(now, fut.result()):
+                self._emit(ev)
+        self._next_test()
 
     def _emit(self, ev: TopologyEvent) -> None:
         log.warning("%s: %s (%s)", ev.kind, ev.topology, ev.source)

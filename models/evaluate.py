@@ -609,7 +609,8 @@ def situation_tables(*, quick: bool, seed: int, log: Log) -> dict[str, Any]:
     return {"topology": topology, "forecast": forecast, "sensors": sensors, "notes": [
         "topology: switchings of IEEE33's ties and sectionalisers with the status sent, "
         "withheld, stuck or phantom; identification rate and snapshots to identify; false "
-        "alarms over a switching-free trace (docs/topology.md)",
+        "alarms over a switching-free trace; per meter set: the bundled meters, then the "
+        "ones gridtwin topology check recommends (the analysis row) (docs/topology.md)",
         "forecast: |V| forecast error at each horizon against the truth, violation hit rate, "
         "false alarms and lead time, beside persistence (docs/forecast.md)",
         "sensors: IEEE33 with lateral SCADA flows removed, with and without micro sensors "

@@ -108,3 +108,22 @@ def test_known_topology_comes_back_without_refactorisation(rig):
     assert again is est_a and bank.builds == 2
     again.solve(snapshot(cfg, sw, make, sw.normal, rng))
     assert again.factor(mask) is fac
+
+
+def test_candidates_are_searched_once_per_reported_topology(rig, monkeypatch) -> None:
+    """The candidate list is cached per reported topology (the connectivity search is most
+    of a hypothesis test's cost): a second ask searches nothing, returns the same
+    topologies, and a caller's edit of the list does not reach the cache."""
+    cfg, _, _, _ = rig
+    sw = SwitchSet.of(cfg.network)
+    first = sw.candidates(sw.normal)
+    searched: list[int] = []
+    real = SwitchSet.connected
+    monkeypatch.setattr(SwitchSet, "connected",
+                        lambda self, t: searched.append(1) or real(self, t))
+    first.clear()
+    again = sw.candidates(sw.normal)
+    assert searched == [] and len(again) == 64
+    assert again == SwitchSet.of(cfg.network).candidates(sw.normal)
+    singles = sw.candidates(sw.normal, exchanges=False)
+    assert searched and len(singles) < len(again)  # another key: searched anew

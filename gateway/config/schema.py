@@ -199,14 +199,21 @@ class TopologyConfig:
     """Topology tracking (:mod:`gateway.topology`): on when a switch status is mapped,
     unless ``track`` is false. ``probe_s``: a hypothesis test at least this often (0:
     after every estimate); ``confirm``/``ratio``: the tracker's decision rule;
-    ``pseudo_rel``: the identification's load pseudo-measurement sigma."""
+    ``pseudo_rel``: the identification's load pseudo-measurement sigma.
+
+    Defaults from ``python -m gateway.evaluate_topology --seed 21`` (IEEE33, 59
+    reconfigurations): ``ratio`` 1.15 and ``pseudo_rel`` 0.25 identify 96.6 % of the
+    withheld/stuck cases with the bundled meters and 100 % with the meter ``gridtwin
+    topology check`` recommends (main ran 1.5 and 0.5, tested only when J rose: 88.1 %),
+    with 0 false alarms over a
+    switching-free day (1440 tests) either way."""
 
     track: bool | None = None
     identify: bool = True
     probe_s: float = 60.0
     confirm: int = 3
-    ratio: float = 1.5
-    pseudo_rel: float = 0.5
+    ratio: float = 1.15
+    pseudo_rel: float = 0.25
 
 
 @dataclass(frozen=True)

@@ -267,8 +267,8 @@ def topology(pr: Problems, t: dict[str, Any]) -> TopologyConfig:
     rel = pr.get(t, "pseudo_rel", "topology", _NUM, default=d.pseudo_rel)
     checks = (("probe_s", probe, probe is None or probe >= 0, "probe_s = 60 (0: every estimate)"),
               ("confirm", confirm, confirm is None or confirm >= 1, "confirm = 3"),
-              ("ratio", ratio, ratio is None or ratio > 1, "ratio = 1.5 (must exceed 1)"),
-              ("pseudo_rel", rel, rel is None or rel > 0, "pseudo_rel = 0.5"))
+              ("ratio", ratio, ratio is None or ratio > 1, "ratio = 1.15 (must exceed 1)"),
+              ("pseudo_rel", rel, rel is None or rel > 0, "pseudo_rel = 0.25"))
     for key, val, ok, fix in checks:
         if not ok:
             pr.add(InvalidValue(f"topology.{key}", f"out of range: {val!r}", fix, value=val))
