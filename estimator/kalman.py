@@ -208,6 +208,8 @@ class KalmanStateEstimator:
                                  "mode (raise dense_limit)")
         dt = now - self._t if now > 0 and self._t > 0 and now > self._t else 1.0
         self._t = now
+        #: the static estimate of the last snapshot (before filtering), for comparison
+        self.static_v = np.asarray(st.v).copy()
         y = np.ascontiguousarray(st.v).view(np.float64)
         with single_threaded():  # small dense products: BLAS threads only add hand-offs
             d2 = self._step(y, fac.e, dt)
