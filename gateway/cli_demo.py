@@ -274,8 +274,7 @@ def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int
         if broker is not None:
             broker.close()
     final = json.loads(gw_out.strip().splitlines()[-1]) if gw_out.strip() else played.live
-    res = collect(final, played.emu_sum, db, trace_path, rate=rate, seconds=seconds,
-                  config=gw_cfg)
+    res = collect(final, played.emu_sum, db, trace_path, rate=rate, seconds=seconds)
     _add_run_report(res, final, played, kill_at=kill_at)
     if switching is not None:
         from gateway import cli_demo_topology as demo_topology
@@ -446,11 +445,11 @@ def _metric_value(text: str, name: str) -> float | None:
 # --------------------------------------------------------------------------- accuracy
 
 def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path, *,
-            rate: float, seconds: float, config: Path | None = None) -> dict[str, Any]:
+            rate: float, seconds: float) -> dict[str, Any]:
     """The report card: the twin's and the emulator's own counts, and accuracy graded from
     the historian against the trace's ground truth (what the twin stored, not what it
-    said it computed). With the twin's ``config``: the chi-square failure share over the
-    healthy estimates (``chi2_fail_pct``, see :func:`_chi2_healthy`)."""
+    said it computed); the chi-square failure share over the healthy estimates
+    (``chi2_fail_pct``, see :func:`_chi2_healthy`)."""
     from gateway.historian.reader import HistorianReader
     from hil.trace import load_trace
 
@@ -462,8 +461,7 @@ def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path,
         missed, false = _bad_data_accuracy(rd, run_id, trace, rows_of)
         pv_mape, pv_scored = _pv_accuracy(rd, run_id, trace, rows_of)
         hist_rows = _historian_rows(rd, run_id)
-        chi2_pct, chi2_n = (_chi2_healthy(rd, run_id, trace, rows_of, config)
-                            if config is not None else (None, None))
+        chi2_pct, chi2_n = _chi2_healthy(rd, run_id, trace, rows_of)
         ev = [e for e in rd.events(run_id=run_id)
               if e["kind"] in ("estimator_crashed", "estimator_restarted")]
     sent = int(emu.get("frames_sent", 0))
@@ -532,48 +530,36 @@ def _state_accuracy(rd: Any, run_id: Any, trace: Any,
     return vm_mape, va_rmse
 
 
-def _chi2_healthy(rd: Any, run_id: Any, trace: Any, rows_of: Callable[[Any], Any],
-                  config: Path) -> tuple[float | None, int | None]:
+def _chi2_healthy(rd: Any, run_id: Any, trace: Any, rows_of: Callable[[Any], Any]
+                  ) -> tuple[float | None, int | None]:
     """Chi-square failures at 99 % (%) over the HEALTHY estimates, and how many: those
     of snapshots where no injected bad value reached the estimator unflagged (a missed
     gross error should fail the test; a healthy estimate fails it 1 % of the time when
-    the sigmas are right). The historian keeps J(x) but not its quantile: the quantile
-    is recomputed from the snapshot's active set as the worker built it (finite values,
-    BAD and not CORRECTED left out, the PV pseudo-measurements, the equality
-    constraints)."""
+    the sigmas are right). Each stored state keeps J(x) and, beside its timings, the
+    quantile it was tested against."""
+    import json
+
     import numpy as np
 
-    from estimator.linear import chi2_quantile
-    from gateway.config import load_config
-    from gateway.se_model import measurement_model
-
-    st = rd.states(run_id=run_id)
     cor = rd.measurements(run_id=run_id, corrected=True)
-    if not len(st) or not len(cor):
+    rows = rd.db.query("SELECT source_time, chi2, timings FROM states WHERE run_id = ?",
+                       (run_id,))
+    if not len(cor) or not rows:
         return None, None
-    model = measurement_model(load_config(str(config)))
-    real = model.channel >= 0
-    chan = model.channel[real]
-    n_con = 2 * model.zero_injection.size + model.pv_nodes.size
-    n_pseudo = int(np.count_nonzero(~real))
     at = {float(t): k for k, t in enumerate(cor.source_time)}
     elec = np.array([not n.startswith("wx") for n in trace.channel_names])
+    nb = trace.bad.shape[1]
     fails = n = 0
-    for t, chi2 in zip(st.source_time, st.chi2, strict=True):
+    for t, chi2, timings in rows:
         k = at.get(float(t))
-        if k is None or not np.isfinite(chi2):
+        thr = json.loads(timings).get("chi2_threshold") if timings else None
+        if k is None or chi2 is None or thr is None:
             continue
-        f = cor.flags[k]
         r = int(rows_of(t))
-        nb = trace.bad.shape[1]
-        if np.any(trace.bad[r] & ~trace.missing[r] & elec & ((f[:nb] & 1) == 0)):
+        if np.any(trace.bad[r] & ~trace.missing[r] & elec & ((cor.flags[k][:nb] & 1) == 0)):
             continue  # a gross error got through: not a healthy estimate
-        fc = f[chan]
-        act = np.isfinite(cor.values[k][chan]) & ~(((fc & 1) != 0) & ((fc & 4) == 0))
-        angle_ref = bool(np.any(act & model.is_angle[real]))
-        dof = int(act.sum()) + n_pseudo + n_con - 2 * model.n_bus + (0 if angle_ref else 1)
         n += 1
-        fails += int(chi2 > chi2_quantile(dof))
+        fails += int(chi2 > thr)
     return (100.0 * fails / n if n else None), n
 
 
