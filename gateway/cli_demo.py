@@ -412,8 +412,8 @@ def _add_run_report(res: dict[str, Any], final: dict[str, Any], played: _Played,
     chi-square failure share, the restart report (when the estimator was killed) and the
     MQTT devices (with ``--sensors mqtt``); the restart events ``collect`` read are shown
     only with a kill."""
-    # chi-square failures at 99 % over the run's estimates: the counters behind the
-    # GridtwinChiSquareFailing alert (the historian's states keep chi2, not the threshold)
+    # chi-square failures at 99 % over ALL the run's estimates (bad data the detector
+    # missed included): the counters behind the GridtwinChiSquareFailing alert
     n_fail = _metric_value(played.metrics_text, "gridtwin_chi2_test_failures_total")
     n_est = _metric_value(played.metrics_text, "gridtwin_states_total")
     res["chi2_fail_all_pct"] = (100.0 * n_fail / n_est if n_fail is not None and n_est
