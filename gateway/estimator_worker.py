@@ -52,7 +52,8 @@ from gateway.handoff import (
 from gateway.realtime import set_realtime
 
 DEFAULT_SPIN_US = 1000.0
-#: sigma of a value the predictor corrected, in meter sigmas (see measurement_scale)
+#: sigma of a value the predictor corrected, in meter sigmas per second of snapshot
+#: period (see measurement_scale): 50 at 1 s, 1 (the floor) at 50 Hz
 CORRECTED_SIGMA_FACTOR = 50.0
 #: J(x) above this many times its quantile: gross errors, removed by the LNR search
 GROSS_CHI2 = 3.0
@@ -136,7 +137,8 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     are left out; NaN values (missing, not filled) are inactive; the PV forecasts are the
     pseudo-measurements with the forecaster's own sigma; a value the predictor corrected
     (or filled) carries the predictor's error, :data:`CORRECTED_SIGMA_FACTOR` times the
-    meter's sigma, in the gain itself (see :func:`measurement_scale`). With the linear
+    snapshot period (s) times the meter's sigma (at least the meter's), in the gain itself
+    (see :func:`measurement_scale`). With the linear
     family (``linear``, ``tracking``, ``kalman``), a value flagged STALE (an edge
     sensor's latest value past its stale age, :mod:`gateway.sensors`)
     weighs less: its sigma times :data:`STALE_SIGMA_FACTOR`. With ``clean`` (the worker
@@ -161,6 +163,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     bad, corrected, stale = np.uint32(1), np.uint32(4), np.uint32(256)
     # the linear family weighs caller sigmas and sigma factors
     takes_sigma = isinstance(est, LinearStateEstimator) or hasattr(est, "nominal_sigma")
+    period = 1.0 / cfg.rate_hz  # the snapshot period: the corrected values' error grows with it
     # bad-data fallback for the static linear SE (re-solving a snapshot is idempotent
     # there) and the kalman one (its solve_clean redoes the last filter step); the
     # tracking filter would step once per re-solve
@@ -179,7 +182,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
         extra: dict[str, Any] = {}
         if takes_sigma:
             extra["sigma"] = measurement_sigmas(model, z, f, sig)
-            scale = measurement_scale(model, f)
+            scale = measurement_scale(model, f, period)
         try:
             if takes_sigma and scale is not None:
                 st = est.solve(z, active=active, sigma_scale=scale, **extra)  # type: ignore[call-arg]
@@ -218,10 +221,12 @@ def measurement_sigmas(model: Any, z: np.ndarray, flags: np.ndarray, pv_sigma_mw
     return out
 
 
-def measurement_scale(model: Any, flags: np.ndarray) -> np.ndarray | None:
+def measurement_scale(model: Any, flags: np.ndarray, period_s: float = 1.0
+                      ) -> np.ndarray | None:
     """Per-measurement sigma factor for this snapshot (``sigma_scale`` of the linear
-    family), None when every factor is 1: :data:`CORRECTED_SIGMA_FACTOR` on a value the
-    predictor corrected or filled, :data:`STALE_SIGMA_FACTOR` on a STALE one.
+    family), None when every factor is 1: on a value the predictor corrected or filled
+    ``max(1, CORRECTED_SIGMA_FACTOR * period_s)`` (:data:`CORRECTED_SIGMA_FACTOR`), on a
+    STALE one :data:`STALE_SIGMA_FACTOR`.
 
     Why a factor in the gain and not only in J(x): J(x) and the residuals use the
     snapshot's sigmas but the constant gain keeps its nominal weights between
@@ -232,15 +237,13 @@ def measurement_scale(model: Any, flags: np.ndarray) -> np.ndarray | None:
     factor the gain sees it (each pattern is factorized once: 5-19 ms per snapshot on
     IEEE33 at 1 s with 10 % bad data, where nearly every snapshot brings a new pattern).
 
-    The factor's derivation (docs/se-statistics.md): the predictor's error on a corrected
-    value, measured against the truth over 500 snapshots at 1 s with 10 % bad data
-    (ieee33, seeds 21 and 7), in meter sigmas: median 0.3-4.8 by quantity, but root mean
-    square 33 (seed 21) to 101 (seed 7), dominated by current magnitudes and branch
-    powers during cloud ramps (90th percentile up to 80-170 meter sigmas). A Gaussian
-    weight cannot follow that tail; the factor is the one that puts the healthy 99 %
-    failure rate in the nominal 0.5-2 % band on the evaluation trace (seed 21: factor 40
-    -> 1.8 %, 50 -> 1.0 %, 60 -> 0.6 %; seed 7, with the heavier tail: 80 -> 3.6 %):
-    a corrected value then keeps the state observable without steering it.
+    Why proportional to the period: the predictor's error is the feeder's movement it
+    could not foresee since the last sample, which during a cloud ramp grows with the
+    time between samples. Measured (docs/se-statistics.md): at 1 s the corrected values'
+    error is 0.3-4.8 meter sigmas in the median but 33-101 in root mean square, and factor
+    50 puts the healthy 99 % failure rate at 1.0 % (40 -> 1.8 %, 60 -> 0.6 %); at 50 Hz
+    the same factor 50 leaves 0.07-0.14 % (too few: the test then misses what it should
+    see), factor 1 is the calibrated one.
     """
     real = np.flatnonzero(model.channel >= 0)
     fixed = (flags & np.uint32(4)) != 0
@@ -249,8 +252,8 @@ def measurement_scale(model: Any, flags: np.ndarray) -> np.ndarray | None:
         return None
     out = np.ones(model.m)
     out[real[aged]] = STALE_SIGMA_FACTOR
-    out[real[fixed]] = CORRECTED_SIGMA_FACTOR
-    return out
+    out[real[fixed]] = max(1.0, CORRECTED_SIGMA_FACTOR * period_s)
+    return None if np.all(out == 1.0) else out
 
 
 def _warm_up(cfg: Any, model: Any, est: Any) -> None:

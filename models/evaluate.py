@@ -515,7 +515,7 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
                 acts[i, model.channel >= 0] &= ~(((f & 1) != 0) & ((f & 4) == 0))
                 # the sigmas the live worker gives: PV forecaster's, corrected values'
                 sigs[i] = measurement_sigmas(model, zs[i], f, res["pv_sigma"][k])
-                scales[i] = measurement_scale(model, f)
+                scales[i] = measurement_scale(model, f, float(tr.step_s))
         # healthy snapshots: no bad value reaches the estimator unflagged (raw: none at
         # all); the chi-square test should fail ~1 % of them at 99 %
         healthy = healthy_snapshots(tr, res["flags"], ks, clean=clean)

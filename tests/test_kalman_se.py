@@ -146,7 +146,7 @@ def test_chi_square_is_calibrated_over_healthy_snapshots(model: Any) -> None:
             act[real] &= ~(((f & 1) != 0) & ((f & 4) == 0))
             st = est.solve(z, active=act, now=float(tr.time[k]),  # type: ignore[call-arg]
                            sigma=measurement_sigmas(model, z, f, res["pv_sigma"][k]),
-                           sigma_scale=measurement_scale(model, f))
+                           sigma_scale=measurement_scale(model, f, float(tr.step_s)))
             failed[i] = st.objective > st.chi2_threshold
         pct = 100.0 * failed[healthy].mean()
         assert 0.5 <= pct <= 2.0, (method, pct)
