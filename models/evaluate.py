@@ -519,25 +519,9 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
         # healthy snapshots: no bad value reaches the estimator unflagged (raw: none at
         # all); the chi-square test should fail ~1 % of them at 99 %
         healthy = healthy_snapshots(tr, res["flags"], ks, clean=clean)
-        failed = np.zeros(n, bool)
         t0 = time.perf_counter()
-        batch = getattr(est, "solve_batch", None)
-        if batch is not None and not clean:  # every snapshot in one vectorised call
-            b = batch(zs, active=acts, sigma=sigs)
-            vs[:] = b.v
-            failed = b.objective > b.chi2_threshold
-        else:  # the sigma factors (corrected values) are per snapshot: one by one
-            for i in range(n):
-                kw: dict[str, Any] = ({"sigma": sigs[i], "sigma_scale": scales[i]} if clean
-                                      else {})
-                try:
-                    st = est.solve(zs[i], active=acts[i], now=float(tr.time[ks[i]]), **kw)
-                    vs[i] = st.v
-                    failed[i] = st.objective > st.chi2_threshold
-                except EstimatorError as exc:  # a failed solve scores as missing
-                    last = getattr(exc, "last", None)
-                    if last is not None:
-                        vs[i] = last
+        failed = _se_run(est, vs, zs, acts, sigs if clean else None, scales,
+                         tr.time[ks], EstimatorError)
         fails = int(failed.sum())
         sec = (time.perf_counter() - t0) / n
         if clean:
@@ -561,6 +545,35 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
         log(f"  se {name}: {row}")
     rows.extend(se_healthy_row(cfg, tr, ks, seed=seed, log=log))
     return rows, series
+
+
+def _se_run(est: Any, vs: np.ndarray, zs: np.ndarray, acts: np.ndarray,
+            sigs: np.ndarray | None, scales: list[np.ndarray | None], times: np.ndarray,
+            error: type[Exception]) -> np.ndarray:
+    """Estimate every snapshot into ``vs``; returns which failed the chi-square test.
+    Without caller sigmas (raw values) a batch-capable estimator takes them all in one
+    vectorised call; with them (the sigma factors of corrected values change from
+    snapshot to snapshot) one by one. A failed solve scores as missing."""
+    n = zs.shape[0]
+    failed = np.zeros(n, bool)
+    batch = getattr(est, "solve_batch", None)
+    if batch is not None and sigs is None:
+        b = batch(zs, active=acts)
+        vs[:] = b.v
+        return np.asarray(b.objective > b.chi2_threshold)
+    for i in range(n):
+        kw: dict[str, Any] = ({} if sigs is None
+                              else {"sigma": sigs[i], "sigma_scale": scales[i]})
+        try:
+            st = est.solve(zs[i], active=acts[i], now=float(times[i]), **kw)
+        except error as exc:
+            last = getattr(exc, "last", None)
+            if last is not None:
+                vs[i] = last
+            continue
+        vs[i] = st.v
+        failed[i] = st.objective > st.chi2_threshold
+    return failed
 
 
 def healthy_snapshots(tr: Any, flags: np.ndarray, ks: np.ndarray, *, clean: bool
