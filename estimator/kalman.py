@@ -35,8 +35,10 @@ dominates every innovation and the difference is mostly its sampling error).
 PV pseudo-measurements: a forecast's error is not white (lag-1 autocorrelation ~0.9 at
 1 s), so a filter that took each snapshot's forecast as new information would follow the
 forecast's slow swings. Inside the filter their sigma is widened by ``pv_scale`` (default
-:data:`PV_SCALE`, the square root of the long-run variance factor ``(1 + rho)/(1 - rho)``
-of such an error), through the static estimator's ``sigma_scale`` (one fixed pattern,
+:data:`PV_SCALE` at one snapshot a second, the square root of the long-run variance
+factor ``(1 + rho)/(1 - rho)`` of such an error; ``PV_SCALE / sqrt(period_s)`` at another
+period, since the error's persistence is a time: n snapshots a second see the same
+forecast error n times), through the static estimator's ``sigma_scale`` (one fixed pattern,
 factorized once): the PV plant node then leans on its prior and the flows around it.
 
 Measurement update: the static estimator's own solve of the snapshot (the paper's
@@ -117,8 +119,10 @@ class KalmanStateEstimator:
     """Kalman filter over the static linear SE with injection-driven process noise (see
     the module docstring).
 
-    Keyword-only options: ``adapt`` (weight of the newest innovation in the learned
-    rates), ``q_floor`` (smallest rate), everything else goes to the static
+    Keyword-only options: ``adapt`` (weight of the newest correction in the learned
+    rates), ``q_floor`` (smallest rate), ``period_s`` (the snapshot period: the PV
+    pseudo-measurements' factor is ``PV_SCALE / sqrt(period_s)`` unless ``pv_scale``
+    gives it), everything else goes to the static
     :class:`~estimator.linear.LinearStateEstimator` (dense mode: the filter keeps the full
     state covariance).
     """
@@ -126,8 +130,8 @@ class KalmanStateEstimator:
     method = "kalman"
 
     def __init__(self, model: MeasurementModel, *, adapt: float = ADAPT,
-                 q_floor: float = Q_FLOOR, pv_scale: float = PV_SCALE,
-                 **static: Any) -> None:
+                 q_floor: float = Q_FLOOR, pv_scale: float | None = None,
+                 period_s: float = 1.0, **static: Any) -> None:
         if not 0 < adapt <= 1:
             raise EstimatorError(f"adapt must be in (0, 1], not {adapt!r}")
         self.model = model
@@ -139,7 +143,12 @@ class KalmanStateEstimator:
                                  f"covariance: {model.net.name} needs dense_limit >= {n2}")
         self.adapt = float(adapt)
         self.q_floor = float(q_floor)
-        self.pv_scale = float(pv_scale)
+        if not period_s > 0:
+            raise EstimatorError(f"period_s must be > 0, not {period_s!r}")
+        # the forecast's error persists for a time, not for a number of snapshots: the
+        # more snapshots a second, the less each one's forecast is new information
+        self.pv_scale = (PV_SCALE / np.sqrt(period_s) if pv_scale is None
+                         else float(pv_scale))
         self._is_pv = np.array([sp.kind == "ppv" for sp in model.specs], bool)
         self.a, self.fixed = injection_map(model)
         self.a_inv = np.linalg.inv(self.a)

@@ -156,14 +156,15 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     from gateway.se_model import measurement_model
 
     model = measurement_model(cfg)
+    period = 1.0 / cfg.rate_hz  # the snapshot period
     est = make_estimator(method, model, tolerance=cfg.estimator.tolerance,
-                         max_iterations=cfg.estimator.max_iterations)
+                         max_iterations=cfg.estimator.max_iterations,
+                         **({"period_s": period} if method == "kalman" else {}))
     chan = model.channel
     real = chan >= 0
     bad, corrected, stale = np.uint32(1), np.uint32(4), np.uint32(256)
     # the linear family weighs caller sigmas and sigma factors
     takes_sigma = isinstance(est, LinearStateEstimator) or hasattr(est, "nominal_sigma")
-    period = 1.0 / cfg.rate_hz  # the snapshot period: the corrected values' error grows with it
     # bad-data fallback for the static linear SE (re-solving a snapshot is idempotent
     # there) and the kalman one (its solve_clean redoes the last filter step); the
     # tracking filter would step once per re-solve
