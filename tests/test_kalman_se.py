@@ -150,3 +150,27 @@ def test_chi_square_is_calibrated_over_healthy_snapshots(model: Any) -> None:
             failed[i] = st.objective > st.chi2_threshold
         pct = 100.0 * failed[healthy].mean()
         assert 0.5 <= pct <= 2.0, (method, pct)
+
+
+def test_factors_follow_the_snapshot_period(model: Any) -> None:
+    """The corrected values' sigma factor grows with the period (the predictor misses the
+    movement since the last sample): CORRECTED_SIGMA_FACTOR at 1 s, the meter's own sigma
+    (no factor, no refactorization) at 50 Hz; a STALE value keeps its factor; the kalman
+    filter's PV factor is PV_SCALE at 1 s and grows as 1/sqrt(period)."""
+    from estimator.kalman import PV_SCALE
+    from gateway.estimator_worker import CORRECTED_SIGMA_FACTOR, STALE_SIGMA_FACTOR
+
+    real = np.flatnonzero(model.channel >= 0)
+    flags = np.zeros(real.size, np.uint32)
+    flags[3] = 4  # CORRECTED
+    at_1s = measurement_scale(model, flags, 1.0)
+    assert at_1s is not None and at_1s[real[3]] == CORRECTED_SIGMA_FACTOR
+    assert np.count_nonzero(at_1s != 1.0) == 1
+    assert measurement_scale(model, flags, 0.02) is None
+    flags[5] = 256  # STALE
+    at_50hz = measurement_scale(model, flags, 0.02)
+    assert at_50hz is not None and at_50hz[real[5]] == STALE_SIGMA_FACTOR
+    assert at_50hz[real[3]] == 1.0
+    assert KalmanStateEstimator(model).pv_scale == PV_SCALE
+    assert KalmanStateEstimator(model, period_s=0.02).pv_scale == pytest.approx(
+        PV_SCALE / np.sqrt(0.02))
