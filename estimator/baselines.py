@@ -30,6 +30,7 @@ import scipy.sparse.linalg as spla
 
 from estimator.blas import single_threaded
 from estimator.errors import DidNotConverge, EstimatorError, NotObservableError
+from estimator.kalman import KalmanStateEstimator
 from estimator.linear import LinearStateEstimator, chi2_quantile, sensitivity
 from estimator.measurement import MeasurementModel, Spec
 from estimator.observability import check_observable
@@ -46,7 +47,7 @@ __all__ = [
     "make_estimator",
 ]
 
-METHODS = ("linear", "tracking", "wls", "wlav", "pgm_il", "pgm_nr", "pandapower")
+METHODS = ("linear", "tracking", "kalman", "wls", "wlav", "pgm_il", "pgm_nr", "pandapower")
 
 
 class Estimator(Protocol):
@@ -65,6 +66,9 @@ def make_estimator(name: str, model: MeasurementModel, *, tolerance: float = 1e-
     if name == "tracking":
         return TrackingStateEstimator(model, tolerance=tolerance,
                                       max_iterations=max_iterations, **kw)
+    if name == "kalman":
+        return KalmanStateEstimator(model, tolerance=tolerance,
+                                    max_iterations=max_iterations, **kw)
     if name == "wls":
         return WlsPolar(model, tolerance=tolerance, max_iterations=max_iterations, **kw)
     if name == "wlav":

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-METHOD_CHOICES = ("linear", "tracking", "wls", "wlav", "pgm_il", "pgm_nr", "pandapower",
+METHOD_CHOICES = ("linear", "tracking", "kalman", "wls", "wlav", "pgm_il", "pgm_nr", "pandapower",
                   "all")
 
 

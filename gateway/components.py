@@ -405,7 +405,10 @@ class HistorianSink:
                  iterations=st.iterations, converged=st.converged,
                  deadline_met=o.deadline_met, topology=st.topology,
                  timings={"handoff_s": o.handoff_s, "solve_s": st.t_solve_s,
-                          "e2e_s": o.e2e_s})
+                          "e2e_s": o.e2e_s,
+                          # the J(x) quantile the estimate was tested against (it
+                          # depends on the active set): graded per estimate later
+                          "chi2_threshold": st.chi2_threshold})
 
     def event(self, time: float, kind: str, source: str, detail: dict[str, Any]) -> None:
         self.put(self.writer.put_event, "events", time, kind, source, jsonable(detail))

@@ -52,8 +52,9 @@ from gateway.handoff import (
 from gateway.realtime import set_realtime
 
 DEFAULT_SPIN_US = 1000.0
-#: sigma of a value the predictor corrected, in meter sigmas (see measurement_sigmas)
-CORRECTED_SIGMA_FACTOR = 1.0
+#: sigma of a value the predictor corrected, in meter sigmas per second of snapshot
+#: period (see measurement_scale): 50 at 1 s, 1 (the floor) at 50 Hz
+CORRECTED_SIGMA_FACTOR = 50.0
 #: J(x) above this many times its quantile: gross errors, removed by the LNR search
 GROSS_CHI2 = 3.0
 #: sigma factor of a STALE value: past its stale age an edge sensor's value has an
@@ -136,8 +137,10 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     are left out; NaN values (missing, not filled) are inactive; the PV forecasts are the
     pseudo-measurements with the forecaster's own sigma; a value the predictor corrected
     (or filled) carries the predictor's error, :data:`CORRECTED_SIGMA_FACTOR` times the
-    meter's sigma (see :func:`measurement_sigmas`). With ``linear``, a value flagged
-    STALE (an edge sensor's latest value past its stale age, :mod:`gateway.sensors`)
+    snapshot period (s) times the meter's sigma (at least the meter's), in the gain itself
+    (see :func:`measurement_scale`). With the linear
+    family (``linear``, ``tracking``, ``kalman``), a value flagged STALE (an edge
+    sensor's latest value past its stale age, :mod:`gateway.sensors`)
     weighs less: its sigma times :data:`STALE_SIGMA_FACTOR`. With ``clean`` (the worker
     process's default, ``--no-clean`` to turn it off), when the static estimate's J(x) is
     above :data:`GROSS_CHI2` times its 99 % quantile (and no value is STALE: an
@@ -153,17 +156,20 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     from gateway.se_model import measurement_model
 
     model = measurement_model(cfg)
+    period = 1.0 / cfg.rate_hz  # the snapshot period
     est = make_estimator(method, model, tolerance=cfg.estimator.tolerance,
-                         max_iterations=cfg.estimator.max_iterations)
+                         max_iterations=cfg.estimator.max_iterations,
+                         **({"period_s": period} if method == "kalman" else {}))
     chan = model.channel
     real = chan >= 0
     bad, corrected, stale = np.uint32(1), np.uint32(4), np.uint32(256)
-    real_idx = np.flatnonzero(real)
-    lin = est if isinstance(est, LinearStateEstimator) else None  # takes sigma factors
-    takes_sigma = hasattr(est, "nominal_sigma")  # the linear family weighs caller sigmas
+    # the linear family weighs caller sigmas and sigma factors
+    takes_sigma = isinstance(est, LinearStateEstimator) or hasattr(est, "nominal_sigma")
     # bad-data fallback for the static linear SE (re-solving a snapshot is idempotent
-    # there; the tracking filter would step once per re-solve)
-    cleaner = getattr(est, "solve_clean", None) if clean and method == "linear" else None
+    # there) and the kalman one (its solve_clean redoes the last filter step); the
+    # tracking filter would step once per re-solve
+    cleaner = (getattr(est, "solve_clean", None) if clean and method in ("linear", "kalman")
+               else None)
     _warm_up(cfg, model, est)
 
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
@@ -177,11 +183,10 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
         extra: dict[str, Any] = {}
         if takes_sigma:
             extra["sigma"] = measurement_sigmas(model, z, f, sig)
+            scale = measurement_scale(model, f, period)
         try:
-            if lin is not None and aged.any():
-                scale = np.ones(model.m)
-                scale[real_idx[aged]] = STALE_SIGMA_FACTOR
-                st = lin.solve(z, active=active, sigma_scale=scale, **extra)
+            if takes_sigma and scale is not None:
+                st = est.solve(z, active=active, sigma_scale=scale, **extra)  # type: ignore[call-arg]
             else:
                 st = est.solve(z, active=active, **extra)
             # the chi-square test of the snapshot as it arrived (what the metrics and the
@@ -207,30 +212,49 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
 def measurement_sigmas(model: Any, z: np.ndarray, flags: np.ndarray, pv_sigma_mw: np.ndarray
                        ) -> np.ndarray:
     """Per-measurement sigma (pu) overriding the model's: the PV forecasts' own sigma (the
-    forecaster card's error model, per snapshot) and, for a value the predictor corrected
-    or filled, the predictor's error instead of the meter's; NaN elsewhere (the model's).
-
-    The predictor's error on a corrected value, measured against the truth on a hil
-    scenario with 10 % bad data (700 s, ieee33): median 0.3-1.9 meter sigmas by quantity
-    (the predictor's held-out normalised RMSE is 0.81 window scales, the scale being at
-    least the meter sigma), 90th percentile 0.8-8.5, with a heavy tail during fast ramps.
-    The factor (:data:`CORRECTED_SIGMA_FACTOR`) is the median's scale, 1: the corrected
-    values change from snapshot to snapshot, so the constant gain keeps the meter's weight
-    for them whatever sigma is given (the re-weighting rule needs two snapshots in a row),
-    and a larger sigma only shrinks their share of J(x) while their error still moves the
-    estimate. Measured over a 30 s, 50 Hz hil run with 10 % bad data: factor 5 gives 7.8 %
-    chi-square failures, factor 1 gives 2.5 % (1.75 % on the snapshots without a gross
-    error the detector missed).
-    """
+    forecaster card's error model, per snapshot); NaN elsewhere (the model's, the meter's).
+    A value the predictor corrected keeps the meter's sigma here: its factor is a sigma
+    factor (:func:`measurement_scale`), so that it reaches the gain at once."""
     out = np.full(model.m, np.nan)
     real = model.channel >= 0
-    fixed = (flags & np.uint32(4)) != 0
-    if fixed.any():
-        idx = np.flatnonzero(real)[fixed]
-        out[idx] = CORRECTED_SIGMA_FACTOR * model.sigma(z)[idx]
     if pv_sigma_mw.size and np.any(~real):
         out[~real] = np.asarray(pv_sigma_mw, float) * model.scale[~real]
     return out
+
+
+def measurement_scale(model: Any, flags: np.ndarray, period_s: float = 1.0
+                      ) -> np.ndarray | None:
+    """Per-measurement sigma factor for this snapshot (``sigma_scale`` of the linear
+    family), None when every factor is 1: on a value the predictor corrected or filled
+    ``max(1, CORRECTED_SIGMA_FACTOR * period_s)`` (:data:`CORRECTED_SIGMA_FACTOR`), on a
+    STALE one :data:`STALE_SIGMA_FACTOR`.
+
+    Why a factor in the gain and not only in J(x): J(x) and the residuals use the
+    snapshot's sigmas but the constant gain keeps its nominal weights between
+    re-weightings, so a corrected value with a large error given a large sigma still
+    pulled the estimate with the meter's weight and spread its error over the other
+    measurements' residuals (measured: the larger the factor given only as a sigma, the
+    MORE healthy estimates failed the test, 18.7 % at factor 1, 31 % at 10). As a sigma
+    factor the gain sees it (each pattern is factorized once: 5-19 ms per snapshot on
+    IEEE33 at 1 s with 10 % bad data, where nearly every snapshot brings a new pattern).
+
+    Why proportional to the period: the predictor's error is the feeder's movement it
+    could not foresee since the last sample, which during a cloud ramp grows with the
+    time between samples. Measured (docs/se-statistics.md): at 1 s the corrected values'
+    error is 0.3-4.8 meter sigmas in the median but 33-101 in root mean square, and factor
+    50 puts the healthy 99 % failure rate at 1.0 % (40 -> 1.8 %, 60 -> 0.6 %); at 50 Hz
+    the same factor 50 leaves 0.07-0.14 % (too few: the test then misses what it should
+    see), factor 1 is the calibrated one.
+    """
+    real = np.flatnonzero(model.channel >= 0)
+    fixed = (flags & np.uint32(4)) != 0
+    aged = (flags & np.uint32(256)) != 0
+    if not (fixed.any() or aged.any()):
+        return None
+    out = np.ones(model.m)
+    out[real[aged]] = STALE_SIGMA_FACTOR
+    out[real[fixed]] = max(1.0, CORRECTED_SIGMA_FACTOR * period_s)
+    return None if np.all(out == 1.0) else out
 
 
 def _warm_up(cfg: Any, model: Any, est: Any) -> None:

@@ -79,4 +79,4 @@ def test_unknown_method(paper):
     model = paper[0]
     assert "linear" in METHODS
     with pytest.raises(EstimatorError, match="unknown SE method"):
-        make_estimator("kalman", model)
+        make_estimator("no_such_method", model)

@@ -188,7 +188,7 @@ def test_unobservable_meter_set_is_refused_by_check() -> None:
 
 
 def test_unknown_estimator_method_is_refused_by_check() -> None:
-    assert_refused(check("unknown_method.toml"), "estimator.method", "kalman", "linear")
+    assert_refused(check("unknown_method.toml"), "estimator.method", "particle", "linear")
 
 
 # -- item 6: cascades ----------------------------------------------------------------------
