@@ -88,8 +88,18 @@ def open_quality(cfg: TwinConfig, o: GatewayOptions, loop: asyncio.AbstractEvent
 
     from gateway.quality.predictor import PredictorKeeper
 
-    # the child's socket feeds q.collect; a lost child is restarted with back-off
-    keeper = PredictorKeeper(q, loop, event)
+    adopt = None
+    if o.realtime:  # the child starts with ordinary scheduling (SCHED_RESET_ON_FORK)
+        from gateway.realtime import adopt as rt_adopt
+
+        def adopt(pid: int) -> None:
+            log.info("predictor process %d: %s", pid, rt_adopt(pid, "predictor"))
+
+        if q.remote is not None:
+            adopt(q.remote.proc.pid)
+    # the child's socket feeds q.collect; a lost child is restarted with back-off (and
+    # given the predictor's real-time role)
+    keeper = PredictorKeeper(q, loop, event, adopt=adopt)
     q.on_remote_lost = keeper.lost
 
     def close() -> None:
