@@ -10,9 +10,11 @@ Who runs at which priority, and why (higher preempts lower):
   gateway, so ``models.serve.RT_PRIORITY`` carries the same number (a test checks it);
 * ``emulator`` 10: an emulator sharing the host (``hil``): below the twin it feeds;
   ``hil.emulator.REALTIME_PRIORITY`` carries the same number (checked by the same test);
-* ``historian`` 1: the historian's commit thread, real-time but lowest: storage may lag,
-  the pipeline must not, and an ordinary process must not preempt it while it holds the
-  GIL (that would hold the pipeline thread up: priority inversion).
+* ``historian`` 1: the historian's process (``gridtwin run --realtime``; the commit thread
+  of an in-process writer otherwise), real-time but lowest: storage may lag, the
+  pipeline must not, and ordinary load on the host does not starve it (nor, for the
+  thread, preempt it while it holds the GIL: priority inversion). Not pinned: it runs on
+  whichever CPU the twin leaves idle.
 
 Every real-time policy is set with ``SCHED_RESET_ON_FORK``: a child process starts with
 ordinary scheduling, never with its parent's priority (the forecaster's worker pool, spawned
@@ -87,6 +89,9 @@ def pin(role: str, *, pid: int = 0, allowed: set[int] | None = None) -> str:
         allowed = allowed_cpus()
     cpu = cpu_for(role, allowed)
     if cpu is None:
+        if pid != 0 and role not in CPU_OF:  # a child: free of the parent's one CPU
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, allowed)
         return "not pinned"
     if pid == 0:  # children place themselves among the same CPUs
         os.environ.setdefault(CPUS_ENV, ",".join(map(str, sorted(allowed))))
