@@ -29,7 +29,7 @@ import socket
 import sys
 
 #: SCHED_FIFO priority when the gateway runs real-time (the gateway gives it to the child,
-#: on the estimator's CPU, once it is READY; a parent whose policy is inherited by its
+#: on the gateway's CPU, once it is READY; a parent whose policy is inherited by its
 #: children has it lowered to this here): below the gateway's ingest and the estimator,
 #: so a late prediction never delays reading frames or solving (the quality stage then
 #: predicts itself), and above an emulator sharing the host (10)

@@ -98,7 +98,7 @@ def test_adopt_gives_a_child_its_role_and_cpu() -> None:
         assert _policy(child.pid) == os.SCHED_FIFO
         assert os.sched_getparam(child.pid).sched_priority == PRIORITIES["predictor"]
         if len(os.sched_getaffinity(0) & {0, 1}) == 2:
-            assert os.sched_getaffinity(child.pid) == {1} and applied.endswith("CPU 1")
+            assert os.sched_getaffinity(child.pid) == {0} and applied.endswith("CPU 0")
     finally:
         assert child.stdin is not None
         child.stdin.close()
@@ -106,8 +106,8 @@ def test_adopt_gives_a_child_its_role_and_cpu() -> None:
 
 
 def test_roles_share_out_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert cpu_for("gateway", {2, 3}) == 2
-    assert cpu_for("estimator", {2, 3}) == cpu_for("predictor", {2, 3}) == 3
+    assert cpu_for("gateway", {2, 3}) == cpu_for("predictor", {2, 3}) == 2
+    assert cpu_for("estimator", {2, 3}) == 3
     assert cpu_for("gateway", {5}) is None  # one CPU: nothing to place
     assert cpu_for("historian", {0, 1}) is None  # not a placed role
     monkeypatch.setenv(CPUS_ENV, "4,7")  # what a pinned parent passes on

@@ -39,8 +39,8 @@ windows go out over an AF_UNIX ``SOCK_SEQPACKET`` socket right after the handoff
 outputs come back while the gateway ingests (:meth:`QualityStage.collect`, a reader
 callback) and the gateway's thread keeps only the normalisation. An answer not there when
 the next snapshot is cleaned is waited for at most :data:`LATE_WAIT_S` (0.3 ms); then the
-stage predicts in-process (same numbers) and drops the late answer when it comes (the
-child shares its CPU with the estimator: a solve that runs long delays it). A lost or
+stage predicts in-process (same numbers) and drops the late answer when it comes (a
+real-time gateway's child shares the gateway's CPU: a busy gateway delays it). A lost or
 silent child (no answer within :data:`REMOTE_TIMEOUT_S`) is closed, reported once through
 ``on_remote_lost`` and the stage predicts in-process (same model, same numbers) until a
 new child is handed to it (:meth:`QualityStage.adopt_remote`; the gateway's
