@@ -101,6 +101,9 @@ class HistorianProcess:
         self._sock: socket.socket | None = None
         self._backlog: deque[bytes] = deque()
         self._stats = HistorianStats()
+        #: answers (``flushed``, ``closed``) read by another caller than the one waiting
+        #: for them (``stats()`` from the loop while ``close()`` waits in an executor)
+        self._answers: dict[str, tuple[Any, ...]] = {}
         self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -243,6 +246,8 @@ class HistorianProcess:
                 break
             last = pickle.loads(msg)
             self._stats = last[-1]
+            if last[0] != "stats":
+                self._answers[last[0]] = last
         return last
 
     def _ask(self, request: tuple[Any, ...], answer: str, wait: float
@@ -253,14 +258,17 @@ class HistorianProcess:
         if sock is None:
             return None
         end = time.monotonic() + wait
+        self._answers.pop(answer, None)  # an earlier request's: not this one's
         self._backlog.append(pickle.dumps(request, _PROTO))
         with contextlib.suppress(HistorianError):
             while not self._send_backlog() and time.monotonic() < end:
                 select.select([], [sock], [], 0.05)
         while time.monotonic() < end:
-            left = end - time.monotonic()
+            if answer in self._answers:
+                return self._answers.pop(answer)
+            left = min(0.05, end - time.monotonic())
             if not select.select([sock], [], [], max(0.0, left))[0]:
-                return None
+                continue
             try:
                 msg = sock.recv(1 << 20)
             except (BlockingIOError, InterruptedError):
