@@ -12,6 +12,8 @@ grouped into islands over the in-service branches.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
@@ -22,6 +24,13 @@ from estimator.measurement import SLOT_I, SLOT_V, MeasurementModel
 __all__ = ["check_observable", "observability_matrix", "unobservable_buses"]
 
 DENSE_LIMIT = 1200  # states up to which the null space is computed densely (eigh)
+#: per model: (pv_constraints, the nominal values the rows were built at) -> every
+#: measurement's row and the constraint rows. A bad-data search checks one new
+#: measurement set per removal; rebuilding these sparse rows each time was half of the
+#: check's time
+_ROWS: weakref.WeakKeyDictionary[MeasurementModel, tuple[bool, bytes, sp.csr_matrix,
+                                                         sp.csr_matrix]] = \
+    weakref.WeakKeyDictionary()
 
 
 def constraint_rows(model: MeasurementModel, *, pv_constraints: bool = True) -> sp.csr_matrix:
@@ -47,7 +56,22 @@ def constraint_rows(model: MeasurementModel, *, pv_constraints: bool = True) -> 
 def observability_matrix(model: MeasurementModel, active: np.ndarray, *,
                          pv_constraints: bool = True) -> sp.csr_matrix:
     """``O``: one row per active measured component (its direction in its slot) plus the
-    exact constraint rows; angles taken from the model's nominal values (0 if unknown)."""
+    exact constraint rows; angles taken from the model's nominal values (0 if unknown).
+    The rows of all measurements are built once per model and nominal values (each row
+    depends only on its own measurement): a set's ``O`` takes its rows from them."""
+    nominal = np.nan_to_num(model.nominal).tobytes()
+    hit = _ROWS.get(model)
+    if hit is None or hit[0] != pv_constraints or hit[1] != nominal:
+        every = np.ones(model.m, bool)
+        hit = (pv_constraints, nominal, _measured_rows(model, every),
+               constraint_rows(model, pv_constraints=pv_constraints))
+        _ROWS[model] = hit
+    rows = hit[2][np.flatnonzero(active)]
+    return sp.csr_matrix(sp.vstack([rows, hit[3]]))
+
+
+def _measured_rows(model: MeasurementModel, active: np.ndarray) -> sp.csr_matrix:
+    """The rows of ``O`` of the active measured components, in measurement order."""
     act = np.flatnonzero(active)
     slot = model.slot[act]
     comp = model.comp[act]
@@ -65,9 +89,7 @@ def observability_matrix(model: MeasurementModel, active: np.ndarray, *,
     d_im = np.where(phasor, np.where(comp == 0, np.sin(a0), np.cos(a0)),
                     np.where(comp == 0, 0.0, -1.0))
     h = model.H
-    rows = (sp.diags(d_re) @ h[2 * slot] + sp.diags(d_im) @ h[2 * slot + 1])
-    return sp.csr_matrix(sp.vstack([rows, constraint_rows(model,
-                                                          pv_constraints=pv_constraints)]))
+    return sp.csr_matrix(sp.diags(d_re) @ h[2 * slot] + sp.diags(d_im) @ h[2 * slot + 1])
 
 
 def unobservable_buses(model: MeasurementModel, active: np.ndarray, *,

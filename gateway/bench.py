@@ -25,6 +25,7 @@ BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("scenario.", "hil.bench_scenario"),
     ("ingest.", "gateway.bench_e2e:benchmarks_ingest"),
     ("gateway.", "gateway.bench_e2e:benchmarks_ingest"),  # cpu_per_frame_us, same run
+    ("gateway.", "gateway.bench_e2e:e2e"),  # cpu_per_snapshot_us: the 1 kHz e2e run
     ("e2e.", "gateway.bench_e2e:e2e"),
     ("handoff.", "gateway.bench_e2e:e2e"),  # measured in the same demo runs as e2e.
     ("live.", "gateway.bench_live"),
@@ -104,8 +105,11 @@ def run(only: str | None, quick: bool, progress: Callable[[str], None] | None = 
         module = importlib.import_module(path)
         if progress:
             progress(f"bench: {target}")
-        for res in getattr(module, func or "benchmarks")(quick):
-            if only is None or res.name.startswith(only):
+        fn = getattr(module, func or "benchmarks")
+        # figures measured in the same runs as the selected ones come along
+        along = getattr(fn, "companions", ())
+        for res in fn(quick):
+            if only is None or res.name.startswith(only) or res.name in along:
                 results.append(res)
                 if progress:
                     progress(f"  {res.name} = {res.value:.4g} {res.unit}")

@@ -33,6 +33,11 @@
 * ``e2e.ieee33.deadline_misses`` / ``…_1khz`` (count) and ``e2e.ieee33.states_pct`` /
   ``…_1khz`` (% of snapshots estimated; the rest were superseded, newest wins): the same
   runs, so a p99 is never read without what it left out.
+* ``gateway.cpu_per_snapshot_us`` / ``gateway.estimator_cpu_per_snapshot_us`` (µs): from
+  the 1 kHz run, the CPU time (user + system, every thread, ``/proc``) of the gateway
+  process and of its active estimator process while the emulator played, per snapshot:
+  what the latencies above cost, and the figure that tells a slower machine from a busier
+  one. Reported with ``--only e2e`` too (same run). No peer.
 """
 
 from __future__ import annotations
@@ -280,7 +285,8 @@ def e2e(quick: bool) -> list[BenchResult]:
 
     from gateway.cli_demo import run_demo
 
-    out = []
+    out: list[BenchResult] = []
+    companions: list[BenchResult] = []
     for rate, suffix in ((50.0, ""), (1000.0, "_1khz")):
         with tempfile.TemporaryDirectory(prefix="gridtwin-bench-") as tmp:
             res = run_demo(Path(tmp), seconds=5.0 if quick else 20.0, rate=rate,
@@ -288,6 +294,12 @@ def e2e(quick: bool) -> list[BenchResult]:
         e2e_p99 = (res.get("e2e_latency_ms") or {}).get("p99")
         hand_p99 = (res.get("handoff_latency_us") or {}).get("p99")
         snaps = res.get("snapshots") or 0
+        if rate == 1000.0:
+            cpu = res.get("cpu_per_snapshot_us") or {}
+            companions = [
+                BenchResult("gateway.cpu_per_snapshot_us", _num(cpu.get("gateway")), "us"),
+                BenchResult("gateway.estimator_cpu_per_snapshot_us",
+                            _num(cpu.get("estimator")), "us")]
         out += [
             BenchResult(f"e2e.ieee33.p99{suffix}", _num(e2e_p99), "ms"),
             BenchResult(f"handoff.ieee33.p99{suffix}", _num(hand_p99), "us"),
@@ -296,7 +308,12 @@ def e2e(quick: bool) -> list[BenchResult]:
             BenchResult(f"e2e.ieee33.states_pct{suffix}",
                         100.0 * (res.get("states") or 0) / snaps if snaps else math.nan, "%"),
         ]
-    return out
+    return out + companions
+
+
+#: results of :func:`e2e` reported whatever ``--only`` prefix selected it (same runs)
+e2e.companions = ("gateway.cpu_per_snapshot_us",  # type: ignore[attr-defined]
+                  "gateway.estimator_cpu_per_snapshot_us")
 
 
 def _num(x: object) -> float:

@@ -214,6 +214,9 @@ class _Played:
     metrics_text: str
     state: Any
     killed: dict[str, Any] | None = None
+    #: CPU seconds (user + system, every thread) the gateway and its active estimator
+    #: process spent while the emulator played (None: not measurable, e.g. a restart)
+    cpu_s: dict[str, float | None] | None = None
 
 
 def run_demo(wd: Path, *, seconds: float, rate: float, bad_pct: float, seed: int = 1,
@@ -349,6 +352,8 @@ def _play(ready: dict[str, Any], gw_pid: int, wd: Path, db: Path, trace_path: Pa
     log(f"demo: twin ready (metrics http://127.0.0.1:{mport}/metrics); emulating "
         f"{seconds:g} s at {rate:g} Hz")
     emu_log = open(wd / "emulator.log", "w")  # noqa: SIM115
+    pids = _cpu_pids(gw_pid)
+    cpu0 = {role: proc_cpu_s(pid) for role, pid in pids.items()}
     emu = subprocess.Popen(ecmd, stdout=subprocess.PIPE, stderr=emu_log, text=True)
     try:
         killed = _kill_estimator(gw_pid, kill_at, log) if kill_at is not None else None
@@ -360,6 +365,7 @@ def _play(ready: dict[str, Any], gw_pid: int, wd: Path, db: Path, trace_path: Pa
         emu_sum = json.loads(out)
         # let the last snapshots through (lag window + estimate), then read the summary
         time.sleep(max(0.3, 20.0 / rate))
+        cpu = {role: _minus(proc_cpu_s(pid), cpu0[role]) for role, pid in pids.items()}
         live = http_json(mport, "/summary")
         devs = http_json(mport, "/devices") if devices else None
         metrics_text = http_text(mport, "/metrics")
@@ -371,7 +377,32 @@ def _play(ready: dict[str, Any], gw_pid: int, wd: Path, db: Path, trace_path: Pa
         if emu.poll() is None:
             emu.kill()
     return _Played(emu_sum=emu_sum, live=live, devices=devs, metrics_text=metrics_text,
-                   state=state, killed=killed)
+                   state=state, killed=killed, cpu_s=cpu)
+
+
+def _cpu_pids(gw_pid: int) -> dict[str, int]:
+    """The processes whose CPU time the run reports: the gateway and its active
+    estimator (its oldest estimator child; the spare idles)."""
+    from gateway.workers import child_pids
+
+    est = child_pids(gw_pid, "gateway.estimator_worker")
+    return {"gateway": gw_pid, **({"estimator": est[0]} if est else {})}
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, all threads) process ``pid`` has used, from Linux
+    ``/proc`` (None when it is gone or there is no ``/proc``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    # fields[11] utime, fields[12] stime (stat fields 14 and 15), in clock ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _kill_estimator(gw_pid: int, kill_at: float, log: Any) -> dict[str, Any]:
@@ -420,6 +451,10 @@ def _add_run_report(res: dict[str, Any], final: dict[str, Any], played: _Played,
                                 else None)
     if res.get("chi2_healthy_states") is None:  # no historian figure: the counters'
         res["chi2_fail_pct"] = res["chi2_fail_all_pct"]
+    snaps = res.get("snapshots") or 0
+    res["cpu_per_snapshot_us"] = {
+        role: None if s is None or not snaps or (role == "estimator" and kill_at is not None)
+        else 1e6 * s / snaps for role, s in (played.cpu_s or {}).items()}
     res["restart"] = None
     if played.killed is not None:
         res["restart"] = {"killed_pid": played.killed["pid"], "at_s": kill_at,

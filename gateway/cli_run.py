@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
     from gateway.config import TwinConfig
 
-from gateway.realtime import PRIORITIES, set_realtime
+from gateway.realtime import PRIORITIES, go_realtime
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--realtime", action="store_true",
                    help="run the gateway and the estimator process with real-time "
                    f"scheduling (SCHED_FIFO priority {PRIORITIES['gateway']}, else nice -10) "
-                   "if the OS allows it")
+                   "if the OS allows it, the gateway on the first CPU and the estimator on "
+                   "the second")
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.realtime:
         logging.getLogger("gridtwin.gateway").info("scheduling: %s",
-                                                   set_realtime("gateway"))
+                                                   go_realtime("gateway"))
         # hand the GIL over within 0.2 ms (default 5 ms): the historian's thread must not
         # hold the pipeline thread up for a whole switch interval
         sys.setswitchinterval(2e-4)

@@ -45,23 +45,39 @@ class GatewayOptions:
     estimator_method: str | None = None
     spare: bool = True
     realtime: bool = False  # the estimator process asks for real-time scheduling too
+    #: the historian writer in its own process (gateway.historian.remote): no GIL shared
+    #: with the pipeline thread. None: when ``realtime``
+    historian_process: bool | None = None
     url_overrides: dict[str, str] | None = None  # stream name -> URL (tests, demo)
     bus_url: str | None = None  # None: the config's [bus] url; "": no bus
     forecast: bool | None = None  # None: the config's [forecast] enabled
 
 
 def open_historian(cfg: TwinConfig, o: GatewayOptions, clock: Callable[[], float]) -> Any:
-    """The historian writer (its thread started, the run recorded), or None."""
+    """The historian writer (its thread, or its process, started; the run recorded), or
+    None."""
     url = cfg.historian_url if o.historian_url is None else o.historian_url
     if not url or url == "none":
         return None
     from gateway.historian.writer import HistorianWriter, run_info_from_config
 
-    h = HistorianWriter(url, spool_dir=o.spool_dir, clock=clock)
+    h: Any
+    if o.realtime if o.historian_process is None else o.historian_process:
+        from gateway.historian.remote import HistorianProcess
+
+        h = HistorianProcess(url, spool_dir=o.spool_dir, clock=clock)
+    else:
+        h = HistorianWriter(url, spool_dir=o.spool_dir, clock=clock)
     h.start()
     try:
         if o.realtime:
-            demote_thread(getattr(h, "_thread", None))
+            pid = getattr(h, "pid", None)
+            if pid is not None:
+                from gateway.realtime import adopt
+
+                log.info("historian process %d: %s", pid, adopt(pid, "historian"))
+            else:
+                demote_thread(getattr(h, "_thread", None))
         h.start_run(run_info_from_config(cfg))
     except BaseException:
         h.close()
@@ -88,8 +104,18 @@ def open_quality(cfg: TwinConfig, o: GatewayOptions, loop: asyncio.AbstractEvent
 
     from gateway.quality.predictor import PredictorKeeper
 
-    # the child's socket feeds q.collect; a lost child is restarted with back-off
-    keeper = PredictorKeeper(q, loop, event)
+    adopt = None
+    if o.realtime:  # the child starts with ordinary scheduling (SCHED_RESET_ON_FORK)
+        from gateway.realtime import adopt as rt_adopt
+
+        def adopt(pid: int) -> None:
+            log.info("predictor process %d: %s", pid, rt_adopt(pid, "predictor"))
+
+        if q.remote is not None:
+            adopt(q.remote.proc.pid)
+    # the child's socket feeds q.collect; a lost child is restarted with back-off (and
+    # given the predictor's real-time role)
+    keeper = PredictorKeeper(q, loop, event, adopt=adopt)
     q.on_remote_lost = keeper.lost
 
     def close() -> None:

@@ -49,7 +49,7 @@ from gateway.handoff import (
     encode_ready,
     encode_state,
 )
-from gateway.realtime import set_realtime
+from gateway.realtime import go_realtime
 
 DEFAULT_SPIN_US = 1000.0
 #: sigma of a value the predictor corrected, in meter sigmas per second of snapshot
@@ -393,11 +393,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="no largest-normalized-residual search when J(x) is far above its "
                    "quantile (gross errors the quality stage let through)")
     p.add_argument("--realtime", action="store_true",
-                   help="the estimator's SCHED_FIFO priority (gateway.realtime) if "
+                   help="the estimator's SCHED_FIFO priority and CPU (gateway.realtime) if "
                    "allowed, else nice -10")
     args = p.parse_args(argv)
     if args.realtime:
-        set_realtime("estimator")
+        go_realtime("estimator")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway stops us, not Ctrl-C
     sock = socket.socket(fileno=args.fd)
     t0 = time.perf_counter()

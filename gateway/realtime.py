@@ -10,9 +10,28 @@ Who runs at which priority, and why (higher preempts lower):
   gateway, so ``models.serve.RT_PRIORITY`` carries the same number (a test checks it);
 * ``emulator`` 10: an emulator sharing the host (``hil``): below the twin it feeds;
   ``hil.emulator.REALTIME_PRIORITY`` carries the same number (checked by the same test);
-* ``historian`` 1: the historian's commit thread, real-time but lowest: storage may lag,
-  the pipeline must not, and an ordinary process must not preempt it while it holds the
-  GIL (that would hold the pipeline thread up: priority inversion).
+* ``historian`` 1: the historian's process (``gridtwin run --realtime``; the commit thread
+  of an in-process writer otherwise), real-time but lowest: storage may lag, the
+  pipeline must not, and ordinary load on the host does not starve it (nor, for the
+  thread, preempt it while it holds the GIL: priority inversion). Not pinned: it runs on
+  whichever CPU the twin leaves idle.
+
+Every real-time policy is set with ``SCHED_RESET_ON_FORK``: a child process starts with
+ordinary scheduling, never with its parent's priority (the forecaster's worker pool, spawned
+at the first forecast, spent 435 ms of imports at the gateway's priority on the gateway's
+CPU and stalled the pipeline that long). A child that must run real-time asks for it
+itself (the estimator's ``--realtime``) or is given its role by the parent
+(:func:`adopt`: the predictor).
+
+CPUs (:data:`CPU_OF`, with at least two CPUs allowed): the gateway and the predictor on
+the first, the estimator on the second. The gateway's thread and the estimator then never
+wait for each other's CPU. The predictor's look-ahead (asked for right after a handoff,
+due when the next snapshot is cleaned) runs while the gateway waits for the next frames;
+on the estimator's CPU it waited for the solve and the estimator's polling before the
+next snapshot and came late (measured at 1 kHz, 5 s runs, load 2.9-4.9: the quality
+stage's p99 0.73 ms there, 0.17-0.23 ms on the gateway's CPU; deadline misses 615-857
+against 494-497). Threads of the gateway share its CPU; children inherit it until they
+are placed (the historian's process runs on any CPU).
 
 Without the right to real-time scheduling (not root, no CAP_SYS_NICE) a process falls
 back to ``nice -10`` when allowed, else stays as it is; :func:`set_realtime` says which.
@@ -32,14 +51,68 @@ PRIORITIES: dict[str, int] = {
     "historian": 1,
 }
 NICE_FALLBACK = -10
+#: role -> position in the sorted list of allowed CPUs (with two or more; roles not
+#: listed, and every role on a one-CPU host, are not pinned)
+CPU_OF: dict[str, int] = {
+    "gateway": 0,
+    "estimator": 1,
+    "predictor": 0,  # beside the gateway: see the module docstring
+}
+#: the CPUs the roles are placed on, as the first process to pin itself found them; its
+#: children inherit it (their own affinity is then the parent's single CPU)
+CPUS_ENV = "GRIDTWIN_RT_CPUS"
+#: the policy flag that keeps a child from inheriting a real-time policy (Linux)
+RESET_ON_FORK: int = getattr(os, "SCHED_RESET_ON_FORK", 0)
+
+
+def cpu_for(role: str, allowed: set[int] | None = None) -> int | None:
+    """The CPU ``role`` runs on (:data:`CPU_OF`) among ``allowed`` (default:
+    :func:`allowed_cpus`), or None: not pinned (a role not listed, fewer than two CPUs)."""
+    cpus = sorted(allowed_cpus() if allowed is None else allowed)
+    at = CPU_OF.get(role)
+    if at is None or len(cpus) < 2:
+        return None
+    return cpus[at % len(cpus)]
+
+
+def allowed_cpus() -> set[int]:
+    """The CPUs to place the roles on: those :data:`CPUS_ENV` names (set by the first
+    process of the twin that pinned itself), else this process's affinity."""
+    text = os.environ.get(CPUS_ENV, "")
+    with contextlib.suppress(ValueError):
+        cpus = {int(c) for c in text.split(",") if c.strip()}
+        if cpus:
+            return cpus
+    return set(os.sched_getaffinity(0))
+
+
+def pin(role: str, *, pid: int = 0, allowed: set[int] | None = None) -> str:
+    """Pin process/thread ``pid`` (0: the caller) to ``role``'s CPU; what was done, for
+    the log. A refusal (another cgroup's CPU set) leaves it where it was."""
+    if allowed is None:
+        allowed = allowed_cpus()
+    cpu = cpu_for(role, allowed)
+    if cpu is None:
+        if pid != 0 and role not in CPU_OF:  # a child: free of the parent's one CPU
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, allowed)
+        return "not pinned"
+    if pid == 0:  # children place themselves among the same CPUs
+        os.environ.setdefault(CPUS_ENV, ",".join(map(str, sorted(allowed))))
+    try:
+        os.sched_setaffinity(pid, {cpu})
+    except OSError as exc:
+        return f"not pinned ({exc.strerror or exc})"
+    return f"CPU {cpu}"
 
 
 def set_realtime(role: str, *, tid: int = 0, nice: int | None = NICE_FALLBACK) -> str:
-    """SCHED_FIFO at ``role``'s priority for thread/process ``tid`` (0: the caller);
-    else ``nice`` (None: no fallback). Returns what was applied, for the log."""
+    """SCHED_FIFO at ``role``'s priority for thread/process ``tid`` (0: the caller), not
+    inherited by its children (:data:`RESET_ON_FORK`); else ``nice`` (None: no fallback).
+    Returns what was applied, for the log."""
     priority = PRIORITIES[role]
     try:
-        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        os.sched_setscheduler(tid, os.SCHED_FIFO | RESET_ON_FORK, os.sched_param(priority))
         return f"SCHED_FIFO {priority}"
     except (OSError, AttributeError):
         pass
@@ -48,3 +121,19 @@ def set_realtime(role: str, *, tid: int = 0, nice: int | None = NICE_FALLBACK) -
             os.nice(nice)
             return f"nice {nice}"
     return "normal (no permission for real-time scheduling)"
+
+
+def adopt(pid: int, role: str, *, allowed: set[int] | None = None) -> str:
+    """Give a child process the real-time ``role`` (priority and CPU) from its parent:
+    the child started with ordinary scheduling (:data:`RESET_ON_FORK`) and does not ask
+    for it itself (the predictor). No fallback to nice: a child that cannot run
+    real-time keeps ordinary scheduling. What was applied, for the log."""
+    where = pin(role, pid=pid, allowed=allowed)
+    return f"{set_realtime(role, tid=pid, nice=None)}, {where}"
+
+
+def go_realtime(role: str) -> str:
+    """The calling process's real-time role in full: pinned to its CPU, then its
+    priority (what ``gridtwin run --realtime`` and the estimator's ``--realtime`` do)."""
+    where = pin(role)
+    return f"{set_realtime(role)}, {where}"

@@ -28,10 +28,11 @@ import signal
 import socket
 import sys
 
-#: SCHED_FIFO priority when the gateway runs real-time (the child inherits its 20): below
-#: the gateway's ingest and the estimator, so a late prediction never delays reading
-#: frames or solving (the quality stage then waits for it or predicts itself), and
-#: above an emulator sharing the host (10)
+#: SCHED_FIFO priority when the gateway runs real-time (the gateway gives it to the child,
+#: on the gateway's CPU, once it is READY; a parent whose policy is inherited by its
+#: children has it lowered to this here): below the gateway's ingest and the estimator,
+#: so a late prediction never delays reading frames or solving (the quality stage then
+#: predicts itself), and above an emulator sharing the host (10)
 RT_PRIORITY = 15
 ERROR = b"E"
 
@@ -64,7 +65,8 @@ def _below_the_gateway() -> None:
     import os
 
     with contextlib.suppress(OSError, AttributeError):
-        if os.sched_getscheduler(0) == os.SCHED_FIFO and \
+        if os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == \
+                os.SCHED_FIFO and \
                 os.sched_getparam(0).sched_priority > RT_PRIORITY:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(RT_PRIORITY))
 

@@ -92,3 +92,35 @@ def test_magnitude_alone_is_not_a_phasor():
     with pytest.raises(NotObservableError) as info:
         check_observable(model, np.ones(model.m, bool))
     assert len(info.value.buses) >= net.n_bus - 1
+
+
+def _rows_built_for_the_set(model: MeasurementModel, active: np.ndarray,
+                            pv_constraints: bool) -> np.ndarray:
+    """``O`` built from scratch for one measurement set (the rows as the module docstring
+    defines them), to hold the per-model row cache against."""
+    import scipy.sparse as sp
+
+    from estimator.observability import _measured_rows, constraint_rows
+
+    return sp.vstack([_measured_rows(model, active),
+                      constraint_rows(model, pv_constraints=pv_constraints)]).toarray()
+
+
+def test_the_matrix_of_a_set_is_the_one_built_for_it(paper) -> None:  # type: ignore[no-untyped-def]
+    """The rows cached per model are exactly those built for each set, also after the
+    nominal angles change and with or without the PV constraints."""
+    from estimator.observability import observability_matrix
+
+    model, _ = paper
+    rng = np.random.default_rng(3)
+    saved = model.nominal.copy()
+    try:
+        for k in range(12):
+            if k == 6:  # the angles the rows were built at move (a re-base)
+                model.nominal[:] = rng.uniform(-0.5, 0.5, model.m)
+            act = rng.random(model.m) > 0.2
+            pv = k >= 9  # the constraint rows change once
+            got = observability_matrix(model, act, pv_constraints=pv).toarray()
+            np.testing.assert_array_equal(got, _rows_built_for_the_set(model, act, pv))
+    finally:
+        model.nominal[:] = saved

@@ -351,10 +351,12 @@ def test_telemetry_flush_moves_the_counts_into_the_registry(cfg: TwinConfig) -> 
 
 # --------------------------------------------------------------------------- the runner
 
+@pytest.mark.parametrize("historian_process", [False, True])
 def test_a_failing_start_unwinds_the_components_already_started(
-        cfg: TwinConfig, tmp_path: Path) -> None:
-    """Metrics port taken: the historian and the estimator process started before the
-    server are closed again, no transport is opened, and the error names the address."""
+        cfg: TwinConfig, tmp_path: Path, historian_process: bool) -> None:
+    """Metrics port taken: the historian (its thread, or its process as with
+    ``--realtime``) and the estimator process started before the server are closed
+    again, no transport is opened, and the error names the address."""
     from gateway.app import Gateway, GatewayOptions
 
     taken = socket.socket()
@@ -364,7 +366,8 @@ def test_a_failing_start_unwinds_the_components_already_started(
     db = tmp_path / "twin.db"
     opts = GatewayOptions(historian_url=f"sqlite:///{db}", metrics_bind=f"127.0.0.1:{port}",
                           quality=False, spare=False, estimator_method="flat",
-                          url_overrides={s.name: "udp://127.0.0.1:0" for s in cfg.streams})
+                          url_overrides={s.name: "udp://127.0.0.1:0" for s in cfg.streams},
+                          historian_process=historian_process)
     gw = Gateway(cfg, opts)
 
     async def run() -> None:
@@ -379,6 +382,8 @@ def test_a_failing_start_unwinds_the_components_already_started(
     assert gw.closed and gw.transports == {}
     assert gw.supervisor is not None and gw.supervisor.active is None
     assert gw.historian._closed  # the writer committed and stopped
+    if historian_process:  # and its process is gone
+        assert gw.historian._worker.proc.poll() is not None
     with sqlite3.connect(db) as con:
         events = [(k, json.loads(d)) for k, d in
                   con.execute("SELECT kind, detail FROM events ORDER BY event_no")]

@@ -253,3 +253,52 @@ def test_lost_predictor_process_falls_back_in_process(cfg) -> None:  # type: ign
         remote.close()
     assert len(lost) == 1 and "predictor process" in lost[0]
     assert remote.remote is None
+
+
+def test_a_late_predictor_answer_is_not_waited_for(cfg) -> None:  # type: ignore[no-untyped-def]
+    """A child that does not answer in time (stopped here: SIGSTOP) costs a snapshot at
+    most the short late wait: the stage predicts in-process (same numbers), keeps the
+    child, drops its late answer when it comes and uses the child again after that."""
+    import select
+    import signal
+
+    x = synthetic_snapshots(cfg, 30, seed=5, bad_frac=0.1)
+    zero = np.zeros(x.shape[1], np.uint32)
+    local = QualityStage(cfg)
+    remote = QualityStage(cfg, predictor_process=True)
+    lost: list[str] = []
+    remote.on_remote_lost = lost.append
+
+    def both(k: int) -> None:
+        a = local.process(x[k], zero, float(k))
+        b = remote.process(x[k], zero, float(k))
+        np.testing.assert_array_equal(a.values, b.values)
+        np.testing.assert_array_equal(a.flags, b.flags)
+        np.testing.assert_array_equal(a.z, b.z)
+
+    try:
+        child = remote.remote
+        assert child is not None
+        for k in range(10):
+            both(k)
+            remote.lookahead()
+        child.proc.send_signal(signal.SIGSTOP)  # may hold the windows sent at k = 9
+        for k in range(10, 14):
+            both(k)
+            remote.lookahead()
+        assert remote.late_answers >= 3 and remote.remote is child and not lost
+        child.proc.send_signal(signal.SIGCONT)
+        # the stale answer comes; the reader callback drops it
+        assert select.select([child.sock], [], [], 30)[0]
+        remote.collect()
+        assert not remote.remote.pending
+        late = remote.late_answers
+        both(14)
+        remote.lookahead()  # the child's turn again: its answer is what process() uses
+        assert remote.remote.pending
+        assert select.select([child.sock], [], [], 30)[0]
+        remote.collect()
+        both(15)
+        assert remote.late_answers == late and remote.remote is child and not lost
+    finally:
+        remote.close()

@@ -8,7 +8,14 @@ import threading
 
 import pytest
 
-from gateway.realtime import PRIORITIES, set_realtime
+from gateway.realtime import (
+    CPUS_ENV,
+    PRIORITIES,
+    RESET_ON_FORK,
+    adopt,
+    cpu_for,
+    set_realtime,
+)
 
 
 def test_the_order_of_the_roles() -> None:
@@ -39,7 +46,7 @@ def test_set_realtime_reports_what_it_applied_to_a_thread() -> None:
     try:
         assert started.wait(60)
         applied = set_realtime("historian", tid=tid[0], nice=None)
-        policy = os.sched_getscheduler(tid[0])
+        policy = os.sched_getscheduler(tid[0]) & ~RESET_ON_FORK
         if applied.startswith("SCHED_FIFO"):
             assert applied == f"SCHED_FIFO {PRIORITIES['historian']}"
             assert policy == os.SCHED_FIFO
@@ -51,3 +58,57 @@ def test_set_realtime_reports_what_it_applied_to_a_thread() -> None:
         th.join()
     with pytest.raises(KeyError):
         set_realtime("no-such-role")
+
+
+def _policy(pid: int) -> int:
+    return os.sched_getscheduler(pid) & ~RESET_ON_FORK
+
+
+def test_children_of_a_realtime_process_start_with_ordinary_scheduling() -> None:
+    """SCHED_RESET_ON_FORK: a process started by a real-time gateway (a forecaster
+    pool's worker importing for half a second) does not run at the gateway's priority."""
+    import subprocess
+    import sys
+
+    code = ("import os, subprocess, sys\n"
+            "from gateway.realtime import set_realtime\n"
+            "print(set_realtime('gateway', nice=None))\n"
+            "print(os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO)\n"
+            "sys.stdout.flush()\n"
+            "subprocess.run([sys.executable, '-c', 'import os; "
+            "print(os.sched_getscheduler(0) == os.SCHED_OTHER)'])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             sys.path)}).stdout.split("\n")
+    if not out[0].startswith("SCHED_FIFO"):
+        pytest.skip("no permission for real-time scheduling here")
+    assert out[1:3] == ["True", "True"]
+
+
+def test_adopt_gives_a_child_its_role_and_cpu() -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        applied = adopt(child.pid, "predictor", allowed={0, 1})
+        if not applied.startswith("SCHED_FIFO"):
+            pytest.skip("no permission for real-time scheduling here")
+        assert _policy(child.pid) == os.SCHED_FIFO
+        assert os.sched_getparam(child.pid).sched_priority == PRIORITIES["predictor"]
+        if len(os.sched_getaffinity(0) & {0, 1}) == 2:
+            assert os.sched_getaffinity(child.pid) == {0} and applied.endswith("CPU 0")
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
+
+
+def test_roles_share_out_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cpu_for("gateway", {2, 3}) == cpu_for("predictor", {2, 3}) == 2
+    assert cpu_for("estimator", {2, 3}) == 3
+    assert cpu_for("gateway", {5}) is None  # one CPU: nothing to place
+    assert cpu_for("historian", {0, 1}) is None  # not a placed role
+    monkeypatch.setenv(CPUS_ENV, "4,7")  # what a pinned parent passes on
+    assert cpu_for("estimator") == 7

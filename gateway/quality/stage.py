@@ -37,8 +37,11 @@ With ``predictor_process=True`` (what the gateway uses) the look-ahead's ONNX Ru
 call runs in a child process (``python -m models.serve``, :class:`PredictorProcess`): the
 windows go out over an AF_UNIX ``SOCK_SEQPACKET`` socket right after the handoff, the
 outputs come back while the gateway ingests (:meth:`QualityStage.collect`, a reader
-callback) and the gateway's thread keeps only the normalisation. A lost or silent child
-(no answer within :data:`REMOTE_TIMEOUT_S`) is closed, reported once through
+callback) and the gateway's thread keeps only the normalisation. An answer not there when
+the next snapshot is cleaned is waited for at most :data:`LATE_WAIT_S` (0.3 ms); then the
+stage predicts in-process (same numbers) and drops the late answer when it comes (a
+real-time gateway's child shares the gateway's CPU: a busy gateway delays it). A lost or
+silent child (no answer within :data:`REMOTE_TIMEOUT_S`) is closed, reported once through
 ``on_remote_lost`` and the stage predicts in-process (same model, same numbers) until a
 new child is handed to it (:meth:`QualityStage.adopt_remote`; the gateway's
 :class:`~gateway.quality.predictor.PredictorKeeper` starts one after a back-off delay).
@@ -58,7 +61,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gateway.quality.detector import DetectorParams, TemporalDetector
-from gateway.quality.predictor import REMOTE_TIMEOUT_S, PredictorProcess, QualityError
+from gateway.quality.predictor import (
+    LATE_WAIT_S,
+    REMOTE_TIMEOUT_S,
+    PredictorProcess,
+    QualityError,
+)
 from gateway.snapshot import Flag
 
 if TYPE_CHECKING:
@@ -112,6 +120,11 @@ class QualityStage:
         self._init_predictor(predictor)
         self._init_pv(pv_predictor)
         self._ahead = False  # the prediction for the next snapshot is in _pred/_s/_c
+        #: the predictor process's answer in flight is late: predicted in-process
+        #: meanwhile, it is read and dropped when it comes
+        self._stale = False
+        #: snapshots predicted in-process because the child's answer was late
+        self.late_answers = 0
         self._yn = np.zeros(self.det_idx.size, np.float32)
         #: seconds the last :meth:`lookahead` took in the caller's thread (predict + PV,
         #: or with the predictor process: normalise + send + PV; 0 when nothing was due)
@@ -281,6 +294,8 @@ class QualityStage:
         t1 = t2 = clock()
         if self._remote_busy():
             self._collect(wait=True)
+            if not self._ahead:  # late: predict here, drop its answer when it comes
+                self._late()
         if not self._ahead:
             self._predict_next()
             t2 = clock()
@@ -341,6 +356,8 @@ class QualityStage:
         t0 = time.perf_counter()
         if self._pv_pending:
             self._pv_forecast()
+        if self._stale:  # a late answer may have come meanwhile: drop it
+            self._collect(wait=False)
         if not self._ahead and not self._remote_busy() and not self._request_remote():
             self._predict_next()
             self._ahead = True
@@ -372,20 +389,34 @@ class QualityStage:
         assert remote is not None
         yn = self._yn
         try:
-            if wait:
-                remote.wait(yn, REMOTE_TIMEOUT_S)
-            elif not remote.poll(yn):
-                return
+            got = remote.wait(yn, 0.0 if self._stale else LATE_WAIT_S) if wait \
+                else remote.poll(yn)
         except QualityError as exc:
             self._drop_remote(str(exc))
             return
+        if not got:
+            silent = remote.silent_for(time.monotonic())
+            if silent > REMOTE_TIMEOUT_S:
+                self._drop_remote(f"predictor process silent for {silent * 1e3:.0f} ms")
+            return
+        if self._stale:  # the answer to a request predicted in-process meanwhile
+            self._stale = False
+            return
         self._finish_next(yn)
         self._ahead = True
+
+    def _late(self) -> None:
+        """The child's answer did not come in time: it is stale from now on (when the
+        child is still there), and the caller predicts in-process."""
+        if self._remote_busy():
+            self._stale = True
+            self.late_answers += 1
 
     def _drop_remote(self, reason: str) -> None:
         """Give up the predictor process: predict in this process from now on."""
         if self.remote is None:
             return
+        self._stale = False
         if self.on_remote_lost is not None:
             self.on_remote_lost(reason)  # while its socket is open (to unregister it)
         remote, self.remote = self.remote, None
