@@ -112,6 +112,7 @@ class Feeder:
     truth_t0: float = 0.0
     errors: list[float] = dataclasses.field(default_factory=list)
     sent: int = 0
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)  # after settle()
 
 
 def _feeders(n: int, rows: int, rate: float, log: Any) -> list[Feeder]:
@@ -311,7 +312,9 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
                 f"{args.seconds:g} s at {args.rate:g} Hz")
             await _play(feeders, args.rate, args.seconds, on_tick, cpu)
             cpu.stop()
-            await _drain(feeders)
+            settled = await settle(feeders)
+            for f in feeders:  # counted now: the states are in, nothing is closing yet
+                f.summary = f.gateway.summary()
         finally:
             for f in feeders:
                 if f.gateway is not None:
@@ -319,7 +322,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         wstats = [_stop(p, out) for p, out in workers]
         await _sink_caught_up(opts)
         sstats = _stop(sink, sink_out)
-        return {**_report(feeders, wstats, sstats, killed, args), **cpu.report(len(feeders))}
+        return {**_report(feeders, wstats, sstats, killed, args), "settled": settled,
+                **cpu.report(len(feeders))}
 
 
 def _ticker(feeders: list[Feeder], workers: list[tuple[subprocess.Popen[bytes], Path]],
@@ -345,16 +349,34 @@ def _ticker(feeders: list[Feeder], workers: list[tuple[subprocess.Popen[bytes], 
     return on_tick
 
 
-async def _drain(feeders: list[Feeder], timeout: float = 30.0) -> None:
-    """Until every snapshot handed to the bus has its answer (state or supersession) or
-    ``timeout``: states still in flight at the end are not losses."""
+def _received(gw: Any) -> int:
+    return sum(s.received for s in gw.telemetry.stats.values())
+
+
+async def settle(feeders: list[Feeder], timeout: float = 30.0) -> bool:
+    """End of play, before anything is counted: every frame sent has been read (its
+    datagram may still sit in the socket), the pipeline has handed on every snapshot it
+    held (``Gateway.drain``), and every snapshot handed to the bus has its answer (its
+    state, or a newer snapshot's). Counting earlier shows a straggler still in flight as
+    lost. False when ``timeout`` ran out first (a loss, then, is real or the bus is stuck).
+    """
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if all(f.gateway.bus.edge.pending == 0 and f.gateway.bus.unanswered == 0
-               for f in feeders):
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.5)  # the last states' flight time (ack wait 1 s): a bounded grace
+
+    async def until(cond: Any) -> bool:
+        while not cond():
+            if time.monotonic() > end:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    # frames the kernel dropped never arrive: wait for them a short part of the timeout
+    read_end = time.monotonic() + min(5.0, timeout / 4)
+    while any(_received(f.gateway) < f.sent for f in feeders) and time.monotonic() < read_end:
+        await asyncio.sleep(0.01)
+    for f in feeders:
+        f.gateway.drain()  # publish what the aligner still holds
+    return await until(lambda: all(f.gateway.bus.edge.pending == 0
+                                   and f.gateway.bus.unanswered == 0 for f in feeders))
 
 
 async def _sink_caught_up(opts: Any, timeout: float = 60.0) -> None:
@@ -375,6 +397,11 @@ async def _sink_caught_up(opts: Any, timeout: float = 60.0) -> None:
         await nc.close()
 
 
+#: worker counters of snapshots that went wrong (not lost: answered, or left for
+#: redelivery): bad layout, unregistered feeder, estimate failed, state not stored
+WORKER_FAULTS = ("bad", "unknown_feeder", "failed", "publish_failures")
+
+
 def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
             sstats: dict[str, Any] | None, killed: list[int],
             args: argparse.Namespace) -> dict[str, Any]:
@@ -383,7 +410,7 @@ def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
                   for f in feeders}
     rows = []
     for f in feeders:
-        s = f.gateway.summary()
+        s = f.summary
         b = s["bus"] or {}
         lost = max(0, s["snapshots"] - s["states"] - superseded[f.name])
         rows.append({
@@ -410,6 +437,7 @@ def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
             "fresh_p99_ms_max": max((r["fresh_p99_ms"] or 0.0 for r in rows), default=None),
             "workers_killed": len(killed),
             "redelivered": sum(w.get("redelivered", 0) for w in live),
+            "worker_faults": {k: sum(w.get(k, 0) for w in live) for k in WORKER_FAULTS},
             "sink": sstats}
 
 
