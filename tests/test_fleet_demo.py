@@ -1,5 +1,6 @@
 """`gridtwin fleet demo`: the whole fleet on this machine (private nats-server, emulated
-feeders, edge gateways, worker processes, sink) accounts for every snapshot."""
+feeders, edge gateways in their processes, worker processes, sink) accounts for every
+snapshot, and counts only once every straggler is answered."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ from hil.natsserver import nats_server_binary
                     "installed (.ci/run installs it)")
 def test_fleet_demo_loses_nothing_and_estimates_every_feeder() -> None:
     r = subprocess.run([sys.executable, "-m", "gateway.cli", "fleet", "demo", "--feeders",
-                        "2", "--workers", "2", "--seconds", "4", "--json"],
+                        "2", "--workers", "2", "--seconds", "4", "--edge-processes", "2",
+                        "--json"],
                        capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout)
     t = res["total"]
     assert res["feeders"] == 2 and len(res["per_feeder"]) == 2
+    assert res["edge_processes"] == 2  # one feeder in each: both processes' rows merged
+    assert res["settled"] is True  # counted after every snapshot had its answer
+    assert res["worker_faults"] == {"bad": 0, "unknown_feeder": 0, "failed": 0,
+                                    "publish_failures": 0}
     assert t["frames_lost"] == 0 and t["frames_received"] == t["frames_sent"] > 0
     assert t["lost"] == 0  # every snapshot estimated or superseded by a newer one
     assert t["states"] + t["superseded"] == t["snapshots"] > 0
@@ -48,7 +54,7 @@ async def test_demo_counts_only_after_every_straggler_is_answered(nats) -> None:
     from gateway.bus.conn import BusOptions
     from gateway.bus.fleet import register_config
     from gateway.bus.worker import Worker
-    from gateway.cli_fleet_demo import Feeder, settle
+    from gateway.cli_fleet_edges import Feeder, settle
     from gateway.config import BusConfig, load_config
     from hil.emulator import Emulator, retarget
     from hil.scenario import ScenarioSpec, make_trace
