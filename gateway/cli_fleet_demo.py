@@ -318,6 +318,7 @@ def _report(rows: list[dict[str, Any]], wstats: list[dict[str, Any] | None],
             "workers_killed": len(killed),
             "redelivered": sum(w.get("redelivered", 0) for w in live),
             "worker_faults": {k: sum(w.get(k, 0) for w in live) for k in WORKER_FAULTS},
+            "worker_fail_reasons": [r for w in live for r in w.get("fail_reasons", [])][:10],
             "sink": sstats}
 
 

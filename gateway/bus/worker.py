@@ -85,6 +85,7 @@ class WorkerStats:
     config_rejected: int = 0
     per_feeder: dict[str, int] = field(default_factory=dict)
     superseded_per_feeder: dict[str, int] = field(default_factory=dict)
+    fail_reasons: list[str] = field(default_factory=list)  # the first estimates failed
 
 
 @dataclass
@@ -335,6 +336,9 @@ class Worker:
             vm, va, chi2, thr, iters, conv = solve(s.values, s.flags, s.pv_mw, s.pv_sigma_mw)
         except Exception as exc:  # one feeder fails alone
             self.stats.failed += 1
+            if len(self.stats.fail_reasons) < 10:  # what went wrong, in the exit report
+                self.stats.fail_reasons.append(f"{p.twin} seq {s.seq}: "
+                                               f"{type(exc).__name__}: {exc}")
             await self._event(p.twin, "estimate_failed", {"seq": s.seq, "error": str(exc)})
             await p.msg.ack()
             return None
