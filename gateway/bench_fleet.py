@@ -140,7 +140,8 @@ def _fleet(quick: bool) -> list[BenchResult]:
         print(f"bench: fleet {n} feeders in {res['edge_processes']} edge processes "
               f"(load {load:.1f}): lost {res['total']['lost']}, "
               f"superseded {res['total']['superseded']}/{res['total']['snapshots']}, e2e p99 "
-              f"{e2e:.1f} ms, CPU ms/feeder-s " + ", ".join(
+              f"{e2e:.1f} ms, worker faults {res.get('worker_faults')} "
+              f"{res.get('worker_fail_reasons') or ''}, CPU ms/feeder-s " + ", ".join(
                   f"{k} {v:.1f}" for k, v in cpu.items() if v is not None)
               + f" -> {'ok' if ok else 'over'}", file=sys.stderr)
         if not ok:
