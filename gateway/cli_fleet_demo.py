@@ -296,16 +296,21 @@ WORKER_FAULTS = ("bad", "unknown_feeder", "failed", "publish_failures")
 def _report(rows: list[dict[str, Any]], wstats: list[dict[str, Any] | None],
             sstats: dict[str, Any] | None, killed: list[int],
             args: argparse.Namespace) -> dict[str, Any]:
-    """Totals over the edge processes' rows; superseded (the workers' count) and lost
-    (handed to the bus and neither estimated nor superseded) per feeder."""
+    """Totals over the edge processes' rows; per feeder superseded and failed (the
+    workers' counts) and lost (handed to the bus and neither estimated, nor superseded,
+    nor failed by a worker)."""
     live = [w for w in wstats if w is not None]
     for r in rows:
         r["superseded"] = sum(w.get("superseded_per_feeder", {}).get(r["feeder"], 0)
                               for w in live)
-        r["lost"] = max(0, r["snapshots"] - r["states"] - r["superseded"])
+        # estimated by no worker because it could not be (e.g. not observable: the
+        # scenario's bad data left buses without a measurement): answered, not lost
+        r["failed"] = sum(w.get("failed_per_feeder", {}).get(r["feeder"], 0) for w in live)
+        r["lost"] = max(0, r["snapshots"] - r["states"] - r["superseded"] - r["failed"])
     tot = {k: sum(r[k] for r in rows) for k in ("frames_sent", "frames_received",
                                                 "frames_lost", "snapshots", "states",
-                                                "superseded", "lost", "deadline_misses")}
+                                                "superseded", "failed", "lost",
+                                                "deadline_misses")}
     rtts = [r["bus_rtt_ms"]["p99"] for r in rows if r["bus_rtt_ms"] and
             r["bus_rtt_ms"]["p99"] is not None]
     return {"feeders": len(rows), "workers": args.workers, "seconds": args.seconds,
@@ -326,17 +331,19 @@ def _print(res: dict[str, Any]) -> None:
     print(f"gridtwin fleet demo: {res['feeders']} feeders, {res['workers']} workers, "
           f"{res['seconds']:g} s at {res['rate_hz']:g} Hz")
     print(f"{'feeder':12} {'frames':>14} {'snaps':>6} {'states':>6} {'supers':>6} "
-          f"{'lost':>5} {'miss':>5} {'|V| MAPE %':>10} {'rtt p50/p99 ms':>16}")
+          f"{'fail':>4} {'lost':>5} {'miss':>5} {'|V| MAPE %':>10} {'rtt p50/p99 ms':>16}")
     for r in res["per_feeder"]:
         rtt = r["bus_rtt_ms"] or {}
         mape = "-" if r["vm_mape_pct"] is None else f"{r['vm_mape_pct']:.4f}"
         lat = "-" if rtt.get("p50") is None else f"{rtt['p50']:.1f}/{rtt['p99']:.1f}"
         print(f"{r['feeder']:12} {r['frames_received']:>6}/{r['frames_sent']:<7} "
-              f"{r['snapshots']:>6} {r['states']:>6} {r['superseded']:>6} {r['lost']:>5} "
+              f"{r['snapshots']:>6} {r['states']:>6} {r['superseded']:>6} {r['failed']:>4} "
+              f"{r['lost']:>5} "
               f"{r['deadline_misses']:>5} {mape:>10} {lat:>16}")
     t = res["total"]
     print(f"{'total':12} {t['frames_received']:>6}/{t['frames_sent']:<7} {t['snapshots']:>6} "
-          f"{t['states']:>6} {t['superseded']:>6} {t['lost']:>5} {t['deadline_misses']:>5}")
+          f"{t['states']:>6} {t['superseded']:>6} {t['failed']:>4} {t['lost']:>5} "
+          f"{t['deadline_misses']:>5}")
     print(f"e2e p99 (first frame -> state back at the edge): {res['e2e_p99_ms_max']:.1f} ms "
           f"estimated snapshots, {res['fresh_p99_ms_max']:.1f} ms every snapshot (superseded "
           "ones until a newer state came)")

@@ -85,6 +85,7 @@ class WorkerStats:
     config_rejected: int = 0
     per_feeder: dict[str, int] = field(default_factory=dict)
     superseded_per_feeder: dict[str, int] = field(default_factory=dict)
+    failed_per_feeder: dict[str, int] = field(default_factory=dict)
     fail_reasons: list[str] = field(default_factory=list)  # the first estimates failed
 
 
@@ -336,6 +337,8 @@ class Worker:
             vm, va, chi2, thr, iters, conv = solve(s.values, s.flags, s.pv_mw, s.pv_sigma_mw)
         except Exception as exc:  # one feeder fails alone
             self.stats.failed += 1
+            per = self.stats.failed_per_feeder
+            per[p.twin] = per.get(p.twin, 0) + 1
             if len(self.stats.fail_reasons) < 10:  # what went wrong, in the exit report
                 self.stats.fail_reasons.append(f"{p.twin} seq {s.seq}: "
                                                f"{type(exc).__name__}: {exc}")
