@@ -7,7 +7,8 @@ nats-server on loopback.
 * ``bus.rtt.p99`` (µs): edge publish → worker (a ``gridtwin worker`` process) → state back
   at the edge, one feeder at 200 snapshots/s.
 * ``fleet.feeders_50hz`` (feeders): the largest N of IEEE33 feeders at 50 Hz (N emulators,
-  N edge gateways with their quality stage, two workers and the sink, all on this machine)
+  N edge gateways with their quality stage in one edge process per core, two workers and
+  the sink, all on this machine)
   with no lost snapshot and an end-to-end p99 of at most 20 ms over every snapshot (first
   frame at the edge → its state back there; a superseded one → the state of a newer one);
   ``fleet.e2e_p99_ms`` and ``fleet.cpu_per_feeder_ms`` (CPU of every process of the fleet
@@ -131,14 +132,16 @@ def _fleet(quick: bool) -> list[BenchResult]:
     for n in ((2, 4, 8) if quick else (2, 4, 8, 12, 16, 20, 24, 28, 32)):
         load = os.getloadavg()[0]
         args = argparse.Namespace(feeders=n, workers=2, seconds=seconds, rate=50.0, bus=None,
-                                  kill_worker_at=None, json=True)
+                                  kill_worker_at=None, json=True, edge_processes=None)
         res = asyncio.run(_demo(args))
         e2e = max(res["e2e_p99_ms_max"] or 0.0, res["fresh_p99_ms_max"] or 0.0)
         ok = res["total"]["lost"] == 0 and e2e <= E2E_P99_MAX_MS
         cpu = res.get("cpu_ms_per_feeder_s") or {}
-        print(f"bench: fleet {n} feeders (load {load:.1f}): lost {res['total']['lost']}, "
+        print(f"bench: fleet {n} feeders in {res['edge_processes']} edge processes "
+              f"(load {load:.1f}): lost {res['total']['lost']}, "
               f"superseded {res['total']['superseded']}/{res['total']['snapshots']}, e2e p99 "
-              f"{e2e:.1f} ms, CPU ms/feeder-s " + ", ".join(
+              f"{e2e:.1f} ms, worker faults {res.get('worker_faults')} "
+              f"{res.get('worker_fail_reasons') or ''}, CPU ms/feeder-s " + ", ".join(
                   f"{k} {v:.1f}" for k, v in cpu.items() if v is not None)
               + f" -> {'ok' if ok else 'over'}", file=sys.stderr)
         if not ok:

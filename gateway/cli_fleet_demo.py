@@ -5,14 +5,18 @@ What runs (all real, all on loopback):
 * a NATS server with JetStream: ``--bus URL`` if given, else a private ``nats-server`` on
   a free port with a temporary store (Debian's package), else the machine's on 4222;
 * N IEEE33 feeders, each with its own scenario (seed, load level, PV) played by the
-  emulator at ``--rate`` over UDP into its own edge gateway (the gateways share one
-  process and one event loop: one ``gateway.app.Gateway`` per feeder, quality stage on,
-  ``[bus] estimate = "workers"``);
+  emulator at ``--rate`` over UDP into its own edge gateway (one ``gateway.app.Gateway``
+  per feeder, quality stage on, ``[bus] estimate = "workers"``), dealt out to K edge
+  processes (``--edge-processes``, default one per core; :mod:`gateway.cli_fleet_edges`):
+  the edges of one process share its event loop and burst together every frame period,
+  so one process would bound the fleet by one core;
 * M ``gridtwin worker`` processes sharing the work queue, and one ``gridtwin sink`` writing
   every feeder to one SQLite database.
 
 Latency figures leave out the first ``min(3 s, S/4)``: the workers' start-up (imports, each
-feeder's model built once) is not the fleet's steady state; counts cover the whole run.
+feeder's model built once) is not the fleet's steady state; counts cover the whole run
+and are taken only once every snapshot handed to the bus has its answer (``settled``;
+worker faults, snapshots a worker could not estimate, under ``worker_faults``).
 
 Per feeder and in total it reports frames sent/received/lost, snapshots, states,
 superseded, deadline misses, lost snapshots (handed to the bus and neither estimated nor
@@ -25,8 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
-import gc
 import json
 import os
 import signal
@@ -38,8 +40,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def register_demo(fsub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d = fsub.add_parser("demo", help="N emulated feeders, their edges, M workers and a sink "
@@ -50,6 +50,8 @@ def register_demo(fsub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     d.add_argument("--rate", type=float, default=50.0, help="frames per second per stream")
     d.add_argument("--bus", default=None, metavar="URL",
                    help="an existing NATS JetStream server (default: a private one)")
+    d.add_argument("--edge-processes", type=int, default=None, metavar="K",
+                   help="processes the edges are dealt out to (default: one per core)")
     d.add_argument("--kill-worker-at", type=float, default=None, metavar="T")
     d.add_argument("--json", action="store_true", help="one JSON object on stdout")
     d.set_defaults(func=run_fleet_demo)
@@ -59,8 +61,10 @@ def run_fleet_demo(args: argparse.Namespace) -> int:
     from gateway.bus.conn import BusError
     from hil.errors import HilError
 
-    if args.feeders < 1 or args.workers < 1 or args.seconds <= 0:
-        print("gridtwin fleet demo: --feeders, --workers and --seconds must be positive",
+    if args.feeders < 1 or args.workers < 1 or args.seconds <= 0 or (
+            args.edge_processes is not None and args.edge_processes < 1):
+        print("gridtwin fleet demo: --feeders, --workers, --seconds and --edge-processes "
+              "must be positive",
               file=sys.stderr)
         return 2
     try:
@@ -101,156 +105,6 @@ def _bus(url: str | None, stack: contextlib.ExitStack, log: Any) -> tuple[str, i
                    "nats-server') or pass --bus nats://HOST:PORT of a JetStream server")
 
 
-# --------------------------------------------------------------------------- feeders
-
-@dataclasses.dataclass
-class Feeder:
-    name: str
-    trace: Any
-    gateway: Any = None
-    emulator: Any = None
-    truth_t0: float = 0.0
-    errors: list[float] = dataclasses.field(default_factory=list)
-    sent: int = 0
-
-
-def _feeders(n: int, rows: int, rate: float, log: Any) -> list[Feeder]:
-    from hil.scenario import ScenarioSpec, make_trace
-
-    out = []
-    for i in range(n):
-        spec = ScenarioSpec(config="ieee33", start="1990-06-01T11:00", hours=rows / rate / 3600,
-                            step_s=1.0 / rate, seed=100 + i, load_scale=0.8 + 0.05 * (i % 8),
-                            missing_pct=0.5, bad_pct=2.0)
-        out.append(Feeder(f"feeder-{i + 1:02d}", make_trace(spec)))
-    log(f"fleet demo: {n} scenarios of {rows} steps")
-    return out
-
-
-async def _start_edges(feeders: list[Feeder], url: str, rate: float) -> None:
-    from gateway.app import Gateway, GatewayOptions
-    from gateway.config import BusConfig, load_config
-    from hil.emulator import Emulator, retarget
-
-    base = load_config("ieee33")
-    for f in feeders:
-        cfg = dataclasses.replace(
-            retarget(base, {s.name: "udp://127.0.0.1:0" for s in base.streams}),
-            name=f.name, bus=BusConfig(url=url, estimate="workers"),
-            quality=dataclasses.replace(base.quality, predictor_process=False))
-        # the edges of the demo forecast nothing: one forecaster process per feeder would
-        # measure the forecaster, not the fleet
-        gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="",
-                                         forecast=False))
-        await gw.start()
-        f.gateway = gw
-        ports = {n: t.local_address for n, t in gw.transports.items()}
-        f.emulator = Emulator(retarget(base, {n: f"udp://{a[0]}:{a[1]}"
-                                              for n, a in ports.items() if a}),
-                              f.trace, rate_hz=rate, loop=True)
-        f.truth_t0 = float(f.trace.time[0])
-
-
-def _score(f: Feeder, rate: float) -> None:
-    """|V| error of the feeder's newest estimate against its truth at that instant."""
-    st = f.gateway.pipeline.last_state
-    if st is None:
-        return
-    msg = st[0]
-    k = round((msg.source_time - f.truth_t0) * rate) % f.trace.v.shape[0]
-    truth = np.abs(f.trace.v[k])
-    f.errors.append(float(np.mean(np.abs(msg.vm - truth) / truth)))
-
-
-async def _play(feeders: list[Feeder], rate: float, seconds: float, on_tick: Any,
-                cpu: CpuMeter) -> None:
-    """All feeders' emulators at ``rate``, paced on the wall clock, for ``seconds``. How
-    late each step's frames left (against the schedule) goes to ``cpu.late_s``: an edge
-    process too busy to send on time shows there, not as a short e2e latency."""
-    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    steps = round(seconds * rate)
-    last_states = [0] * len(feeders)
-    try:
-        for k in range(steps):
-            c0 = time.thread_time()
-            if cpu.marked:
-                cpu.late_s.append(loop.time() - (t0 + k / rate))
-                cpu.steps += 1
-            for f in feeders:
-                for out in f.emulator.frames(k):
-                    tx.sendto(out.emission.data, (out.plan.stream.host, out.plan.stream.port))
-                    f.sent += 1
-            cpu.emulator_s += time.thread_time() - c0
-            for i, f in enumerate(feeders):
-                if f.gateway.states != last_states[i]:
-                    last_states[i] = f.gateway.states
-                    _score(f, rate)
-            on_tick(loop.time() - t0)
-            delay = t0 + (k + 1) / rate - loop.time()
-            await asyncio.sleep(max(0.0, delay))  # pacing the senders at the frame rate
-    finally:
-        tx.close()
-
-
-def proc_cpu_s(pid: int) -> float | None:
-    """CPU time (user + system, s) of process ``pid`` from /proc; None when it is gone (or
-    there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclasses.dataclass
-class CpuMeter:
-    """CPU time per process kind over the steady state (:meth:`mark` → :meth:`stop`), in
-    ms per feeder-second of data played (not of wall time: a run that falls behind is not
-    made to look cheaper): where a fleet on one machine spends its cores. The emulators
-    share the edges' process; their thread CPU time is taken out of it."""
-
-    pids: dict[str, list[int]]
-    rate: float = 50.0
-    steps: int = 0  # emulator steps played since the mark
-    emulator_s: float = 0.0
-    late_s: list[float] = dataclasses.field(default_factory=list)
-    marked: bool = False
-    _t0: dict[int, float | None] = dataclasses.field(default_factory=dict)
-    _t1: dict[int, float | None] = dataclasses.field(default_factory=dict)
-    _wall: list[float] = dataclasses.field(default_factory=list)
-
-    def _read(self) -> dict[int, float | None]:
-        return {pid: proc_cpu_s(pid) for pids in self.pids.values() for pid in pids}
-
-    def mark(self) -> None:
-        self.marked, self.emulator_s, self.steps = True, 0.0, 0
-        self._t0, self._wall = self._read(), [time.monotonic()]
-
-    def stop(self) -> None:
-        if self.marked and len(self._wall) == 1:
-            self._t1 = self._read()
-            self._wall.append(time.monotonic())
-
-    def report(self, feeders: int) -> dict[str, Any]:
-        if len(self._wall) != 2:
-            return {}
-        fs = feeders * max(self.steps, 1) / self.rate
-        out: dict[str, Any] = {}
-        for kind, pids in self.pids.items():
-            used = [(self._t1.get(p) or 0.0) - (self._t0.get(p) or 0.0) for p in pids
-                    if self._t0.get(p) is not None and self._t1.get(p) is not None]
-            out[kind] = 1e3 * sum(used) / fs if used else None
-        if out.get("edges") is not None:
-            out["edges"] -= 1e3 * self.emulator_s / fs
-        out["emulators"] = 1e3 * self.emulator_s / fs
-        out["total"] = sum(v for v in out.values() if v is not None)
-        return {"cpu_ms_per_feeder_s": out,
-                "emulator_late_ms_p99": float(np.percentile(self.late_s, 99)) * 1e3
-                if self.late_s else None}
-
-
 # --------------------------------------------------------------------------- processes
 
 def _spawn(args: list[str], out: Path) -> subprocess.Popen[bytes]:
@@ -277,6 +131,7 @@ def _stop(p: subprocess.Popen[bytes], out: Path) -> dict[str, Any] | None:
 async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     from gateway.bus.conn import BusOptions
     from gateway.bus.fleet import register_config
+    from gateway.cli_fleet_edges import CpuMeter
 
     def log(msg: str) -> None:
         if not args.json:
@@ -286,75 +141,133 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
             prefix="gridtwin-fleet-") as tmp:
         wd = Path(tmp)
         url, nats_pid = _bus(args.bus, stack, log)
-        rows = min(round(args.seconds * args.rate) + 50, 6000)
-        feeders = _feeders(args.feeders, rows, args.rate, log)
         opts = BusOptions(url=url, ack_wait_s=1.0)
-        for f in feeders:
-            await register_config(opts, "ieee33", name=f.name)
+        for i in range(args.feeders):
+            await register_config(opts, "ieee33", name=f"feeder-{i + 1:02d}")
         workers = [(_spawn(["worker", "--bus", url, "--ack-wait", "1"], wd / f"w{i}.json"),
                     wd / f"w{i}.json") for i in range(args.workers)]
         sink_out = wd / "sink.json"
         sink = _spawn(["sink", "--bus", url, "--historian", f"sqlite:///{wd / 'fleet.db'}"],
                       sink_out)
-        cpu = CpuMeter({"edges": [os.getpid()], "workers": [p.pid for p, _ in workers],
-                        "sink": [sink.pid], "nats": [nats_pid] if nats_pid else []},
-                       rate=args.rate)
+        cpu = CpuMeter({"workers": [p.pid for p, _ in workers], "sink": [sink.pid],
+                        "nats": [nats_pid] if nats_pid else []}, rate=args.rate)
         killed: list[int] = []
-        on_tick = _ticker(feeders, workers, cpu, killed, args, log)
+        edges = _spawn_edges(args, url, wd)
         try:
-            await _start_edges(feeders, url, args.rate)
-            # what start-up built (traces, models, configs) stays: out of the collector's
-            # way, so a full collection does not walk it during the run (pauses of ~0.1 s)
-            gc.collect()
-            gc.freeze()
-            log(f"fleet demo: {len(feeders)} edges, {args.workers} workers, playing "
-                f"{args.seconds:g} s at {args.rate:g} Hz")
-            await _play(feeders, args.rate, args.seconds, on_tick, cpu)
-            cpu.stop()
-            await _drain(feeders)
+            await _ready(edges, log)
+            log(f"fleet demo: {args.feeders} edges in {len(edges)} processes, "
+                f"{args.workers} workers, playing {args.seconds:g} s at {args.rate:g} Hz")
+            start = time.time() + 0.5  # every edge process plays from the same instant
+            for p in edges:
+                assert p.stdin is not None
+                p.stdin.write(json.dumps({"start": start}).encode() + b"\n")
+                p.stdin.flush()
+            await _timeline(start, workers, cpu, killed, args, log)
+            results = await _results(edges, args.seconds + 120.0)
         finally:
-            for f in feeders:
-                if f.gateway is not None:
-                    await f.gateway.close()
+            for p in edges:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
         wstats = [_stop(p, out) for p, out in workers]
         await _sink_caught_up(opts)
         sstats = _stop(sink, sink_out)
-        return {**_report(feeders, wstats, sstats, killed, args), **cpu.report(len(feeders))}
+        rows = sorted((r for res in results for r in res["rows"]), key=lambda r: r["feeder"])
+        return {**_report(rows, wstats, sstats, killed, args),
+                "edge_processes": len(edges),
+                "settled": all(res["settled"] for res in results),
+                **_cpu(cpu, results, args.feeders)}
 
 
-def _ticker(feeders: list[Feeder], workers: list[tuple[subprocess.Popen[bytes], Path]],
-            cpu: CpuMeter, killed: list[int], args: argparse.Namespace, log: Any) -> Any:
-    """What happens at a time into the run: the end of the warm-up (latency and CPU are
-    measured from there: the first seconds are the workers' start-up, imports and each
-    feeder's model built once, not the fleet; it ends once every feeder has had a state
-    back, however long the start-up took) and ``--kill-worker-at``."""
-    warmup_s = min(3.0, args.seconds / 4)
-
-    def on_tick(t: float) -> None:
-        if not cpu.marked and t >= warmup_s and all(f.gateway.states for f in feeders):
-            cpu.mark()
-            for f in feeders:
-                f.gateway.telemetry.e2e_s.clear()
-                f.gateway.bus.rtt_s.clear()
-                f.gateway.bus.fresh_s.clear()
-        if args.kill_worker_at is not None and not killed and t >= args.kill_worker_at:
-            workers[0][0].send_signal(signal.SIGKILL)
-            killed.append(workers[0][0].pid)
-            log(f"fleet demo: worker {workers[0][0].pid} killed at {t:.1f} s")
-
-    return on_tick
+def _spawn_edges(args: argparse.Namespace, url: str, wd: Path
+                 ) -> list[subprocess.Popen[bytes]]:
+    """K edge processes (:mod:`gateway.cli_fleet_edges`), the feeders dealt out in turn."""
+    k = max(1, min(args.feeders, getattr(args, "edge_processes", None) or os.cpu_count() or 1))
+    rows = min(round(args.seconds * args.rate) + 50, 6000)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = []
+    for i in range(k):
+        spec = {"url": url, "rate": args.rate, "seconds": args.seconds, "rows": rows,
+                "warmup_s": min(3.0, args.seconds / 4),
+                "feeders": list(range(i, args.feeders, k))}
+        out.append(subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli_fleet_edges", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=(wd / f"edges{i}.log").open("wb"), env=env))
+    return out
 
 
-async def _drain(feeders: list[Feeder], timeout: float = 30.0) -> None:
-    """Until every snapshot handed to the bus has its answer (state or supersession) or
-    ``timeout``: states still in flight at the end are not losses."""
+async def _line(p: subprocess.Popen[bytes], key: str, timeout: float) -> dict[str, Any]:
+    """The first JSON object with ``key`` on the process's stdout (other lines skipped);
+    HilError when it ends first or ``timeout`` runs out."""
+    from hil.errors import HilError
+
+    assert p.stdout is not None
+    loop = asyncio.get_running_loop()
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if all(f.gateway.bus.edge.pending == 0 and f.gateway.bus.unanswered == 0
-               for f in feeders):
+        try:
+            raw = await asyncio.wait_for(loop.run_in_executor(None, p.stdout.readline),
+                                         max(0.1, end - time.monotonic()))
+        except TimeoutError:
             break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.5)  # the last states' flight time (ack wait 1 s): a bounded grace
+        if not raw:
+            raise HilError(f"an edge process ended (status {p.wait()}) before its {key!r}")
+        with contextlib.suppress(ValueError):
+            obj = json.loads(raw)
+            if isinstance(obj, dict) and key in obj:
+                return obj
+    raise HilError(f"no {key!r} from an edge process in {timeout:g} s")
+
+
+async def _ready(edges: list[subprocess.Popen[bytes]], log: Any) -> None:
+    await asyncio.gather(*(_line(p, "ready", 300.0) for p in edges))
+
+
+async def _results(edges: list[subprocess.Popen[bytes]], timeout: float
+                   ) -> list[dict[str, Any]]:
+    return list(await asyncio.gather(*(_line(p, "rows", timeout) for p in edges)))
+
+
+async def _timeline(start: float, workers: list[tuple[subprocess.Popen[bytes], Path]],
+                    cpu: Any, killed: list[int], args: argparse.Namespace, log: Any) -> None:
+    """What happens at a time into the run: the end of the warm-up (the CPU of workers,
+    sink and nats-server is measured from there to the end of play; each edge process
+    measures its own), ``--kill-worker-at``."""
+
+    def kill() -> None:
+        workers[0][0].send_signal(signal.SIGKILL)
+        killed.append(workers[0][0].pid)
+        log(f"fleet demo: worker {workers[0][0].pid} killed at {args.kill_worker_at:.1f} s")
+
+    events: list[tuple[float, Any]] = [(min(3.0, args.seconds / 4), cpu.mark),
+                                       (args.seconds, cpu.stop_wall)]
+    if args.kill_worker_at is not None:
+        events.append((args.kill_worker_at, kill))
+    for at, act in sorted(events, key=lambda e: e[0]):
+        await asyncio.sleep(max(0.0, start + at - time.time()))
+        act()
+
+
+def _cpu(cpu: Any, results: list[dict[str, Any]], feeders: int) -> dict[str, Any]:
+    """CPU ms per feeder-second of every process kind: the edge processes' own figures
+    (weighted by the feeder-seconds each played) beside the workers', sink's, server's."""
+    rep = cpu.report(feeders)
+    out = rep.get("cpu_ms_per_feeder_s") or {}
+    fs = sum(r["feeder_s"] for r in results if r.get("cpu_ms_per_feeder_s"))
+    kinds: dict[str, Any] = {}
+    for kind in ("edges", "emulators"):
+        parts = [(r["cpu_ms_per_feeder_s"].get(kind), r["feeder_s"]) for r in results
+                 if r.get("cpu_ms_per_feeder_s")]
+        kinds[kind] = (sum(v * w for v, w in parts if v is not None) / fs) if fs else None
+    merged = {"edges": kinds["edges"], **{k: v for k, v in out.items()
+                                           if k not in ("emulators", "total")},
+              "emulators": kinds["emulators"]}
+    merged["total"] = sum(v for v in merged.values() if v is not None)
+    late = [r["emulator_late_ms_p99"] for r in results if r.get("emulator_late_ms_p99")
+            is not None]
+    return {"cpu_ms_per_feeder_s": merged if fs else {},
+            "emulator_late_ms_p99": max(late) if late else None}
 
 
 async def _sink_caught_up(opts: Any, timeout: float = 60.0) -> None:
@@ -375,33 +288,32 @@ async def _sink_caught_up(opts: Any, timeout: float = 60.0) -> None:
         await nc.close()
 
 
-def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
+#: worker counters of snapshots that went wrong (not lost: answered, or left for
+#: redelivery): bad layout, unregistered feeder, estimate failed, state not stored
+WORKER_FAULTS = ("bad", "unknown_feeder", "failed", "publish_failures")
+
+
+def _report(rows: list[dict[str, Any]], wstats: list[dict[str, Any] | None],
             sstats: dict[str, Any] | None, killed: list[int],
             args: argparse.Namespace) -> dict[str, Any]:
+    """Totals over the edge processes' rows; per feeder superseded and failed (the
+    workers' counts) and lost (handed to the bus and neither estimated, nor superseded,
+    nor failed by a worker)."""
     live = [w for w in wstats if w is not None]
-    superseded = {f.name: sum(w.get("superseded_per_feeder", {}).get(f.name, 0) for w in live)
-                  for f in feeders}
-    rows = []
-    for f in feeders:
-        s = f.gateway.summary()
-        b = s["bus"] or {}
-        lost = max(0, s["snapshots"] - s["states"] - superseded[f.name])
-        rows.append({
-            "feeder": f.name, "frames_sent": f.sent, "frames_received": s["frames_received"],
-            "frames_lost": max(0, f.sent - s["frames_received"]), "snapshots": s["snapshots"],
-            "states": s["states"],
-            "superseded": superseded[f.name], "lost": lost,
-            "deadline_misses": s["deadline_misses"],
-            "vm_mape_pct": 100 * float(np.mean(f.errors)) if f.errors else None,
-            "e2e_p99_ms": s["e2e_latency_ms"]["p99"],
-            "fresh_p99_ms": (b.get("fresh_ms") or {}).get("p99"), "bus_rtt_ms": b.get("rtt_ms"),
-            "bus_errors": b.get("errors", 0)})
+    for r in rows:
+        r["superseded"] = sum(w.get("superseded_per_feeder", {}).get(r["feeder"], 0)
+                              for w in live)
+        # estimated by no worker because it could not be (e.g. not observable: the
+        # scenario's bad data left buses without a measurement): answered, not lost
+        r["failed"] = sum(w.get("failed_per_feeder", {}).get(r["feeder"], 0) for w in live)
+        r["lost"] = max(0, r["snapshots"] - r["states"] - r["superseded"] - r["failed"])
     tot = {k: sum(r[k] for r in rows) for k in ("frames_sent", "frames_received",
                                                 "frames_lost", "snapshots", "states",
-                                                "superseded", "lost", "deadline_misses")}
+                                                "superseded", "failed", "lost",
+                                                "deadline_misses")}
     rtts = [r["bus_rtt_ms"]["p99"] for r in rows if r["bus_rtt_ms"] and
             r["bus_rtt_ms"]["p99"] is not None]
-    return {"feeders": len(feeders), "workers": args.workers, "seconds": args.seconds,
+    return {"feeders": len(rows), "workers": args.workers, "seconds": args.seconds,
             "rate_hz": args.rate, "per_feeder": rows, "total": tot,
             "vm_mape_pct_max": max((r["vm_mape_pct"] for r in rows
                                     if r["vm_mape_pct"] is not None), default=None),
@@ -410,6 +322,8 @@ def _report(feeders: list[Feeder], wstats: list[dict[str, Any] | None],
             "fresh_p99_ms_max": max((r["fresh_p99_ms"] or 0.0 for r in rows), default=None),
             "workers_killed": len(killed),
             "redelivered": sum(w.get("redelivered", 0) for w in live),
+            "worker_faults": {k: sum(w.get(k, 0) for w in live) for k in WORKER_FAULTS},
+            "worker_fail_reasons": [r for w in live for r in w.get("fail_reasons", [])][:10],
             "sink": sstats}
 
 
@@ -417,17 +331,19 @@ def _print(res: dict[str, Any]) -> None:
     print(f"gridtwin fleet demo: {res['feeders']} feeders, {res['workers']} workers, "
           f"{res['seconds']:g} s at {res['rate_hz']:g} Hz")
     print(f"{'feeder':12} {'frames':>14} {'snaps':>6} {'states':>6} {'supers':>6} "
-          f"{'lost':>5} {'miss':>5} {'|V| MAPE %':>10} {'rtt p50/p99 ms':>16}")
+          f"{'fail':>4} {'lost':>5} {'miss':>5} {'|V| MAPE %':>10} {'rtt p50/p99 ms':>16}")
     for r in res["per_feeder"]:
         rtt = r["bus_rtt_ms"] or {}
         mape = "-" if r["vm_mape_pct"] is None else f"{r['vm_mape_pct']:.4f}"
         lat = "-" if rtt.get("p50") is None else f"{rtt['p50']:.1f}/{rtt['p99']:.1f}"
         print(f"{r['feeder']:12} {r['frames_received']:>6}/{r['frames_sent']:<7} "
-              f"{r['snapshots']:>6} {r['states']:>6} {r['superseded']:>6} {r['lost']:>5} "
+              f"{r['snapshots']:>6} {r['states']:>6} {r['superseded']:>6} {r['failed']:>4} "
+              f"{r['lost']:>5} "
               f"{r['deadline_misses']:>5} {mape:>10} {lat:>16}")
     t = res["total"]
     print(f"{'total':12} {t['frames_received']:>6}/{t['frames_sent']:<7} {t['snapshots']:>6} "
-          f"{t['states']:>6} {t['superseded']:>6} {t['lost']:>5} {t['deadline_misses']:>5}")
+          f"{t['states']:>6} {t['superseded']:>6} {t['failed']:>4} {t['lost']:>5} "
+          f"{t['deadline_misses']:>5}")
     print(f"e2e p99 (first frame -> state back at the edge): {res['e2e_p99_ms_max']:.1f} ms "
           f"estimated snapshots, {res['fresh_p99_ms_max']:.1f} ms every snapshot (superseded "
           "ones until a newer state came)")

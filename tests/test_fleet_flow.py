@@ -112,3 +112,60 @@ async def test_edges_sharing_a_connection_each_get_their_own_states(nats, trace)
         await worker.close()
     assert edges["f2"].stats.published == 8 and edges["f2"].stats.errors == 0
     assert got["f1"] <= set(range(5)) and got["f2"] <= set(range(8))
+
+
+def test_reply_subject_parsed_like_the_client_library() -> None:
+    """``delivery`` reads the two numbers ``Msg.metadata`` would, from both reply layouts
+    (without and with a JetStream domain), and refuses what the library refuses."""
+    from nats.aio.msg import Msg
+    from nats.errors import NotJSMessageError
+
+    from gateway.bus.pull import delivery
+
+    subjects = ["$JS.ACK.GRIDTWIN.workers.3.1042.977.1733300000000000000.12",
+                "$JS.ACK.hub.ACCHASH.GRIDTWIN.sink.1.7.5.1733300000000000000.0.xyz",
+                "$JS.ACK._.ACCHASH.GRIDTWIN.sink.2.99.98.1733300000000000000.4"]
+    for reply in subjects:
+        md = Msg.Metadata._from_reply(reply)
+        assert delivery(reply) == (md.num_delivered, md.sequence.stream)
+    for bad in ("_INBOX.abc.1", "$JS.ACK.GRIDTWIN.workers.3"):
+        with pytest.raises(NotJSMessageError):
+            Msg.Metadata._get_metadata_fields(bad)
+        with pytest.raises(ValueError):
+            delivery(bad)
+
+
+async def test_delivery_of_real_messages_and_a_redelivery(nats, trace) -> None:
+    """On messages the server delivered (and one it delivered again after a nak)."""
+    from gateway.bus.pull import delivery
+
+    opts = BusOptions(url=nats.url)
+    edge = EdgeBus("f1", opts)
+    await edge.start()
+    nc = await connect(opts)
+    feed = PullFeed(nc, STREAM, WORKERS, credit=8)
+    got: list[tuple[int, int]] = []
+    try:
+        offer_rows(edge, trace, range(3))
+        assert await edge.flush(30)
+        await feed.start()
+
+        async def take(n: int, *, nak_first: bool) -> None:
+            left = n
+            while left:
+                for m in await feed.next_batch(10, 1.0):
+                    md = m.metadata
+                    assert delivery(m.reply) == (md.num_delivered, md.sequence.stream)
+                    got.append(delivery(m.reply))
+                    left -= 1
+                    if nak_first and md.sequence.stream == 1 and md.num_delivered == 1:
+                        await m.nak()
+                    else:
+                        await m.ack()
+
+        await asyncio.wait_for(take(4, nak_first=True), 60)
+    finally:
+        await feed.close()
+        await nc.drain()
+        await edge.close()
+    assert (2, 1) in got  # the nak'ed one came back, counted as a second delivery

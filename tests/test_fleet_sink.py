@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.bus.conn import SINK, STREAM, BusOptions, connect
 from gateway.bus.edge import EdgeBus
@@ -126,3 +129,17 @@ async def test_database_outage_keeps_the_backlog_on_the_bus(nats, trace, mysql) 
         cur.execute("SELECT COUNT(*) FROM events")
         assert cur.fetchone() == (1,)
     conn.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=64), max_size=40))
+def test_state_vectors_stored_as_the_same_json_text(xs: list[float]) -> None:
+    """The sink's cheaper vector encoding writes exactly the text ``json.dumps`` wrote
+    (non-finite values as null), so the database holds what it held."""
+    import json
+    import math
+
+    from gateway.historian.schema import json_vector
+
+    expected = json.dumps([x if math.isfinite(x) else None for x in xs])
+    assert json_vector(np.asarray(xs, dtype=np.float64)) == expected

@@ -28,7 +28,27 @@ import time
 from collections import deque
 from typing import Any
 
-__all__ = ["PullFeed"]
+__all__ = ["PullFeed", "delivery"]
+
+#: tokens of a JetStream reply subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
+#: seq>.<consumer seq>.<time>.<pending>`` (9), or with ``<domain>.<account hash>`` after
+#: ``ACK`` and a random token at the end (11 or more)
+_V1, _V2 = 9, 11
+
+
+def delivery(reply: str) -> tuple[int, int]:
+    """(times delivered, stream sequence) from a JetStream message's reply subject.
+
+    ``Msg.metadata`` of the client library parses the whole subject into dataclasses and
+    a datetime on every access; a worker and the sink need two integers per message.
+    ValueError when ``reply`` is not a JetStream reply subject."""
+    t = reply.split(".")
+    if len(t) >= 2 and t[0] == "$JS" and t[1] == "ACK":
+        if len(t) == _V1:
+            return int(t[4]), int(t[5])
+        if len(t) >= _V2:
+            return int(t[6]), int(t[7])
+    raise ValueError(f"not a JetStream reply subject: {reply!r}")
 
 
 class PullFeed:
@@ -41,7 +61,9 @@ class PullFeed:
         self.expires_s = expires_s
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._queue: deque[Any] = deque()
-        self._ready = asyncio.Event()
+        #: the future :meth:`next_batch` waits on while the queue is empty (one future
+        #: and one timer handle per wait: no task, unlike ``wait_for(Event.wait())``)
+        self._waiter: asyncio.Future[None] | None = None
         #: outstanding requests: [deadline (monotonic), messages still owed]
         self._requests: deque[list[float]] = deque()
         self._inbox = ""
@@ -76,16 +98,23 @@ class PullFeed:
                 r[1] -= 1
                 break
         self._queue.append(m)
-        self._ready.set()
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     async def next_batch(self, most: int, timeout: float, linger_s: float = 0.0) -> list[Any]:
         """Up to ``most`` messages, as soon as at least one is there (or, with
         ``linger_s``, that much later unless ``most`` came first: fewer, larger batches
         for a consumer that is not latency-bound); [] after ``timeout`` s without any."""
         if not self._queue:
-            self._ready.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready.wait(), timeout)
+            loop = asyncio.get_running_loop()
+            w = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _wake, w)
+            try:
+                await w
+            finally:
+                timer.cancel()
+                self._waiter = None
         q = self._queue
         if q and linger_s > 0 and len(q) < most:
             await asyncio.sleep(linger_s)
@@ -115,3 +144,8 @@ class PullFeed:
         while True:
             await asyncio.sleep(self.expires_s / 4)
             await self._top_up()
+
+
+def _wake(w: asyncio.Future[None]) -> None:
+    if not w.done():
+        w.set_result(None)

@@ -29,7 +29,7 @@ from typing import Any
 
 from gateway.bus import wire
 from gateway.bus.conn import BUCKET, SINK, STREAM, BusOptions, connect, ensure_fleet
-from gateway.bus.pull import PullFeed
+from gateway.bus.pull import PullFeed, delivery
 from gateway.bus.worker import config_from_text, poll_pending
 from gateway.errors import HistorianError
 from gateway.historian.writer import (
@@ -182,10 +182,11 @@ class Sink:
         batch: dict[str, list[Row]] = {}
         good = []
         for m in msgs:
-            if m.metadata.num_delivered > 1:
+            delivered, stream_seq = delivery(m.reply)
+            if delivered > 1:
                 self.stats.redelivered += 1
             try:
-                recs = self.rows.rows(m.subject, m.data, m.metadata.sequence.stream)
+                recs = self.rows.rows(m.subject, m.data, stream_seq)
             except wire.BusMessageError as exc:
                 self.stats.bad += 1
                 if self.stats.bad <= 10:

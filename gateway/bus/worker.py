@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import tempfile
@@ -49,13 +50,12 @@ from gateway.bus.conn import (
     BUCKET,
     STREAM,
     WORKERS,
-    BusError,
     BusOptions,
     connect,
     ensure_fleet,
 )
 from gateway.bus.pub import AckedPublisher
-from gateway.bus.pull import PullFeed
+from gateway.bus.pull import PullFeed, delivery
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gridtwin.worker")
@@ -85,6 +85,8 @@ class WorkerStats:
     config_rejected: int = 0
     per_feeder: dict[str, int] = field(default_factory=dict)
     superseded_per_feeder: dict[str, int] = field(default_factory=dict)
+    failed_per_feeder: dict[str, int] = field(default_factory=dict)
+    fail_reasons: list[str] = field(default_factory=list)  # the first estimates failed
 
 
 @dataclass
@@ -221,7 +223,6 @@ class Worker:
         self.js: Any = None
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._settling: set[asyncio.Task[None]] = set()
         self._acks: list[Any] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_task: asyncio.Task[None] | None = None
@@ -304,28 +305,22 @@ class Worker:
             per[twin] = per.get(twin, 0) + 1
             await m.ack()
         await self._send_acks()  # those due leave in the same write as the states
-        sent = []
         flushed = time.perf_counter()
         for p in plan.keep:
-            if p.msg.metadata.num_delivered > 1:
+            if delivery(p.msg.reply)[0] > 1:
                 self.stats.redelivered += 1
             state = await self._estimate(p)
             if state is not None:
                 s = p.snap
-                sent.append((p, await self._pub.publish(
+                fut = await self._pub.publish(
                     wire.subject(p.twin, wire.STATE), wire.encode_state(state),
-                    wire.msg_id(p.twin, s.run, wire.STATE, s.seq))))
+                    wire.msg_id(p.twin, s.run, wire.STATE, s.seq))
+                # the snapshot is acknowledged once its state is stored, from the PubAck
+                # itself (no task per batch), while the next batch is being estimated
+                fut.add_done_callback(functools.partial(self._stored, p))
             if time.perf_counter() - flushed > FLUSH_EVERY_S:
                 await asyncio.sleep(0)  # a long batch: let the states so far leave
                 flushed = time.perf_counter()
-        if sent:
-            # each snapshot is acknowledged once its state is stored, while the next
-            # batch is already being estimated
-            while len(self._settling) >= 32:
-                await asyncio.wait(self._settling, return_when=asyncio.FIRST_COMPLETED)
-            task = asyncio.create_task(self._settle(sent))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
 
     async def _estimate(self, p: Planned) -> wire.BusState | None:
         """Estimate one snapshot; its state (None when there is nothing to publish)."""
@@ -342,6 +337,11 @@ class Worker:
             vm, va, chi2, thr, iters, conv = solve(s.values, s.flags, s.pv_mw, s.pv_sigma_mw)
         except Exception as exc:  # one feeder fails alone
             self.stats.failed += 1
+            per = self.stats.failed_per_feeder
+            per[p.twin] = per.get(p.twin, 0) + 1
+            if len(self.stats.fail_reasons) < 10:  # what went wrong, in the exit report
+                self.stats.fail_reasons.append(f"{p.twin} seq {s.seq}: "
+                                               f"{type(exc).__name__}: {exc}")
             await self._event(p.twin, "estimate_failed", {"seq": s.seq, "error": str(exc)})
             await p.msg.ack()
             return None
@@ -353,20 +353,18 @@ class Worker:
                              done, chi2, thr, t_solve, iters, conv, np.asarray(vm, float),
                              np.asarray(va, float), label)
 
-    async def _settle(self, sent: list[tuple[Planned, asyncio.Future[bool]]]) -> None:
-        """Acknowledge each snapshot whose state is stored. One whose state was not
-        stored stays unacknowledged: JetStream gives it to a worker again after the ack
-        wait (the state's de-duplication id keeps a second copy out)."""
-        for p, fut in sent:
-            try:
-                await fut
-            except BusError as exc:
-                self.stats.publish_failures += 1
-                log.warning("state of %s not stored (%s): left for redelivery", p.twin, exc)
-                continue
-            self._ack_later(p.msg)
-            self.stats.solved += 1
-            self.stats.per_feeder[p.twin] = self.stats.per_feeder.get(p.twin, 0) + 1
+    def _stored(self, p: Planned, fut: asyncio.Future[bool]) -> None:
+        """A state's PubAck came (or its publish failed): acknowledge its snapshot. One
+        whose state was not stored stays unacknowledged: JetStream gives it to a worker
+        again after the ack wait (the state's de-duplication id keeps a second copy out)."""
+        exc = None if fut.cancelled() else fut.exception()
+        if fut.cancelled() or exc is not None:
+            self.stats.publish_failures += 1
+            log.warning("state of %s not stored (%s): left for redelivery", p.twin, exc)
+            return
+        self._ack_later(p.msg)
+        self.stats.solved += 1
+        self.stats.per_feeder[p.twin] = self.stats.per_feeder.get(p.twin, 0) + 1
 
     def _ack_later(self, m: Any) -> None:
         """Acknowledge ``m`` with the next batch's states, or in :data:`ACK_DELAY_S` (one
@@ -401,8 +399,9 @@ class Worker:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        if self._settling:  # states in flight: their snapshots acknowledged if stored
-            await asyncio.wait(self._settling, timeout=3.0)
+        end = time.monotonic() + 3.0  # states in flight: their snapshots acknowledged
+        while self._pub is not None and self._pub.in_flight and time.monotonic() < end:
+            await asyncio.sleep(0.01)  # (if stored) by their PubAcks' callbacks
         with contextlib.suppress(Exception):
             await self._send_acks()
             await self.nc.flush(2)

@@ -10,6 +10,7 @@ Nothing here validates: :mod:`gateway.config.rules` checks a parsed TOML documen
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -156,9 +157,11 @@ class Stream:
         return tuple(p.channel for p in self.points if p.channel is not None)
 
 
+@functools.lru_cache(maxsize=1024)
 def url_parts(url: str) -> tuple[str, str, int]:
     """(scheme, host, port) of a stream URL; host defaults to 127.0.0.1 and port to 0.
-    A port that is not a number raises ValueError."""
+    A port that is not a number raises ValueError. Cached: senders read a stream's
+    ``host`` and ``port`` per frame (the fleet demo's emulators, thousands a second)."""
     u = urlsplit(url)
     return u.scheme, u.hostname or "127.0.0.1", u.port or 0
 
