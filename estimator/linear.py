@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -422,12 +423,25 @@ def _kernels() -> Any:
     module: numba's import and the kernels' cache load cost about 0.5 s once."""
     global _KERNELS
     if _KERNELS is None:
+        if not jit_enabled():
+            _KERNELS = False
+            return None
         try:
             from estimator import kernels
         except ImportError:  # pragma: no cover - numba missing
             kernels = False  # type: ignore[assignment]
         _KERNELS = kernels
     return _KERNELS or None
+
+
+def jit_enabled() -> bool:
+    """False when ``GRIDTWIN_JIT`` is ``0``/``off``/``no``/``false``.
+
+    Why: numba's compiled code lives in a writable+executable mapping, which a process
+    hardened with systemd's ``MemoryDenyWriteExecute=yes`` may not create; the shipped
+    units set ``GRIDTWIN_JIT=0`` and run the NumPy paths (same answers, slower)."""
+    return os.environ.get("GRIDTWIN_JIT", "1").strip().lower() not in (
+        "0", "off", "no", "false")
 
 
 def _pv_metric(fac: _Factor) -> tuple[np.ndarray | None, np.ndarray | None]:

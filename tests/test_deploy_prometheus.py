@@ -115,6 +115,19 @@ class Prom:
         return None if math.isnan(v) else v
 
 
+def _unit_environment() -> dict[str, str]:
+    """The ``Environment=`` settings of the shipped gridtwin.service: the processes here run
+    as the unit runs them (e.g. without the compiled kernels its W^X rule forbids)."""
+    unit = Path(__file__).resolve().parents[1] / "deploy" / "systemd" / "gridtwin.service"
+    out: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            for pair in line.removeprefix("Environment=").split():
+                key, _, value = pair.partition("=")
+                out[key] = value
+    return out
+
+
 class Proc:
     """A child process with its output in a file; stopped with SIGTERM, then SIGKILL."""
 
@@ -122,7 +135,7 @@ class Proc:
         self.name = name
         self.log_path = cwd / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, **_unit_environment())
         self.p = subprocess.Popen(argv, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
                                   env=env)
 

@@ -198,3 +198,16 @@ def test_rule_a_per_row_as_the_numpy_code(monkeypatch: pytest.MonkeyPatch) -> No
     slow = est._drifted_rows(zb, act)
     np.testing.assert_array_equal(fast, slow)
     assert 0 < slow.sum() < slow.size  # both verdicts occur
+
+
+def test_gridtwin_jit_off_selects_the_numpy_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GRIDTWIN_JIT=0 (the hardened systemd units) keeps numba out of the process."""
+    from estimator import linear
+
+    for off in ("0", "off", "No", "false"):
+        monkeypatch.setenv("GRIDTWIN_JIT", off)
+        assert not linear.jit_enabled()
+        monkeypatch.setattr(linear, "_KERNELS", None)
+        assert linear._kernels() is None
+    monkeypatch.setenv("GRIDTWIN_JIT", "1")
+    assert linear.jit_enabled()
