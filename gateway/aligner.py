@@ -16,7 +16,9 @@ and sequence number from outside is untrusted, so each stream has its own discip
   timestamp 0) keeps its slots;
 * without a timestamp or sequence number the arrival time is used with the same phase
   tracking, and a frame never takes a slot its own stream already used (a late frame
-  and the next one both keep their data);
+  and the next one both keep their data; a sender's backlog arriving at once takes
+  consecutive slots in arrival order); arrival is our own clock, so such a frame is
+  never held as a jump or a restart (a silence is only a gap);
 * a timestamp more than ``max_ahead_s`` ahead of the local clock is refused (FUTURE),
   once the stream's timestamps have been within that bound (a sender whose clock is not
   synchronised with ours is judged by its own rate and sequence only);
@@ -334,8 +336,8 @@ class Aligner:
         ph = xa - round(xa) if src.phase is None else src.phase
         k = round(xa - ph) + src.offset
         last = src.last_key
-        if last is not None and last - self.reorder <= k <= last:
-            k = last + 1  # never the slot its own stream already filled
+        if last is not None and k <= last:
+            k = last + 1  # never the slot its own stream already filled (a burst: in order)
         return k, xa, None
 
     # -- feeding -------------------------------------------------------------------------
@@ -365,7 +367,8 @@ class Aligner:
             src.timed = timed
         key, x, shift = self._key(src, ts if timed else None, seq, now)
         fr = _Frame(key, values, now, ts if timed else None, seq, x, shift, flags)
-        if src.last_key is None:
+        if src.last_key is None or (x is not None and not timed and seq is None):
+            # arrival-slotted: our own clock, never a stray or a restart to hold
             return self._place(i, fr)
         if shift is not None:
             return self._on_disagreement(i, fr)

@@ -235,3 +235,29 @@ def test_restarts_strays_and_swaps_never_republish_or_lose_count(ops: list[str])
             # and the return to the right time that follows is a step back whose first
             # frames may be refused as outliers; every frame is still accounted for above
             assert al.stats.dropped["future"] <= strays
+
+
+@pytest.mark.parametrize("burst", [50, 400])
+def test_arrival_stamped_frames_of_a_burst_are_all_kept(burst: int) -> None:
+    """A stream with neither timestamp nor sequence number (GTNET-SKT without its
+    header) is slotted by arrival. A sender that stalled and then sends its backlog at
+    once delivers many frames within microseconds: each must keep a slot of its own
+    (arrival order), also when the burst is longer than the reorder window (200 slots
+    here) and after a silence longer than the jump bound. Before, the frame whose
+    arrival slot fell more than the reorder window behind the stream's newest was held
+    as a jump and the next one, on the same arrival slot, dropped as its duplicate."""
+    al = Aligner(1, [StreamLayout.of("a", [0])], rate_hz=1000.0, lag_s=0.010)
+    t, fed, published = 100.0, 0, 0
+    for k in range(100):  # regular frames
+        published += len(al.feed("a", np.array([float(fed)]), t + k * 1e-3))
+        fed += 1
+    t += 100e-3 + 3.0  # a stall longer than max_jump_s (2 s), then the backlog at once
+    for k in range(burst):
+        published += len(al.feed("a", np.array([float(fed)]), t + k * 2e-6))
+        fed += 1
+    for k in range(1, 100):  # regular again
+        published += len(al.feed("a", np.array([float(fed)]), t + k * 1e-3))
+        fed += 1
+    published += len(al.flush(t + 1.0))
+    assert sum(al.stats.dropped.values()) == 0
+    assert published == fed
