@@ -66,13 +66,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.linalg as sla
 
 from estimator.blas import single_threaded
 from estimator.errors import EstimatorError
 from estimator.linear import LinearStateEstimator, chi2_quantile
 from estimator.measurement import MeasurementModel
 from estimator.state import State
+from estimator.tracking import kalman_update
 
 __all__ = ["KalmanStateEstimator", "injection_map"]
 
@@ -244,21 +244,11 @@ class KalmanStateEstimator:
         q = self.q + self.q_floor
         x_prior = self.x
         p_prior = self.p + (self.a * (q * dt)) @ self.a.T
-        nu = y - x_prior
-        s = p_prior + e
-        try:
-            cho = sla.cho_factor(s, check_finite=False)
-        except np.linalg.LinAlgError:
-            cho = None
-        d2 = float(nu @ sla.cho_solve(cho, nu, check_finite=False)) if cho else np.inf
-        if not d2 <= self._restart:
+        d2, x, p = kalman_update(x_prior, p_prior, y, e, self._restart)
+        if x is None or p is None:
             self.restarts += 1
             self.x, self.p = y.copy(), e.copy()
             return d2
-        k = sla.cho_solve(cho, p_prior, check_finite=False).T
-        x = x_prior + k @ nu
-        p = p_prior - k @ p_prior
-        p = 0.5 * (p + p.T)
         # learned rates (Mohamed & Schwarz 1999: Q from the state corrections K nu),
         # per injection column: the correction mapped to injections, squared, averaged
         u = self.a_inv @ (x - x_prior)

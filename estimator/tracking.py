@@ -151,22 +151,11 @@ class TrackingStateEstimator:
         p_prior = self.p + self.q
         # update with the static estimate y (covariance E)
         nu = y - x_prior
-        s = p_prior + e
-        try:
-            cho = sla.cho_factor(s, check_finite=False)
-        except np.linalg.LinAlgError:
-            cho = None
-        # normalized innovation nu^T S^-1 nu: a step the random walk cannot explain
-        d2 = float(nu @ sla.cho_solve(cho, nu, check_finite=False)) if cho else np.inf
-        if not d2 <= self._restart:
+        d2, x, p = kalman_update(x_prior, p_prior, y, e, self._restart)
+        if x is None or p is None:
             self.restarts += 1
             self.x, self.p = y.copy(), e.copy()
             return d2
-        # K = P_prior S^-1  (S, P_prior symmetric: K^T = S^-1 P_prior)
-        k = sla.cho_solve(cho, p_prior, check_finite=False).T
-        x = x_prior + k @ nu
-        p = p_prior - k @ p_prior
-        p = 0.5 * (p + p.T)
         # process noise by covariance matching: E[nu nu^T] = P + Q + E, the running mean
         # of nu nu^T less the previous P and E, projected on the positive semidefinite
         # matrices (the grid moves coherently: a PV plant's swing moves every voltage
@@ -185,3 +174,27 @@ def _psd(a: np.ndarray, floor: float) -> np.ndarray:
     out = (u * np.maximum(w, 0.0)) @ u.T
     out[np.diag_indices_from(out)] += floor
     return out
+
+
+def kalman_update(x_prior: np.ndarray, p_prior: np.ndarray, y: np.ndarray, e: np.ndarray,
+                  limit: float) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """One Kalman measurement update of a prior (x, P) by a static estimate y with
+    covariance E: (d2, x, P), with x and P None when the normalized innovation d2 exceeds
+    ``limit`` (a step the process model cannot explain: the caller restarts on y).
+
+    Why shared: the tracking and the Kalman estimators differ in their process models,
+    not in this step."""
+    nu = y - x_prior
+    try:
+        cho = sla.cho_factor(p_prior + e, check_finite=False)
+    except np.linalg.LinAlgError:
+        cho = None
+    # normalized innovation nu^T S^-1 nu
+    d2 = float(nu @ sla.cho_solve(cho, nu, check_finite=False)) if cho else np.inf
+    if not d2 <= limit:
+        return d2, None, None
+    # K = P_prior S^-1  (S, P_prior symmetric: K^T = S^-1 P_prior)
+    k = sla.cho_solve(cho, p_prior, check_finite=False).T
+    x = x_prior + k @ nu
+    p = p_prior - k @ p_prior
+    return d2, x, 0.5 * (p + p.T)
