@@ -1,0 +1,114 @@
+"""The largest-normalized-residual search decides what the unoptimised estimator decides.
+
+The bad-data search on the live path is made cheap (residual sensitivities from dense
+products, factorizations of a trial set derived from a cached one instead of rebuilt,
+observability checked from cached rows); none of that may change which values it removes
+or the state it returns. ``tests/linear_reference.py`` (the estimator before its fast
+paths) is the reference: snapshots with one to three gross errors, fed the way the
+estimator worker feeds them (a first ``solve``, then ``solve_clean`` warm-started from
+it), with a few values missing (filled from the estimate) or a tenth and more left out
+(every trial set then has a factorization of its own), caller sigmas and sigma factors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import tests.linear_reference as ref
+from estimator.errors import EstimatorError
+from estimator.linear import LinearStateEstimator
+from tests.test_linear_fast import _model
+
+#: the state may move by rounding only (the brief's bound: 1e-9 pu)
+STATE_TOL = 1e-9
+
+
+def _cases(model: Any, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """``k`` noisy snapshots along a load ramp with 1-3 gross errors (15-60 sigma) each,
+    an active mask (all, a few left out, or 12-18 % left out) and the error count."""
+    from estimator import pgm
+
+    net = model.net
+    rng = np.random.default_rng(seed)
+    scale = np.linspace(0.7, 1.1, k)[:, None]
+    p = net.p_gen - scale * net.p_load
+    q = net.q_gen - scale * net.q_load
+    v = pgm.power_flow(net, p, q, tolerance=1e-12, max_iterations=50)
+    out = []
+    for j in range(k):
+        z = model.h(v[j])
+        sig = model.sigma(z)
+        z = z + rng.standard_normal(z.size) * sig
+        n_err = 1 + j % 3
+        cols = rng.choice(model.m, n_err, replace=False)
+        z[cols] += rng.choice([-1.0, 1.0], n_err) * rng.uniform(15, 60, n_err) * sig[cols]
+        act = np.ones(model.m, bool)
+        kind = j % 4
+        if kind == 1:  # a value or two missing: filled from the estimate
+            act[rng.choice(model.m, 2, replace=False)] = False
+        elif kind >= 2:  # a device's worth left out: every trial set factorized anew
+            act[rng.choice(model.m, int(model.m * rng.uniform(0.12, 0.18)),
+                           replace=False)] = False
+        out.append((z, act, n_err))
+    return out
+
+
+def _clean(est: Any, z: np.ndarray, act: np.ndarray, **kw: Any) -> Any:
+    """What the estimator worker does: a solve, then the search warm-started from it."""
+    try:
+        first = est.solve(z, active=act, **kw)
+        return est.solve_clean(z, active=act, warm_start=first.v,
+                               **({"sigma": kw["sigma"]} if "sigma" in kw else {}))
+    except EstimatorError as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_lnr_removes_what_the_reference_removes(seed: int) -> None:
+    model_a, model_b = _model(), _model()
+    fast = LinearStateEstimator(model_a)
+    slow = ref.LinearStateEstimator(model_b)
+    removed = multi = 0
+    for j, (z, act, _) in enumerate(_cases(model_a, 36, seed)):
+        kw: dict[str, Any] = {}
+        if j % 5 == 4:  # the PV forecaster's own sigma on the pseudo-measurements
+            sig = np.full(z.size, np.nan)
+            sig[-4:] = 0.02
+            kw["sigma"] = sig
+        a, b = _clean(fast, z, act, **kw), _clean(slow, z, act, **kw)
+        if isinstance(b, type):
+            assert a is b
+            continue
+        assert a.removed == b.removed, j
+        assert np.abs(a.v - b.v).max() <= STATE_TOL, j
+        np.testing.assert_array_equal(a.active, b.active)
+        np.testing.assert_allclose(a.normalized_residual, b.normalized_residual,
+                                   rtol=1e-6, atol=1e-4)
+        assert a.objective == pytest.approx(b.objective, rel=1e-9)
+        assert a.dof == b.dof
+        removed += len(b.removed)
+        multi += len(b.removed) >= 2
+    # the cases exercise the search: removals in most snapshots, several per snapshot
+    assert removed >= 25 and multi >= 6
+
+
+def test_lnr_with_sigma_factors_removes_what_the_reference_removes() -> None:
+    """A sigma-factor pattern (corrected values weigh less) on the first solve, as the
+    worker passes it; the search itself then solves without it."""
+    model_a, model_b = _model(), _model()
+    fast = LinearStateEstimator(model_a)
+    slow = ref.LinearStateEstimator(model_b)
+    rng = np.random.default_rng(3)
+    for z, act, _ in _cases(model_a, 12, 21):
+        scale = np.ones(z.size)
+        scale[rng.choice(z.size, 3, replace=False)] = 50.0
+        a = _clean(fast, z, act, sigma_scale=scale)
+        b = _clean(slow, z, act, sigma_scale=scale)
+        if isinstance(b, type):
+            assert a is b
+            continue
+        assert a.removed == b.removed
+        assert np.abs(a.v - b.v).max() <= STATE_TOL
