@@ -388,6 +388,8 @@ class _Factor:
     batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     plan: tuple[Any, ...] | None = None  # what the re-weighting check reads (_plan)
     step: _DenseStep | None = None  # dense fast path (LinearStateEstimator._dense_step)
+    #: dense H, (W H)^T of the residual sensitivities (_sens_plan), keyed on ``wb``
+    sens_plan: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -2063,16 +2065,6 @@ def _block(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
     return s.real, -d.imag, s.imag, d.real
 
 
-def _blocks_matrix(blk: tuple[np.ndarray, ...], rows: np.ndarray, cols: np.ndarray,
-                   shape: tuple[int, int]) -> sp.csr_matrix:
-    """Sparse matrix of 2x2 blocks ``blk`` at block rows/columns ``rows``/``cols``."""
-    rr, ri, ir, ii = blk
-    r2, c2 = 2 * rows, 2 * cols
-    return sp.csr_matrix((np.r_[rr, ri, ir, ii],
-                          (np.r_[r2, r2, r2 + 1, r2 + 1], np.r_[c2, c2 + 1, c2, c2 + 1])),
-                         shape=shape)
-
-
 def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
                        sig: np.ndarray, act: np.ndarray, *,
                        constraints: bool = True, moments: bool = False) -> Any:
@@ -2098,30 +2090,32 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     ``Ct`` holds the zero-injection rows and the PV rows the iteration uses
     (``Im(conj(u) Ybus[k] V)``, ``u`` frozen), ``Cb`` the zero-injection rows and the full
     ``dQ_k/dx`` (what the fixed point keeps at zero); a reference angle row when no angle
-    is measured. Dense (for the sizes where normalized residuals are computed). Floored at
-    1e-6 (critical measurements).
+    is measured. Floored at 1e-6 (critical measurements).
+
+    Dense throughout (it runs for the sizes where normalized residuals are computed):
+    the bad-data search evaluates it once per trial set, so every matrix is built by
+    vectorised dense products from the factorization's dense ``H`` and weight blocks
+    (cached per factorization, :func:`_sens_plan`), never as sparse matrices (their
+    construction was most of the former 3-6 ms per call on IEEE33).
     """
-    n = model.n_bus
-    n2 = 2 * n
-    il = _interleave(n)
-    h = fac.h  # 2g x 2n (interleaved state)
-    jx, jz = _transform_jacobians(model, fac, v, act)
-    w = fac.w
-    if w is None:  # a re-weighted factorization keeps its weights as blocks only
-        assert fac.wb is not None
-        w = _block_diag(*fac.wb.T)
-    htw = sp.csr_matrix((w @ h).T)
-    # top-left H^T W (H - J_x); right-hand side H^T W J_z
-    k11 = (htw @ (h - jx)).toarray()
-    bz = (htw @ jz).toarray()
-    top, bottom = _fixed_point_rows(model, fac, v, act, constraints=constraints)
-    if top:
-        ct, cb = np.vstack(top), np.vstack(bottom)
+    n2 = 2 * model.n_bus
+    hd, htw, inv_il = _sens_plan(model, fac)
+    jx, sp_i, idx, d = _transform_jacobians(model, fac, v, act, hd)
+    # top-left H^T W (H - J_x); right-hand side H^T W J_z (one 2-vector per active member)
+    k11 = htw @ (hd - jx)
+    bz = np.zeros((n2, model.m))
+    bz[:, idx] = htw[:, 2 * sp_i] * d.real + htw[:, 2 * sp_i + 1] * d.imag
+    ct, cb = _fixed_point_rows(model, fac, v, act, constraints=constraints)
+    if ct.shape[0]:
         # constraint rows scaled to the gain's size (pivoting)
         scale = np.abs(np.diag(k11)).max() / max(np.abs(ct).max(), np.abs(cb).max())
         nc = ct.shape[0]
-        kk = np.block([[k11, scale * ct.T], [scale * cb, np.zeros((nc, nc))]])
-        rhs = np.vstack([bz, np.zeros((nc, model.m))])
+        kk = np.zeros((n2 + nc, n2 + nc))
+        kk[:n2, :n2] = k11
+        kk[:n2, n2:] = scale * ct.T
+        kk[n2:, :n2] = scale * cb
+        rhs = np.zeros((n2 + nc, model.m))
+        rhs[:n2] = bz
     else:
         kk, rhs = k11, bz
     try:
@@ -2129,8 +2123,9 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     except np.linalg.LinAlgError:
         sens = np.linalg.lstsq(kk, rhs, rcond=None)[0][:n2]
     # T = H_r S (raw Jacobian, interleaved columns); Omega_ii = sum_j (I - T)_ij^2 s_j^2
-    hr = model.jacobian(v)[:, il]
-    t = -np.asarray(hr @ sens)
+    hr = np.zeros((model.m, n2))
+    hr[model._jac_rows, inv_il[model._jac_cols]] = model.jacobian_data(v)
+    t = -(hr @ sens)
     t[np.arange(model.m), np.arange(model.m)] += 1.0
     var = np.where(act, sig, 0.0) ** 2
     omega = (t * t) @ var
@@ -2144,12 +2139,35 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     return sens, float(np.trace(bbt)), float(np.square(bbt).sum())
 
 
+def _sens_plan(model: MeasurementModel, fac: _Factor
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(H, (W H)^T, inverse interleave)`` dense, cached on the factorization: the parts of
+    :func:`linear_sensitivity` that depend only on the measurement set and its weights.
+    Keyed on the identity of the weight blocks (a re-weighting replaces them)."""
+    plan = fac.sens_plan
+    if plan is not None and plan[0] is fac.wb:
+        return plan[1], plan[2], plan[3]
+    assert fac.wb is not None
+    hd = fac.hd if fac.hd is not None else fac.h.toarray()
+    w11, w12, w22 = fac.wb.T
+    # W H by 2x2 blocks (W symmetric): H^T W = (W H)^T
+    wh = np.empty_like(hd)
+    wh[0::2] = w11[:, None] * hd[0::2] + w12[:, None] * hd[1::2]
+    wh[1::2] = w12[:, None] * hd[0::2] + w22[:, None] * hd[1::2]
+    htw = np.ascontiguousarray(wh.T)
+    inv_il = np.empty(fac.n_state, np.int64)
+    inv_il[_interleave(model.n_bus)] = np.arange(fac.n_state)
+    fac.sens_plan = (fac.wb, hd, htw, inv_il)
+    return hd, htw, inv_il
+
+
 def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
-                         act: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """``(J_x, J_z)``: the derivatives of the equivalent-current transform ``z_t(z, x)``
-    with respect to the state and to the raw measurements (see
-    :func:`linear_sensitivity`)."""
-    n2 = 2 * model.n_bus
+                         act: np.ndarray, hd: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(J_x, slot position, index, value)``: the derivatives of the equivalent-current
+    transform ``z_t(z, x)`` with respect to the state (dense ``J_x``) and to the raw
+    measurements (``J_z``: one complex entry per active measurement, at the rows of its
+    slot's position; see :func:`linear_sensitivity`)."""
     g = fac.slots.size
     has0 = fac.has0 & act[fac.idx0]
     has1 = fac.has1 & act[fac.idx1]
@@ -2176,31 +2194,36 @@ def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
                     k2 * vk / cvk)
     gamma = np.where(ph, zero, k2 * np.conj(x) / cvk)
     delta = np.where(ph, zero, (k1 - 1.0) * x / cvk)
-    pos = np.arange(g)
-    h = fac.h  # 2g x 2n (interleaved state)
-    # J_x = B(alpha, beta) H + B(gamma, delta) Sel(V_k)
-    jx = (_blocks_matrix(_block(alpha, beta), pos, pos, (2 * g, 2 * g)) @ h
-          + _blocks_matrix(_block(gamma, delta), pos, fac.vbus, (2 * g, n2)))
-    # J_z: one column per active member; phasor |.|: X/|X|, angle: jX; power P: 1/conj(V_k),
+    # J_x = B(alpha, beta) H + B(gamma, delta) Sel(V_k), B(.) 2x2 real blocks per slot
+    rr, ri, ir, ii = (c[:, None] for c in _block(alpha, beta))
+    h0, h1 = hd[0::2], hd[1::2]
+    jx = np.empty_like(hd)
+    jx[0::2] = rr * h0 + ri * h1
+    jx[1::2] = ir * h0 + ii * h1
+    grr, gri, gir, gii = _block(gamma, delta)
+    r2, c2 = 2 * np.arange(g), 2 * fac.vbus
+    jx[r2, c2] += grr
+    jx[r2, c2 + 1] += gri
+    jx[r2 + 1, c2] += gir
+    jx[r2 + 1, c2 + 1] += gii
+    # J_z: per active member; phasor |.|: X/|X|, angle: jX; power P: 1/conj(V_k),
     # Q: -j/conj(V_k)
     slot_pos = np.full(model.g, -1)
-    slot_pos[fac.slots] = pos
+    slot_pos[fac.slots] = np.arange(g)
     idx = np.flatnonzero(act)
     sp_i = slot_pos[model.slot[idx]]
     comp = model.comp[idx]
     unit = safe / np.abs(safe)
     d = np.where(ph[sp_i], np.where(comp == 0, unit[sp_i], 1j * x[sp_i]),
                  np.where(comp == 0, 1.0, -1j) / cvk[sp_i])
-    jz = sp.csr_matrix((np.r_[d.real, d.imag], (np.r_[2 * sp_i, 2 * sp_i + 1],
-                                                np.r_[idx, idx])), shape=(2 * g, model.m))
-    return jx, jz
+    return jx, sp_i, idx, d
 
 
 def _fixed_point_rows(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: np.ndarray,
-                      *, constraints: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The constraint rows of the fixed point: ``Ct`` (what the iteration uses) and ``Cb``
-    (what the fixed point keeps at zero), plus a reference-angle row when no angle is
-    measured (see :func:`linear_sensitivity`)."""
+                      *, constraints: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The constraint rows of the fixed point, dense: ``Ct`` (what the iteration uses) and
+    ``Cb`` (what the fixed point keeps at zero), plus a reference-angle row when no angle
+    is measured (see :func:`linear_sensitivity`)."""
     n2 = 2 * model.n_bus
     top: list[np.ndarray] = []
     bottom: list[np.ndarray] = []
@@ -2210,28 +2233,31 @@ def _fixed_point_rows(model: MeasurementModel, fac: _Factor, v: np.ndarray, act:
             top.append(c0)
             bottom.append(c0)
         if fac.pv.size:
-            ybus = model.ybus
-            for k in fac.pv:
-                yk = ybus[k].toarray().ravel()
-                ik = yk @ v
-                u = v[k] / abs(v[k])
-                # iteration's row: Im(conj(u) Y_k V), u frozen
-                dr = np.conj(u) * yk
-                row_t = np.empty(n2)
-                row_t[0::2], row_t[1::2] = dr.imag, dr.real
-                # dQ_k/dx: dS_k/dVr = conj(I_k) e_k + V_k conj(Y_k), dS_k/dVi = j conj(I_k)
-                # e_k - j V_k conj(Y_k)
-                d_vr = v[k] * np.conj(yk)
-                d_vr[k] += np.conj(ik)
-                d_vi = -1j * v[k] * np.conj(yk)
-                d_vi[k] += 1j * np.conj(ik)
-                row_b = np.empty(n2)
-                row_b[0::2], row_b[1::2] = d_vr.imag, d_vi.imag
-                top.append(row_t[None, :])
-                bottom.append(row_b[None, :])
+            pv = fac.pv
+            yk = fac.ypv if fac.ypv is not None else model.ybus[pv].toarray()
+            ik = yk @ v
+            vk = v[pv]
+            u = vk / np.abs(vk)
+            # iteration's rows: Im(conj(u) Y_k V), u frozen
+            dr = np.conj(u)[:, None] * yk
+            row_t = np.empty((pv.size, n2))
+            row_t[:, 0::2], row_t[:, 1::2] = dr.imag, dr.real
+            # dQ_k/dx: dS_k/dVr = conj(I_k) e_k + V_k conj(Y_k), dS_k/dVi = j conj(I_k)
+            # e_k - j V_k conj(Y_k)
+            at = np.arange(pv.size)
+            d_vr = vk[:, None] * np.conj(yk)
+            d_vr[at, pv] += np.conj(ik)
+            d_vi = -1j * vk[:, None] * np.conj(yk)
+            d_vi[at, pv] += 1j * np.conj(ik)
+            row_b = np.empty((pv.size, n2))
+            row_b[:, 0::2], row_b[:, 1::2] = d_vr.imag, d_vi.imag
+            top.append(row_t)
+            bottom.append(row_b)
     if not np.any(act & model.is_angle):
         ref = np.zeros((1, n2))
         ref[0, 2 * model.net.slack + 1] = 1.0
         top.append(ref)
         bottom.append(ref)
-    return top, bottom
+    if not top:
+        return np.zeros((0, n2)), np.zeros((0, n2))
+    return np.vstack(top), np.vstack(bottom)
