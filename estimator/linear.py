@@ -2099,12 +2099,10 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     construction was most of the former 3-6 ms per call on IEEE33).
     """
     n2 = 2 * model.n_bus
-    hd, htw, inv_il = _sens_plan(model, fac)
+    hd, htw, inv_il, _ = _sens_plan(model, fac)
     jx, sp_i, idx, d = _transform_jacobians(model, fac, v, act, hd)
     # top-left H^T W (H - J_x); right-hand side H^T W J_z (one 2-vector per active member)
     k11 = htw @ (hd - jx)
-    bz = np.zeros((n2, model.m))
-    bz[:, idx] = htw[:, 2 * sp_i] * d.real + htw[:, 2 * sp_i + 1] * d.imag
     ct, cb = _fixed_point_rows(model, fac, v, act, constraints=constraints)
     if ct.shape[0]:
         # constraint rows scaled to the gain's size (pivoting)
@@ -2114,14 +2112,22 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
         kk[:n2, :n2] = k11
         kk[:n2, n2:] = scale * ct.T
         kk[n2:, :n2] = scale * cb
-        rhs = np.zeros((n2 + nc, model.m))
-        rhs[:n2] = bz
     else:
-        kk, rhs = k11, bz
-    try:
-        sens = np.linalg.solve(kk, rhs)[:n2]
-    except np.linalg.LinAlgError:
-        sens = np.linalg.lstsq(kk, rhs, rcond=None)[0][:n2]
+        kk = k11
+    # S = dx/dz: K [S; .] = [H^T W J_z; 0], J_z dense (one 2-vector per active member at
+    # its slot's rows). An LU solve, not the explicit inverse: near-critical members'
+    # Omega_ii is a difference of nearly equal terms, and the inverse's larger rounding
+    # moved such a member's r_N by 1e-6 relative, enough to reorder a near-tie of the
+    # largest-normalized-residual search
+    jz = np.zeros((hd.shape[0], model.m))
+    jz[2 * sp_i, idx] = d.real
+    jz[2 * sp_i + 1, idx] = d.imag
+    rhs = np.zeros((kk.shape[0], model.m))
+    rhs[:n2] = htw @ jz
+    _, _, sol, info = gesv(kk, rhs)
+    if info != 0:  # singular (a critical set at a degenerate state): least squares
+        sol = np.linalg.lstsq(kk, rhs, rcond=None)[0]
+    sens = sol[:n2]
     # T = H_r S (raw Jacobian, interleaved columns); Omega_ii = sum_j (I - T)_ij^2 s_j^2
     hr = np.zeros((model.m, n2))
     hr[model._jac_rows, inv_il[model._jac_cols]] = model.jacobian_data(v)
@@ -2133,20 +2139,22 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     if not moments:
         return sens
     # J = |B u|^2, u ~ N(0, I), B = diag(1/sigma) (I - H_r S) diag(sigma) (active part)
-    ia = np.flatnonzero(act)
-    b = t[np.ix_(ia, ia)] * (sig[ia][None, :] / sig[ia][:, None])
+    # (inactive rows and columns zeroed rather than cut out: the same sums, no gather)
+    s_act = np.where(act, sig, 0.0)
+    b = t * s_act[None, :]
+    b *= np.where(act, 1.0 / sig, 0.0)[:, None]
     bbt = b @ b.T
     return sens, float(np.trace(bbt)), float(np.square(bbt).sum())
 
 
 def _sens_plan(model: MeasurementModel, fac: _Factor
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(H, (W H)^T, inverse interleave)`` dense, cached on the factorization: the parts of
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(H, (W H)^T, inverse interleave, C)`` dense, cached on the factorization: the parts of
     :func:`linear_sensitivity` that depend only on the measurement set and its weights.
     Keyed on the identity of the weight blocks (a re-weighting replaces them)."""
     plan = fac.sens_plan
     if plan is not None and plan[0] is fac.wb:
-        return plan[1], plan[2], plan[3]
+        return plan[1:]
     assert fac.wb is not None
     hd = fac.hd if fac.hd is not None else fac.h.toarray()
     w11, w12, w22 = fac.wb.T
@@ -2157,8 +2165,8 @@ def _sens_plan(model: MeasurementModel, fac: _Factor
     htw = np.ascontiguousarray(wh.T)
     inv_il = np.empty(fac.n_state, np.int64)
     inv_il[_interleave(model.n_bus)] = np.arange(fac.n_state)
-    fac.sens_plan = (fac.wb, hd, htw, inv_il)
-    return hd, htw, inv_il
+    fac.sens_plan = (fac.wb, hd, htw, inv_il, fac.c.toarray())
+    return hd, htw, inv_il, fac.sens_plan[4]
 
 
 def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
@@ -2195,11 +2203,14 @@ def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     gamma = np.where(ph, zero, k2 * np.conj(x) / cvk)
     delta = np.where(ph, zero, (k1 - 1.0) * x / cvk)
     # J_x = B(alpha, beta) H + B(gamma, delta) Sel(V_k), B(.) 2x2 real blocks per slot
-    rr, ri, ir, ii = (c[:, None] for c in _block(alpha, beta))
-    h0, h1 = hd[0::2], hd[1::2]
-    jx = np.empty_like(hd)
-    jx[0::2] = rr * h0 + ri * h1
-    jx[1::2] = ir * h0 + ii * h1
+    # (alpha, beta) vanish on complete slots: only the incomplete ones' rows are formed
+    jx = np.zeros_like(hd)
+    part = np.flatnonzero((alpha != 0) | (beta != 0))
+    if part.size:
+        rr, ri, ir, ii = (c[part, None] for c in _block(alpha, beta))
+        h0, h1 = hd[2 * part], hd[2 * part + 1]
+        jx[2 * part] = rr * h0 + ri * h1
+        jx[2 * part + 1] = ir * h0 + ii * h1
     grr, gri, gir, gii = _block(gamma, delta)
     r2, c2 = 2 * np.arange(g), 2 * fac.vbus
     jx[r2, c2] += grr
@@ -2229,7 +2240,7 @@ def _fixed_point_rows(model: MeasurementModel, fac: _Factor, v: np.ndarray, act:
     bottom: list[np.ndarray] = []
     if constraints:
         if fac.c.shape[0]:
-            c0 = fac.c.toarray()
+            c0 = _sens_plan(model, fac)[3]
             top.append(c0)
             bottom.append(c0)
         if fac.pv.size:
