@@ -112,3 +112,38 @@ def test_lnr_with_sigma_factors_removes_what_the_reference_removes() -> None:
             continue
         assert a.removed == b.removed
         assert np.abs(a.v - b.v).max() <= STATE_TOL
+
+
+def test_compiled_fill_iteration_is_the_numpy_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kernels.fill_run`` (a trial set's solve: missing members from the estimate)
+    returns the NumPy loop's state to rounding and its iteration count, with gross errors
+    in the snapshot and one to three members of the full set left out."""
+    import estimator.linear as lin_mod
+
+    pytest.importorskip("numba")
+    model = _model()
+    est = LinearStateEstimator(model)
+    assert lin_mod._kernels() is not None
+    rng = np.random.default_rng(5)
+    checked = 0
+    for z, _, n_err in _cases(model, 12, 31):
+        act = np.ones(model.m, bool)
+        act[rng.choice(model.m, n_err, replace=False)] = False
+        first = est.solve(z)
+        try:
+            fac, has0, has1, complete, _, _ = est._select(z, model.sigma(z), act)
+        except EstimatorError:  # a critical member left out
+            continue
+        assert not complete and fac is est.factor(est._all)
+        zc = np.where(act, z, 0.0)
+        z0 = np.where(has0, zc[fac.idx0], 0.0)
+        z1 = np.where(has1, zc[fac.idx1], 0.0)
+        args = (fac, first.v, z0, z1, has0, has1, 1e-7, 30)
+        fast = est._iterate(*args)
+        monkeypatch.setattr(lin_mod, "_KERNELS", False)
+        slow = est._iterate(*args)
+        monkeypatch.undo()
+        assert fast[1] == slow[1] and fast[1] >= 2
+        assert np.abs(fast[0] - slow[0]).max() <= 1e-12
+        checked += 1
+    assert checked >= 8 and model.pv_nodes.size
