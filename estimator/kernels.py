@@ -384,6 +384,60 @@ def csr_matvec(ptr, idx, val, x):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def fill_slots(v, xm, vbus, has0, has1, z0, z1, phasor, pvs, zr):  # type: ignore[no-untyped-def]
+    """The slots' rectangular values ``z_t`` into ``zr`` (interleaved), a missing member
+    taken from the model value ``xm = A v`` (see ``_iterate``)."""
+    for k in range(vbus.size):
+        xs = xm[k]
+        if phasor[k]:
+            mag = z0[k] if has0[k] else abs(xs)
+            ang = z1[k] if has1[k] else math.atan2(xs.imag, xs.real)
+            zr[2 * k] = mag * math.cos(ang)
+            zr[2 * k + 1] = mag * math.sin(ang)
+        else:
+            vk = v[vbus[k]]
+            sh = vk * xs.conjugate()
+            p = z0[k] if has0[k] else sh.real
+            q = z1[k] if has1[k] else (0.0 if pvs[k] else sh.imag)
+            zt = (complex(p, q) / vk).conjugate()
+            zr[2 * k] = zt.real
+            zr[2 * k + 1] = zt.imag
+
+
+@njit(cache=True)
+def fill_pv(v, x, pv, ypv, s0r, er):  # type: ignore[no-untyped-def]
+    """``Q = 0`` at the PV nodes as ``_iterate`` takes it (``u`` from the previous iterate
+    ``v``): ``mu = S^-1 t``, ``x - E R0^T D mu`` returned."""
+    n, npv = v.size, pv.size
+    u = np.empty(npv, np.complex128)
+    t = np.empty(npv)
+    s = np.empty((npv, npv))
+    d = np.empty(2 * npv)
+    for j in range(npv):
+        uj = v[pv[j]]
+        u[j] = uj / abs(uj)
+    for j in range(npv):
+        acc = 0j
+        for col in range(n):
+            acc += ypv[j, col] * complex(x[2 * col], x[2 * col + 1])
+        t[j] = (u[j].conjugate() * acc).imag
+    for j in range(npv):
+        dj = (-u[j].imag, u[j].real)
+        for col in range(npv):
+            dl = (-u[col].imag, u[col].real)
+            acc2 = 0.0
+            for a in range(2):
+                for b in range(2):
+                    acc2 += dj[a] * s0r[j, a, col, b] * dl[b]
+            s[j, col] = acc2
+    mu = np.linalg.solve(s, t)
+    for j in range(npv):
+        d[2 * j] = -u[j].imag * mu[j]
+        d[2 * j + 1] = u[j].real * mu[j]
+    return x - matvec(er, d)
+
+
+@njit(cache=True)
 def fill_run(v, a_ptr, a_idx, a_val, vbus, has0, has1, z0, z1, phasor, pvs, hd, op, opc,
              c_ptr, c_idx, c_val, pv, ypv, s0r, er, tol,
              itmax):  # type: ignore[no-untyped-def]
@@ -391,68 +445,26 @@ def fill_run(v, a_ptr, a_idx, a_val, vbus, has0, has1, z0, z1, phasor, pvs, hd, 
     factorization: a slot's missing member taken from the estimate every iteration (the
     search for bad data solves every trial set this way). ``v`` complex start (not
     modified). Returns ``(v, iterations, dv, converged)``."""
-    g = vbus.size
     n = v.size
     n2 = 2 * n
     nc = c_ptr.size - 1
-    npv = pv.size
     v = v.copy()
     xv = np.empty(n2)
     for i in range(n):
         xv[2 * i] = v[i].real
         xv[2 * i + 1] = v[i].imag
-    zr = np.empty(2 * g)
-    u = np.empty(npv, np.complex128)
-    t = np.empty(npv)
-    s = np.empty((npv, npv))
-    d = np.empty(2 * npv)
+    zr = np.empty(2 * vbus.size)
     dv = np.inf
     dv_prev = 0.0
     for it in range(1, itmax + 1):
-        xm = csr_matvec(a_ptr, a_idx, a_val, v)
-        for k in range(g):
-            xs = xm[k]
-            if phasor[k]:
-                mag = z0[k] if has0[k] else abs(xs)
-                ang = z1[k] if has1[k] else math.atan2(xs.imag, xs.real)
-                zr[2 * k] = mag * math.cos(ang)
-                zr[2 * k + 1] = mag * math.sin(ang)
-            else:
-                vk = v[vbus[k]]
-                sh = vk * xs.conjugate()
-                p = z0[k] if has0[k] else sh.real
-                q = z1[k] if has1[k] else (0.0 if pvs[k] else sh.imag)
-                zt = (complex(p, q) / vk).conjugate()
-                zr[2 * k] = zt.real
-                zr[2 * k + 1] = zt.imag
+        fill_slots(v, csr_matvec(a_ptr, a_idx, a_val, v), vbus, has0, has1, z0, z1, phasor,
+                   pvs, zr)
         # correction form: dx = op (z_t - H x) - K0^-1[x, c] alpha C x
         rt = zr - matvec(hd, xv)
         x = xv + matvec(op, rt) if nc == 0 else \
             xv + (matvec(op, rt) - matvec(opc, csr_matvec(c_ptr, c_idx, c_val, xv)))
-        if npv:
-            # Q = 0 at PV nodes (see _iterate): mu = S^-1 t, x -= E R0^T D mu
-            for j in range(npv):
-                uj = v[pv[j]]
-                u[j] = uj / abs(uj)
-            for j in range(npv):
-                acc = 0j
-                for col in range(n):
-                    acc += ypv[j, col] * complex(x[2 * col], x[2 * col + 1])
-                t[j] = (u[j].conjugate() * acc).imag
-            for j in range(npv):
-                dj = (-u[j].imag, u[j].real)
-                for col in range(npv):
-                    dl = (-u[col].imag, u[col].real)
-                    acc2 = 0.0
-                    for a in range(2):
-                        for b in range(2):
-                            acc2 += dj[a] * s0r[j, a, col, b] * dl[b]
-                    s[j, col] = acc2
-            mu = np.linalg.solve(s, t)
-            for j in range(npv):
-                d[2 * j] = -u[j].imag * mu[j]
-                d[2 * j + 1] = u[j].real * mu[j]
-            x = x - matvec(er, d)
+        if pv.size:
+            x = fill_pv(v, x, pv, ypv, s0r, er)
         dv = 0.0
         for i in range(n2):
             a = abs(x[i] - xv[i])
