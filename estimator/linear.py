@@ -812,11 +812,44 @@ class LinearStateEstimator:
             self._nom_version += 1
         self._observable(active)  # structural: cached per measurement set
         with single_threaded():
-            fac = self._build(active)
+            fac = self._derived(active) or self._build(active)
         self._cache[key] = fac
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return fac
+
+    def _derived(self, active: np.ndarray) -> _Factor | None:
+        """The factorization of ``active`` from the cached one of the full set when both
+        have the same slots (a subset that leaves no slot empty: the bad-data search's
+        trial sets, a few values missing), or None (then :meth:`_build`).
+
+        Why: :meth:`_build` assembles the rows, weights and constraint terms as sparse
+        matrices (2.5-4 ms on IEEE33), and the search factorizes each trial set whose
+        fill iteration stalls. With the same slots only the weights of the slots that
+        lost a member differ (the rows, the constraint and PV rows are the full set's), so
+        the dense re-weighting of the full set's structure (:meth:`_reweighted`, about
+        0.3 ms) gives the same gain, KKT inverse and solution operator, to rounding; the
+        per-slot masks and the test's degrees of freedom are then those of ``active``.
+        """
+        base = self._cache.get(self._key(self._all))
+        if base is None or not base.dense or self._key(self._all) in self._stale:
+            return None
+        model = self.model
+        slot_active = np.zeros(model.g, bool)
+        slot_active[model.slot[active]] = True
+        if not np.array_equal(np.flatnonzero(slot_active), base.slots):
+            return None
+        fac = self._reweighted(base, active)
+        mem = model.members[fac.slots]
+        has = (mem >= 0) & active[np.maximum(mem, 0)]
+        n_active = int(np.count_nonzero(active))
+        n_con = fac.c.shape[0] + fac.pv.size
+        angle_ref = bool(np.any(active & model.is_angle))
+        dof = n_active + n_con - fac.n_state + (0 if angle_ref else 1)
+        return replace(fac, has0=has[:, 0], has1=has[:, 1], n_active=n_active, dof=dof,
+                       chi2=chi2_quantile(dof),
+                       complete=bool(np.all(has[:, 0])
+                                     and np.all(has[:, 1] | fac.is_pv_slot)))
 
     def _key(self, active: np.ndarray) -> bytes:
         """Cache key of a measurement set under the current sigma factors."""
