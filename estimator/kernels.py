@@ -477,3 +477,111 @@ def fill_run(v, a_ptr, a_idx, a_val, vbus, has0, has1, z0, z1, phasor, pvs, hd, 
             return v, it, dv, True
         dv_prev = dv
     return v, itmax, dv, False
+
+
+@njit(cache=True)
+def sens_jacobians(v, xs, vbus, has0, has1, phasor, pvs, hd, idx, sp_i, comp,
+                   m):  # type: ignore[no-untyped-def]
+    """``(J_x, J_z)`` dense of :func:`estimator.linear._transform_jacobians` (the
+    equivalent-current transform's derivatives; ``xs = A v`` per slot, ``has0/has1`` the
+    members active in this set, ``idx`` the active measurements, ``sp_i`` their slots'
+    positions, ``comp`` their members), with the NumPy code's arithmetic per entry."""
+    g = vbus.size
+    n2 = hd.shape[1]
+    jx = np.zeros((2 * g, n2))
+    for p in range(g):
+        x = xs[p]
+        vk = v[vbus[p]]
+        safe = x if abs(x) > 1e-12 else complex(1e-12, 0.0)
+        if phasor[p]:
+            m_only = has0[p] and not has1[p]
+            a_only = has1[p] and not has0[p]
+            alpha = 0.5 if (m_only or a_only) else 0.0
+            ratio = safe / (2.0 * safe.conjugate())
+            beta = -ratio if m_only else (ratio if a_only else 0j)
+            gamma = 0j
+            delta = 0j
+        else:
+            p_miss = not has0[p]
+            q_miss = (not has1[p]) and (not pvs[p])
+            k1 = 1.0 if (p_miss and q_miss) else (0.5 if (p_miss or q_miss) else 0.0)
+            k2 = 0.0 if (p_miss and q_miss) else (0.5 if p_miss else
+                                                 (-0.5 if q_miss else 0.0))
+            cvk = vk.conjugate()
+            alpha = k1
+            beta = k2 * vk / cvk
+            gamma = k2 * x.conjugate() / cvk
+            delta = (k1 - 1.0) * x / cvk
+        if alpha != 0.0 or beta != 0j:
+            s = alpha + beta
+            d = alpha - beta
+            rr, ri, ir, ii = s.real, -d.imag, s.imag, d.real
+            for col in range(n2):
+                h0 = hd[2 * p, col]
+                h1 = hd[2 * p + 1, col]
+                jx[2 * p, col] = rr * h0 + ri * h1
+                jx[2 * p + 1, col] = ir * h0 + ii * h1
+        s = gamma + delta
+        d = gamma - delta
+        c2 = 2 * vbus[p]
+        jx[2 * p, c2] += s.real
+        jx[2 * p, c2 + 1] += -d.imag
+        jx[2 * p + 1, c2] += s.imag
+        jx[2 * p + 1, c2 + 1] += d.real
+    jz = np.zeros((2 * g, m))
+    for q in range(idx.size):
+        p = sp_i[q]
+        x = xs[p]
+        if phasor[p]:
+            if comp[q] == 0:
+                safe = x if abs(x) > 1e-12 else complex(1e-12, 0.0)
+                dq = safe / abs(safe)
+            else:
+                dq = 1j * x
+        else:
+            dq = (complex(1.0, 0.0) if comp[q] == 0 else -1j) / v[vbus[p]].conjugate()
+        jz[2 * p, idx[q]] = dq.real
+        jz[2 * p + 1, idx[q]] = dq.imag
+    return jx, jz
+
+
+@njit(cache=True)
+def sens_raw_jacobian(x_all, v_slot, ja_row, ja_slot, ja_val, code, je_row, slot, jac_pos,
+                      dest, size):  # type: ignore[no-untyped-def]
+    """The raw Jacobian ``d h / d x`` dense (flat, ``dest`` the position of each pattern
+    entry: interleaved columns) with
+    :meth:`estimator.measurement.MeasurementModel.jacobian_data`'s arithmetic and its
+    sums in the same order (``np.bincount`` over the same terms)."""
+    out = np.zeros(size)
+    n_e = ja_row.size
+    for e in range(n_e):  # d/dVr of the A terms
+        r, s, a = ja_row[e], ja_slot[e], ja_val[e]
+        xs = x_all[s]
+        cr = code[r]
+        absx = abs(xs)
+        safe = absx if absx > 1e-12 else 1e-12
+        u = xs.conjugate() / safe if cr == 0 else -1j * xs.conjugate() / safe ** 2
+        ua = u * a
+        t = v_slot[s] * a.conjugate()
+        out[dest[jac_pos[e]]] += t.real if cr == 2 else (t.imag if cr == 3 else ua.real)
+    for e in range(n_e):  # d/dVi
+        r, s, a = ja_row[e], ja_slot[e], ja_val[e]
+        xs = x_all[s]
+        cr = code[r]
+        absx = abs(xs)
+        safe = absx if absx > 1e-12 else 1e-12
+        u = xs.conjugate() / safe if cr == 0 else -1j * xs.conjugate() / safe ** 2
+        ua = u * a
+        t = v_slot[s] * a.conjugate()
+        out[dest[jac_pos[n_e + e]]] += t.imag if cr == 2 else (-t.real if cr == 3
+                                                              else -ua.imag)
+    n_q = je_row.size
+    for q in range(n_q):  # the converting bus of the power terms
+        er = je_row[q]
+        cx = x_all[slot[er]].conjugate()
+        out[dest[jac_pos[2 * n_e + q]]] += cx.real if code[er] == 2 else cx.imag
+    for q in range(n_q):
+        er = je_row[q]
+        cx = x_all[slot[er]].conjugate()
+        out[dest[jac_pos[2 * n_e + n_q + q]]] += -cx.imag if code[er] == 2 else cx.real
+    return out

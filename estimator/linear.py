@@ -2170,7 +2170,7 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     """
     n2 = 2 * model.n_bus
     hd, htw, inv_il, _ = _sens_plan(model, fac)
-    jx, sp_i, idx, d = _transform_jacobians(model, fac, v, act, hd)
+    jx, jz, hr = _sens_jacobians(model, fac, v, act, hd, inv_il)
     # top-left H^T W (H - J_x); right-hand side H^T W J_z (one 2-vector per active member)
     k11 = htw @ (hd - jx)
     ct, cb = _fixed_point_rows(model, fac, v, act, constraints=constraints)
@@ -2189,9 +2189,6 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     # Omega_ii is a difference of nearly equal terms, and the inverse's larger rounding
     # moved such a member's r_N by 1e-6 relative, enough to reorder a near-tie of the
     # largest-normalized-residual search
-    jz = np.zeros((hd.shape[0], model.m))
-    jz[2 * sp_i, idx] = d.real
-    jz[2 * sp_i + 1, idx] = d.imag
     rhs = np.zeros((kk.shape[0], model.m))
     rhs[:n2] = htw @ jz
     _, _, sol, info = gesv(kk, rhs)
@@ -2199,8 +2196,6 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
         sol = np.linalg.lstsq(kk, rhs, rcond=None)[0]
     sens = sol[:n2]
     # T = H_r S (raw Jacobian, interleaved columns); Omega_ii = sum_j (I - T)_ij^2 s_j^2
-    hr = np.zeros((model.m, n2))
-    hr[model._jac_rows, inv_il[model._jac_cols]] = model.jacobian_data(v)
     t = -(hr @ sens)
     t[np.arange(model.m), np.arange(model.m)] += 1.0
     var = np.where(act, sig, 0.0) ** 2
@@ -2239,13 +2234,46 @@ def _sens_plan(model: MeasurementModel, fac: _Factor
     return hd, htw, inv_il, fac.sens_plan[4]
 
 
+def _sens_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: np.ndarray,
+                    hd: np.ndarray, inv_il: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(J_x, J_z, H_r)`` dense for :func:`linear_sensitivity`: by two compiled kernels
+    (``kernels.sens_jacobians``, ``kernels.sens_raw_jacobian``: about 60 small NumPy
+    calls each otherwise), or by the NumPy code (``GRIDTWIN_JIT=0``); the same
+    arithmetic per entry."""
+    kern = _kernels()
+    idx = np.flatnonzero(act)
+    slot_pos = np.full(model.g, -1)
+    slot_pos[fac.slots] = np.arange(fac.slots.size)
+    sp_i = slot_pos[model.slot[idx]]
+    if kern is None:
+        jx, d = _transform_jacobians(model, fac, v, act, hd, sp_i, idx)
+        jz = np.zeros((hd.shape[0], model.m))
+        jz[2 * sp_i, idx] = d.real
+        jz[2 * sp_i + 1, idx] = d.imag
+        hr = np.zeros((model.m, fac.n_state))
+        hr[model._jac_rows, inv_il[model._jac_cols]] = model.jacobian_data(v)
+        return jx, jz, hr
+    v = np.ascontiguousarray(v, complex)
+    jx, jz = kern.sens_jacobians(v, fac.a @ v, fac.vbus, fac.has0 & act[fac.idx0],
+                                 fac.has1 & act[fac.idx1], fac.is_phasor, fac.is_pv_slot,
+                                 hd, idx, sp_i, model.comp[idx], model.m)
+    x_all, v_slot = model.slot_values(v)
+    dest = model._jac_rows * fac.n_state + inv_il[model._jac_cols]
+    hr = kern.sens_raw_jacobian(np.ascontiguousarray(x_all), np.ascontiguousarray(v_slot),
+                                model._ja_row, model._ja_slot, model._ja_val, model.eval_code,
+                                model._je_row, model.slot, model._jac_pos, dest,
+                                model.m * fac.n_state)
+    return jx, jz, hr.reshape(model.m, fac.n_state)
+
+
 def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
-                         act: np.ndarray, hd: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(J_x, slot position, index, value)``: the derivatives of the equivalent-current
-    transform ``z_t(z, x)`` with respect to the state (dense ``J_x``) and to the raw
-    measurements (``J_z``: one complex entry per active measurement, at the rows of its
-    slot's position; see :func:`linear_sensitivity`)."""
+                         act: np.ndarray, hd: np.ndarray, sp_i: np.ndarray,
+                         idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(J_x, J_z values)``: the derivatives of the equivalent-current transform
+    ``z_t(z, x)`` with respect to the state (dense ``J_x``) and to the raw measurements
+    (``J_z``: one complex entry per active measurement ``idx``, at the rows of its slot's
+    position ``sp_i``; see :func:`linear_sensitivity`)."""
     g = fac.slots.size
     has0 = fac.has0 & act[fac.idx0]
     has1 = fac.has1 & act[fac.idx1]
@@ -2289,15 +2317,11 @@ def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     jx[r2 + 1, c2 + 1] += gii
     # J_z: per active member; phasor |.|: X/|X|, angle: jX; power P: 1/conj(V_k),
     # Q: -j/conj(V_k)
-    slot_pos = np.full(model.g, -1)
-    slot_pos[fac.slots] = np.arange(g)
-    idx = np.flatnonzero(act)
-    sp_i = slot_pos[model.slot[idx]]
     comp = model.comp[idx]
     unit = safe / np.abs(safe)
     d = np.where(ph[sp_i], np.where(comp == 0, unit[sp_i], 1j * x[sp_i]),
                  np.where(comp == 0, 1.0, -1j) / cvk[sp_i])
-    return jx, sp_i, idx, d
+    return jx, d
 
 
 def _fixed_point_rows(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: np.ndarray,
