@@ -1277,8 +1277,12 @@ class LinearStateEstimator:
             def solve(zz: np.ndarray, **kw: Any) -> State:
                 return est.solve(zz, sigma=sigma, **kw)
 
-        return largest_normalized_residual(_WithSigma, z, active=active, now=now,
-                                           warm_start=warm_start)
+        # one BLAS-thread limit around the whole search: each trial set's observability
+        # check, sensitivities and factorization enter it anyway, and entering costs
+        # tens of microseconds each time (nested uses are free)
+        with single_threaded():
+            return largest_normalized_residual(_WithSigma, z, active=active, now=now,
+                                               warm_start=warm_start)
 
     def _select(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray
                 ) -> tuple[_Factor, np.ndarray, np.ndarray, bool, int, float]:
