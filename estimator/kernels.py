@@ -480,12 +480,13 @@ def fill_run(v, a_ptr, a_idx, a_val, vbus, has0, has1, z0, z1, phasor, pvs, hd, 
 
 
 @njit(cache=True)
-def sens_jacobians(v, xs, vbus, has0, has1, phasor, pvs, hd, idx, sp_i, comp,
-                   m):  # type: ignore[no-untyped-def]
-    """``(J_x, J_z)`` dense of :func:`estimator.linear._transform_jacobians` (the
+def sens_jacobians(v, xs, vbus, has0, has1, phasor, pvs, hd, idx, sp_i, comp, m,
+                   htw):  # type: ignore[no-untyped-def]
+    """``(J_x, H^T W J_z)`` dense of :func:`estimator.linear._transform_jacobians` (the
     equivalent-current transform's derivatives; ``xs = A v`` per slot, ``has0/has1`` the
     members active in this set, ``idx`` the active measurements, ``sp_i`` their slots'
-    positions, ``comp`` their members), with the NumPy code's arithmetic per entry."""
+    positions, ``comp`` their members), with the NumPy code's arithmetic per entry;
+    ``J_z`` has one 2-vector per column, so ``H^T W J_z`` is two terms per entry."""
     g = vbus.size
     n2 = hd.shape[1]
     jx = np.zeros((2 * g, n2))
@@ -528,7 +529,7 @@ def sens_jacobians(v, xs, vbus, has0, has1, phasor, pvs, hd, idx, sp_i, comp,
         jx[2 * p, c2 + 1] += -d.imag
         jx[2 * p + 1, c2] += s.imag
         jx[2 * p + 1, c2 + 1] += d.real
-    jz = np.zeros((2 * g, m))
+    bz = np.zeros((n2, m))
     for q in range(idx.size):
         p = sp_i[q]
         x = xs[p]
@@ -540,9 +541,10 @@ def sens_jacobians(v, xs, vbus, has0, has1, phasor, pvs, hd, idx, sp_i, comp,
                 dq = 1j * x
         else:
             dq = (complex(1.0, 0.0) if comp[q] == 0 else -1j) / v[vbus[p]].conjugate()
-        jz[2 * p, idx[q]] = dq.real
-        jz[2 * p + 1, idx[q]] = dq.imag
-    return jx, jz
+        col = idx[q]
+        for r in range(n2):
+            bz[r, col] = htw[r, 2 * p] * dq.real + htw[r, 2 * p + 1] * dq.imag
+    return jx, bz
 
 
 @njit(cache=True)

@@ -2174,7 +2174,7 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     """
     n2 = 2 * model.n_bus
     hd, htw, inv_il, _ = _sens_plan(model, fac)
-    jx, jz, hr = _sens_jacobians(model, fac, v, act, hd, inv_il)
+    jx, bz, hr = _sens_jacobians(model, fac, v, act, hd, htw, inv_il)
     # top-left H^T W (H - J_x); right-hand side H^T W J_z (one 2-vector per active member)
     k11 = htw @ (hd - jx)
     ct, cb = _fixed_point_rows(model, fac, v, act, constraints=constraints)
@@ -2194,7 +2194,7 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     # moved such a member's r_N by 1e-6 relative, enough to reorder a near-tie of the
     # largest-normalized-residual search
     rhs = np.zeros((kk.shape[0], model.m))
-    rhs[:n2] = htw @ jz
+    rhs[:n2] = bz
     _, _, sol, info = gesv(kk, rhs)
     if info != 0:  # singular (a critical set at a degenerate state): least squares
         sol = np.linalg.lstsq(kk, rhs, rcond=None)[0]
@@ -2239,9 +2239,9 @@ def _sens_plan(model: MeasurementModel, fac: _Factor
 
 
 def _sens_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: np.ndarray,
-                    hd: np.ndarray, inv_il: np.ndarray
+                    hd: np.ndarray, htw: np.ndarray, inv_il: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(J_x, J_z, H_r)`` dense for :func:`linear_sensitivity`: by two compiled kernels
+    """``(J_x, H^T W J_z, H_r)`` dense for :func:`linear_sensitivity`: by two compiled kernels
     (``kernels.sens_jacobians``, ``kernels.sens_raw_jacobian``: about 60 small NumPy
     calls each otherwise), or by the NumPy code (``GRIDTWIN_JIT=0``); the same
     arithmetic per entry."""
@@ -2257,18 +2257,18 @@ def _sens_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: n
         jz[2 * sp_i + 1, idx] = d.imag
         hr = np.zeros((model.m, fac.n_state))
         hr[model._jac_rows, inv_il[model._jac_cols]] = model.jacobian_data(v)
-        return jx, jz, hr
+        return jx, htw @ jz, hr
     v = np.ascontiguousarray(v, complex)
-    jx, jz = kern.sens_jacobians(v, fac.a @ v, fac.vbus, fac.has0 & act[fac.idx0],
+    jx, bz = kern.sens_jacobians(v, fac.a @ v, fac.vbus, fac.has0 & act[fac.idx0],
                                  fac.has1 & act[fac.idx1], fac.is_phasor, fac.is_pv_slot,
-                                 hd, idx, sp_i, model.comp[idx], model.m)
+                                 hd, idx, sp_i, model.comp[idx], model.m, htw)
     x_all, v_slot = model.slot_values(v)
     dest = model._jac_rows * fac.n_state + inv_il[model._jac_cols]
     hr = kern.sens_raw_jacobian(np.ascontiguousarray(x_all), np.ascontiguousarray(v_slot),
                                 model._ja_row, model._ja_slot, model._ja_val, model.eval_code,
                                 model._je_row, model.slot, model._jac_pos, dest,
                                 model.m * fac.n_state)
-    return jx, jz, hr.reshape(model.m, fac.n_state)
+    return jx, bz, hr.reshape(model.m, fac.n_state)
 
 
 def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,

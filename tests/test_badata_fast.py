@@ -152,8 +152,8 @@ def test_compiled_fill_iteration_is_the_numpy_one(monkeypatch: pytest.MonkeyPatc
 
 def test_compiled_sensitivity_inputs_are_the_numpy_ones(monkeypatch: pytest.MonkeyPatch
                                                         ) -> None:
-    """``kernels.sens_jacobians`` and ``kernels.sens_raw_jacobian`` build ``J_x``, ``J_z``
-    and the raw Jacobian as the NumPy code does (to the last bits), for complete and
+    """``kernels.sens_jacobians`` and ``kernels.sens_raw_jacobian`` build ``J_x``,
+    ``H^T W J_z`` and the raw Jacobian as the NumPy code does (to rounding), for complete and
     incomplete sets (members filled from the estimate), and the residual sensitivities
     built on them agree."""
     import estimator.linear as lin_mod
@@ -167,15 +167,15 @@ def test_compiled_sensitivity_inputs_are_the_numpy_ones(monkeypatch: pytest.Monk
     for z, _, _ in _cases(model, 6, 41):
         st = est.solve(z)
         fac = est.factor(est._all)
-        hd, _, inv_il, _ = lin_mod._sens_plan(model, fac)
+        hd, htw, inv_il, _ = lin_mod._sens_plan(model, fac)
         for drop in (0, 3):
             act = np.ones(model.m, bool)
             act[rng.choice(model.m, drop, replace=False)] = False
-            fast = lin_mod._sens_jacobians(model, fac, st.v, act, hd, inv_il)
+            fast = lin_mod._sens_jacobians(model, fac, st.v, act, hd, htw, inv_il)
             sig = model.sigma(z)
             s_fast = lin_mod.linear_sensitivity(model, fac, st.v, sig, act, moments=True)
             monkeypatch.setattr(lin_mod, "_KERNELS", False)
-            slow = lin_mod._sens_jacobians(model, fac, st.v, act, hd, inv_il)
+            slow = lin_mod._sens_jacobians(model, fac, st.v, act, hd, htw, inv_il)
             s_slow = lin_mod.linear_sensitivity(model, fac, st.v, sig, act, moments=True)
             monkeypatch.undo()
             for a, b in zip(fast, slow, strict=True):
