@@ -210,7 +210,7 @@ def _gross(model: Any, zs: np.ndarray, n_err: int, seed: int) -> np.ndarray:
     return out
 
 
-def _bad_data(quick: bool) -> list[BenchResult]:
+def bad_data(quick: bool) -> list[BenchResult]:
     """``se.ieee33.bad_data`` and ``…_3`` (module docstring): medians of per-snapshot
     times, the clean solve (peer) and the worker's path timed snapshot by snapshot."""
     from estimator.errors import EstimatorError
@@ -269,7 +269,7 @@ def _feeder(n: int, quick: bool) -> BenchResult:
 
 def benchmarks(quick: bool) -> list[BenchResult]:
     out = _ieee33(quick)
-    out += _bad_data(quick)
+    out += bad_data(quick)
     out.append(_feeder(1000, quick))
     out.append(_feeder(10000, quick))
     return out
