@@ -831,8 +831,10 @@ class LinearStateEstimator:
         0.3 ms) gives the same gain, KKT inverse and solution operator, to rounding; the
         per-slot masks and the test's degrees of freedom are then those of ``active``.
         """
+        # (a stale base serves as well: only its structure is read, the weights are the
+        # current nominal values', as _build would take them)
         base = self._cache.get(self._key(self._all))
-        if base is None or not base.dense or self._key(self._all) in self._stale:
+        if base is None or not base.dense:
             return None
         model = self.model
         slot_active = np.zeros(model.g, bool)
