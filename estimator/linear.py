@@ -2168,12 +2168,17 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     ``dQ_k/dx`` (what the fixed point keeps at zero); a reference angle row when no angle
     is measured. Floored at 1e-6 (critical measurements).
 
-    Dense throughout (it runs for the sizes where normalized residuals are computed):
-    the bad-data search evaluates it once per trial set, so every matrix is built by
-    vectorised dense products from the factorization's dense ``H`` and weight blocks
-    (cached per factorization, :func:`_sens_plan`), never as sparse matrices (their
-    construction was most of the former 3-6 ms per call on IEEE33).
+    Dense for a dense factorization (IEEE33 and the like): the bad-data search evaluates
+    it once per trial set, so every matrix is built by vectorised dense products (and
+    compiled kernels) from the factorization's dense ``H`` and weight blocks (cached per
+    factorization, :func:`_sens_plan`), never as sparse matrices (their construction was
+    most of the former 3-6 ms per call on IEEE33). Sparse products for the sparse mode's
+    sizes (:func:`_linear_sensitivity_sparse`), where dense ones cost more (1000 buses:
+    1.3 s against 1.65 s).
     """
+    if not fac.dense:  # large networks: sparse products are cheaper
+        return _linear_sensitivity_sparse(model, fac, v, sig, act, constraints=constraints,
+                                          moments=moments)
     n2 = 2 * model.n_bus
     hd, htw, inv_il, _ = _sens_plan(model, fac)
     jx, bz, hr = _sens_jacobians(model, fac, v, act, hd, htw, inv_il)
@@ -2372,3 +2377,157 @@ def _fixed_point_rows(model: MeasurementModel, fac: _Factor, v: np.ndarray, act:
     if not top:
         return np.zeros((0, n2)), np.zeros((0, n2))
     return np.vstack(top), np.vstack(bottom)
+
+
+def _blocks_matrix(blk: tuple[np.ndarray, ...], rows: np.ndarray, cols: np.ndarray,
+                   shape: tuple[int, int]) -> sp.csr_matrix:
+    """Sparse matrix of 2x2 blocks ``blk`` at block rows/columns ``rows``/``cols``."""
+    rr, ri, ir, ii = blk
+    r2, c2 = 2 * rows, 2 * cols
+    return sp.csr_matrix((np.r_[rr, ri, ir, ii],
+                          (np.r_[r2, r2, r2 + 1, r2 + 1], np.r_[c2, c2 + 1, c2, c2 + 1])),
+                         shape=shape)
+
+
+def _linear_sensitivity_sparse(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                               sig: np.ndarray, act: np.ndarray, *,
+                               constraints: bool = True, moments: bool = False) -> Any:
+    """:func:`linear_sensitivity` with sparse products (the code before the dense one):
+    for the sparse mode's sizes, where dense products of ``H`` and of the raw Jacobian
+    cost more than the sparse ones (IEEE33 and the like take the dense path)."""
+    n = model.n_bus
+    n2 = 2 * n
+    il = _interleave(n)
+    h = fac.h  # 2g x 2n (interleaved state)
+    jx, jz = _transform_jacobians_sparse(model, fac, v, act)
+    w = fac.w
+    if w is None:  # a re-weighted factorization keeps its weights as blocks only
+        assert fac.wb is not None
+        w = _block_diag(*fac.wb.T)
+    htw = sp.csr_matrix((w @ h).T)
+    # top-left H^T W (H - J_x); right-hand side H^T W J_z
+    k11 = (htw @ (h - jx)).toarray()
+    bz = (htw @ jz).toarray()
+    top, bottom = _fixed_point_rows_sparse(model, fac, v, act,
+                                             constraints=constraints)
+    if top:
+        ct, cb = np.vstack(top), np.vstack(bottom)
+        # constraint rows scaled to the gain's size (pivoting)
+        scale = np.abs(np.diag(k11)).max() / max(np.abs(ct).max(), np.abs(cb).max())
+        nc = ct.shape[0]
+        kk = np.block([[k11, scale * ct.T], [scale * cb, np.zeros((nc, nc))]])
+        rhs = np.vstack([bz, np.zeros((nc, model.m))])
+    else:
+        kk, rhs = k11, bz
+    try:
+        sens = np.linalg.solve(kk, rhs)[:n2]
+    except np.linalg.LinAlgError:
+        sens = np.linalg.lstsq(kk, rhs, rcond=None)[0][:n2]
+    # T = H_r S (raw Jacobian, interleaved columns); Omega_ii = sum_j (I - T)_ij^2 s_j^2
+    hr = model.jacobian(v)[:, il]
+    t = -np.asarray(hr @ sens)
+    t[np.arange(model.m), np.arange(model.m)] += 1.0
+    var = np.where(act, sig, 0.0) ** 2
+    omega = (t * t) @ var
+    sens = np.where(act, np.maximum(omega / sig**2, 1e-6), 1.0)
+    if not moments:
+        return sens
+    # J = |B u|^2, u ~ N(0, I), B = diag(1/sigma) (I - H_r S) diag(sigma) (active part)
+    ia = np.flatnonzero(act)
+    b = t[np.ix_(ia, ia)] * (sig[ia][None, :] / sig[ia][:, None])
+    bbt = b @ b.T
+    return sens, float(np.trace(bbt)), float(np.square(bbt).sum())
+
+
+def _transform_jacobians_sparse(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                                act: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Sparse ``(J_x, J_z)``: the derivatives of the equivalent-current transform
+    ``z_t(z, x)`` with respect to the state and to the raw measurements (see
+    :func:`linear_sensitivity`)."""
+    n2 = 2 * model.n_bus
+    g = fac.slots.size
+    has0 = fac.has0 & act[fac.idx0]
+    has1 = fac.has1 & act[fac.idx1]
+    ph, pvs = fac.is_phasor, fac.is_pv_slot
+    x = fac.a @ v  # X = A V per slot
+    vk = v[fac.vbus]
+    zero = np.zeros(g, complex)
+    safe = np.where(np.abs(x) > 1e-12, x, 1e-12)
+    # phasor slots: |.| measured, angle from X: dz_t = dX / 2 - X / (2 conj X) conj(dX);
+    # angle measured, |.| from X: dz_t = dX / 2 + X / (2 conj X) conj(dX)
+    ratio = safe / (2.0 * np.conj(safe))
+    m_only = ph & has0 & ~has1
+    a_only = ph & ~has0 & has1
+    # power slots: z_t = conj((p + jq) / V_k), a missing p / q from S = V_k conj(X):
+    # dp + j dq = k1 dS + k2 conj(dS) (both missing: 1, 0; p: 1/2, 1/2; q: 1/2, -1/2)
+    p_miss = ~ph & ~has0
+    q_miss = ~ph & ~has1 & ~pvs
+    k1 = np.where(p_miss & q_miss, 1.0, np.where(p_miss | q_miss, 0.5, 0.0))
+    k2 = np.where(p_miss & q_miss, 0.0, np.where(p_miss, 0.5, np.where(q_miss, -0.5, 0.0)))
+    cvk = np.conj(vk)
+    # dz_t = alpha dX + beta conj(dX) + gamma dV_k + delta conj(dV_k)
+    alpha = np.where(ph, np.where(m_only | a_only, 0.5, 0.0), k1)
+    beta = np.where(ph, np.where(m_only, -ratio, np.where(a_only, ratio, 0.0)),
+                    k2 * vk / cvk)
+    gamma = np.where(ph, zero, k2 * np.conj(x) / cvk)
+    delta = np.where(ph, zero, (k1 - 1.0) * x / cvk)
+    pos = np.arange(g)
+    h = fac.h  # 2g x 2n (interleaved state)
+    # J_x = B(alpha, beta) H + B(gamma, delta) Sel(V_k)
+    jx = (_blocks_matrix(_block(alpha, beta), pos, pos, (2 * g, 2 * g)) @ h
+          + _blocks_matrix(_block(gamma, delta), pos, fac.vbus, (2 * g, n2)))
+    # J_z: one column per active member; phasor |.|: X/|X|, angle: jX; power P: 1/conj(V_k),
+    # Q: -j/conj(V_k)
+    slot_pos = np.full(model.g, -1)
+    slot_pos[fac.slots] = pos
+    idx = np.flatnonzero(act)
+    sp_i = slot_pos[model.slot[idx]]
+    comp = model.comp[idx]
+    unit = safe / np.abs(safe)
+    d = np.where(ph[sp_i], np.where(comp == 0, unit[sp_i], 1j * x[sp_i]),
+                 np.where(comp == 0, 1.0, -1j) / cvk[sp_i])
+    jz = sp.csr_matrix((np.r_[d.real, d.imag], (np.r_[2 * sp_i, 2 * sp_i + 1],
+                                                np.r_[idx, idx])), shape=(2 * g, model.m))
+    return jx, jz
+
+
+def _fixed_point_rows_sparse(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                             act: np.ndarray, *, constraints: bool
+                             ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """:func:`_fixed_point_rows` as lists of rows (for
+    :func:`_linear_sensitivity_sparse`): ``Ct`` (what the iteration uses) and ``Cb`` (what
+    the fixed point keeps at zero), plus a reference-angle row when no angle is measured."""
+    n2 = 2 * model.n_bus
+    top: list[np.ndarray] = []
+    bottom: list[np.ndarray] = []
+    if constraints:
+        if fac.c.shape[0]:
+            c0 = fac.c.toarray()
+            top.append(c0)
+            bottom.append(c0)
+        if fac.pv.size:
+            ybus = model.ybus
+            for k in fac.pv:
+                yk = ybus[k].toarray().ravel()
+                ik = yk @ v
+                u = v[k] / abs(v[k])
+                # iteration's row: Im(conj(u) Y_k V), u frozen
+                dr = np.conj(u) * yk
+                row_t = np.empty(n2)
+                row_t[0::2], row_t[1::2] = dr.imag, dr.real
+                # dQ_k/dx: dS_k/dVr = conj(I_k) e_k + V_k conj(Y_k), dS_k/dVi = j conj(I_k)
+                # e_k - j V_k conj(Y_k)
+                d_vr = v[k] * np.conj(yk)
+                d_vr[k] += np.conj(ik)
+                d_vi = -1j * v[k] * np.conj(yk)
+                d_vi[k] += 1j * np.conj(ik)
+                row_b = np.empty(n2)
+                row_b[0::2], row_b[1::2] = d_vr.imag, d_vi.imag
+                top.append(row_t[None, :])
+                bottom.append(row_b[None, :])
+    if not np.any(act & model.is_angle):
+        ref = np.zeros((1, n2))
+        ref[0, 2 * model.net.slack + 1] = 1.0
+        top.append(ref)
+        bottom.append(ref)
+    return top, bottom
