@@ -17,6 +17,9 @@ from estimator.state import State
 
 __all__ = ["largest_normalized_residual"]
 
+#: normalized residuals this close (relative) to the largest count as tied with it
+TIE_RTOL = 1e-9
+
 
 def largest_normalized_residual(estimator: object, z: np.ndarray, *,
                                 active: np.ndarray | None = None, threshold: float = 3.0,
@@ -68,9 +71,14 @@ def largest_normalized_residual(estimator: object, z: np.ndarray, *,
     while len(removed) < max_removals:
         rn = np.abs(state.normalized_residual)
         rn = np.where(act & ~keep & np.isfinite(rn), rn, 0.0)
-        k = int(np.argmax(rn))
-        if rn[k] <= threshold:
+        top = float(rn.max())
+        if top <= threshold:
             break
+        # the lowest index among those tied with the largest to TIE_RTOL: structurally
+        # equivalent measurements (the two ends of a redundant pair) have equal r_N in
+        # exact arithmetic, and without this the last bits of the sensitivities (which
+        # any change of their computation moves) chose between them
+        k = int(np.flatnonzero(rn >= top * (1.0 - TIE_RTOL))[0])
         trial = act.copy()
         trial[k] = False
         try:

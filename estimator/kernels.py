@@ -368,3 +368,222 @@ def weight_blocks(has0, has1, nom, sig, idx0, idx1, st, consts):  # type: ignore
         w12[j] = -r12 / det
         w22[j] = r11 / det
     return w11, w12, w22
+
+
+@njit(cache=True)
+def csr_matvec(ptr, idx, val, x):  # type: ignore[no-untyped-def]
+    """``A @ x`` for a CSR matrix given by its arrays, each row summed in storage order
+    (SciPy's own order, so the result is SciPy's bit for bit)."""
+    out = np.empty(ptr.size - 1, x.dtype)  # (val has the dtype of x at both uses)
+    for i in range(ptr.size - 1):
+        acc = x.dtype.type(0)
+        for p in range(ptr[i], ptr[i + 1]):
+            acc += val[p] * x[idx[p]]
+        out[i] = acc
+    return out
+
+
+@njit(cache=True)
+def fill_slots(v, xm, vbus, has0, has1, z0, z1, phasor, pvs, zr):  # type: ignore[no-untyped-def]
+    """The slots' rectangular values ``z_t`` into ``zr`` (interleaved), a missing member
+    taken from the model value ``xm = A v`` (see ``_iterate``)."""
+    for k in range(vbus.size):
+        xs = xm[k]
+        if phasor[k]:
+            mag = z0[k] if has0[k] else abs(xs)
+            ang = z1[k] if has1[k] else math.atan2(xs.imag, xs.real)
+            zr[2 * k] = mag * math.cos(ang)
+            zr[2 * k + 1] = mag * math.sin(ang)
+        else:
+            vk = v[vbus[k]]
+            sh = vk * xs.conjugate()
+            p = z0[k] if has0[k] else sh.real
+            q = z1[k] if has1[k] else (0.0 if pvs[k] else sh.imag)
+            zt = (complex(p, q) / vk).conjugate()
+            zr[2 * k] = zt.real
+            zr[2 * k + 1] = zt.imag
+
+
+@njit(cache=True)
+def fill_pv(v, x, pv, ypv, s0r, er):  # type: ignore[no-untyped-def]
+    """``Q = 0`` at the PV nodes as ``_iterate`` takes it (``u`` from the previous iterate
+    ``v``): ``mu = S^-1 t``, ``x - E R0^T D mu`` returned."""
+    n, npv = v.size, pv.size
+    u = np.empty(npv, np.complex128)
+    t = np.empty(npv)
+    s = np.empty((npv, npv))
+    d = np.empty(2 * npv)
+    for j in range(npv):
+        uj = v[pv[j]]
+        u[j] = uj / abs(uj)
+    for j in range(npv):
+        acc = 0j
+        for col in range(n):
+            acc += ypv[j, col] * complex(x[2 * col], x[2 * col + 1])
+        t[j] = (u[j].conjugate() * acc).imag
+    for j in range(npv):
+        dj = (-u[j].imag, u[j].real)
+        for col in range(npv):
+            dl = (-u[col].imag, u[col].real)
+            acc2 = 0.0
+            for a in range(2):
+                for b in range(2):
+                    acc2 += dj[a] * s0r[j, a, col, b] * dl[b]
+            s[j, col] = acc2
+    mu = np.linalg.solve(s, t)
+    for j in range(npv):
+        d[2 * j] = -u[j].imag * mu[j]
+        d[2 * j + 1] = u[j].real * mu[j]
+    return x - matvec(er, d)
+
+
+@njit(cache=True)
+def fill_run(v, a_ptr, a_idx, a_val, vbus, has0, has1, z0, z1, phasor, pvs, hd, op, opc,
+             c_ptr, c_idx, c_val, pv, ypv, s0r, er, tol,
+             itmax):  # type: ignore[no-untyped-def]
+    """:meth:`estimator.linear.LinearStateEstimator._iterate`'s loop on a dense
+    factorization: a slot's missing member taken from the estimate every iteration (the
+    search for bad data solves every trial set this way). ``v`` complex start (not
+    modified). Returns ``(v, iterations, dv, converged)``."""
+    n = v.size
+    n2 = 2 * n
+    nc = c_ptr.size - 1
+    v = v.copy()
+    xv = np.empty(n2)
+    for i in range(n):
+        xv[2 * i] = v[i].real
+        xv[2 * i + 1] = v[i].imag
+    zr = np.empty(2 * vbus.size)
+    dv = np.inf
+    dv_prev = 0.0
+    for it in range(1, itmax + 1):
+        fill_slots(v, csr_matvec(a_ptr, a_idx, a_val, v), vbus, has0, has1, z0, z1, phasor,
+                   pvs, zr)
+        # correction form: dx = op (z_t - H x) - K0^-1[x, c] alpha C x
+        rt = zr - matvec(hd, xv)
+        x = xv + matvec(op, rt) if nc == 0 else \
+            xv + (matvec(op, rt) - matvec(opc, csr_matvec(c_ptr, c_idx, c_val, xv)))
+        if pv.size:
+            x = fill_pv(v, x, pv, ypv, s0r, er)
+        dv = 0.0
+        for i in range(n2):
+            a = abs(x[i] - xv[i])
+            if a > dv:
+                dv = a
+        xv = x
+        for i in range(n):
+            v[i] = complex(xv[2 * i], xv[2 * i + 1])
+        if converged(dv, dv_prev, tol):
+            return v, it, dv, True
+        dv_prev = dv
+    return v, itmax, dv, False
+
+
+@njit(cache=True)
+def sens_jacobians(v, xs, vbus, has0, has1, phasor, pvs, hd, idx, sp_i, comp, m,
+                   htw):  # type: ignore[no-untyped-def]
+    """``(J_x, H^T W J_z)`` dense of :func:`estimator.linear._transform_jacobians` (the
+    equivalent-current transform's derivatives; ``xs = A v`` per slot, ``has0/has1`` the
+    members active in this set, ``idx`` the active measurements, ``sp_i`` their slots'
+    positions, ``comp`` their members), with the NumPy code's arithmetic per entry;
+    ``J_z`` has one 2-vector per column, so ``H^T W J_z`` is two terms per entry."""
+    g = vbus.size
+    n2 = hd.shape[1]
+    jx = np.zeros((2 * g, n2))
+    for p in range(g):
+        x = xs[p]
+        vk = v[vbus[p]]
+        safe = x if abs(x) > 1e-12 else complex(1e-12, 0.0)
+        if phasor[p]:
+            m_only = has0[p] and not has1[p]
+            a_only = has1[p] and not has0[p]
+            alpha = 0.5 if (m_only or a_only) else 0.0
+            ratio = safe / (2.0 * safe.conjugate())
+            beta = -ratio if m_only else (ratio if a_only else 0j)
+            gamma = 0j
+            delta = 0j
+        else:
+            p_miss = not has0[p]
+            q_miss = (not has1[p]) and (not pvs[p])
+            k1 = 1.0 if (p_miss and q_miss) else (0.5 if (p_miss or q_miss) else 0.0)
+            k2 = 0.0 if (p_miss and q_miss) else (0.5 if p_miss else
+                                                 (-0.5 if q_miss else 0.0))
+            cvk = vk.conjugate()
+            alpha = k1
+            beta = k2 * vk / cvk
+            gamma = k2 * x.conjugate() / cvk
+            delta = (k1 - 1.0) * x / cvk
+        if alpha != 0.0 or beta != 0j:
+            s = alpha + beta
+            d = alpha - beta
+            rr, ri, ir, ii = s.real, -d.imag, s.imag, d.real
+            for col in range(n2):
+                h0 = hd[2 * p, col]
+                h1 = hd[2 * p + 1, col]
+                jx[2 * p, col] = rr * h0 + ri * h1
+                jx[2 * p + 1, col] = ir * h0 + ii * h1
+        s = gamma + delta
+        d = gamma - delta
+        c2 = 2 * vbus[p]
+        jx[2 * p, c2] += s.real
+        jx[2 * p, c2 + 1] += -d.imag
+        jx[2 * p + 1, c2] += s.imag
+        jx[2 * p + 1, c2 + 1] += d.real
+    bz = np.zeros((n2, m))
+    for q in range(idx.size):
+        p = sp_i[q]
+        x = xs[p]
+        if phasor[p]:
+            if comp[q] == 0:
+                safe = x if abs(x) > 1e-12 else complex(1e-12, 0.0)
+                dq = safe / abs(safe)
+            else:
+                dq = 1j * x
+        else:
+            dq = (complex(1.0, 0.0) if comp[q] == 0 else -1j) / v[vbus[p]].conjugate()
+        col = idx[q]
+        for r in range(n2):
+            bz[r, col] = htw[r, 2 * p] * dq.real + htw[r, 2 * p + 1] * dq.imag
+    return jx, bz
+
+
+@njit(cache=True)
+def sens_raw_jacobian(x_all, v_slot, ja_row, ja_slot, ja_val, code, je_row, slot, jac_pos,
+                      dest, size):  # type: ignore[no-untyped-def]
+    """The raw Jacobian ``d h / d x`` dense (flat, ``dest`` the position of each pattern
+    entry: interleaved columns) with
+    :meth:`estimator.measurement.MeasurementModel.jacobian_data`'s arithmetic and its
+    sums in the same order (``np.bincount`` over the same terms)."""
+    out = np.zeros(size)
+    n_e = ja_row.size
+    for e in range(n_e):  # d/dVr of the A terms
+        r, s, a = ja_row[e], ja_slot[e], ja_val[e]
+        xs = x_all[s]
+        cr = code[r]
+        absx = abs(xs)
+        safe = absx if absx > 1e-12 else 1e-12
+        u = xs.conjugate() / safe if cr == 0 else -1j * xs.conjugate() / safe ** 2
+        ua = u * a
+        t = v_slot[s] * a.conjugate()
+        out[dest[jac_pos[e]]] += t.real if cr == 2 else (t.imag if cr == 3 else ua.real)
+    for e in range(n_e):  # d/dVi
+        r, s, a = ja_row[e], ja_slot[e], ja_val[e]
+        xs = x_all[s]
+        cr = code[r]
+        absx = abs(xs)
+        safe = absx if absx > 1e-12 else 1e-12
+        u = xs.conjugate() / safe if cr == 0 else -1j * xs.conjugate() / safe ** 2
+        ua = u * a
+        t = v_slot[s] * a.conjugate()
+        out[dest[jac_pos[n_e + e]]] += t.imag if cr == 2 else (-t.real if cr == 3
+                                                              else -ua.imag)
+    n_q = je_row.size
+    for q in range(n_q):  # the converting bus of the power terms
+        er = je_row[q]
+        cx = x_all[slot[er]].conjugate()
+        out[dest[jac_pos[2 * n_e + q]]] += cx.real if code[er] == 2 else cx.imag
+    for q in range(n_q):
+        er = je_row[q]
+        cx = x_all[slot[er]].conjugate()
+        out[dest[jac_pos[2 * n_e + n_q + q]]] += -cx.imag if code[er] == 2 else cx.real
+    return out

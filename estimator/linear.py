@@ -388,6 +388,10 @@ class _Factor:
     batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     plan: tuple[Any, ...] | None = None  # what the re-weighting check reads (_plan)
     step: _DenseStep | None = None  # dense fast path (LinearStateEstimator._dense_step)
+    #: dense H, (W H)^T of the residual sensitivities (_sens_plan), keyed on ``wb``
+    sens_plan: tuple[Any, ...] | None = None
+    #: the compiled fill iteration's arguments (_iterate_compiled), keyed on ``op``
+    fill_args: tuple[Any, ...] | None = None
 
 
 @dataclass
@@ -808,11 +812,46 @@ class LinearStateEstimator:
             self._nom_version += 1
         self._observable(active)  # structural: cached per measurement set
         with single_threaded():
-            fac = self._build(active)
+            fac = self._derived(active) or self._build(active)
         self._cache[key] = fac
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return fac
+
+    def _derived(self, active: np.ndarray) -> _Factor | None:
+        """The factorization of ``active`` from the cached one of the full set when both
+        have the same slots (a subset that leaves no slot empty: the bad-data search's
+        trial sets, a few values missing), or None (then :meth:`_build`).
+
+        Why: :meth:`_build` assembles the rows, weights and constraint terms as sparse
+        matrices (2.5-4 ms on IEEE33), and the search factorizes each trial set whose
+        fill iteration stalls. With the same slots only the weights of the slots that
+        lost a member differ (the rows, the constraint and PV rows are the full set's), so
+        the dense re-weighting of the full set's structure (:meth:`_reweighted`, about
+        0.3 ms) gives the same gain, KKT inverse and solution operator, to rounding; the
+        per-slot masks and the test's degrees of freedom are then those of ``active``.
+        """
+        # (a stale base serves as well: only its structure is read, the weights are the
+        # current nominal values', as _build would take them)
+        base = self._cache.get(self._key(self._all))
+        if base is None or not base.dense:
+            return None
+        model = self.model
+        slot_active = np.zeros(model.g, bool)
+        slot_active[model.slot[active]] = True
+        if not np.array_equal(np.flatnonzero(slot_active), base.slots):
+            return None
+        fac = self._reweighted(base, active)
+        mem = model.members[fac.slots]
+        has = (mem >= 0) & active[np.maximum(mem, 0)]
+        n_active = int(np.count_nonzero(active))
+        n_con = fac.c.shape[0] + fac.pv.size
+        angle_ref = bool(np.any(active & model.is_angle))
+        dof = n_active + n_con - fac.n_state + (0 if angle_ref else 1)
+        return replace(fac, has0=has[:, 0], has1=has[:, 1], n_active=n_active, dof=dof,
+                       chi2=chi2_quantile(dof),
+                       complete=bool(np.all(has[:, 0])
+                                     and np.all(has[:, 1] | fac.is_pv_slot)))
 
     def _key(self, active: np.ndarray) -> bytes:
         """Cache key of a measurement set under the current sigma factors."""
@@ -1240,8 +1279,12 @@ class LinearStateEstimator:
             def solve(zz: np.ndarray, **kw: Any) -> State:
                 return est.solve(zz, sigma=sigma, **kw)
 
-        return largest_normalized_residual(_WithSigma, z, active=active, now=now,
-                                           warm_start=warm_start)
+        # one BLAS-thread limit around the whole search: each trial set's observability
+        # check, sensitivities and factorization enter it anyway, and entering costs
+        # tens of microseconds each time (nested uses are free)
+        with single_threaded():
+            return largest_normalized_residual(_WithSigma, z, active=active, now=now,
+                                               warm_start=warm_start)
 
     def _select(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray
                 ) -> tuple[_Factor, np.ndarray, np.ndarray, bool, int, float]:
@@ -1379,6 +1422,9 @@ class LinearStateEstimator:
                  itmax: int) -> tuple[np.ndarray, int, float]:
         """The fixed point with incomplete slots: a missing member of a slot is taken from
         the estimate each iteration."""
+        kern = _kernels()
+        if kern is not None and fac.dense:
+            return self._iterate_compiled(kern, fac, v, z0, z1, has0, has1, tol, itmax)
         v = np.ascontiguousarray(v, complex)
         if fac.red is not None:
             # start on the zero-injection manifold: x = N x_O
@@ -1433,6 +1479,38 @@ class LinearStateEstimator:
                 return v, it, dv
             dv_prev = dv
         raise _not_converged(itmax, dv, v)
+
+    @staticmethod
+    def _iterate_compiled(kern: Any, fac: _Factor, v: np.ndarray, z0: np.ndarray,
+                          z1: np.ndarray, has0: np.ndarray, has1: np.ndarray, tol: float,
+                          itmax: int) -> tuple[np.ndarray, int, float]:
+        """:meth:`_iterate` (dense factorization) in one compiled call
+        (``kernels.fill_run``): the bad-data search solves every trial set this way, at
+        about 60 us per iteration in NumPy calls on IEEE33."""
+        args = fac.fill_args
+        if args is None or args[0] is not fac.op:
+            assert fac.op is not None and fac.hd is not None
+            n2 = fac.n_state
+            a, c = fac.a, fac.c
+            opc = fac.opc if fac.opc is not None else np.zeros((n2, 0))
+            args = (fac.op, a.indptr, a.indices, np.asarray(a.data, complex), fac.vbus,
+                    fac.is_phasor, fac.is_pv_slot, np.ascontiguousarray(fac.hd),
+                    np.ascontiguousarray(fac.op), np.ascontiguousarray(opc), c.indptr,
+                    c.indices, np.asarray(c.data, float), fac.pv,
+                    fac.ypv if fac.ypv is not None else np.zeros((0, n2 // 2), complex),
+                    np.ascontiguousarray(fac.s0r) if fac.s0r is not None
+                    else np.zeros((0, 2, 0, 2)),
+                    np.ascontiguousarray(fac.er) if fac.er is not None
+                    else np.zeros((n2, 0)))
+            fac.fill_args = args
+        (_, a_ptr, a_idx, a_val, vbus, phasor, pvs, hd, op, opc, c_ptr, c_idx, c_val, pv,
+         ypv, s0r, er) = args
+        v, it, dv, ok = kern.fill_run(np.ascontiguousarray(v, complex), a_ptr, a_idx, a_val,
+                                      vbus, has0, has1, z0, z1, phasor, pvs, hd, op, opc,
+                                      c_ptr, c_idx, c_val, pv, ypv, s0r, er, tol, itmax)
+        if not ok:
+            raise _not_converged(itmax, dv, v)
+        return v, it, dv
 
     def _finish(self, fac: _Factor, v: np.ndarray, z: np.ndarray, sig: np.ndarray,
                 act: np.ndarray, it: int, dv: float, now: float, chi2: float) -> State:
@@ -2063,16 +2141,6 @@ def _block(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
     return s.real, -d.imag, s.imag, d.real
 
 
-def _blocks_matrix(blk: tuple[np.ndarray, ...], rows: np.ndarray, cols: np.ndarray,
-                   shape: tuple[int, int]) -> sp.csr_matrix:
-    """Sparse matrix of 2x2 blocks ``blk`` at block rows/columns ``rows``/``cols``."""
-    rr, ri, ir, ii = blk
-    r2, c2 = 2 * rows, 2 * cols
-    return sp.csr_matrix((np.r_[rr, ri, ir, ii],
-                          (np.r_[r2, r2, r2 + 1, r2 + 1], np.r_[c2, c2 + 1, c2, c2 + 1])),
-                         shape=shape)
-
-
 def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
                        sig: np.ndarray, act: np.ndarray, *,
                        constraints: bool = True, moments: bool = False) -> Any:
@@ -2098,14 +2166,240 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     ``Ct`` holds the zero-injection rows and the PV rows the iteration uses
     (``Im(conj(u) Ybus[k] V)``, ``u`` frozen), ``Cb`` the zero-injection rows and the full
     ``dQ_k/dx`` (what the fixed point keeps at zero); a reference angle row when no angle
-    is measured. Dense (for the sizes where normalized residuals are computed). Floored at
-    1e-6 (critical measurements).
+    is measured. Floored at 1e-6 (critical measurements).
+
+    Dense for a dense factorization (IEEE33 and the like): the bad-data search evaluates
+    it once per trial set, so every matrix is built by vectorised dense products (and
+    compiled kernels) from the factorization's dense ``H`` and weight blocks (cached per
+    factorization, :func:`_sens_plan`), never as sparse matrices (their construction was
+    most of the former 3-6 ms per call on IEEE33). Sparse products for the sparse mode's
+    sizes (:func:`_linear_sensitivity_sparse`), where dense ones cost more (1000 buses:
+    1.3 s against 1.65 s).
     """
+    if not fac.dense:  # large networks: sparse products are cheaper
+        return _linear_sensitivity_sparse(model, fac, v, sig, act, constraints=constraints,
+                                          moments=moments)
+    n2 = 2 * model.n_bus
+    hd, htw, inv_il, _ = _sens_plan(model, fac)
+    jx, bz, hr = _sens_jacobians(model, fac, v, act, hd, htw, inv_il)
+    # top-left H^T W (H - J_x); right-hand side H^T W J_z (one 2-vector per active member)
+    k11 = htw @ (hd - jx)
+    ct, cb = _fixed_point_rows(model, fac, v, act, constraints=constraints)
+    if ct.shape[0]:
+        # constraint rows scaled to the gain's size (pivoting)
+        scale = np.abs(np.diag(k11)).max() / max(np.abs(ct).max(), np.abs(cb).max())
+        nc = ct.shape[0]
+        kk = np.zeros((n2 + nc, n2 + nc))
+        kk[:n2, :n2] = k11
+        kk[:n2, n2:] = scale * ct.T
+        kk[n2:, :n2] = scale * cb
+    else:
+        kk = k11
+    # S = dx/dz: K [S; .] = [H^T W J_z; 0], J_z dense (one 2-vector per active member at
+    # its slot's rows). An LU solve, not the explicit inverse: near-critical members'
+    # Omega_ii is a difference of nearly equal terms, and the inverse's larger rounding
+    # moved such a member's r_N by 1e-6 relative, enough to reorder a near-tie of the
+    # largest-normalized-residual search
+    rhs = np.zeros((kk.shape[0], model.m))
+    rhs[:n2] = bz
+    _, _, sol, info = gesv(kk, rhs)
+    if info != 0:  # singular (a critical set at a degenerate state): least squares
+        sol = np.linalg.lstsq(kk, rhs, rcond=None)[0]
+    sens = sol[:n2]
+    # T = H_r S (raw Jacobian, interleaved columns); Omega_ii = sum_j (I - T)_ij^2 s_j^2
+    t = -(hr @ sens)
+    t[np.arange(model.m), np.arange(model.m)] += 1.0
+    var = np.where(act, sig, 0.0) ** 2
+    omega = (t * t) @ var
+    sens = np.where(act, np.maximum(omega / sig**2, 1e-6), 1.0)
+    if not moments:
+        return sens
+    # J = |B u|^2, u ~ N(0, I), B = diag(1/sigma) (I - H_r S) diag(sigma) (active part)
+    # (inactive rows and columns zeroed rather than cut out: the same sums, no gather)
+    s_act = np.where(act, sig, 0.0)
+    b = t * s_act[None, :]
+    b *= np.where(act, 1.0 / sig, 0.0)[:, None]
+    bbt = b @ b.T
+    return sens, float(np.trace(bbt)), float(np.square(bbt).sum())
+
+
+def _sens_plan(model: MeasurementModel, fac: _Factor
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(H, (W H)^T, inverse interleave, C)`` dense, cached on the factorization: the parts of
+    :func:`linear_sensitivity` that depend only on the measurement set and its weights.
+    Keyed on the identity of the weight blocks (a re-weighting replaces them)."""
+    plan = fac.sens_plan
+    if plan is not None and plan[0] is fac.wb:
+        return plan[1:]
+    assert fac.wb is not None
+    hd = fac.hd if fac.hd is not None else fac.h.toarray()
+    w11, w12, w22 = fac.wb.T
+    # W H by 2x2 blocks (W symmetric): H^T W = (W H)^T
+    wh = np.empty_like(hd)
+    wh[0::2] = w11[:, None] * hd[0::2] + w12[:, None] * hd[1::2]
+    wh[1::2] = w12[:, None] * hd[0::2] + w22[:, None] * hd[1::2]
+    htw = np.ascontiguousarray(wh.T)
+    inv_il = np.empty(fac.n_state, np.int64)
+    inv_il[_interleave(model.n_bus)] = np.arange(fac.n_state)
+    fac.sens_plan = (fac.wb, hd, htw, inv_il, fac.c.toarray())
+    return hd, htw, inv_il, fac.sens_plan[4]
+
+
+def _sens_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: np.ndarray,
+                    hd: np.ndarray, htw: np.ndarray, inv_il: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(J_x, H^T W J_z, H_r)`` dense for :func:`linear_sensitivity`: by two compiled kernels
+    (``kernels.sens_jacobians``, ``kernels.sens_raw_jacobian``: about 60 small NumPy
+    calls each otherwise), or by the NumPy code (``GRIDTWIN_JIT=0``); the same
+    arithmetic per entry."""
+    kern = _kernels()
+    idx = np.flatnonzero(act)
+    slot_pos = np.full(model.g, -1)
+    slot_pos[fac.slots] = np.arange(fac.slots.size)
+    sp_i = slot_pos[model.slot[idx]]
+    if kern is None:
+        jx, d = _transform_jacobians(model, fac, v, act, hd, sp_i, idx)
+        jz = np.zeros((hd.shape[0], model.m))
+        jz[2 * sp_i, idx] = d.real
+        jz[2 * sp_i + 1, idx] = d.imag
+        hr = np.zeros((model.m, fac.n_state))
+        hr[model._jac_rows, inv_il[model._jac_cols]] = model.jacobian_data(v)
+        return jx, htw @ jz, hr
+    v = np.ascontiguousarray(v, complex)
+    jx, bz = kern.sens_jacobians(v, fac.a @ v, fac.vbus, fac.has0 & act[fac.idx0],
+                                 fac.has1 & act[fac.idx1], fac.is_phasor, fac.is_pv_slot,
+                                 hd, idx, sp_i, model.comp[idx], model.m, htw)
+    x_all, v_slot = model.slot_values(v)
+    dest = model._jac_rows * fac.n_state + inv_il[model._jac_cols]
+    hr = kern.sens_raw_jacobian(np.ascontiguousarray(x_all), np.ascontiguousarray(v_slot),
+                                model._ja_row, model._ja_slot, model._ja_val, model.eval_code,
+                                model._je_row, model.slot, model._jac_pos, dest,
+                                model.m * fac.n_state)
+    return jx, bz, hr.reshape(model.m, fac.n_state)
+
+
+def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                         act: np.ndarray, hd: np.ndarray, sp_i: np.ndarray,
+                         idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(J_x, J_z values)``: the derivatives of the equivalent-current transform
+    ``z_t(z, x)`` with respect to the state (dense ``J_x``) and to the raw measurements
+    (``J_z``: one complex entry per active measurement ``idx``, at the rows of its slot's
+    position ``sp_i``; see :func:`linear_sensitivity`)."""
+    g = fac.slots.size
+    has0 = fac.has0 & act[fac.idx0]
+    has1 = fac.has1 & act[fac.idx1]
+    ph, pvs = fac.is_phasor, fac.is_pv_slot
+    x = fac.a @ v  # X = A V per slot
+    vk = v[fac.vbus]
+    zero = np.zeros(g, complex)
+    safe = np.where(np.abs(x) > 1e-12, x, 1e-12)
+    # phasor slots: |.| measured, angle from X: dz_t = dX / 2 - X / (2 conj X) conj(dX);
+    # angle measured, |.| from X: dz_t = dX / 2 + X / (2 conj X) conj(dX)
+    ratio = safe / (2.0 * np.conj(safe))
+    m_only = ph & has0 & ~has1
+    a_only = ph & ~has0 & has1
+    # power slots: z_t = conj((p + jq) / V_k), a missing p / q from S = V_k conj(X):
+    # dp + j dq = k1 dS + k2 conj(dS) (both missing: 1, 0; p: 1/2, 1/2; q: 1/2, -1/2)
+    p_miss = ~ph & ~has0
+    q_miss = ~ph & ~has1 & ~pvs
+    k1 = np.where(p_miss & q_miss, 1.0, np.where(p_miss | q_miss, 0.5, 0.0))
+    k2 = np.where(p_miss & q_miss, 0.0, np.where(p_miss, 0.5, np.where(q_miss, -0.5, 0.0)))
+    cvk = np.conj(vk)
+    # dz_t = alpha dX + beta conj(dX) + gamma dV_k + delta conj(dV_k)
+    alpha = np.where(ph, np.where(m_only | a_only, 0.5, 0.0), k1)
+    beta = np.where(ph, np.where(m_only, -ratio, np.where(a_only, ratio, 0.0)),
+                    k2 * vk / cvk)
+    gamma = np.where(ph, zero, k2 * np.conj(x) / cvk)
+    delta = np.where(ph, zero, (k1 - 1.0) * x / cvk)
+    # J_x = B(alpha, beta) H + B(gamma, delta) Sel(V_k), B(.) 2x2 real blocks per slot
+    # (alpha, beta) vanish on complete slots: only the incomplete ones' rows are formed
+    jx = np.zeros_like(hd)
+    part = np.flatnonzero((alpha != 0) | (beta != 0))
+    if part.size:
+        rr, ri, ir, ii = (c[part, None] for c in _block(alpha, beta))
+        h0, h1 = hd[2 * part], hd[2 * part + 1]
+        jx[2 * part] = rr * h0 + ri * h1
+        jx[2 * part + 1] = ir * h0 + ii * h1
+    grr, gri, gir, gii = _block(gamma, delta)
+    r2, c2 = 2 * np.arange(g), 2 * fac.vbus
+    jx[r2, c2] += grr
+    jx[r2, c2 + 1] += gri
+    jx[r2 + 1, c2] += gir
+    jx[r2 + 1, c2 + 1] += gii
+    # J_z: per active member; phasor |.|: X/|X|, angle: jX; power P: 1/conj(V_k),
+    # Q: -j/conj(V_k)
+    comp = model.comp[idx]
+    unit = safe / np.abs(safe)
+    d = np.where(ph[sp_i], np.where(comp == 0, unit[sp_i], 1j * x[sp_i]),
+                 np.where(comp == 0, 1.0, -1j) / cvk[sp_i])
+    return jx, d
+
+
+def _fixed_point_rows(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: np.ndarray,
+                      *, constraints: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The constraint rows of the fixed point, dense: ``Ct`` (what the iteration uses) and
+    ``Cb`` (what the fixed point keeps at zero), plus a reference-angle row when no angle
+    is measured (see :func:`linear_sensitivity`)."""
+    n2 = 2 * model.n_bus
+    top: list[np.ndarray] = []
+    bottom: list[np.ndarray] = []
+    if constraints:
+        if fac.c.shape[0]:
+            c0 = _sens_plan(model, fac)[3]
+            top.append(c0)
+            bottom.append(c0)
+        if fac.pv.size:
+            pv = fac.pv
+            yk = fac.ypv if fac.ypv is not None else model.ybus[pv].toarray()
+            ik = yk @ v
+            vk = v[pv]
+            u = vk / np.abs(vk)
+            # iteration's rows: Im(conj(u) Y_k V), u frozen
+            dr = np.conj(u)[:, None] * yk
+            row_t = np.empty((pv.size, n2))
+            row_t[:, 0::2], row_t[:, 1::2] = dr.imag, dr.real
+            # dQ_k/dx: dS_k/dVr = conj(I_k) e_k + V_k conj(Y_k), dS_k/dVi = j conj(I_k)
+            # e_k - j V_k conj(Y_k)
+            at = np.arange(pv.size)
+            d_vr = vk[:, None] * np.conj(yk)
+            d_vr[at, pv] += np.conj(ik)
+            d_vi = -1j * vk[:, None] * np.conj(yk)
+            d_vi[at, pv] += 1j * np.conj(ik)
+            row_b = np.empty((pv.size, n2))
+            row_b[:, 0::2], row_b[:, 1::2] = d_vr.imag, d_vi.imag
+            top.append(row_t)
+            bottom.append(row_b)
+    if not np.any(act & model.is_angle):
+        ref = np.zeros((1, n2))
+        ref[0, 2 * model.net.slack + 1] = 1.0
+        top.append(ref)
+        bottom.append(ref)
+    if not top:
+        return np.zeros((0, n2)), np.zeros((0, n2))
+    return np.vstack(top), np.vstack(bottom)
+
+
+def _blocks_matrix(blk: tuple[np.ndarray, ...], rows: np.ndarray, cols: np.ndarray,
+                   shape: tuple[int, int]) -> sp.csr_matrix:
+    """Sparse matrix of 2x2 blocks ``blk`` at block rows/columns ``rows``/``cols``."""
+    rr, ri, ir, ii = blk
+    r2, c2 = 2 * rows, 2 * cols
+    return sp.csr_matrix((np.r_[rr, ri, ir, ii],
+                          (np.r_[r2, r2, r2 + 1, r2 + 1], np.r_[c2, c2 + 1, c2, c2 + 1])),
+                         shape=shape)
+
+
+def _linear_sensitivity_sparse(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                               sig: np.ndarray, act: np.ndarray, *,
+                               constraints: bool = True, moments: bool = False) -> Any:
+    """:func:`linear_sensitivity` with sparse products (the code before the dense one):
+    for the sparse mode's sizes, where dense products of ``H`` and of the raw Jacobian
+    cost more than the sparse ones (IEEE33 and the like take the dense path)."""
     n = model.n_bus
     n2 = 2 * n
     il = _interleave(n)
     h = fac.h  # 2g x 2n (interleaved state)
-    jx, jz = _transform_jacobians(model, fac, v, act)
+    jx, jz = _transform_jacobians_sparse(model, fac, v, act)
     w = fac.w
     if w is None:  # a re-weighted factorization keeps its weights as blocks only
         assert fac.wb is not None
@@ -2114,7 +2408,8 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     # top-left H^T W (H - J_x); right-hand side H^T W J_z
     k11 = (htw @ (h - jx)).toarray()
     bz = (htw @ jz).toarray()
-    top, bottom = _fixed_point_rows(model, fac, v, act, constraints=constraints)
+    top, bottom = _fixed_point_rows_sparse(model, fac, v, act,
+                                             constraints=constraints)
     if top:
         ct, cb = np.vstack(top), np.vstack(bottom)
         # constraint rows scaled to the gain's size (pivoting)
@@ -2144,10 +2439,10 @@ def linear_sensitivity(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     return sens, float(np.trace(bbt)), float(np.square(bbt).sum())
 
 
-def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
-                         act: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """``(J_x, J_z)``: the derivatives of the equivalent-current transform ``z_t(z, x)``
-    with respect to the state and to the raw measurements (see
+def _transform_jacobians_sparse(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                                act: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Sparse ``(J_x, J_z)``: the derivatives of the equivalent-current transform
+    ``z_t(z, x)`` with respect to the state and to the raw measurements (see
     :func:`linear_sensitivity`)."""
     n2 = 2 * model.n_bus
     g = fac.slots.size
@@ -2196,11 +2491,12 @@ def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
     return jx, jz
 
 
-def _fixed_point_rows(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: np.ndarray,
-                      *, constraints: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The constraint rows of the fixed point: ``Ct`` (what the iteration uses) and ``Cb``
-    (what the fixed point keeps at zero), plus a reference-angle row when no angle is
-    measured (see :func:`linear_sensitivity`)."""
+def _fixed_point_rows_sparse(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                             act: np.ndarray, *, constraints: bool
+                             ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """:func:`_fixed_point_rows` as lists of rows (for
+    :func:`_linear_sensitivity_sparse`): ``Ct`` (what the iteration uses) and ``Cb`` (what
+    the fixed point keeps at zero), plus a reference-angle row when no angle is measured."""
     n2 = 2 * model.n_bus
     top: list[np.ndarray] = []
     bottom: list[np.ndarray] = []

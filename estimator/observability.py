@@ -16,6 +16,8 @@ import weakref
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg.lapack import dpotrf as potrf
+from scipy.linalg.lapack import dtrtri as trtri
 from scipy.sparse.csgraph import connected_components
 
 from estimator.errors import NotObservableError
@@ -30,6 +32,12 @@ DENSE_LIMIT = 1200  # states up to which the null space is computed densely (eig
 #: check's time
 _ROWS: weakref.WeakKeyDictionary[MeasurementModel, tuple[bool, bytes, sp.csr_matrix,
                                                          sp.csr_matrix]] = \
+    weakref.WeakKeyDictionary()
+#: per model: the same rows dense (``(pv_constraints, angles, measured rows, constraint
+#: rows, dense H)``) for the dense check; keyed on the nominal angles of the phasor slots, the only
+#: nominal values a row depends on (a re-weighting moves every nominal value)
+_DENSE: weakref.WeakKeyDictionary[MeasurementModel, tuple[bool, bytes, np.ndarray,
+                                                          np.ndarray, np.ndarray]] = \
     weakref.WeakKeyDictionary()
 
 
@@ -92,22 +100,94 @@ def _measured_rows(model: MeasurementModel, active: np.ndarray) -> sp.csr_matrix
     return sp.csr_matrix(sp.diags(d_re) @ h[2 * slot] + sp.diags(d_im) @ h[2 * slot + 1])
 
 
+def _slot_angles(model: MeasurementModel) -> np.ndarray:
+    """Nominal angle of every slot's phasor (its measured angle if known, else 0)."""
+    ang = model.members[:, 1]
+    st = model.slot_type
+    a0 = np.where(((st == SLOT_V) | (st == SLOT_I)) & (ang >= 0),
+                  model.nominal[np.maximum(ang, 0)], 0.0)
+    return np.nan_to_num(a0)
+
+
+def _dense_rows(model: MeasurementModel, pv_constraints: bool
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Every measurement's row of ``O`` and the constraint rows, dense (cached per model,
+    constraint choice and nominal angles): the same numbers as the sparse rows."""
+    a0 = _slot_angles(model)
+    angles = a0.tobytes()
+    hit = _DENSE.get(model)
+    if hit is None or hit[0] != pv_constraints:
+        hd = model.H.toarray()
+        cons = constraint_rows(model, pv_constraints=pv_constraints).toarray()
+        hit = (pv_constraints, angles, _dense_measured_rows(model, hd, a0), cons, hd)
+        _DENSE[model] = hit
+    elif hit[1] != angles:  # a re-base moved the angles: the constraint rows stay
+        hit = (pv_constraints, angles, _dense_measured_rows(model, hit[4], a0), hit[3],
+               hit[4])
+        _DENSE[model] = hit
+    return hit[2], hit[3]
+
+
+def _dense_measured_rows(model: MeasurementModel, hd: np.ndarray, a0: np.ndarray
+                         ) -> np.ndarray:
+    """:func:`_measured_rows` of every measurement, dense, from the dense ``H`` and the
+    slots' nominal angles ``a0`` (the same products, so the same numbers)."""
+    slot, comp = model.slot, model.comp
+    stype = model.slot_type[slot]
+    phasor = (stype == SLOT_V) | (stype == SLOT_I)
+    a = a0[slot]
+    d_re = np.where(phasor, np.where(comp == 0, np.cos(a), -np.sin(a)),
+                    np.where(comp == 0, 1.0, 0.0))
+    d_im = np.where(phasor, np.where(comp == 0, np.sin(a), np.cos(a)),
+                    np.where(comp == 0, 0.0, -1.0))
+    return d_re[:, None] * hd[2 * slot] + d_im[:, None] * hd[2 * slot + 1]
+
+
+def _surely_full_rank(gram: np.ndarray, tol_factor: float) -> bool:
+    """True when the (column-scaled) normal matrix ``gram`` certainly has no eigenvalue
+    at or below ``tol_factor * lambda_max`` (the null-space test of
+    :func:`unobservable_buses`), proven without its eigen-decomposition.
+
+    Why: the bad-data search checks one new measurement set per removal, and the
+    eigen-decomposition was most of that check (0.5 ms on IEEE33; a Cholesky factor and
+    its triangular inverse cost a fraction). ``lambda_min >= 1 / tr(G^-1)`` and
+    ``lambda_max <= tr(G)``: when the first bound is above twice the threshold taken at
+    the second (far above the eigen-solver's own error, a few ``n eps lambda_max``), the
+    decomposition would find no small eigenvalue either. Otherwise (near-singular,
+    Cholesky fails) the caller decomposes as before, so the verdict never changes.
+    """
+    lfac, info = potrf(gram, lower=1, clean=1)
+    if info != 0:
+        return False
+    linv, info = trtri(lfac, lower=1)
+    if info != 0:
+        return False
+    tr_inv = float(np.square(linv).sum())  # tr(G^-1) = |L^-1|_F^2
+    if not np.isfinite(tr_inv) or tr_inv <= 0.0:
+        return False
+    return 1.0 / tr_inv > 2.0 * tol_factor * float(np.trace(gram))
+
+
 def unobservable_buses(model: MeasurementModel, active: np.ndarray, *,
                        pv_constraints: bool = True) -> tuple[list[int], int]:
     """Internal indices of the buses the measurements do not determine, and the rank
     deficiency (``([], 0)`` when observable)."""
-    o = observability_matrix(model, active, pv_constraints=pv_constraints)
-    n2 = o.shape[1]
+    n2 = 2 * model.n_bus
     if n2 <= DENSE_LIMIT:
-        dense = o.toarray()
+        rows, cons = _dense_rows(model, pv_constraints)
+        dense = np.vstack([rows[np.flatnonzero(active)], cons])
         # column scaling keeps admittance rows and selector rows comparable
         scale = np.linalg.norm(dense, axis=0)
         scale[scale == 0] = 1.0
         dense = dense / scale
+        gram = dense.T @ dense
+        tol_factor = max(dense.shape) * np.finfo(float).eps * 1e3
+        if _surely_full_rank(gram, tol_factor):
+            return [], 0
         # eigen-decomposition of the (small) normal matrix O^T O: null space = the
         # eigenvectors of (numerically) zero eigenvalues
-        lam, vec = np.linalg.eigh(dense.T @ dense)
-        tol = max(dense.shape) * np.finfo(float).eps * 1e3 * max(float(lam[-1]), 1e-300)
+        lam, vec = np.linalg.eigh(gram)
+        tol = tol_factor * max(float(lam[-1]), 1e-300)
         small = lam <= tol
         rank = n2 - int(np.count_nonzero(small))
         if rank == n2:
@@ -122,6 +202,7 @@ def unobservable_buses(model: MeasurementModel, active: np.ndarray, *,
     # unobservable (buses named by the columns without any measurement entry)
     import scipy.sparse.linalg as spla
 
+    o = observability_matrix(model, active, pv_constraints=pv_constraints)
     # unit rows: the rank is unchanged and O^T O better scaled
     norms = np.sqrt(np.asarray(o.multiply(o).sum(axis=1)).ravel())
     norms[norms == 0] = 1.0

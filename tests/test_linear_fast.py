@@ -64,12 +64,12 @@ def _snapshots(model: Any, k: int, seed: int) -> np.ndarray:
     return z
 
 
-def _same_state(a: Any, b: Any) -> None:
+def _same_state(a: Any, b: Any, rtol: float = RTOL) -> None:
     assert (a is None) == (b is None)
     if a is None:
         return
     scale = np.abs(b.v).max()
-    assert np.abs(a.v - b.v).max() <= RTOL * scale
+    assert np.abs(a.v - b.v).max() <= rtol * scale
     assert a.iterations == b.iterations
     assert a.dof == b.dof
     np.testing.assert_array_equal(a.active, b.active)
@@ -147,7 +147,10 @@ def test_solve_clean_matches_reference() -> None:
             b = slow.solve_clean(zk)
         except EstimatorError:
             b = None
-        _same_state(a, b)
+        # a trial set's factorization is derived from the full set's dense structure
+        # (re-weighted, LinearStateEstimator._derived) instead of rebuilt: the same
+        # operator to rounding, which moves the fixed point by about 1e-12
+        _same_state(a, b, rtol=1e-10)
         if b is not None:
             assert a.removed == b.removed
 

@@ -124,3 +124,61 @@ def test_the_matrix_of_a_set_is_the_one_built_for_it(paper) -> None:  # type: ig
             np.testing.assert_array_equal(got, _rows_built_for_the_set(model, act, pv))
     finally:
         model.nominal[:] = saved
+
+
+def test_the_cholesky_certificate_never_changes_a_verdict(paper, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The dense check answers "observable" from a Cholesky bound before any
+    eigen-decomposition; on random sets around the edge of observability (and after the
+    nominal angles move) its verdicts, buses and deficiencies are those of the
+    eigen-decomposition alone, and the bound does decide the observable ones."""
+    import estimator.observability as obs
+
+    model, _ = paper
+    rng = np.random.default_rng(8)
+    saved = model.nominal.copy()
+    decided = 0
+    bound = obs._surely_full_rank
+
+    def counting(gram: np.ndarray, tol: float) -> bool:
+        nonlocal decided
+        ok = bound(gram, tol)
+        decided += ok
+        return ok
+
+    try:
+        both = set()
+        for k in range(160):
+            if k == 80:
+                model.nominal[:] = rng.uniform(-0.5, 0.5, model.m)
+            act = rng.random(model.m) > rng.uniform(0.0, 0.45)
+            monkeypatch.setattr(obs, "_surely_full_rank", counting)
+            got = obs.unobservable_buses(model, act)
+            monkeypatch.setattr(obs, "_surely_full_rank", lambda g, t: False)
+            want = obs.unobservable_buses(model, act)
+            assert got == want
+            both.add(want[1] == 0)
+        assert both == {True, False}
+        assert decided > 10
+    finally:
+        model.nominal[:] = saved
+
+
+def test_the_dense_rows_are_the_sparse_ones(paper) -> None:  # type: ignore[no-untyped-def]
+    """The dense check's cached rows (rebuilt when the nominal angles move) are exactly
+    the rows built for each set, with and without the PV constraints."""
+    from estimator.observability import _dense_rows
+
+    model, _ = paper
+    rng = np.random.default_rng(4)
+    saved = model.nominal.copy()
+    try:
+        for k in range(9):
+            if k in (3, 6):
+                model.nominal[:] = rng.uniform(-0.5, 0.5, model.m)
+            act = rng.random(model.m) > 0.2
+            pv = k % 2 == 0
+            rows, cons = _dense_rows(model, pv)
+            got = np.vstack([rows[act], cons])
+            np.testing.assert_array_equal(got, _rows_built_for_the_set(model, act, pv))
+    finally:
+        model.nominal[:] = saved
