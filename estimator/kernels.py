@@ -86,6 +86,63 @@ def pv_correct(v, yp, x, pv, m1, m2, er):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def solve_small(s, t):  # type: ignore[no-untyped-def]
+    """``t := s^-1 t`` in place (``s`` overwritten): Gaussian elimination with partial
+    pivoting, as LAPACK ``dgesv`` does it, without its call and copies (a few PV nodes:
+    the system is 4 x 4 on IEEE33, solved per row and iteration)."""
+    p = t.size
+    for c in range(p):
+        piv = c
+        big = abs(s[c, c])
+        for i in range(c + 1, p):
+            if abs(s[i, c]) > big:
+                big = abs(s[i, c])
+                piv = i
+        if piv != c:
+            for j in range(p):
+                s[c, j], s[piv, j] = s[piv, j], s[c, j]
+            t[c], t[piv] = t[piv], t[c]
+        inv = 1.0 / s[c, c]
+        for i in range(c + 1, p):
+            f = s[i, c] * inv
+            if f != 0.0:
+                for j in range(c + 1, p):
+                    s[i, j] -= f * s[c, j]
+                t[i] -= f * t[c]
+    for c in range(p - 1, -1, -1):
+        acc = t[c]
+        for j in range(c + 1, p):
+            acc -= s[c, j] * t[j]
+        t[c] = acc / s[c, c]
+
+
+@njit(cache=True)
+def pv_correct_row(xr, yr, n2, pv, m1, m2, er, u, t, s, d):  # type: ignore[no-untyped-def]
+    """:func:`pv_correct` for one row of the batch: ``xr`` the previous iterate
+    (interleaved), ``yr = [x; R0 x]`` before the correction (its first ``n2`` entries
+    corrected in place); ``u, t, s, d`` work space."""
+    p = pv.size
+    for j in range(p):
+        uj = complex(xr[2 * pv[j]], xr[2 * pv[j] + 1])
+        u[j] = uj / abs(uj)
+    for j in range(p):
+        ubj = u[j].conjugate()
+        t[j] = (ubj * complex(yr[n2 + 2 * j], yr[n2 + 2 * j + 1])).imag
+        for col in range(p):
+            s[j, col] = (ubj * (m2[j, col] * u[col] - m1[j, col] * u[col].conjugate())).real
+    solve_small(s, t)
+    for j in range(p):
+        c = 2j * u[j] * t[j]
+        d[2 * j] = c.real
+        d[2 * j + 1] = c.imag
+    for i in range(n2):
+        acc = 0.0
+        for j in range(2 * p):
+            acc += er[i, j] * d[j]
+        yr[i] -= acc
+
+
+@njit(cache=True)
 def dense_run(opw, b, s_conj, vb, w, k, n2, newton, pv, m1, m2, er,
               tol, itmax):  # type: ignore[no-untyped-def]
     """:meth:`estimator.linear._DenseStep.run`'s loop: ``w = [z_pw; x]`` (float, the
@@ -208,27 +265,82 @@ def residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
 
 
 @njit(cache=True)
-def dense_rows(x, z, opw, opb, ph01, pw01, sign, vb, k, n2, newton, pv, m1, m2, er, tol,
-               itmax):  # type: ignore[no-untyped-def]
+def dense_rows(x, z, opw_t, opb_t, ph01, pw01, sign, vb, k, n2, newton_t, pv, m1, m2, er,
+               tol, itmax):  # type: ignore[no-untyped-def]
     """:meth:`estimator.linear._DenseStep.run_rows`: :func:`dense_run` on every row of
-    ``x`` (interleaved start states, overwritten by the answers) for the rows of ``z``.
-    Returns ``(iterations, converged)``."""
+    ``x`` (interleaved start states, overwritten by the answers) for the rows of ``z``,
+    the rows still iterating stacked so that each iteration's two products are one
+    matrix-matrix product each (``W opw^T``, ``D T^T``; ``opw_t``, ``opb_t``,
+    ``newton_t`` the transposed operators, C order) instead of one matrix-vector product
+    per row: the operators are read once per iteration for all rows, and BLAS-3 runs
+    at several times the speed of a matrix-vector loop. Per row the arithmetic is
+    :func:`dense_run`'s (the sums' order aside). Returns ``(iterations, converged)``."""
     nb = x.shape[0]
+    nph = ph01.size // 2
+    npw = k // 2
+    npv = pv.size
+    zph = np.empty((nb, 2 * nph))
+    sc = np.empty((nb, npw), np.complex128)
+    for r in range(nb):
+        for i in range(nph):
+            m = z[r, ph01[2 * i]]
+            a = z[r, ph01[2 * i + 1]]
+            zph[r, 2 * i] = m * math.cos(a)
+            zph[r, 2 * i + 1] = m * math.sin(a)
+        for i in range(npw):
+            sc[r, i] = complex(z[r, pw01[2 * i]] * sign[2 * i],
+                               z[r, pw01[2 * i + 1]] * sign[2 * i + 1])
+    bm = np.dot(zph, opb_t)  # the phasor slots' part, fixed per row
     iters = np.zeros(nb, np.int64)
     conv = np.zeros(nb, np.bool_)
-    w = np.empty(k + n2)
-    s_buf = np.empty(k)
-    s_conj = np.empty(k // 2, np.complex128)
-    for r in range(nb):
-        b = snapshot(z[r], ph01, pw01, sign, opb, s_buf)
-        for i in range(k // 2):
-            s_conj[i] = complex(s_buf[2 * i], s_buf[2 * i + 1])
-        w[k:] = x[r]
-        it, _, ok = dense_run(opw, b, s_conj, vb, w, k, n2, newton, pv, m1, m2, er, tol,
-                              itmax)
-        x[r] = w[k:]
-        iters[r] = it
-        conv[r] = ok
+    dv_prev = np.zeros(nb)
+    live = np.arange(nb)
+    nl = nb
+    wm = np.empty((nb, k + n2))  # [z_pw; x] of the live rows
+    dm = np.empty((nb, n2))  # F(x) - x of the live rows
+    u = np.empty(npv, np.complex128)  # the PV correction's work space
+    tq = np.empty(npv)
+    sq = np.empty((npv, npv))
+    dq = np.empty(2 * npv)
+    for it in range(1, itmax + 1):
+        for j in range(nl):
+            r = live[j]
+            for i in range(npw):
+                c = sc[r, i] / complex(x[r, 2 * vb[i]], -x[r, 2 * vb[i] + 1])
+                wm[j, 2 * i] = c.real
+                wm[j, 2 * i + 1] = c.imag
+            for i in range(n2):
+                wm[j, k + i] = x[r, i]
+        y = np.dot(wm[:nl], opw_t)
+        for j in range(nl):
+            r = live[j]
+            yr = y[j]
+            yr += bm[r]
+            xr = yr[:n2]
+            if npv:
+                pv_correct_row(x[r], yr, n2, pv, m1, m2, er, u, tq, sq, dq)
+            for i in range(n2):
+                dm[j, i] = xr[i] - x[r, i]
+        step = np.dot(dm[:nl], newton_t)
+        nl2 = 0
+        for j in range(nl):
+            r = live[j]
+            dv = 0.0  # the largest component's change
+            for i in range(n2):
+                a = abs(step[j, i])
+                if a > dv:
+                    dv = a
+                x[r, i] += step[j, i]
+            iters[r] = it
+            if converged(dv, dv_prev[r], tol):
+                conv[r] = True
+            else:
+                dv_prev[r] = dv
+                live[nl2] = r
+                nl2 += 1
+        nl = nl2
+        if nl == 0:
+            break
     return iters, conv
 
 
@@ -253,30 +365,68 @@ def slot_cov(h0, h1, v0, v1, s0, s1, st, slot_v, slot_i, slot_pv,
 
 
 @njit(cache=True)
+def drift_row(z, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb, tol_hi,
+              consts, out):  # type: ignore[no-untyped-def]
+    """Rule (b)'s per-slot drift of one row into ``out`` (see :func:`rows_drift`)."""
+    slot_v, slot_i, slot_pv, unmeasured = int(consts[0]), int(consts[1]), int(consts[2]), \
+        consts[3]
+    for j in range(idx0.size):
+        out[j] = False
+        h0 = has0[j] and act[idx0[j]]
+        h1 = has1[j] and act[idx1[j]]
+        if not (h0 and (h1 or is_pv[j]) and nominal_set[idx0[j]]):
+            continue
+        r11, r12, r22 = slot_cov(h0, h1, z[idx0[j]], z[idx1[j]], sig[idx0[j]],
+                                 sig[idx1[j]], st[j], slot_v, slot_i, slot_pv, unmeasured)
+        w11, w12, w22 = wb[j, 0], wb[j, 1], wb[j, 2]
+        tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
+        det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
+        disc = math.sqrt(max(0.25 * tr * tr - det, 0.0))
+        out[j] = ((0.5 * tr + disc) > tol_hi) or ((0.5 * tr - disc) * tol_hi < 1.0)
+
+
+@njit(cache=True)
 def rows_drift(zb, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb, tol_hi,
                consts):  # type: ignore[no-untyped-def]
     """Rule (b)'s per-slot drift of every row (``B x g``), as in
     :meth:`estimator.linear.LinearStateEstimator._fires`; ``consts``: SLOT_V, SLOT_I,
     SLOT_PV, the unmeasured sigma."""
     nb, g = zb.shape[0], idx0.size
-    slot_v, slot_i, slot_pv, unmeasured = int(consts[0]), int(consts[1]), int(consts[2]), \
-        consts[3]
     drift = np.zeros((nb, g), np.bool_)
     for r in range(nb):
-        for j in range(g):
-            h0 = has0[j] and act[r, idx0[j]]
-            h1 = has1[j] and act[r, idx1[j]]
-            if not (h0 and (h1 or is_pv[j]) and nominal_set[idx0[j]]):
-                continue
-            r11, r12, r22 = slot_cov(h0, h1, zb[r, idx0[j]], zb[r, idx1[j]],
-                                     sig[r, idx0[j]], sig[r, idx1[j]], st[j], slot_v,
-                                     slot_i, slot_pv, unmeasured)
-            w11, w12, w22 = wb[j, 0], wb[j, 1], wb[j, 2]
-            tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
-            det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
-            disc = math.sqrt(max(0.25 * tr * tr - det, 0.0))
-            drift[r, j] = ((0.5 * tr + disc) > tol_hi) or ((0.5 * tr - disc) * tol_hi < 1.0)
+        drift_row(zb[r], sig[r], act[r], has0, has1, idx0, idx1, st, is_pv, nominal_set, wb,
+                  tol_hi, consts, drift[r])
     return drift
+
+
+@njit(cache=True)
+def shift_row(z, act, check, rel, floor, s_nom, log_ratio, lr):  # type: ignore[no-untyped-def]
+    """Rule (a) for one row (see :func:`rows_shift`); ``lr`` work space (``m``)."""
+    n = 0
+    for i in range(z.size):
+        if not (check[i] and act[i]):
+            continue
+        s_now = rel[i] * abs(z[i])
+        if not s_now >= floor[i]:  # fmax: the floor for a NaN value too
+            s_now = floor[i]
+        if s_now > floor[i] or s_nom[i] > floor[i]:
+            lr[n] = math.log(s_now / s_nom[i])
+            n += 1
+    if n == 0:
+        return False
+    # the median lies between the lower and upper middle values: when too few values
+    # lie beyond +-log_ratio for either middle to, |median| <= log_ratio (no sort)
+    n_hi = n_lo = 0
+    for i in range(n):
+        if lr[i] > log_ratio:
+            n_hi += 1
+        elif lr[i] < -log_ratio:
+            n_lo += 1
+    if n_hi < n - n // 2 and n_lo < (n - 1) // 2 + 1:
+        return False
+    srt = np.sort(lr[:n])
+    shift = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
+    return abs(shift) > log_ratio
 
 
 @njit(cache=True)
@@ -287,32 +437,38 @@ def rows_shift(zb, act, check, rel, floor, s_nom, log_ratio):  # type: ignore[no
     out = np.zeros(nb, np.bool_)
     lr = np.empty(m)
     for r in range(nb):
-        n = 0
-        for i in range(m):
-            if not (check[i] and act[r, i]):
-                continue
-            s_now = rel[i] * abs(zb[r, i])
-            if not s_now >= floor[i]:  # fmax: the floor for a NaN value too
-                s_now = floor[i]
-            if s_now > floor[i] or s_nom[i] > floor[i]:
-                lr[n] = math.log(s_now / s_nom[i])
-                n += 1
-        if n == 0:
-            continue
-        # the median lies between the lower and upper middle values: when too few values
-        # lie beyond +-log_ratio for either middle to, |median| <= log_ratio (no sort)
-        n_hi = n_lo = 0
-        for i in range(n):
-            if lr[i] > log_ratio:
-                n_hi += 1
-            elif lr[i] < -log_ratio:
-                n_lo += 1
-        if n_hi < n - n // 2 and n_lo < (n - 1) // 2 + 1:
-            continue
-        srt = np.sort(lr[:n])
-        shift = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
-        out[r] = abs(shift) > log_ratio
+        out[r] = shift_row(zb[r], act[r], check, rel, floor, s_nom, log_ratio, lr)
     return out
+
+
+@njit(cache=True)
+def first_fire(zb, sig, act, start, stop, prev, has0, has1, idx0, idx1, st, is_pv,
+               nominal_set, wb, tol_hi, consts, rule_a, check, rel, floor, s_nom,
+               log_ratio):  # type: ignore[no-untyped-def]
+    """Rules (b) and (a) row after row from ``start`` (:meth:`estimator.linear.
+    LinearStateEstimator._segment_end`), stopping at the first row where one fires (so a
+    segment's rows are examined once, however long it is): ``(row, fired, rule a
+    fired)``, ``row = stop`` when none did; ``prev`` (the slots drifted in the row before
+    ``start``) is left holding those of the row before ``row``. Rule (a) is not
+    applied to row 0 (the batch's first factorization checked it) nor when ``rule_a``
+    is False (no nominal values yet)."""
+    g = idx0.size
+    cur = np.empty(g, np.bool_)
+    lr = np.empty(zb.shape[1])
+    for r in range(start, stop):
+        drift_row(zb[r], sig[r], act[r], has0, has1, idx0, idx1, st, is_pv, nominal_set, wb,
+                  tol_hi, consts, cur)
+        fire_b = False
+        for j in range(g):
+            if cur[j] and prev[j]:
+                fire_b = True
+                break
+        fire_a = rule_a and r > 0 and shift_row(zb[r], act[r], check, rel, floor, s_nom,
+                                                log_ratio, lr)
+        if fire_a or fire_b:
+            return r, True, fire_a
+        prev[:] = cur
+    return stop, False, False
 
 
 @njit(cache=True)
@@ -368,3 +524,112 @@ def weight_blocks(has0, has1, nom, sig, idx0, idx1, st, consts):  # type: ignore
         w12[j] = -r12 / det
         w22[j] = r11 / det
     return w11, w12, w22
+
+
+@njit(cache=True)
+def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_pos, vb,
+                    pv, m1, m2, er, tol, itmax):  # type: ignore[no-untyped-def]
+    """The fixed point of every row of ``x`` (interleaved start states, overwritten by
+    the answers) for the rows of ``z``, in the correction form of
+    :meth:`estimator.linear.LinearStateEstimator._iterate_fast` (``r_t = z_t - H x``,
+    ``[dx; R0 dx] = [op; R0 op] r_t``, the PV correction) with the Newton-type step of
+    :func:`dense_run` (``x += T (F(x) - x)``). The rows still iterating are stacked, so
+    each iteration is three matrix-matrix products (``X [H; R0]^T``, ``R_t [op; R0
+    op]^T``, ``D T^T``; the ``*_t`` operators transposed, C order) for all of them.
+
+    Why the correction form: its fixed point solves the normal equations whatever the
+    rounding of ``op`` (an error in ``op`` scales the step, not where it ends), so ``op``
+    is taken from a Cholesky inverse of the gain without refinement, and the direct
+    form's iteration matrix ``I - op H`` (which compensates ``op``'s error there) is not
+    needed. Returns ``(iterations, converged)``."""
+    nb, n2 = x.shape
+    g2 = hx_t.shape[1] - 2 * pv.size
+    nph = ph_pos.size
+    npw = pw_pos.size
+    npv = pv.size
+    zt = np.empty((nb, g2))  # rectangular values; the phasor slots' fixed per row
+    sc = np.empty((nb, npw), np.complex128)
+    for r in range(nb):
+        for i in range(nph):
+            m = z[r, ph01[2 * i]]
+            a = z[r, ph01[2 * i + 1]]
+            zt[r, 2 * ph_pos[i]] = m * math.cos(a)
+            zt[r, 2 * ph_pos[i] + 1] = m * math.sin(a)
+        for i in range(npw):
+            sc[r, i] = complex(z[r, pw01[2 * i]] * sign[2 * i],
+                               z[r, pw01[2 * i + 1]] * sign[2 * i + 1])
+    iters = np.zeros(nb, np.int64)
+    conv = np.zeros(nb, np.bool_)
+    dv_prev = np.zeros(nb)
+    live = np.arange(nb)
+    nl = nb
+    xm = np.empty((nb, n2))  # the live rows' iterates
+    rm = np.empty((nb, g2))  # their residuals r_t
+    dm = np.empty((nb, n2))  # F(x) - x
+    yr = np.empty(n2 + 2 * npv)
+    u = np.empty(npv, np.complex128)  # the PV correction's work space
+    tq = np.empty(npv)
+    sq = np.empty((npv, npv))
+    dq = np.empty(2 * npv)
+    for it in range(1, itmax + 1):
+        for j in range(nl):
+            xm[j] = x[live[j]]
+        hx = np.dot(xm[:nl], hx_t)  # [H x; R0 x]
+        for j in range(nl):
+            r = live[j]
+            for i in range(g2):
+                rm[j, i] = zt[r, i] - hx[j, i]
+            for i in range(npw):
+                # equivalent currents I = conj(S) / conj(V_k)
+                c = sc[r, i] / complex(x[r, 2 * vb[i]], -x[r, 2 * vb[i] + 1])
+                rm[j, 2 * pw_pos[i]] = c.real - hx[j, 2 * pw_pos[i]]
+                rm[j, 2 * pw_pos[i] + 1] = c.imag - hx[j, 2 * pw_pos[i] + 1]
+        y = np.dot(rm[:nl], opx_t)  # [dx; R0 dx]
+        for j in range(nl):
+            r = live[j]
+            for i in range(n2):
+                yr[i] = x[r, i] + y[j, i]
+            for i in range(2 * npv):
+                yr[n2 + i] = hx[j, g2 + i] + y[j, n2 + i]
+            if npv:
+                pv_correct_row(x[r], yr, n2, pv, m1, m2, er, u, tq, sq, dq)
+            for i in range(n2):
+                dm[j, i] = yr[i] - x[r, i]
+        step = np.dot(dm[:nl], newton_t)
+        nl2 = 0
+        for j in range(nl):
+            r = live[j]
+            dv = 0.0  # the largest component's change
+            for i in range(n2):
+                a = abs(step[j, i])
+                if a > dv:
+                    dv = a
+                x[r, i] += step[j, i]
+            iters[r] = it
+            if converged(dv, dv_prev[r], tol):
+                conv[r] = True
+            else:
+                dv_prev[r] = dv
+                live[nl2] = r
+                nl2 += 1
+        nl = nl2
+        if nl == 0:
+            break
+    return iters, conv
+
+
+@njit(cache=True)
+def weigh_rows(hd, w11, w12, w22):  # type: ignore[no-untyped-def]
+    """``W H`` for the block-diagonal ``W`` of symmetric 2x2 blocks ``(w11, w12, w22)``
+    (:meth:`estimator.linear.LinearStateEstimator._reweighted`'s NumPy expression,
+    element for element)."""
+    g2, n = hd.shape
+    wh = np.empty((g2, n))
+    for s in range(g2 // 2):
+        a, b, c = w11[s], w12[s], w22[s]
+        for j in range(n):
+            h0 = hd[2 * s, j]
+            h1 = hd[2 * s + 1, j]
+            wh[2 * s, j] = a * h0 + b * h1
+            wh[2 * s + 1, j] = b * h0 + c * h1
+    return wh

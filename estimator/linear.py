@@ -93,6 +93,8 @@ import scipy.sparse.linalg as spla
 from scipy.linalg.lapack import dgesv as gesv
 from scipy.linalg.lapack import dgetrf as getrf
 from scipy.linalg.lapack import dgetri as getri
+from scipy.linalg.lapack import dpotrf as potrf
+from scipy.linalg.lapack import dpotri as potri
 from scipy.sparse.csgraph import connected_components
 
 from estimator.badata import largest_normalized_residual
@@ -328,6 +330,22 @@ def _block_diag(w11: np.ndarray, w12: np.ndarray, w22: np.ndarray) -> sp.csr_mat
     return sp.csr_matrix((np.r_[w11, w22, w12, w12], (rows, cols)), shape=(2 * g, 2 * g))
 
 
+def _spd_inverse(g: np.ndarray) -> np.ndarray | None:
+    """``g^-1`` of a symmetric positive definite ``g`` by its Cholesky factor (LAPACK
+    ``potrf``, ``potri``), or None when ``g`` is not numerically positive definite."""
+    c, info = potrf(g, lower=1)
+    if info != 0:
+        return None
+    e, info = potri(c, lower=1)
+    if info != 0:
+        return None
+    # potri fills the lower triangle (the factor's zeros above): mirror it, the
+    # diagonal counted once (doubling then halving is exact)
+    e += e.T
+    e[np.diag_indices_from(e)] *= 0.5
+    return np.asarray(e)
+
+
 def _converged(dv: float, dv_prev: float, tol: float) -> bool:
     """Stopping test of the fixed point: ``max |dV| < tol``, or the distance to the fixed
     point bounded from the observed contraction ``rho = dv / dv_prev`` below ``tol``.
@@ -388,6 +406,7 @@ class _Factor:
     batch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     plan: tuple[Any, ...] | None = None  # what the re-weighting check reads (_plan)
     step: _DenseStep | None = None  # dense fast path (LinearStateEstimator._dense_step)
+    rows: _RowsOp | None = None  # the batch's compiled path (LinearStateEstimator._rows_op)
 
 
 @dataclass
@@ -410,6 +429,26 @@ class _Fast:
     m1: np.ndarray | None  # PV: Pc E Pc^T (complex p x p), Pc = rows of Ybus[pv]
     m2: np.ndarray | None  # PV: Pc E Pc^H
     er: np.ndarray | None  # PV: E R0^T (2n x 2p), interleaved
+
+
+@dataclass
+class _RowsOp:
+    """The compiled batch path's operators of one factorization (dense, every slot
+    complete; :func:`estimator.kernels.rows_correction`): ``[H; R0]^T``, ``[op; R0 op]^T``
+    and ``T^T`` (C order), and the gathers that read a snapshot."""
+
+    hx_t: np.ndarray
+    opx_t: np.ndarray
+    newton_t: np.ndarray
+    ph01: np.ndarray
+    pw01: np.ndarray
+    sign: np.ndarray
+    ph_pos: np.ndarray
+    pw_pos: np.ndarray
+    vb: np.ndarray
+    m1: np.ndarray
+    m2: np.ndarray
+    er: np.ndarray
 
 
 _KERNELS: Any = None
@@ -512,6 +551,7 @@ class _DenseStep:
         self.m1, self.m2 = _pv_metric(fac)
         self.er = None if fac.er is None else np.ascontiguousarray(fac.er)
         self.newton: np.ndarray | None = None  # T (see _newton), at the first solve
+        self._trans: tuple[np.ndarray, ...] | None = None  # (T, opw^T, opb^T, T^T)
         # the compiled kernels' arguments (typed, never None: empty without PV nodes)
         p = self.pv.size
         self.s_buf = np.empty(self.k)
@@ -594,9 +634,10 @@ class _DenseStep:
         kern = _kernels()
         if kern is not None and self.newton is not None:
             x = np.ascontiguousarray(x)
-            it, ok = kern.dense_rows(x, np.ascontiguousarray(z), self.opw, self.opb,
+            opw_t, opb_t, t_t = self._transposed()
+            it, ok = kern.dense_rows(x, np.ascontiguousarray(z), opw_t, opb_t,
                                      self.ph01, self.pw01, self.sign, self.vb, self.k,
-                                     self.n2, self.newton, self.pv, self.m1c, self.m2c,
+                                     self.n2, t_t, self.pv, self.m1c, self.m2c,
                                      self.erc, tol, itmax)
             return x, it, ok
         nb = x.shape[0]
@@ -624,6 +665,16 @@ class _DenseStep:
             if live.size == 0:
                 break
         return x, iters, conv
+
+    def _transposed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(opw^T, opb^T, T^T)`` in C order (made once: the rows' kernel multiplies
+        row-stacked iterates from the left)."""
+        t = self.newton
+        assert t is not None
+        if self._trans is None or self._trans[0] is not t:
+            self._trans = (t, np.ascontiguousarray(self.opw.T),
+                           np.ascontiguousarray(self.opb.T), np.ascontiguousarray(t.T))
+        return self._trans[1], self._trans[2], self._trans[3]
 
     def _snapshot(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``([b; R0 b], conj(S))`` of measurement vector ``z``: the phasor slots'
@@ -763,6 +814,10 @@ class LinearStateEstimator:
         self._nom_version = 0  # bumped whenever nominal values or sigmas change
         self._drift_plan: tuple[Any, ...] | None = None  # rule (a)'s constants (_drifted)
         self._rows_plan: tuple[Any, ...] | None = None  # the same for _drifted_rows
+        #: a batch's rows in C order for the kernels (the batch array, then the copies)
+        self._rows_args: tuple[np.ndarray, ...] | None = None
+        #: whether rule (a) fired where the last compiled scan stopped (None: unknown)
+        self._fire_load: bool | None = None
         #: the sigma of every measurement at its nominal value (what the gain weighs; 1
         #: where no nominal value is set yet)
         self.nominal_sigma = np.ones(model.m)
@@ -776,6 +831,7 @@ class LinearStateEstimator:
         self._scale: np.ndarray | None = None
         self._flat = np.full(model.n_bus, self.net.vm_slack * np.exp(1j * self.net.va_slack))
         self._res_args: tuple[np.ndarray, ...] | None = None  # the residual kernel's
+        self._angles = np.flatnonzero(model.is_angle)
         self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
                         else sp.csr_matrix((0, n2)))
 
@@ -892,15 +948,49 @@ class LinearStateEstimator:
 
     def _reweighted(self, fac: _Factor, active: np.ndarray) -> _Factor:
         """``fac`` with new weights (dense mode): ``G = H^T W H``, the KKT inverse, the
-        solution operator and the PV terms recomputed from the cached structure."""
+        solution operator and the PV terms recomputed from the cached structure.
+
+        Without zero-injection constraints the KKT matrix is the gain itself, symmetric
+        positive definite: ``E = G^-1`` from its Cholesky factor (LAPACK ``potrf`` and
+        ``potri``, about a third of ``getrf`` + ``getri``) and ``op = E H^T W`` without the
+        refinement step. The fixed point does not depend on ``op``'s rounding (the direct
+        form's ``M = I - op H`` and the batch's correction form both make up for it); the
+        answers move by about 1e-12 pu against the refined LU operator (IEEE33, gain
+        condition number ~5e8), well inside the 1e-10 pu the tests hold them to.
+        """
         assert fac.hd is not None
         w11, w12, w22 = self._slot_weight_blocks(fac.slots, active)
         hd = fac.hd
         # W H by 2x2 blocks; G = H^T (W H); H^T W = (W H)^T (W symmetric)
-        wh = np.empty_like(hd)
-        wh[0::2] = w11[:, None] * hd[0::2] + w12[:, None] * hd[1::2]
-        wh[1::2] = w12[:, None] * hd[0::2] + w22[:, None] * hd[1::2]
+        kern = _kernels()
+        if kern is not None:
+            wh = kern.weigh_rows(hd, w11, w12, w22)
+        else:
+            wh = np.empty_like(hd)
+            wh[0::2] = w11[:, None] * hd[0::2] + w12[:, None] * hd[1::2]
+            wh[1::2] = w12[:, None] * hd[0::2] + w22[:, None] * hd[1::2]
         gain = hd.T @ wh
+        nc = fac.c.shape[0]
+        e = _spd_inverse(gain) if nc == 0 else None
+        if e is not None:
+            op, opc, alpha = e @ wh.T, None, 1.0
+        else:
+            op, e, opc, alpha = self._kkt_operator(fac, gain, wh)
+        er = s0 = None
+        if fac.r0 is not None:
+            er = np.asarray(fac.r0 @ e).T
+            s0 = np.asarray(fac.r0 @ er)
+        return replace(fac, op=op, e=e, opc=opc, alpha=alpha, er=er, s0=s0,
+                       s0r=s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None
+                       else None, w=None, wb=np.column_stack([w11, w12, w22]), fast=None,
+                       batch=None, plan=None, step=None, rows=None)
+
+    @staticmethod
+    def _kkt_operator(fac: _Factor, gain: np.ndarray, wh: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        """``(op, E, opc, alpha)`` of the KKT matrix with the zero-injection rows: its
+        inverse from the LU factors (LAPACK getri: cheaper than solving for the
+        identity), then the solution operator as products with it, refined once."""
         n2 = fac.n_state
         cd = fac.c.toarray()
         nc = cd.shape[0]
@@ -910,29 +1000,18 @@ class LinearStateEstimator:
         kd[:n2, :n2] = gain
         kd[:n2, n2:] = alpha * cd.T
         kd[n2:, :n2] = alpha * cd
-        # the KKT inverse from its LU factors (LAPACK getri: cheaper than solving for the
-        # identity), then the solution operator as products with it, refined once
         lu, piv, info = getrf(kd)
         if info == 0:
             kinv, info = getri(lu, piv)
         if info != 0:
             raise EstimatorError(f"gain matrix is singular after re-weighting (LAPACK info "
                                  f"{info})")
-        e = kinv[:n2, :n2]
         b = np.zeros((n2 + nc, wh.shape[0]))
         b[:n2] = wh.T
         sol = kinv[:, :n2] @ b[:n2]
         # one step of iterative refinement
         sol += kinv @ (b - kd @ sol)
-        er = s0 = None
-        if fac.r0 is not None:
-            er = np.asarray(fac.r0 @ e).T
-            s0 = np.asarray(fac.r0 @ er)
-        return replace(fac, op=sol[:n2], e=e, opc=kinv[:n2, n2:] * alpha if nc else None,
-                       alpha=alpha, er=er, s0=s0,
-                       s0r=s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None
-                       else None, w=None, wb=np.column_stack([w11, w12, w22]), fast=None,
-                       batch=None, plan=None, step=None)
+        return sol[:n2], kinv[:n2, :n2], kinv[:n2, n2:] * alpha if nc else None, alpha
 
 
     def _build(self, active: np.ndarray) -> _Factor:
@@ -1644,8 +1723,15 @@ class LinearStateEstimator:
             v0 = self._last_v
         else:
             v0 = self._flat
-        with single_threaded():  # once for the batch: its factorizations, products
-            self._batch_rows(out, zb, sig, act, shared, now, v0)
+        # C-order copies for the compiled kernels, made once for the batch, and the rows
+        # with every value active
+        self._rows_args = (zb, np.ascontiguousarray(zb), np.ascontiguousarray(sig),
+                           np.ascontiguousarray(act), act.all(axis=1))
+        try:
+            with single_threaded():  # once for the batch: its factorizations, products
+                self._batch_rows(out, zb, sig, act, shared, now, v0)
+        finally:
+            self._rows_args = None
         return out
 
     def _batch_rows(self, out: BatchStates, zb: np.ndarray, sig: np.ndarray,
@@ -1685,7 +1771,10 @@ class LinearStateEstimator:
                     self._batch_one(out, int(k), zb, sig, act, now)
             start = end
             if fired:
-                full = bool(self._drifted_rows(zb[start:start + 1], act[start:start + 1])[0])
+                full = self._fire_load
+                if full is None:
+                    full = bool(self._drifted_rows(zb[start:start + 1],
+                                                   act[start:start + 1])[0])
                 self._rebase(zb[start], sig[start], act[start], full=full)
 
     def _batch_one(self, out: BatchStates, k: int, zb: np.ndarray, sig: np.ndarray,
@@ -1733,8 +1822,11 @@ class LinearStateEstimator:
         chunks that double from 16, or 64 with the compiled kernels (a segment is
         typically tens of rows long)."""
         nb = zb.shape[0]
-        # (compiled, a row costs about a microsecond against tens for a call: start wider)
-        chunk = 64 if _kernels() is not None else 16
+        self._fire_load = None
+        kern = _kernels()
+        if kern is not None and self.reweight_ratio and fac.wb is not None:
+            return self._segment_scan(kern, fac, zb, sig, act, shared, start)
+        chunk = 16
         pos = start
         while True:
             stop = pos
@@ -1749,6 +1841,49 @@ class LinearStateEstimator:
                 return pos + hit, True
             pos = stop
             chunk = min(2 * chunk, SEGMENT_CHUNK)
+
+    def _segment_scan(self, kern: Any, fac: _Factor, zb: np.ndarray, sig: np.ndarray,
+                      act: np.ndarray, shared: np.ndarray, start: int) -> tuple[int, bool]:
+        """:meth:`_segment_end` in one compiled scan (:func:`estimator.kernels.
+        first_fire`) that stops at the first row where a rule fires: every row is examined
+        once (the chunks of the NumPy path look up to twice as far as the segment
+        reaches). Also records whether rule (a) fired there (:meth:`_fire_was_load`)."""
+        stop = start
+        nb = zb.shape[0]
+        while stop < nb and shared[stop]:
+            stop += 1
+        if stop == start:
+            return start, False
+        model = self.model
+        rule_a = bool(self._nominal_set.any())
+        plan = self._rows_shift_plan()
+        prev = self._drift_prev[fac.slots]
+        ra = self._rows_args
+        if ra is None or ra[0] is not zb:
+            ra = self._rows_args = (zb, np.ascontiguousarray(zb), np.ascontiguousarray(sig),
+                                    np.ascontiguousarray(act))
+        row, fired, load = kern.first_fire(
+            ra[1], ra[2], ra[3], start, stop, prev, fac.has0, fac.has1, fac.idx0, fac.idx1,
+            model.slot_type[fac.slots], fac.is_pv_slot, self._nominal_set,
+            np.ascontiguousarray(fac.wb), self._tol_hi, _SLOT_CONSTS, rule_a, plan[1],
+            model.rel, plan[2], plan[3], self._log_ratio)
+        self._drift_prev[:] = False
+        if row > start:
+            self._drift_prev[fac.slots] = prev
+        self._drift_any = bool(self._drift_prev.any())
+        self._fire_load = bool(load)
+        return int(row), bool(fired)
+
+    def _rows_shift_plan(self) -> tuple[Any, ...]:
+        """Rule (a)'s constants for the row kernels, per nominal values (cached)."""
+        model = self.model
+        plan = self._rows_plan
+        if plan is None or plan[0] != self._nom_version:
+            floor = np.maximum(model.floor, 1e-12)
+            plan = self._rows_plan = (
+                self._nom_version, self._nominal_set & ~model.is_angle & (model.rel > 0),
+                floor, np.fmax(model.rel * np.abs(model.nominal), floor))
+        return plan
 
     def _fires(self, fac: _Factor, zb: np.ndarray, sig: np.ndarray, act: np.ndarray,
                start: int, stop: int) -> int:
@@ -1802,12 +1937,7 @@ class LinearStateEstimator:
             return np.zeros(zb.shape[0], bool)
         kern = _kernels()
         if kern is not None:
-            plan = self._rows_plan
-            if plan is None or plan[0] != self._nom_version:
-                floor = np.maximum(model.floor, 1e-12)
-                plan = self._rows_plan = (
-                    self._nom_version, self._nominal_set & ~model.is_angle & (model.rel > 0),
-                    floor, np.fmax(model.rel * np.abs(model.nominal), floor))
+            plan = self._rows_shift_plan()
             out: np.ndarray = kern.rows_shift(
                 np.ascontiguousarray(zb), np.ascontiguousarray(act), plan[1], model.rel,
                 plan[2], plan[3], self._log_ratio)
@@ -1833,6 +1963,12 @@ class LinearStateEstimator:
                        v0: np.ndarray) -> np.ndarray:
         """Rows ``rows`` sharing ``fac`` (dense mode): the fixed point for all of them at
         once, then their statistics; returns the last row's voltages (next warm start)."""
+        kern = _kernels()
+        ra = self._rows_args
+        if (kern is not None and ra is not None and fac.complete and fac.c.shape[0] == 0
+                and rows[-1] - rows[0] == rows.size - 1 and ra[4][rows[0]:rows[-1] + 1].all()):
+            return self._batch_whole(kern, fac, out, slice(int(rows[0]), int(rows[-1]) + 1),
+                                     v0)
         tol, itmax = self.tolerance, self.max_iterations
         z, a = zb[rows], act[rows]
         has0 = fac.has0 & a[:, fac.idx0]
@@ -1845,7 +1981,16 @@ class LinearStateEstimator:
             it = np.zeros(rows.size, np.int64)
             conv = np.zeros(rows.size, bool)
             full = np.flatnonzero(~gap)
-            if full.size:
+            if full.size and kern is not None and fac.c.shape[0] == 0:
+                ro = self._rows_op(fac, x[full[0]].view(complex), z[full[0]])
+                xf = x if full.size == rows.size else np.ascontiguousarray(x[full])
+                it[full], conv[full] = kern.rows_correction(
+                    xf, np.ascontiguousarray(z[full]), ro.hx_t, ro.opx_t, ro.newton_t,
+                    ro.ph01, ro.pw01, ro.sign, ro.ph_pos, ro.pw_pos, ro.vb, fac.pv, ro.m1,
+                    ro.m2, ro.er, tol, itmax)
+                if xf is not x:
+                    x[full] = xf
+            elif full.size:
                 step = self._dense_step(fac, x[full[0]].view(complex), z[full[0]],
                                         reuse=True)
                 x[full], it[full], conv[full] = step.run_rows(x[full], z[full], tol, itmax)
@@ -1868,6 +2013,69 @@ class LinearStateEstimator:
         self._last_v = v[-1].copy()
         self.last_factor = fac
         return self._last_v
+
+    def _batch_whole(self, kern: Any, fac: _Factor, out: BatchStates, rows: slice,
+                     v0: np.ndarray) -> np.ndarray:
+        """:meth:`_batch_segment` for consecutive rows with every value active (the usual
+        batch) and a complete factorization without zero-injection rows: the compiled
+        fixed point (:func:`estimator.kernels.rows_correction`) and the statistics, with
+        nothing per row left to mask, fill or group."""
+        _, zc, sigc, actc, _ = self._rows_args  # type: ignore[misc]
+        z, sig, a = zc[rows], sigc[rows], actc[rows]
+        nb = z.shape[0]
+        x = np.empty((nb, 2 * self.model.n_bus))
+        x.view(complex)[:] = v0
+        ro = self._rows_op(fac, v0, z[0])
+        it, conv = kern.rows_correction(x, z, ro.hx_t, ro.opx_t, ro.newton_t, ro.ph01,
+                                        ro.pw01, ro.sign, ro.ph_pos, ro.pw_pos, ro.vb,
+                                        fac.pv, ro.m1, ro.m2, ro.er, self.tolerance,
+                                        self.max_iterations)
+        v = x.view(complex)
+        r = self._rows_residual(z, v)
+        w, obj = kern.rows_weighted(r, a, sig, self._angles)
+        dof = fac.dof
+        thr = fac.chi2
+        rn = np.full(w.shape, np.nan)
+        if self.normalized_residuals:
+            hit = self._sens_hit(fac, v[0], sig[0], a[0], float(obj[0]))
+            np.multiply(w, hit[0], out=rn)
+            if math.isfinite(hit[2]):
+                thr = hit[2]
+        idx = np.arange(rows.start, rows.stop)
+        out.set_rows(idx, v, it, conv, r, rn, obj, np.full(nb, dof), np.full(nb, thr))
+        self._last_v = v[-1].copy()
+        self.last_factor = fac
+        return self._last_v
+
+    def _rows_op(self, fac: _Factor, v: np.ndarray, z: np.ndarray) -> _RowsOp:
+        """The compiled batch path's operators of ``fac`` (made once per factorization):
+        the Newton matrix and the gathers of the latest dense fast path of the same
+        measurement structure (as :meth:`_dense_step` with ``reuse``; one is built, with
+        its ``T`` at ``(v, z)``, when there is none yet)."""
+        if fac.rows is not None:
+            return fac.rows
+        assert fac.op is not None and fac.hd is not None
+        key = fac.slots.tobytes() + fac.has0.tobytes() + fac.has1.tobytes()
+        like, t = self._steps.get(key), self._newton.get(key)
+        if like is None or t is None:
+            like = self._dense_step(fac, v, z, reuse=True)
+            t = like.newton
+            assert t is not None
+        p = fac.pv.size
+        if fac.r0 is None:
+            hx, opx = fac.hd, fac.op
+        else:
+            assert like.r0d is not None
+            hx, opx = np.vstack([fac.hd, like.r0d]), np.vstack([fac.op, like.r0d @ fac.op])
+        m1, m2 = _pv_metric(fac)
+        fac.rows = _RowsOp(
+            hx_t=np.ascontiguousarray(hx.T), opx_t=np.ascontiguousarray(opx.T),
+            newton_t=np.ascontiguousarray(t.T), ph01=like.ph01, pw01=like.pw01,
+            sign=like.sign, ph_pos=fac.phasor_pos, pw_pos=fac.power_pos, vb=like.vb,
+            m1=m1 if m1 is not None else np.zeros((p, p), complex),
+            m2=m2 if m2 is not None else np.zeros((p, p), complex),
+            er=np.ascontiguousarray(fac.er) if fac.er is not None else np.zeros((fac.n_state, 0)))
+        return fac.rows
 
     @staticmethod
     def _batch_ops(fac: _Factor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
