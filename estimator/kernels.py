@@ -117,10 +117,10 @@ def solve_small(s, t):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def pv_correct_row(xr, yr, n2, pv, m1, m2, er, u, t, s, d):  # type: ignore[no-untyped-def]
+def pv_correct_row(xr, yr, n2, pv, m1, m2, er_t, u, t, s, d):  # type: ignore[no-untyped-def]
     """:func:`pv_correct` for one row of the batch: ``xr`` the previous iterate
     (interleaved), ``yr = [x; R0 x]`` before the correction (its first ``n2`` entries
-    corrected in place); ``u, t, s, d`` work space."""
+    corrected in place); ``er_t = (E R0^T)^T`` (C order); ``u, t, s, d`` work space."""
     p = pv.size
     for j in range(p):
         uj = complex(xr[2 * pv[j]], xr[2 * pv[j] + 1])
@@ -135,11 +135,11 @@ def pv_correct_row(xr, yr, n2, pv, m1, m2, er, u, t, s, d):  # type: ignore[no-u
         c = 2j * u[j] * t[j]
         d[2 * j] = c.real
         d[2 * j + 1] = c.imag
-    for i in range(n2):
-        acc = 0.0
-        for j in range(2 * p):
-            acc += er[i, j] * d[j]
-        yr[i] -= acc
+    # yr -= E R0^T d, column by column of er_t = (E R0^T)^T (contiguous inner loops)
+    for j in range(2 * p):
+        dj = d[j]
+        for i in range(n2):
+            yr[i] -= er_t[j, i] * dj
 
 
 @njit(cache=True)
@@ -472,13 +472,27 @@ def first_fire(zb, sig, act, start, stop, prev, has0, has1, idx0, idx1, st, is_p
 
 
 @njit(cache=True)
-def rows_residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
+def rows_residual(z, v, a_t, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
                   g_pow):  # type: ignore[no-untyped-def]
-    """:func:`residual` for every row of ``z`` and ``v``."""
+    """:func:`residual` for every row of ``z`` and ``v``, the slots' phasors ``X = V
+    A^T`` of all rows in one matrix-matrix product (``a_t = A^T``, C order)."""
+    x = np.dot(v, a_t)
     out = np.empty(z.shape)
+    s = np.empty(2 * pslots.size)
     for r in range(z.shape[0]):
-        out[r] = residual(z[r], v[r], a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots,
-                          pq_pick, g_pow)
+        zr = z[r]
+        o = out[r]
+        for i in range(g_mag.size):
+            o[g_mag[i]] = zr[g_mag[i]] - abs(x[r, slot_mag[i]])
+        for i in range(g_ang.size):
+            xa = x[r, slot_ang[i]]
+            o[g_ang[i]] = zr[g_ang[i]] - math.atan2(xa.imag, xa.real)
+        for i in range(pslots.size):
+            c = v[r, pvbus[i]] * x[r, pslots[i]].conjugate()
+            s[2 * i] = c.real
+            s[2 * i + 1] = c.imag
+        for i in range(g_pow.size):
+            o[g_pow[i]] = zr[g_pow[i]] - s[pq_pick[i]]
     return out
 
 
@@ -580,10 +594,13 @@ def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_po
             for i in range(g2):
                 rm[j, i] = zt[r, i] - hx[j, i]
             for i in range(npw):
-                # equivalent currents I = conj(S) / conj(V_k)
-                c = sc[r, i] / complex(x[r, 2 * vb[i]], -x[r, 2 * vb[i] + 1])
-                rm[j, 2 * pw_pos[i]] = c.real - hx[j, 2 * pw_pos[i]]
-                rm[j, 2 * pw_pos[i] + 1] = c.imag - hx[j, 2 * pw_pos[i] + 1]
+                # equivalent currents I = conj(S) / conj(V_k) = conj(S) V_k / |V_k|^2
+                vr = x[r, 2 * vb[i]]
+                vi = x[r, 2 * vb[i] + 1]
+                d = 1.0 / (vr * vr + vi * vi)
+                a, b = sc[r, i].real, sc[r, i].imag
+                rm[j, 2 * pw_pos[i]] = (a * vr - b * vi) * d - hx[j, 2 * pw_pos[i]]
+                rm[j, 2 * pw_pos[i] + 1] = (a * vi + b * vr) * d - hx[j, 2 * pw_pos[i] + 1]
         y = np.dot(rm[:nl], opx_t)  # [dx; R0 dx]
         for j in range(nl):
             r = live[j]
@@ -633,3 +650,65 @@ def weigh_rows(hd, w11, w12, w22):  # type: ignore[no-untyped-def]
             wh[2 * s, j] = a * h0 + b * h1
             wh[2 * s + 1, j] = b * h0 + c * h1
     return wh
+
+
+@njit(cache=True)
+def sparse_gain(hd, w11, w12, w22, ptr, cols):  # type: ignore[no-untyped-def]
+    """``G = H^T W H`` slot by slot from the columns where each slot's two rows of ``H``
+    are not zero (``cols[ptr[s]:ptr[s + 1]]``): a slot adds its 2x2 weighted outer
+    product on those columns only (IEEE33: H is 5 % full, so this is 2 % of the dense
+    product's arithmetic; the sums' order differs from it only in rounding)."""
+    n = hd.shape[1]
+    g = np.zeros((n, n))
+    k = 0
+    for s in range(w11.size):
+        k = max(k, ptr[s + 1] - ptr[s])
+    h0 = np.empty(k)
+    h1 = np.empty(k)
+    q0 = np.empty(k)
+    q1 = np.empty(k)
+    for s in range(w11.size):
+        a, b, c = w11[s], w12[s], w22[s]
+        m = ptr[s + 1] - ptr[s]
+        for i in range(m):
+            col = cols[ptr[s] + i]
+            h0[i] = hd[2 * s, col]
+            h1[i] = hd[2 * s + 1, col]
+            q0[i] = a * h0[i] + b * h1[i]  # (W H) of the slot's two rows
+            q1[i] = b * h0[i] + c * h1[i]
+        for i in range(m):
+            ci = cols[ptr[s] + i]
+            for j in range(m):
+                g[ci, cols[ptr[s] + j]] += h0[i] * q0[j] + h1[i] * q1[j]
+    return g
+
+
+@njit(cache=True)
+def sparse_operator_t(hd, w11, w12, w22, ptr, cols, e):  # type: ignore[no-untyped-def]
+    """``op^T = (W H) E`` (``E`` symmetric) from the slots' non-zero columns (see
+    :func:`sparse_gain`), in C order."""
+    g2, n = hd.shape
+    out = np.zeros((g2, n))
+    for s in range(w11.size):
+        a, b, c = w11[s], w12[s], w22[s]
+        for i in range(ptr[s], ptr[s + 1]):
+            col = cols[i]
+            h0 = hd[2 * s, col]
+            h1 = hd[2 * s + 1, col]
+            q0 = a * h0 + b * h1
+            q1 = b * h0 + c * h1
+            for j in range(n):
+                ej = e[col, j]
+                out[2 * s, j] += q0 * ej
+                out[2 * s + 1, j] += q1 * ej
+    return out
+
+
+@njit(cache=True)
+def mirror_lower(e):  # type: ignore[no-untyped-def]
+    """The upper triangle of ``e`` := its lower triangle (a symmetric matrix from
+    LAPACK ``potri``'s half)."""
+    n = e.shape[0]
+    for j in range(n):
+        for i in range(j + 1, n):
+            e[j, i] = e[i, j]

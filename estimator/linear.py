@@ -79,11 +79,12 @@ fixed point, not the textbook WLS one: see :func:`linear_sensitivity`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -339,10 +340,13 @@ def _spd_inverse(g: np.ndarray) -> np.ndarray | None:
     e, info = potri(c, lower=1)
     if info != 0:
         return None
-    # potri fills the lower triangle (the factor's zeros above): mirror it, the
-    # diagonal counted once (doubling then halving is exact)
-    e += e.T
-    e[np.diag_indices_from(e)] *= 0.5
+    # potri fills the lower triangle (the factor's zeros above): mirror it
+    kern = _kernels()
+    if kern is not None:
+        kern.mirror_lower(e)
+    else:  # (the diagonal counted once: doubling then halving is exact)
+        e += e.T
+        e[np.diag_indices_from(e)] *= 0.5
     return np.asarray(e)
 
 
@@ -407,6 +411,9 @@ class _Factor:
     plan: tuple[Any, ...] | None = None  # what the re-weighting check reads (_plan)
     step: _DenseStep | None = None  # dense fast path (LinearStateEstimator._dense_step)
     rows: _RowsOp | None = None  # the batch's compiled path (LinearStateEstimator._rows_op)
+    r0d: np.ndarray | None = None  # R0 dense (made on first use)
+    op_t: np.ndarray | None = None  # op^T in C order (when a re-weighting made it so)
+    slot_type: np.ndarray | None = None  # the slots' types (model.slot_type[slots])
 
 
 @dataclass
@@ -448,7 +455,7 @@ class _RowsOp:
     vb: np.ndarray
     m1: np.ndarray
     m2: np.ndarray
-    er: np.ndarray
+    er_t: np.ndarray  # (E R0^T)^T, C order
 
 
 _KERNELS: Any = None
@@ -634,11 +641,11 @@ class _DenseStep:
         kern = _kernels()
         if kern is not None and self.newton is not None:
             x = np.ascontiguousarray(x)
-            opw_t, opb_t, t_t = self._transposed()
+            opw_t, opb_t, t_t, er_t = self._transposed()
             it, ok = kern.dense_rows(x, np.ascontiguousarray(z), opw_t, opb_t,
                                      self.ph01, self.pw01, self.sign, self.vb, self.k,
                                      self.n2, t_t, self.pv, self.m1c, self.m2c,
-                                     self.erc, tol, itmax)
+                                     er_t, tol, itmax)
             return x, it, ok
         nb = x.shape[0]
         zz = z[:, self.ph01]
@@ -666,15 +673,16 @@ class _DenseStep:
                 break
         return x, iters, conv
 
-    def _transposed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(opw^T, opb^T, T^T)`` in C order (made once: the rows' kernel multiplies
-        row-stacked iterates from the left)."""
+    def _transposed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(opw^T, opb^T, T^T, (E R0^T)^T)`` in C order (made once: the rows' kernel
+        multiplies row-stacked iterates from the left)."""
         t = self.newton
         assert t is not None
         if self._trans is None or self._trans[0] is not t:
             self._trans = (t, np.ascontiguousarray(self.opw.T),
-                           np.ascontiguousarray(self.opb.T), np.ascontiguousarray(t.T))
-        return self._trans[1], self._trans[2], self._trans[3]
+                           np.ascontiguousarray(self.opb.T), np.ascontiguousarray(t.T),
+                           np.ascontiguousarray(self.erc.T))
+        return self._trans[1], self._trans[2], self._trans[3], self._trans[4]
 
     def _snapshot(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``([b; R0 b], conj(S))`` of measurement vector ``z``: the phasor slots'
@@ -810,6 +818,9 @@ class LinearStateEstimator:
         self._newton: dict[bytes, np.ndarray] = {}
         #: and its latest fast path (whose structure a new weighting reuses)
         self._steps: dict[bytes, _DenseStep] = {}
+        #: per measurement structure: (H, T, [H; R0]^T, T^T) of the batch's compiled path
+        self._rows_like: dict[bytes, tuple[Any, ...]] = {}
+        self._slot_cols: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # _slot_columns
         self._nominal_set = np.zeros(model.m, bool)
         self._nom_version = 0  # bumped whenever nominal values or sigmas change
         self._drift_plan: tuple[Any, ...] | None = None  # rule (a)'s constants (_drifted)
@@ -832,6 +843,7 @@ class LinearStateEstimator:
         self._flat = np.full(model.n_bus, self.net.vm_slack * np.exp(1j * self.net.va_slack))
         self._res_args: tuple[np.ndarray, ...] | None = None  # the residual kernel's
         self._angles = np.flatnonzero(model.is_angle)
+        self._a_t: np.ndarray | None = None  # A^T (dense, C order) for rows_residual
         self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
                         else sp.csr_matrix((0, n2)))
 
@@ -959,31 +971,73 @@ class LinearStateEstimator:
         condition number ~5e8), well inside the 1e-10 pu the tests hold them to.
         """
         assert fac.hd is not None
-        w11, w12, w22 = self._slot_weight_blocks(fac.slots, active)
+        w11, w12, w22 = self._fac_weight_blocks(fac, active)
         hd = fac.hd
         # W H by 2x2 blocks; G = H^T (W H); H^T W = (W H)^T (W symmetric)
         kern = _kernels()
-        if kern is not None:
-            wh = kern.weigh_rows(hd, w11, w12, w22)
+        nc = fac.c.shape[0]
+        if kern is not None and nc == 0:
+            # H is sparse (5 % on IEEE33): G and op^T slot by slot on its non-zeros
+            ptr, cols = self._slot_columns(fac)
+            e = _spd_inverse(kern.sparse_gain(hd, w11, w12, w22, ptr, cols))
+            if e is not None:
+                op_t = kern.sparse_operator_t(hd, w11, w12, w22, ptr, cols, e)
         else:
+            e = None
+        if e is None:
             wh = np.empty_like(hd)
             wh[0::2] = w11[:, None] * hd[0::2] + w12[:, None] * hd[1::2]
             wh[1::2] = w12[:, None] * hd[0::2] + w22[:, None] * hd[1::2]
-        gain = hd.T @ wh
-        nc = fac.c.shape[0]
-        e = _spd_inverse(gain) if nc == 0 else None
+            gain = hd.T @ wh
+            e = _spd_inverse(gain) if nc == 0 else None
+            if e is not None:
+                # op^T = (W H) E (E symmetric), in C order: the batch reads op^T
+                op_t = wh @ e
         if e is not None:
-            op, opc, alpha = e @ wh.T, None, 1.0
+            op, opc, alpha = op_t.T, None, 1.0
         else:
             op, e, opc, alpha = self._kkt_operator(fac, gain, wh)
+            op_t = None
         er = s0 = None
         if fac.r0 is not None:
-            er = np.asarray(fac.r0 @ e).T
-            s0 = np.asarray(fac.r0 @ er)
-        return replace(fac, op=op, e=e, opc=opc, alpha=alpha, er=er, s0=s0,
-                       s0r=s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None
-                       else None, w=None, wb=np.column_stack([w11, w12, w22]), fast=None,
-                       batch=None, plan=None, step=None, rows=None)
+            if fac.r0d is None:
+                fac.r0d = fac.r0.toarray()
+            er = e @ fac.r0d.T  # E R0^T (E symmetric)
+            s0 = fac.r0d @ er
+        new = copy.copy(fac)  # (dataclasses.replace re-runs __init__: 10 us)
+        new.op, new.e, new.opc, new.alpha, new.er, new.s0 = op, e, opc, alpha, er, s0
+        new.s0r = (s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None else None)
+        new.w, new.wb = None, np.column_stack([w11, w12, w22])
+        new.fast = new.batch = new.plan = new.step = new.rows = None
+        new.op_t = op_t
+        return new
+
+    def _slot_columns(self, fac: _Factor) -> tuple[np.ndarray, np.ndarray]:
+        """``(ptr, cols)``: the columns where slot ``s``'s two rows of ``H`` are not zero,
+        ``cols[ptr[s]:ptr[s + 1]]`` (per measurement structure, cached)."""
+        key = fac.slots.tobytes()
+        hit = self._slot_cols.get(key)
+        if hit is None:
+            assert fac.hd is not None
+            nz = (fac.hd[0::2] != 0) | (fac.hd[1::2] != 0)
+            ptr = np.zeros(nz.shape[0] + 1, np.int64)
+            np.cumsum(nz.sum(axis=1), out=ptr[1:])
+            hit = self._slot_cols[key] = (ptr, np.nonzero(nz)[1].astype(np.int64))
+        return hit
+
+    def _fac_weight_blocks(self, fac: _Factor, active: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_slot_weight_blocks` of ``fac``'s own measurement set, taking the slots'
+        members and their presence from ``fac`` (the same arrays, made at its build)
+        and the nominal sigmas as they are when every value has one (the usual case)."""
+        kern = _kernels()
+        if kern is None or not self._nominal_set.all() or self._scale is not None:
+            return self._slot_weight_blocks(fac.slots, active)
+        model = self.model
+        w: tuple[np.ndarray, np.ndarray, np.ndarray] = kern.weight_blocks(
+            fac.has0, fac.has1, np.nan_to_num(model.nominal), self.nominal_sigma, fac.idx0,
+            fac.idx1, fac.slot_type, _SLOT_CONSTS)
+        return w
 
     @staticmethod
     def _kkt_operator(fac: _Factor, gain: np.ndarray, wh: np.ndarray
@@ -1109,7 +1163,8 @@ class LinearStateEstimator:
             slots=slots, a=sp.csr_matrix(model.A[slots]), vbus=model.vbus[slots],
             is_phasor=phasor, is_pv_slot=st == SLOT_PV,
             idx0=np.maximum(mem[:, 0], 0), idx1=np.maximum(mem[:, 1], 0),
-            has0=has[:, 0], has1=has[:, 1], n_state=n2, dense=dense, pv=pv,
+            has0=np.ascontiguousarray(has[:, 0]), has1=np.ascontiguousarray(has[:, 1]),
+            n_state=n2, dense=dense, pv=pv, slot_type=st,
             h=sp.csr_matrix(h), c=c, alpha=alpha,
             hd=h.toarray() if dense else None,
             ypv=model.ybus[pv].toarray() if pv.size else None,
@@ -1987,7 +2042,7 @@ class LinearStateEstimator:
                 it[full], conv[full] = kern.rows_correction(
                     xf, np.ascontiguousarray(z[full]), ro.hx_t, ro.opx_t, ro.newton_t,
                     ro.ph01, ro.pw01, ro.sign, ro.ph_pos, ro.pw_pos, ro.vb, fac.pv, ro.m1,
-                    ro.m2, ro.er, tol, itmax)
+                    ro.m2, ro.er_t, tol, itmax)
                 if xf is not x:
                     x[full] = xf
             elif full.size:
@@ -2028,7 +2083,7 @@ class LinearStateEstimator:
         ro = self._rows_op(fac, v0, z[0])
         it, conv = kern.rows_correction(x, z, ro.hx_t, ro.opx_t, ro.newton_t, ro.ph01,
                                         ro.pw01, ro.sign, ro.ph_pos, ro.pw_pos, ro.vb,
-                                        fac.pv, ro.m1, ro.m2, ro.er, self.tolerance,
+                                        fac.pv, ro.m1, ro.m2, ro.er_t, self.tolerance,
                                         self.max_iterations)
         v = x.view(complex)
         r = self._rows_residual(z, v)
@@ -2061,20 +2116,32 @@ class LinearStateEstimator:
             like = self._dense_step(fac, v, z, reuse=True)
             t = like.newton
             assert t is not None
-        p = fac.pv.size
-        if fac.r0 is None:
-            hx, opx = fac.hd, fac.op
+        prev = self._rows_like.get(key)
+        if prev is not None and prev[0] is fac.hd and prev[1] is t:
+            hx_t, newton_t = prev[2], prev[3]
         else:
+            hx = fac.hd if like.r0d is None else np.vstack([fac.hd, like.r0d])
+            hx_t, newton_t = np.ascontiguousarray(hx.T), np.ascontiguousarray(t.T)
+            if len(self._rows_like) > 4 * self.cache_size:
+                self._rows_like.clear()
+            self._rows_like[key] = (fac.hd, t, hx_t, newton_t)
+        op_t = fac.op_t if fac.op_t is not None else np.ascontiguousarray(fac.op.T)
+        g2, n2 = op_t.shape
+        p = fac.pv.size
+        # [op; R0 op]^T = [op^T, op^T R0^T]
+        opx_t = np.empty((g2, n2 + 2 * p))
+        opx_t[:, :n2] = op_t
+        if p:
             assert like.r0d is not None
-            hx, opx = np.vstack([fac.hd, like.r0d]), np.vstack([fac.op, like.r0d @ fac.op])
+            np.matmul(op_t, like.r0d.T, out=opx_t[:, n2:])
         m1, m2 = _pv_metric(fac)
         fac.rows = _RowsOp(
-            hx_t=np.ascontiguousarray(hx.T), opx_t=np.ascontiguousarray(opx.T),
-            newton_t=np.ascontiguousarray(t.T), ph01=like.ph01, pw01=like.pw01,
+            hx_t=hx_t, opx_t=opx_t, newton_t=newton_t, ph01=like.ph01, pw01=like.pw01,
             sign=like.sign, ph_pos=fac.phasor_pos, pw_pos=fac.power_pos, vb=like.vb,
             m1=m1 if m1 is not None else np.zeros((p, p), complex),
             m2=m2 if m2 is not None else np.zeros((p, p), complex),
-            er=np.ascontiguousarray(fac.er) if fac.er is not None else np.zeros((fac.n_state, 0)))
+            er_t=(np.ascontiguousarray(fac.er.T) if fac.er is not None
+                  else np.zeros((0, fac.n_state))))
         return fac.rows
 
     @staticmethod
@@ -2194,9 +2261,11 @@ class LinearStateEstimator:
         if self._res_args is None:
             self._residual(z[0], v[0])  # the kernel's arguments, made once
         assert self._res_args is not None
+        if self._a_t is None:
+            self._a_t = np.ascontiguousarray(self._res_args[0].T)
         out: np.ndarray = kern.rows_residual(np.ascontiguousarray(z),
-                                             np.ascontiguousarray(v, complex),
-                                             *self._res_args)
+                                             np.ascontiguousarray(v, complex), self._a_t,
+                                             *self._res_args[1:])
         return out
 
     def _h_rows(self, v: np.ndarray) -> np.ndarray:
