@@ -402,7 +402,12 @@ def rows_drift(zb, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb,
 @njit(cache=True)
 def shift_row(z, act, check, rel, floor, s_nom, log_ratio, lr):  # type: ignore[no-untyped-def]
     """Rule (a) for one row (see :func:`rows_shift`); ``lr`` work space (``m``)."""
-    n = 0
+    # the ratios s_now / s_nom first, their logarithms only when the median is needed:
+    # counted against the ratio's bounds widened by 1e-12, so that a count is never
+    # below the count of log-ratios beyond +-log_ratio (the early exit stays exact)
+    big = math.exp(log_ratio) * (1.0 - 1e-12)
+    small = math.exp(-log_ratio) * (1.0 + 1e-12)
+    n = n_hi = n_lo = 0
     for i in range(z.size):
         if not (check[i] and act[i]):
             continue
@@ -410,20 +415,21 @@ def shift_row(z, act, check, rel, floor, s_nom, log_ratio, lr):  # type: ignore[
         if not s_now >= floor[i]:  # fmax: the floor for a NaN value too
             s_now = floor[i]
         if s_now > floor[i] or s_nom[i] > floor[i]:
-            lr[n] = math.log(s_now / s_nom[i])
+            q = s_now / s_nom[i]
+            lr[n] = q
             n += 1
+            if q > big:
+                n_hi += 1
+            elif q < small:
+                n_lo += 1
     if n == 0:
         return False
     # the median lies between the lower and upper middle values: when too few values
     # lie beyond +-log_ratio for either middle to, |median| <= log_ratio (no sort)
-    n_hi = n_lo = 0
-    for i in range(n):
-        if lr[i] > log_ratio:
-            n_hi += 1
-        elif lr[i] < -log_ratio:
-            n_lo += 1
     if n_hi < n - n // 2 and n_lo < (n - 1) // 2 + 1:
         return False
+    for i in range(n):
+        lr[i] = math.log(lr[i])
     srt = np.sort(lr[:n])
     shift = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
     return abs(shift) > log_ratio
@@ -712,3 +718,19 @@ def mirror_lower(e):  # type: ignore[no-untyped-def]
     for j in range(n):
         for i in range(j + 1, n):
             e[j, i] = e[i, j]
+
+
+@njit(cache=True)
+def pv_metric(s0):  # type: ignore[no-untyped-def]
+    """``(M1, M2)`` of :func:`estimator.linear._pv_metric` from ``S0 = R0 E R0^T``
+    (interleaved 2p x 2p)."""
+    p = s0.shape[0] // 2
+    m1 = np.empty((p, p), np.complex128)
+    m2 = np.empty((p, p), np.complex128)
+    for i in range(p):
+        for j in range(p):
+            srr, sri = s0[2 * i, 2 * j], s0[2 * i, 2 * j + 1]
+            sir, sii = s0[2 * i + 1, 2 * j], s0[2 * i + 1, 2 * j + 1]
+            m1[i, j] = complex(srr - sii, sri + sir)
+            m2[i, j] = complex(srr + sii, sir - sri)
+    return m1, m2

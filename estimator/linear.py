@@ -350,6 +350,18 @@ def _spd_inverse(g: np.ndarray) -> np.ndarray | None:
     return np.asarray(e)
 
 
+def _rows_args(zb: np.ndarray, sig: np.ndarray, act: np.ndarray, shared: np.ndarray
+               ) -> tuple[np.ndarray, ...]:
+    """What a batch's compiled kernels read, made once per batch: ``(zb, zb, sigma,
+    active)`` (the last three in C order), the rows with every value active, and for each
+    row the end of the run of shared rows it is in."""
+    nb = zb.shape[0]
+    runs = np.where(shared, nb, np.arange(nb))
+    return (zb, np.ascontiguousarray(zb), np.ascontiguousarray(sig),
+            np.ascontiguousarray(act), np.asarray(act.all(axis=1)),
+            np.minimum.accumulate(runs[::-1])[::-1])
+
+
 def _converged(dv: float, dv_prev: float, tol: float) -> bool:
     """Stopping test of the fixed point: ``max |dV| < tol``, or the distance to the fixed
     point bounded from the observed contraction ``rho = dv / dv_prev`` below ``tol``.
@@ -497,6 +509,10 @@ def _pv_metric(fac: _Factor) -> tuple[np.ndarray | None, np.ndarray | None]:
         return None, None
     s0 = fac.s0
     assert s0 is not None
+    kern = _kernels()
+    if kern is not None:
+        m: tuple[np.ndarray, np.ndarray] = kern.pv_metric(np.ascontiguousarray(s0))
+        return m
     srr, sri = s0[0::2, 0::2], s0[0::2, 1::2]
     sir, sii = s0[1::2, 0::2], s0[1::2, 1::2]
     return (srr - sii) + 1j * (sri + sir), (srr + sii) + 1j * (sir - sri)
@@ -1034,9 +1050,12 @@ class LinearStateEstimator:
         if kern is None or not self._nominal_set.all() or self._scale is not None:
             return self._slot_weight_blocks(fac.slots, active)
         model = self.model
+        nom = model.nominal
+        if np.isnan(nom).any():
+            nom = np.nan_to_num(nom)
         w: tuple[np.ndarray, np.ndarray, np.ndarray] = kern.weight_blocks(
-            fac.has0, fac.has1, np.nan_to_num(model.nominal), self.nominal_sigma, fac.idx0,
-            fac.idx1, fac.slot_type, _SLOT_CONSTS)
+            fac.has0, fac.has1, nom, self.nominal_sigma, fac.idx0, fac.idx1, fac.slot_type,
+            _SLOT_CONSTS)
         return w
 
     @staticmethod
@@ -1778,10 +1797,7 @@ class LinearStateEstimator:
             v0 = self._last_v
         else:
             v0 = self._flat
-        # C-order copies for the compiled kernels, made once for the batch, and the rows
-        # with every value active
-        self._rows_args = (zb, np.ascontiguousarray(zb), np.ascontiguousarray(sig),
-                           np.ascontiguousarray(act), act.all(axis=1))
+        self._rows_args = _rows_args(zb, sig, act, shared)
         try:
             with single_threaded():  # once for the batch: its factorizations, products
                 self._batch_rows(out, zb, sig, act, shared, now, v0)
@@ -1813,7 +1829,11 @@ class LinearStateEstimator:
                 self._rebase(zb[start], sig[start], act[start], full=False)
                 fac = self.factor(self._all, zb[start], sig[start])
                 end, fired = self._segment_end(fac, zb, sig, act, shared, start)
-            rows = self._observable_rows(np.arange(start, end), act, out)
+            ra = self._rows_args
+            if ra is not None and ra[4][start:end].all():
+                rows = np.arange(start, end)  # the full set: checked by _batch_factor
+            else:
+                rows = self._observable_rows(np.arange(start, end), act, out)
             if fac.dense and rows.size:
                 v0 = self._batch_segment(fac, out, rows, zb, sig, act, v0)
                 # filling many gaps from the estimate can converge slowly: those rows get
@@ -1865,7 +1885,7 @@ class LinearStateEstimator:
     def _batch_factor(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray) -> _Factor:
         """The shared (full-set) factorization, observability of ``act`` checked."""
         self._observable(act)
-        if self.reweight_ratio and self._drifted(z, act):
+        if self.reweight_ratio and self._drifted(z, act, bool(act.all())):
             self._rebase(z, sig, act)
         return self.factor(self._all, z, sig)
 
@@ -1902,26 +1922,20 @@ class LinearStateEstimator:
         """:meth:`_segment_end` in one compiled scan (:func:`estimator.kernels.
         first_fire`) that stops at the first row where a rule fires: every row is examined
         once (the chunks of the NumPy path look up to twice as far as the segment
-        reaches). Also records whether rule (a) fired there (:meth:`_fire_was_load`)."""
-        stop = start
-        nb = zb.shape[0]
-        while stop < nb and shared[stop]:
-            stop += 1
+        reaches). Also records whether rule (a) fired there (``_fire_load``)."""
+        ra = self._rows_args
+        if ra is None or ra[0] is not zb:  # (solve_batch sets them; a direct call)
+            ra = _rows_args(zb, sig, act, shared)
+        stop = int(ra[5][start])
         if stop == start:
             return start, False
-        model = self.model
-        rule_a = bool(self._nominal_set.any())
         plan = self._rows_shift_plan()
         prev = self._drift_prev[fac.slots]
-        ra = self._rows_args
-        if ra is None or ra[0] is not zb:
-            ra = self._rows_args = (zb, np.ascontiguousarray(zb), np.ascontiguousarray(sig),
-                                    np.ascontiguousarray(act))
         row, fired, load = kern.first_fire(
             ra[1], ra[2], ra[3], start, stop, prev, fac.has0, fac.has1, fac.idx0, fac.idx1,
-            model.slot_type[fac.slots], fac.is_pv_slot, self._nominal_set,
-            np.ascontiguousarray(fac.wb), self._tol_hi, _SLOT_CONSTS, rule_a, plan[1],
-            model.rel, plan[2], plan[3], self._log_ratio)
+            fac.slot_type, fac.is_pv_slot, self._nominal_set, fac.wb, self._tol_hi,
+            _SLOT_CONSTS, bool(self._nominal_set.any()), plan[1], self.model.rel, plan[2],
+            plan[3], self._log_ratio)
         self._drift_prev[:] = False
         if row > start:
             self._drift_prev[fac.slots] = prev
@@ -2075,7 +2089,7 @@ class LinearStateEstimator:
         batch) and a complete factorization without zero-injection rows: the compiled
         fixed point (:func:`estimator.kernels.rows_correction`) and the statistics, with
         nothing per row left to mask, fill or group."""
-        _, zc, sigc, actc, _ = self._rows_args  # type: ignore[misc]
+        zc, sigc, actc = self._rows_args[1:4]  # type: ignore[index]
         z, sig, a = zc[rows], sigc[rows], actc[rows]
         nb = z.shape[0]
         x = np.empty((nb, 2 * self.model.n_bus))
@@ -2096,8 +2110,7 @@ class LinearStateEstimator:
             np.multiply(w, hit[0], out=rn)
             if math.isfinite(hit[2]):
                 thr = hit[2]
-        idx = np.arange(rows.start, rows.stop)
-        out.set_rows(idx, v, it, conv, r, rn, obj, np.full(nb, dof), np.full(nb, thr))
+        out.set_rows(rows, v, it, conv, r, rn, obj, dof, thr)
         self._last_v = v[-1].copy()
         self.last_factor = fac
         return self._last_v
