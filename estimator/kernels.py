@@ -690,11 +690,13 @@ def sparse_gain(hd, w11, w12, w22, ptr, cols):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def sparse_operator_t(hd, w11, w12, w22, ptr, cols, e):  # type: ignore[no-untyped-def]
-    """``op^T = (W H) E`` (``E`` symmetric) from the slots' non-zero columns (see
-    :func:`sparse_gain`), in C order."""
+def sparse_operator_t(hd, w11, w12, w22, ptr, cols, e, er):  # type: ignore[no-untyped-def]
+    """``[op^T, op^T R0^T] = (W H) [E, E R0^T]`` (``E`` symmetric, ``er = E R0^T``) from
+    the slots' non-zero columns (see :func:`sparse_gain`), in C order: the first ``n``
+    columns are ``op^T``, the others the PV rows' part of the batch's ``[op; R0 op]^T``."""
     g2, n = hd.shape
-    out = np.zeros((g2, n))
+    p2 = er.shape[1]
+    out = np.zeros((g2, n + p2))
     for s in range(w11.size):
         a, b, c = w11[s], w12[s], w22[s]
         for i in range(ptr[s], ptr[s + 1]):
@@ -707,6 +709,10 @@ def sparse_operator_t(hd, w11, w12, w22, ptr, cols, e):  # type: ignore[no-untyp
                 ej = e[col, j]
                 out[2 * s, j] += q0 * ej
                 out[2 * s + 1, j] += q1 * ej
+            for j in range(p2):
+                ej = er[col, j]
+                out[2 * s, n + j] += q0 * ej
+                out[2 * s + 1, n + j] += q1 * ej
     return out
 
 

@@ -425,6 +425,7 @@ class _Factor:
     rows: _RowsOp | None = None  # the batch's compiled path (LinearStateEstimator._rows_op)
     r0d: np.ndarray | None = None  # R0 dense (made on first use)
     op_t: np.ndarray | None = None  # op^T in C order (when a re-weighting made it so)
+    opx_t: np.ndarray | None = None  # [op; R0 op]^T, C order (the same)
     slot_type: np.ndarray | None = None  # the slots' types (model.slot_type[slots])
 
 
@@ -992,15 +993,23 @@ class LinearStateEstimator:
         # W H by 2x2 blocks; G = H^T (W H); H^T W = (W H)^T (W symmetric)
         kern = _kernels()
         nc = fac.c.shape[0]
+        if fac.r0 is not None and fac.r0d is None:
+            fac.r0d = fac.r0.toarray()
+        r0d = fac.r0d
+        opx_t: np.ndarray | None = None
+        e = er_k = None
         if kern is not None and nc == 0:
-            # H is sparse (5 % on IEEE33): G and op^T slot by slot on its non-zeros
+            # H is sparse (5 % on IEEE33): G and op^T slot by slot on its non-zeros, with
+            # the PV rows' part of the batch's operator, (W H) E R0^T
             ptr, cols = self._slot_columns(fac)
             e = _spd_inverse(kern.sparse_gain(hd, w11, w12, w22, ptr, cols))
             if e is not None:
-                op_t = kern.sparse_operator_t(hd, w11, w12, w22, ptr, cols, e)
+                er_k = e @ r0d.T if r0d is not None else np.zeros((fac.n_state, 0))
+                opx_t = kern.sparse_operator_t(hd, w11, w12, w22, ptr, cols, e, er_k)
+        if e is not None and opx_t is not None:
+            op_t: np.ndarray | None = opx_t[:, :fac.n_state]
+            op, opc, alpha = opx_t[:, :fac.n_state].T, None, 1.0
         else:
-            e = None
-        if e is None:
             wh = np.empty_like(hd)
             wh[0::2] = w11[:, None] * hd[0::2] + w12[:, None] * hd[1::2]
             wh[1::2] = w12[:, None] * hd[0::2] + w22[:, None] * hd[1::2]
@@ -1009,23 +1018,20 @@ class LinearStateEstimator:
             if e is not None:
                 # op^T = (W H) E (E symmetric), in C order: the batch reads op^T
                 op_t = wh @ e
-        if e is not None:
-            op, opc, alpha = op_t.T, None, 1.0
-        else:
-            op, e, opc, alpha = self._kkt_operator(fac, gain, wh)
-            op_t = None
+                op, opc, alpha = op_t.T, None, 1.0
+            else:
+                op, e, opc, alpha = self._kkt_operator(fac, gain, wh)
+                op_t = None
         er = s0 = None
-        if fac.r0 is not None:
-            if fac.r0d is None:
-                fac.r0d = fac.r0.toarray()
-            er = e @ fac.r0d.T  # E R0^T (E symmetric)
-            s0 = fac.r0d @ er
+        if r0d is not None:
+            er = er_k if opx_t is not None else e @ r0d.T  # E R0^T (E symmetric)
+            s0 = r0d @ er
         new = copy.copy(fac)  # (dataclasses.replace re-runs __init__: 10 us)
         new.op, new.e, new.opc, new.alpha, new.er, new.s0 = op, e, opc, alpha, er, s0
         new.s0r = (s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None else None)
         new.w, new.wb = None, np.column_stack([w11, w12, w22])
         new.fast = new.batch = new.plan = new.step = new.rows = None
-        new.op_t = op_t
+        new.op_t, new.opx_t = op_t, opx_t
         return new
 
     def _slot_columns(self, fac: _Factor) -> tuple[np.ndarray, np.ndarray]:
@@ -1813,16 +1819,19 @@ class LinearStateEstimator:
         by one."""
         nb = zb.shape[0]
         start = 0
+        rebased = False  # the nominal values were set from row ``start``
         while start < nb:
             if not shared[start]:
                 self._batch_one(out, start, zb, sig, act, now)
                 start += 1
+                rebased = False
                 continue
             try:
-                fac = self._batch_factor(zb[start], sig[start], act[start])
+                fac = self._batch_factor(zb[start], sig[start], act[start], rebased=rebased)
             except EstimatorError as exc:
                 out.fail(start, exc)
                 start += 1
+                rebased = False
                 continue
             end, fired = self._segment_end(fac, zb, sig, act, shared, start)
             if end == start:  # the rule fires on this very row: re-base on it first
@@ -1851,6 +1860,7 @@ class LinearStateEstimator:
                     full = bool(self._drifted_rows(zb[start:start + 1],
                                                    act[start:start + 1])[0])
                 self._rebase(zb[start], sig[start], act[start], full=full)
+            rebased = fired
 
     def _batch_one(self, out: BatchStates, k: int, zb: np.ndarray, sig: np.ndarray,
                    act: np.ndarray, now: np.ndarray | None, *, own: bool = False) -> None:
@@ -1882,10 +1892,13 @@ class LinearStateEstimator:
                     out.fail(int(r), exc)
         return rows[keep]
 
-    def _batch_factor(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray) -> _Factor:
-        """The shared (full-set) factorization, observability of ``act`` checked."""
+    def _batch_factor(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray, *,
+                      rebased: bool = False) -> _Factor:
+        """The shared (full-set) factorization, observability of ``act`` checked;
+        ``rebased``: the nominal values were just set from this row (its sigmas are then
+        theirs: rule (a) cannot fire, so it is not evaluated)."""
         self._observable(act)
-        if self.reweight_ratio and self._drifted(z, act, bool(act.all())):
+        if self.reweight_ratio and not rebased and self._drifted(z, act, bool(act.all())):
             self._rebase(z, sig, act)
         return self.factor(self._all, z, sig)
 
@@ -2138,15 +2151,17 @@ class LinearStateEstimator:
             if len(self._rows_like) > 4 * self.cache_size:
                 self._rows_like.clear()
             self._rows_like[key] = (fac.hd, t, hx_t, newton_t)
-        op_t = fac.op_t if fac.op_t is not None else np.ascontiguousarray(fac.op.T)
-        g2, n2 = op_t.shape
         p = fac.pv.size
-        # [op; R0 op]^T = [op^T, op^T R0^T]
-        opx_t = np.empty((g2, n2 + 2 * p))
-        opx_t[:, :n2] = op_t
-        if p:
-            assert like.r0d is not None
-            np.matmul(op_t, like.r0d.T, out=opx_t[:, n2:])
+        opx_t = fac.opx_t
+        if opx_t is None:
+            op_t = fac.op_t if fac.op_t is not None else fac.op.T
+            g2, n2 = op_t.shape
+            # [op; R0 op]^T = [op^T, op^T R0^T]
+            opx_t = np.empty((g2, n2 + 2 * p))
+            opx_t[:, :n2] = op_t
+            if p:
+                assert like.r0d is not None
+                np.matmul(op_t, like.r0d.T, out=opx_t[:, n2:])
         m1, m2 = _pv_metric(fac)
         fac.rows = _RowsOp(
             hx_t=hx_t, opx_t=opx_t, newton_t=newton_t, ph01=like.ph01, pw01=like.pw01,
