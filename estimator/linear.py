@@ -1764,9 +1764,9 @@ class LinearStateEstimator:
             self._stale = set(self._cache.keys())
             self._drift_prev[:] = False
             self._drift_any = False
-        self.model.nominal[act] = z[act]
-        self.nominal_sigma[act] = sig[act]
-        self._nominal_set[act] = True
+        np.copyto(self.model.nominal, z, where=act)
+        np.copyto(self.nominal_sigma, sig, where=act)
+        self._nominal_set |= act
         self._nom_version += 1
         self.reweights += 1
 
@@ -1965,10 +1965,10 @@ class LinearStateEstimator:
         model = self.model
         plan = self._rows_plan
         if plan is None or plan[0] != self._nom_version:
-            floor = np.maximum(model.floor, 1e-12)
+            floor = self._floor_pos  # max(floor, 1e-12)
             plan = self._rows_plan = (
-                self._nom_version, self._nominal_set & ~model.is_angle & (model.rel > 0),
-                floor, np.fmax(model.rel * np.abs(model.nominal), floor))
+                self._nom_version, self._nominal_set & self._rel_meas, floor,
+                np.fmax(model.rel * np.abs(model.nominal), floor))
         return plan
 
     def _fires(self, fac: _Factor, zb: np.ndarray, sig: np.ndarray, act: np.ndarray,
