@@ -1004,7 +1004,8 @@ class LinearStateEstimator:
             e = _spd_inverse(kern.sparse_gain(hd, w11, w12, w22, ptr, cols))
             if e is not None:
                 er_k = e @ r0d.T if r0d is not None else np.zeros((fac.n_state, 0))
-                opx_t = kern.sparse_operator_t(hd, w11, w12, w22, ptr, cols, e, er_k)
+                # (E symmetric: its C-order view E^T reads rows contiguously)
+                opx_t = kern.sparse_operator_t(hd, w11, w12, w22, ptr, cols, e.T, er_k)
         if e is not None and opx_t is not None:
             op_t: np.ndarray | None = opx_t[:, :fac.n_state]
             op, opc, alpha = opx_t[:, :fac.n_state].T, None, 1.0
