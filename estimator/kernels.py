@@ -745,3 +745,14 @@ def pv_metric(s0):  # type: ignore[no-untyped-def]
             m1[i, j] = complex(srr - sii, sri + sir)
             m2[i, j] = complex(srr + sii, sir - sri)
     return m1, m2
+
+
+@njit(cache=True)
+def rows_stats(z, v, a_t, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick, g_pow,
+               act, sig, ang):  # type: ignore[no-untyped-def]
+    """:func:`rows_residual` then :func:`rows_weighted` in one call: ``(r, r / sigma,
+    J(x) per row)``."""
+    r = rows_residual(z, v, a_t, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
+                      g_pow)
+    w, obj = rows_weighted(r, act, sig, ang)
+    return r, w, obj

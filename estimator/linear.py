@@ -2117,8 +2117,11 @@ class LinearStateEstimator:
                                         ro.newton_t, ro.ph01, ro.pw01, ro.sign, ro.ph_pos,
                                         ro.pw_pos, ro.vb, fac.pv, ro.m1, ro.m2, ro.er_t,
                                         self.tolerance, self.max_iterations)
-        r = self._rows_residual(z, v)
-        w, obj = kern.rows_weighted(r, a, sig, self._angles)
+        if self._res_args is None or self._a_t is None:
+            self._rows_residual(z[:1], v[:1])  # the kernel's arguments, made once
+        assert self._res_args is not None
+        r, w, obj = kern.rows_stats(z, v, self._a_t, *self._res_args[1:], a, sig,
+                                    self._angles)
         thr = fac.chi2
         if self.normalized_residuals:
             hit = self._sens_hit(fac, v[0], sig[0], a[0], float(obj[0]))
