@@ -596,10 +596,26 @@ def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_po
     tq = np.empty(npv)
     sq = np.empty((npv, npv))
     dq = np.empty(2 * npv)
+    # the rows of a segment all start from the same state: [H x; R0 x] is then one
+    # matrix-vector product for the first iteration
+    same = True
+    for r in range(1, nb):
+        for i in range(n2):
+            if x[r, i] != x[0, i]:
+                same = False
+                break
+        if not same:
+            break
     for it in range(1, itmax + 1):
-        for j in range(nl):
-            xm[j] = x[live[j]]
-        hx = np.dot(xm[:nl], hx_t)  # [H x; R0 x]
+        if it == 1 and same and nb > 1:
+            h0 = np.dot(x[0], hx_t)
+            hx = np.empty((nl, h0.size))
+            for j in range(nl):
+                hx[j] = h0
+        else:
+            for j in range(nl):
+                xm[j] = x[live[j]]
+            hx = np.dot(xm[:nl], hx_t)  # [H x; R0 x]
         for j in range(nl):
             r = live[j]
             for i in range(g2):
