@@ -368,7 +368,9 @@ def slot_cov(h0, h1, v0, v1, s0, s1, st, slot_v, slot_i, slot_pv,
 @njit(cache=True)
 def drift_row(z, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb, tol_hi,
               consts, out):  # type: ignore[no-untyped-def]
-    """Rule (b)'s per-slot drift of one row into ``out`` (see :func:`rows_drift`)."""
+    """Rule (b)'s per-slot drift of one row into ``out``, as in :meth:`estimator.linear.
+    LinearStateEstimator._rows_drift`; ``consts``: SLOT_V, SLOT_I, SLOT_PV, the unmeasured
+    sigma."""
     slot_v, slot_i, slot_pv, unmeasured = int(consts[0]), int(consts[1]), int(consts[2]), \
         consts[3]
     for j in range(idx0.size):
@@ -384,20 +386,6 @@ def drift_row(z, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb, t
         det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
         disc = math.sqrt(max(0.25 * tr * tr - det, 0.0))
         out[j] = ((0.5 * tr + disc) > tol_hi) or ((0.5 * tr - disc) * tol_hi < 1.0)
-
-
-@njit(cache=True)
-def rows_drift(zb, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb, tol_hi,
-               consts):  # type: ignore[no-untyped-def]
-    """Rule (b)'s per-slot drift of every row (``B x g``), as in
-    :meth:`estimator.linear.LinearStateEstimator._fires`; ``consts``: SLOT_V, SLOT_I,
-    SLOT_PV, the unmeasured sigma."""
-    nb, g = zb.shape[0], idx0.size
-    drift = np.zeros((nb, g), np.bool_)
-    for r in range(nb):
-        drift_row(zb[r], sig[r], act[r], has0, has1, idx0, idx1, st, is_pv, nominal_set, wb,
-                  tol_hi, consts, drift[r])
-    return drift
 
 
 @njit(cache=True)
@@ -660,23 +648,6 @@ def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_po
         if nl == 0:
             break
     return iters, conv
-
-
-@njit(cache=True)
-def weigh_rows(hd, w11, w12, w22):  # type: ignore[no-untyped-def]
-    """``W H`` for the block-diagonal ``W`` of symmetric 2x2 blocks ``(w11, w12, w22)``
-    (:meth:`estimator.linear.LinearStateEstimator._reweighted`'s NumPy expression,
-    element for element)."""
-    g2, n = hd.shape
-    wh = np.empty((g2, n))
-    for s in range(g2 // 2):
-        a, b, c = w11[s], w12[s], w22[s]
-        for j in range(n):
-            h0 = hd[2 * s, j]
-            h1 = hd[2 * s + 1, j]
-            wh[2 * s, j] = a * h0 + b * h1
-            wh[2 * s + 1, j] = b * h0 + c * h1
-    return wh
 
 
 @njit(cache=True)

@@ -1998,14 +1998,7 @@ class LinearStateEstimator:
         """Rule (b)'s per-slot test for every row (``B x g``): the slot's covariance at
         the row's values is off the gain's by more than ``weight_tolerance``."""
         assert fac.wb is not None
-        kern = _kernels()
-        if kern is not None:
-            model = self.model
-            return kern.rows_drift(np.ascontiguousarray(zb), np.ascontiguousarray(sig),
-                                   np.ascontiguousarray(a), fac.has0, fac.has1, fac.idx0,
-                                   fac.idx1, model.slot_type[fac.slots], fac.is_pv_slot,
-                                   self._nominal_set, np.ascontiguousarray(fac.wb),
-                                   self._tol_hi, _SLOT_CONSTS)
+        # (NumPy: with the compiled kernels _segment_scan tests the rows one at a time)
         has = np.stack([fac.has0 & a[:, fac.idx0], fac.has1 & a[:, fac.idx1]], axis=-1)
         full = has[..., 0] & (has[..., 1] | fac.is_pv_slot) & self._nominal_set[fac.idx0]
         r11, r12, r22 = self._slot_cov(fac.slots, has, zb, sig)
