@@ -540,6 +540,83 @@ def weight_blocks(has0, has1, nom, sig, idx0, idx1, st, consts):  # type: ignore
 
 
 @njit(cache=True)
+def _rows_snapshot(z, ph01, pw01, sign, ph_pos, g2, npw):  # type: ignore[no-untyped-def]
+    """Per row of ``z``: the slots' rectangular values with the phasor slots' filled in
+    (fixed per row; the power slots' are filled per iteration) and the power slots'
+    ``conj(S)``."""
+    nb = z.shape[0]
+    zt = np.empty((nb, g2))
+    sc = np.empty((nb, npw), np.complex128)
+    for r in range(nb):
+        for i in range(ph_pos.size):
+            m = z[r, ph01[2 * i]]
+            a = z[r, ph01[2 * i + 1]]
+            zt[r, 2 * ph_pos[i]] = m * math.cos(a)
+            zt[r, 2 * ph_pos[i] + 1] = m * math.sin(a)
+        for i in range(npw):
+            sc[r, i] = complex(z[r, pw01[2 * i]] * sign[2 * i],
+                               z[r, pw01[2 * i + 1]] * sign[2 * i + 1])
+    return zt, sc
+
+
+@njit(cache=True)
+def _rows_hx(x, live, nl, same, hx_t, xm):  # type: ignore[no-untyped-def]
+    """``[H x; R0 x]`` of the live rows: one product for all of them, or one
+    matrix-vector product when they all are at the same state (a segment's start)."""
+    if same:
+        h0 = np.dot(x[live[0]], hx_t)
+        hx = np.empty((nl, h0.size))
+        for j in range(nl):
+            hx[j] = h0
+        return hx
+    for j in range(nl):
+        xm[j] = x[live[j]]
+    return np.dot(xm[:nl], hx_t)
+
+
+@njit(cache=True)
+def _rows_residual_t(x, live, nl, zt, sc, hx, vb, pw_pos, rm):  # type: ignore[no-untyped-def]
+    """``r_t = z_t - H x`` of the live rows into ``rm``, the power slots' equivalent
+    currents ``I = conj(S) / conj(V_k) = conj(S) V_k / |V_k|^2`` at the current state."""
+    g2 = zt.shape[1]
+    for j in range(nl):
+        r = live[j]
+        for i in range(g2):
+            rm[j, i] = zt[r, i] - hx[j, i]
+        for i in range(pw_pos.size):
+            vr = x[r, 2 * vb[i]]
+            vi = x[r, 2 * vb[i] + 1]
+            d = 1.0 / (vr * vr + vi * vi)
+            a, b = sc[r, i].real, sc[r, i].imag
+            rm[j, 2 * pw_pos[i]] = (a * vr - b * vi) * d - hx[j, 2 * pw_pos[i]]
+            rm[j, 2 * pw_pos[i] + 1] = (a * vi + b * vr) * d - hx[j, 2 * pw_pos[i] + 1]
+
+
+@njit(cache=True)
+def _rows_settle(x, live, nl, step, it, tol, iters, conv, dv_prev):  # type: ignore[no-untyped-def]
+    """``x += step`` for the live rows, each row's stopping test (:func:`converged`);
+    the rows still iterating are compacted to the front of ``live``: their count."""
+    n2 = x.shape[1]
+    nl2 = 0
+    for j in range(nl):
+        r = live[j]
+        dv = 0.0  # the largest component's change
+        for i in range(n2):
+            a = abs(step[j, i])
+            if a > dv:
+                dv = a
+            x[r, i] += step[j, i]
+        iters[r] = it
+        if converged(dv, dv_prev[r], tol):
+            conv[r] = True
+        else:
+            dv_prev[r] = dv
+            live[nl2] = r
+            nl2 += 1
+    return nl2
+
+
+@njit(cache=True)
 def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_pos, vb,
                     pv, m1, m2, er, tol, itmax):  # type: ignore[no-untyped-def]
     """The fixed point of every row of ``x`` (interleaved start states, overwritten by
@@ -556,21 +633,9 @@ def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_po
     form's iteration matrix ``I - op H`` (which compensates ``op``'s error there) is not
     needed. Returns ``(iterations, converged)``."""
     nb, n2 = x.shape
-    g2 = hx_t.shape[1] - 2 * pv.size
-    nph = ph_pos.size
-    npw = pw_pos.size
     npv = pv.size
-    zt = np.empty((nb, g2))  # rectangular values; the phasor slots' fixed per row
-    sc = np.empty((nb, npw), np.complex128)
-    for r in range(nb):
-        for i in range(nph):
-            m = z[r, ph01[2 * i]]
-            a = z[r, ph01[2 * i + 1]]
-            zt[r, 2 * ph_pos[i]] = m * math.cos(a)
-            zt[r, 2 * ph_pos[i] + 1] = m * math.sin(a)
-        for i in range(npw):
-            sc[r, i] = complex(z[r, pw01[2 * i]] * sign[2 * i],
-                               z[r, pw01[2 * i + 1]] * sign[2 * i + 1])
+    g2 = hx_t.shape[1] - 2 * npv
+    zt, sc = _rows_snapshot(z, ph01, pw01, sign, ph_pos, g2, pw_pos.size)
     iters = np.zeros(nb, np.int64)
     conv = np.zeros(nb, np.bool_)
     dv_prev = np.zeros(nb)
@@ -584,38 +649,16 @@ def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_po
     tq = np.empty(npv)
     sq = np.empty((npv, npv))
     dq = np.empty(2 * npv)
-    # the rows of a segment all start from the same state: [H x; R0 x] is then one
-    # matrix-vector product for the first iteration
-    same = True
+    # the rows of a segment all start from the same state
+    same = nb > 1
     for r in range(1, nb):
         for i in range(n2):
             if x[r, i] != x[0, i]:
                 same = False
                 break
-        if not same:
-            break
     for it in range(1, itmax + 1):
-        if it == 1 and same and nb > 1:
-            h0 = np.dot(x[0], hx_t)
-            hx = np.empty((nl, h0.size))
-            for j in range(nl):
-                hx[j] = h0
-        else:
-            for j in range(nl):
-                xm[j] = x[live[j]]
-            hx = np.dot(xm[:nl], hx_t)  # [H x; R0 x]
-        for j in range(nl):
-            r = live[j]
-            for i in range(g2):
-                rm[j, i] = zt[r, i] - hx[j, i]
-            for i in range(npw):
-                # equivalent currents I = conj(S) / conj(V_k) = conj(S) V_k / |V_k|^2
-                vr = x[r, 2 * vb[i]]
-                vi = x[r, 2 * vb[i] + 1]
-                d = 1.0 / (vr * vr + vi * vi)
-                a, b = sc[r, i].real, sc[r, i].imag
-                rm[j, 2 * pw_pos[i]] = (a * vr - b * vi) * d - hx[j, 2 * pw_pos[i]]
-                rm[j, 2 * pw_pos[i] + 1] = (a * vi + b * vr) * d - hx[j, 2 * pw_pos[i] + 1]
+        hx = _rows_hx(x, live, nl, same and it == 1, hx_t, xm)
+        _rows_residual_t(x, live, nl, zt, sc, hx, vb, pw_pos, rm)
         y = np.dot(rm[:nl], opx_t)  # [dx; R0 dx]
         for j in range(nl):
             r = live[j]
@@ -628,23 +671,7 @@ def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_po
             for i in range(n2):
                 dm[j, i] = yr[i] - x[r, i]
         step = np.dot(dm[:nl], newton_t)
-        nl2 = 0
-        for j in range(nl):
-            r = live[j]
-            dv = 0.0  # the largest component's change
-            for i in range(n2):
-                a = abs(step[j, i])
-                if a > dv:
-                    dv = a
-                x[r, i] += step[j, i]
-            iters[r] = it
-            if converged(dv, dv_prev[r], tol):
-                conv[r] = True
-            else:
-                dv_prev[r] = dv
-                live[nl2] = r
-                nl2 += 1
-        nl = nl2
+        nl = _rows_settle(x, live, nl, step, it, tol, iters, conv, dv_prev)
         if nl == 0:
             break
     return iters, conv
