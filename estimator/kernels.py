@@ -266,8 +266,8 @@ def residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
 
 
 @njit(cache=True)
-def dense_rows(x, z, opw_t, opb_t, ph01, pw01, sign, vb, k, n2, newton_t, pv, m1, m2, er,
-               tol, itmax):  # type: ignore[no-untyped-def]
+def dense_rows(x, z, opw_t, opb_t, ph01, pw01, sign, vb, k, n2, newton_t, pv, m1, m2,
+               er_t, tol, itmax):  # type: ignore[no-untyped-def]
     """:meth:`estimator.linear._DenseStep.run_rows`: :func:`dense_run` on every row of
     ``x`` (interleaved start states, overwritten by the answers) for the rows of ``z``,
     the rows still iterating stacked so that each iteration's two products are one
@@ -319,27 +319,11 @@ def dense_rows(x, z, opw_t, opb_t, ph01, pw01, sign, vb, k, n2, newton_t, pv, m1
             yr += bm[r]
             xr = yr[:n2]
             if npv:
-                pv_correct_row(x[r], yr, n2, pv, m1, m2, er, u, tq, sq, dq)
+                pv_correct_row(x[r], yr, n2, pv, m1, m2, er_t, u, tq, sq, dq)
             for i in range(n2):
                 dm[j, i] = xr[i] - x[r, i]
         step = np.dot(dm[:nl], newton_t)
-        nl2 = 0
-        for j in range(nl):
-            r = live[j]
-            dv = 0.0  # the largest component's change
-            for i in range(n2):
-                a = abs(step[j, i])
-                if a > dv:
-                    dv = a
-                x[r, i] += step[j, i]
-            iters[r] = it
-            if converged(dv, dv_prev[r], tol):
-                conv[r] = True
-            else:
-                dv_prev[r] = dv
-                live[nl2] = r
-                nl2 += 1
-        nl = nl2
+        nl = _rows_settle(x, live, nl, step, it, tol, iters, conv, dv_prev)
         if nl == 0:
             break
     return iters, conv
