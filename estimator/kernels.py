@@ -86,6 +86,64 @@ def pv_correct(v, yp, x, pv, m1, m2, er):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
+def solve_small(s, t):  # type: ignore[no-untyped-def]
+    """``t := s^-1 t`` in place (``s`` overwritten): Gaussian elimination with partial
+    pivoting, as LAPACK ``dgesv`` does it, without its call and copies (a few PV nodes:
+    the system is 4 x 4 on IEEE33, solved per row and iteration)."""
+    p = t.size
+    for c in range(p):
+        piv = c
+        big = abs(s[c, c])
+        for i in range(c + 1, p):
+            if abs(s[i, c]) > big:
+                big = abs(s[i, c])
+                piv = i
+        if piv != c:
+            for j in range(p):
+                s[c, j], s[piv, j] = s[piv, j], s[c, j]
+            t[c], t[piv] = t[piv], t[c]
+        inv = 1.0 / s[c, c]
+        for i in range(c + 1, p):
+            f = s[i, c] * inv
+            if f != 0.0:
+                for j in range(c + 1, p):
+                    s[i, j] -= f * s[c, j]
+                t[i] -= f * t[c]
+    for c in range(p - 1, -1, -1):
+        acc = t[c]
+        for j in range(c + 1, p):
+            acc -= s[c, j] * t[j]
+        t[c] = acc / s[c, c]
+
+
+@njit(cache=True)
+def pv_correct_row(xr, yr, n2, pv, m1, m2, er_t, u, t, s, d):  # type: ignore[no-untyped-def]
+    """:func:`pv_correct` for one row of the batch: ``xr`` the previous iterate
+    (interleaved), ``yr = [x; R0 x]`` before the correction (its first ``n2`` entries
+    corrected in place); ``er_t = (E R0^T)^T`` (C order); ``u, t, s, d`` work space."""
+    p = pv.size
+    for j in range(p):
+        ur, ui = xr[2 * pv[j]], xr[2 * pv[j] + 1]
+        a = 1.0 / math.sqrt(ur * ur + ui * ui)
+        u[j] = complex(ur * a, ui * a)
+    for j in range(p):
+        ubj = u[j].conjugate()
+        t[j] = (ubj * complex(yr[n2 + 2 * j], yr[n2 + 2 * j + 1])).imag
+        for col in range(p):
+            s[j, col] = (ubj * (m2[j, col] * u[col] - m1[j, col] * u[col].conjugate())).real
+    solve_small(s, t)
+    for j in range(p):
+        c = 2j * u[j] * t[j]
+        d[2 * j] = c.real
+        d[2 * j + 1] = c.imag
+    # yr -= E R0^T d, column by column of er_t = (E R0^T)^T (contiguous inner loops)
+    for j in range(2 * p):
+        dj = d[j]
+        for i in range(n2):
+            yr[i] -= er_t[j, i] * dj
+
+
+@njit(cache=True)
 def dense_run(opw, b, s_conj, vb, w, k, n2, newton, pv, m1, m2, er,
               tol, itmax):  # type: ignore[no-untyped-def]
     """:meth:`estimator.linear._DenseStep.run`'s loop: ``w = [z_pw; x]`` (float, the
@@ -208,27 +266,66 @@ def residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
 
 
 @njit(cache=True)
-def dense_rows(x, z, opw, opb, ph01, pw01, sign, vb, k, n2, newton, pv, m1, m2, er, tol,
-               itmax):  # type: ignore[no-untyped-def]
+def dense_rows(x, z, opw_t, opb_t, ph01, pw01, sign, vb, k, n2, newton_t, pv, m1, m2,
+               er_t, tol, itmax):  # type: ignore[no-untyped-def]
     """:meth:`estimator.linear._DenseStep.run_rows`: :func:`dense_run` on every row of
-    ``x`` (interleaved start states, overwritten by the answers) for the rows of ``z``.
-    Returns ``(iterations, converged)``."""
+    ``x`` (interleaved start states, overwritten by the answers) for the rows of ``z``,
+    the rows still iterating stacked so that each iteration's two products are one
+    matrix-matrix product each (``W opw^T``, ``D T^T``; ``opw_t``, ``opb_t``,
+    ``newton_t`` the transposed operators, C order) instead of one matrix-vector product
+    per row: the operators are read once per iteration for all rows, and BLAS-3 runs
+    at several times the speed of a matrix-vector loop. Per row the arithmetic is
+    :func:`dense_run`'s (the sums' order aside). Returns ``(iterations, converged)``."""
     nb = x.shape[0]
+    nph = ph01.size // 2
+    npw = k // 2
+    npv = pv.size
+    zph = np.empty((nb, 2 * nph))
+    sc = np.empty((nb, npw), np.complex128)
+    for r in range(nb):
+        for i in range(nph):
+            m = z[r, ph01[2 * i]]
+            a = z[r, ph01[2 * i + 1]]
+            zph[r, 2 * i] = m * math.cos(a)
+            zph[r, 2 * i + 1] = m * math.sin(a)
+        for i in range(npw):
+            sc[r, i] = complex(z[r, pw01[2 * i]] * sign[2 * i],
+                               z[r, pw01[2 * i + 1]] * sign[2 * i + 1])
+    bm = np.dot(zph, opb_t)  # the phasor slots' part, fixed per row
     iters = np.zeros(nb, np.int64)
     conv = np.zeros(nb, np.bool_)
-    w = np.empty(k + n2)
-    s_buf = np.empty(k)
-    s_conj = np.empty(k // 2, np.complex128)
-    for r in range(nb):
-        b = snapshot(z[r], ph01, pw01, sign, opb, s_buf)
-        for i in range(k // 2):
-            s_conj[i] = complex(s_buf[2 * i], s_buf[2 * i + 1])
-        w[k:] = x[r]
-        it, _, ok = dense_run(opw, b, s_conj, vb, w, k, n2, newton, pv, m1, m2, er, tol,
-                              itmax)
-        x[r] = w[k:]
-        iters[r] = it
-        conv[r] = ok
+    dv_prev = np.zeros(nb)
+    live = np.arange(nb)
+    nl = nb
+    wm = np.empty((nb, k + n2))  # [z_pw; x] of the live rows
+    dm = np.empty((nb, n2))  # F(x) - x of the live rows
+    u = np.empty(npv, np.complex128)  # the PV correction's work space
+    tq = np.empty(npv)
+    sq = np.empty((npv, npv))
+    dq = np.empty(2 * npv)
+    for it in range(1, itmax + 1):
+        for j in range(nl):
+            r = live[j]
+            for i in range(npw):
+                c = sc[r, i] / complex(x[r, 2 * vb[i]], -x[r, 2 * vb[i] + 1])
+                wm[j, 2 * i] = c.real
+                wm[j, 2 * i + 1] = c.imag
+            for i in range(n2):
+                wm[j, k + i] = x[r, i]
+        y = np.dot(wm[:nl], opw_t)
+        for j in range(nl):
+            r = live[j]
+            yr = y[j]
+            yr += bm[r]
+            xr = yr[:n2]
+            if npv:
+                pv_correct_row(x[r], yr, n2, pv, m1, m2, er_t, u, tq, sq, dq)
+            for i in range(n2):
+                dm[j, i] = xr[i] - x[r, i]
+        step = np.dot(dm[:nl], newton_t)
+        nl = _rows_settle(x, live, nl, step, it, tol, iters, conv, dv_prev)
+        if nl == 0:
+            break
     return iters, conv
 
 
@@ -253,30 +350,62 @@ def slot_cov(h0, h1, v0, v1, s0, s1, st, slot_v, slot_i, slot_pv,
 
 
 @njit(cache=True)
-def rows_drift(zb, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb, tol_hi,
-               consts):  # type: ignore[no-untyped-def]
-    """Rule (b)'s per-slot drift of every row (``B x g``), as in
-    :meth:`estimator.linear.LinearStateEstimator._fires`; ``consts``: SLOT_V, SLOT_I,
-    SLOT_PV, the unmeasured sigma."""
-    nb, g = zb.shape[0], idx0.size
+def drift_row(z, sig, act, has0, has1, idx0, idx1, st, is_pv, nominal_set, wb, tol_hi,
+              consts, out):  # type: ignore[no-untyped-def]
+    """Rule (b)'s per-slot drift of one row into ``out``, as in :meth:`estimator.linear.
+    LinearStateEstimator._rows_drift`; ``consts``: SLOT_V, SLOT_I, SLOT_PV, the unmeasured
+    sigma."""
     slot_v, slot_i, slot_pv, unmeasured = int(consts[0]), int(consts[1]), int(consts[2]), \
         consts[3]
-    drift = np.zeros((nb, g), np.bool_)
-    for r in range(nb):
-        for j in range(g):
-            h0 = has0[j] and act[r, idx0[j]]
-            h1 = has1[j] and act[r, idx1[j]]
-            if not (h0 and (h1 or is_pv[j]) and nominal_set[idx0[j]]):
-                continue
-            r11, r12, r22 = slot_cov(h0, h1, zb[r, idx0[j]], zb[r, idx1[j]],
-                                     sig[r, idx0[j]], sig[r, idx1[j]], st[j], slot_v,
-                                     slot_i, slot_pv, unmeasured)
-            w11, w12, w22 = wb[j, 0], wb[j, 1], wb[j, 2]
-            tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
-            det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
-            disc = math.sqrt(max(0.25 * tr * tr - det, 0.0))
-            drift[r, j] = ((0.5 * tr + disc) > tol_hi) or ((0.5 * tr - disc) * tol_hi < 1.0)
-    return drift
+    for j in range(idx0.size):
+        out[j] = False
+        h0 = has0[j] and act[idx0[j]]
+        h1 = has1[j] and act[idx1[j]]
+        if not (h0 and (h1 or is_pv[j]) and nominal_set[idx0[j]]):
+            continue
+        r11, r12, r22 = slot_cov(h0, h1, z[idx0[j]], z[idx1[j]], sig[idx0[j]],
+                                 sig[idx1[j]], st[j], slot_v, slot_i, slot_pv, unmeasured)
+        w11, w12, w22 = wb[j, 0], wb[j, 1], wb[j, 2]
+        tr = w11 * r11 + 2.0 * w12 * r12 + w22 * r22
+        det = (w11 * w22 - w12 * w12) * (r11 * r22 - r12 * r12)
+        disc = math.sqrt(max(0.25 * tr * tr - det, 0.0))
+        out[j] = ((0.5 * tr + disc) > tol_hi) or ((0.5 * tr - disc) * tol_hi < 1.0)
+
+
+@njit(cache=True)
+def shift_row(z, act, check, rel, floor, s_nom, log_ratio, lr):  # type: ignore[no-untyped-def]
+    """Rule (a) for one row (see :func:`rows_shift`); ``lr`` work space (``m``)."""
+    # the ratios s_now / s_nom first, their logarithms only when the median is needed:
+    # counted against the ratio's bounds widened by 1e-12, so that a count is never
+    # below the count of log-ratios beyond +-log_ratio (the early exit stays exact)
+    big = math.exp(log_ratio) * (1.0 - 1e-12)
+    small = math.exp(-log_ratio) * (1.0 + 1e-12)
+    n = n_hi = n_lo = 0
+    for i in range(z.size):
+        if not (check[i] and act[i]):
+            continue
+        s_now = rel[i] * abs(z[i])
+        if not s_now >= floor[i]:  # fmax: the floor for a NaN value too
+            s_now = floor[i]
+        if s_now > floor[i] or s_nom[i] > floor[i]:
+            q = s_now / s_nom[i]
+            lr[n] = q
+            n += 1
+            if q > big:
+                n_hi += 1
+            elif q < small:
+                n_lo += 1
+    if n == 0:
+        return False
+    # the median lies between the lower and upper middle values: when too few values
+    # lie beyond +-log_ratio for either middle to, |median| <= log_ratio (no sort)
+    if n_hi < n - n // 2 and n_lo < (n - 1) // 2 + 1:
+        return False
+    for i in range(n):
+        lr[i] = math.log(lr[i])
+    srt = np.sort(lr[:n])
+    shift = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
+    return abs(shift) > log_ratio
 
 
 @njit(cache=True)
@@ -287,42 +416,65 @@ def rows_shift(zb, act, check, rel, floor, s_nom, log_ratio):  # type: ignore[no
     out = np.zeros(nb, np.bool_)
     lr = np.empty(m)
     for r in range(nb):
-        n = 0
-        for i in range(m):
-            if not (check[i] and act[r, i]):
-                continue
-            s_now = rel[i] * abs(zb[r, i])
-            if not s_now >= floor[i]:  # fmax: the floor for a NaN value too
-                s_now = floor[i]
-            if s_now > floor[i] or s_nom[i] > floor[i]:
-                lr[n] = math.log(s_now / s_nom[i])
-                n += 1
-        if n == 0:
-            continue
-        # the median lies between the lower and upper middle values: when too few values
-        # lie beyond +-log_ratio for either middle to, |median| <= log_ratio (no sort)
-        n_hi = n_lo = 0
-        for i in range(n):
-            if lr[i] > log_ratio:
-                n_hi += 1
-            elif lr[i] < -log_ratio:
-                n_lo += 1
-        if n_hi < n - n // 2 and n_lo < (n - 1) // 2 + 1:
-            continue
-        srt = np.sort(lr[:n])
-        shift = 0.5 * (srt[(n - 1) // 2] + srt[n // 2])
-        out[r] = abs(shift) > log_ratio
+        out[r] = shift_row(zb[r], act[r], check, rel, floor, s_nom, log_ratio, lr)
     return out
 
 
 @njit(cache=True)
-def rows_residual(z, v, a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
+def first_fire(zb, sig, act, start, stop, prev, has0, has1, idx0, idx1, st, is_pv,
+               nominal_set, wb, tol_hi, consts, rule_a, check, rel, floor, s_nom,
+               log_ratio):  # type: ignore[no-untyped-def]
+    """Rules (b) and (a) row after row from ``start`` (:meth:`estimator.linear.
+    LinearStateEstimator._segment_end`), stopping at the first row where one fires (so a
+    segment's rows are examined once, however long it is): ``(row, fired, rule a
+    fired)``, ``row = stop`` when none did; ``prev`` (the slots drifted in the row before
+    ``start``) is left holding those of the row before ``row``. Rule (a) is not
+    applied to row 0 (the batch's first factorization checked it) nor when ``rule_a``
+    is False (no nominal values yet)."""
+    g = idx0.size
+    cur = np.empty(g, np.bool_)
+    lr = np.empty(zb.shape[1])
+    for r in range(start, stop):
+        drift_row(zb[r], sig[r], act[r], has0, has1, idx0, idx1, st, is_pv, nominal_set, wb,
+                  tol_hi, consts, cur)
+        fire_b = False
+        for j in range(g):
+            if cur[j] and prev[j]:
+                fire_b = True
+                break
+        fire_a = rule_a and r > 0 and shift_row(zb[r], act[r], check, rel, floor, s_nom,
+                                                log_ratio, lr)
+        if fire_a or fire_b:
+            return r, True, fire_a
+        prev[:] = cur
+    return stop, False, False
+
+
+@njit(cache=True)
+def rows_residual(z, v, a_t, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
                   g_pow):  # type: ignore[no-untyped-def]
-    """:func:`residual` for every row of ``z`` and ``v``."""
+    """:func:`residual` for every row of ``z`` and ``v``, the slots' phasors ``X = V
+    A^T`` of all rows in one matrix-matrix product (``a_t = A^T``, C order)."""
+    x = np.dot(v, a_t)
     out = np.empty(z.shape)
+    s = np.empty(2 * pslots.size)
     for r in range(z.shape[0]):
-        out[r] = residual(z[r], v[r], a, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots,
-                          pq_pick, g_pow)
+        zr = z[r]
+        o = out[r]
+        for i in range(g_mag.size):
+            # |x| as sqrt(re^2 + im^2): hypot's care for overflow is not needed at
+            # per-unit sizes and costs several times more (one rounding apart)
+            xm = x[r, slot_mag[i]]
+            o[g_mag[i]] = zr[g_mag[i]] - math.sqrt(xm.real * xm.real + xm.imag * xm.imag)
+        for i in range(g_ang.size):
+            xa = x[r, slot_ang[i]]
+            o[g_ang[i]] = zr[g_ang[i]] - math.atan2(xa.imag, xa.real)
+        for i in range(pslots.size):
+            c = v[r, pvbus[i]] * x[r, pslots[i]].conjugate()
+            s[2 * i] = c.real
+            s[2 * i + 1] = c.imag
+        for i in range(g_pow.size):
+            o[g_pow[i]] = zr[g_pow[i]] - s[pq_pick[i]]
     return out
 
 
@@ -337,7 +489,8 @@ def rows_weighted(r, act, sig, ang):  # type: ignore[no-untyped-def]
     for b in range(nb):
         for i in range(ang.size):
             a = r[b, ang[i]]
-            r[b, ang[i]] = math.atan2(math.sin(a), math.cos(a))
+            if abs(a) > math.pi:  # (else the wrapping moves it by a rounding at most)
+                r[b, ang[i]] = math.atan2(math.sin(a), math.cos(a))
         acc = 0.0
         for i in range(m):
             if act[b, i]:
@@ -587,3 +740,236 @@ def sens_raw_jacobian(x_all, v_slot, ja_row, ja_slot, ja_val, code, je_row, slot
         cx = x_all[slot[er]].conjugate()
         out[dest[jac_pos[2 * n_e + n_q + q]]] += -cx.imag if code[er] == 2 else cx.real
     return out
+
+
+@njit(cache=True)
+def _rows_snapshot(z, ph01, pw01, sign, ph_pos, g2, npw):  # type: ignore[no-untyped-def]
+    """Per row of ``z``: the slots' rectangular values with the phasor slots' filled in
+    (fixed per row; the power slots' are filled per iteration) and the power slots'
+    ``conj(S)``."""
+    nb = z.shape[0]
+    zt = np.empty((nb, g2))
+    sc = np.empty((nb, npw), np.complex128)
+    for r in range(nb):
+        for i in range(ph_pos.size):
+            m = z[r, ph01[2 * i]]
+            a = z[r, ph01[2 * i + 1]]
+            zt[r, 2 * ph_pos[i]] = m * math.cos(a)
+            zt[r, 2 * ph_pos[i] + 1] = m * math.sin(a)
+        for i in range(npw):
+            sc[r, i] = complex(z[r, pw01[2 * i]] * sign[2 * i],
+                               z[r, pw01[2 * i + 1]] * sign[2 * i + 1])
+    return zt, sc
+
+
+@njit(cache=True)
+def _rows_hx(x, live, nl, same, hx_t, xm):  # type: ignore[no-untyped-def]
+    """``[H x; R0 x]`` of the live rows: one product for all of them, or one
+    matrix-vector product when they all are at the same state (a segment's start)."""
+    if same:
+        h0 = np.dot(x[live[0]], hx_t)
+        hx = np.empty((nl, h0.size))
+        for j in range(nl):
+            hx[j] = h0
+        return hx
+    for j in range(nl):
+        xm[j] = x[live[j]]
+    return np.dot(xm[:nl], hx_t)
+
+
+@njit(cache=True)
+def _rows_residual_t(x, live, nl, zt, sc, hx, vb, pw_pos, rm):  # type: ignore[no-untyped-def]
+    """``r_t = z_t - H x`` of the live rows into ``rm``, the power slots' equivalent
+    currents ``I = conj(S) / conj(V_k) = conj(S) V_k / |V_k|^2`` at the current state."""
+    g2 = zt.shape[1]
+    for j in range(nl):
+        r = live[j]
+        for i in range(g2):
+            rm[j, i] = zt[r, i] - hx[j, i]
+        for i in range(pw_pos.size):
+            vr = x[r, 2 * vb[i]]
+            vi = x[r, 2 * vb[i] + 1]
+            d = 1.0 / (vr * vr + vi * vi)
+            a, b = sc[r, i].real, sc[r, i].imag
+            rm[j, 2 * pw_pos[i]] = (a * vr - b * vi) * d - hx[j, 2 * pw_pos[i]]
+            rm[j, 2 * pw_pos[i] + 1] = (a * vi + b * vr) * d - hx[j, 2 * pw_pos[i] + 1]
+
+
+@njit(cache=True)
+def _rows_settle(x, live, nl, step, it, tol, iters, conv, dv_prev):  # type: ignore[no-untyped-def]
+    """``x += step`` for the live rows, each row's stopping test (:func:`converged`);
+    the rows still iterating are compacted to the front of ``live``: their count."""
+    n2 = x.shape[1]
+    nl2 = 0
+    for j in range(nl):
+        r = live[j]
+        dv = 0.0  # the largest component's change
+        for i in range(n2):
+            a = abs(step[j, i])
+            if a > dv:
+                dv = a
+            x[r, i] += step[j, i]
+        iters[r] = it
+        if converged(dv, dv_prev[r], tol):
+            conv[r] = True
+        else:
+            dv_prev[r] = dv
+            live[nl2] = r
+            nl2 += 1
+    return nl2
+
+
+@njit(cache=True)
+def rows_correction(x, z, hx_t, opx_t, newton_t, ph01, pw01, sign, ph_pos, pw_pos, vb,
+                    pv, m1, m2, er, tol, itmax):  # type: ignore[no-untyped-def]
+    """The fixed point of every row of ``x`` (interleaved start states, overwritten by
+    the answers) for the rows of ``z``, in the correction form of
+    :meth:`estimator.linear.LinearStateEstimator._iterate_fast` (``r_t = z_t - H x``,
+    ``[dx; R0 dx] = [op; R0 op] r_t``, the PV correction) with the Newton-type step of
+    :func:`dense_run` (``x += T (F(x) - x)``). The rows still iterating are stacked, so
+    each iteration is three matrix-matrix products (``X [H; R0]^T``, ``R_t [op; R0
+    op]^T``, ``D T^T``; the ``*_t`` operators transposed, C order) for all of them.
+
+    Why the correction form: its fixed point solves the normal equations whatever the
+    rounding of ``op`` (an error in ``op`` scales the step, not where it ends), so ``op``
+    is taken from a Cholesky inverse of the gain without refinement, and the direct
+    form's iteration matrix ``I - op H`` (which compensates ``op``'s error there) is not
+    needed. Returns ``(iterations, converged)``."""
+    nb, n2 = x.shape
+    npv = pv.size
+    g2 = hx_t.shape[1] - 2 * npv
+    zt, sc = _rows_snapshot(z, ph01, pw01, sign, ph_pos, g2, pw_pos.size)
+    iters = np.zeros(nb, np.int64)
+    conv = np.zeros(nb, np.bool_)
+    dv_prev = np.zeros(nb)
+    live = np.arange(nb)
+    nl = nb
+    xm = np.empty((nb, n2))  # the live rows' iterates
+    rm = np.empty((nb, g2))  # their residuals r_t
+    dm = np.empty((nb, n2))  # F(x) - x
+    yr = np.empty(n2 + 2 * npv)
+    u = np.empty(npv, np.complex128)  # the PV correction's work space
+    tq = np.empty(npv)
+    sq = np.empty((npv, npv))
+    dq = np.empty(2 * npv)
+    # the rows of a segment all start from the same state
+    same = nb > 1
+    for r in range(1, nb):
+        for i in range(n2):
+            if x[r, i] != x[0, i]:
+                same = False
+                break
+    for it in range(1, itmax + 1):
+        hx = _rows_hx(x, live, nl, same and it == 1, hx_t, xm)
+        _rows_residual_t(x, live, nl, zt, sc, hx, vb, pw_pos, rm)
+        y = np.dot(rm[:nl], opx_t)  # [dx; R0 dx]
+        for j in range(nl):
+            r = live[j]
+            for i in range(n2):
+                yr[i] = x[r, i] + y[j, i]
+            for i in range(2 * npv):
+                yr[n2 + i] = hx[j, g2 + i] + y[j, n2 + i]
+            if npv:
+                pv_correct_row(x[r], yr, n2, pv, m1, m2, er, u, tq, sq, dq)
+            for i in range(n2):
+                dm[j, i] = yr[i] - x[r, i]
+        step = np.dot(dm[:nl], newton_t)
+        nl = _rows_settle(x, live, nl, step, it, tol, iters, conv, dv_prev)
+        if nl == 0:
+            break
+    return iters, conv
+
+
+@njit(cache=True)
+def sparse_gain(hd, w11, w12, w22, ptr, cols):  # type: ignore[no-untyped-def]
+    """``G = H^T W H`` slot by slot from the columns where each slot's two rows of ``H``
+    are not zero (``cols[ptr[s]:ptr[s + 1]]``): a slot adds its 2x2 weighted outer
+    product on those columns only (IEEE33: H is 5 % full, so this is 2 % of the dense
+    product's arithmetic; the sums' order differs from it only in rounding)."""
+    n = hd.shape[1]
+    g = np.zeros((n, n))
+    k = 0
+    for s in range(w11.size):
+        k = max(k, ptr[s + 1] - ptr[s])
+    h0 = np.empty(k)
+    h1 = np.empty(k)
+    q0 = np.empty(k)
+    q1 = np.empty(k)
+    for s in range(w11.size):
+        a, b, c = w11[s], w12[s], w22[s]
+        m = ptr[s + 1] - ptr[s]
+        for i in range(m):
+            col = cols[ptr[s] + i]
+            h0[i] = hd[2 * s, col]
+            h1[i] = hd[2 * s + 1, col]
+            q0[i] = a * h0[i] + b * h1[i]  # (W H) of the slot's two rows
+            q1[i] = b * h0[i] + c * h1[i]
+        for i in range(m):
+            ci = cols[ptr[s] + i]
+            for j in range(m):
+                g[ci, cols[ptr[s] + j]] += h0[i] * q0[j] + h1[i] * q1[j]
+    return g
+
+
+@njit(cache=True)
+def sparse_operator_t(hd, w11, w12, w22, ptr, cols, e, er):  # type: ignore[no-untyped-def]
+    """``[op^T, op^T R0^T] = (W H) [E, E R0^T]`` (``E`` symmetric, ``er = E R0^T``) from
+    the slots' non-zero columns (see :func:`sparse_gain`), in C order: the first ``n``
+    columns are ``op^T``, the others the PV rows' part of the batch's ``[op; R0 op]^T``."""
+    g2, n = hd.shape
+    p2 = er.shape[1]
+    out = np.zeros((g2, n + p2))
+    for s in range(w11.size):
+        a, b, c = w11[s], w12[s], w22[s]
+        for i in range(ptr[s], ptr[s + 1]):
+            col = cols[i]
+            h0 = hd[2 * s, col]
+            h1 = hd[2 * s + 1, col]
+            q0 = a * h0 + b * h1
+            q1 = b * h0 + c * h1
+            for j in range(n):
+                ej = e[col, j]
+                out[2 * s, j] += q0 * ej
+                out[2 * s + 1, j] += q1 * ej
+            for j in range(p2):
+                ej = er[col, j]
+                out[2 * s, n + j] += q0 * ej
+                out[2 * s + 1, n + j] += q1 * ej
+    return out
+
+
+@njit(cache=True)
+def mirror_lower(e):  # type: ignore[no-untyped-def]
+    """The upper triangle of ``e`` := its lower triangle (a symmetric matrix from
+    LAPACK ``potri``'s half)."""
+    n = e.shape[0]
+    for j in range(n):
+        for i in range(j + 1, n):
+            e[j, i] = e[i, j]
+
+
+@njit(cache=True)
+def pv_metric(s0):  # type: ignore[no-untyped-def]
+    """``(M1, M2)`` of :func:`estimator.linear._pv_metric` from ``S0 = R0 E R0^T``
+    (interleaved 2p x 2p)."""
+    p = s0.shape[0] // 2
+    m1 = np.empty((p, p), np.complex128)
+    m2 = np.empty((p, p), np.complex128)
+    for i in range(p):
+        for j in range(p):
+            srr, sri = s0[2 * i, 2 * j], s0[2 * i, 2 * j + 1]
+            sir, sii = s0[2 * i + 1, 2 * j], s0[2 * i + 1, 2 * j + 1]
+            m1[i, j] = complex(srr - sii, sri + sir)
+            m2[i, j] = complex(srr + sii, sir - sri)
+    return m1, m2
+
+
+@njit(cache=True)
+def rows_stats(z, v, a_t, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick, g_pow,
+               act, sig, ang):  # type: ignore[no-untyped-def]
+    """:func:`rows_residual` then :func:`rows_weighted` in one call: ``(r, r / sigma,
+    J(x) per row)``."""
+    r = rows_residual(z, v, a_t, slot_mag, g_mag, slot_ang, g_ang, pvbus, pslots, pq_pick,
+                      g_pow)
+    w, obj = rows_weighted(r, act, sig, ang)
+    return r, w, obj

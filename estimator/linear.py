@@ -93,6 +93,8 @@ import scipy.sparse.linalg as spla
 from scipy.linalg.lapack import dgesv as gesv
 from scipy.linalg.lapack import dgetrf as getrf
 from scipy.linalg.lapack import dgetri as getri
+from scipy.linalg.lapack import dpotrf as potrf
+from scipy.linalg.lapack import dpotri as potri
 from scipy.sparse.csgraph import connected_components
 
 from estimator.badata import largest_normalized_residual
@@ -328,6 +330,37 @@ def _block_diag(w11: np.ndarray, w12: np.ndarray, w22: np.ndarray) -> sp.csr_mat
     return sp.csr_matrix((np.r_[w11, w22, w12, w12], (rows, cols)), shape=(2 * g, 2 * g))
 
 
+def _spd_inverse(g: np.ndarray) -> np.ndarray | None:
+    """``g^-1`` of a symmetric positive definite ``g`` by its Cholesky factor (LAPACK
+    ``potrf``, ``potri``), or None when ``g`` is not numerically positive definite."""
+    c, info = potrf(g, lower=1)
+    if info != 0:
+        return None
+    e, info = potri(c, lower=1)
+    if info != 0:
+        return None
+    # potri fills the lower triangle (the factor's zeros above): mirror it
+    kern = _kernels()
+    if kern is not None:
+        kern.mirror_lower(e)
+    else:  # (the diagonal counted once: doubling then halving is exact)
+        e += e.T
+        e[np.diag_indices_from(e)] *= 0.5
+    return np.asarray(e)
+
+
+def _rows_args(zb: np.ndarray, sig: np.ndarray, act: np.ndarray, shared: np.ndarray
+               ) -> tuple[np.ndarray, ...]:
+    """What a batch's compiled kernels read, made once per batch: ``(zb, zb, sigma,
+    active)`` (the last three in C order), the rows with every value active, and for each
+    row the end of the run of shared rows it is in."""
+    nb = zb.shape[0]
+    runs = np.where(shared, nb, np.arange(nb))
+    return (zb, np.ascontiguousarray(zb), np.ascontiguousarray(sig),
+            np.ascontiguousarray(act), np.asarray(act.all(axis=1)),
+            np.minimum.accumulate(runs[::-1])[::-1])
+
+
 def _converged(dv: float, dv_prev: float, tol: float) -> bool:
     """Stopping test of the fixed point: ``max |dV| < tol``, or the distance to the fixed
     point bounded from the observed contraction ``rho = dv / dv_prev`` below ``tol``.
@@ -392,6 +425,11 @@ class _Factor:
     sens_plan: tuple[Any, ...] | None = None
     #: the compiled fill iteration's arguments (_iterate_compiled), keyed on ``op``
     fill_args: tuple[Any, ...] | None = None
+    rows: _RowsOp | None = None  # the batch's compiled path (LinearStateEstimator._rows_op)
+    r0d: np.ndarray | None = None  # R0 dense (made on first use)
+    op_t: np.ndarray | None = None  # op^T in C order (when a re-weighting made it so)
+    opx_t: np.ndarray | None = None  # [op; R0 op]^T, C order (the same)
+    slot_type: np.ndarray | None = None  # the slots' types (model.slot_type[slots])
 
 
 @dataclass
@@ -414,6 +452,26 @@ class _Fast:
     m1: np.ndarray | None  # PV: Pc E Pc^T (complex p x p), Pc = rows of Ybus[pv]
     m2: np.ndarray | None  # PV: Pc E Pc^H
     er: np.ndarray | None  # PV: E R0^T (2n x 2p), interleaved
+
+
+@dataclass
+class _RowsOp:
+    """The compiled batch path's operators of one factorization (dense, every slot
+    complete; :func:`estimator.kernels.rows_correction`): ``[H; R0]^T``, ``[op; R0 op]^T``
+    and ``T^T`` (C order), and the gathers that read a snapshot."""
+
+    hx_t: np.ndarray
+    opx_t: np.ndarray
+    newton_t: np.ndarray
+    ph01: np.ndarray
+    pw01: np.ndarray
+    sign: np.ndarray
+    ph_pos: np.ndarray
+    pw_pos: np.ndarray
+    vb: np.ndarray
+    m1: np.ndarray
+    m2: np.ndarray
+    er_t: np.ndarray  # (E R0^T)^T, C order
 
 
 _KERNELS: Any = None
@@ -455,6 +513,10 @@ def _pv_metric(fac: _Factor) -> tuple[np.ndarray | None, np.ndarray | None]:
         return None, None
     s0 = fac.s0
     assert s0 is not None
+    kern = _kernels()
+    if kern is not None:
+        m: tuple[np.ndarray, np.ndarray] = kern.pv_metric(np.ascontiguousarray(s0))
+        return m
     srr, sri = s0[0::2, 0::2], s0[0::2, 1::2]
     sir, sii = s0[1::2, 0::2], s0[1::2, 1::2]
     return (srr - sii) + 1j * (sri + sir), (srr + sii) + 1j * (sir - sri)
@@ -516,6 +578,7 @@ class _DenseStep:
         self.m1, self.m2 = _pv_metric(fac)
         self.er = None if fac.er is None else np.ascontiguousarray(fac.er)
         self.newton: np.ndarray | None = None  # T (see _newton), at the first solve
+        self._trans: tuple[np.ndarray, ...] | None = None  # (T, opw^T, opb^T, T^T)
         # the compiled kernels' arguments (typed, never None: empty without PV nodes)
         p = self.pv.size
         self.s_buf = np.empty(self.k)
@@ -598,10 +661,11 @@ class _DenseStep:
         kern = _kernels()
         if kern is not None and self.newton is not None:
             x = np.ascontiguousarray(x)
-            it, ok = kern.dense_rows(x, np.ascontiguousarray(z), self.opw, self.opb,
+            opw_t, opb_t, t_t, er_t = self._transposed()
+            it, ok = kern.dense_rows(x, np.ascontiguousarray(z), opw_t, opb_t,
                                      self.ph01, self.pw01, self.sign, self.vb, self.k,
-                                     self.n2, self.newton, self.pv, self.m1c, self.m2c,
-                                     self.erc, tol, itmax)
+                                     self.n2, t_t, self.pv, self.m1c, self.m2c,
+                                     er_t, tol, itmax)
             return x, it, ok
         nb = x.shape[0]
         zz = z[:, self.ph01]
@@ -628,6 +692,17 @@ class _DenseStep:
             if live.size == 0:
                 break
         return x, iters, conv
+
+    def _transposed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(opw^T, opb^T, T^T, (E R0^T)^T)`` in C order (made once: the rows' kernel
+        multiplies row-stacked iterates from the left)."""
+        t = self.newton
+        assert t is not None
+        if self._trans is None or self._trans[0] is not t:
+            self._trans = (t, np.ascontiguousarray(self.opw.T),
+                           np.ascontiguousarray(self.opb.T), np.ascontiguousarray(t.T),
+                           np.ascontiguousarray(self.erc.T))
+        return self._trans[1], self._trans[2], self._trans[3], self._trans[4]
 
     def _snapshot(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``([b; R0 b], conj(S))`` of measurement vector ``z``: the phasor slots'
@@ -763,10 +838,17 @@ class LinearStateEstimator:
         self._newton: dict[bytes, np.ndarray] = {}
         #: and its latest fast path (whose structure a new weighting reuses)
         self._steps: dict[bytes, _DenseStep] = {}
+        #: per measurement structure: (H, T, [H; R0]^T, T^T) of the batch's compiled path
+        self._rows_like: dict[bytes, tuple[Any, ...]] = {}
+        self._slot_cols: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # _slot_columns
         self._nominal_set = np.zeros(model.m, bool)
         self._nom_version = 0  # bumped whenever nominal values or sigmas change
         self._drift_plan: tuple[Any, ...] | None = None  # rule (a)'s constants (_drifted)
         self._rows_plan: tuple[Any, ...] | None = None  # the same for _drifted_rows
+        #: a batch's rows in C order for the kernels (the batch array, then the copies)
+        self._rows_args: tuple[np.ndarray, ...] | None = None
+        #: whether rule (a) fired where the last compiled scan stopped (None: unknown)
+        self._fire_load: bool | None = None
         #: the sigma of every measurement at its nominal value (what the gain weighs; 1
         #: where no nominal value is set yet)
         self.nominal_sigma = np.ones(model.m)
@@ -780,6 +862,8 @@ class LinearStateEstimator:
         self._scale: np.ndarray | None = None
         self._flat = np.full(model.n_bus, self.net.vm_slack * np.exp(1j * self.net.va_slack))
         self._res_args: tuple[np.ndarray, ...] | None = None  # the residual kernel's
+        self._angles = np.flatnonzero(model.is_angle)
+        self._a_t: np.ndarray | None = None  # A^T (dense, C order) for rows_residual
         self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
                         else sp.csr_matrix((0, n2)))
 
@@ -841,9 +925,9 @@ class LinearStateEstimator:
         slot_active[model.slot[active]] = True
         if not np.array_equal(np.flatnonzero(slot_active), base.slots):
             return None
-        fac = self._reweighted(base, active)
-        mem = model.members[fac.slots]
+        mem = model.members[base.slots]
         has = (mem >= 0) & active[np.maximum(mem, 0)]
+        fac = self._reweighted(base, active, has=has)
         n_active = int(np.count_nonzero(active))
         n_con = fac.c.shape[0] + fac.pv.size
         angle_ref = bool(np.any(active & model.is_angle))
@@ -929,17 +1013,114 @@ class LinearStateEstimator:
         det = r11 * r22 - r12 * r12
         return r22 / det, -r12 / det, r11 / det
 
-    def _reweighted(self, fac: _Factor, active: np.ndarray) -> _Factor:
+    def _reweighted(self, fac: _Factor, active: np.ndarray, *, has: np.ndarray | None = None
+                    ) -> _Factor:
         """``fac`` with new weights (dense mode): ``G = H^T W H``, the KKT inverse, the
-        solution operator and the PV terms recomputed from the cached structure."""
+        solution operator and the PV terms recomputed from the cached structure.
+
+        Without zero-injection constraints the KKT matrix is the gain itself, symmetric
+        positive definite: ``E = G^-1`` from its Cholesky factor (LAPACK ``potrf`` and
+        ``potri``, about a third of ``getrf`` + ``getri``) and ``op = E H^T W`` without the
+        refinement step. The fixed point does not depend on ``op``'s rounding (the direct
+        form's ``M = I - op H`` and the batch's correction form both make up for it); the
+        answers move by about 1e-12 pu against the refined LU operator (IEEE33, gain
+        condition number ~5e8), well inside the 1e-10 pu the tests hold them to.
+        ``has`` (slots x 2): the members of ``active`` present when it is not ``fac``'s
+        own set (:meth:`_derived`: a trial set on the full set's structure).
+        """
         assert fac.hd is not None
-        w11, w12, w22 = self._slot_weight_blocks(fac.slots, active)
+        w11, w12, w22 = self._fac_weight_blocks(fac, active, has)
         hd = fac.hd
         # W H by 2x2 blocks; G = H^T (W H); H^T W = (W H)^T (W symmetric)
-        wh = np.empty_like(hd)
-        wh[0::2] = w11[:, None] * hd[0::2] + w12[:, None] * hd[1::2]
-        wh[1::2] = w12[:, None] * hd[0::2] + w22[:, None] * hd[1::2]
-        gain = hd.T @ wh
+        kern = _kernels()
+        nc = fac.c.shape[0]
+        if fac.r0 is not None and fac.r0d is None:
+            fac.r0d = fac.r0.toarray()
+        r0d = fac.r0d
+        opx_t: np.ndarray | None = None
+        e = er_k = None
+        if kern is not None and nc == 0:
+            # H is sparse (5 % on IEEE33): G and op^T slot by slot on its non-zeros, with
+            # the PV rows' part of the batch's operator, (W H) E R0^T
+            ptr, cols = self._slot_columns(fac)
+            e = _spd_inverse(kern.sparse_gain(hd, w11, w12, w22, ptr, cols))
+            if e is not None:
+                er_k = e @ r0d.T if r0d is not None else np.zeros((fac.n_state, 0))
+                # (E symmetric: its C-order view E^T reads rows contiguously)
+                opx_t = kern.sparse_operator_t(hd, w11, w12, w22, ptr, cols, e.T, er_k)
+        if e is not None and opx_t is not None:
+            op_t: np.ndarray | None = opx_t[:, :fac.n_state]
+            op, opc, alpha = opx_t[:, :fac.n_state].T, None, 1.0
+        else:
+            wh = np.empty_like(hd)
+            wh[0::2] = w11[:, None] * hd[0::2] + w12[:, None] * hd[1::2]
+            wh[1::2] = w12[:, None] * hd[0::2] + w22[:, None] * hd[1::2]
+            gain = hd.T @ wh
+            e = _spd_inverse(gain) if nc == 0 else None
+            if e is not None:
+                # op^T = (W H) E (E symmetric), in C order: the batch reads op^T
+                op_t = wh @ e
+                op, opc, alpha = op_t.T, None, 1.0
+            else:
+                op, e, opc, alpha = self._kkt_operator(fac, gain, wh)
+                op_t = None
+        er = s0 = None
+        if r0d is not None:
+            er = er_k if opx_t is not None else e @ r0d.T  # E R0^T (E symmetric)
+            s0 = r0d @ er
+        # a copy of the record with the new operators (dataclasses.replace re-runs
+        # __init__ and copy.copy goes through __reduce_ex__: 10 us against 1)
+        new = object.__new__(_Factor)
+        new.__dict__.update(fac.__dict__)
+        new.op, new.e, new.opc, new.alpha, new.er, new.s0 = op, e, opc, alpha, er, s0
+        new.s0r = (s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None else None)
+        wb = np.empty((w11.size, 3))
+        wb[:, 0], wb[:, 1], wb[:, 2] = w11, w12, w22
+        new.w, new.wb = None, wb
+        new.fast = new.batch = new.plan = new.step = new.rows = None
+        new.op_t, new.opx_t = op_t, opx_t
+        return new
+
+    def _slot_columns(self, fac: _Factor) -> tuple[np.ndarray, np.ndarray]:
+        """``(ptr, cols)``: the columns where slot ``s``'s two rows of ``H`` are not zero,
+        ``cols[ptr[s]:ptr[s + 1]]`` (per measurement structure, cached)."""
+        key = fac.slots.tobytes()
+        hit = self._slot_cols.get(key)
+        if hit is None:
+            assert fac.hd is not None
+            nz = (fac.hd[0::2] != 0) | (fac.hd[1::2] != 0)
+            ptr = np.zeros(nz.shape[0] + 1, np.int64)
+            np.cumsum(nz.sum(axis=1), out=ptr[1:])
+            hit = self._slot_cols[key] = (ptr, np.nonzero(nz)[1].astype(np.int64))
+        return hit
+
+    def _fac_weight_blocks(self, fac: _Factor, active: np.ndarray,
+                           has: np.ndarray | None = None
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_slot_weight_blocks` of ``fac``'s own measurement set, taking the slots'
+        members and their presence from ``fac`` (the same arrays, made at its build; or
+        ``has`` for another set on the same slots) and the nominal sigmas as they are
+        when every value has one (the usual case)."""
+        kern = _kernels()
+        if kern is None or not self._nominal_set.all() or self._scale is not None:
+            return self._slot_weight_blocks(fac.slots, active)
+        model = self.model
+        nom = model.nominal
+        if np.isnan(nom).any():
+            nom = np.nan_to_num(nom)
+        has0, has1 = (fac.has0, fac.has1) if has is None else (
+            np.ascontiguousarray(has[:, 0]), np.ascontiguousarray(has[:, 1]))
+        w: tuple[np.ndarray, np.ndarray, np.ndarray] = kern.weight_blocks(
+            has0, has1, nom, self.nominal_sigma, fac.idx0, fac.idx1, fac.slot_type,
+            _SLOT_CONSTS)
+        return w
+
+    @staticmethod
+    def _kkt_operator(fac: _Factor, gain: np.ndarray, wh: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+        """``(op, E, opc, alpha)`` of the KKT matrix with the zero-injection rows: its
+        inverse from the LU factors (LAPACK getri: cheaper than solving for the
+        identity), then the solution operator as products with it, refined once."""
         n2 = fac.n_state
         cd = fac.c.toarray()
         nc = cd.shape[0]
@@ -949,29 +1130,18 @@ class LinearStateEstimator:
         kd[:n2, :n2] = gain
         kd[:n2, n2:] = alpha * cd.T
         kd[n2:, :n2] = alpha * cd
-        # the KKT inverse from its LU factors (LAPACK getri: cheaper than solving for the
-        # identity), then the solution operator as products with it, refined once
         lu, piv, info = getrf(kd)
         if info == 0:
             kinv, info = getri(lu, piv)
         if info != 0:
             raise EstimatorError(f"gain matrix is singular after re-weighting (LAPACK info "
                                  f"{info})")
-        e = kinv[:n2, :n2]
         b = np.zeros((n2 + nc, wh.shape[0]))
         b[:n2] = wh.T
         sol = kinv[:, :n2] @ b[:n2]
         # one step of iterative refinement
         sol += kinv @ (b - kd @ sol)
-        er = s0 = None
-        if fac.r0 is not None:
-            er = np.asarray(fac.r0 @ e).T
-            s0 = np.asarray(fac.r0 @ er)
-        return replace(fac, op=sol[:n2], e=e, opc=kinv[:n2, n2:] * alpha if nc else None,
-                       alpha=alpha, er=er, s0=s0,
-                       s0r=s0.reshape(fac.pv.size, 2, fac.pv.size, 2) if s0 is not None
-                       else None, w=None, wb=np.column_stack([w11, w12, w22]), fast=None,
-                       batch=None, plan=None, step=None)
+        return sol[:n2], kinv[:n2, :n2], kinv[:n2, n2:] * alpha if nc else None, alpha
 
 
     def _build(self, active: np.ndarray) -> _Factor:
@@ -1069,7 +1239,8 @@ class LinearStateEstimator:
             slots=slots, a=sp.csr_matrix(model.A[slots]), vbus=model.vbus[slots],
             is_phasor=phasor, is_pv_slot=st == SLOT_PV,
             idx0=np.maximum(mem[:, 0], 0), idx1=np.maximum(mem[:, 1], 0),
-            has0=has[:, 0], has1=has[:, 1], n_state=n2, dense=dense, pv=pv,
+            has0=np.ascontiguousarray(has[:, 0]), has1=np.ascontiguousarray(has[:, 1]),
+            n_state=n2, dense=dense, pv=pv, slot_type=st,
             h=sp.csr_matrix(h), c=c, alpha=alpha,
             hd=h.toarray() if dense else None,
             ypv=model.ybus[pv].toarray() if pv.size else None,
@@ -1679,9 +1850,9 @@ class LinearStateEstimator:
             self._stale = set(self._cache.keys())
             self._drift_prev[:] = False
             self._drift_any = False
-        self.model.nominal[act] = z[act]
-        self.nominal_sigma[act] = sig[act]
-        self._nominal_set[act] = True
+        np.copyto(self.model.nominal, z, where=act)
+        np.copyto(self.nominal_sigma, sig, where=act)
+        self._nominal_set |= act
         self._nom_version += 1
         self.reweights += 1
 
@@ -1722,8 +1893,12 @@ class LinearStateEstimator:
             v0 = self._last_v
         else:
             v0 = self._flat
-        with single_threaded():  # once for the batch: its factorizations, products
-            self._batch_rows(out, zb, sig, act, shared, now, v0)
+        self._rows_args = _rows_args(zb, sig, act, shared)
+        try:
+            with single_threaded():  # once for the batch: its factorizations, products
+                self._batch_rows(out, zb, sig, act, shared, now, v0)
+        finally:
+            self._rows_args = None
         return out
 
     def _batch_rows(self, out: BatchStates, zb: np.ndarray, sig: np.ndarray,
@@ -1734,23 +1909,30 @@ class LinearStateEstimator:
         by one."""
         nb = zb.shape[0]
         start = 0
+        rebased = False  # the nominal values were set from row ``start``
         while start < nb:
             if not shared[start]:
                 self._batch_one(out, start, zb, sig, act, now)
                 start += 1
+                rebased = False
                 continue
             try:
-                fac = self._batch_factor(zb[start], sig[start], act[start])
+                fac = self._batch_factor(zb[start], sig[start], act[start], rebased=rebased)
             except EstimatorError as exc:
                 out.fail(start, exc)
                 start += 1
+                rebased = False
                 continue
             end, fired = self._segment_end(fac, zb, sig, act, shared, start)
             if end == start:  # the rule fires on this very row: re-base on it first
                 self._rebase(zb[start], sig[start], act[start], full=False)
                 fac = self.factor(self._all, zb[start], sig[start])
                 end, fired = self._segment_end(fac, zb, sig, act, shared, start)
-            rows = self._observable_rows(np.arange(start, end), act, out)
+            ra = self._rows_args
+            if ra is not None and ra[4][start:end].all():
+                rows = np.arange(start, end)  # the full set: checked by _batch_factor
+            else:
+                rows = self._observable_rows(np.arange(start, end), act, out)
             if fac.dense and rows.size:
                 v0 = self._batch_segment(fac, out, rows, zb, sig, act, v0)
                 # filling many gaps from the estimate can converge slowly: those rows get
@@ -1763,8 +1945,12 @@ class LinearStateEstimator:
                     self._batch_one(out, int(k), zb, sig, act, now)
             start = end
             if fired:
-                full = bool(self._drifted_rows(zb[start:start + 1], act[start:start + 1])[0])
+                full = self._fire_load
+                if full is None:
+                    full = bool(self._drifted_rows(zb[start:start + 1],
+                                                   act[start:start + 1])[0])
                 self._rebase(zb[start], sig[start], act[start], full=full)
+            rebased = fired
 
     def _batch_one(self, out: BatchStates, k: int, zb: np.ndarray, sig: np.ndarray,
                    act: np.ndarray, now: np.ndarray | None, *, own: bool = False) -> None:
@@ -1796,10 +1982,13 @@ class LinearStateEstimator:
                     out.fail(int(r), exc)
         return rows[keep]
 
-    def _batch_factor(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray) -> _Factor:
-        """The shared (full-set) factorization, observability of ``act`` checked."""
+    def _batch_factor(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray, *,
+                      rebased: bool = False) -> _Factor:
+        """The shared (full-set) factorization, observability of ``act`` checked;
+        ``rebased``: the nominal values were just set from this row (its sigmas are then
+        theirs: rule (a) cannot fire, so it is not evaluated)."""
         self._observable(act)
-        if self.reweight_ratio and self._drifted(z, act):
+        if self.reweight_ratio and not rebased and self._drifted(z, act, bool(act.all())):
             self._rebase(z, sig, act)
         return self.factor(self._all, z, sig)
 
@@ -1811,8 +2000,11 @@ class LinearStateEstimator:
         chunks that double from 16, or 64 with the compiled kernels (a segment is
         typically tens of rows long)."""
         nb = zb.shape[0]
-        # (compiled, a row costs about a microsecond against tens for a call: start wider)
-        chunk = 64 if _kernels() is not None else 16
+        self._fire_load = None
+        kern = _kernels()
+        if kern is not None and self.reweight_ratio and fac.wb is not None:
+            return self._segment_scan(kern, fac, zb, sig, act, shared, start)
+        chunk = 16
         pos = start
         while True:
             stop = pos
@@ -1827,6 +2019,43 @@ class LinearStateEstimator:
                 return pos + hit, True
             pos = stop
             chunk = min(2 * chunk, SEGMENT_CHUNK)
+
+    def _segment_scan(self, kern: Any, fac: _Factor, zb: np.ndarray, sig: np.ndarray,
+                      act: np.ndarray, shared: np.ndarray, start: int) -> tuple[int, bool]:
+        """:meth:`_segment_end` in one compiled scan (:func:`estimator.kernels.
+        first_fire`) that stops at the first row where a rule fires: every row is examined
+        once (the chunks of the NumPy path look up to twice as far as the segment
+        reaches). Also records whether rule (a) fired there (``_fire_load``)."""
+        ra = self._rows_args
+        if ra is None or ra[0] is not zb:  # (solve_batch sets them; a direct call)
+            ra = _rows_args(zb, sig, act, shared)
+        stop = int(ra[5][start])
+        if stop == start:
+            return start, False
+        plan = self._rows_shift_plan()
+        prev = self._drift_prev[fac.slots]
+        row, fired, load = kern.first_fire(
+            ra[1], ra[2], ra[3], start, stop, prev, fac.has0, fac.has1, fac.idx0, fac.idx1,
+            fac.slot_type, fac.is_pv_slot, self._nominal_set, fac.wb, self._tol_hi,
+            _SLOT_CONSTS, bool(self._nominal_set.any()), plan[1], self.model.rel, plan[2],
+            plan[3], self._log_ratio)
+        self._drift_prev[:] = False
+        if row > start:
+            self._drift_prev[fac.slots] = prev
+        self._drift_any = bool(self._drift_prev.any())
+        self._fire_load = bool(load)
+        return int(row), bool(fired)
+
+    def _rows_shift_plan(self) -> tuple[Any, ...]:
+        """Rule (a)'s constants for the row kernels, per nominal values (cached)."""
+        model = self.model
+        plan = self._rows_plan
+        if plan is None or plan[0] != self._nom_version:
+            floor = self._floor_pos  # max(floor, 1e-12)
+            plan = self._rows_plan = (
+                self._nom_version, self._nominal_set & self._rel_meas, floor,
+                np.fmax(model.rel * np.abs(model.nominal), floor))
+        return plan
 
     def _fires(self, fac: _Factor, zb: np.ndarray, sig: np.ndarray, act: np.ndarray,
                start: int, stop: int) -> int:
@@ -1854,14 +2083,7 @@ class LinearStateEstimator:
         """Rule (b)'s per-slot test for every row (``B x g``): the slot's covariance at
         the row's values is off the gain's by more than ``weight_tolerance``."""
         assert fac.wb is not None
-        kern = _kernels()
-        if kern is not None:
-            model = self.model
-            return kern.rows_drift(np.ascontiguousarray(zb), np.ascontiguousarray(sig),
-                                   np.ascontiguousarray(a), fac.has0, fac.has1, fac.idx0,
-                                   fac.idx1, model.slot_type[fac.slots], fac.is_pv_slot,
-                                   self._nominal_set, np.ascontiguousarray(fac.wb),
-                                   self._tol_hi, _SLOT_CONSTS)
+        # (NumPy: with the compiled kernels _segment_scan tests the rows one at a time)
         has = np.stack([fac.has0 & a[:, fac.idx0], fac.has1 & a[:, fac.idx1]], axis=-1)
         full = has[..., 0] & (has[..., 1] | fac.is_pv_slot) & self._nominal_set[fac.idx0]
         r11, r12, r22 = self._slot_cov(fac.slots, has, zb, sig)
@@ -1880,12 +2102,7 @@ class LinearStateEstimator:
             return np.zeros(zb.shape[0], bool)
         kern = _kernels()
         if kern is not None:
-            plan = self._rows_plan
-            if plan is None or plan[0] != self._nom_version:
-                floor = np.maximum(model.floor, 1e-12)
-                plan = self._rows_plan = (
-                    self._nom_version, self._nominal_set & ~model.is_angle & (model.rel > 0),
-                    floor, np.fmax(model.rel * np.abs(model.nominal), floor))
+            plan = self._rows_shift_plan()
             out: np.ndarray = kern.rows_shift(
                 np.ascontiguousarray(zb), np.ascontiguousarray(act), plan[1], model.rel,
                 plan[2], plan[3], self._log_ratio)
@@ -1911,6 +2128,12 @@ class LinearStateEstimator:
                        v0: np.ndarray) -> np.ndarray:
         """Rows ``rows`` sharing ``fac`` (dense mode): the fixed point for all of them at
         once, then their statistics; returns the last row's voltages (next warm start)."""
+        kern = _kernels()
+        ra = self._rows_args
+        if (kern is not None and ra is not None and fac.complete and fac.c.shape[0] == 0
+                and rows[-1] - rows[0] == rows.size - 1 and ra[4][rows[0]:rows[-1] + 1].all()):
+            return self._batch_whole(kern, fac, out, slice(int(rows[0]), int(rows[-1]) + 1),
+                                     v0)
         tol, itmax = self.tolerance, self.max_iterations
         z, a = zb[rows], act[rows]
         has0 = fac.has0 & a[:, fac.idx0]
@@ -1923,7 +2146,16 @@ class LinearStateEstimator:
             it = np.zeros(rows.size, np.int64)
             conv = np.zeros(rows.size, bool)
             full = np.flatnonzero(~gap)
-            if full.size:
+            if full.size and kern is not None and fac.c.shape[0] == 0:
+                ro = self._rows_op(fac, x[full[0]].view(complex), z[full[0]])
+                xf = x if full.size == rows.size else np.ascontiguousarray(x[full])
+                it[full], conv[full] = kern.rows_correction(
+                    xf, np.ascontiguousarray(z[full]), ro.hx_t, ro.opx_t, ro.newton_t,
+                    ro.ph01, ro.pw01, ro.sign, ro.ph_pos, ro.pw_pos, ro.vb, fac.pv, ro.m1,
+                    ro.m2, ro.er_t, tol, itmax)
+                if xf is not x:
+                    x[full] = xf
+            elif full.size:
                 step = self._dense_step(fac, x[full[0]].view(complex), z[full[0]],
                                         reuse=True)
                 x[full], it[full], conv[full] = step.run_rows(x[full], z[full], tol, itmax)
@@ -1946,6 +2178,90 @@ class LinearStateEstimator:
         self._last_v = v[-1].copy()
         self.last_factor = fac
         return self._last_v
+
+    def _batch_whole(self, kern: Any, fac: _Factor, out: BatchStates, rows: slice,
+                     v0: np.ndarray) -> np.ndarray:
+        """:meth:`_batch_segment` for consecutive rows with every value active (the usual
+        batch) and a complete factorization without zero-injection rows: the compiled
+        fixed point (:func:`estimator.kernels.rows_correction`) and the statistics, with
+        nothing per row left to mask, fill or group."""
+        zc, sigc, actc = self._rows_args[1:4]  # type: ignore[index]
+        z, sig, a = zc[rows], sigc[rows], actc[rows]
+        # the iterates are the output rows themselves (C order: a float view of them)
+        v = out.v[rows]
+        v[:] = v0
+        ro = self._rows_op(fac, v0, z[0])
+        it, conv = kern.rows_correction(v.view(np.float64), z, ro.hx_t, ro.opx_t,
+                                        ro.newton_t, ro.ph01, ro.pw01, ro.sign, ro.ph_pos,
+                                        ro.pw_pos, ro.vb, fac.pv, ro.m1, ro.m2, ro.er_t,
+                                        self.tolerance, self.max_iterations)
+        if self._res_args is None or self._a_t is None:
+            self._rows_residual(z[:1], v[:1])  # the kernel's arguments, made once
+        assert self._res_args is not None
+        r, w, obj = kern.rows_stats(z, v, self._a_t, *self._res_args[1:], a, sig,
+                                    self._angles)
+        thr = fac.chi2
+        if self.normalized_residuals:
+            hit = self._sens_hit(fac, v[0], sig[0], a[0], float(obj[0]))
+            np.multiply(w, hit[0], out=out.normalized_residual[rows])
+            if math.isfinite(hit[2]):
+                thr = hit[2]
+        out.iterations[rows] = it
+        out.converged[rows] = conv
+        out.residual[rows] = r
+        out.objective[rows] = obj
+        out.dof[rows] = fac.dof
+        out.chi2_threshold[rows] = thr
+        if not conv.all():
+            for k in np.arange(rows.start, rows.stop)[~conv]:
+                out.errors[int(k)] = "DidNotConverge: batch iteration limit reached"
+        self._last_v = v[-1].copy()
+        self.last_factor = fac
+        return self._last_v
+
+    def _rows_op(self, fac: _Factor, v: np.ndarray, z: np.ndarray) -> _RowsOp:
+        """The compiled batch path's operators of ``fac`` (made once per factorization):
+        the Newton matrix and the gathers of the latest dense fast path of the same
+        measurement structure (as :meth:`_dense_step` with ``reuse``; one is built, with
+        its ``T`` at ``(v, z)``, when there is none yet)."""
+        if fac.rows is not None:
+            return fac.rows
+        assert fac.op is not None and fac.hd is not None
+        key = fac.slots.tobytes() + fac.has0.tobytes() + fac.has1.tobytes()
+        like, t = self._steps.get(key), self._newton.get(key)
+        if like is None or t is None:
+            like = self._dense_step(fac, v, z, reuse=True)
+            t = like.newton
+            assert t is not None
+        prev = self._rows_like.get(key)
+        if prev is not None and prev[0] is fac.hd and prev[1] is t:
+            hx_t, newton_t = prev[2], prev[3]
+        else:
+            hx = fac.hd if like.r0d is None else np.vstack([fac.hd, like.r0d])
+            hx_t, newton_t = np.ascontiguousarray(hx.T), np.ascontiguousarray(t.T)
+            if len(self._rows_like) > 4 * self.cache_size:
+                self._rows_like.clear()
+            self._rows_like[key] = (fac.hd, t, hx_t, newton_t)
+        p = fac.pv.size
+        opx_t = fac.opx_t
+        if opx_t is None:
+            op_t = fac.op_t if fac.op_t is not None else fac.op.T
+            g2, n2 = op_t.shape
+            # [op; R0 op]^T = [op^T, op^T R0^T]
+            opx_t = np.empty((g2, n2 + 2 * p))
+            opx_t[:, :n2] = op_t
+            if p:
+                assert like.r0d is not None
+                np.matmul(op_t, like.r0d.T, out=opx_t[:, n2:])
+        m1, m2 = _pv_metric(fac)
+        fac.rows = _RowsOp(
+            hx_t=hx_t, opx_t=opx_t, newton_t=newton_t, ph01=like.ph01, pw01=like.pw01,
+            sign=like.sign, ph_pos=fac.phasor_pos, pw_pos=fac.power_pos, vb=like.vb,
+            m1=m1 if m1 is not None else np.zeros((p, p), complex),
+            m2=m2 if m2 is not None else np.zeros((p, p), complex),
+            er_t=(np.ascontiguousarray(fac.er.T) if fac.er is not None
+                  else np.zeros((0, fac.n_state))))
+        return fac.rows
 
     @staticmethod
     def _batch_ops(fac: _Factor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -2064,9 +2380,11 @@ class LinearStateEstimator:
         if self._res_args is None:
             self._residual(z[0], v[0])  # the kernel's arguments, made once
         assert self._res_args is not None
+        if self._a_t is None:
+            self._a_t = np.ascontiguousarray(self._res_args[0].T)
         out: np.ndarray = kern.rows_residual(np.ascontiguousarray(z),
-                                             np.ascontiguousarray(v, complex),
-                                             *self._res_args)
+                                             np.ascontiguousarray(v, complex), self._a_t,
+                                             *self._res_args[1:])
         return out
 
     def _h_rows(self, v: np.ndarray) -> np.ndarray:

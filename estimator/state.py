@@ -137,10 +137,11 @@ class BatchStates:
         self.converged[k] = False
         self.errors[k] = f"{type(exc).__name__}: {exc}"
 
-    def set_rows(self, rows: np.ndarray, v: np.ndarray, it: np.ndarray, conv: np.ndarray,
-                 r: np.ndarray, rn: np.ndarray, obj: np.ndarray, dof: np.ndarray,
-                 thr: np.ndarray) -> None:
-        """Rows ``rows`` from a shared-gain segment."""
+    def set_rows(self, rows: np.ndarray | slice, v: np.ndarray, it: np.ndarray,
+                 conv: np.ndarray, r: np.ndarray, rn: np.ndarray, obj: np.ndarray,
+                 dof: np.ndarray | int, thr: np.ndarray | float) -> None:
+        """Rows ``rows`` (indices, or a slice of consecutive rows) from a shared-gain
+        segment; ``dof`` and ``thr`` one per row or one for all."""
         self.v[rows] = v
         self.iterations[rows] = it
         self.converged[rows] = conv
@@ -149,5 +150,8 @@ class BatchStates:
         self.objective[rows] = obj
         self.dof[rows] = dof
         self.chi2_threshold[rows] = thr
-        for k in rows[~conv]:
+        if conv.all():
+            return
+        idx = np.arange(len(self.v))[rows] if isinstance(rows, slice) else rows
+        for k in idx[~conv]:
             self.errors[int(k)] = "DidNotConverge: batch iteration limit reached"

@@ -35,6 +35,17 @@ def warm() -> float:
     bad[0] *= 1.3  # a gross error: the bad-data search's fill iteration (kernels.fill_run)
     est.solve_clean(bad)
     est.solve_batch(zs)
+    est._drifted_rows(zs, np.isfinite(zs))  # rule (a) for rows, outside a batch's scan
+    # a re-weighting (the gain and operator kernels), then a batch on it
+    est._rebase(zs[0], model.sigma(zs[0]), np.isfinite(zs[0]), full=False)
+    est.solve_batch(zs)
+    # the direct-form rows of a factorization with zero-injection rows (no such bus here:
+    # the same kernel on this one's fast path)
+    fac = est.last_factor
+    assert fac is not None
+    est._dense_step(fac, est._flat, zs[0]).run_rows(
+        np.tile(est._flat.view(np.float64), (2, 1)), zs[:2], est.tolerance,
+        est.max_iterations)
     return time.perf_counter() - t0
 
 
