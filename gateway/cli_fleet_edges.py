@@ -69,8 +69,10 @@ async def _start_edges(feeders: list[Feeder], url: str, rate: float) -> None:
             quality=dataclasses.replace(base.quality, predictor_process=False))
         # the edges of the demo forecast nothing: one forecaster process per feeder would
         # measure the forecaster, not the fleet
+        # the edges of one process clean their snapshots in the same loop turns: one
+        # predictor call for all of them (gateway.quality.batch)
         gw = Gateway(cfg, GatewayOptions(historian_url="none", metrics_bind="",
-                                         forecast=False))
+                                         forecast=False, batch_predictor=True))
         await gw.start()
         f.gateway = gw
         ports = {n: t.local_address for n, t in gw.transports.items()}

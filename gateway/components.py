@@ -51,6 +51,9 @@ class GatewayOptions:
     url_overrides: dict[str, str] | None = None  # stream name -> URL (tests, demo)
     bus_url: str | None = None  # None: the config's [bus] url; "": no bus
     forecast: bool | None = None  # None: the config's [forecast] enabled
+    #: the in-process predictor calls of every gateway on this event loop go out as one
+    #: call per loop turn (gateway.quality.batch): the fleet demo's edge processes
+    batch_predictor: bool = False
 
 
 def open_historian(cfg: TwinConfig, o: GatewayOptions, clock: Callable[[], float]) -> Any:
@@ -95,7 +98,8 @@ def open_quality(cfg: TwinConfig, o: GatewayOptions, loop: asyncio.AbstractEvent
     from gateway.quality.stage import QualityStage  # onnxruntime only when enabled
 
     try:
-        q = QualityStage(cfg, o.models_dir, predictor_process=cfg.quality.predictor_process)
+        q = QualityStage(cfg, o.models_dir, predictor_process=cfg.quality.predictor_process,
+                         batch_loop=loop if o.batch_predictor else None)
     except GatewayError as exc:
         log.error("quality stage unavailable (%s): values pass through unchecked "
                   "and PV gets a weak nameplate pseudo-measurement", exc)

@@ -70,7 +70,10 @@ from gateway.quality.predictor import (
 from gateway.snapshot import Flag
 
 if TYPE_CHECKING:
+    import asyncio
+
     from gateway.config import TwinConfig
+    from gateway.quality.batch import PredictorBatcher
     from models.runtime import BoundModel, OnnxModel
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -95,7 +98,8 @@ class QualityStage:
     def __init__(self, cfg: TwinConfig, models_dir: Path | str | None = None, *,
                  threshold: float | None = None, predictor: Predictor | None = None,
                  pv_predictor: Predictor | None = None,
-                 predictor_process: bool = False) -> None:
+                 predictor_process: bool = False,
+                 batch_loop: asyncio.AbstractEventLoop | None = None) -> None:
         from models.errors import ModelError
         from models.runtime import PREDICTOR, PV, load_model
 
@@ -120,6 +124,14 @@ class QualityStage:
         self._init_predictor(predictor)
         self._init_pv(pv_predictor)
         self._ahead = False  # the prediction for the next snapshot is in _pred/_s/_c
+        #: with ``batch_loop``: the in-process look-aheads of every stage on that loop
+        #: go out as one predictor call per loop turn (:mod:`gateway.quality.batch`)
+        self._batcher: PredictorBatcher | None = None
+        if batch_loop is not None and self._bound is not None:
+            from gateway.quality.batch import PredictorBatcher
+
+            self._batcher = PredictorBatcher.for_loop(self.model, batch_loop)
+        self._queued = False  # the prepared windows wait in the batcher
         #: the predictor process's answer in flight is late: predicted in-process
         #: meanwhile, it is read and dropped when it comes
         self._stale = False
@@ -292,6 +304,8 @@ class QualityStage:
         di = self._di
         xd = x[di]
         t1 = t2 = clock()
+        if self._queued:
+            self._run_batch()
         if self._remote_busy():
             self._collect(wait=True)
             if not self._ahead:  # late: predict here, drop its answer when it comes
@@ -358,10 +372,39 @@ class QualityStage:
             self._pv_forecast()
         if self._stale:  # a late answer may have come meanwhile: drop it
             self._collect(wait=False)
-        if not self._ahead and not self._remote_busy() and not self._request_remote():
-            self._predict_next()
-            self._ahead = True
+        if (not self._ahead and not self._queued and not self._remote_busy()
+                and not self._request_remote()):
+            if self._batcher is not None:
+                self._prepare_next()
+                self._queued = True
+                self._batcher.submit(self)
+            else:
+                self._predict_next()
+                self._ahead = True
         self.lookahead_s = time.perf_counter() - t0
+
+    @property
+    def predictor_rows(self) -> np.ndarray:
+        """The prepared windows of the next snapshot (what the batcher sends)."""
+        return self._xn
+
+    def take_batched(self, yn: np.ndarray | None) -> None:
+        """The batcher's output rows for this stage (None: the call failed; the next
+        :meth:`process` predicts for itself)."""
+        self._queued = False
+        if yn is not None:
+            self._finish_next(yn)
+            self._ahead = True
+
+    def _run_batch(self) -> None:
+        """This stage's windows still wait: run the batch now (every stage in it gets
+        its rows). A failed call leaves this stage to predict for itself, which reports
+        the predictor's error if it fails again."""
+        assert self._batcher is not None
+        try:
+            self._batcher.run()
+        except Exception:  # see the docstring: not swallowed
+            self._queued = False
 
     def _remote_busy(self) -> bool:
         return self.remote is not None and self.remote.pending
