@@ -1676,6 +1676,12 @@ class LinearStateEstimator:
             fac.fill_args = args
         (_, a_ptr, a_idx, a_val, vbus, phasor, pvs, hd, op, opc, c_ptr, c_idx, c_val, pv,
          ypv, s0r, er) = args
+        # C order, always: a derived trial set's masks are columns of one 2-D array
+        # (:meth:`_derived`), and numba compiles one machine-code version per layout;
+        # the warm-up's full set has C-order masks, so the first live search with a
+        # derived set loaded a second version (27 ms from numba's cache, about 1 s to
+        # compile in a fresh checkout) on a deadline
+        has0, has1 = np.ascontiguousarray(has0), np.ascontiguousarray(has1)
         v, it, dv, ok = kern.fill_run(np.ascontiguousarray(v, complex), a_ptr, a_idx, a_val,
                                       vbus, has0, has1, z0, z1, phasor, pvs, hd, op, opc,
                                       c_ptr, c_idx, c_val, pv, ypv, s0r, er, tol, itmax)

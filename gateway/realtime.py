@@ -10,11 +10,22 @@ Who runs at which priority, and why (higher preempts lower):
   gateway, so ``models.serve.RT_PRIORITY`` carries the same number (a test checks it);
 * ``emulator`` 10: an emulator sharing the host (``hil``): below the twin it feeds;
   ``hil.emulator.REALTIME_PRIORITY`` carries the same number (checked by the same test);
-* ``historian`` 1: the historian's process (``gridtwin run --realtime``; the commit thread
-  of an in-process writer otherwise), real-time but lowest: storage may lag, the
-  pipeline must not, and ordinary load on the host does not starve it (nor, for the
-  thread, preempt it while it holds the GIL: priority inversion). Not pinned: it runs on
-  whichever CPU the twin leaves idle.
+* ``historian`` 1: the commit thread of an in-process writer, real-time but lowest:
+  storage may lag, the pipeline must not, and ordinary processes may not preempt it
+  while it holds the GIL (which would hold the pipeline thread up: priority inversion).
+
+The historian's *process* (``gridtwin run --realtime``) is not real-time: it runs under
+the ordinary scheduler at nice -20 (:data:`NICE_OF`; a weight ~87 times an ordinary
+process's, so ordinary load on the host does not starve it either),
+never pinned. Why not SCHED_FIFO 1: Linux gives all real-time tasks of a CPU at most
+``kernel.sched_rt_runtime_us`` per ``sched_rt_period_us`` (950 ms per 1 s by default)
+and then stops them ALL for the rest of the period. At 1 kHz the twin's real-time
+processes used ~1.8 of the 2 CPUs (gateway 60 %, estimator 36 %, emulator 35 %,
+historian 30 %, predictor 20 %) and a CPU ran out of its budget about once a second:
+every real-time process on it stood still ~50 ms (gaps of 51-55 ms in the frames'
+arrival 1.01-1.05 s apart, ~75 deadline misses each). The historian, the one process
+that may lag, was the one to take out of that budget; as a separate process it holds
+no GIL the pipeline needs.
 
 Every real-time policy is set with ``SCHED_RESET_ON_FORK``: a child process starts with
 ordinary scheduling, never with its parent's priority (the forecaster's worker pool, spawned
@@ -51,6 +62,11 @@ PRIORITIES: dict[str, int] = {
     "historian": 1,
 }
 NICE_FALLBACK = -10
+#: processes adopted (:func:`adopt`) under the ordinary scheduler at this nice value
+#: instead of SCHED_FIFO (the historian's process: see the module docstring)
+NICE_OF: dict[str, int] = {
+    "historian": -20,
+}
 #: role -> position in the sorted list of allowed CPUs (with two or more; roles not
 #: listed, and every role on a one-CPU host, are not pinned)
 CPU_OF: dict[str, int] = {
@@ -127,9 +143,23 @@ def adopt(pid: int, role: str, *, allowed: set[int] | None = None) -> str:
     """Give a child process the real-time ``role`` (priority and CPU) from its parent:
     the child started with ordinary scheduling (:data:`RESET_ON_FORK`) and does not ask
     for it itself (the predictor). No fallback to nice: a child that cannot run
-    real-time keeps ordinary scheduling. What was applied, for the log."""
+    real-time keeps ordinary scheduling. A role in :data:`NICE_OF` (the historian's
+    process) gets that nice value instead of a real-time policy. What was applied, for
+    the log."""
     where = pin(role, pid=pid, allowed=allowed)
+    if role in NICE_OF:
+        return f"{set_nice(pid, NICE_OF[role])}, {where}"
     return f"{set_realtime(role, tid=pid, nice=None)}, {where}"
+
+
+def set_nice(pid: int, nice: int) -> str:
+    """Process ``pid`` (its main thread: threads it starts later inherit it) at ``nice``
+    under the ordinary scheduler; what was applied, for the log."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
+    except OSError as exc:
+        return f"normal (nice {nice} refused: {exc.strerror or exc})"
+    return f"nice {nice}"
 
 
 def go_realtime(role: str) -> str:

@@ -201,6 +201,10 @@ def test_scheduling_of_the_two_twin_units_is_stated(capsys: pytest.CaptureFixtur
     m = re.search(r"SCHED_FIFO\s+priority\s+(\d+)", capsys.readouterr().out)
     assert m, "run --help no longer names the --realtime priority"
     assert int(rt["Service"]["LimitRTPRIO"]) == int(m[1])
+    # RLIMIT_NICE: the historian's process at its nice value (gateway.realtime.NICE_OF)
+    from gateway.realtime import NICE_OF
+
+    assert int(rt["Service"]["LimitNICE"]) == NICE_OF["historian"]
     assert rt["Service"]["CapabilityBoundingSet"] == ""
     assert rt["Unit"]["Conflicts"] == "gridtwin.service"
     # the rest of the hardening is the plain unit's

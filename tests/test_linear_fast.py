@@ -21,6 +21,7 @@ moves by up to ``2 max_k sum_j |Y_kj|`` (about 1000 pu here) times the voltages,
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -201,6 +202,47 @@ def test_solve_clean_matches_reference() -> None:
         _same_state(a, b, rtol=1e-10)
         if b is not None:
             assert a.removed == b.removed
+
+
+def test_derived_trial_sets_use_the_compiled_fill_iteration_of_the_full_set(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A derived trial set's masks (columns of one 2-D array) reach ``kernels.fill_run``
+    in C order like the full set's: one compiled version, the one the warm-up loads (a
+    second layout was compiled or loaded on the first live search, on a deadline)."""
+    import estimator.linear as lin_mod
+
+    pytest.importorskip("numba")
+    real = lin_mod._kernels()
+    if real is None:
+        pytest.skip("compiled kernels off (GRIDTWIN_JIT=0)")
+    layouts: list[bool] = []
+
+    class Spy:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        @staticmethod
+        def fill_run(*a: Any) -> Any:
+            layouts.append(a[5].flags.c_contiguous and a[6].flags.c_contiguous)
+            return real.fill_run(*a)
+
+    derived: list[bool] = []
+    orig = LinearStateEstimator._derived
+
+    def spy_derived(self: Any, active: np.ndarray) -> Any:
+        fac = orig(self, active)
+        derived.append(fac is not None)
+        return fac
+
+    monkeypatch.setattr(lin_mod, "_kernels", lambda: Spy())
+    monkeypatch.setattr(LinearStateEstimator, "_derived", spy_derived)
+    model = _model()
+    est = LinearStateEstimator(model)
+    for zk in _snapshots(model, 60, seed=9):
+        with contextlib.suppress(EstimatorError):
+            est.solve_clean(zk)
+    assert any(derived)  # the searches went through derived trial sets
+    assert layouts and all(layouts)
 
 
 def test_weights_are_those_of_the_numpy_code_bit_for_bit(monkeypatch: pytest.MonkeyPatch

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.realtime import (
     CPUS_ENV,
+    NICE_OF,
     PRIORITIES,
     RESET_ON_FORK,
     adopt,
@@ -99,6 +100,28 @@ def test_adopt_gives_a_child_its_role_and_cpu() -> None:
         assert os.sched_getparam(child.pid).sched_priority == PRIORITIES["predictor"]
         if len(os.sched_getaffinity(0) & {0, 1}) == 2:
             assert os.sched_getaffinity(child.pid) == {0} and applied.endswith("CPU 0")
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait()
+
+
+def test_adopt_runs_the_historian_process_outside_the_realtime_budget() -> None:
+    """The historian's process is adopted at nice -20 under the ordinary scheduler, not
+    SCHED_FIFO: it may lag, and real-time tasks share a throttled budget per CPU."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        applied = adopt(child.pid, "historian", allowed={0, 1})
+        assert _policy(child.pid) == os.SCHED_OTHER
+        if not applied.startswith(f"nice {NICE_OF['historian']}"):
+            assert applied.startswith("normal")
+            pytest.skip("no permission to lower a nice value here")
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == NICE_OF["historian"] < 0
+        assert applied.endswith("not pinned")
     finally:
         assert child.stdin is not None
         child.stdin.close()
