@@ -157,10 +157,11 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
             await _ready(edges, log)
             log(f"fleet demo: {args.feeders} edges in {len(edges)} processes, "
                 f"{args.workers} workers, playing {args.seconds:g} s at {args.rate:g} Hz")
-            start = time.time() + 0.5  # every edge process plays from the same instant
-            for p in edges:
+            start = time.time() + 0.5  # the edge processes play from here, in turn
+            for i, p in enumerate(edges):
                 assert p.stdin is not None
-                p.stdin.write(json.dumps({"start": start}).encode() + b"\n")
+                at = start + phase(i, len(edges), args.rate)
+                p.stdin.write(json.dumps({"start": at}).encode() + b"\n")
                 p.stdin.flush()
             await _timeline(start, workers, cpu, killed, args, log)
             results = await _results(edges, args.seconds + 120.0)
@@ -177,6 +178,14 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
                 "edge_processes": len(edges),
                 "settled": all(res["settled"] for res in results),
                 **_cpu(cpu, results, args.feeders)}
+
+
+def phase(i: int, k: int, rate: float) -> float:
+    """Edge process ``i`` of ``k`` plays ``i/k`` of a frame period after the first: the
+    processes' bursts (every feeder of a process handles its frames in the same loop
+    turns) take turns on the cores instead of all edges, then all workers, wanting a
+    core at the same instant. Each feeder still sends at ``rate``."""
+    return i / (k * rate)
 
 
 def _spawn_edges(args: argparse.Namespace, url: str, wd: Path

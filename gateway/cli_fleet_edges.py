@@ -8,10 +8,10 @@ one process the fleet is bounded by one core however many the machine has.
 
 Run by the demo as ``python -m gateway.cli_fleet_edges SPEC`` (SPEC: JSON with the bus
 URL, rate, seconds, warm-up, rows and the feeders' indices). It starts its edges, prints
-``{"ready": true}``, reads ``{"start": WALL_TIME}`` from stdin (every edge process starts
-playing at the same instant), plays, settles (:func:`settle`: nothing is counted while a
-straggler is in flight), and prints one JSON object: per feeder its counts, accuracy and
-latencies, and the process's CPU over the steady state.
+``{"ready": true}``, reads ``{"start": WALL_TIME}`` from stdin (the demo staggers the
+edge processes' starts within one frame period), plays, settles (:func:`settle`:
+nothing is counted while a straggler is in flight), and prints one JSON object: per
+feeder its counts, accuracy and latencies, and the process's CPU over the steady state.
 """
 
 from __future__ import annotations

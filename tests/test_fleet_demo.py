@@ -97,3 +97,13 @@ async def test_demo_counts_only_after_every_straggler_is_answered(nats) -> None:
     assert s["snapshots"] == steps  # the held slot was handed on too
     assert s["states"] + worker.stats.superseded == s["snapshots"]
     assert s["states"] == worker.stats.solved > 0
+
+
+def test_edge_processes_take_turns_within_one_frame_period() -> None:
+    from gateway.cli_fleet_demo import phase
+
+    starts = [phase(i, 4, 50.0) for i in range(4)]
+    assert starts == sorted(starts) and starts[0] == 0.0
+    assert len(set(starts)) == 4  # no two processes burst on the same instant
+    assert max(starts) < 1 / 50.0  # all within the first frame period, evenly spread
+    assert starts[1] - starts[0] == pytest.approx(1 / 200.0)
