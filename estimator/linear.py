@@ -2602,13 +2602,12 @@ def _sens_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray, act: n
     return jx, bz, hr.reshape(model.m, fac.n_state)
 
 
-def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
-                         act: np.ndarray, hd: np.ndarray, sp_i: np.ndarray,
-                         idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(J_x, J_z values)``: the derivatives of the equivalent-current transform
-    ``z_t(z, x)`` with respect to the state (dense ``J_x``) and to the raw measurements
-    (``J_z``: one complex entry per active measurement ``idx``, at the rows of its slot's
-    position ``sp_i``; see :func:`linear_sensitivity`)."""
+def _transform_coefficients(fac: _Factor, v: np.ndarray, act: np.ndarray
+                            ) -> tuple[np.ndarray, ...]:
+    """``(X, X floored, conj(V_k), alpha, beta, gamma, delta)`` per slot: the equivalent-
+    current transform's derivative ``dz_t = alpha dX + beta conj(dX) + gamma dV_k +
+    delta conj(dV_k)`` at the estimate ``v`` with the members ``act`` (what the dense and
+    the sparse :func:`linear_sensitivity` both build ``J_x`` and ``J_z`` from)."""
     g = fac.slots.size
     has0 = fac.has0 & act[fac.idx0]
     has1 = fac.has1 & act[fac.idx1]
@@ -2635,6 +2634,19 @@ def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
                     k2 * vk / cvk)
     gamma = np.where(ph, zero, k2 * np.conj(x) / cvk)
     delta = np.where(ph, zero, (k1 - 1.0) * x / cvk)
+    return x, safe, cvk, alpha, beta, gamma, delta
+
+
+def _transform_jacobians(model: MeasurementModel, fac: _Factor, v: np.ndarray,
+                         act: np.ndarray, hd: np.ndarray, sp_i: np.ndarray,
+                         idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(J_x, J_z values)``: the derivatives of the equivalent-current transform
+    ``z_t(z, x)`` with respect to the state (dense ``J_x``) and to the raw measurements
+    (``J_z``: one complex entry per active measurement ``idx``, at the rows of its slot's
+    position ``sp_i``; see :func:`linear_sensitivity`)."""
+    g = fac.slots.size
+    ph = fac.is_phasor
+    x, safe, cvk, alpha, beta, gamma, delta = _transform_coefficients(fac, v, act)
     # J_x = B(alpha, beta) H + B(gamma, delta) Sel(V_k), B(.) 2x2 real blocks per slot
     # (alpha, beta) vanish on complete slots: only the incomplete ones' rows are formed
     jx = np.zeros_like(hd)
@@ -2770,31 +2782,8 @@ def _transform_jacobians_sparse(model: MeasurementModel, fac: _Factor, v: np.nda
     :func:`linear_sensitivity`)."""
     n2 = 2 * model.n_bus
     g = fac.slots.size
-    has0 = fac.has0 & act[fac.idx0]
-    has1 = fac.has1 & act[fac.idx1]
-    ph, pvs = fac.is_phasor, fac.is_pv_slot
-    x = fac.a @ v  # X = A V per slot
-    vk = v[fac.vbus]
-    zero = np.zeros(g, complex)
-    safe = np.where(np.abs(x) > 1e-12, x, 1e-12)
-    # phasor slots: |.| measured, angle from X: dz_t = dX / 2 - X / (2 conj X) conj(dX);
-    # angle measured, |.| from X: dz_t = dX / 2 + X / (2 conj X) conj(dX)
-    ratio = safe / (2.0 * np.conj(safe))
-    m_only = ph & has0 & ~has1
-    a_only = ph & ~has0 & has1
-    # power slots: z_t = conj((p + jq) / V_k), a missing p / q from S = V_k conj(X):
-    # dp + j dq = k1 dS + k2 conj(dS) (both missing: 1, 0; p: 1/2, 1/2; q: 1/2, -1/2)
-    p_miss = ~ph & ~has0
-    q_miss = ~ph & ~has1 & ~pvs
-    k1 = np.where(p_miss & q_miss, 1.0, np.where(p_miss | q_miss, 0.5, 0.0))
-    k2 = np.where(p_miss & q_miss, 0.0, np.where(p_miss, 0.5, np.where(q_miss, -0.5, 0.0)))
-    cvk = np.conj(vk)
-    # dz_t = alpha dX + beta conj(dX) + gamma dV_k + delta conj(dV_k)
-    alpha = np.where(ph, np.where(m_only | a_only, 0.5, 0.0), k1)
-    beta = np.where(ph, np.where(m_only, -ratio, np.where(a_only, ratio, 0.0)),
-                    k2 * vk / cvk)
-    gamma = np.where(ph, zero, k2 * np.conj(x) / cvk)
-    delta = np.where(ph, zero, (k1 - 1.0) * x / cvk)
+    ph = fac.is_phasor
+    x, safe, cvk, alpha, beta, gamma, delta = _transform_coefficients(fac, v, act)
     pos = np.arange(g)
     h = fac.h  # 2g x 2n (interleaved state)
     # J_x = B(alpha, beta) H + B(gamma, delta) Sel(V_k)
