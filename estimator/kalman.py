@@ -69,10 +69,10 @@ import numpy as np
 
 from estimator.blas import single_threaded
 from estimator.errors import EstimatorError
-from estimator.linear import LinearStateEstimator, chi2_quantile
+from estimator.linear import chi2_quantile
 from estimator.measurement import MeasurementModel
 from estimator.state import State
-from estimator.tracking import kalman_update
+from estimator.tracking import dense_static, kalman_update
 
 __all__ = ["KalmanStateEstimator", "injection_map"]
 
@@ -132,15 +132,10 @@ class KalmanStateEstimator:
     def __init__(self, model: MeasurementModel, *, adapt: float = ADAPT,
                  q_floor: float = Q_FLOOR, pv_scale: float | None = None,
                  period_s: float = 1.0, **static: Any) -> None:
-        if not 0 < adapt <= 1:
-            raise EstimatorError(f"adapt must be in (0, 1], not {adapt!r}")
         self.model = model
         self.net = model.net
-        self.static = LinearStateEstimator(model, **static)
+        self.static = dense_static(model, "kalman", adapt, static)
         n2 = 2 * model.n_bus
-        if n2 > self.static.dense_limit:
-            raise EstimatorError(f"the kalman estimator keeps a dense {n2}x{n2} state "
-                                 f"covariance: {model.net.name} needs dense_limit >= {n2}")
         self.adapt = float(adapt)
         self.q_floor = float(q_floor)
         if not period_s > 0:

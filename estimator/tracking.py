@@ -78,15 +78,10 @@ class TrackingStateEstimator:
 
     def __init__(self, model: MeasurementModel, *, adapt: float = ADAPT,
                  q_floor: float = 1e-14, **static: Any) -> None:
-        if not 0 < adapt <= 1:
-            raise EstimatorError(f"adapt must be in (0, 1], not {adapt!r}")
         self.model = model
         self.net = model.net
-        self.static = LinearStateEstimator(model, **static)
+        self.static = dense_static(model, "tracking", adapt, static)
         n2 = 2 * model.n_bus
-        if n2 > self.static.dense_limit:
-            raise EstimatorError(f"the tracking estimator keeps a dense {n2}x{n2} state "
-                                 f"covariance: {model.net.name} needs dense_limit >= {n2}")
         self.adapt = float(adapt)
         self.q_floor = float(q_floor)
         self._restart = chi2_quantile(n2, RESTART_CONFIDENCE)
@@ -165,6 +160,21 @@ class TrackingStateEstimator:
         self.q = _psd(self.nu2 - self.p - e, self.q_floor)
         self.x, self.p = x, p
         return d2
+
+
+def dense_static(model: MeasurementModel, method: str, adapt: float,
+                 static: dict[str, Any]) -> LinearStateEstimator:
+    """The static estimator a filter over it (``tracking``, ``kalman``) updates with, after
+    the checks both need: ``adapt`` in (0, 1], and the dense mode (the filter keeps the
+    full state covariance, and reads the static one, ``E``, from a dense factorization)."""
+    if not 0 < adapt <= 1:
+        raise EstimatorError(f"adapt must be in (0, 1], not {adapt!r}")
+    est = LinearStateEstimator(model, **static)
+    n2 = 2 * model.n_bus
+    if n2 > est.dense_limit:
+        raise EstimatorError(f"the {method} estimator keeps a dense {n2}x{n2} state "
+                             f"covariance: {model.net.name} needs dense_limit >= {n2}")
+    return est
 
 
 def _psd(a: np.ndarray, floor: float) -> np.ndarray:

@@ -29,16 +29,15 @@ import numpy as np
 import pytest
 
 import tests.linear_reference as ref
-from estimator import pgm
 from estimator.errors import EstimatorError
 from estimator.linear import LinearStateEstimator
 from estimator.topology import SwitchSet
+from gateway.bench_se import _snapshots as bench_snapshots
 from gateway.config import load_config
 from gateway.se_model import measurement_model
 
 RTOL = 1e-10  # voltages, relative to the largest |V| (see the module docstring)
 RES_ATOL = 1e-8  # residuals, pu: RTOL times the power's sensitivity to V
-PV = np.array([0.05, 0.08, 0.03, 0.07])
 
 
 def _model(closed: tuple[str, ...] = ()) -> Any:
@@ -52,18 +51,11 @@ def _model(closed: tuple[str, ...] = ()) -> Any:
 
 
 def _snapshots(model: Any, k: int, seed: int) -> np.ndarray:
-    """``k`` noisy snapshots along a load (x2) and PV (x5) ramp, so the re-weighting rule
-    fires along the way, with gross errors and missing values sprinkled in."""
-    net = model.net
-    rng = np.random.default_rng(seed)
-    scale = np.linspace(0.6, 1.2, k)[:, None]
-    p = net.p_gen - scale * net.p_load
-    q = net.q_gen - scale * net.q_load
-    if model.pv_nodes.size:
-        p[:, model.pv_nodes] = np.linspace(0.2, 1.0, k)[:, None] * PV[: model.pv_nodes.size]
-    v = pgm.power_flow(net, p, q, tolerance=1e-12, max_iterations=50)
-    z = np.array([model.h(vv) for vv in v])
-    z += rng.standard_normal(z.shape) * np.array([model.sigma(zz) for zz in z])
+    """``k`` noisy snapshots along the bench's load (x2) and PV (x5) ramp, so the
+    re-weighting rule fires along the way, with gross errors and missing values sprinkled
+    in."""
+    z, _ = bench_snapshots(model, k, seed)
+    rng = np.random.default_rng([seed, 1])  # the sprinkles' own stream
     bad = rng.random(k) < 0.1  # one gross error (20 sigma) in a tenth of the snapshots
     cols = rng.integers(0, model.m, k)
     sig = np.array([model.sigma(zz) for zz in z])
