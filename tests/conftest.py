@@ -17,12 +17,15 @@ def nats() -> Iterator[NatsServer]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Compile (or load) the linear SE's numba kernels once, before any test runs.
+    """Compile (or load) the linear SE's and the quality stage's numba kernels once,
+    before any test runs.
 
     Why: on a fresh checkout the first use compiles them (seconds of CPU); a test that
     starts an estimator process with a READY deadline, or a live twin, would otherwise
     pay that inside its own run. Cached afterwards, this costs a fraction of a second.
     """
     from estimator.warm import warm
+    from gateway.quality import kernels
 
     warm()
+    kernels.warm()

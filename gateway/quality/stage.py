@@ -60,7 +60,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gateway.quality import kernels
 from gateway.quality.detector import DetectorParams, TemporalDetector
+from gateway.quality.kernels import finish, normalise
 from gateway.quality.predictor import (
     LATE_WAIT_S,
     REMOTE_TIMEOUT_S,
@@ -166,6 +168,7 @@ class QualityStage:
         self._abs_k = np.maximum(np.array([c.abs for c in det]) / k_div, 1e-12)
         self.other_idx = np.array([c.index for c in cfg.channels if not c.electrical],
                                   dtype=np.int64)
+        kernels.warm()  # compiled (or loaded) now, not on the first snapshot
         self._di = _as_slice(self.det_idx)
         self._oi = _as_slice(self.other_idx)
         self.detector = TemporalDetector(len(det), self.hist_len, DetectorParams(
@@ -189,7 +192,6 @@ class QualityStage:
             self._xn = np.zeros((n_det, self.hist_len, 1), np.float32)
         self._c = np.empty(n_det)
         self._s = np.empty(n_det)
-        self._floor = np.empty(n_det)
         self._dev = np.empty((n_det, self.hist_len))
         self._pred = np.empty(n_det)
         self._sigma_meas = np.empty(n_det)
@@ -495,21 +497,15 @@ class QualityStage:
         (batch = channels): x_n = (w - mean(w)) / s, s = max(std(w), sigma_meas(mean(w)))
         (``models.features``); :meth:`_finish_next` turns f(x_n) into x̂."""
         win = self.detector.windows()
-        c, s, dev, floor = self._c, self._s, self._dev, self._floor
+        c, s, dev = self._c, self._s, self._dev
         # c = mean(w)
         np.add.reduce(win, axis=1, out=c)
         np.divide(c, win.shape[1], out=c)
         np.subtract(win, c[:, None], out=dev)
-        # s = max(sqrt(mean((w - c)^2)), sigma_meas(c)),  sigma_meas(c) = max(rel |c|, abs) / k
+        # s = max(sqrt(mean((w - c)^2)), sigma_meas(c)),  sigma_meas(c) = max(rel |c|, abs) / k;
+        # the sums stay NumPy's (their order), the rest is one compiled pass
         np.einsum("ij,ij->i", dev, dev, out=s)
-        s *= 1.0 / dev.shape[1]
-        np.sqrt(s, out=s)
-        np.abs(c, out=floor)
-        floor *= self._rel_k
-        np.maximum(floor, self._abs_k, out=floor)
-        np.maximum(s, floor, out=s)
-        xn = self._xn
-        np.divide(dev, s[:, None], out=xn[:, :, 0])  # float64 maths, float32 result
+        normalise(dev, c, s, self._rel_k, self._abs_k, self._xn)  # float32 result
 
     def _predict_next(self) -> None:
         """:meth:`_prepare_next`, the predictor in this process, :meth:`_finish_next`."""
@@ -525,15 +521,8 @@ class QualityStage:
     def _finish_next(self, yn: np.ndarray) -> None:
         """x̂ = mean(w) + s f(x_n) from the network's output ``yn``, and sigma_meas(x̂),
         the detector's floor."""
-        s, c = self._s, self._c
-        # x̂ = mean(w) + s * f(x_n)
-        pred = self._pred
-        np.multiply(s, np.asarray(yn).reshape(-1), out=pred)
-        pred += c
-        sigma_meas = self._sigma_meas
-        np.abs(pred, out=sigma_meas)
-        sigma_meas *= self._rel_k
-        np.maximum(sigma_meas, self._abs_k, out=sigma_meas)
+        finish(self._s, np.asarray(yn).reshape(-1), self._c, self._rel_k, self._abs_k,
+               self._pred, self._sigma_meas)
 
     def _pv_step(self, cleaned: np.ndarray, now: float) -> None:
         if self._pv_predict is None or self.n_plants == 0:
