@@ -125,3 +125,29 @@ def test_nan_propagates_like_numpy() -> None:
     assert np.isnan(res.values[0]) and res.flags[0] == ref.MISSING
     assert np.isnan(res.z[0]) and res.z[1] == 0.0
     assert (det.ring[0] == 1.0).all()  # nothing stored for the unfilled gap
+
+
+@pytest.mark.parametrize("h", [3, 9, 20])
+def test_prepare_matches_numpy(h: int) -> None:
+    """The fused window preparation gives NumPy's means, deviations, spreads and float32
+    windows bit for bit wherever the stage uses it (``sums_match``)."""
+    if not kernels.sums_match(h):
+        pytest.skip("NumPy sums in another order on this machine: the stage keeps them")
+    rng = np.random.default_rng(h)
+    n = 500
+    win = rng.normal(0.0, 1.0, (n, h)) * 10.0 ** rng.integers(-3, 4, (n, 1)) \
+        + rng.choice([0.0, 2.0, -40.0], (n, 1))
+    win[:4] = 0.25  # flat windows
+    rel_k = rng.uniform(1e-3, 1e-2, n)
+    abs_k = rng.uniform(1e-6, 1e-3, n)
+    c_ref = np.add.reduce(win, axis=1)
+    np.divide(c_ref, h, out=c_ref)
+    dev_ref = win - c_ref[:, None]
+    s_ref = np.einsum("ij,ij->i", dev_ref, dev_ref)
+    xn_ref = np.zeros((n, h, 1), np.float32)
+    kernels.normalise(dev_ref, c_ref, s_ref, rel_k, abs_k, xn_ref)
+    c, dev, s = np.empty(n), np.empty((n, h)), np.empty(n)
+    xn = np.zeros((n, h, 1), np.float32)
+    kernels.prepare(win, c, dev, s, rel_k, abs_k, xn)
+    assert _same(c, c_ref) and _same(dev, dev_ref) and _same(s, s_ref)
+    assert _same(xn, xn_ref)

@@ -9,11 +9,14 @@ Each kernel here runs one of those sequences as one loop over the channels.
 
 Bit for bit: every element goes through the same IEEE operations in the same order as
 in the NumPy code (no fast-math, so no fused multiply-adds or reassociation); the
-minimum and maximum propagate NaN as ``np.minimum``/``np.maximum`` do. The two
-reductions of the window preparation (the windows' sums and sums of squares) stay in
-NumPy: their summation order is NumPy's (pairwise, SIMD width of the machine), which a
-loop here would not reproduce. ``tests/test_quality_kernels.py`` holds the kernels to
-the NumPy code they replace on traces with gross errors, gaps and ramps.
+minimum and maximum propagate NaN as ``np.minimum``/``np.maximum`` do. The window
+preparation's two reductions (each window's sum and sum of squares: ``np.add.reduce``
+and ``np.einsum``, about 25 µs of the ~30 µs it took) are summed in NumPy's orders:
+pairwise for the sum, the two-lane SIMD order of NumPy's x86-64 build for the einsum.
+That second order depends on how NumPy was built, so :func:`sums_match` checks both
+against NumPy once per process; where they differ the stage keeps NumPy's reductions
+(and :func:`normalise` for the rest). ``tests/test_quality_kernels.py`` holds the
+kernels to the NumPy code they replace on traces with gross errors, gaps and ramps.
 
 Compiled once per machine (``cache=True``: the machine code is kept beside this module);
 :func:`warm` loads or compiles them, and the quality stage calls it when it is built, so
@@ -141,6 +144,106 @@ def normalise(dev, c, s, rel_k, abs_k, xn):  # type: ignore[no-untyped-def]
             xn[i, k, 0] = np.float32(dev[i, k] / si)
 
 
+@njit(cache=True, error_model="numpy", inline="always")
+def _row_sum(w, i):  # type: ignore[no-untyped-def]
+    """``np.add.reduce`` of row ``i`` (NumPy's pairwise summation: eight running sums
+    combined as a tree, the rest added one by one; fewer than 8 values in order)."""
+    n = w.shape[1]
+    if n < 8:
+        res = 0.0
+        for k in range(n):
+            res += w[i, k]
+        return 0.0 + res
+    r0, r1, r2, r3 = w[i, 0], w[i, 1], w[i, 2], w[i, 3]
+    r4, r5, r6, r7 = w[i, 4], w[i, 5], w[i, 6], w[i, 7]
+    k = 8
+    while k < n - n % 8:
+        r0 += w[i, k]
+        r1 += w[i, k + 1]
+        r2 += w[i, k + 2]
+        r3 += w[i, k + 3]
+        r4 += w[i, k + 4]
+        r5 += w[i, k + 5]
+        r6 += w[i, k + 6]
+        r7 += w[i, k + 7]
+        k += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while k < n:
+        res += w[i, k]
+        k += 1
+    return 0.0 + res
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _row_sumsq(w, i):  # type: ignore[no-untyped-def]
+    """``np.einsum("ij,ij->i", w, w)`` of row ``i`` as NumPy's x86-64 build computes it:
+    two lanes (even and odd columns), blocks of eight columns accumulated from their
+    last pair to their first, the rest pair by pair, then the lanes added."""
+    n = w.shape[1]
+    l0 = 0.0
+    l1 = 0.0
+    k = 0
+    while n - k >= 8:
+        for j in (6, 4, 2, 0):
+            a, b = w[i, k + j], w[i, k + j + 1]
+            l0 = a * a + l0
+            l1 = b * b + l1
+        k += 8
+    while k < n:
+        a = w[i, k]
+        l0 = a * a + l0
+        if k + 1 < n:
+            b = w[i, k + 1]
+            l1 = b * b + l1
+        else:
+            l1 = 0.0 + l1
+        k += 2
+    return 0.0 + (l0 + l1)
+
+
+@njit(cache=True, error_model="numpy")
+def sums(w, c, s):  # type: ignore[no-untyped-def]
+    """``c = np.add.reduce(w, axis=1)``, ``s = np.einsum("ij,ij->i", w, w)`` as
+    :func:`prepare` computes them (for :func:`sums_match`)."""
+    for i in range(w.shape[0]):
+        c[i] = _row_sum(w, i)
+        s[i] = _row_sumsq(w, i)
+
+
+@njit(cache=True, error_model="numpy")
+def prepare(win, c, dev, s, rel_k, abs_k, xn):  # type: ignore[no-untyped-def]
+    """:meth:`QualityStage._prepare_next` in one pass: ``c = mean(w)``, ``dev = w - c``,
+    ``s`` its sum of squares (NumPy's summation orders, see :func:`sums_match`), then
+    :func:`normalise`."""
+    n, h = win.shape
+    for i in range(n):
+        ci = _row_sum(win, i) / h
+        c[i] = ci
+        for k in range(h):
+            dev[i, k] = win[i, k] - ci
+        s[i] = _row_sumsq(dev, i)
+    normalise(dev, c, s, rel_k, abs_k, xn)
+
+
+_SUMS_MATCH: dict[int, bool] = {}
+
+
+def sums_match(h: int) -> bool:
+    """Whether :func:`prepare`'s sums are NumPy's bit for bit on this machine for windows
+    of ``h`` values (checked once on 20000 random windows of mixed magnitudes). NumPy's
+    einsum sums in the order of its build's SIMD width: where that is not the two-lane
+    order reproduced here, the quality stage keeps NumPy's reductions."""
+    if h not in _SUMS_MATCH:
+        rng = np.random.default_rng(20261204)
+        w = rng.normal(0.0, 1.0, (20000, h)) * 10.0 ** rng.integers(-4, 5, (20000, 1)) \
+            + rng.choice([0.0, 1.0, -300.0], (20000, 1))
+        c, s = np.empty(len(w)), np.empty(len(w))
+        sums(w, c, s)
+        _SUMS_MATCH[h] = bool(np.array_equal(c, np.add.reduce(w, axis=1))
+                              and np.array_equal(s, np.einsum("ij,ij->i", w, w)))
+    return _SUMS_MATCH[h]
+
+
 @njit(cache=True, error_model="numpy")
 def finish(s, yn, c, rel_k, abs_k, pred, sigma_meas):  # type: ignore[no-untyped-def]
     """:meth:`QualityStage._finish_next`: ``pred = s f + c`` (``yn`` float32, widened),
@@ -163,5 +266,7 @@ def warm() -> None:
                np.empty(n))
     normalise(ring.copy(), f8.copy(), f8.copy(), f8.copy(), f8.copy(),
               np.empty((n, h, 1), np.float32))
+    prepare(ring, f8.copy(), ring.copy(), f8.copy(), f8.copy(), f8.copy(),
+            np.empty((n, h, 1), np.float32))
     finish(f8.copy(), np.ones(n, np.float32), f8.copy(), f8.copy(), f8.copy(),
            np.empty(n), np.empty(n))

@@ -62,7 +62,7 @@ import numpy as np
 
 from gateway.quality import kernels
 from gateway.quality.detector import DetectorParams, TemporalDetector
-from gateway.quality.kernels import finish, normalise
+from gateway.quality.kernels import finish, normalise, prepare
 from gateway.quality.predictor import (
     LATE_WAIT_S,
     REMOTE_TIMEOUT_S,
@@ -169,6 +169,8 @@ class QualityStage:
         self.other_idx = np.array([c.index for c in cfg.channels if not c.electrical],
                                   dtype=np.int64)
         kernels.warm()  # compiled (or loaded) now, not on the first snapshot
+        #: the window preparation in one compiled pass (its sums are NumPy's here)
+        self._fused = kernels.sums_match(self.hist_len)
         self._di = _as_slice(self.det_idx)
         self._oi = _as_slice(self.other_idx)
         self.detector = TemporalDetector(len(det), self.hist_len, DetectorParams(
@@ -498,6 +500,9 @@ class QualityStage:
         (``models.features``); :meth:`_finish_next` turns f(x_n) into x̂."""
         win = self.detector.windows()
         c, s, dev = self._c, self._s, self._dev
+        if self._fused:
+            prepare(win, c, dev, s, self._rel_k, self._abs_k, self._xn)
+            return
         # c = mean(w)
         np.add.reduce(win, axis=1, out=c)
         np.divide(c, win.shape[1], out=c)
