@@ -68,14 +68,17 @@ class Snapshot:
 
     @classmethod
     def trusted(cls, seq: int, source_time: float, arrival_time: float, values: np.ndarray,
-                flags: np.ndarray, published_time: float = 0.0) -> Snapshot:
+                flags: np.ndarray, published_time: float = 0.0,
+                statuses: np.ndarray | None = None,
+                topology: tuple[bool, ...] | None = None) -> Snapshot:
         """A snapshot from arrays already known to be 1-D float64 values and uint32 flags
         of one length (the aligner's slot rows, the pass-through's own arrays): the
         checks of the constructor were made once for the layout, not per snapshot."""
         snap = cls.__new__(cls)
         snap.__dict__ = {"seq": seq, "source_time": source_time,
                          "arrival_time": arrival_time, "values": values, "flags": flags,
-                         "published_time": published_time}
+                         "published_time": published_time, "statuses": statuses,
+                         "topology": topology}
         return snap
 
     def to_bytes(self) -> bytes:

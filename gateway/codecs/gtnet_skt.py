@@ -146,7 +146,8 @@ class GtnetSktCodec:
         else:
             values = np.frombuffer(data, self._f4, n, hdr).astype(np.float64)
             ints = np.frombuffer(data, self._i4, n, hdr)
-            values[self._int_idx] = ints[self._int_idx]
+            cols = self._int_cols  # a slice when the int32 points are one run (views)
+            values[cols] = ints[cols]
         if not self.allow_nonfinite and not self._all_int:
             self._reject_nonfinite(values)
         if hdr:

@@ -229,7 +229,7 @@ class TemporalDetector:
         z = np.empty(n)
         self._tick = tick = (self._tick + 1) % 3
         kappa = 0.0 if scale is None else p.kappa
-        step_ready(x, missing, bool(missing.any()), pred, sigma_meas,
+        step_ready(x, missing, bool(np.logical_or.reduce(missing)), pred, sigma_meas,
                    sigma_meas if scale is None else scale, kappa, p.cap, p.threshold,
                    p.run_length, p.run_agree, p.clip, p.alpha, self.m_abs, self.run,
                    self.recent, tick, self.ring, out, flags, z)

@@ -52,6 +52,7 @@ No torch: the predictor can be swapped for a callable (the bench's PyTorch-eager
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,6 +177,7 @@ class QualityStage:
         self.detector = TemporalDetector(len(det), self.hist_len, DetectorParams(
             threshold=self.threshold, kappa=kappa))
         self._last_other = np.full(self.other_idx.size, np.nan)
+        self._nan_m = np.full(self.m, np.nan)  # copied per snapshot (cheaper than np.full)
 
     def _init_predictor(self, predictor: Predictor | None) -> None:
         """The predictor and the per-snapshot scratch (no allocation on the steady path).
@@ -295,7 +297,7 @@ class QualityStage:
         # healthy snapshot (every value finite, no input flag): no masks needed below.
         # A non-finite sum means a NaN/inf somewhere (or an overflow: the general path
         # is taken, which is only slower)
-        healthy = np.isfinite(np.add.reduce(x)) and not fin.any()
+        healthy = math.isfinite(np.add.reduce(x)) and not np.bitwise_or.reduce(fin)
         if healthy:
             missing = None
         else:
@@ -329,7 +331,7 @@ class QualityStage:
             out_flags[di] = res.flags
         else:
             out_flags[di] = (fin[di] & _NOT_MISSING) | res.flags
-        z = np.full(self.m, np.nan)
+        z = self._nan_m.copy()
         z[di] = res.z
         # 3. weather / other channels: hold the last value over gaps
         oi = self._oi
