@@ -25,7 +25,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     pay that inside its own run. Cached afterwards, this costs a fraction of a second.
     """
     from estimator.warm import warm
-    from gateway.quality import kernels
+    from gateway.quality.detector import compiled_kernels
 
     warm()
-    kernels.warm()
+    kernels = compiled_kernels()
+    if kernels is not None:
+        kernels.warm()

@@ -68,11 +68,12 @@ normalized residual of that measurement also exceeds its threshold (3 by default
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 
-from gateway.quality.kernels import step_ready
 from gateway.snapshot import Flag
 
 # the snapshot's quality bits as plain ints (IntFlag arithmetic is slow on the steady path)
@@ -82,6 +83,22 @@ CORRECTED = int(Flag.CORRECTED)
 MISSING = int(Flag.MISSING)
 
 SQRT_PI_2 = float(np.sqrt(np.pi / 2.0))
+
+
+def compiled_kernels() -> ModuleType | None:
+    """:mod:`gateway.quality.kernels`, or None (the NumPy paths: same numbers, slower)
+    when ``GRIDTWIN_JIT`` is ``0``/``off``/``no``/``false`` or numba is not installed.
+
+    Why: numba's compiled code lives in a writable+executable mapping, which a process
+    hardened with systemd's ``MemoryDenyWriteExecute=yes`` may not create; the shipped
+    units set ``GRIDTWIN_JIT=0`` (as for the estimator's kernels)."""
+    if os.environ.get("GRIDTWIN_JIT", "1").strip().lower() in ("0", "off", "no", "false"):
+        return None
+    try:
+        from gateway.quality import kernels
+    except ImportError:
+        return None
+    return kernels
 
 
 def choose_threshold(z_clean: np.ndarray, *, c: float = 8.0, k_min: float = 4.0
@@ -141,6 +158,13 @@ class TemporalDetector:
         self._shift_slope = np.zeros(0)
         self._all_ready = False  # latched: counts never decrease
         self._rebase = False  # the next step starts a new regime (rebase())
+        #: the compiled kernels (None: the NumPy paths below, see compiled_kernels)
+        self._kernels = compiled_kernels()
+        n = self.n
+        self._ad = np.empty(n)  # scratch of the NumPy steady-state path (no allocation)
+        self._sig = np.empty(n)
+        self._tmp = np.empty(n)
+        self._bad = np.empty(n, bool)
 
     @property
     def ready(self) -> np.ndarray:
@@ -173,7 +197,10 @@ class TemporalDetector:
         if not self._all_ready:
             self._all_ready = bool(self.ready.all())
         if self._all_ready:
-            return self._step_ready(x, missing, pred_ready, sigma_meas, scale)
+            if self._kernels is not None:
+                return self._step_ready(x, missing, pred_ready, sigma_meas, scale)
+            if not missing.any():
+                return self._step_steady(x, pred_ready, sigma_meas, scale)
         p = self.params
         ready = self.ready
         all_ready = bool(ready.all())
@@ -229,10 +256,12 @@ class TemporalDetector:
         z = np.empty(n)
         self._tick = tick = (self._tick + 1) % 3
         kappa = 0.0 if scale is None else p.kappa
-        step_ready(x, missing, bool(np.logical_or.reduce(missing)), pred, sigma_meas,
-                   sigma_meas if scale is None else scale, kappa, p.cap, p.threshold,
-                   p.run_length, p.run_agree, p.clip, p.alpha, self.m_abs, self.run,
-                   self.recent, tick, self.ring, out, flags, z)
+        assert self._kernels is not None
+        self._kernels.step_ready(
+            x, missing, bool(np.logical_or.reduce(missing)), pred, sigma_meas,
+            sigma_meas if scale is None else scale, kappa, p.cap, p.threshold,
+            p.run_length, p.run_agree, p.clip, p.alpha, self.m_abs, self.run, self.recent,
+            tick, self.ring, out, flags, z)
         return StepResult(out, flags, z, pred)
 
     def _step_rebase(self, x: np.ndarray, missing: np.ndarray, pred_ready: np.ndarray,
@@ -330,6 +359,77 @@ class TemporalDetector:
             back = np.arange(h - 1, -1, -1)[None, :]
             self.ring[shift_rows] = (out[shift_rows, None]
                                      - back * self._shift_slope[:, None])
+
+    def _step_steady(self, x: np.ndarray, pred: np.ndarray, sigma_meas: np.ndarray,
+                     scale: np.ndarray | None) -> StepResult:
+        """:meth:`step` when every channel is ready and none is missing (every snapshot
+        after warm-up on a healthy feed): the same maths, operation for operation, on
+        preallocated scratch arrays and with no masks for missing or warming channels."""
+        p = self.params
+        sig = self._sig
+        ad = self._ad
+        tmp = self._tmp
+        bad = self._bad
+        # sigma = max(min(sqrt(pi/2) m, cap sigma_meas), floor)
+        np.multiply(self.m_abs, SQRT_PI_2, out=sig)
+        if p.cap != np.inf:
+            np.multiply(sigma_meas, p.cap, out=tmp)
+            np.minimum(sig, tmp, out=sig)
+        if scale is None or p.kappa == 0.0:
+            np.maximum(sig, sigma_meas, out=sig)
+        else:
+            np.multiply(scale, p.kappa, out=tmp)
+            np.maximum(tmp, sigma_meas, out=tmp)
+            np.maximum(sig, tmp, out=sig)
+        # d = x - x̂;  z = |d| / sigma;  BAD <=> z > k
+        d = x - pred
+        np.abs(d, out=ad)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = ad / sig
+        np.greater(z, p.threshold, out=bad)
+        any_bad = bool(bad.any())
+
+        self._tick = (self._tick + 1) % 3
+        self.recent[:, self._tick] = x
+        # run = (run + 1) * bad
+        run = self.run
+        np.add(run, 1, out=run)
+        np.multiply(run, bad, out=run)
+        out = x.copy()
+        flags = np.zeros(self.n, np.uint32)
+        shift_rows: np.ndarray | None = None
+        if any_bad:
+            cand = np.flatnonzero(run >= p.run_length)
+            if cand.size:  # the ramp rule, as in step()
+                order = (self._tick + 1 + np.arange(3)) % 3
+                rec = self.recent[cand][:, order]
+                curv = np.abs(rec[:, 0] - 2.0 * rec[:, 1] + rec[:, 2])
+                with np.errstate(invalid="ignore"):
+                    ok = curv <= p.run_agree * sig[cand]
+                shift_rows = cand[ok]
+                bad[shift_rows] = False
+                run[shift_rows] = 0
+                self._shift_slope = (rec[ok, 2] - rec[ok, 0]) / 2.0
+            np.copyto(out, pred, where=bad)
+            flags[bad] = BAD | CORRECTED
+        # m <- (1 - a) m + a min(|d|, clip sigma) on accepted values
+        np.multiply(sig, p.clip, out=tmp)
+        np.minimum(ad, tmp, out=tmp)
+        tmp *= p.alpha
+        upd = (1 - p.alpha) * self.m_abs
+        upd += tmp
+        if any_bad:
+            np.logical_not(bad, out=bad)
+            np.copyto(self.m_abs, upd, where=bad)
+        else:
+            self.m_abs = upd
+        ring = self.ring
+        ring[:, :-1] = ring[:, 1:]
+        ring[:, -1] = out
+        if shift_rows is not None and shift_rows.size:
+            back = np.arange(self.hist_len - 1, -1, -1)[None, :]
+            ring[shift_rows] = out[shift_rows, None] - back * self._shift_slope[:, None]
+        return StepResult(out, flags, z, pred)
 
     def _clean_ring(self, rows: np.ndarray, sigma_meas: np.ndarray) -> None:
         """First fill: values more than ``gross`` sigma from the ring's mode (see

@@ -61,9 +61,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gateway.quality import kernels
-from gateway.quality.detector import DetectorParams, TemporalDetector
-from gateway.quality.kernels import finish, normalise, prepare
+from gateway.quality.detector import DetectorParams, TemporalDetector, compiled_kernels
 from gateway.quality.predictor import (
     LATE_WAIT_S,
     REMOTE_TIMEOUT_S,
@@ -169,9 +167,12 @@ class QualityStage:
         self._abs_k = np.maximum(np.array([c.abs for c in det]) / k_div, 1e-12)
         self.other_idx = np.array([c.index for c in cfg.channels if not c.electrical],
                                   dtype=np.int64)
-        kernels.warm()  # compiled (or loaded) now, not on the first snapshot
-        #: the window preparation in one compiled pass (its sums are NumPy's here)
-        self._fused = kernels.sums_match(self.hist_len)
+        #: the compiled kernels (None with GRIDTWIN_JIT=0: the NumPy code, same numbers)
+        self._kernels = compiled_kernels()
+        if self._kernels is not None:
+            self._kernels.warm()  # compiled (or loaded) now, not on the first snapshot
+        #: the window preparation in one compiled pass (where its sums are NumPy's)
+        self._fused = self._kernels is not None and self._kernels.sums_match(self.hist_len)
         self._di = _as_slice(self.det_idx)
         self._oi = _as_slice(self.other_idx)
         self.detector = TemporalDetector(len(det), self.hist_len, DetectorParams(
@@ -197,6 +198,7 @@ class QualityStage:
         self._c = np.empty(n_det)
         self._s = np.empty(n_det)
         self._dev = np.empty((n_det, self.hist_len))
+        self._floor = np.empty(n_det)
         self._pred = np.empty(n_det)
         self._sigma_meas = np.empty(n_det)
         self._no_missing = np.zeros(n_det, bool)
@@ -502,17 +504,28 @@ class QualityStage:
         (``models.features``); :meth:`_finish_next` turns f(x_n) into x̂."""
         win = self.detector.windows()
         c, s, dev = self._c, self._s, self._dev
-        if self._fused:
-            prepare(win, c, dev, s, self._rel_k, self._abs_k, self._xn)
+        if self._fused:  # the compiled pass, its sums NumPy's (kernels.sums_match)
+            assert self._kernels is not None
+            self._kernels.prepare(win, c, dev, s, self._rel_k, self._abs_k, self._xn)
             return
         # c = mean(w)
         np.add.reduce(win, axis=1, out=c)
         np.divide(c, win.shape[1], out=c)
         np.subtract(win, c[:, None], out=dev)
-        # s = max(sqrt(mean((w - c)^2)), sigma_meas(c)),  sigma_meas(c) = max(rel |c|, abs) / k;
-        # the sums stay NumPy's (their order), the rest is one compiled pass
+        # s = max(sqrt(mean((w - c)^2)), sigma_meas(c)),  sigma_meas(c) = max(rel |c|, abs) / k
         np.einsum("ij,ij->i", dev, dev, out=s)
-        normalise(dev, c, s, self._rel_k, self._abs_k, self._xn)  # float32 result
+        if self._kernels is not None:  # the rest in one compiled pass
+            self._kernels.normalise(dev, c, s, self._rel_k, self._abs_k, self._xn)
+            return
+        s *= 1.0 / dev.shape[1]
+        np.sqrt(s, out=s)
+        floor = self._floor
+        np.abs(c, out=floor)
+        floor *= self._rel_k
+        np.maximum(floor, self._abs_k, out=floor)
+        np.maximum(s, floor, out=s)
+        xn = self._xn
+        np.divide(dev, s[:, None], out=xn[:, :, 0])  # float64 maths, float32 result
 
     def _predict_next(self) -> None:
         """:meth:`_prepare_next`, the predictor in this process, :meth:`_finish_next`."""
@@ -528,8 +541,19 @@ class QualityStage:
     def _finish_next(self, yn: np.ndarray) -> None:
         """x̂ = mean(w) + s f(x_n) from the network's output ``yn``, and sigma_meas(x̂),
         the detector's floor."""
-        finish(self._s, np.asarray(yn).reshape(-1), self._c, self._rel_k, self._abs_k,
-               self._pred, self._sigma_meas)
+        if self._kernels is not None:
+            self._kernels.finish(self._s, np.asarray(yn).reshape(-1), self._c, self._rel_k,
+                                 self._abs_k, self._pred, self._sigma_meas)
+            return
+        s, c = self._s, self._c
+        # x̂ = mean(w) + s * f(x_n)
+        pred = self._pred
+        np.multiply(s, np.asarray(yn).reshape(-1), out=pred)
+        pred += c
+        sigma_meas = self._sigma_meas
+        np.abs(pred, out=sigma_meas)
+        sigma_meas *= self._rel_k
+        np.maximum(sigma_meas, self._abs_k, out=sigma_meas)
 
     def _pv_step(self, cleaned: np.ndarray, now: float) -> None:
         if self._pv_predict is None or self.n_plants == 0:
