@@ -95,7 +95,7 @@ def compiled_kernels() -> ModuleType | None:
     if os.environ.get("GRIDTWIN_JIT", "1").strip().lower() in ("0", "off", "no", "false"):
         return None
     try:
-        from gateway.quality import kernels
+        import gateway.quality.kernels as kernels  # the module, not the package
     except ImportError:
         return None
     return kernels
