@@ -1494,6 +1494,15 @@ class LinearStateEstimator:
         self._rules_z = z.copy()
         return False
 
+    def forget_drift(self) -> None:
+        """Rule (b) forgets which slots drifted so far: the last snapshot's values were
+        judged gross as a whole (the worker held the Kalman filter's prediction instead
+        of searching them, :meth:`estimator.kalman.KalmanStateEstimator.hold`), so their
+        departures are no evidence of a moved operating point. A real move then fires
+        one snapshot later."""
+        self._drift_prev[:] = False
+        self._drift_any = False
+
     def _forgive(self, removed: list[int]) -> None:
         """The slots of the measurements a search removed do not count as drifted (rule
         (b)): the search judged their values gross errors, and a gross error that lasts
