@@ -207,9 +207,10 @@ class KalmanStateEstimator:
         gross errors got through and a search would not fit in the snapshot period
         (1 kHz: a search costs 2-6 ms and delays the next snapshots; the prediction one
         period ahead is what the filter coasts on for a missing snapshot). The
-        static estimator's rule (b) forgets the slots this snapshot drifted
-        (:meth:`~estimator.linear.LinearStateEstimator.forget_drift`): its values were
-        judged gross as a whole.
+        static estimator takes its solve back too
+        (:meth:`~estimator.linear.LinearStateEstimator.hold`: its warm start, and rule
+        (b) forgets the slots this snapshot drifted: its values were judged gross as a
+        whole).
         """
         if self._before is None or self._before[0] is None:
             return None
@@ -221,7 +222,7 @@ class KalmanStateEstimator:
         self.p = p if t > 0 else p + (self.a * (q + self.q_floor)) @ self.a.T
         # a second hold of the same snapshot (or a solve_clean after it) starts here
         self._before = (self.x, self.p, self.q, self.m, self._t)
-        self.static.forget_drift()
+        self.static.hold()
         assert self.x is not None
         return self.x.view(complex).copy()
 

@@ -53,11 +53,7 @@ that feeds the same measurement vectors gets the same weights):
   its confidence. Without (b) about 10 % of healthy IEEE33 estimates fail the 99 %
   chi-square test as the PV plants swing the branch currents. The median in (a) and
   the persistence in (b) keep isolated gross errors from re-basing anything, and values
-  at their floor never count in (a), so the cache is not thrashed. The rules judge each
-  snapshot once: the bad-data search's repeated solves of one snapshot are one snapshot
-  for (b), and the slots of the values it removed do not count as drifted (a gross
-  error lasting several snapshots, the usual case at 1 kHz, is not a moved operating
-  point);
+  at their floor never count in (a), so the cache is not thrashed;
 * :meth:`LinearStateEstimator.forget_weights` drops them (a warm-up solve on a synthetic
   snapshot must not weigh the real ones).
 
@@ -858,11 +854,9 @@ class LinearStateEstimator:
         self.nominal_sigma = np.ones(model.m)
         self._drift_prev = np.zeros(model.g, bool)  # slots drifted in the previous solve
         self._drift_any = False  # any of them (so the usual solve skips the bookkeeping)
-        #: inside solve_clean's search; the values the rules last judged (see _ruled)
-        self._searching = False
-        self._rules_z: np.ndarray | None = None
         self._stale: set[bytes] = set()  # cached factorizations whose weights moved
         self._last_v: np.ndarray | None = None
+        self._prev_v: np.ndarray | None = None  # the solve's before the last (hold)
         self.last_factor: _Factor | None = None
         #: per-measurement sigma factors of the current solve (None: all 1); part of the
         #: factorization's cache key, so a pattern of aged measurements is factorized once
@@ -1402,11 +1396,10 @@ class LinearStateEstimator:
             sigma = np.asarray(sigma, float)
             sig = np.where(np.isfinite(sigma) & (sigma > 0), sigma, sig)
         full = bool(act.all())
-        rules = bool(self.reweight_ratio) and not self._ruled(z)
-        if rules and self._drifted(z, act, full):
+        if self.reweight_ratio and self._drifted(z, act, full):
             self._rebase(z, sig, act)
         fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
-        if rules and self._slots_drifted(fac, z, sig, act, full):
+        if self.reweight_ratio and self._slots_drifted(fac, z, sig, act, full):
             self._rebase(z, sig, act, full=False)
             fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
         tol = self.tolerance if tolerance is None else float(tolerance)
@@ -1435,6 +1428,7 @@ class LinearStateEstimator:
             v, it, dv = self._run(fac, v, z, finite, fac.has0, fac.has1, fac.complete, tol,
                                   itmax)
         t2 = time.perf_counter()
+        self._prev_v = self._last_v  # (what hold() goes back to)
         self._last_v = v
         #: the factorization the last solve used (its ``e``: the state covariance)
         self.last_factor = fac
@@ -1465,52 +1459,38 @@ class LinearStateEstimator:
         # one BLAS-thread limit around the whole search: each trial set's observability
         # check, sensitivities and factorization enter it anyway, and entering costs
         # tens of microseconds each time (nested uses are free)
-        self._searching = True
-        try:
-            with single_threaded():
-                state = largest_normalized_residual(_WithSigma, z, active=active, now=now,
-                                                    warm_start=warm_start)
-        finally:
-            self._searching = False
-        self._forgive(state.removed)
-        return state
+        with single_threaded():
+            return largest_normalized_residual(_WithSigma, z, active=active, now=now,
+                                               warm_start=warm_start)
 
-    def _ruled(self, z: np.ndarray) -> bool:
-        """True when the re-weighting rules have already judged this snapshot: inside a
-        bad-data search (:meth:`solve_clean`), every solve after the first of the same
-        values. Outside a search every solve is a new snapshot (records its values).
+    def hold(self) -> np.ndarray | None:
+        """The LAST snapshot's solve taken back as far as the next snapshot can tell: the
+        warm start and the state returned are those of the solve before it, and rule (b)
+        forgets the slots drifted so far (:meth:`forget_drift`). None when there was no
+        solve before it. (Re-basings the rules made on the snapshot stay: a full rule (a)
+        one re-bases on the whole snapshot, which its median keeps gross errors from
+        triggering.)
 
-        Why: rule (b)'s persistence counts SNAPSHOTS ("two consecutive"); the search
-        solves one snapshot two to four times, so a slot the gross error itself pushed
-        off its weight "drifted twice" inside one search and the nominal values were
-        re-based on the gross value, then re-based back two snapshots later when the
-        healthy values drifted from it (measured on a 1 kHz demo trace: 136 of 143
-        re-weightings, two per search, ~1 ms each, and the search's trial sets
-        re-weighted inside it).
+        Why: the estimator worker answers a snapshot with gross errors this way when a
+        bad-data search does not fit in the snapshot period (1 kHz: a search costs 2-6 ms
+        and delayed the next several snapshots); the previous estimate, one period old,
+        is the random-walk prediction of this one (what
+        :meth:`estimator.kalman.KalmanStateEstimator.hold` keeps too).
         """
-        seen = self._rules_z
-        if self._searching and seen is not None and np.array_equal(z, seen, equal_nan=True):
-            return True
-        self._rules_z = z.copy()
-        return False
+        prev = self._prev_v
+        if prev is None:
+            return None
+        self._last_v = prev
+        self.forget_drift()
+        return prev.copy()
 
     def forget_drift(self) -> None:
         """Rule (b) forgets which slots drifted so far: the last snapshot's values were
-        judged gross as a whole (the worker held the Kalman filter's prediction instead
-        of searching them, :meth:`estimator.kalman.KalmanStateEstimator.hold`), so their
-        departures are no evidence of a moved operating point. A real move then fires
-        one snapshot later."""
+        judged gross as a whole (the worker held the previous estimate instead of
+        searching them, :meth:`hold`), so their departures are no evidence of a moved
+        operating point. A real move then fires one snapshot later."""
         self._drift_prev[:] = False
         self._drift_any = False
-
-    def _forgive(self, removed: list[int]) -> None:
-        """The slots of the measurements a search removed do not count as drifted (rule
-        (b)): the search judged their values gross errors, and a gross error that lasts
-        several snapshots (at 1 kHz it usually does) must not re-base the weights on
-        itself the way a real change of the operating point does."""
-        if removed and self._drift_any:
-            self._drift_prev[self.model.slot[np.asarray(removed, np.int64)]] = False
-            self._drift_any = bool(self._drift_prev.any())
 
     def _select(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray
                 ) -> tuple[_Factor, np.ndarray, np.ndarray, bool, int, float]:
@@ -1835,7 +1815,7 @@ class LinearStateEstimator:
 
     def reset(self) -> None:
         """Forget the warm start (the factorizations stay cached)."""
-        self._last_v = None
+        self._last_v = self._prev_v = None
 
     def forget_weights(self) -> None:
         """Forget the nominal values and everything built on them (factorizations,

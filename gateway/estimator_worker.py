@@ -64,8 +64,8 @@ STALE_SIGMA_FACTOR = 3.0
 #: the CPU is better left to the gateway and the sender
 MIN_SPIN_PERIOD_S = 0.004
 #: below this snapshot period a bad-data search (2-6 ms on IEEE33) does not fit in one
-#: period: the kalman worker holds the filter's prediction for a snapshot with gross
-#: errors instead (see _linear_solver)
+#: period: the worker holds the prediction (the previous estimate; kalman: the filter's)
+#: for a snapshot with gross errors instead (see _linear_solver)
 HOLD_PERIOD_S = 0.004
 #: ... for at most this long in a row; then the search runs (a lasting gross error, a
 #: stuck meter, is removed by it and the filter does not coast on its prediction alone)
@@ -158,16 +158,19 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     through, and their angle errors of up to 0.1 rad made most of the run's angle
     RMSE).
 
-    Held snapshots (``kalman`` below :data:`HOLD_PERIOD_S`): there a search does not fit
-    in a period (2-6 ms at 1 kHz, and it delayed the next several snapshots: 61 % of the
-    1 kHz deadline misses, docs/measured.md), so a snapshot that fails the gross test is
-    answered with the filter's prediction (:meth:`~estimator.kalman.KalmanStateEstimator.
-    hold`: the previous posterior, no measurement update, nothing of this snapshot's
-    values in it) and FLAGGED: ``converged`` false with 0 iterations and the snapshot's
-    own failing J(x) (the historian stores both; the chi-square failure counts it). At
+    Held snapshots (below :data:`HOLD_PERIOD_S`, ``linear`` and ``kalman``): there a
+    search does not fit in a period (2-6 ms at 1 kHz, and it delayed the next several
+    snapshots: 61 % of the 1 kHz deadline misses, docs/measured.md), so a snapshot that
+    fails the gross test is answered with the prediction, the previous estimate one period
+    old (``hold`` of :class:`~estimator.linear.LinearStateEstimator`; of
+    :class:`~estimator.kalman.KalmanStateEstimator`: the filter's step taken back, no
+    measurement update), nothing of this snapshot's values in it, and FLAGGED:
+    ``converged`` false with 0 iterations and the snapshot's own failing J(x) (the
+    historian stores both, the chi-square failure counts it, ``gridtwin demo`` reports
+    ``states_held``, and the command controller acts on converged estimates only). At
     most :data:`HOLD_MAX_S` in a row: the next gross snapshot is searched as before (a
-    stuck meter must not leave the twin on its prediction). The filter's first snapshot
-    has nothing to predict from and is searched."""
+    stuck meter must not leave the twin on its prediction). The first snapshot has
+    nothing to predict from and is searched."""
     from estimator.baselines import make_estimator
     from estimator.errors import DidNotConverge
     from estimator.linear import LinearStateEstimator
@@ -219,7 +222,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
                 # warming up, or an error looks plausible): the estimator's own test
                 # caught them (far above the quantile, not the 1 % of healthy snapshots
                 # just above it); remove them by the largest normalized residual, or
-                # (1 kHz) hold the filter's prediction, flagged
+                # (1 kHz) hold the prediction (the previous estimate), flagged
                 v_hold = hold() if hold is not None and held[0] < hold_max else None
                 if v_hold is not None:
                     held[0] += 1

@@ -608,9 +608,6 @@ class LinearStateEstimator:
         self.nominal_sigma = np.ones(model.m)
         self._drift_prev = np.zeros(model.g, bool)  # slots drifted in the previous solve
         self._drift_any = False  # any of them (so the usual solve skips the bookkeeping)
-        #: inside solve_clean's search; the values the rules last judged (see _ruled)
-        self._searching = False
-        self._rules_z: np.ndarray | None = None
         self._stale: set[bytes] = set()  # cached factorizations whose weights moved
         self._last_v: np.ndarray | None = None
         self.last_factor: _Factor | None = None
@@ -1017,11 +1014,10 @@ class LinearStateEstimator:
             sigma = np.asarray(sigma, float)
             sig = np.where(np.isfinite(sigma) & (sigma > 0), sigma, sig)
         full = bool(act.all())
-        rules = bool(self.reweight_ratio) and not self._ruled(z)
-        if rules and self._drifted(z, act, full):
+        if self.reweight_ratio and self._drifted(z, act, full):
             self._rebase(z, sig, act)
         fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
-        if rules and self._slots_drifted(fac, z, sig, act, full):
+        if self.reweight_ratio and self._slots_drifted(fac, z, sig, act, full):
             self._rebase(z, sig, act, full=False)
             fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
         tol = self.tolerance if tolerance is None else float(tolerance)
@@ -1077,42 +1073,8 @@ class LinearStateEstimator:
             def solve(zz: np.ndarray, **kw: Any) -> State:
                 return est.solve(zz, sigma=sigma, **kw)
 
-        self._searching = True
-        try:
-            state = largest_normalized_residual(_WithSigma, z, active=active, now=now,
-                                                warm_start=warm_start)
-        finally:
-            self._searching = False
-        self._forgive(state.removed)
-        return state
-
-    def _ruled(self, z: np.ndarray) -> bool:
-        """True when the re-weighting rules have already judged this snapshot: inside a
-        bad-data search (:meth:`solve_clean`), every solve after the first of the same
-        values. Outside a search every solve is a new snapshot (records its values).
-
-        Why: rule (b)'s persistence counts SNAPSHOTS ("two consecutive"); the search
-        solves one snapshot two to four times, so a slot the gross error itself pushed
-        off its weight "drifted twice" inside one search and the nominal values were
-        re-based on the gross value, then re-based back two snapshots later when the
-        healthy values drifted from it (measured on a 1 kHz demo trace: 136 of 143
-        re-weightings, two per search, ~1 ms each, and the search's trial sets
-        re-weighted inside it).
-        """
-        seen = self._rules_z
-        if self._searching and seen is not None and np.array_equal(z, seen, equal_nan=True):
-            return True
-        self._rules_z = z.copy()
-        return False
-
-    def _forgive(self, removed: list[int]) -> None:
-        """The slots of the measurements a search removed do not count as drifted (rule
-        (b)): the search judged their values gross errors, and a gross error that lasts
-        several snapshots (at 1 kHz it usually does) must not re-base the weights on
-        itself the way a real change of the operating point does."""
-        if removed and self._drift_any:
-            self._drift_prev[self.model.slot[np.asarray(removed, np.int64)]] = False
-            self._drift_any = bool(self._drift_prev.any())
+        return largest_normalized_residual(_WithSigma, z, active=active, now=now,
+                                           warm_start=warm_start)
 
     def _select(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray
                 ) -> tuple[_Factor, np.ndarray, np.ndarray, bool, int, float]:

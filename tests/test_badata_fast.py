@@ -221,66 +221,25 @@ def test_the_bench_searches_remove_what_the_reference_removes() -> None:
     assert removed >= 40
 
 
-def _steady(model: Any, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``k`` noisy snapshots of one operating point (nothing for the re-weighting rules
-    to follow) and the measurements' sigmas."""
-    from estimator import pgm
-
-    net = model.net
-    v = pgm.power_flow(net, (net.p_gen - net.p_load)[None], (net.q_gen - net.q_load)[None],
-                       tolerance=1e-12, max_iterations=50)[0]
-    z0 = model.h(v)
-    sig = model.sigma(z0)
-    rng = np.random.default_rng(seed)
-    return z0 + rng.standard_normal((k, z0.size)) * sig, sig
-
-
-@pytest.mark.parametrize("lasting", [1, 3])
-def test_a_gross_error_the_search_removes_re_bases_no_weights(lasting: int) -> None:
-    """A gross error on a current phasor's angle (40 sigma) turns its slot's covariance
-    off the gain's (rule b's drift), alone or over three consecutive snapshots (at 1 kHz
-    one usually lasts several); the worker's path (a solve, then the search when J(x) is
-    far above its quantile) removes it every time and re-weights nothing: the search's
-    solves of one snapshot are one snapshot for rule (b), and a slot whose value the
-    search removed does not count as drifted. (Before: two re-weightings per error, the
-    first on the gross value itself.)"""
-    from estimator.measurement import SLOT_I
-
+def test_hold_takes_the_last_solve_back() -> None:
+    """``LinearStateEstimator.hold`` after a solve: the previous solve's state, returned
+    and as the next warm start, rule (b)'s drift memory forgotten; None before a second
+    solve (nothing to go back to) and after ``reset``."""
     model = _model()
     est = LinearStateEstimator(model)
-    zs, sig = _steady(model, 10, 7)
-    k = int(np.flatnonzero(model.is_angle & (model.slot_type[model.slot] == SLOT_I))[0])
-    drifted = 0
-    for j, z in enumerate(zs):
-        gross = 4 <= j < 4 + lasting
-        if gross:
-            z = z.copy()
-            z[k] += 40 * sig[k]
-        st = est.solve(z)
-        drifted += gross and bool(est._drift_prev[model.slot[k]])
-        if st.objective > 3.0 * st.chi2_threshold:
-            assert gross
-            st = est.solve_clean(z, warm_start=st.v)
-            assert k in st.removed
-        else:
-            assert not gross
-    assert drifted == lasting  # the rule saw the slot move in every gross snapshot
-    assert est.reweights == 0
-
-
-def test_identical_snapshots_outside_a_search_are_two_snapshots_for_rule_b() -> None:
-    """The search's exemption is the search's: the same drifted values solved twice by
-    :meth:`solve` (a frozen feed) are two consecutive snapshots, and rule (b) fires."""
-    from estimator.measurement import SLOT_I
-
-    model = _model()
-    est = LinearStateEstimator(model)
-    zs, sig = _steady(model, 3, 8)
-    k = int(np.flatnonzero(model.is_angle & (model.slot_type[model.slot] == SLOT_I))[0])
-    est.solve(zs[0])
-    z = zs[1].copy()
-    z[k] += 40 * sig[k]
-    est.solve(z)
-    assert est.reweights == 0
-    est.solve(z)
-    assert est.reweights == 1
+    cases = _cases(model, 3, 13)
+    est.solve(cases[0][0])
+    assert est.hold() is None
+    good = est.solve(cases[1][0]).v.copy()
+    z = cases[2][0]
+    bad = est.solve(z)
+    assert np.abs(bad.v - good).max() > 1e-4  # its gross errors moved the estimate
+    est._drift_prev[:] = True
+    est._drift_any = True
+    held = est.hold()
+    assert held is not None
+    np.testing.assert_array_equal(held, good)
+    assert not est._drift_prev.any() and not est._drift_any
+    np.testing.assert_array_equal(est._last_v, good)  # the next warm start
+    est.reset()
+    assert est.hold() is None

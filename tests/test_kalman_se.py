@@ -236,13 +236,14 @@ def _worker_values(cfg: Any, model: Any, z: np.ndarray) -> tuple[np.ndarray, np.
     return values, z[~real] / model.scale[~real]
 
 
+@pytest.mark.parametrize("method", ["linear", "kalman"])
 @pytest.mark.parametrize("rate_hz", [1000.0, 50.0])
 def test_the_1khz_worker_holds_the_prediction_for_a_gross_snapshot(
-        model: Any, rate_hz: float) -> None:
+        model: Any, rate_hz: float, method: str) -> None:
     """At 1 kHz (below HOLD_PERIOD_S) a snapshot failing the gross test is answered with
-    the filter's prediction, flagged (not converged, 0 iterations, its own failing J(x)),
-    at most HOLD_MAX_S in a row, then searched; at 50 Hz it is searched at once, as
-    before."""
+    the prediction (the previous estimate; kalman: the filter's, the same state),
+    flagged (not converged, 0 iterations, its own failing J(x)), at most HOLD_MAX_S in a
+    row, then searched; at 50 Hz it is searched at once, as before."""
     from dataclasses import replace
 
     from gateway.estimator_worker import HOLD_MAX_S
@@ -250,7 +251,7 @@ def test_the_1khz_worker_holds_the_prediction_for_a_gross_snapshot(
     base = load_config("ieee33")
     cfg = replace(base, streams=tuple(replace(st, rate_hz=rate_hz) for st in base.streams))
     assert cfg.rate_hz == rate_hz
-    _, solve = solver_for(cfg, "kalman", clean=True)
+    _, solve = solver_for(cfg, method, clean=True)
     v = _operating_point(model, 0.8)
     z = model.h(v)
     rng = np.random.default_rng(6)
