@@ -27,6 +27,7 @@ estimator maths: it exists for supervision tests and the handoff benchmark only.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import select
 import signal
@@ -84,9 +85,11 @@ def build_solver(config: str, method: str) -> tuple[int, SolveFn]:
     return solver_for(load_config(config), method)
 
 
-def solver_for(cfg: Any, method: str, *, clean: bool = False) -> tuple[int, SolveFn]:
+def solver_for(cfg: Any, method: str, *, clean: bool = False,
+               clock: Callable[[], float] = time.monotonic) -> tuple[int, SolveFn]:
     """(number of buses, solve function) for a loaded twin config: what the worker runs
-    per snapshot (tests call it to compare the live path with ``gridtwin estimate``)."""
+    per snapshot (tests call it to compare the live path with ``gridtwin estimate``);
+    ``clock``: how old its last answer is, for a hold (see :func:`_linear_solver`)."""
     n_bus = cfg.network.n_bus
     if method == "flat":
         vm = np.ones(n_bus)
@@ -97,7 +100,7 @@ def solver_for(cfg: Any, method: str, *, clean: bool = False) -> tuple[int, Solv
             return vm, va, 0.0, float("nan"), 0, True
 
         return n_bus, flat
-    return n_bus, _linear_solver(cfg, method, clean=clean)
+    return n_bus, _linear_solver(cfg, method, clean=clean, clock=clock)
 
 
 class SolverCache:
@@ -138,7 +141,8 @@ class SolverCache:
         return hit
 
 
-def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
+def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
+                   clock: Callable[[], float] = time.monotonic) -> SolveFn:
     """The config's estimator (``linear``: the DT paper's constant-gain linear SE) on the
     config's measurement model. Values the quality stage flagged BAD and did not correct
     are left out; NaN values (missing, not filled) are inactive; the PV forecasts are the
@@ -170,7 +174,10 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     ``states_held``, and the command controller acts on converged estimates only). At
     most :data:`HOLD_MAX_S` in a row: the next gross snapshot is searched as before (a
     stuck meter must not leave the twin on its prediction). The first snapshot has
-    nothing to predict from and is searched."""
+    nothing to predict from and is searched, and so is a snapshot when this solve
+    function's previous answer is older than :data:`HOLD_MAX_S` (``clock``): a topology
+    that comes back (:class:`SolverCache`) or a stalled feed would otherwise hold an
+    estimate from seconds ago."""
     from estimator.baselines import make_estimator
     from estimator.errors import DidNotConverge
     from estimator.linear import LinearStateEstimator
@@ -195,6 +202,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
             else None)
     hold_max = int(HOLD_MAX_S / period + 1e-9)
     held = [0]  # snapshots held in a row
+    answered = [-math.inf]  # clock() at this function's last answer
     _warm_up(cfg, model, est, cleaner)
 
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
@@ -223,9 +231,12 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
                 # caught them (far above the quantile, not the 1 % of healthy snapshots
                 # just above it); remove them by the largest normalized residual, or
                 # (1 kHz) hold the prediction (the previous estimate), flagged
-                v_hold = hold() if hold is not None and held[0] < hold_max else None
+                now = clock()
+                v_hold = (hold() if hold is not None and held[0] < hold_max
+                          and now - answered[0] <= HOLD_MAX_S else None)
                 if v_hold is not None:
                     held[0] += 1
+                    answered[0] = now
                     return np.abs(v_hold), np.angle(v_hold), chi2, chi2_thr, 0, False
                 st = cleaner(z, active=active, warm_start=st.v, **extra)
             held[0] = 0
@@ -235,6 +246,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
             v = np.asarray(exc.last)  # the last iterate, reported as not converged
             return np.abs(v), np.angle(v), float("nan"), float("nan"), exc.iterations, False
         v = np.asarray(st.v)
+        answered[0] = clock()
         return np.abs(v), np.angle(v), chi2, chi2_thr, int(st.iterations), True
 
     return solve

@@ -251,7 +251,12 @@ def test_the_1khz_worker_holds_the_prediction_for_a_gross_snapshot(
     base = load_config("ieee33")
     cfg = replace(base, streams=tuple(replace(st, rate_hz=rate_hz) for st in base.streams))
     assert cfg.rate_hz == rate_hz
-    _, solve = solver_for(cfg, method, clean=True)
+    t = [100.0]  # the worker's clock: one snapshot period per solve below
+
+    def clock() -> float:
+        return t[0]
+
+    _, solve = solver_for(cfg, method, clean=True, clock=clock)
     v = _operating_point(model, 0.8)
     z = model.h(v)
     rng = np.random.default_rng(6)
@@ -261,6 +266,7 @@ def test_the_1khz_worker_holds_the_prediction_for_a_gross_snapshot(
     for _ in range(4):
         values, pv_mw = _worker_values(
             cfg, model, z + rng.standard_normal(z.size) * model.sigma(z))
+        t[0] += 1.0 / rate_hz
         last = solve(values, flags, pv_mw, sig_pv)
         assert last[5] and last[4] > 0
     assert last is not None
@@ -270,6 +276,7 @@ def test_the_1khz_worker_holds_the_prediction_for_a_gross_snapshot(
     values[model.channel[p_rows[5]]] *= 1.5  # a branch flow 50 % off, not flagged
     hold_max = round(HOLD_MAX_S * rate_hz) if rate_hz > 250 else 0
     for k in range(hold_max + 1):
+        t[0] += 1.0 / rate_hz
         vm, va, chi2, thr, iters, ok = solve(values, flags, pv_mw, sig_pv)
         assert chi2 > 3 * thr  # the snapshot as it arrived: what the worker reports
         if k < hold_max:  # held: the previous state, flagged
@@ -280,3 +287,37 @@ def test_the_1khz_worker_holds_the_prediction_for_a_gross_snapshot(
             assert ok and iters > 0
             np.testing.assert_allclose(vm * np.exp(1j * va), v, atol=1e-4)
     assert hold_max in (0, 10)
+
+
+@pytest.mark.parametrize("method", ["linear", "kalman"])
+def test_no_hold_of_an_estimate_older_than_hold_max(model: Any, method: str) -> None:
+    """A solve function whose previous answer is older than HOLD_MAX_S (a topology coming
+    back to its cached solver, a stalled feed) searches a gross snapshot instead of
+    holding an estimate from then; a fresh one holds (the clock is the caller's)."""
+    from dataclasses import replace
+
+    from gateway.estimator_worker import HOLD_MAX_S
+
+    base = load_config("ieee33")
+    cfg = replace(base, streams=tuple(replace(st, rate_hz=1000.0) for st in base.streams))
+    t = [100.0]
+    _, solve = solver_for(cfg, method, clean=True, clock=lambda: t[0])
+    v = _operating_point(model, 0.8)
+    z = model.h(v)
+    flags = np.zeros(len(cfg.channels), np.uint32)
+    sig_pv = np.full(len(cfg.plants), 0.041)
+    values, pv_mw = _worker_values(cfg, model, z)
+    for _ in range(3):
+        t[0] += 1e-3
+        assert solve(values, flags, pv_mw, sig_pv)[5]
+    p_rows = np.flatnonzero((model.channel >= 0)
+                            & np.array([s.kind == "p" for s in model.specs]))
+    bad = values.copy()
+    bad[model.channel[p_rows[5]]] *= 1.5
+    t[0] += 2 * HOLD_MAX_S  # the last answer is old: searched
+    vm, va, chi2, thr, iters, ok = solve(bad, flags, pv_mw, sig_pv)
+    assert chi2 > 3 * thr and ok and iters > 0
+    np.testing.assert_allclose(vm * np.exp(1j * va), v, atol=1e-4)  # the error removed
+    t[0] += 1e-3  # fresh: held
+    _, _, chi2, thr, iters, ok = solve(bad, flags, pv_mw, sig_pv)
+    assert chi2 > 3 * thr and not ok and iters == 0
