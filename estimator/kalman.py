@@ -196,6 +196,36 @@ class KalmanStateEstimator:
                                      sigma=sigma)
         return self._filter(st, now)
 
+    def hold(self) -> np.ndarray | None:
+        """The LAST snapshot's step taken back and replaced by the prediction alone (no
+        measurement update): the state stays the previous posterior, its covariance grows
+        by one step of process noise, the learned rates stay. Returns that predicted
+        state (complex voltages), or None when there is no previous state to predict from
+        (the filter's first snapshot, or just after :meth:`reset`).
+
+        Why: the estimator worker calls it instead of the bad-data search when J(x) says
+        gross errors got through and a search would not fit in the snapshot period
+        (1 kHz: a search costs 2-6 ms and delays the next snapshots; the prediction one
+        period ahead is what the filter coasts on for a missing snapshot). The
+        static estimator takes its solve back too
+        (:meth:`~estimator.linear.LinearStateEstimator.hold`: its warm start, and rule
+        (b) forgets the slots this snapshot drifted: its values were judged gross as a
+        whole).
+        """
+        if self._before is None or self._before[0] is None:
+            return None
+        x, p, q, m, t = self._before
+        assert p is not None and q is not None
+        self.x, self.q, self.m, self._t = x, q, m, t
+        # one step of process noise; with snapshot times the next step's dt spans the
+        # held snapshot as well (the prediction is a random walk: x stays)
+        self.p = p if t > 0 else p + (self.a * (q + self.q_floor)) @ self.a.T
+        # a second hold of the same snapshot (or a solve_clean after it) starts here
+        self._before = (self.x, self.p, self.q, self.m, self._t)
+        self.static.hold()
+        assert self.x is not None
+        return self.x.view(complex).copy()
+
     def _scaled(self, scale: np.ndarray | None) -> np.ndarray | None:
         """The caller's sigma factors with the PV pseudo-measurements' widened by
         ``pv_scale`` (see the module docstring)."""

@@ -856,6 +856,7 @@ class LinearStateEstimator:
         self._drift_any = False  # any of them (so the usual solve skips the bookkeeping)
         self._stale: set[bytes] = set()  # cached factorizations whose weights moved
         self._last_v: np.ndarray | None = None
+        self._prev_v: np.ndarray | None = None  # the solve's before the last (hold)
         self.last_factor: _Factor | None = None
         #: per-measurement sigma factors of the current solve (None: all 1); part of the
         #: factorization's cache key, so a pattern of aged measurements is factorized once
@@ -932,7 +933,11 @@ class LinearStateEstimator:
         n_con = fac.c.shape[0] + fac.pv.size
         angle_ref = bool(np.any(active & model.is_angle))
         dof = n_active + n_con - fac.n_state + (0 if angle_ref else 1)
-        return replace(fac, has0=has[:, 0], has1=has[:, 1], n_active=n_active, dof=dof,
+        # the masks in C order: a strided column reaches the compiled kernels (weight
+        # blocks when this set is re-weighted) as another layout, and numba loads a
+        # second machine-code version for it on a live deadline (~9 ms from its cache)
+        return replace(fac, has0=np.ascontiguousarray(has[:, 0]),
+                       has1=np.ascontiguousarray(has[:, 1]), n_active=n_active, dof=dof,
                        chi2=chi2_quantile(dof),
                        complete=bool(np.all(has[:, 0])
                                      and np.all(has[:, 1] | fac.is_pv_slot)))
@@ -1423,6 +1428,7 @@ class LinearStateEstimator:
             v, it, dv = self._run(fac, v, z, finite, fac.has0, fac.has1, fac.complete, tol,
                                   itmax)
         t2 = time.perf_counter()
+        self._prev_v = self._last_v  # (what hold() goes back to)
         self._last_v = v
         #: the factorization the last solve used (its ``e``: the state covariance)
         self.last_factor = fac
@@ -1456,6 +1462,35 @@ class LinearStateEstimator:
         with single_threaded():
             return largest_normalized_residual(_WithSigma, z, active=active, now=now,
                                                warm_start=warm_start)
+
+    def hold(self) -> np.ndarray | None:
+        """The LAST snapshot's solve taken back as far as the next snapshot can tell: the
+        warm start and the state returned are those of the solve before it, and rule (b)
+        forgets the slots drifted so far (:meth:`forget_drift`). None when there was no
+        solve before it. (Re-basings the rules made on the snapshot stay: a full rule (a)
+        one re-bases on the whole snapshot, which its median keeps gross errors from
+        triggering.)
+
+        Why: the estimator worker answers a snapshot with gross errors this way when a
+        bad-data search does not fit in the snapshot period (1 kHz: a search costs 2-6 ms
+        and delayed the next several snapshots); the previous estimate, one period old,
+        is the random-walk prediction of this one (what
+        :meth:`estimator.kalman.KalmanStateEstimator.hold` keeps too).
+        """
+        prev = self._prev_v
+        if prev is None:
+            return None
+        self._last_v = prev
+        self.forget_drift()
+        return prev.copy()
+
+    def forget_drift(self) -> None:
+        """Rule (b) forgets which slots drifted so far: the last snapshot's values were
+        judged gross as a whole (the worker held the previous estimate instead of
+        searching them, :meth:`hold`), so their departures are no evidence of a moved
+        operating point. A real move then fires one snapshot later."""
+        self._drift_prev[:] = False
+        self._drift_any = False
 
     def _select(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray
                 ) -> tuple[_Factor, np.ndarray, np.ndarray, bool, int, float]:
@@ -1780,7 +1815,7 @@ class LinearStateEstimator:
 
     def reset(self) -> None:
         """Forget the warm start (the factorizations stay cached)."""
-        self._last_v = None
+        self._last_v = self._prev_v = None
 
     def forget_weights(self) -> None:
         """Forget the nominal values and everything built on them (factorizations,

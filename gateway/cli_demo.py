@@ -15,7 +15,11 @@ database against the trace's ground truth:
   values flagged BAD, % of the good ones;
 * ``pv_mape_pct``: PV pseudo-measurement (forecast) vs true plant output, over samples
   with true output above 5 % of the rating (MAPE is undefined at night), %;
-* ``historian_rows``: rows of this run in every table.
+* ``historian_rows``: rows of this run in every table;
+* ``states_held``: stored states that are the kalman filter's prediction, not an estimate
+  of their snapshot (the 1 kHz worker's answer to a snapshot with gross errors, flagged
+  ``converged`` false with 0 iterations: ``gateway.estimator_worker``); they count in
+  the accuracy figures above like every other state.
 
 The scenario's step is the frame period (one trace row per frame at ``--rate``), so the
 grid moves as it would at that rate. The frames' timestamps are the trace's own
@@ -493,6 +497,7 @@ def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path,
     with HistorianReader(f"sqlite:///{db}") as rd:
         run_id = rd.latest_run()
         vm_mape, va_rmse = _state_accuracy(rd, run_id, trace, rows_of)
+        held = _held_states(rd, run_id)
         missed, false = _bad_data_accuracy(rd, run_id, trace, rows_of)
         pv_mape, pv_scored = _pv_accuracy(rd, run_id, trace, rows_of)
         hist_rows = _historian_rows(rd, run_id)
@@ -512,6 +517,7 @@ def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path,
         "skipped_snapshots": gw.get("skipped"),
         "se_vm_mape_pct": vm_mape,
         "se_va_rmse_rad": va_rmse,
+        "states_held": held,
         "chi2_fail_pct": chi2_pct,
         "chi2_healthy_states": chi2_n,
         "bad_data_missed_pct": missed,
@@ -563,6 +569,14 @@ def _state_accuracy(rd: Any, run_id: Any, trace: Any,
     vm_mape = float(np.mean(np.abs(st.vm - np.abs(v)) / np.abs(v)) * 100)
     va_rmse = float(np.sqrt(np.mean((st.va - np.angle(v)) ** 2)))
     return vm_mape, va_rmse
+
+
+def _held_states(rd: Any, run_id: Any) -> int:
+    """Stored states flagged as the filter's prediction (not converged, 0 iterations)."""
+    import numpy as np
+
+    st = rd.states(run_id=run_id)
+    return int(np.count_nonzero(~st.converged & (st.iterations == 0))) if len(st) else 0
 
 
 def _chi2_healthy(rd: Any, run_id: Any, trace: Any, rows_of: Callable[[Any], Any]
@@ -691,7 +705,9 @@ def human(r: dict[str, Any]) -> str:
         f"  snapshots  {r['snapshots']}, states {r['states']}, deadline misses "
         f"{r['deadline_misses']}, {_skipped(r.get('skipped_snapshots'))}",
         f"  state      |V| MAPE {_f(r['se_vm_mape_pct'], '.4f')} %, angle RMSE "
-        f"{_f(r['se_va_rmse_rad'], '.2e')} rad",
+        f"{_f(r['se_va_rmse_rad'], '.2e')} rad"
+        + (f", {r['states_held']} held (the filter's prediction)" if r.get("states_held")
+           else ""),
         f"  bad data   missed {_f(r['bad_data_missed_pct'], '.2f')} %, false alarms "
         f"{_f(r['bad_data_false_pct'], '.3f')} %{_quality(r.get('quality'))}",
         f"  PV         forecast MAPE {_f(r['pv_mape_pct'], '.2f')} % over {n_pv} forecasts "

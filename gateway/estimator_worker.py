@@ -27,6 +27,7 @@ estimator maths: it exists for supervision tests and the handoff benchmark only.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import select
 import signal
@@ -56,6 +57,9 @@ DEFAULT_SPIN_US = 1000.0
 #: period (see measurement_scale): 50 at 1 s, 1 (the floor) at 50 Hz
 CORRECTED_SIGMA_FACTOR = 50.0
 #: J(x) above this many times its quantile: gross errors, removed by the LNR search
+#: (measured on a 30 s, 50 Hz demo trace with 10 % bad data: the quality detector's first
+#: five snapshots, before its window fills, let 5-17 gross errors each through, and their
+#: angle errors of up to 0.1 rad made most of the run's angle RMSE)
 GROSS_CHI2 = 3.0
 #: sigma factor of a STALE value: past its stale age an edge sensor's value has an
 #: error sigma of about σ0·sqrt(1 + age/τ) >= 2 σ0 (gateway.sensors), so 3 errs safe
@@ -63,6 +67,13 @@ STALE_SIGMA_FACTOR = 3.0
 #: below this period snapshots come often enough to keep the process warm: no polling,
 #: the CPU is better left to the gateway and the sender
 MIN_SPIN_PERIOD_S = 0.004
+#: below this snapshot period a bad-data search (2-6 ms on IEEE33) does not fit in one
+#: period: the worker holds the prediction (the previous estimate; kalman: the filter's)
+#: for a snapshot with gross errors instead (see _linear_solver)
+HOLD_PERIOD_S = 0.004
+#: ... for at most this long in a row; then the search runs (a lasting gross error, a
+#: stuck meter, is removed by it and the filter does not coast on its prediction alone)
+HOLD_MAX_S = 0.01
 
 #: solve(values, flags, pv_mw, pv_sigma_mw)
 #:   -> (vm_pu, va_rad, chi2, chi2_threshold, iterations, converged)
@@ -77,9 +88,11 @@ def build_solver(config: str, method: str) -> tuple[int, SolveFn]:
     return solver_for(load_config(config), method)
 
 
-def solver_for(cfg: Any, method: str, *, clean: bool = False) -> tuple[int, SolveFn]:
+def solver_for(cfg: Any, method: str, *, clean: bool = False,
+               clock: Callable[[], float] = time.monotonic) -> tuple[int, SolveFn]:
     """(number of buses, solve function) for a loaded twin config: what the worker runs
-    per snapshot (tests call it to compare the live path with ``gridtwin estimate``)."""
+    per snapshot (tests call it to compare the live path with ``gridtwin estimate``);
+    ``clock``: how old its last answer is, for a hold (see :func:`_linear_solver`)."""
     n_bus = cfg.network.n_bus
     if method == "flat":
         vm = np.ones(n_bus)
@@ -90,7 +103,7 @@ def solver_for(cfg: Any, method: str, *, clean: bool = False) -> tuple[int, Solv
             return vm, va, 0.0, float("nan"), 0, True
 
         return n_bus, flat
-    return n_bus, _linear_solver(cfg, method, clean=clean)
+    return n_bus, _linear_solver(cfg, method, clean=clean, clock=clock)
 
 
 class SolverCache:
@@ -131,25 +144,24 @@ class SolverCache:
         return hit
 
 
-def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
+def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
+                   clock: Callable[[], float] = time.monotonic) -> SolveFn:
     """The config's estimator (``linear``: the DT paper's constant-gain linear SE) on the
     config's measurement model. Values the quality stage flagged BAD and did not correct
-    are left out; NaN values (missing, not filled) are inactive; the PV forecasts are the
-    pseudo-measurements with the forecaster's own sigma; a value the predictor corrected
-    (or filled) carries the predictor's error, :data:`CORRECTED_SIGMA_FACTOR` times the
-    snapshot period (s) times the meter's sigma (at least the meter's), in the gain itself
-    (see :func:`measurement_scale`). With the linear
-    family (``linear``, ``tracking``, ``kalman``), a value flagged STALE (an edge
-    sensor's latest value past its stale age, :mod:`gateway.sensors`)
-    weighs less: its sigma times :data:`STALE_SIGMA_FACTOR`. With ``clean`` (the worker
-    process's default, ``--no-clean`` to turn it off), when the static estimate's J(x) is
-    above :data:`GROSS_CHI2` times its 99 % quantile (and no value is STALE: an
-    aged value's error is what its factor accounts for, not bad data to remove), the
+    are left out; NaN values (missing, not filled) are inactive; the PV forecasts are
+    the pseudo-measurements with the forecaster's own sigma; a value the predictor
+    corrected (or filled) carries the predictor's error, :data:`CORRECTED_SIGMA_FACTOR`
+    times the snapshot period (s) times the meter's sigma (at least the meter's), in the
+    gain itself (see :func:`measurement_scale`). With the linear family (``linear``,
+    ``tracking``, ``kalman``), a value flagged STALE (an edge sensor's latest value past
+    its stale age, :mod:`gateway.sensors`) weighs less: its sigma times
+    :data:`STALE_SIGMA_FACTOR`. With ``clean`` (the worker process's default,
+    ``--no-clean`` to turn it off), when the static estimate's J(x) is above
+    :data:`GROSS_CHI2` times its 99 % quantile (and no value is STALE: an aged value's
+    error is what its factor accounts for, not bad data to remove), the
     largest-normalized-residual search (``estimator.badata``) removes what the quality
-    stage let through (measured on a 30 s, 50 Hz demo trace with 10 % bad data: the
-    detector's first five snapshots, before its window fills, let 5-17 gross errors each
-    through, and their angle errors of up to 0.1 rad made most of the run's angle
-    RMSE)."""
+    stage let through (why: :data:`GROSS_CHI2`); below :data:`HOLD_PERIOD_S` a gross
+    snapshot is held instead (:class:`_Holder`)."""
     from estimator.baselines import make_estimator
     from estimator.errors import DidNotConverge
     from estimator.linear import LinearStateEstimator
@@ -170,6 +182,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
     # tracking filter would step once per re-solve
     cleaner = (getattr(est, "solve_clean", None) if clean and method in ("linear", "kalman")
                else None)
+    holder = _Holder(est if cleaner and period < HOLD_PERIOD_S else None, period, clock)
     _warm_up(cfg, model, est, cleaner)
 
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
@@ -196,7 +209,10 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
                 # gross errors the quality stage let through (its detector is still
                 # warming up, or an error looks plausible): the estimator's own test
                 # caught them (far above the quantile, not the 1 % of healthy snapshots
-                # just above it); remove them by the largest normalized residual
+                # just above it); remove them by the largest normalized residual, or hold
+                v_hold = holder.hold()
+                if v_hold is not None:
+                    return np.abs(v_hold), np.angle(v_hold), chi2, chi2_thr, 0, False
                 st = cleaner(z, active=active, warm_start=st.v, **extra)
         except DidNotConverge as exc:
             if exc.last is None:
@@ -204,9 +220,56 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False) -> SolveFn:
             v = np.asarray(exc.last)  # the last iterate, reported as not converged
             return np.abs(v), np.angle(v), float("nan"), float("nan"), exc.iterations, False
         v = np.asarray(st.v)
+        holder.answered()
         return np.abs(v), np.angle(v), chi2, chi2_thr, int(st.iterations), True
 
     return solve
+
+
+class _Holder:
+    """The held answer to a snapshot with gross errors (below :data:`HOLD_PERIOD_S`,
+    ``linear`` and ``kalman``; ``est`` None: never).
+
+    There a search does not fit in a period (2-6 ms at 1 kHz, and it delayed the next
+    several snapshots: 61 % of the 1 kHz deadline misses, docs/measured.md), so a
+    snapshot that fails the gross test is answered with the prediction, the previous
+    estimate one period old (``hold`` of :class:`~estimator.linear.LinearStateEstimator`; of
+    :class:`~estimator.kalman.KalmanStateEstimator`: the filter's step taken back, no
+    measurement update), nothing of this snapshot's values in it, and FLAGGED:
+    ``converged`` false with 0 iterations and the snapshot's own failing J(x) (the
+    historian stores both, the chi-square failure counts it, ``gridtwin demo`` reports
+    ``states_held``, and the command controller acts on converged estimates only). At
+    most :data:`HOLD_MAX_S` in a row: the next gross snapshot is searched as before (a
+    stuck meter must not leave the twin on its prediction). The first snapshot has
+    nothing to predict from and is searched, and so is a snapshot when this solve
+    function's previous answer is older than :data:`HOLD_MAX_S` (``clock``): a topology
+    that comes back (:class:`SolverCache`) or a stalled feed would otherwise hold an
+    estimate from seconds ago.
+    """
+
+    def __init__(self, est: Any, period: float, clock: Callable[[], float]) -> None:
+        self._hold: Callable[[], np.ndarray | None] | None = getattr(est, "hold", None)
+        self.max = int(HOLD_MAX_S / period + 1e-9)  # snapshots in a row
+        self.clock = clock
+        self.held = 0  # held in a row
+        self.last = -math.inf  # clock() at the last answer
+
+    def hold(self) -> np.ndarray | None:
+        """The prediction to answer with (the estimator's step taken back), or None: the
+        search runs."""
+        now = self.clock()
+        if self._hold is None or self.held >= self.max or now - self.last > HOLD_MAX_S:
+            return None
+        v = self._hold()
+        if v is not None:
+            self.held += 1
+            self.last = now
+        return v
+
+    def answered(self) -> None:
+        """An estimate of its own snapshot went out."""
+        self.held = 0
+        self.last = self.clock()
 
 
 def measurement_sigmas(model: Any, z: np.ndarray, flags: np.ndarray, pv_sigma_mw: np.ndarray

@@ -219,3 +219,27 @@ def test_the_bench_searches_remove_what_the_reference_removes() -> None:
         assert np.abs(a.v - b.v).max() <= STATE_TOL
         removed += len(b.removed)
     assert removed >= 40
+
+
+def test_hold_takes_the_last_solve_back() -> None:
+    """``LinearStateEstimator.hold`` after a solve: the previous solve's state, returned
+    and as the next warm start, rule (b)'s drift memory forgotten; None before a second
+    solve (nothing to go back to) and after ``reset``."""
+    model = _model()
+    est = LinearStateEstimator(model)
+    cases = _cases(model, 3, 13)
+    est.solve(cases[0][0])
+    assert est.hold() is None
+    good = est.solve(cases[1][0]).v.copy()
+    z = cases[2][0]
+    bad = est.solve(z)
+    assert np.abs(bad.v - good).max() > 1e-4  # its gross errors moved the estimate
+    est._drift_prev[:] = True
+    est._drift_any = True
+    held = est.hold()
+    assert held is not None
+    np.testing.assert_array_equal(held, good)
+    assert not est._drift_prev.any() and not est._drift_any
+    np.testing.assert_array_equal(est._last_v, good)  # the next warm start
+    est.reset()
+    assert est.hold() is None

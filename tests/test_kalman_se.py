@@ -197,3 +197,127 @@ def test_the_worker_removes_a_gross_error_with_kalman(model: Any) -> None:
     vm, va, chi2, thr, _, ok = solve(bad, flags, pv_mw, np.full(pv_mw.size, 0.041))
     assert ok and chi2 > 3 * thr  # the snapshot as it arrived fails the test
     np.testing.assert_allclose(vm * np.exp(1j * va), v, atol=1e-5)
+
+
+def test_hold_takes_the_step_back_and_predicts(model: Any) -> None:
+    """``hold`` after a solve: the state is the previous posterior (nothing of the held
+    snapshot's values), its covariance that posterior's plus one step of process noise,
+    and rule (b)'s drift flags are forgotten; nothing to hold on the first snapshot."""
+    kal = KalmanStateEstimator(model)
+    v = _operating_point(model, 0.8)
+    z = model.h(v)
+    kal.solve(z)
+    assert kal.hold() is None  # the first snapshot: no prediction to hold
+    rng = np.random.default_rng(4)
+    for _ in range(4):
+        kal.solve(z + rng.standard_normal(z.size) * model.sigma(z))
+    assert kal.x is not None and kal.p is not None and kal.q is not None
+    x, p, q = kal.x.copy(), kal.p.copy(), kal.q.copy()
+    bad = z.copy()
+    bad[5] += 40 * model.sigma(z)[5]
+    kal.solve(bad)
+    assert not np.array_equal(kal.x, x)  # the step with the gross value moved it
+    kal.static._drift_prev[:] = True  # (whatever the gross snapshot drifted)
+    held = kal.hold()
+    assert held is not None
+    np.testing.assert_array_equal(held, x.view(complex))
+    np.testing.assert_array_equal(kal.x, x)
+    np.testing.assert_allclose(kal.p, p + (kal.a * (q + kal.q_floor)) @ kal.a.T,
+                               rtol=1e-12, atol=0)
+    assert not kal.static._drift_prev.any()
+    st = kal.solve(z)  # and the filter goes on from the prediction
+    assert np.abs(st.v - v).max() < 1e-3
+
+
+def _worker_values(cfg: Any, model: Any, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    real = model.channel >= 0
+    values = np.zeros(len(cfg.channels))
+    values[model.channel[real]] = z[real] / model.scale[real]
+    return values, z[~real] / model.scale[~real]
+
+
+@pytest.mark.parametrize("method", ["linear", "kalman"])
+@pytest.mark.parametrize("rate_hz", [1000.0, 50.0])
+def test_the_1khz_worker_holds_the_prediction_for_a_gross_snapshot(
+        model: Any, rate_hz: float, method: str) -> None:
+    """At 1 kHz (below HOLD_PERIOD_S) a snapshot failing the gross test is answered with
+    the prediction (the previous estimate; kalman: the filter's, the same state),
+    flagged (not converged, 0 iterations, its own failing J(x)), at most HOLD_MAX_S in a
+    row, then searched; at 50 Hz it is searched at once, as before."""
+    from dataclasses import replace
+
+    from gateway.estimator_worker import HOLD_MAX_S
+
+    base = load_config("ieee33")
+    cfg = replace(base, streams=tuple(replace(st, rate_hz=rate_hz) for st in base.streams))
+    assert cfg.rate_hz == rate_hz
+    t = [100.0]  # the worker's clock: one snapshot period per solve below
+
+    def clock() -> float:
+        return t[0]
+
+    _, solve = solver_for(cfg, method, clean=True, clock=clock)
+    v = _operating_point(model, 0.8)
+    z = model.h(v)
+    rng = np.random.default_rng(6)
+    flags = np.zeros(len(cfg.channels), np.uint32)
+    sig_pv = np.full(len(cfg.plants), 0.041)
+    last = None
+    for _ in range(4):
+        values, pv_mw = _worker_values(
+            cfg, model, z + rng.standard_normal(z.size) * model.sigma(z))
+        t[0] += 1.0 / rate_hz
+        last = solve(values, flags, pv_mw, sig_pv)
+        assert last[5] and last[4] > 0
+    assert last is not None
+    p_rows = np.flatnonzero((model.channel >= 0)
+                            & np.array([s.kind == "p" for s in model.specs]))
+    values, pv_mw = _worker_values(cfg, model, z)
+    values[model.channel[p_rows[5]]] *= 1.5  # a branch flow 50 % off, not flagged
+    hold_max = round(HOLD_MAX_S * rate_hz) if rate_hz > 250 else 0
+    for k in range(hold_max + 1):
+        t[0] += 1.0 / rate_hz
+        vm, va, chi2, thr, iters, ok = solve(values, flags, pv_mw, sig_pv)
+        assert chi2 > 3 * thr  # the snapshot as it arrived: what the worker reports
+        if k < hold_max:  # held: the previous state, flagged
+            assert not ok and iters == 0
+            np.testing.assert_array_equal(vm, last[0])
+            np.testing.assert_array_equal(va, last[1])
+        else:  # searched: the error removed from the state
+            assert ok and iters > 0
+            np.testing.assert_allclose(vm * np.exp(1j * va), v, atol=1e-4)
+    assert hold_max in (0, 10)
+
+
+@pytest.mark.parametrize("method", ["linear", "kalman"])
+def test_no_hold_of_an_estimate_older_than_hold_max(model: Any, method: str) -> None:
+    """A solve function whose previous answer is older than HOLD_MAX_S (a topology coming
+    back to its cached solver, a stalled feed) searches a gross snapshot instead of
+    holding an estimate from then; a fresh one holds (the clock is the caller's)."""
+    from dataclasses import replace
+
+    from gateway.estimator_worker import HOLD_MAX_S
+
+    base = load_config("ieee33")
+    cfg = replace(base, streams=tuple(replace(st, rate_hz=1000.0) for st in base.streams))
+    t = [100.0]
+    _, solve = solver_for(cfg, method, clean=True, clock=lambda: t[0])
+    v = _operating_point(model, 0.8)
+    z = model.h(v)
+    flags = np.zeros(len(cfg.channels), np.uint32)
+    sig_pv = np.full(len(cfg.plants), 0.041)
+    values, pv_mw = _worker_values(cfg, model, z)
+    for _ in range(3):
+        t[0] += 1e-3
+        assert solve(values, flags, pv_mw, sig_pv)[5]
+    p_rows = np.flatnonzero((model.channel >= 0)
+                            & np.array([s.kind == "p" for s in model.specs]))
+    bad = values.copy()
+    bad[model.channel[p_rows[5]]] *= 1.5
+    t[0] += 2 * HOLD_MAX_S  # the last answer is old: searched
+    vm, va, chi2, thr, iters, ok = solve(bad, flags, pv_mw, sig_pv)
+    assert chi2 > 3 * thr and ok and iters > 0
+    np.testing.assert_allclose(vm * np.exp(1j * va), v, atol=1e-4)  # the error removed
+    t[0] += 1e-3  # fresh: held
+    _, _, chi2, thr, iters, ok = solve(bad, flags, pv_mw, sig_pv)
+    assert chi2 > 3 * thr and not ok and iters == 0
