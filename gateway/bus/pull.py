@@ -28,6 +28,8 @@ import time
 from collections import deque
 from typing import Any
 
+from gateway.bus.conn import close_step, stop_tasks
+
 __all__ = ["PullFeed", "delivery"]
 
 #: tokens of a JetStream reply subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
@@ -77,14 +79,14 @@ class PullFeed:
         await self._top_up()
         self._tick = asyncio.create_task(self._ticker())
 
-    async def close(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick
+    async def close(self) -> bool:
+        """Stop asking for messages and unsubscribe, bounded (each step at most
+        :data:`~gateway.bus.conn.CLOSE_TIMEOUT_S`); False when a step did not end."""
+        ok = not await stop_tasks([self._tick], "pull feed close")
         if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+            ok = await close_step(self._sub.unsubscribe(), "pull feed close: unsubscribe") \
+                and ok
+        return ok
 
     async def _on_msg(self, m: Any) -> None:
         status = m.headers.get("Status") if m.headers else None

@@ -51,8 +51,11 @@ from gateway.bus.conn import (
     STREAM,
     WORKERS,
     BusOptions,
+    close_connection,
+    close_step,
     connect,
     ensure_fleet,
+    stop_tasks,
 )
 from gateway.bus.pub import AckedPublisher
 from gateway.bus.pull import PullFeed, delivery
@@ -83,6 +86,7 @@ class WorkerStats:
     publish_failures: int = 0  # states not stored: their snapshots left for redelivery
     config_loads: int = 0
     config_rejected: int = 0
+    close_timeouts: int = 0  # tasks or bus parts that did not close in time (given up)
     per_feeder: dict[str, int] = field(default_factory=dict)
     superseded_per_feeder: dict[str, int] = field(default_factory=dict)
     failed_per_feeder: dict[str, int] = field(default_factory=dict)
@@ -393,21 +397,26 @@ class Worker:
                                   wire.encode_json(wire.EVENT, body))
 
     async def close(self) -> None:
+        """Stop, acknowledge what is stored, close the bus parts. Every wait is bounded
+        (:data:`gateway.bus.conn.CLOSE_TIMEOUT_S` each): a part that does not close in
+        time (a hung server, a task that swallowed its cancellation) is logged and
+        counted in ``stats.close_timeouts``, never waited for forever."""
         self._stop.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        stuck = await stop_tasks([*self._tasks, self._ack_task], "worker close")
+        self.stats.close_timeouts += len(stuck)
         end = time.monotonic() + 3.0  # states in flight: their snapshots acknowledged
         while self._pub is not None and self._pub.in_flight and time.monotonic() < end:
             await asyncio.sleep(0.01)  # (if stored) by their PubAcks' callbacks
-        with contextlib.suppress(Exception):
-            await self._send_acks()
-            await self.nc.flush(2)
-        for part in (self._feed, self._pub):
-            if part is not None:
-                await part.close()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.close()
+            steps: list[tuple[str, Any]] = [("acknowledgements", self._flush_acks())]
+            steps += [(name, part.close()) for name, part in
+                      (("pull feed", self._feed), ("publisher", self._pub)) if part is not None]
+            for name, step in steps:
+                if not await close_step(step, f"worker close: {name}"):
+                    self.stats.close_timeouts += 1
+            if not await close_connection(self.nc, "worker close: connection"):
+                self.stats.close_timeouts += 1
+
+    async def _flush_acks(self) -> None:
+        await self._send_acks()
+        await self.nc.flush(2)
