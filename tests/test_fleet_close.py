@@ -41,7 +41,7 @@ def frozen(srv: Any) -> Iterator[None]:
 async def fill_socket(nc: Any) -> None:
     """Publish until bytes wait in this process: the kernel's socket buffers towards the
     (hung) server are full, so the socket's own buffer holds the rest."""
-    sock = nc._transport._io_writer.transport  # noqa: SLF001 - the socket under the client
+    sock = nc._transport._io_writer.transport  # the socket under the client
     for _ in range(400):
         await nc.publish("gridtwin.junk", b"x" * 400_000)
         await asyncio.sleep(0)  # the client's flusher writes what it has to the socket
