@@ -222,6 +222,9 @@ async def stop_tasks(tasks: Iterable[asyncio.Task[Any] | None], what: str,
             break
         _, pending = await asyncio.wait(pending, timeout=wait)
         for t in pending:
+            if wait == first:
+                log.warning("%s: task %s lost its cancellation: cancelled again", what,
+                            t.get_name())
             t.cancel()
     for t in live:
         if t.done() and not t.cancelled() and t.exception() is not None:

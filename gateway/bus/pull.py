@@ -77,7 +77,7 @@ class PullFeed:
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
         await self._top_up()
-        self._tick = asyncio.create_task(self._ticker())
+        self._tick = asyncio.create_task(self._ticker(), name="pull-feed-ticker")
 
     async def close(self) -> bool:
         """Stop asking for messages and unsubscribe, bounded (each step at most

@@ -153,11 +153,12 @@ class Sink:
         js = self.nc.jetstream()
         await ensure_fleet(js, self.opts)
         kv = await js.key_value(BUCKET)
-        self._kv_task = asyncio.create_task(self._watch(kv))
+        self._kv_task = asyncio.create_task(self._watch(kv), name="sink-config-watch")
         self._feed = PullFeed(self.nc, STREAM, SINK, credit=2 * self.batch)
         await self._feed.start()
-        self._task = asyncio.create_task(self._loop())
-        self._poll = asyncio.create_task(poll_pending(js, SINK, self))
+        self._task = asyncio.create_task(self._loop(), name="sink-loop")
+        self._poll = asyncio.create_task(poll_pending(js, SINK, self),
+                                         name="sink-poll-pending")
         if self.metrics_bind:
             from gateway.bus.metrics import SinkCollector, serve
 

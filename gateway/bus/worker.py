@@ -90,6 +90,9 @@ class WorkerStats:
     per_feeder: dict[str, int] = field(default_factory=dict)
     superseded_per_feeder: dict[str, int] = field(default_factory=dict)
     failed_per_feeder: dict[str, int] = field(default_factory=dict)
+    #: of ``per_feeder``, states the stream already held (its de-duplication id): per
+    #: feeder, ``per_feeder - duplicates_per_feeder`` states were stored by this worker
+    duplicates_per_feeder: dict[str, int] = field(default_factory=dict)
     fail_reasons: list[str] = field(default_factory=list)  # the first estimates failed
 
 
@@ -246,9 +249,10 @@ class Worker:
         await self._pub.start()
         self._feed = PullFeed(self.nc, STREAM, WORKERS, credit=self.credit)
         await self._feed.start()
-        self._tasks = [asyncio.create_task(self._watch(kv)),
-                       asyncio.create_task(self._loop()),
-                       asyncio.create_task(poll_pending(self.js, WORKERS, self))]
+        self._tasks = [asyncio.create_task(self._watch(kv), name="worker-config-watch"),
+                       asyncio.create_task(self._loop(), name="worker-loop"),
+                       asyncio.create_task(poll_pending(self.js, WORKERS, self),
+                                           name="worker-poll-pending")]
         if self.metrics_bind:
             from gateway.bus.metrics import WorkerCollector, serve
 
@@ -304,6 +308,8 @@ class Worker:
             await m.term()
         for m in plan.superseded:
             self.stats.superseded += 1
+            if delivery(m.reply)[0] > 1:  # it may have been answered before, too
+                self.stats.redelivered += 1
             twin = m.subject.split(".")[1]
             per = self.stats.superseded_per_feeder
             per[twin] = per.get(twin, 0) + 1
@@ -369,6 +375,9 @@ class Worker:
         self._ack_later(p.msg)
         self.stats.solved += 1
         self.stats.per_feeder[p.twin] = self.stats.per_feeder.get(p.twin, 0) + 1
+        if fut.result():  # stored before (a redelivered snapshot estimated twice)
+            per = self.stats.duplicates_per_feeder
+            per[p.twin] = per.get(p.twin, 0) + 1
 
     def _ack_later(self, m: Any) -> None:
         """Acknowledge ``m`` with the next batch's states, or in :data:`ACK_DELAY_S` (one
