@@ -101,6 +101,7 @@ async def test_newest_wins_within_a_batch(nats, trace) -> None:
     await register_config(opts, "ieee33", name="f1")
     await register_config(opts, "ieee33", name="f2")
     edges = [EdgeBus(f, opts) for f in ("f1", "f2")]
+    worker = Worker(opts, batch=64, credit=64)  # a batch holds at most the credit
     for e in edges:
         await e.start()
     try:
@@ -108,14 +109,17 @@ async def test_newest_wins_within_a_batch(nats, trace) -> None:
             offer_rows(e, trace, range(10))
         for e in edges:
             assert await e.flush(30)
-        worker = Worker(opts, batch=64, credit=64)  # a batch holds at most the credit
         await worker.start()
-        await until(lambda: worker.stats.solved + worker.stats.superseded == 20,
+        # at least: a redelivery (a stall past the ack wait) must fail the count below,
+        # saying so, not leave this wait to time out
+        await until(lambda: worker.stats.solved + worker.stats.superseded >= 20,
                     "the backlog handled", 60)
-        await worker.close()
     finally:
+        await worker.close()  # also when a wait failed: its tasks must not outlive the test
         for e in edges:
             await e.close()
+    assert worker.stats.solved + worker.stats.superseded == 20, worker.stats
+    assert worker.stats.close_timeouts == 0
     # the backlog arrives in one batch or, when a read splits it, two: at most two
     # estimates per feeder, everything else superseded (never one estimate each)
     assert worker.stats.solved <= 4 and worker.stats.superseded >= 16

@@ -153,7 +153,10 @@ class Sink:
         js = self.nc.jetstream()
         await ensure_fleet(js, self.opts)
         kv = await js.key_value(BUCKET)
-        self._kv_task = asyncio.create_task(self._watch(kv), name="sink-config-watch")
+        # set up here, not in its task (a cancellation can be lost in the set-up's
+        # requests: see Worker.start)
+        watcher = await kv.watchall()
+        self._kv_task = asyncio.create_task(self._watch(watcher), name="sink-config-watch")
         self._feed = PullFeed(self.nc, STREAM, SINK, credit=2 * self.batch)
         await self._feed.start()
         self._task = asyncio.create_task(self._loop(), name="sink-loop")
@@ -164,10 +167,9 @@ class Sink:
 
             serve(SinkCollector(self), self.metrics_bind)
 
-    async def _watch(self, kv: Any) -> None:
+    async def _watch(self, watcher: Any) -> None:
         from gateway.historian.writer import run_info_from_config
 
-        watcher = await kv.watchall()
         async for e in watcher:
             if e is None or not e.value:
                 continue

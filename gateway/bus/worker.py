@@ -249,7 +249,11 @@ class Worker:
         await self._pub.start()
         self._feed = PullFeed(self.nc, STREAM, WORKERS, credit=self.credit)
         await self._feed.start()
-        self._tasks = [asyncio.create_task(self._watch(kv), name="worker-config-watch"),
+        # the watch is set up here, not in its task: its set-up is a series of requests
+        # (asyncio.wait_for each), where a close's cancellation can be lost (Python 3.11);
+        # the task then only waits on the watcher's queue
+        watcher = await kv.watchall()
+        self._tasks = [asyncio.create_task(self._watch(watcher), name="worker-config-watch"),
                        asyncio.create_task(self._loop(), name="worker-loop"),
                        asyncio.create_task(poll_pending(self.js, WORKERS, self),
                                            name="worker-poll-pending")]
@@ -282,8 +286,7 @@ class Worker:
             asyncio.get_running_loop().create_task(self._event(
                 twin, "config_rejected", {"error": err}))
 
-    async def _watch(self, kv: Any) -> None:
-        watcher = await kv.watchall()
+    async def _watch(self, watcher: Any) -> None:
         async for e in watcher:
             if e is not None and e.value:
                 self._install(e.key, e.revision, e.value)
