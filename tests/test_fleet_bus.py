@@ -140,3 +140,40 @@ async def test_stream_and_consumers_are_created_once(nats) -> None:
         assert names == {"workers", "sink"}
     finally:
         await nc.drain()
+
+
+async def test_ack_all_acknowledges_a_batch_in_one_write(nats) -> None:
+    """The acknowledgements written together reach the server as ones sent one by one:
+    nothing stays pending or comes back."""
+    from gateway.bus.conn import STREAM, WORKERS
+    from gateway.bus.pull import PullFeed, ack_all
+
+    opts = BusOptions(url=nats.url)
+    nc = await connect(opts)
+    try:
+        js = nc.jetstream()
+        await ensure_fleet(js, opts)
+        for seq in range(7):
+            await js.publish("gridtwin.f1.snapshot", b"x%d" % seq)
+        feed = PullFeed(nc, STREAM, WORKERS, credit=16)
+        await feed.start()
+        got: list = []
+        end = time.monotonic() + 30
+        while len(got) < 7:
+            assert time.monotonic() < end, "the messages did not come"
+            got += await feed.next_batch(16, 5.0)
+        await ack_all(nc, got)
+        await nc.flush(5)
+
+        async def settled() -> bool:
+            info = await js.consumer_info(STREAM, WORKERS)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        end = time.monotonic() + 30
+        while not await settled():
+            assert time.monotonic() < end, "acknowledgements not taken"
+            await nc.flush(5)
+        await feed.close()
+    finally:
+        await nc.close()
+    assert sorted(m.data for m in got) == [b"x%d" % i for i in range(7)]

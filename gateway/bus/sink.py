@@ -39,7 +39,7 @@ from gateway.bus.conn import (
     ensure_fleet,
     stop_tasks,
 )
-from gateway.bus.pull import PullFeed, delivery
+from gateway.bus.pull import PullFeed, ack_all, delivery
 from gateway.bus.worker import config_from_text, poll_pending
 from gateway.errors import HistorianError
 from gateway.historian.writer import (
@@ -217,8 +217,7 @@ class Sink:
             for m in good:  # JetStream keeps them; they come back after the delay
                 await m.nak(delay=2.0)
             return
-        for m in good:
-            await m.ack()
+        await ack_all(self.nc, good)
         self.stats.messages += len(good)
         for t, rows in batch.items():
             self.stats.rows[t] = self.stats.rows.get(t, 0) + len(rows)

@@ -58,7 +58,7 @@ from gateway.bus.conn import (
     stop_tasks,
 )
 from gateway.bus.pub import AckedPublisher
-from gateway.bus.pull import PullFeed, delivery
+from gateway.bus.pull import PullFeed, ack_all, delivery
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gridtwin.worker")
@@ -316,7 +316,7 @@ class Worker:
             twin = m.subject.split(".")[1]
             per = self.stats.superseded_per_feeder
             per[twin] = per.get(twin, 0) + 1
-            await m.ack()
+        self._acks.extend(plan.superseded)
         await self._send_acks()  # those due leave in the same write as the states
         flushed = time.perf_counter()
         for p in plan.keep:
@@ -399,8 +399,7 @@ class Worker:
             self._ack_timer.cancel()
             self._ack_timer = None
         acks, self._acks = self._acks, []
-        for m in acks:
-            await m.ack()
+        await ack_all(self.nc, acks)
 
     async def _event(self, twin: str, kind: str, detail: dict[str, Any]) -> None:
         body = {"time": self.clock(), "kind": kind, "source": "worker", "detail": detail}
