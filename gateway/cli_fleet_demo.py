@@ -306,18 +306,30 @@ def _report(rows: list[dict[str, Any]], wstats: list[dict[str, Any] | None],
             sstats: dict[str, Any] | None, killed: list[int],
             args: argparse.Namespace) -> dict[str, Any]:
     """Totals over the edge processes' rows; per feeder superseded and failed (the
-    workers' counts) and lost (handed to the bus and neither estimated, nor superseded,
-    nor failed by a worker)."""
+    workers' counts), estimated and lost (handed to the bus and neither estimated, nor
+    superseded, nor failed by a worker).
+
+    ``estimated`` is the states the workers stored (each once), not only those back at
+    the edge when it counted: an edge counts once every snapshot is *answered*, and a
+    newer snapshot's state answers an older one still being estimated by another
+    (stalled) worker, whose state then comes after the count. Counting those as lost
+    made a run that lost nothing report ``lost 1`` with ``settled: true``. A killed
+    worker's counts die with it: then the edge's count is the floor."""
     live = [w for w in wstats if w is not None]
     for r in rows:
-        r["superseded"] = sum(w.get("superseded_per_feeder", {}).get(r["feeder"], 0)
-                              for w in live)
+        f = r["feeder"]
+        r["superseded"] = sum(w.get("superseded_per_feeder", {}).get(f, 0) for w in live)
         # estimated by no worker because it could not be (e.g. not observable: the
         # scenario's bad data left buses without a measurement): answered, not lost
-        r["failed"] = sum(w.get("failed_per_feeder", {}).get(r["feeder"], 0) for w in live)
-        r["lost"] = max(0, r["snapshots"] - r["states"] - r["superseded"] - r["failed"])
+        r["failed"] = sum(w.get("failed_per_feeder", {}).get(f, 0) for w in live)
+        stored = sum(w.get("per_feeder", {}).get(f, 0)
+                     - w.get("duplicates_per_feeder", {}).get(f, 0) for w in live)
+        r["estimated"] = max(r["states"], stored)
+        r["states_after_count"] = r["estimated"] - r["states"]
+        r["lost"] = max(0, r["snapshots"] - r["estimated"] - r["superseded"] - r["failed"])
     tot = {k: sum(r[k] for r in rows) for k in ("frames_sent", "frames_received",
                                                 "frames_lost", "snapshots", "states",
+                                                "estimated", "states_after_count",
                                                 "superseded", "failed", "lost",
                                                 "deadline_misses")}
     rtts = [r["bus_rtt_ms"]["p99"] for r in rows if r["bus_rtt_ms"] and

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,7 @@ class NatsServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = port
         self.log = b""
+        self._reader: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -80,9 +82,22 @@ class NatsServer:
             if m:
                 self.port = int(m.group(1))
             if _READY.search(line) and self.port > 0:
+                # the server logs to stderr for as long as it runs: a pipe nobody reads
+                # fills (64 KiB) and the server blocks on its next log line, with every
+                # client waiting on it
+                self._reader = threading.Thread(target=self._read_log, daemon=True,
+                                                name=f"nats-server-{self.name}-log")
+                self._reader.start()
                 return self
         self.stop()
         raise HilError(f"nats-server did not start: {self.log.decode(errors='replace')[-800:]}")
+
+    def _read_log(self) -> None:
+        """Keep reading the server's log (the last 64 KiB stay in ``log``)."""
+        assert self.proc is not None and self.proc.stderr is not None
+        with contextlib.suppress(ValueError, OSError):  # closed by stop()
+            for line in self.proc.stderr:
+                self.log = (self.log + line)[-65536:]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -92,6 +107,9 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5.0)  # the pipe ends with the process
+            self._reader = None
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
 

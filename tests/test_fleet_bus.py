@@ -101,6 +101,7 @@ async def test_newest_wins_within_a_batch(nats, trace) -> None:
     await register_config(opts, "ieee33", name="f1")
     await register_config(opts, "ieee33", name="f2")
     edges = [EdgeBus(f, opts) for f in ("f1", "f2")]
+    worker = Worker(opts, batch=64, credit=64)  # a batch holds at most the credit
     for e in edges:
         await e.start()
     try:
@@ -108,14 +109,17 @@ async def test_newest_wins_within_a_batch(nats, trace) -> None:
             offer_rows(e, trace, range(10))
         for e in edges:
             assert await e.flush(30)
-        worker = Worker(opts, batch=64, credit=64)  # a batch holds at most the credit
         await worker.start()
-        await until(lambda: worker.stats.solved + worker.stats.superseded == 20,
+        # at least: a redelivery (a stall past the ack wait) must fail the count below,
+        # saying so, not leave this wait to time out
+        await until(lambda: worker.stats.solved + worker.stats.superseded >= 20,
                     "the backlog handled", 60)
-        await worker.close()
     finally:
+        await worker.close()  # also when a wait failed: its tasks must not outlive the test
         for e in edges:
             await e.close()
+    assert worker.stats.solved + worker.stats.superseded == 20, worker.stats
+    assert worker.stats.close_timeouts == 0
     # the backlog arrives in one batch or, when a read splits it, two: at most two
     # estimates per feeder, everything else superseded (never one estimate each)
     assert worker.stats.solved <= 4 and worker.stats.superseded >= 16
@@ -136,3 +140,40 @@ async def test_stream_and_consumers_are_created_once(nats) -> None:
         assert names == {"workers", "sink"}
     finally:
         await nc.drain()
+
+
+async def test_ack_all_acknowledges_a_batch_in_one_write(nats) -> None:
+    """The acknowledgements written together reach the server as ones sent one by one:
+    nothing stays pending or comes back."""
+    from gateway.bus.conn import STREAM, WORKERS
+    from gateway.bus.pull import PullFeed, ack_all
+
+    opts = BusOptions(url=nats.url)
+    nc = await connect(opts)
+    try:
+        js = nc.jetstream()
+        await ensure_fleet(js, opts)
+        for seq in range(7):
+            await js.publish("gridtwin.f1.snapshot", b"x%d" % seq)
+        feed = PullFeed(nc, STREAM, WORKERS, credit=16)
+        await feed.start()
+        got: list = []
+        end = time.monotonic() + 30
+        while len(got) < 7:
+            assert time.monotonic() < end, "the messages did not come"
+            got += await feed.next_batch(16, 5.0)
+        await ack_all(nc, got)
+        await nc.flush(5)
+
+        async def settled() -> bool:
+            info = await js.consumer_info(STREAM, WORKERS)
+            return info.num_ack_pending == 0 and info.num_pending == 0
+
+        end = time.monotonic() + 30
+        while not await settled():
+            assert time.monotonic() < end, "acknowledgements not taken"
+            await nc.flush(5)
+        await feed.close()
+    finally:
+        await nc.close()
+    assert sorted(m.data for m in got) == [b"x%d" % i for i in range(7)]

@@ -30,12 +30,17 @@ def test_fleet_demo_loses_nothing_and_estimates_every_feeder() -> None:
                                     "publish_failures": 0}
     assert t["frames_lost"] == 0 and t["frames_received"] == t["frames_sent"] > 0
     assert t["lost"] == 0  # every snapshot estimated or superseded by a newer one
-    assert t["states"] + t["superseded"] + t["failed"] == t["snapshots"] > 0
+    # estimated: the states the workers stored (one may reach its edge after the count);
+    # a snapshot redelivered (its worker stalled past the ack wait) may be answered twice
+    answered = t["estimated"] + t["superseded"] + t["failed"]
+    assert answered == t["snapshots"] > 0 if res["redelivered"] == 0 else \
+        answered >= t["snapshots"] > 0
+    assert t["estimated"] - t["states_after_count"] == t["states"]
     for row in res["per_feeder"]:
         assert row["states"] > 0 and row["vm_mape_pct"] is not None
         assert row["vm_mape_pct"] < 0.05  # every feeder tracked within 0.05 % |V| MAPE
     sink = res["sink"]
-    assert sink is not None and sink["rows"]["states"] == t["states"]
+    assert sink is not None and sink["rows"]["states"] == t["estimated"]
     assert sink["rows"]["corrected"] == t["snapshots"]
 
 

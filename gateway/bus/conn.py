@@ -24,14 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from gateway.errors import GatewayError
 
-__all__ = ["BUCKET", "SINK", "STREAM", "WORKERS", "BusError", "BusOptions", "connect",
-           "ensure_fleet"]
+__all__ = ["BUCKET", "CLOSE_TIMEOUT_S", "SINK", "STREAM", "WORKERS", "BusError",
+           "BusOptions", "close_connection", "close_step", "connect", "ensure_fleet",
+           "stop_tasks"]
 
 log = logging.getLogger("gridtwin.bus")
 
@@ -41,6 +43,11 @@ SINK = "sink"
 BUCKET = "gridtwin_feeders"
 SUBJECTS = ["gridtwin.*.snapshot", "gridtwin.*.state", "gridtwin.*.event",
             "gridtwin.*.health"]
+
+#: the longest a close waits for any one part (a task, a subscription, the connection)
+#: and a publish waits for a forced flush: a hung server, or a socket whose peer stopped
+#: reading, must not hold a process's shutdown (or its loop) forever
+CLOSE_TIMEOUT_S = 5.0
 
 
 class BusError(GatewayError):
@@ -136,7 +143,10 @@ async def connect(o: BusOptions, **callbacks: Any) -> Any:
         "reconnect_time_wait": 0.5, "connect_timeout": 3, "allow_reconnect": True,
         "user": o.user or (unquote(u.username) if u.username else None),
         "password": o.password or (unquote(u.password) if u.password else None),
-        "token": o.token, "tls": _tls(o), **callbacks}
+        "token": o.token, "tls": _tls(o),
+        # a publish past the client's pending limit waits for the socket; without a bound
+        # it waits forever on a hung server (and swallows its task's cancellation)
+        "flush_timeout": CLOSE_TIMEOUT_S, **callbacks}
     if o.creds:
         kw["user_credentials"] = o.creds
     if o.seed:
@@ -181,3 +191,80 @@ async def ensure_fleet(js: Any, o: BusOptions) -> None:
 
         await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=10,
                                                  replicas=o.replicas))
+
+
+# --------------------------------------------------------------------------- closing
+#
+# Why bounded: ``task.cancel(); await task`` waits forever for a task that does not end
+# on its cancellation, and some do. On Python 3.11 ``asyncio.wait_for`` returns its
+# future's result when the future completed in the same loop turn as the cancellation
+# (the cancellation is lost: a polling loop around ``js.consumer_info`` goes on polling);
+# nats-py's forced flush catches ``CancelledError``; and ``Client.close`` drains a socket
+# whose peer stopped reading (a hung server) without a bound. A close that hangs leaves
+# the event loop idle and the process (or a test) waiting for nothing.
+
+#: close steps given up on: referenced so they are not collected while pending
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any] | None], what: str,
+                     timeout: float = CLOSE_TIMEOUT_S) -> list[str]:
+    """Cancel ``tasks`` and wait for them, at most ``timeout``: a task still running
+    after a short grace (its cancellation was lost) is cancelled again; the names of those
+    that still run at the end are logged and returned (they are not waited for)."""
+    live = [t for t in tasks if t is not None and not t.done()]
+    for t in live:
+        t.cancel()
+    pending: set[asyncio.Task[Any]] = set(live)
+    first = min(0.5, timeout / 2)  # a task ends on its cancellation at once, or lost it
+    for wait in (first, timeout - first):
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=wait)
+        for t in pending:
+            if wait == first:
+                log.warning("%s: task %s lost its cancellation: cancelled again", what,
+                            t.get_name())
+            t.cancel()
+    for t in live:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            log.debug("%s: task %s ended with %r", what, t.get_name(), t.exception())
+    stuck = sorted(t.get_name() for t in pending)
+    if stuck:
+        log.error("%s: %d task(s) did not end %.1f s after their cancellation: %s",
+                  what, len(stuck), timeout, ", ".join(stuck))
+    return stuck
+
+
+async def close_step(step: Awaitable[Any], what: str, timeout: float = CLOSE_TIMEOUT_S
+                     ) -> bool:
+    """Run one step of a close (an unsubscribe, a drain, ``nc.close()``), at most
+    ``timeout``. False when it did not finish in time: it is cancelled, logged and left
+    (not waited for again). An error of the step is logged and counts as finished (a
+    close goes on)."""
+    fut = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({fut}, timeout=timeout)
+    if not done:
+        fut.cancel()
+        _abandoned.add(fut)
+        fut.add_done_callback(_abandoned.discard)
+        log.error("%s did not finish in %.1f s: given up", what, timeout)
+        return False
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("%s: %r", what, fut.exception())
+    return True
+
+
+async def close_connection(nc: Any, what: str, timeout: float = CLOSE_TIMEOUT_S, *,
+                           drain: bool = False) -> bool:
+    """``nc.drain()`` or ``nc.close()``, bounded; on a timeout the socket is aborted
+    (its unsent bytes dropped) so it does not outlive the close. False on a timeout."""
+    if nc is None:
+        return True
+    ok = await close_step(nc.drain() if drain else nc.close(), what, timeout)
+    if not ok:
+        writer = getattr(getattr(nc, "_transport", None), "_io_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is not None:
+            transport.abort()
+    return ok

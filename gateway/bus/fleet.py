@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import re
 
-from gateway.bus.conn import BUCKET, BusError, BusOptions, connect, ensure_fleet
+from gateway.bus.conn import (
+    BUCKET,
+    BusError,
+    BusOptions,
+    close_connection,
+    connect,
+    ensure_fleet,
+)
 
 __all__ = ["register_config"]
 
@@ -28,6 +35,6 @@ async def register_config(opts: BusOptions, config: str, *, name: str | None = N
         await ensure_fleet(js, opts)
         kv = await js.key_value(BUCKET)
         rev = await kv.put(key, cfg.text.encode())
-    finally:
-        await nc.drain()
+    finally:  # bounded: a hung server must not hold the caller forever
+        await close_connection(nc, "register_config: connection", drain=True)
     return key, int(rev)

@@ -28,7 +28,9 @@ import time
 from collections import deque
 from typing import Any
 
-__all__ = ["PullFeed", "delivery"]
+from gateway.bus.conn import close_step, stop_tasks
+
+__all__ = ["PullFeed", "ack_all", "delivery"]
 
 #: tokens of a JetStream reply subject: ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream
 #: seq>.<consumer seq>.<time>.<pending>`` (9), or with ``<domain>.<account hash>`` after
@@ -49,6 +51,27 @@ def delivery(reply: str) -> tuple[int, int]:
         if len(t) >= _V2:
             return int(t[6]), int(t[7])
     raise ValueError(f"not a JetStream reply subject: {reply!r}")
+
+
+async def ack_all(nc: Any, msgs: list[Any]) -> None:
+    """Acknowledge JetStream messages ``msgs`` of the connected client ``nc`` in one write.
+
+    ``Msg.ack`` publishes each acknowledgement on its own: subject checks, a future and a
+    wake-up of the client's writer per message, thousands a second in a worker or the
+    sink. Here the ``PUB <reply> 0`` commands go to the client's outgoing buffer together
+    (the client's own command format and buffer, so they leave in order with everything
+    else, also across a reconnect, as its publishes do) and the writer is woken once.
+    A client without that buffer (another nats-py) acknowledges one by one."""
+    if not msgs:
+        return
+    send = getattr(nc, "_send_command", None)
+    flush = getattr(nc, "_flush_pending", None)
+    if send is None or flush is None or nc.is_closed or nc.is_draining_pubs:
+        for m in msgs:
+            await m.ack()
+        return
+    await send(b"".join([b"PUB " + m.reply.encode() + b" 0\r\n\r\n" for m in msgs]))
+    await flush()
 
 
 class PullFeed:
@@ -75,16 +98,16 @@ class PullFeed:
         self._inbox = self.nc.new_inbox()
         self._sub = await self.nc.subscribe(self._inbox, cb=self._on_msg)
         await self._top_up()
-        self._tick = asyncio.create_task(self._ticker())
+        self._tick = asyncio.create_task(self._ticker(), name="pull-feed-ticker")
 
-    async def close(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick
+    async def close(self) -> bool:
+        """Stop asking for messages and unsubscribe, bounded (each step at most
+        :data:`~gateway.bus.conn.CLOSE_TIMEOUT_S`); False when a step did not end."""
+        ok = not await stop_tasks([self._tick], "pull feed close")
         if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+            ok = await close_step(self._sub.unsubscribe(), "pull feed close: unsubscribe") \
+                and ok
+        return ok
 
     async def _on_msg(self, m: Any) -> None:
         status = m.headers.get("Status") if m.headers else None

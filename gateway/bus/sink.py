@@ -28,8 +28,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.bus import wire
-from gateway.bus.conn import BUCKET, SINK, STREAM, BusOptions, connect, ensure_fleet
-from gateway.bus.pull import PullFeed, delivery
+from gateway.bus.conn import (
+    BUCKET,
+    SINK,
+    STREAM,
+    BusOptions,
+    close_connection,
+    close_step,
+    connect,
+    ensure_fleet,
+    stop_tasks,
+)
+from gateway.bus.pull import PullFeed, ack_all, delivery
 from gateway.bus.worker import config_from_text, poll_pending
 from gateway.errors import HistorianError
 from gateway.historian.writer import (
@@ -54,6 +64,7 @@ class SinkStats:
     redelivered: int = 0
     runs: int = 0
     connected: bool = False
+    close_timeouts: int = 0  # tasks or bus parts that did not close in time (given up)
 
 
 class SinkRows:
@@ -133,6 +144,7 @@ class Sink:
         self._kv_task: asyncio.Task[None] | None = None
         self._poll: asyncio.Task[None] | None = None
         self._feed: Any = None
+        self._closing = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -141,20 +153,23 @@ class Sink:
         js = self.nc.jetstream()
         await ensure_fleet(js, self.opts)
         kv = await js.key_value(BUCKET)
-        self._kv_task = asyncio.create_task(self._watch(kv))
+        # set up here, not in its task (a cancellation can be lost in the set-up's
+        # requests: see Worker.start)
+        watcher = await kv.watchall()
+        self._kv_task = asyncio.create_task(self._watch(watcher), name="sink-config-watch")
         self._feed = PullFeed(self.nc, STREAM, SINK, credit=2 * self.batch)
         await self._feed.start()
-        self._task = asyncio.create_task(self._loop())
-        self._poll = asyncio.create_task(poll_pending(js, SINK, self))
+        self._task = asyncio.create_task(self._loop(), name="sink-loop")
+        self._poll = asyncio.create_task(poll_pending(js, SINK, self),
+                                         name="sink-poll-pending")
         if self.metrics_bind:
             from gateway.bus.metrics import SinkCollector, serve
 
             serve(SinkCollector(self), self.metrics_bind)
 
-    async def _watch(self, kv: Any) -> None:
+    async def _watch(self, watcher: Any) -> None:
         from gateway.historian.writer import run_info_from_config
 
-        watcher = await kv.watchall()
         async for e in watcher:
             if e is None or not e.value:
                 continue
@@ -166,7 +181,7 @@ class Sink:
             self._infos[e.key] = (run_info_from_config(cfg), [p.name for p in cfg.plants])
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:  # (a cancellation can be swallowed: see stop_tasks)
             try:
                 # the sink is not latency-bound: a short linger makes fewer, larger
                 # database transactions
@@ -202,8 +217,7 @@ class Sink:
             for m in good:  # JetStream keeps them; they come back after the delay
                 await m.nak(delay=2.0)
             return
-        for m in good:
-            await m.ack()
+        await ack_all(self.nc, good)
         self.stats.messages += len(good)
         for t, rows in batch.items():
             self.stats.rows[t] = self.stats.rows.get(t, 0) + len(rows)
@@ -227,16 +241,16 @@ class Sink:
         return True
 
     async def close(self) -> None:
-        for t in (self._task, self._kv_task, self._poll):
-            if t is not None:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-        if self._feed is not None:
-            await self._feed.close()
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.close()
+        """Stop reading, close the bus parts and the database, each wait bounded (a part
+        that does not close in time is logged and counted in ``stats.close_timeouts``)."""
+        self._closing = True
+        stuck = await stop_tasks([self._task, self._kv_task, self._poll], "sink close")
+        self.stats.close_timeouts += len(stuck)
+        if self._feed is not None and not await close_step(self._feed.close(),
+                                                           "sink close: pull feed"):
+            self.stats.close_timeouts += 1
+        if not await close_connection(self.nc, "sink close: connection"):
+            self.stats.close_timeouts += 1
         # bounded: a write stuck behind a dead link must not hold the shutdown forever
         # (the backend's own socket timeouts end it; the thread is not waited for)
         with contextlib.suppress(TimeoutError, HistorianError):

@@ -51,11 +51,14 @@ from gateway.bus.conn import (
     STREAM,
     WORKERS,
     BusOptions,
+    close_connection,
+    close_step,
     connect,
     ensure_fleet,
+    stop_tasks,
 )
 from gateway.bus.pub import AckedPublisher
-from gateway.bus.pull import PullFeed, delivery
+from gateway.bus.pull import PullFeed, ack_all, delivery
 from gateway.errors import GatewayError
 
 log = logging.getLogger("gridtwin.worker")
@@ -83,9 +86,13 @@ class WorkerStats:
     publish_failures: int = 0  # states not stored: their snapshots left for redelivery
     config_loads: int = 0
     config_rejected: int = 0
+    close_timeouts: int = 0  # tasks or bus parts that did not close in time (given up)
     per_feeder: dict[str, int] = field(default_factory=dict)
     superseded_per_feeder: dict[str, int] = field(default_factory=dict)
     failed_per_feeder: dict[str, int] = field(default_factory=dict)
+    #: of ``per_feeder``, states the stream already held (its de-duplication id): per
+    #: feeder, ``per_feeder - duplicates_per_feeder`` states were stored by this worker
+    duplicates_per_feeder: dict[str, int] = field(default_factory=dict)
     fail_reasons: list[str] = field(default_factory=list)  # the first estimates failed
 
 
@@ -242,9 +249,14 @@ class Worker:
         await self._pub.start()
         self._feed = PullFeed(self.nc, STREAM, WORKERS, credit=self.credit)
         await self._feed.start()
-        self._tasks = [asyncio.create_task(self._watch(kv)),
-                       asyncio.create_task(self._loop()),
-                       asyncio.create_task(poll_pending(self.js, WORKERS, self))]
+        # the watch is set up here, not in its task: its set-up is a series of requests
+        # (asyncio.wait_for each), where a close's cancellation can be lost (Python 3.11);
+        # the task then only waits on the watcher's queue
+        watcher = await kv.watchall()
+        self._tasks = [asyncio.create_task(self._watch(watcher), name="worker-config-watch"),
+                       asyncio.create_task(self._loop(), name="worker-loop"),
+                       asyncio.create_task(poll_pending(self.js, WORKERS, self),
+                                           name="worker-poll-pending")]
         if self.metrics_bind:
             from gateway.bus.metrics import WorkerCollector, serve
 
@@ -274,8 +286,7 @@ class Worker:
             asyncio.get_running_loop().create_task(self._event(
                 twin, "config_rejected", {"error": err}))
 
-    async def _watch(self, kv: Any) -> None:
-        watcher = await kv.watchall()
+    async def _watch(self, watcher: Any) -> None:
         async for e in watcher:
             if e is not None and e.value:
                 self._install(e.key, e.revision, e.value)
@@ -300,10 +311,12 @@ class Worker:
             await m.term()
         for m in plan.superseded:
             self.stats.superseded += 1
+            if delivery(m.reply)[0] > 1:  # it may have been answered before, too
+                self.stats.redelivered += 1
             twin = m.subject.split(".")[1]
             per = self.stats.superseded_per_feeder
             per[twin] = per.get(twin, 0) + 1
-            await m.ack()
+        self._acks.extend(plan.superseded)
         await self._send_acks()  # those due leave in the same write as the states
         flushed = time.perf_counter()
         for p in plan.keep:
@@ -365,6 +378,9 @@ class Worker:
         self._ack_later(p.msg)
         self.stats.solved += 1
         self.stats.per_feeder[p.twin] = self.stats.per_feeder.get(p.twin, 0) + 1
+        if fut.result():  # stored before (a redelivered snapshot estimated twice)
+            per = self.stats.duplicates_per_feeder
+            per[p.twin] = per.get(p.twin, 0) + 1
 
     def _ack_later(self, m: Any) -> None:
         """Acknowledge ``m`` with the next batch's states, or in :data:`ACK_DELAY_S` (one
@@ -383,8 +399,7 @@ class Worker:
             self._ack_timer.cancel()
             self._ack_timer = None
         acks, self._acks = self._acks, []
-        for m in acks:
-            await m.ack()
+        await ack_all(self.nc, acks)
 
     async def _event(self, twin: str, kind: str, detail: dict[str, Any]) -> None:
         body = {"time": self.clock(), "kind": kind, "source": "worker", "detail": detail}
@@ -393,21 +408,26 @@ class Worker:
                                   wire.encode_json(wire.EVENT, body))
 
     async def close(self) -> None:
+        """Stop, acknowledge what is stored, close the bus parts. Every wait is bounded
+        (:data:`gateway.bus.conn.CLOSE_TIMEOUT_S` each): a part that does not close in
+        time (a hung server, a task that swallowed its cancellation) is logged and
+        counted in ``stats.close_timeouts``, never waited for forever."""
         self._stop.set()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        stuck = await stop_tasks([*self._tasks, self._ack_task], "worker close")
+        self.stats.close_timeouts += len(stuck)
         end = time.monotonic() + 3.0  # states in flight: their snapshots acknowledged
         while self._pub is not None and self._pub.in_flight and time.monotonic() < end:
             await asyncio.sleep(0.01)  # (if stored) by their PubAcks' callbacks
-        with contextlib.suppress(Exception):
-            await self._send_acks()
-            await self.nc.flush(2)
-        for part in (self._feed, self._pub):
-            if part is not None:
-                await part.close()
         if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.close()
+            steps: list[tuple[str, Any]] = [("acknowledgements", self._flush_acks())]
+            steps += [(name, part.close()) for name, part in
+                      (("pull feed", self._feed), ("publisher", self._pub)) if part is not None]
+            for name, step in steps:
+                if not await close_step(step, f"worker close: {name}"):
+                    self.stats.close_timeouts += 1
+            if not await close_connection(self.nc, "worker close: connection"):
+                self.stats.close_timeouts += 1
+
+    async def _flush_acks(self) -> None:
+        await self._send_acks()
+        await self.nc.flush(2)
