@@ -58,6 +58,10 @@ async def test_offers_leave_in_the_loop_turn_after_them(nats, trace) -> None:  #
         await asyncio.sleep(0)  # one loop turn: the send asked for by the offers runs
         assert all(len(e._buf) == 0 and e._inflight == 2 for e in edges)
         await until(lambda: all(e.stats.published == 2 for e in edges), "the PubAcks")
+        # the PubAcks and the states skip the client library's per-message delivery
+        routes = edges[0].nc._gridtwin_direct.routes
+        assert edges[0]._pub._sub._id in routes
+        assert all(e._sub._id in routes for e in edges)
     finally:
         for e in edges:
             await e.close()

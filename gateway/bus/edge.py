@@ -36,7 +36,7 @@ import numpy as np
 
 from gateway.bus import wire
 from gateway.bus.conn import BusOptions, connect, ensure_fleet
-from gateway.bus.pub import AckedPublisher
+from gateway.bus.pub import AckedPublisher, route_direct, unroute
 
 log = logging.getLogger("gridtwin.bus")
 
@@ -184,6 +184,8 @@ class EdgeBus:
         await ensure_fleet(self.js, self.opts)
         self._sub = await self.nc.subscribe(wire.subject(self.twin, wire.STATE),
                                             cb=self._state)
+        # the states straight from the connection's reader, a loop turn earlier
+        route_direct(self.nc, self._sub, self._state_raw)
         self.stats.connected = True
         self._up = True
         self._kick()
@@ -205,8 +207,11 @@ class EdgeBus:
                     self.pending)
 
     async def _state(self, m: Any) -> None:
+        self._state_raw(b"", m.data)
+
+    def _state_raw(self, subject: bytes, data: bytes) -> None:
         try:
-            st = wire.decode(m.data)
+            st = wire.decode(data)
         except wire.BusMessageError:
             self.stats.bad_states += 1
             return
@@ -229,6 +234,7 @@ class EdgeBus:
         self._closing = True
         if self._conn is not None:
             conn, self._conn = self._conn, None  # closing twice leaves once
+            unroute(self.nc, self._sub)
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             await conn.leave(self)

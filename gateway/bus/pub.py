@@ -22,6 +22,13 @@ turn to the connection's socket in one write, after whatever the client library 
 queued (so its own commands keep their order). The PubAck reaches a plain callback, not
 a future (no future and no scheduled callback per message). Back-pressure is the
 caller's window: an edge keeps at most ``window`` messages awaiting their PubAck.
+
+Incoming messages that arrive at the rate of the snapshots (the PubAcks, an edge's
+states) can skip the client library's delivery (:func:`route_direct`): it builds a
+message object per message, queues it for the subscription's task and runs the callback
+on a later loop turn; routed, the raw subject and payload reach a plain function from
+the connection's reader itself, one loop turn earlier. Messages with headers (a
+negative PubAck's status) still take the library's path.
 """
 
 from __future__ import annotations
@@ -29,13 +36,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from gateway.bus.conn import BusError
 
-__all__ = ["Acked", "AckedPublisher", "PublishRejected", "PublishTimeout", "hpub_frame"]
+__all__ = ["Acked", "AckedPublisher", "PublishRejected", "PublishTimeout", "hpub_frame",
+           "route_direct", "unroute"]
+
+log = logging.getLogger("gridtwin.bus")
 
 #: ``send``'s callback: (the caller's context, the error or None, duplicate)
 Acked = Callable[[Any, BaseException | None, bool], None]
@@ -70,10 +81,10 @@ class AckedPublisher:
         #: token -> (future, deadline)
         self._waiting: dict[str, tuple[asyncio.Future[bool], float]] = {}
         #: token -> (callback, context, deadline): the synchronous path (:meth:`send`)
-        self._calls: dict[str, tuple[Acked, Any, float]] = {}
+        self._calls: dict[bytes, tuple[Acked, Any, float]] = {}
         self._reply = b""
         self._out: list[bytes] = []
-        self._out_tokens: list[str] = []
+        self._out_tokens: list[bytes] = []
         self._sub: Any = None
         self._sweep: asyncio.Task[None] | None = None
 
@@ -81,6 +92,7 @@ class AckedPublisher:
         self._prefix = self.nc.new_inbox() + "."
         self._reply = self._prefix.encode()
         self._sub = await self.nc.subscribe(self._prefix + "*", cb=self._on_ack)
+        route_direct(self.nc, self._sub, self._on_ack_raw)
         self._sweep = asyncio.create_task(self._sweeper())
 
     async def close(self) -> None:
@@ -111,9 +123,9 @@ class AckedPublisher:
         runs once: on its PubAck, on a negative one, after ``timeout_s`` without one, or
         when the publisher closes, or at :meth:`write` if there is no connection then."""
         self._n += 1
-        token = str(self._n)
+        token = b"%d" % self._n
         self._calls[token] = (cb, ctx, time.monotonic() + self.timeout_s)
-        self._out.append(hpub_frame(subject, self._reply + token.encode(), msg_id, data))
+        self._out.append(hpub_frame(subject, self._reply + token, msg_id, data))
         self._out_tokens.append(token)
 
     def write(self) -> None:
@@ -158,24 +170,35 @@ class AckedPublisher:
         return fut
 
     async def _on_ack(self, m: Any) -> None:
+        """A PubAck through the client library (one with headers, or when
+        :func:`route_direct` could not route)."""
         token = m.subject[len(self._prefix):]
+        try:
+            dup, exc = _ack_result(m.data, m.headers), None
+        except PublishRejected as e:
+            dup, exc = False, e
+        self._resolve(token.encode(), dup, exc)
+
+    def _on_ack_raw(self, subject: bytes, data: bytes) -> None:
+        """A PubAck without headers, straight from the connection's reader."""
+        try:
+            dup, exc = _ack_result(data, None), None
+        except PublishRejected as e:
+            dup, exc = False, e
+        self._resolve(subject[len(self._reply):], dup, exc)
+
+    def _resolve(self, token: bytes, dup: bool, exc: PublishRejected | None) -> None:
         call = self._calls.pop(token, None)
         if call is not None:
-            try:
-                dup = _ack_result(m)
-            except PublishRejected as exc:
-                call[0](call[1], exc, False)
-                return
-            call[0](call[1], None, dup)
+            call[0](call[1], exc, dup)
             return
-        hit = self._waiting.pop(token, None)
+        hit = self._waiting.pop(token.decode(), None)
         if hit is None or hit[0].done():
             return  # after its timeout: the message is being sent again
-        fut = hit[0]
-        try:
-            fut.set_result(_ack_result(m))
-        except PublishRejected as exc:
-            fut.set_exception(exc)
+        if exc is not None:
+            hit[0].set_exception(exc)
+        else:
+            hit[0].set_result(dup)
 
     async def _sweeper(self) -> None:
         while True:
@@ -186,18 +209,17 @@ class AckedPublisher:
                 fut = self._waiting.pop(t)[0]
                 if not fut.done():
                     fut.set_exception(PublishTimeout(f"no PubAck in {self.timeout_s:g} s"))
-            for t in [t for t, (_, _, end) in self._calls.items() if end <= now]:
-                cb, ctx, _ = self._calls.pop(t)
+            for tok in [t for t, (_, _, end) in self._calls.items() if end <= now]:
+                cb, ctx, _ = self._calls.pop(tok)
                 cb(ctx, PublishTimeout(f"no PubAck in {self.timeout_s:g} s"), False)
 
 
-def _ack_result(m: Any) -> bool:
+def _ack_result(data: bytes, headers: dict[str, str] | None) -> bool:
     """A PubAck's ``duplicate`` (True: stored before); :class:`PublishRejected` when it
     says the message was not stored."""
-    status = m.headers.get("Status") if m.headers else None
+    status = headers.get("Status") if headers else None
     if status is not None:  # e.g. 503: no stream listens on the subject
-        raise PublishRejected(f"status {status} {m.headers.get('Description', '')}")
-    data = m.data
+        raise PublishRejected(f"status {status} {headers.get('Description', '')}")  # type: ignore[union-attr]
     # the PubAck of a stored message is {"stream":"S", "seq":N[,"duplicate": true]}
     # (nats-server's spacing): no JSON parse for it (one per message); anything else
     # is parsed to say why
@@ -206,7 +228,54 @@ def _ack_result(m: Any) -> bool:
     try:
         body = json.loads(data)
     except ValueError:
-        raise PublishRejected(f"PubAck not JSON: {m.data[:80]!r}") from None
+        raise PublishRejected(f"PubAck not JSON: {data[:80]!r}") from None
     if not isinstance(body, dict) or "error" in body:
         raise PublishRejected(f"PubAck: {body}")
     return bool(body.get("duplicate", False))
+
+
+class _Direct:
+    """The connection's message dispatch with some subscriptions routed to plain
+    functions (see the module docstring)."""
+
+    def __init__(self, nc: Any) -> None:
+        self.routes: dict[int, Callable[[bytes, bytes], None]] = {}
+        self._library = nc._process_msg
+
+    async def process(self, sid: int, subject: bytes, reply: bytes, data: bytes,
+                      headers: bytes | None) -> None:
+        handler = self.routes.get(sid)
+        if handler is None or headers:
+            await self._library(sid, subject, reply, data, headers)
+            return
+        try:
+            handler(subject, data)
+        except Exception:  # the reader must go on: one bad handler call is logged
+            log.exception("bus: handling a message on %r failed", subject)
+
+
+def route_direct(nc: Any, sub: Any, handler: Callable[[bytes, bytes], None]) -> bool:
+    """Hand the messages of ``sub`` (subscribed on ``nc``) without headers to
+    ``handler(subject, payload)`` from the connection's reader, not through the
+    subscription's task. This reaches into the client library (nats-py's
+    ``Client._process_msg``, called by its protocol parser with the subscription id):
+    False, and the library's delivery as before, where that is not there."""
+    sid = getattr(sub, "_id", None)
+    if not isinstance(sid, int):
+        return False
+    d = getattr(nc, "_gridtwin_direct", None)
+    if d is None:
+        if not callable(getattr(nc, "_process_msg", None)):
+            return False
+        d = _Direct(nc)
+        nc._gridtwin_direct = d
+        nc._process_msg = d.process
+    d.routes[sid] = handler
+    return True
+
+
+def unroute(nc: Any, sub: Any) -> None:
+    """Undo :func:`route_direct` for ``sub`` (before unsubscribing it)."""
+    d = getattr(nc, "_gridtwin_direct", None)
+    if d is not None:
+        d.routes.pop(getattr(sub, "_id", -1), None)
