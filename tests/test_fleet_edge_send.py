@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from gateway.bus import wire
-from gateway.bus.conn import STREAM, BusOptions, connect
+from gateway.bus.conn import STREAM, BusOptions, connect, ensure_fleet
 from gateway.bus.edge import EdgeBus
+from gateway.bus.pub import AckedPublisher, PublishRejected, route_direct
 from hil.natsserver import NatsServer, free_port
 from hil.scenario import ScenarioSpec, make_trace
 from tests.fleethelpers import offer_rows, until
@@ -125,3 +126,40 @@ async def test_the_buffer_spools_while_the_bus_is_down(tmp_path: Path, trace) ->
         srv.close()
     assert edge.stats.reconnects >= 1 and edge.stats.dropped == 0
     assert [m.seq for _, m in stored] == list(range(30))
+
+
+async def test_send_path_reports_rejections_and_survives_a_failing_handler(nats) -> None:  # type: ignore[no-untyped-def]
+    """A publish no stream takes comes back as a PubAck with a status header (the client
+    library's delivery path) and reaches its callback as PublishRejected; a routed
+    handler that raises is logged and the connection's reader carries on."""
+    opts = BusOptions(url=nats.url)
+    nc = await connect(opts)
+    pub = AckedPublisher(nc)
+    got: list[tuple[str, BaseException | None, bool]] = []
+    seen: list[bytes] = []
+
+    def handler(subject: bytes, data: bytes) -> None:
+        seen.append(data)
+        if data == b"boom":
+            raise RuntimeError("a handler's bug")
+
+    try:
+        await ensure_fleet(nc.jetstream(), opts)
+        await pub.start()
+        pub.send(b"nostream.here", b"x", b"nowhere:1", lambda c, e, d: got.append((c, e, d)),
+                 "nowhere")
+        pub.send(b"gridtwin.f1.event", wire.encode_json(wire.EVENT, {"k": 1}), b"f1:1:event:1",
+                 lambda c, e, d: got.append((c, e, d)), "stored")
+        pub.write()
+        await until(lambda: len(got) == 2, "both PubAcks")
+        sub = await nc.subscribe("probe")
+        assert route_direct(nc, sub, handler)
+        await nc.publish("probe", b"boom")
+        await nc.publish("probe", b"after")
+        await until(lambda: seen == [b"boom", b"after"], "both probes handled")
+    finally:
+        await pub.close()
+        await nc.drain()
+    by = {c: (e, d) for c, e, d in got}
+    assert isinstance(by["nowhere"][0], PublishRejected)
+    assert by["stored"] == (None, False)
