@@ -18,7 +18,9 @@ import pytest
 from gateway.bus import wire
 from gateway.bus.conn import STREAM, BusOptions, connect, ensure_fleet
 from gateway.bus.edge import EdgeBus
+from gateway.bus.fleet import register_config
 from gateway.bus.pub import AckedPublisher, PublishRejected, route_direct
+from gateway.bus.worker import Worker
 from hil.natsserver import NatsServer, free_port
 from hil.scenario import ScenarioSpec, make_trace
 from tests.fleethelpers import offer_rows, until
@@ -59,10 +61,8 @@ async def test_offers_leave_in_the_loop_turn_after_them(nats, trace) -> None:  #
         await asyncio.sleep(0)  # one loop turn: the send asked for by the offers runs
         assert all(len(e._buf) == 0 and e._inflight == 2 for e in edges)
         await until(lambda: all(e.stats.published == 2 for e in edges), "the PubAcks")
-        # the PubAcks and the states skip the client library's per-message delivery
-        routes = edges[0].nc._gridtwin_direct.routes
-        assert edges[0]._pub._sub._id in routes
-        assert all(e._sub._id in routes for e in edges)
+        # the PubAcks skip the client library's per-message delivery
+        assert edges[0]._pub._sub.delivered == 0
     finally:
         for e in edges:
             await e.close()
@@ -163,3 +163,28 @@ async def test_send_path_reports_rejections_and_survives_a_failing_handler(nats)
     by = {c: (e, d) for c, e, d in got}
     assert isinstance(by["nowhere"][0], PublishRejected)
     assert by["stored"] == (None, False)
+
+
+async def test_states_reach_the_edge_from_the_reader(nats, trace) -> None:  # type: ignore[no-untyped-def]
+    """A worker's states (with their de-duplication header) reach each edge's
+    ``on_state`` without the client library's subscription delivery."""
+    opts = BusOptions(url=nats.url)
+    for f in ("f1", "f2"):
+        await register_config(opts, "ieee33", name=f)
+    worker = Worker(opts)
+    await worker.start()
+    got: dict[str, list[int]] = {"f1": [], "f2": []}
+    edges = [EdgeBus(f, opts, shared=True,
+                     on_state=lambda s, rtt, f=f: got[f].append(s.seq)) for f in got]
+    try:
+        for e in edges:
+            await e.start()
+        for e in edges:
+            offer_rows(e, trace, range(5))
+        await until(lambda: all(4 in s for s in got.values()), "both feeders' newest states")
+    finally:
+        for e in edges:
+            await e.close()
+        await worker.close()
+    assert all(e.stats.states == len(got[e.twin]) > 0 for e in edges)
+    assert all(e._sub.delivered == 0 for e in edges)  # none through the library's queue

@@ -184,8 +184,9 @@ class EdgeBus:
         await ensure_fleet(self.js, self.opts)
         self._sub = await self.nc.subscribe(wire.subject(self.twin, wire.STATE),
                                             cb=self._state)
-        # the states straight from the connection's reader, a loop turn earlier
-        route_direct(self.nc, self._sub, self._state_raw)
+        # the states straight from the connection's reader, a loop turn earlier (their
+        # one header, the worker's de-duplication id, is not needed here)
+        route_direct(self.nc, self._sub, self._state_raw, headers=True)
         self.stats.connected = True
         self._up = True
         self._kick()

@@ -27,8 +27,10 @@ Incoming messages that arrive at the rate of the snapshots (the PubAcks, an edge
 states) can skip the client library's delivery (:func:`route_direct`): it builds a
 message object per message, queues it for the subscription's task and runs the callback
 on a later loop turn; routed, the raw subject and payload reach a plain function from
-the connection's reader itself, one loop turn earlier. Messages with headers (a
-negative PubAck's status) still take the library's path.
+the connection's reader itself, one loop turn earlier. A PubAck with headers (a negative
+one's status) still takes the library's path; an edge's states carry their
+de-duplication id as a header, which the edge does not need, and are routed with
+``headers=True``.
 """
 
 from __future__ import annotations
@@ -239,25 +241,28 @@ class _Direct:
     functions (see the module docstring)."""
 
     def __init__(self, nc: Any) -> None:
-        self.routes: dict[int, Callable[[bytes, bytes], None]] = {}
+        #: subscription id -> (handler, also the messages with headers)
+        self.routes: dict[int, tuple[Callable[[bytes, bytes], None], bool]] = {}
         self._library = nc._process_msg
 
     async def process(self, sid: int, subject: bytes, reply: bytes, data: bytes,
                       headers: bytes | None) -> None:
-        handler = self.routes.get(sid)
-        if handler is None or headers:
+        route = self.routes.get(sid)
+        if route is None or (headers and not route[1]):
             await self._library(sid, subject, reply, data, headers)
             return
         try:
-            handler(subject, data)
+            route[0](subject, data)
         except Exception:  # the reader must go on: one bad handler call is logged
             log.exception("bus: handling a message on %r failed", subject)
 
 
-def route_direct(nc: Any, sub: Any, handler: Callable[[bytes, bytes], None]) -> bool:
-    """Hand the messages of ``sub`` (subscribed on ``nc``) without headers to
-    ``handler(subject, payload)`` from the connection's reader, not through the
-    subscription's task. This reaches into the client library (nats-py's
+def route_direct(nc: Any, sub: Any, handler: Callable[[bytes, bytes], None], *,
+                 headers: bool = False) -> bool:
+    """Hand the messages of ``sub`` (subscribed on ``nc``) to ``handler(subject,
+    payload)`` from the connection's reader, not through the subscription's task; those
+    with headers too when ``headers`` (their headers are not passed on), else they take
+    the library's path. This reaches into the client library (nats-py's
     ``Client._process_msg``, called by its protocol parser with the subscription id):
     False, and the library's delivery as before, where that is not there."""
     sid = getattr(sub, "_id", None)
@@ -270,7 +275,7 @@ def route_direct(nc: Any, sub: Any, handler: Callable[[bytes, bytes], None]) -> 
         d = _Direct(nc)
         nc._gridtwin_direct = d
         nc._process_msg = d.process
-    d.routes[sid] = handler
+    d.routes[sid] = (handler, headers)
     return True
 
 
