@@ -1,10 +1,15 @@
 """Edge publishing: a twin's snapshots, events and health onto the bus, never blocking ingest.
 
 The gateway calls :meth:`EdgeBus.offer_snapshot` (and ``offer_event``/``offer_health``)
-on its hot path; that only encodes the message and appends it to a bounded buffer. A
-publisher task sends the buffer to JetStream as soon as it can, up to ``window`` messages
-awaiting their acknowledgement (PubAck) at a time, pipelined (:mod:`gateway.bus.pub`);
-a message whose PubAck fails or does not come is sent again first:
+on its hot path; that only encodes the message, appends it to a bounded buffer and asks
+for one send at the end of the current event-loop turn (``loop.call_soon``, once per turn
+for every edge on the connection): there the buffer goes to JetStream, up to ``window``
+messages awaiting their acknowledgement (PubAck) at a time, pipelined, in one socket
+write for all the edges of the process (:meth:`gateway.bus.pub.AckedPublisher.send`). No
+publisher task and no flusher task stand between the offer and the socket: a snapshot
+leaves right after the loop turn that offered it (before: a turn for the publisher task,
+then one for the client library's flusher). A message whose PubAck fails or does not
+come is sent again first:
 
 * while the bus is down the buffer is the spool: nothing is sent, the twin keeps
   estimating locally; on reconnect the spool is sent in order (catch-up), newest last;
@@ -31,7 +36,7 @@ import numpy as np
 
 from gateway.bus import wire
 from gateway.bus.conn import BusOptions, connect, ensure_fleet
-from gateway.bus.pub import AckedPublisher
+from gateway.bus.pub import AckedPublisher, route_direct, unroute
 
 log = logging.getLogger("gridtwin.bus")
 
@@ -66,12 +71,18 @@ class EdgeBus:
         #: this edge run's id (µs since the epoch at construction): part of every message
         #: id, so a twin restarted from step 0 is a new run, not a repetition
         self.run = int(clock() * 1e6)
-        self._buf: deque[tuple[str, bytes, str]] = deque(maxlen=buffer)
-        self._wake = asyncio.Event()
-        self._up = asyncio.Event()
-        self._inflight: dict[asyncio.Future[bool], tuple[str, bytes, str]] = {}
+        # per kind: the subject and the de-duplication id up to its sequence number, as
+        # the bytes of the frame (wire.subject, wire.msg_id)
+        self._subjects = {k: wire.subject(twin, k).encode() for k in wire.KIND_NAMES}
+        self._ids = {k: wire.msg_id(twin, self.run, k, 0)[:-1].encode()
+                     for k in wire.KIND_NAMES}
+        #: (subject, message, de-duplication id), oldest first
+        self._buf: deque[tuple[bytes, bytes, bytes]] = deque(maxlen=buffer)
+        self._up = False
+        self._inflight = 0  # sent, awaiting the PubAck
+        self._scheduled = False  # a send is asked for at the end of this loop turn
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pub: Any = None
-        self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.nc: Any = None
         self.js: Any = None
@@ -104,17 +115,63 @@ class EdgeBus:
         self.stats.offered += 1
         if len(self._buf) == self._buf.maxlen:
             self.stats.dropped += 1  # the deque drops the oldest
-        self._buf.append((wire.subject(self.twin, kind), msg,
-                          wire.msg_id(self.twin, self.run, kind, seq)))
-        self._wake.set()
+        self._buf.append((self._subjects[kind], msg, self._ids[kind] + b"%d" % seq))
+        self._kick()
 
     @property
     def pending(self) -> int:
         """Messages waiting (the spool while the bus is down) or awaiting their PubAck."""
-        return len(self._buf) + len(self._inflight)
+        return len(self._buf) + self._inflight
+
+    # ------------------------------------------------------------------ sending
+    def _kick(self) -> None:
+        """Ask for a send at the end of this loop turn (once, whatever the offers)."""
+        if self._closing or self._loop is None:
+            return  # not started: start() sends what was offered before
+        if self._conn is not None:
+            self._conn.kick(self)
+        elif not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        if self._closing:
+            return
+        self._fill()
+        self._pub.write()
+
+    def _fill(self) -> None:
+        """Hand the publisher what is buffered while fewer than ``window`` wait for their
+        PubAck and the bus is up (else it stays: the spool)."""
+        buf, pub, acked = self._buf, self._pub, self._acked
+        while buf and self._inflight < self.window and self._up:
+            item = buf.popleft()
+            self._inflight += 1
+            pub.send(item[0], item[1], item[2], acked, item)
+
+    def _acked(self, item: tuple[bytes, bytes, bytes], exc: BaseException | None,
+               duplicate: bool) -> None:
+        self._inflight -= 1
+        if exc is not None:
+            # not stored (or not known to be): again, first; the de-duplication id makes
+            # a second copy of a stored one harmless
+            self.stats.errors += 1
+            if len(self._buf) == self._buf.maxlen:
+                self.stats.dropped += 1  # the oldest message: it goes, as on overflow
+            else:
+                self._buf.appendleft(item)
+            if self._loop is not None and not self._closing:
+                self._loop.call_later(0.1, self._kick)
+            return
+        self.stats.published += 1
+        self.stats.duplicates += int(duplicate)
+        if self._buf:
+            self._kick()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         if self.shared:
             self._conn = await _Shared.join(self)
             self.nc, self._pub = self._conn.nc, self._conn.pub
@@ -127,13 +184,16 @@ class EdgeBus:
         await ensure_fleet(self.js, self.opts)
         self._sub = await self.nc.subscribe(wire.subject(self.twin, wire.STATE),
                                             cb=self._state)
+        # the states straight from the connection's reader, a loop turn earlier (their
+        # one header, the worker's de-duplication id, is not needed here)
+        route_direct(self.nc, self._sub, self._state_raw, headers=True)
         self.stats.connected = True
-        self._up.set()
-        self._task = asyncio.create_task(self._publish_loop())
+        self._up = True
+        self._kick()
 
     async def _down(self) -> None:
         self.stats.connected = False
-        self._up.clear()
+        self._up = False
         if self._closing:
             return
         log.warning("bus %s: disconnected; spooling (%d waiting)", self.opts.redacted(),
@@ -142,14 +202,17 @@ class EdgeBus:
     async def _again(self) -> None:
         self.stats.connected = True
         self.stats.reconnects += 1
-        self._up.set()
-        self._wake.set()
+        self._up = True
+        self._kick()
         log.warning("bus %s: reconnected; catching up %d messages", self.opts.redacted(),
                     self.pending)
 
     async def _state(self, m: Any) -> None:
+        self._state_raw(b"", m.data)
+
+    def _state_raw(self, subject: bytes, data: bytes) -> None:
         try:
-            st = wire.decode(m.data)
+            st = wire.decode(data)
         except wire.BusMessageError:
             self.stats.bad_states += 1
             return
@@ -160,54 +223,19 @@ class EdgeBus:
         if self.on_state is not None:
             self.on_state(st, self.clock() - st.publish_time)
 
-    async def _publish_loop(self) -> None:
-        """Send what is buffered while fewer than ``window`` wait for their PubAck: no
-        round trip per message, and a snapshot offered while others are in flight
-        leaves at once."""
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._buf and len(self._inflight) < self.window and self._up.is_set():
-                item = self._buf.popleft()
-                fut = await self._pub.publish(*item)
-                self._inflight[fut] = item
-                fut.add_done_callback(self._acked)
-
-    def _acked(self, fut: asyncio.Future[bool]) -> None:
-        item = self._inflight.pop(fut, None)
-        if item is None:
-            return
-        exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or exc is not None:
-            # not stored (or not known to be): again, first; the de-duplication id makes
-            # a second copy of a stored one harmless
-            self.stats.errors += 1
-            if len(self._buf) == self._buf.maxlen:
-                self.stats.dropped += 1  # the oldest message: it goes, as on overflow
-            else:
-                self._buf.appendleft(item)
-            asyncio.get_running_loop().call_later(0.1, self._wake.set)
-            return
-        self.stats.published += 1
-        self.stats.duplicates += int(fut.result())
-        self._wake.set()
-
     async def flush(self, timeout: float) -> bool:
         """Wait until everything offered so far is acknowledged (True) or ``timeout``."""
         end = time.monotonic() + timeout
         while self.pending and time.monotonic() < end:
-            self._wake.set()
+            self._kick()
             await asyncio.sleep(0.01)
         return not self.pending
 
     async def close(self) -> None:
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         if self._conn is not None:
             conn, self._conn = self._conn, None  # closing twice leaves once
+            unroute(self.nc, self._sub)
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             await conn.leave(self)
@@ -234,6 +262,24 @@ class _Shared:
         self.edges: list[EdgeBus] = []
         self.nc: Any = None
         self.pub: Any = None
+        self._dirty: dict[EdgeBus, None] = {}  # edges with something to send, in order
+        self._scheduled = False
+
+    def kick(self, edge: EdgeBus) -> None:
+        """``edge`` has something to send: one send for all of them at the end of this
+        loop turn."""
+        self._dirty[edge] = None
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for e in dirty:
+            if not e._closing:
+                e._fill()
+        self.pub.write()
 
     @classmethod
     async def join(cls, edge: EdgeBus) -> _Shared:
