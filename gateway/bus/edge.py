@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gateway.bus import wire
-from gateway.bus.conn import BusOptions, connect, ensure_fleet
+from gateway.bus.conn import BusOptions, close_connection, connect, ensure_fleet
 from gateway.bus.pub import AckedPublisher, route_direct, unroute
 
 log = logging.getLogger("gridtwin.bus")
@@ -244,9 +244,8 @@ class EdgeBus:
             return
         if self._pub is not None:
             await self._pub.close()
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+        if self.nc is not None:  # bounded: a hung server must not hang the edge's exit
+            await close_connection(self.nc, "edge bus connection", drain=True)
 
 
 class _Shared:
@@ -309,8 +308,7 @@ class _Shared:
             return
         self._open.pop(self.key, None)
         await self.pub.close()
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
+        await close_connection(self.nc, "shared edge bus connection", drain=True)
 
     async def _down(self) -> None:
         for e in list(self.edges):
