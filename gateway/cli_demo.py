@@ -16,6 +16,11 @@ database against the trace's ground truth:
 * ``pv_mape_pct``: PV pseudo-measurement (forecast) vs true plant output, over samples
   with true output above 5 % of the rating (MAPE is undefined at night), %;
 * ``historian_rows``: rows of this run in every table;
+* ``deadline_misses_by_stage``: the stored snapshots that missed their deadline, by the
+  stage of their latency that took longest (``align``: waiting for the snapshot's last
+  frame, ``clean``: the quality stage, ``handoff``, ``solve``, ``return``: the state back
+  into the gateway's loop; ``superseded``: no state, a newer snapshot's answered it) and
+  ``first_second``: how many of them arrived in the run's first second (the start-up);
 * ``states_held``: stored states that are the kalman filter's prediction, not an estimate
   of their snapshot (the 1 kHz worker's answer to a snapshot with gross errors, flagged
   ``converged`` false with 0 iterations: ``gateway.estimator_worker``); they count in
@@ -498,6 +503,7 @@ def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path,
         run_id = rd.latest_run()
         vm_mape, va_rmse = _state_accuracy(rd, run_id, trace, rows_of)
         held = _held_states(rd, run_id)
+        causes = _miss_causes(rd, run_id)
         missed, false = _bad_data_accuracy(rd, run_id, trace, rows_of)
         pv_mape, pv_scored = _pv_accuracy(rd, run_id, trace, rows_of)
         hist_rows = _historian_rows(rd, run_id)
@@ -515,6 +521,7 @@ def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path,
         "states": gw.get("states"),
         "deadline_misses": gw.get("deadline_misses"),
         "skipped_snapshots": gw.get("skipped"),
+        "deadline_misses_by_stage": causes,
         "se_vm_mape_pct": vm_mape,
         "se_va_rmse_rad": va_rmse,
         "states_held": held,
@@ -577,6 +584,37 @@ def _held_states(rd: Any, run_id: Any) -> int:
 
     st = rd.states(run_id=run_id)
     return int(np.count_nonzero(~st.converged & (st.iterations == 0))) if len(st) else 0
+
+
+#: the stages of a state's e2e latency the historian stores (``states.timings``)
+STAGES = ("align", "clean", "handoff", "solve", "return")
+
+
+def _miss_causes(rd: Any, run_id: Any) -> dict[str, int]:
+    """The stored snapshots that missed their deadline, each under the stage of its
+    latency that took longest (``superseded``: no state at all, a newer snapshot's
+    answered it), and how many of them arrived in the run's first second
+    (``first_second``: the start-up, when the estimator sets its weights and the quality
+    stage's detector has no history yet)."""
+    st = rd.db.query("SELECT seq, deadline_met, timings FROM states WHERE run_id = ?",
+                     (run_id,))
+    arr = dict(rd.db.query("SELECT seq, arrival_time FROM measurements "
+                           "WHERE run_id = ? AND seq >= 0", (run_id,)))
+    out = dict.fromkeys(("superseded", *STAGES, "first_second"), 0)
+    if not arr:
+        return out
+    t0 = min(arr.values())
+    late = list(arr.keys() - {r[0] for r in st})
+    out["superseded"] = len(late)
+    for seq, met, timings in st:
+        if met:
+            continue
+        t = json.loads(timings) if isinstance(timings, str) else (timings or {})
+        parts = {k: float(t.get(f"{k}_s") or 0.0) for k in STAGES}
+        out[max(parts, key=parts.__getitem__)] += 1
+        late.append(seq)
+    out["first_second"] = sum(1 for seq in late if arr.get(seq, math.inf) - t0 < 1.0)
+    return out
 
 
 def _chi2_healthy(rd: Any, run_id: Any, trace: Any, rows_of: Callable[[Any], Any]
@@ -680,6 +718,16 @@ def _skipped(skipped: Any) -> str:
     return "skipped " + ", ".join(parts) if parts else "none skipped"
 
 
+def _causes(c: dict[str, int] | None) -> str:
+    """`` (superseded 26, solve 10, …; 29 in the first second)`` or nothing."""
+    if not c:
+        return ""
+    parts = [f"{k} {c[k]}" for k in ("superseded", *STAGES) if c.get(k)]
+    if not parts:
+        return ""
+    return f" ({', '.join(parts)}; {c.get('first_second', 0)} in the first second)"
+
+
 def _quality(name: Any) -> str:
     """The stage's state in words: only a stage that is off deserves a remark."""
     if name and "PassThrough" in str(name):
@@ -703,7 +751,8 @@ def human(r: dict[str, Any]) -> str:
         f"lost {r['frames_lost']}",
         *([_streams(r["streams"])] if r.get("streams") else []),
         f"  snapshots  {r['snapshots']}, states {r['states']}, deadline misses "
-        f"{r['deadline_misses']}, {_skipped(r.get('skipped_snapshots'))}",
+        f"{r['deadline_misses']}{_causes(r.get('deadline_misses_by_stage'))}, "
+        f"{_skipped(r.get('skipped_snapshots'))}",
         f"  state      |V| MAPE {_f(r['se_vm_mape_pct'], '.4f')} %, angle RMSE "
         f"{_f(r['se_va_rmse_rad'], '.2e')} rad"
         + (f", {r['states_held']} held (the filter's prediction)" if r.get("states_held")

@@ -436,6 +436,12 @@ class HistorianSink:
                  deadline_met=o.deadline_met, topology=st.topology,
                  timings={"handoff_s": o.handoff_s, "solve_s": st.t_solve_s,
                           "e2e_s": o.e2e_s,
+                          # where the rest of e2e went (one clock on one machine):
+                          # waiting for the snapshot's last frame, the quality stage
+                          # and its predictor, the state's way back into the loop
+                          "align_s": st.published_time - st.arrival_time,
+                          "clean_s": st.send_time - st.published_time,
+                          "return_s": st.arrival_time + o.e2e_s - st.done_time,
                           # the J(x) quantile the estimate was tested against (it
                           # depends on the active set): graded per estimate later
                           "chi2_threshold": st.chi2_threshold})

@@ -142,6 +142,14 @@ def test_estimator_killed_mid_run(tmp_path: Path) -> None:
         late_rows = con.execute("SELECT COUNT(*) FROM measurements WHERE seq < 0").fetchone()[0]
     assert rows["measurements"] - late_rows == res["snapshots"] == rows["corrected"]
     assert rows["states"] == res["states"]
+    # each state's timings split its e2e latency into the stages it went through
+    with sqlite3.connect(wd / "twin.db") as con:
+        stored = [json.loads(t) for (t,) in con.execute("SELECT timings FROM states")]
+    stages = ("align_s", "clean_s", "handoff_s", "return_s")
+    for t in stored:
+        assert all(t[k] >= 0 for k in stages), t
+        rest = t["e2e_s"] - sum(t[k] for k in stages)  # the estimator process's own part
+        assert t["solve_s"] <= rest + 1e-6, t
     assert rows["runs"] == 1 and rows["channels"] == 148 and rows["buses"] == 37
     # /state of the live gateway: the latest estimate, one value per bus
     st = res["_state"]
