@@ -827,6 +827,10 @@ class LinearStateEstimator:
         self._tol_sum = self._tol_hi + 1.0 / self._tol_hi  # r + 1/r at the tolerance
         #: how many times the nominal values were re-based on a snapshot (see the rule)
         self.reweights = 0
+        #: a re-weighting the rules decide is made after the snapshot that decided it
+        #: (:meth:`reweight_pending`), not before its solve (see :meth:`solve`)
+        self.defer_reweight = False
+        self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
         self._nspace: tuple[sp.csr_matrix, np.ndarray] | None = None
         # per measurement set: (1 / sqrt(s_i), computed at a chi-square-clean state)
         self._sens: OrderedDict[bytes, tuple[np.ndarray, bool, float]] = OrderedDict()
@@ -1384,7 +1388,17 @@ class LinearStateEstimator:
         sigma for this solve (aged values weigh less); each distinct pattern is factorized
         once and cached like an active set, so it should change rarely.
         Raises :class:`NotObservableError` or :class:`DidNotConverge`.
+
+        With :attr:`defer_reweight` a re-weighting the rules decide on this snapshot is
+        made after it (:meth:`reweight_pending`, or at the start of the next solve): this
+        snapshot is estimated on the weights in force. Why: a re-weighting (the gain,
+        its inverse, the solution operator and the Newton matrix again, ~0.5 ms on
+        IEEE33) made a snapshot at 1 kHz miss its deadline about once a second, while
+        the weights it brings differ from those in force by the factor the rule allows;
+        the estimator worker makes it in the time between two snapshots instead.
         """
+        if self._pending is not None:
+            self.reweight_pending()
         self._scale = None if sigma_scale is None else np.asarray(sigma_scale, float)
         t0 = time.perf_counter()
         model = self.model
@@ -1397,11 +1411,17 @@ class LinearStateEstimator:
             sig = np.where(np.isfinite(sigma) & (sigma > 0), sigma, sig)
         full = bool(act.all())
         if self.reweight_ratio and self._drifted(z, act, full):
-            self._rebase(z, sig, act)
+            if self.defer_reweight:
+                self._pending = (z.copy(), sig.copy(), act.copy(), True)
+            else:
+                self._rebase(z, sig, act)
         fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
         if self.reweight_ratio and self._slots_drifted(fac, z, sig, act, full):
-            self._rebase(z, sig, act, full=False)
-            fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
+            if not self.defer_reweight:
+                self._rebase(z, sig, act, full=False)
+                fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
+            elif self._pending is None:  # (a full re-basing pending includes it)
+                self._pending = (z.copy(), sig.copy(), act.copy(), False)
         tol = self.tolerance if tolerance is None else float(tolerance)
         itmax = self.max_iterations if max_iterations is None else int(max_iterations)
         if isinstance(warm_start, np.ndarray):
@@ -1482,7 +1502,25 @@ class LinearStateEstimator:
             return None
         self._last_v = prev
         self.forget_drift()
+        self._pending = None  # a snapshot judged gross sets no weights
         return prev.copy()
+
+    def reweight_pending(self) -> bool:
+        """Make the re-weighting the last solve decided (:attr:`defer_reweight`): the
+        nominal values re-based on its snapshot and its measurement set factorized on
+        them, with its fast path, so the next snapshot finds them ready. False when
+        none was pending. The estimator worker calls it once a state is sent."""
+        p, self._pending = self._pending, None
+        if p is None:
+            return False
+        z, sig, act, full = p
+        self._rebase(z, sig, act, full=full)
+        fac, _, _, complete, _, _ = self._select(z, sig, act)
+        if complete and fac.dense and fac.op is not None and self._last_v is not None:
+            # the Newton matrix of the weights before (a re-weighting moves J_F a
+            # little: a fraction of an iteration, never the fixed point)
+            self._dense_step(fac, self._last_v, z, reuse=True)
+        return True
 
     def forget_drift(self) -> None:
         """Rule (b) forgets which slots drifted so far: the last snapshot's values were
@@ -1823,6 +1861,7 @@ class LinearStateEstimator:
         results and the zero-injection null space are structural and stay cached."""
         self.model.nominal[:] = 0.0
         self.nominal_sigma[:] = 1.0
+        self._pending = None
         self._stale.clear()
         self._nominal_set[:] = False
         self._nom_version += 1
@@ -1915,6 +1954,8 @@ class LinearStateEstimator:
         :meth:`solve` one by one. A row that fails (not observable, no convergence) is
         NaN with ``converged`` False and its error in ``errors``.
         """
+        if self._pending is not None:  # a deferred re-weighting (defer_reweight) first
+            self.reweight_pending()
         model = self.model
         self._scale = None  # sigma factors are a solve() option
         zb = np.atleast_2d(np.asarray(z, float))

@@ -164,6 +164,7 @@ class Gateway:
         if self.forecast is not None:
             self.on_new_state.append(self.forecast.on_estimate)
             self.started("forecaster", self.forecast.close)
+            await self.forecast.start()
         self.server = await comp.open_server(
             cfg, o, self.metrics, state=lambda: self.latest_state,
             streams=self.stream_summary, summary=self.summary, ready=self.not_ready)

@@ -4,6 +4,7 @@ every_s, the violation event with its lead time, the bounded history, the seedin
 from __future__ import annotations
 
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -246,3 +247,28 @@ def test_history_seeded_from_the_historian(cfg: TwinConfig, tmp_path: Path) -> N
     # seeded minutes, the gap to the live ones filled, the live minutes closed so far
     assert f.history.last_bin == live_closed[-1]
     assert len(f.history) == live_closed[-1] - seeded_bins[0] + 1
+
+
+async def test_the_worker_process_is_running_before_the_first_forecast(
+        cfg: TwinConfig) -> None:
+    """``start()`` (the gateway's start-up) spawns the forecast worker process: the first
+    job at the first state does not (a spawn held the loop 4-8 ms in a live twin)."""
+    import asyncio
+    import multiprocessing
+
+    from gateway.forecast import ForecastRunner, ForecastSettings
+    from gateway.metrics import Metrics
+
+    loop = asyncio.get_running_loop()
+    before = {p.pid for p in multiprocessing.active_children()}
+    r = ForecastRunner(cfg, ForecastSettings(), Metrics(), lambda *a: None, loop,
+                       loop.time)
+    try:
+        assert {p.pid for p in multiprocessing.active_children()} == before
+        await r.start()
+        started = {p.pid for p in multiprocessing.active_children()} - before
+        assert len(started) == 1
+        pid = await loop.run_in_executor(r.pool, os.getpid)  # the job ran there
+        assert started == {pid}
+    finally:
+        await r.close()
