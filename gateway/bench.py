@@ -29,8 +29,8 @@ BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("e2e.", "gateway.bench_e2e:e2e"),
     ("handoff.", "gateway.bench_e2e:e2e"),  # measured in the same demo runs as e2e.
     ("live.", "gateway.bench_live"),
-    ("bus.", "gateway.bench_fleet"),
-    ("fleet.", "gateway.bench_fleet"),  # measured in the same run as bus.
+    ("bus.", "gateway.bench_fleet:benchmarks_bus"),
+    ("fleet.", "gateway.bench_fleet:benchmarks_fleet"),
 )
 
 

@@ -32,18 +32,36 @@ E2E_P99_MAX_MS = 20.0
 
 
 def benchmarks(quick: bool) -> list[BenchResult]:
-    from hil.natsserver import NatsServer, nats_server_binary
+    """``bus.`` and ``fleet.``."""
+    return benchmarks_bus(quick) + benchmarks_fleet(quick)
 
-    if nats_server_binary() is None:
-        print("bench: nats-server is not installed (apt-get install nats-server): no bus "
-              "figures", file=sys.stderr)
+
+def benchmarks_bus(quick: bool) -> list[BenchResult]:
+    """``bus.publish`` and ``bus.rtt.p99`` (on a private nats-server)."""
+    from hil.natsserver import NatsServer
+
+    if not _have_server():
         return []
     out: list[BenchResult] = []
     with NatsServer() as srv:
         out += asyncio.run(_publish(srv.url, 2000 if quick else 20_000))
         out.append(asyncio.run(_rtt(srv.url, 400 if quick else 2000)))
-    out += _fleet(quick)
     return out
+
+
+def benchmarks_fleet(quick: bool) -> list[BenchResult]:
+    """``fleet.feeders_50hz`` and the figures of its run."""
+    return _fleet(quick) if _have_server() else []
+
+
+def _have_server() -> bool:
+    from hil.natsserver import nats_server_binary
+
+    if nats_server_binary() is None:
+        print("bench: nats-server is not installed (apt-get install nats-server): no bus "
+              "figures", file=sys.stderr)
+        return False
+    return True
 
 
 def _snapshots(n: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
