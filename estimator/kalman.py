@@ -226,6 +226,14 @@ class KalmanStateEstimator:
         assert self.x is not None
         return self.x.view(complex).copy()
 
+    def discard(self) -> None:
+        """The LAST snapshot's step taken back with nothing in its place (no prediction
+        step: the filter is where it was before it; after its first snapshot, not
+        started), and the static estimator's solve (:meth:`LinearStateEstimator.discard`)."""
+        if self._before is not None:
+            self.x, self.p, self.q, self.m, self._t = self._before
+        self.static.discard()
+
     def _scaled(self, scale: np.ndarray | None) -> np.ndarray | None:
         """The caller's sigma factors with the PV pseudo-measurements' widened by
         ``pv_scale`` (see the module docstring)."""

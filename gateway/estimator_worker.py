@@ -271,6 +271,14 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
                 v_hold = holder.hold()
                 if v_hold is not None:
                     return np.abs(v_hold), np.angle(v_hold), chi2, chi2_thr, 0, False
+                if holder.skip():
+                    discard = getattr(est, "discard", None)
+                    if discard is not None:
+                        discard()
+                    raise NotSearched(
+                        f"J(x) = {chi2:.0f}, {chi2 / chi2_thr:.0f} times its 99 % quantile, "
+                        "and no recent estimate to hold: not estimated (gross errors are "
+                        f"searched once they last {HOLD_MAX_S * 1e3:g} ms)")
                 st = cleaner(z, active=active, warm_start=st.v, **extra)
         except DidNotConverge as exc:
             if exc.last is None:
@@ -284,6 +292,11 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
     if idle is not None:
         solve.idle = idle  # type: ignore[attr-defined]
     return solve
+
+
+class NotSearched(Exception):
+    """A snapshot with gross errors left unestimated (see :meth:`_Holder.skip`): the
+    worker answers it with a FAIL naming why."""
 
 
 class _Holder:
@@ -300,11 +313,16 @@ class _Holder:
     historian stores both, the chi-square failure counts it, ``gridtwin demo`` reports
     ``states_held``, and the command controller acts on converged estimates only). At
     most :data:`HOLD_MAX_S` in a row: the next gross snapshot is searched as before (a
-    stuck meter must not leave the twin on its prediction). The first snapshot has
-    nothing to predict from and is searched, and so is a snapshot when this solve
-    function's previous answer is older than :data:`HOLD_MAX_S` (``clock``): a topology
-    that comes back (:class:`SolverCache`) or a stalled feed would otherwise hold an
-    estimate from seconds ago.
+    stuck meter must not leave the twin on its prediction). With nothing to hold — the
+    first snapshots, before the quality stage's detector has a history, or when this
+    solve function's previous answer is older than :data:`HOLD_MAX_S` (``clock``: a
+    topology that comes back, :class:`SolverCache`, or a stalled feed would otherwise
+    hold an estimate from seconds ago) — a gross snapshot is not estimated
+    (:meth:`skip`: a FAIL, its solve discarded) until gross snapshots have come for
+    :data:`HOLD_MAX_S`; then it is searched. Why: the first snapshot's search took
+    10-14 ms at 1 kHz (its gross errors before the detector has a history), and the ~20
+    snapshots behind it were superseded; not estimating it costs that one and lets the
+    first clean snapshot through at once.
     """
 
     def __init__(self, est: Any, period: float, clock: Callable[[], float]) -> None:
@@ -313,6 +331,7 @@ class _Holder:
         self.clock = clock
         self.held = 0  # held in a row
         self.last = -math.inf  # clock() at the last answer
+        self.skipped_since: float | None = None  # clock() at the first skip in a row
 
     def hold(self) -> np.ndarray | None:
         """The prediction to answer with (the estimator's step taken back), or None: the
@@ -326,10 +345,23 @@ class _Holder:
             self.last = now
         return v
 
+    def skip(self) -> bool:
+        """Called when :meth:`hold` had nothing to hold: True while this gross snapshot
+        should be left unestimated (the first gross snapshots in a row, for
+        :data:`HOLD_MAX_S`), False: search it. Never after a run of holds reached its
+        limit (that is a lasting error: searched)."""
+        if self._hold is None or self.held >= self.max:
+            return False
+        now = self.clock()
+        if self.skipped_since is None:
+            self.skipped_since = now
+        return now - self.skipped_since < HOLD_MAX_S
+
     def answered(self) -> None:
         """An estimate of its own snapshot went out."""
         self.held = 0
         self.last = self.clock()
+        self.skipped_since = None
 
 
 def measurement_sigmas(model: Any, z: np.ndarray, flags: np.ndarray, pv_sigma_mw: np.ndarray
