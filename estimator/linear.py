@@ -330,6 +330,11 @@ def _block_diag(w11: np.ndarray, w12: np.ndarray, w22: np.ndarray) -> sp.csr_mat
     return sp.csr_matrix((np.r_[w11, w22, w12, w12], (rows, cols)), shape=(2 * g, 2 * g))
 
 
+def _step_key(fac: _Factor) -> bytes:
+    """The measurement structure a dense fast path (and its Newton matrix) belongs to."""
+    return fac.slots.tobytes() + fac.has0.tobytes() + fac.has1.tobytes()
+
+
 def _spd_inverse(g: np.ndarray) -> np.ndarray | None:
     """``g^-1`` of a symmetric positive definite ``g`` by its Cholesky factor (LAPACK
     ``potrf``, ``potri``), or None when ``g`` is not numerically positive definite."""
@@ -831,6 +836,8 @@ class LinearStateEstimator:
         #: (:meth:`reweight_pending`), not before its solve (see :meth:`solve`)
         self.defer_reweight = False
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
+        #: a fast path made on the Newton matrix of the weights before (see idle())
+        self._refresh: tuple[_Factor, np.ndarray] | None = None
         self._nspace: tuple[sp.csr_matrix, np.ndarray] | None = None
         # per measurement set: (1 / sqrt(s_i), computed at a chi-square-clean state)
         self._sens: OrderedDict[bytes, tuple[np.ndarray, bool, float]] = OrderedDict()
@@ -1512,6 +1519,26 @@ class LinearStateEstimator:
         self.forget_drift()
         self._pending = None  # a snapshot judged gross sets no weights
 
+    def idle(self) -> bool:
+        """One piece of what a deferred re-weighting leaves (:attr:`defer_reweight`), for
+        the time between two snapshots: the re-weighting (:meth:`reweight_pending`), or,
+        on the call after it, the Newton matrix at the new weights (the one of the
+        weights before serves until then: one more iteration per solve). False when
+        nothing was left. The estimator worker calls it while no snapshot waits."""
+        if self._pending is not None:
+            return self.reweight_pending()
+        r, self._refresh = self._refresh, None
+        if r is None:
+            return False
+        fac, z = r
+        step = fac.step
+        if step is None or self._last_v is None or fac is not self.last_factor:
+            return False  # re-weighted, or another set solved, meanwhile
+        with single_threaded():
+            step.newton = step.newton_at(self._last_v, z)
+        self._newton[_step_key(fac)] = step.newton
+        return True
+
     def reweight_pending(self) -> bool:
         """Make the re-weighting the last solve decided (:attr:`defer_reweight`): the
         nominal values re-based on its snapshot and its measurement set factorized on
@@ -1525,8 +1552,10 @@ class LinearStateEstimator:
         fac, _, _, complete, _, _ = self._select(z, sig, act)
         if complete and fac.dense and fac.op is not None and self._last_v is not None:
             # the Newton matrix of the weights before (a re-weighting moves J_F a
-            # little: a fraction of an iteration, never the fixed point)
+            # little: a fraction of an iteration, never the fixed point); its own is
+            # made by the next idle() call
             self._dense_step(fac, self._last_v, z, reuse=True)
+            self._refresh = (fac, z)
         # and the rules' constants at the new nominal values (made by the next solve
         # otherwise: 0.05-0.1 ms, more on a cold cache)
         self._drifted(z, act, bool(act.all()))
@@ -1659,7 +1688,7 @@ class LinearStateEstimator:
         move ``J_F`` a little, which costs a fraction of an iteration per row, never the
         fixed point)."""
         if fac.step is None:
-            key = fac.slots.tobytes() + fac.has0.tobytes() + fac.has1.tobytes()
+            key = _step_key(fac)
             with single_threaded():
                 step = _DenseStep(fac, like=self._steps.get(key))
                 step.newton = self._newton.get(key) if reuse else None
@@ -1873,7 +1902,7 @@ class LinearStateEstimator:
         results and the zero-injection null space are structural and stay cached."""
         self.model.nominal[:] = 0.0
         self.nominal_sigma[:] = 1.0
-        self._pending = None
+        self._pending = self._refresh = None
         self._stale.clear()
         self._nominal_set[:] = False
         self._nom_version += 1

@@ -241,7 +241,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
     if period < HOLD_PERIOD_S and isinstance(core, LinearStateEstimator):
         # a re-weighting is made between snapshots, not on one's deadline path
         core.defer_reweight = True
-        idle = core.reweight_pending
+        idle = core.idle
 
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, float, float, int, bool]:

@@ -32,6 +32,7 @@ def _run(est: LinearStateEstimator, z: np.ndarray, *, idle: bool) -> tuple[Any, 
     for k, zk in enumerate(z):
         out.append(est.solve(zk).v)
         if idle and est.reweight_pending():
+            est.idle()  # (its Newton matrix)
             fired.append(k)
     return np.array(out), fired
 
@@ -76,3 +77,24 @@ def test_a_held_snapshot_sets_no_weights() -> None:
     before = est.reweights
     assert est.hold() is not None  # the worker judged that snapshot gross
     assert not est.reweight_pending() and est.reweights == before
+
+
+def test_idle_does_one_piece_per_call() -> None:
+    """The worker's idle() between snapshots: the re-weighting; after the next snapshot
+    (solved on the Newton matrix of the weights before) that set's own Newton matrix;
+    then nothing."""
+    _, est, z, _ = _pair()
+    k = 0
+    while est._pending is None:
+        est.solve(z[k])
+        k += 1
+    before = est.reweights
+    assert est.idle() and est.reweights == before + 1  # the re-weighting
+    est.solve(z[k])
+    fac = est.last_factor
+    assert fac is not None and fac.step is not None
+    reused = fac.step.newton
+    assert est.idle()  # its own Newton matrix
+    assert fac.step.newton is not reused
+    assert not np.allclose(fac.step.newton, reused, rtol=0, atol=1e-12)
+    assert not est.idle()
