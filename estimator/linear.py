@@ -818,26 +818,7 @@ class LinearStateEstimator:
             raise EstimatorError("sparse_solver='qdldl' needs the qdldl package "
                                  "(pip install qdldl)")
         self.sparse_solver = sparse_solver
-        if reweight_ratio != 0 and not reweight_ratio > 1:
-            raise EstimatorError(f"reweight_ratio must be > 1 (or 0: never), not "
-                                 f"{reweight_ratio!r}")
-        self.reweight_ratio = float(reweight_ratio)
-        self._log_ratio = math.log(self.reweight_ratio) if self.reweight_ratio else math.inf
-        self._rel_meas = ~model.is_angle & (model.rel > 0)
-        self._floor_pos = np.maximum(model.floor, 1e-12)
-        if not weight_tolerance > 0:
-            raise EstimatorError(f"weight_tolerance must be > 0, not {weight_tolerance!r}")
-        self.weight_tolerance = float(weight_tolerance)
-        self._tol_hi = 1.0 + self.weight_tolerance
-        self._tol_sum = self._tol_hi + 1.0 / self._tol_hi  # r + 1/r at the tolerance
-        #: how many times the nominal values were re-based on a snapshot (see the rule)
-        self.reweights = 0
-        #: a re-weighting the rules decide is made after the snapshot that decided it
-        #: (:meth:`reweight_pending`), not before its solve (see :meth:`solve`)
-        self.defer_reweight = False
-        self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
-        #: a fast path made on the Newton matrix of the weights before (see idle())
-        self._refresh: tuple[_Factor, np.ndarray] | None = None
+        self._init_rules(reweight_ratio, weight_tolerance)
         self._nspace: tuple[sp.csr_matrix, np.ndarray] | None = None
         # per measurement set: (1 / sqrt(s_i), computed at a chi-square-clean state)
         self._sens: OrderedDict[bytes, tuple[np.ndarray, bool, float]] = OrderedDict()
@@ -878,6 +859,30 @@ class LinearStateEstimator:
         self._a_t: np.ndarray | None = None  # A^T (dense, C order) for rows_residual
         self._c_rows = (constraint_rows(model, pv_constraints=False) if self.constraints
                         else sp.csr_matrix((0, n2)))
+
+    def _init_rules(self, reweight_ratio: float, weight_tolerance: float) -> None:
+        """The re-weighting rules' settings and state (see the module docstring)."""
+        model = self.model
+        if reweight_ratio != 0 and not reweight_ratio > 1:
+            raise EstimatorError(f"reweight_ratio must be > 1 (or 0: never), not "
+                                 f"{reweight_ratio!r}")
+        self.reweight_ratio = float(reweight_ratio)
+        self._log_ratio = math.log(self.reweight_ratio) if self.reweight_ratio else math.inf
+        self._rel_meas = ~model.is_angle & (model.rel > 0)
+        self._floor_pos = np.maximum(model.floor, 1e-12)
+        if not weight_tolerance > 0:
+            raise EstimatorError(f"weight_tolerance must be > 0, not {weight_tolerance!r}")
+        self.weight_tolerance = float(weight_tolerance)
+        self._tol_hi = 1.0 + self.weight_tolerance
+        self._tol_sum = self._tol_hi + 1.0 / self._tol_hi  # r + 1/r at the tolerance
+        #: how many times the nominal values were re-based on a snapshot (see the rule)
+        self.reweights = 0
+        #: a re-weighting the rules decide is made after the snapshot that decided it
+        #: (:meth:`idle`), not before its solve (see :meth:`solve`)
+        self.defer_reweight = False
+        self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
+        #: a fast path made on the Newton matrix of the weights before (see idle())
+        self._refresh: tuple[_Factor, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ factorization
     def factor(self, active: np.ndarray, z: np.ndarray | None = None,
@@ -1397,7 +1402,7 @@ class LinearStateEstimator:
         Raises :class:`NotObservableError` or :class:`DidNotConverge`.
 
         With :attr:`defer_reweight` a re-weighting the rules decide on this snapshot is
-        made after it (:meth:`reweight_pending`, or at the start of the next solve): this
+        made after it (:meth:`idle`, or at the start of the next solve): this
         snapshot is estimated on the weights in force. Why: a re-weighting (the gain,
         its inverse, the solution operator and the Newton matrix again, ~0.5 ms on
         IEEE33) made a snapshot at 1 kHz miss its deadline about once a second, while
@@ -1416,19 +1421,7 @@ class LinearStateEstimator:
         if sigma is not None:
             sigma = np.asarray(sigma, float)
             sig = np.where(np.isfinite(sigma) & (sigma > 0), sigma, sig)
-        full = bool(act.all())
-        if self.reweight_ratio and self._drifted(z, act, full):
-            if self.defer_reweight:
-                self._pending = (z.copy(), sig.copy(), act.copy(), True)
-            else:
-                self._rebase(z, sig, act)
-        fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
-        if self.reweight_ratio and self._slots_drifted(fac, z, sig, act, full):
-            if not self.defer_reweight:
-                self._rebase(z, sig, act, full=False)
-                fac, has0, has1, complete, dof, chi2 = self._select(z, sig, act)
-            elif self._pending is None:  # (a full re-basing pending includes it)
-                self._pending = (z.copy(), sig.copy(), act.copy(), False)
+        fac, has0, has1, complete, dof, chi2 = self._weighed(z, sig, act)
         tol = self.tolerance if tolerance is None else float(tolerance)
         itmax = self.max_iterations if max_iterations is None else int(max_iterations)
         if isinstance(warm_start, np.ndarray):
@@ -1467,6 +1460,25 @@ class LinearStateEstimator:
         state.timings = {"prepare_s": t1 - t0, "iterate_s": t2 - t1,
                          "residuals_s": t3 - t2, "total_s": t3 - t0}
         return state
+
+    def _weighed(self, z: np.ndarray, sig: np.ndarray, act: np.ndarray
+                 ) -> tuple[_Factor, np.ndarray, np.ndarray, bool, int, float]:
+        """:meth:`_select` after the re-weighting rules (a) and (b) had their say on this
+        snapshot (made now, or left for :meth:`idle` with :attr:`defer_reweight`)."""
+        full = bool(act.all())
+        if self.reweight_ratio and self._drifted(z, act, full):
+            if self.defer_reweight:
+                self._pending = (z.copy(), sig.copy(), act.copy(), True)
+            else:
+                self._rebase(z, sig, act)
+        got = self._select(z, sig, act)
+        if self.reweight_ratio and self._slots_drifted(got[0], z, sig, act, full):
+            if not self.defer_reweight:
+                self._rebase(z, sig, act, full=False)
+                got = self._select(z, sig, act)
+            elif self._pending is None:  # (a full re-basing pending includes it)
+                self._pending = (z.copy(), sig.copy(), act.copy(), False)
+        return got
 
     def solve_clean(self, z: np.ndarray, *, active: np.ndarray | None = None,
                     warm_start: bool | np.ndarray = True, now: float = 0.0,

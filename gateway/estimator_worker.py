@@ -52,6 +52,7 @@ from gateway.handoff import (
     encode_state,
 )
 from gateway.realtime import go_realtime
+from gateway.snapshot import Flag
 
 DEFAULT_SPIN_US = 1000.0
 #: sigma of a value the predictor corrected, in meter sigmas per second of snapshot
@@ -226,7 +227,6 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
                          **({"period_s": period} if method == "kalman" else {}))
     chan = model.channel
     real = chan >= 0
-    bad, corrected, stale = np.uint32(1), np.uint32(4), np.uint32(256)
     # the linear family weighs caller sigmas and sigma factors
     takes_sigma = isinstance(est, LinearStateEstimator) or hasattr(est, "nominal_sigma")
     # bad-data fallback for the static linear SE (re-solving a snapshot is idempotent
@@ -236,21 +236,13 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
                else None)
     holder = _Holder(est if cleaner and period < HOLD_PERIOD_S else None, period, clock)
     _warm_up(cfg, model, est, cleaner)
-    core = est if isinstance(est, LinearStateEstimator) else getattr(est, "static", None)
-    idle: Callable[[], bool] | None = None
-    if period < HOLD_PERIOD_S and isinstance(core, LinearStateEstimator):
-        # a re-weighting is made between snapshots, not on one's deadline path
-        core.defer_reweight = True
-        idle = core.idle
+    idle = _deferred(est, period)
 
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, float, float, int, bool]:
         z = model.values_to_pu(values, pv if pv.size else None)
-        active = np.isfinite(z)
         f = flags[chan[real]]
-        # BAD and not replaced by the predictor: leave the value out
-        active[real] &= ~(((f & bad) != 0) & ((f & corrected) == 0))
-        aged = (f & stale) != 0
+        active, aged = _usable(z, f, real)
         extra: dict[str, Any] = {}
         if takes_sigma:
             extra["sigma"] = measurement_sigmas(model, z, f, sig)
@@ -271,14 +263,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
                 v_hold = holder.hold()
                 if v_hold is not None:
                     return np.abs(v_hold), np.angle(v_hold), chi2, chi2_thr, 0, False
-                if holder.skip():
-                    discard = getattr(est, "discard", None)
-                    if discard is not None:
-                        discard()
-                    raise NotSearched(
-                        f"J(x) = {chi2:.0f}, {chi2 / chi2_thr:.0f} times its 99 % quantile, "
-                        "and no recent estimate to hold: not estimated (gross errors are "
-                        f"searched once they last {HOLD_MAX_S * 1e3:g} ms)")
+                holder.refuse(est, chi2, chi2_thr)
                 st = cleaner(z, active=active, warm_start=st.v, **extra)
         except DidNotConverge as exc:
             if exc.last is None:
@@ -357,6 +342,19 @@ class _Holder:
             self.skipped_since = now
         return now - self.skipped_since < HOLD_MAX_S
 
+    def refuse(self, est: Any, chi2: float, threshold: float) -> None:
+        """When :meth:`skip` says so: the estimator's solve taken back (``discard``) and
+        :class:`NotSearched` raised (the worker's FAIL), naming why."""
+        if not self.skip():
+            return
+        discard = getattr(est, "discard", None)
+        if discard is not None:
+            discard()
+        raise NotSearched(
+            f"J(x) = {chi2:.0f}, {chi2 / threshold:.0f} times its 99 % quantile, and no "
+            "recent estimate to hold: not estimated (gross errors are searched once they "
+            f"last {HOLD_MAX_S * 1e3:g} ms)")
+
     def answered(self) -> None:
         """An estimate of its own snapshot went out."""
         self.held = 0
@@ -410,6 +408,31 @@ def measurement_scale(model: Any, flags: np.ndarray, period_s: float = 1.0
     out[real[aged]] = STALE_SIGMA_FACTOR
     out[real[fixed]] = max(1.0, CORRECTED_SIGMA_FACTOR * period_s)
     return None if np.all(out == 1.0) else out
+
+
+_BAD, _CORRECTED, _STALE = (np.uint32(f) for f in (Flag.BAD, Flag.CORRECTED, Flag.STALE))
+
+
+def _usable(z: np.ndarray, f: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the values to estimate with, the aged ones) of measurement vector ``z`` whose
+    real measurements carry the quality flags ``f``: NaN is out, and so is a value
+    flagged BAD that the predictor did not replace."""
+    active = np.isfinite(z)
+    active[real] &= ~(((f & _BAD) != 0) & ((f & _CORRECTED) == 0))
+    return active, (f & _STALE) != 0
+
+
+def _deferred(est: Any, period: float) -> Callable[[], bool] | None:
+    """Below :data:`HOLD_PERIOD_S`, the linear family's re-weightings are made between
+    snapshots, not on one's deadline path (``defer_reweight``); the work to call there
+    (``idle``), or None."""
+    from estimator.linear import LinearStateEstimator
+
+    core = est if isinstance(est, LinearStateEstimator) else getattr(est, "static", None)
+    if period >= HOLD_PERIOD_S or not isinstance(core, LinearStateEstimator):
+        return None
+    core.defer_reweight = True
+    return core.idle
 
 
 def _warm_up(cfg: Any, model: Any, est: Any, cleaner: Any = None) -> None:
