@@ -73,6 +73,10 @@ CPU_OF: dict[str, int] = {
     "gateway": 0,
     "estimator": 1,
     "predictor": 0,  # beside the gateway: see the module docstring
+    # an emulator on the twin's machine (the demo, the bench): its own CPU from three on;
+    # on two, beside the gateway, never on the estimator's (there its pacer evicted the
+    # estimator's working set between snapshots: 1 kHz misses 112-209 -> 49-77)
+    "emulator": 2,
 }
 #: the CPUs the roles are placed on, as the first process to pin itself found them; its
 #: children inherit it (their own affinity is then the parent's single CPU)

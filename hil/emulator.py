@@ -906,6 +906,7 @@ class EmulatorRunner:
             if restore is not None:
                 with contextlib.suppress(OSError):
                     os.sched_setscheduler(0, restore[0], restore[1])
+                    os.sched_setaffinity(0, restore[2])
             self.close()
 
     def _wait_for_clients(self) -> None:
@@ -1018,17 +1019,22 @@ class EmulatorRunner:
         summary.spin_us = None if self.fast else round(self.spin.margin() * 1e6, 1)
         return summary
 
-    def _enter_realtime(self) -> tuple[int, os.sched_param] | None:
+    def _enter_realtime(self) -> tuple[int, os.sched_param, set[int]] | None:
         """SCHED_FIFO for the running thread when the OS allows it (Linux, root or
-        CAP_SYS_NICE); returns the policy to restore, None when not switched."""
+        CAP_SYS_NICE), on the emulator's CPU (``gateway.realtime``: never the
+        estimator's when the twin runs on this machine); returns the policy and CPUs to
+        restore, None when not switched."""
         if not hasattr(os, "sched_setscheduler"):
             return None
+        from gateway.realtime import pin
+
         try:
-            old = (os.sched_getscheduler(0), os.sched_getparam(0))
+            old = (os.sched_getscheduler(0), os.sched_getparam(0), os.sched_getaffinity(0))
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
         except OSError:
             return None
         self.realtime_active = True
+        pin("emulator")
         return old
 
     def _recent_errors(self, done: int) -> np.ndarray:

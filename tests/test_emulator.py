@@ -210,3 +210,31 @@ def test_cli_emulate_json_and_fault_log(cfg: TwinConfig, trace: Trace, tmp_path:
     finally:
         for s in sinks:
             s.close()
+
+
+def test_realtime_run_places_its_thread_and_gives_the_cpus_back(
+        cfg: TwinConfig, trace: Trace) -> None:
+    """``realtime``: SCHED_FIFO on the emulator's CPU (gateway.realtime: never the
+    estimator's), both given back after the run (where the OS allows real-time at all;
+    the summary says whether it did)."""
+    import os
+
+    from gateway.realtime import cpu_for
+
+    sinks = udp_sinks(3)
+    urls = {n: f"udp://127.0.0.1:{s.getsockname()[1]}" for n, s in zip(UDP_STREAMS, sinks,
+                                                                         strict=True)}
+    before = (os.sched_getscheduler(0), os.sched_getaffinity(0))
+    seen: list[set[int]] = []
+    em = Emulator(retarget(cfg, urls), trace, rate_hz=500.0)
+    runner = EmulatorRunner(em, steps=20, realtime=True,
+                            progress=lambda _: seen.append(os.sched_getaffinity(0)))
+    try:
+        summary = runner.run()
+    finally:
+        for s in sinks:
+            s.close()
+    assert (os.sched_getscheduler(0), os.sched_getaffinity(0)) == before
+    want = cpu_for("emulator", before[1])
+    if summary.realtime and want is not None:
+        assert seen and all(cpus == {want} for cpus in seen)

@@ -133,5 +133,8 @@ def test_roles_share_out_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_for("estimator", {2, 3}) == 3
     assert cpu_for("gateway", {5}) is None  # one CPU: nothing to place
     assert cpu_for("historian", {0, 1}) is None  # not a placed role
+    # an emulator beside the twin: never on the estimator's CPU; its own from three on
+    assert cpu_for("emulator", {0, 1}) == cpu_for("gateway", {0, 1}) == 0
+    assert cpu_for("emulator", {0, 1, 2, 3}) == 2
     monkeypatch.setenv(CPUS_ENV, "4,7")  # what a pinned parent passes on
     assert cpu_for("estimator") == 7
