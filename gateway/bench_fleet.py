@@ -31,11 +31,6 @@ from gateway.bench import BenchResult, p99
 E2E_P99_MAX_MS = 20.0
 
 
-def benchmarks(quick: bool) -> list[BenchResult]:
-    """``bus.`` and ``fleet.``."""
-    return benchmarks_bus(quick) + benchmarks_fleet(quick)
-
-
 def benchmarks_bus(quick: bool) -> list[BenchResult]:
     """``bus.publish`` and ``bus.rtt.p99`` (on a private nats-server)."""
     from hil.natsserver import NatsServer

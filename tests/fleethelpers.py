@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 
@@ -19,6 +19,21 @@ async def until(cond: Callable[[], object], what: str, timeout: float = 60.0) ->
         if time.monotonic() > end:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def queue_drained(js, what: str, timeout: float, *,  # type: ignore[no-untyped-def]
+                        between: Callable[[], Awaitable[object]] | None = None) -> None:
+    """Wait until the workers' work queue holds nothing pending or unacknowledged
+    (bounded); ``between``: what to await between two looks (default: 50 ms)."""
+    from gateway.bus.conn import STREAM, WORKERS
+
+    end = time.monotonic() + timeout
+    while True:
+        info = await js.consumer_info(STREAM, WORKERS)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            return
+        assert time.monotonic() < end, what
+        await (between() if between is not None else asyncio.sleep(0.05))
 
 
 def offer_rows(edge: EdgeBus, trace, seqs: range, *, wall: bool = False) -> None:  # type: ignore[no-untyped-def]

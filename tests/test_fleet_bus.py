@@ -18,7 +18,7 @@ from gateway.bus.edge import EdgeBus
 from gateway.bus.fleet import register_config
 from gateway.bus.worker import Worker
 from hil.scenario import ScenarioSpec, make_trace
-from tests.fleethelpers import offer_rows, until
+from tests.fleethelpers import offer_rows, queue_drained, until
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +165,8 @@ async def test_ack_all_acknowledges_a_batch_in_one_write(nats) -> None:
         await ack_all(nc, got)
         await nc.flush(5)
 
-        async def settled() -> bool:
-            info = await js.consumer_info(STREAM, WORKERS)
-            return info.num_ack_pending == 0 and info.num_pending == 0
-
-        end = time.monotonic() + 30
-        while not await settled():
-            assert time.monotonic() < end, "acknowledgements not taken"
-            await nc.flush(5)
+        await queue_drained(js, "acknowledgements not taken", 30,
+                            between=lambda: nc.flush(5))
         await feed.close()
     finally:
         await nc.close()

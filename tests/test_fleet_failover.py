@@ -27,7 +27,7 @@ from gateway.bus.edge import EdgeBus
 from gateway.bus.fleet import register_config
 from hil.natsserver import NatsServer, cluster, free_port
 from hil.scenario import ScenarioSpec, make_trace
-from tests.fleethelpers import offer_rows, until
+from tests.fleethelpers import offer_rows, queue_drained, until
 
 FEEDERS = ("f1", "f2", "f3")
 
@@ -85,14 +85,7 @@ async def test_a_killed_worker_loses_no_snapshot(nats: NatsServer, trace) -> Non
         nc = await connect(opts)
         js = nc.jetstream()
 
-        async def settled() -> bool:
-            info = await js.consumer_info(STREAM, WORKERS)
-            return info.num_pending == 0 and info.num_ack_pending == 0
-
-        end = time.monotonic() + 90
-        while not await settled():
-            assert time.monotonic() < end, "the work queue never drained"
-            await asyncio.sleep(0.05)
+        await queue_drained(js, "the work queue never drained", 90)
         info = await js.consumer_info(STREAM, WORKERS)
         await nc.drain()
         await until(lambda: all(n - 1 in states[f] for f in FEEDERS), "the newest states")
