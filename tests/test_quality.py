@@ -215,6 +215,7 @@ def test_predictor_process_gives_the_in_process_numbers(cfg) -> None:  # type: i
     remote = QualityStage(cfg, predictor_process=True)
     try:
         assert remote.remote is not None and remote.remote_error is None
+        assert remote.remote.pending  # the first snapshot's prediction, asked at start
         for k in range(len(x)):
             a = local.process(x[k], zero, float(k))
             b = remote.process(x[k], zero, float(k))

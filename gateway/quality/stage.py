@@ -23,15 +23,18 @@ Per snapshot (``QualityStage.process``):
 
 Look-ahead (software pipelining): the prediction of snapshot t+1 depends only on the
 rings after snapshot t, so :meth:`QualityStage.lookahead` computes it (normalise ▸
-BiLSTM) as soon as snapshot t is cleaned, and the PV forecaster's run for a stride sample
-taken at t happens there too. The gateway calls it right after handing snapshot t to the
-estimator: the ~0.2-0.4 ms of ONNX Runtime work then overlaps the estimator's solve on
-the other core instead of sitting between a snapshot's last frame and its estimate, and
-:meth:`process` is left with the detector's comparisons. The maths are unchanged:
-:meth:`process` runs whatever look-ahead is still outstanding itself (offline callers that
-never call :meth:`lookahead` get bit-identical results to the eager order). The one visible
-difference: a PV forecast computed from the stride sample of snapshot t is reported from
-snapshot t+1 on (the very first forecast is computed at once).
+BiLSTM) as soon as snapshot t is cleaned. The gateway calls it right after handing
+snapshot t to the estimator: the ~0.2-0.4 ms of ONNX Runtime work then overlaps the
+estimator's solve on the other core instead of sitting between a snapshot's last frame
+and its estimate, and :meth:`process` is left with the detector's comparisons. The maths
+are unchanged: :meth:`process` runs whatever look-ahead is still outstanding itself
+(offline callers that never call :meth:`lookahead` get bit-identical results). A PV stride
+sample costs its snapshot only the copy of its weather values; the sun terms and the
+forecaster's run follow as two pieces, one per interval between snapshots (in
+:meth:`lookahead`, or at the start of the next :meth:`process` when it is not called), so
+the forecast from the sample of snapshot t is reported from snapshot t+2 on, online and
+offline alike (the very first forecast is computed at once). With the predictor process,
+the first snapshot's prediction is asked for when the stage is built.
 
 With ``predictor_process=True`` (what the gateway uses) the look-ahead's ONNX Runtime
 call runs in a child process (``python -m models.serve``, :class:`PredictorProcess`): the
@@ -155,6 +158,8 @@ class QualityStage:
                 self.remote = self.start_remote()
             except QualityError as exc:  # same model in-process: slower, not wrong
                 self.remote_error = str(exc)
+            # the first snapshot's prediction (from the empty rings) now, not on its path
+            self.lookahead()
 
     def _init_detector(self, kappa: float) -> None:
         """Electrical channels (tested) and the others (held); their σ_meas terms."""
@@ -229,8 +234,14 @@ class QualityStage:
         self._pv_last_t: float | None = None
         self._pv_out = np.zeros(self.n_plants)
         self._pv_sig = np.zeros(self.n_plants)
-        self._pv_pending = False  # a stride sample is in the ring, its forecast not run
-        self._pv_started = False
+        #: the PV forecaster's work for the last stride sample, in pieces (see
+        #: :meth:`_pv_step`): "" none, "sample" (weather and time taken), "forecast"
+        #: (the sample is in the ring, the forecaster's run outstanding)
+        self._pv_job = ""
+        self._pv_sample: tuple[np.ndarray, float, bool] | None = None
+        #: a PV piece has had its turn since the last process() (see _pv_step)
+        self._pv_turn = False
+        self._pv_started = False  # a forecast has been made
 
     def _init_pv_model(self, pv_model: OnnxModel, pv_predictor: Predictor | None
                        ) -> tuple[int, int]:
@@ -273,6 +284,9 @@ class QualityStage:
         except ModelError as exc:
             raise QualityError(f"quality stage: {exc}") from exc
         self.pv_n_inputs = len(features)
+        if pv_predictor is None:  # ONNX Runtime's first run allocates: now, not live
+            pv_model.run(np.zeros((len(plants), self.pv_window, self.pv_n_inputs),
+                                  np.float32))
         return self.pv_window, self.pv_n_inputs
 
     @property
@@ -322,8 +336,9 @@ class QualityStage:
             self._predict_next()
             t2 = clock()
         self._ahead = False
-        if self._pv_pending:
-            self._pv_forecast()
+        if self._pv_job and not self._pv_turn:  # no lookahead() since the last snapshot
+            self._pv_piece()
+        self._pv_turn = False
         pred, sigma_meas, s = self._pred, self._sigma_meas, self._s
         # 2. statistic, flags, replacement
         res = self.detector.step(xd, self._no_missing if missing is None else missing[di],
@@ -376,8 +391,9 @@ class QualityStage:
         and an outstanding PV forecast. Call it after the current snapshot was handed on;
         calling it twice, or never, changes nothing but when the work is done."""
         t0 = time.perf_counter()
-        if self._pv_pending:
-            self._pv_forecast()
+        if self._pv_job and not self._pv_turn:
+            self._pv_piece()
+        self._pv_turn = True
         if self._stale:  # a late answer may have come meanwhile: drop it
             self._collect(wait=False)
         if (not self._ahead and not self._queued and not self._remote_busy()
@@ -556,39 +572,75 @@ class QualityStage:
         np.maximum(sigma_meas, self._abs_k, out=sigma_meas)
 
     def _pv_step(self, cleaned: np.ndarray, now: float) -> None:
+        """Take a PV stride sample when one is due. On the snapshot's own path only its
+        weather values are kept; the model inputs, then the forecaster's run follow as
+        two pieces (:meth:`_pv_piece`), one per interval between snapshots: in
+        :meth:`lookahead` when it is called (the gateway: after the snapshot was handed
+        on, where they overlap the estimator's solve; 0.4-0.6 ms at once had sat on the
+        deadline path every stride), else at the start of the next :meth:`process`. So
+        the forecast from the sample of snapshot t is reported from snapshot t+2 on,
+        online and offline alike. The very first sample is forecast at once."""
         if self._pv_predict is None or self.n_plants == 0:
             return
         if self._pv_last_t is not None and now - self._pv_last_t < self.pv_stride_s:
             return
+        if self._pv_job:  # the last sample's pieces never got their turn: do them now
+            self._pv_finish()
         weather = np.where(self.wx_idx >= 0, cleaned[np.maximum(self.wx_idx, 0)], np.nan)
-        # the model's inputs for this sample: weather (+ sun terms at `now`)
-        sample = self._pv_inputs(weather, now)
-        if self.pv_fallback.any():
-            # P = rating * clip(0.85 * GHI / 1000, 0, 1), sigma = 0.3 rating (no coordinates)
-            fb = self.pv_fallback
-            ghi = weather[fb, 0]
-            self._pv_out[fb] = np.where(  # no GHI: half the rating
-                np.isfinite(ghi), self.rating[fb] * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
-                0.5 * self.rating[fb])
-            self._pv_sig[fb] = 0.3 * self.rating[fb]
-        if self._pv_last_t is None or now - self._pv_last_t > 10 * self.pv_stride_s:
-            self._pv_ring[:] = sample[:, None, :]  # start (or restart after a long gap)
+        last = self._pv_last_t
+        restart = last is None or now - last > 10 * self.pv_stride_s
+        if last is None or restart:  # start (or restart after a long gap)
             self._pv_last_t = now
+        else:  # keep the sampling grid: step by whole strides
+            self._pv_last_t = last + self.pv_stride_s * np.floor(
+                (now - last) / self.pv_stride_s)
+        self._pv_sample = (weather, now, restart)
+        self._pv_job = "sample"
+        if not self._pv_started:
+            self._pv_finish()
+
+    def _nameplate(self, weather: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P = rating * clip(0.85 * GHI / 1000, 0, 1) (no GHI: half the rating), σ = 0.3
+        rating: the guess for plants the forecaster cannot serve."""
+        ghi = weather[:, 0]
+        pv = np.where(np.isfinite(ghi), self.rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
+                      0.5 * self.rating)
+        return pv, 0.3 * self.rating
+
+    def _pv_piece(self) -> None:
+        """One piece of the outstanding PV work: the sample's model inputs (the sun terms
+        at its time) into the ring, or the forecaster's run on the ring."""
+        if self._pv_job == "sample":
+            self._pv_take_sample()
+        else:
+            self._pv_forecast()
+
+    def _pv_finish(self) -> None:
+        """Every outstanding PV piece, now."""
+        while self._pv_job:
+            self._pv_piece()
+
+    def _pv_take_sample(self) -> None:
+        assert self._pv_sample is not None
+        weather, now, restart = self._pv_sample
+        self._pv_sample = None
+        self._pv_job = "forecast"
+        sample = self._pv_inputs(weather, now)  # weather (+ sun terms at `now`)
+        if self.pv_fallback.any():
+            fb = self.pv_fallback
+            pv, sig = self._nameplate(weather)
+            self._pv_out[fb] = pv[fb]
+            self._pv_sig[fb] = sig[fb]
+        if restart:
+            self._pv_ring[:] = sample[:, None, :]
         else:
             self._pv_ring[:, :-1] = self._pv_ring[:, 1:]
             self._pv_ring[:, -1] = sample
-            # keep the sampling grid: step by whole strides
-            self._pv_last_t += self.pv_stride_s * np.floor(
-                (now - self._pv_last_t) / self.pv_stride_s)
-        if self._pv_started:
-            self._pv_pending = True  # the forecaster runs in lookahead()
-        else:
-            self._pv_forecast()
 
     def _pv_forecast(self) -> None:
         """Run the PV forecaster on the sample rings (see :meth:`_pv_step`)."""
         assert self._pv_predict is not None
-        self._pv_pending = False
+        self._pv_job = ""
         ok = self.pv_ok & np.isfinite(self._pv_ring).all(axis=(1, 2))
         if not ok.any():
             return
