@@ -180,3 +180,28 @@ def test_gridtwin_jit_off_gives_the_same_numbers(monkeypatch: pytest.MonkeyPatch
         assert _same(a.z, b.z) and _same(a.pv_mw, b.pv_mw), k
         compiled.lookahead()
         plain.lookahead()
+
+
+def test_mode_matches_numpy() -> None:
+    """The warm-up's robust centre (kernels.mode) against the NumPy ``_mode`` it replaces:
+    rows with gross values, ties between groups, NaN gaps and rows of NaN only."""
+    from gateway.quality.detector import _mode
+
+    assert kernels.sums_match(H)
+    rng = np.random.default_rng(11)
+    n = 5000
+    vals = rng.normal(1.0, 1e-3, (n, H)) * 10.0 ** rng.integers(-3, 4, (n, 1))
+    gross = rng.random(vals.shape) < 0.3
+    vals[gross] *= rng.choice([0.2, 3.0, -1.0], gross.sum())
+    vals[rng.random(vals.shape) < 0.1] = np.nan
+    vals[:50] = np.nan  # nothing to centre on
+    vals[50:100, :4] = vals[50:100, :1] * 2.0  # two groups of four and five values
+    vals[100:150, :] = np.round(vals[100:150, :], 1)  # many exact ties
+    scale = np.abs(np.where(np.isnan(vals), 0.0, vals)).max(axis=1)
+    tol = np.where(scale > 0, 0.01 * scale, 1e-3)
+    floor = tol / 10.0
+    want_c, want_s = _mode(vals, tol, floor)
+    c, s = np.empty(n), np.empty(n)
+    kernels.mode(vals, tol, floor, c, s, np.empty_like(vals))
+    assert _same(c, want_c) and _same(s, want_s)
+    assert np.isnan(c[:50]).all() and np.isfinite(c[50:]).sum() > n // 2

@@ -225,6 +225,44 @@ def prepare(win, c, dev, s, rel_k, abs_k, xn):  # type: ignore[no-untyped-def]
     normalise(dev, c, s, rel_k, abs_k, xn)
 
 
+@njit(cache=True, error_model="numpy")
+def mode(vals, tol, floor, centre, spread, grp):  # type: ignore[no-untyped-def]
+    """:func:`gateway.quality.detector._mode` per row in one pass (the detector's warm-up:
+    it had built three (n, h, h) arrays per snapshot): the first value with the most
+    values within ``tol`` of it picks the group; its mean and spread (NumPy's pairwise
+    sums, see :func:`sums_match`) go to ``centre`` and ``spread``. ``grp`` is (n, h)
+    scratch."""
+    n, h = vals.shape
+    for i in range(n):
+        t = tol[i]
+        best, most = 0, -1
+        for j in range(h):
+            cnt = 0
+            for k in range(h):
+                if abs(vals[i, j] - vals[i, k]) <= t:  # NaN compares False
+                    cnt += 1
+            if cnt > most:
+                best, most = j, cnt
+        cnt = 0
+        for k in range(h):
+            if abs(vals[i, best] - vals[i, k]) <= t:
+                grp[i, k] = vals[i, k]
+                cnt += 1
+            else:
+                grp[i, k] = 0.0
+        m = max(cnt, 1)
+        ci = _row_sum(grp, i) / m
+        for k in range(h):
+            if abs(vals[i, best] - vals[i, k]) <= t:
+                d = vals[i, k] - ci
+                grp[i, k] = d * d
+            else:
+                grp[i, k] = 0.0
+        var = _row_sum(grp, i) / m
+        centre[i] = ci if cnt > 0 else np.nan
+        spread[i] = _max(math.sqrt(var), floor[i])
+
+
 _SUMS_MATCH: dict[int, bool] = {}
 
 
@@ -270,3 +308,4 @@ def warm() -> None:
             np.empty((n, h, 1), np.float32))
     finish(f8.copy(), np.ones(n, np.float32), f8.copy(), f8.copy(), f8.copy(),
            np.empty(n), np.empty(n))
+    mode(ring, f8.copy(), f8.copy(), np.empty(n), np.empty(n), ring.copy())
