@@ -15,6 +15,16 @@ through the BiLSTM predictor in one batched call), after a warm-up of 200 snapsh
 * ``quality.ieee33.predictor_p99`` / ``quality.ieee33.predictor`` (µs, p99 / median):
   the network alone on the windows the stage prepared for each snapshot: our
   onnxruntime call (IO-bound buffers) against ``nn.LSTM`` on the same float32 array.
+* ``quality.ieee33.pv_stride_critical`` (µs, median over strides): ``process`` of the
+  snapshots that take a PV stride sample (every 8th here: snapshot time steps by an eighth
+  of the card's stride), as the gateway calls it after ``lookahead()``; and
+  ``quality.ieee33.pv_stride_lookahead`` (µs, median over strides of the largest): the
+  ``lookahead()`` after each of them and after the next, where the sample's sun terms and
+  the forecaster's run go. No peer.
+* ``quality.ieee33.startup`` (ms, median of 3 new stages): ``process`` summed over a new
+  stage's first 10 snapshots (the detector still filling its rings, the very first PV
+  forecast), arriving at 1 kHz, with the predictor process and ``lookahead()`` as in the
+  gateway. No peer.
 
 Ours and the peer are timed alternately in blocks of 100 snapshots, over the same snapshot
 sequence, so that both see the same machine load (the figures are p99s on a shared
@@ -173,4 +183,54 @@ def benchmarks(quick: bool) -> list[BenchResult]:
             BenchResult("quality.ieee33.predictor", float(np.median(net[0])), "us",
                         peer_name, float(np.median(p_net)) if p_net is not None else None),
         ]
-    return res
+    return res + _pv_stride(cfg, snaps, flags, quick) + [_startup(cfg, snaps, flags)]
+
+
+def _pv_stride(cfg: object, snaps: np.ndarray, flags: np.ndarray, quick: bool
+               ) -> list[BenchResult]:
+    """``quality.ieee33.pv_stride_critical`` and ``…_pv_stride_lookahead`` (module doc)."""
+    from gateway.quality import QualityStage
+
+    st = QualityStage(cfg)  # type: ignore[arg-type]
+    step = st.pv_stride_s / 8
+    t0 = float(np.datetime64("1990-06-01T16:00", "s").astype(np.int64))  # daylight
+    clock = time.perf_counter_ns
+    crit, ahead = [], []
+    n = min(len(snaps), 800 if quick else 2400)
+    for k in range(n):
+        a = clock()
+        st.process(snaps[k], flags, t0 + k * step)
+        b = clock()
+        st.lookahead()
+        c = clock()
+        if k >= 80 and k % 8 == 0:
+            crit.append((b - a) / 1e3)
+            ahead.append((c - b) / 1e3)
+        elif k >= 80 and k % 8 == 1:
+            ahead[-1] = max(ahead[-1], (c - b) / 1e3)
+    return [BenchResult("quality.ieee33.pv_stride_critical", float(np.median(crit)), "us"),
+            BenchResult("quality.ieee33.pv_stride_lookahead", float(np.median(ahead)), "us")]
+
+
+def _startup(cfg: object, snaps: np.ndarray, flags: np.ndarray) -> BenchResult:
+    """``quality.ieee33.startup`` (module doc)."""
+    from gateway.quality import QualityStage
+
+    t0 = float(np.datetime64("1990-06-01T16:00", "s").astype(np.int64))
+    sums = []
+    for _ in range(3):
+        st = QualityStage(cfg, predictor_process=True)  # type: ignore[arg-type]
+        try:
+            total = 0.0
+            start = time.perf_counter()
+            for k in range(10):  # arriving at 1 kHz
+                time.sleep(max(0.0, start + k / 1000.0 - time.perf_counter()))
+                st.collect()  # the predictor process's answer, if it has come
+                a = time.perf_counter()
+                st.process(snaps[k], flags, t0 + k / 1000.0)
+                total += time.perf_counter() - a
+                st.lookahead()
+            sums.append(total * 1e3)
+        finally:
+            st.close()
+    return BenchResult("quality.ieee33.startup", float(np.median(sums)), "ms")

@@ -89,3 +89,18 @@ def test_offline_and_with_lookahead_report_the_same_forecasts(cfg: Any) -> None:
         changes += last is not None and not np.array_equal(last, a.pv_mw)
         last = a.pv_mw
     assert changes >= 10  # a new forecast every fourth snapshot was compared
+
+
+def test_the_bench_reports_the_stride_and_the_start_up(cfg: Any) -> None:
+    """``gridtwin bench --only quality.`` figures of the stride snapshots and a new stage's
+    first snapshots (their values are timings: the bench's to report, not checked here)."""
+    from models.bench import _pv_stride, _startup
+
+    snaps = synthetic_snapshots(cfg, 800, seed=1)
+    flags = np.zeros(snaps.shape[1], np.uint32)
+    res = [*_pv_stride(cfg, snaps, flags, True), _startup(cfg, snaps, flags)]
+    assert [(r.name, r.unit) for r in res] == [
+        ("quality.ieee33.pv_stride_critical", "us"),
+        ("quality.ieee33.pv_stride_lookahead", "us"),
+        ("quality.ieee33.startup", "ms")]
+    assert all(np.isfinite(r.value) and r.value > 0 for r in res)
