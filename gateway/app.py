@@ -130,6 +130,10 @@ class Gateway:
             self.started("historian", self._store.close)
         self.started("run report", self.report_stopped)  # the last event before it closes
         p.quality, close_quality = comp.open_quality(cfg, o, loop, self.event)
+        if hasattr(p.quality, "late_answers"):
+            from gateway.quality.predictor import late_hook
+
+            self.metrics.before_scrape.append(late_hook(self.metrics.predictor_late, p.quality))
         if close_quality is not None:
             self.started("quality stage", close_quality)
         topo = await comp.open_topology(cfg, p, self.metrics, self.event, loop)

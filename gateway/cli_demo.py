@@ -540,6 +540,7 @@ def collect(gw: dict[str, Any], emu: dict[str, Any], db: Path, trace_path: Path,
         "historian_rows_by_table": hist_rows,
         "estimator_restarts": gw.get("estimator_restarts"),
         "quality": gw.get("quality"),
+        "predictor_late": gw.get("predictor_late"),
         "emulator_pacing_us": emu.get("pacing_us"),
         "_restart_events": [{"kind": e["kind"], "time": e["time"], "detail": e["detail"]}
                             for e in ev],

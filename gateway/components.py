@@ -342,6 +342,7 @@ def summary(gw: Any) -> dict[str, Any]:
         "restart_s": list(sup.restart_durations) if sup else [],
         "historian": hist,
         "quality": type(gw.quality).__name__,
+        "predictor_late": getattr(gw.quality, "late_answers", None),
         "commands_sent": cl.sent if cl is not None else 0,
         "command_errors": cl.errors if cl is not None else 0,
         "bus": gw.bus.stats() if gw.bus is not None else None,

@@ -126,6 +126,9 @@ METRICS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("gridtwin_historian_last_commit_timestamp_seconds", "gauge", (),
      "Time (epoch) of the last successful historian commit (0: none yet)."),
     ("gridtwin_events_total", "counter", ("kind",), "Events raised by the gateway."),
+    ("gridtwin_predictor_late_total", "counter", (),
+     "Snapshots the gateway predicted itself because the predictor process's answer was "
+     "late (the child shares the gateway's CPU: a busy gateway delays it)."),
     ("gridtwin_commands_sent_total", "counter", (),
      "Volt-watt curtailment commands sent to the simulator ([commands] enabled)."),
     ("gridtwin_command_errors_total", "counter", (),
@@ -239,6 +242,7 @@ class Metrics:
         self.historian_last_commit = self._gauge(
             "gridtwin_historian_last_commit_timestamp_seconds")
         self.events = self._counter("gridtwin_events_total")
+        self.predictor_late = self._counter("gridtwin_predictor_late_total")
         self.commands_sent = self._counter("gridtwin_commands_sent_total")
         self.command_errors = self._counter("gridtwin_command_errors_total")
         self.forecast_min_vm = self._gauge("gridtwin_forecast_min_vm_pu")

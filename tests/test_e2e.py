@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -119,6 +120,11 @@ def test_estimator_killed_mid_run(tmp_path: Path) -> None:
     assert res["estimator_restarts"] == 1
     text = res["_metrics_text"]
     assert "gridtwin_estimator_restarts_total 1.0" in text
+    # late answers of the predictor process: in the summary and (scraped before it) on
+    # /metrics, never more there
+    late = re.search(r"^gridtwin_predictor_late_total (\S+)$", text, re.M)
+    assert isinstance(res["predictor_late"], int) and late is not None
+    assert 0 <= float(late.group(1)) <= res["predictor_late"]
     with HistorianReader(f"sqlite:///{wd / 'twin.db'}") as rd:
         run_id = rd.latest_run()
         events = [e for e in rd.events(run_id=run_id)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gateway.config import load_config
+from gateway.metrics import Metrics
 from gateway.quality import QualityError, QualityStage
 from gateway.quality.detector import (
     BAD,
@@ -18,6 +19,7 @@ from gateway.quality.detector import (
     choose_threshold,
     confirm_with_residuals,
 )
+from gateway.quality.predictor import late_hook
 from gateway.snapshot import Flag
 from models.bench import synthetic_snapshots
 
@@ -25,6 +27,13 @@ from models.bench import synthetic_snapshots
 @pytest.fixture(scope="module")
 def cfg():  # type: ignore[no-untyped-def]
     return load_config("ieee33")
+
+
+def _counter(metrics: Metrics, name: str) -> float:
+    """The value of an unlabelled counter in ``metrics``' exposition."""
+    value = metrics.registry.get_sample_value(name)
+    assert value is not None, name
+    return value
 
 
 def _clean(cfg, n: int, seed: int = 1) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -288,6 +297,12 @@ def test_a_late_predictor_answer_is_not_waited_for(cfg) -> None:  # type: ignore
             both(k)
             remote.lookahead()
         assert remote.late_answers >= 3 and remote.remote is child and not lost
+        # what /metrics shows: gridtwin_predictor_late_total follows the count at scrape
+        metrics = Metrics()
+        sync = late_hook(metrics.predictor_late, remote)
+        sync()
+        sync()  # idempotent
+        assert _counter(metrics, "gridtwin_predictor_late_total") == remote.late_answers
         child.proc.send_signal(signal.SIGCONT)
         # the stale answer comes; the reader callback drops it
         assert select.select([child.sock], [], [], 30)[0]
