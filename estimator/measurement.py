@@ -121,6 +121,13 @@ class MeasurementModel:
         self.channel = (np.asarray(channel, np.int64) if channel is not None
                         else -np.ones(m, np.int64))
         self.scale = np.asarray(scale, float) if scale is not None else np.ones(m)
+        #: the gathers of :meth:`values_to_pu` (per snapshot on the live path), made once:
+        #: the specs read from a channel and those that are pseudo-measurements, in order
+        self.real_idx = np.flatnonzero(self.channel >= 0)
+        self.pseudo_idx = np.flatnonzero(self.channel < 0)
+        self.channel_real = self.channel[self.real_idx]
+        self.scale_real = self.scale[self.real_idx]
+        self.scale_pseudo = self.scale[self.pseudo_idx]
         self._floored = bool(np.all(self.floor > 0))
         self._build_slots()
         code = self.eval_code
@@ -251,22 +258,21 @@ class MeasurementModel:
 
     @property
     def n_pseudo(self) -> int:
-        return int(np.count_nonzero(self.channel < 0))
+        return int(self.pseudo_idx.size)
 
     def values_to_pu(self, values: np.ndarray, pseudo: np.ndarray | None = None) -> np.ndarray:
         """Measurement vector(s) in pu from snapshot values (engineering units, config
         channel order, shape ``(..., n_channels)``) and pseudo-measurements in engineering
         units (``(..., n_pseudo)``, e.g. PV forecasts in MW; NaN/None = not available)."""
         vals = np.asarray(values, float)
-        real = self.channel >= 0
         out = np.empty((*vals.shape[:-1], self.m))
         # z_pu = value * scale (1/base kV, 1/I_base, 1/S_base; 1 for angles)
-        out[..., real] = vals[..., self.channel[real]] * self.scale[real]
-        if self.n_pseudo:
+        out[..., self.real_idx] = vals[..., self.channel_real] * self.scale_real
+        if self.pseudo_idx.size:
             if pseudo is None:
-                out[..., ~real] = np.nan
+                out[..., self.pseudo_idx] = np.nan
             else:
-                out[..., ~real] = np.asarray(pseudo, float) * self.scale[~real]
+                out[..., self.pseudo_idx] = np.asarray(pseudo, float) * self.scale_pseudo
         return out
 
     # ------------------------------------------------------------------ accuracy

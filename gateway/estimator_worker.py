@@ -225,8 +225,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
     est = make_estimator(method, model, tolerance=cfg.estimator.tolerance,
                          max_iterations=cfg.estimator.max_iterations,
                          **({"period_s": period} if method == "kalman" else {}))
-    chan = model.channel
-    real = chan >= 0
+    chan_real, real_idx = model.channel_real, model.real_idx
     # the linear family weighs caller sigmas and sigma factors
     takes_sigma = isinstance(est, LinearStateEstimator) or hasattr(est, "nominal_sigma")
     # bad-data fallback for the static linear SE (re-solving a snapshot is idempotent
@@ -241,8 +240,8 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
     def solve(values: np.ndarray, flags: np.ndarray, pv: np.ndarray, sig: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, float, float, int, bool]:
         z = model.values_to_pu(values, pv if pv.size else None)
-        f = flags[chan[real]]
-        active, aged = _usable(z, f, real)
+        f = flags[chan_real]
+        active, aged = _usable(z, f, real_idx)
         extra: dict[str, Any] = {}
         if takes_sigma:
             extra["sigma"] = measurement_sigmas(model, z, f, sig)
@@ -369,9 +368,8 @@ def measurement_sigmas(model: Any, z: np.ndarray, flags: np.ndarray, pv_sigma_mw
     A value the predictor corrected keeps the meter's sigma here: its factor is a sigma
     factor (:func:`measurement_scale`), so that it reaches the gain at once."""
     out = np.full(model.m, np.nan)
-    real = model.channel >= 0
-    if pv_sigma_mw.size and np.any(~real):
-        out[~real] = np.asarray(pv_sigma_mw, float) * model.scale[~real]
+    if pv_sigma_mw.size and model.pseudo_idx.size:
+        out[model.pseudo_idx] = np.asarray(pv_sigma_mw, float) * model.scale_pseudo
     return out
 
 
@@ -399,26 +397,33 @@ def measurement_scale(model: Any, flags: np.ndarray, period_s: float = 1.0
     the same factor 50 leaves 0.07-0.14 % (too few: the test then misses what it should
     see), factor 1 is the calibrated one.
     """
-    real = np.flatnonzero(model.channel >= 0)
+    fix = max(1.0, CORRECTED_SIGMA_FACTOR * period_s)
+    # no factor other than 1 can come (at 50 Hz and 1 kHz a corrected value's is 1):
+    # known from one pass over the flags, without building the factors
+    bits = (_CORRECTED_BIT if fix != 1.0 else 0) | (_STALE_BIT if STALE_SIGMA_FACTOR != 1.0
+                                                   else 0)
+    if not int(np.bitwise_or.reduce(flags, initial=0)) & bits:
+        return None
+    real = model.real_idx
     fixed = (flags & np.uint32(4)) != 0
     aged = (flags & np.uint32(256)) != 0
-    if not (fixed.any() or aged.any()):
-        return None
     out = np.ones(model.m)
     out[real[aged]] = STALE_SIGMA_FACTOR
-    out[real[fixed]] = max(1.0, CORRECTED_SIGMA_FACTOR * period_s)
+    out[real[fixed]] = fix
     return None if np.all(out == 1.0) else out
 
 
 _BAD, _CORRECTED, _STALE = (np.uint32(f) for f in (Flag.BAD, Flag.CORRECTED, Flag.STALE))
+_CORRECTED_BIT, _STALE_BIT, _BAD_OR_CORRECTED = (
+    int(Flag.CORRECTED), int(Flag.STALE), np.uint32(Flag.BAD | Flag.CORRECTED))
 
 
 def _usable(z: np.ndarray, f: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(the values to estimate with, the aged ones) of measurement vector ``z`` whose
-    real measurements carry the quality flags ``f``: NaN is out, and so is a value
-    flagged BAD that the predictor did not replace."""
+    real measurements (``real``: their indices in ``z``) carry the quality flags ``f``:
+    NaN is out, and so is a value flagged BAD that the predictor did not replace."""
     active = np.isfinite(z)
-    active[real] &= ~(((f & _BAD) != 0) & ((f & _CORRECTED) == 0))
+    active[real] &= (f & _BAD_OR_CORRECTED) != _BAD  # not: BAD and not CORRECTED
     return active, (f & _STALE) != 0
 
 
