@@ -19,6 +19,7 @@ from dataclasses import dataclass
 BENCH_MODULES: tuple[tuple[str, str], ...] = (
     ("decode.", "gateway.codecs.bench"),
     ("se.", "gateway.bench_se"),
+    ("se.", "gateway.bench_worker"),  # the estimator worker's solve path at 1 kHz
     ("quality.", "models.bench"),
     ("historian.", "gateway.historian.bench"),
     ("emulator.", "hil.bench"),

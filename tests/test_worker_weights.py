@@ -82,3 +82,17 @@ def test_weighing_matches_the_plain_expressions(model: Any, period: float) -> No
             sig * model.scale[~real]).tobytes()
     # both outcomes were compared at every period (a STALE value always has a factor)
     assert kinds_seen == {"factors", "none"}
+
+
+def test_the_bench_times_the_worker_path(tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    """``gridtwin bench --only se.ieee33.worker`` runs on the demo's 1 kHz scenario
+    (made here in a private cache); its figures are timings, for the bench to report."""
+    from gateway.bench_worker import benchmarks
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    res = benchmarks(True)
+    assert [(r.name, r.unit) for r in res] == [("se.ieee33.worker_1khz", "us"),
+                                               ("se.ieee33.worker_1khz_p99", "us")]
+    assert 0 < res[0].value <= res[1].value
+    assert list((tmp_path / "gridtwin").glob("demo-ieee33-*x1000us-bad10-s1.npz"))
