@@ -214,7 +214,10 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
     error is what its factor accounts for, not bad data to remove), the
     largest-normalized-residual search (``estimator.badata``) removes what the quality
     stage let through (why: :data:`GROSS_CHI2`); below :data:`HOLD_PERIOD_S` a gross
-    snapshot is held instead (:class:`_Holder`)."""
+    snapshot is held instead (:class:`_Holder`). A value flagged PSEUDO (the quality
+    stage's fill of a gap longer than ``gateway.quality.stage.MAX_FILL_S``: a free-running
+    prediction by then) is left out while the feeder stays observable without it
+    (:class:`_LeaveOut`)."""
     from estimator.baselines import make_estimator
     from estimator.errors import DidNotConverge
     from estimator.linear import LinearStateEstimator
@@ -234,6 +237,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
     cleaner = (getattr(est, "solve_clean", None) if clean and method in ("linear", "kalman")
                else None)
     holder = _Holder(est if cleaner and period < HOLD_PERIOD_S else None, period, clock)
+    leave_out = _LeaveOut(real_idx)
     _warm_up(cfg, model, est, cleaner)
     idle = _deferred(est, period)
 
@@ -243,14 +247,14 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
         f = flags[chan_real]
         active, aged = _usable(z, f, real_idx)
         extra: dict[str, Any] = {}
+        kw = extra  # the first solve's: with the sigma factors, if any
         if takes_sigma:
             extra["sigma"] = measurement_sigmas(model, z, f, sig)
             scale = measurement_scale(model, f, period)
+            if scale is not None:
+                kw = {**extra, "sigma_scale": scale}
         try:
-            if takes_sigma and scale is not None:
-                st = est.solve(z, active=active, sigma_scale=scale, **extra)  # type: ignore[call-arg]
-            else:
-                st = est.solve(z, active=active, **extra)
+            st, active = leave_out.solve(est, z, active, f, kw)
             # the chi-square test of the snapshot as it arrived (what the metrics and the
             # GridtwinChiSquareFailing alert report: bad data the quality stage let through)
             chi2, chi2_thr = float(st.objective), float(st.chi2_threshold)
@@ -276,6 +280,36 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
     if idle is not None:
         solve.idle = idle  # type: ignore[attr-defined]
     return solve
+
+
+class _LeaveOut:
+    """The solve without the PSEUDO values (long fills), where the feeder is observable
+    without them; else with them, and that set remembered as unobservable (no failed
+    attempt per snapshot while a critical meter is silent)."""
+
+    def __init__(self, real_idx: np.ndarray) -> None:
+        self.real_idx = real_idx
+        self.unobservable: set[bytes] = set()
+
+    def solve(self, est: Any, z: np.ndarray, active: np.ndarray, f: np.ndarray,
+              extra: dict[str, Any]) -> tuple[Any, np.ndarray]:
+        """(the estimate, the measurement set it used)."""
+        from estimator.errors import DidNotConverge, NotObservableError
+
+        if not int(np.bitwise_or.reduce(f, initial=0)) & _PSEUDO_BIT:
+            return est.solve(z, active=active, **extra), active
+        pseudo = (f & np.uint32(_PSEUDO_BIT)) != 0
+        key = pseudo.tobytes()
+        if key not in self.unobservable:
+            reduced = active.copy()
+            reduced[self.real_idx[pseudo]] = False
+            try:
+                return est.solve(z, active=reduced, **extra), reduced
+            except (NotObservableError, DidNotConverge):
+                if len(self.unobservable) >= 64:
+                    self.unobservable.clear()
+                self.unobservable.add(key)
+        return est.solve(z, active=active, **extra), active
 
 
 class NotSearched(Exception):
@@ -414,8 +448,8 @@ def measurement_scale(model: Any, flags: np.ndarray, period_s: float = 1.0
 
 
 _BAD, _CORRECTED, _STALE = (np.uint32(f) for f in (Flag.BAD, Flag.CORRECTED, Flag.STALE))
-_CORRECTED_BIT, _STALE_BIT, _BAD_OR_CORRECTED = (
-    int(Flag.CORRECTED), int(Flag.STALE), np.uint32(Flag.BAD | Flag.CORRECTED))
+_CORRECTED_BIT, _STALE_BIT, _PSEUDO_BIT, _BAD_OR_CORRECTED = (
+    int(Flag.CORRECTED), int(Flag.STALE), int(Flag.PSEUDO), np.uint32(Flag.BAD | Flag.CORRECTED))
 
 
 def _usable(z: np.ndarray, f: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
