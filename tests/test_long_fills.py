@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from estimator import pgm
 from gateway.config import load_config
 from gateway.estimator_worker import solver_for
 from gateway.quality import QualityStage
 from gateway.se_model import measurement_model
 from gateway.snapshot import Flag
 from models.bench import synthetic_snapshots
+from tests.test_kalman_se import _operating_point
 
 PSEUDO, FILLED = int(Flag.PSEUDO), int(Flag.MISSING | Flag.CORRECTED)
 
@@ -49,12 +49,7 @@ def test_fills_of_a_long_gap_are_flagged_pseudo(cfg: Any) -> None:
 
 def _snapshot(cfg: Any, model: Any) -> tuple[np.ndarray, np.ndarray]:
     """Channel values of a solved operating point, and the PV plants' output (MW)."""
-    net = model.net
-    p = net.p_gen - 0.8 * net.p_load
-    q = net.q_gen - 0.8 * net.q_load
-    p[model.pv_nodes] = 0.06
-    v = pgm.power_flow(net, p[None], q[None], tolerance=1e-12, max_iterations=50)[0]
-    z = model.h(v)
+    z = model.h(_operating_point(model, 0.8))
     real = model.channel >= 0
     values = np.zeros(len(cfg.channels))
     values[model.channel[real]] = z[real] / model.scale[real]
