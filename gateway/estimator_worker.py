@@ -246,13 +246,7 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
         z = model.values_to_pu(values, pv if pv.size else None)
         f = flags[chan_real]
         active, aged = _usable(z, f, real_idx)
-        extra: dict[str, Any] = {}
-        kw = extra  # the first solve's: with the sigma factors, if any
-        if takes_sigma:
-            extra["sigma"] = measurement_sigmas(model, z, f, sig)
-            scale = measurement_scale(model, f, period)
-            if scale is not None:
-                kw = {**extra, "sigma_scale": scale}
+        extra, kw = _weights(model, z, f, sig, period) if takes_sigma else ({}, {})
         try:
             st, active = leave_out.solve(est, z, active, f, kw)
             # the chi-square test of the snapshot as it arrived (what the metrics and the
@@ -280,6 +274,15 @@ def _linear_solver(cfg: Any, method: str, *, clean: bool = False,
     if idle is not None:
         solve.idle = idle  # type: ignore[attr-defined]
     return solve
+
+
+def _weights(model: Any, z: np.ndarray, f: np.ndarray, sig: np.ndarray, period: float
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The linear family's keyword arguments: (the search's: the sigmas; the first
+    solve's: the sigmas and, if any differs from 1, the sigma factors)."""
+    extra: dict[str, Any] = {"sigma": measurement_sigmas(model, z, f, sig)}
+    scale = measurement_scale(model, f, period)
+    return extra, extra if scale is None else {**extra, "sigma_scale": scale}
 
 
 class _LeaveOut:
