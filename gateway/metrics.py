@@ -193,6 +193,21 @@ class _StreamCollector:
         yield drop
 
 
+def follower(counter: Any) -> Callable[[int], None]:
+    """A function that adds to Prometheus ``counter`` what a cumulative count (given at
+    each call) grew by since the last call: components keep their own plain counts, and
+    the gateway moves them into the registry before an exposition (``before_scrape``)."""
+    seen = 0
+
+    def follow(n: int) -> None:
+        nonlocal seen
+        if n > seen:
+            counter.inc(n - seen)
+            seen = n
+
+    return follow
+
+
 class Metrics:
     """The gateway's registry; stage histograms and counters as attributes."""
 

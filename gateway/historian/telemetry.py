@@ -22,7 +22,9 @@ COUNTERS = (("db_errors", "historian_errors"), ("committed", "historian_committe
 def metrics_hook(metrics: Any, writer: Any) -> Callable[[], None]:
     """A no-argument function that moves ``writer.stats()`` into ``metrics`` (a
     :class:`gateway.metrics.Metrics`); idempotent, safe to call at any rate."""
-    seen = {name: 0 for name, _ in COUNTERS}
+    from gateway.metrics import follower
+
+    follow = [(name, follower(getattr(metrics, attr))) for name, attr in COUNTERS]
 
     def sync() -> None:
         st = writer.stats()
@@ -31,10 +33,7 @@ def metrics_hook(metrics: Any, writer: Any) -> Callable[[], None]:
         metrics.historian_spool_bytes.set(st.spool_bytes)
         metrics.historian_queue.set(st.queue_depth)
         metrics.historian_last_commit.set(st.last_commit_time or 0.0)
-        for name, attr in COUNTERS:
-            n = int(getattr(st, name))
-            if n > seen[name]:
-                getattr(metrics, attr).inc(n - seen[name])
-                seen[name] = n
+        for name, grew in follow:
+            grew(int(getattr(st, name)))
 
     return sync

@@ -8,6 +8,16 @@ import numpy as np
 
 from gateway.config import TwinConfig
 
+#: the nameplate guess's sigma, as a share of the rating: the estimator trusts it little
+NAMEPLATE_SIGMA = 0.3
+
+
+def nameplate_mw(ghi: np.ndarray, rating: np.ndarray) -> np.ndarray:
+    """A PV plant's nameplate guess (MW): rating * clip(0.85 * GHI / 1000 W/m2, 0, 1),
+    half the rating where there is no GHI (NaN)."""
+    return np.where(np.isfinite(ghi), rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
+                    0.5 * rating)
+
 
 @dataclass
 class PassResult:
@@ -28,7 +38,7 @@ class PassThroughQuality:
         self.rating = np.array([p.rating_mw for p in cfg.plants], float)
         self.ghi = np.array([cfg.channel_index.get(f"{p.weather}.ghi", -1) for p in cfg.plants],
                             int)
-        self.sigma = 0.3 * self.rating
+        self.sigma = NAMEPLATE_SIGMA * self.rating
         self._has_ghi = self.ghi >= 0
         self._ghi_at = np.maximum(self.ghi, 0)
         self._all_ghi = bool(self._has_ghi.all())
@@ -44,11 +54,7 @@ class PassThroughQuality:
             ghi[self._no_ghi] = np.nan
         key = ghi.tobytes()
         if key != self._last_ghi:
-            # P = rating * clip(0.85 * GHI / 1000, 0, 1); no GHI: rating / 2
-            pv = np.where(np.isfinite(ghi),
-                          self.rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
-                          0.5 * self.rating)
-            self._last_ghi, self._last_pv = key, pv
+            self._last_ghi, self._last_pv = key, nameplate_mw(ghi, self.rating)
         return PassResult(values, flags, self._last_pv.copy(), self.sigma)
 
     lookahead_s = 0.0

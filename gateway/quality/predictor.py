@@ -134,16 +134,10 @@ def late_hook(counter: Any, stage: Any) -> Callable[[], None]:
     """A no-argument function that adds to ``counter`` (a Prometheus counter) what
     ``stage.late_answers`` grew by since the last call: the gateway calls it before every
     exposition (``Metrics.before_scrape``), so nothing is counted on the snapshot's path."""
-    seen = 0
+    from gateway.metrics import follower
 
-    def sync() -> None:
-        nonlocal seen
-        n = int(stage.late_answers)
-        if n > seen:
-            counter.inc(n - seen)
-            seen = n
-
-    return sync
+    follow = follower(counter)
+    return lambda: follow(int(stage.late_answers))
 
 
 class RestartableStage(Protocol):

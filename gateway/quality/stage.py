@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gateway.quality.detector import DetectorParams, TemporalDetector, compiled_kernels
+from gateway.quality.passthrough import NAMEPLATE_SIGMA, nameplate_mw
 from gateway.quality.predictor import (
     LATE_WAIT_S,
     REMOTE_TIMEOUT_S,
@@ -619,23 +620,14 @@ class QualityStage:
         weather = np.where(self.wx_idx >= 0, cleaned[np.maximum(self.wx_idx, 0)], np.nan)
         last = self._pv_last_t
         restart = last is None or now - last > 10 * self.pv_stride_s
-        if last is None or restart:  # start (or restart after a long gap)
-            self._pv_last_t = now
-        else:  # keep the sampling grid: step by whole strides
-            self._pv_last_t = last + self.pv_stride_s * np.floor(
-                (now - last) / self.pv_stride_s)
+        # keep the sampling grid (step by whole strides), unless starting or restarting
+        # after a long gap
+        self._pv_last_t = now if last is None or restart else (
+            last + self.pv_stride_s * np.floor((now - last) / self.pv_stride_s))
         self._pv_sample = (weather, now, restart)
         self._pv_job = "sample"
         if not self._pv_started:
             self._pv_finish()
-
-    def _nameplate(self, weather: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """P = rating * clip(0.85 * GHI / 1000, 0, 1) (no GHI: half the rating), σ = 0.3
-        rating: the guess for plants the forecaster cannot serve."""
-        ghi = weather[:, 0]
-        pv = np.where(np.isfinite(ghi), self.rating * np.clip(0.85 * ghi / 1000.0, 0.0, 1.0),
-                      0.5 * self.rating)
-        return pv, 0.3 * self.rating
 
     def _pv_piece(self) -> None:
         """One piece of the outstanding PV work: the sample's model inputs (the sun terms
@@ -656,11 +648,10 @@ class QualityStage:
         self._pv_sample = None
         self._pv_job = "forecast"
         sample = self._pv_inputs(weather, now)  # weather (+ sun terms at `now`)
-        if self.pv_fallback.any():
+        if self.pv_fallback.any():  # plants the forecaster cannot serve: the nameplate guess
             fb = self.pv_fallback
-            pv, sig = self._nameplate(weather)
-            self._pv_out[fb] = pv[fb]
-            self._pv_sig[fb] = sig[fb]
+            self._pv_out[fb] = nameplate_mw(weather[fb, 0], self.rating[fb])
+            self._pv_sig[fb] = NAMEPLATE_SIGMA * self.rating[fb]
         if restart:
             self._pv_ring[:] = sample[:, None, :]
         else:
