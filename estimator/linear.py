@@ -822,6 +822,8 @@ class LinearStateEstimator:
         self._nspace: tuple[sp.csr_matrix, np.ndarray] | None = None
         # per measurement set: (1 / sqrt(s_i), computed at a chi-square-clean state)
         self._sens: OrderedDict[bytes, tuple[np.ndarray, bool, float]] = OrderedDict()
+        #: inside :meth:`solve_clean` (see :attr:`lazy_failing_leverages`)
+        self._searching = False
         self._all = np.ones(model.m, bool)
         self._obs_ok: OrderedDict[bytes, bool] = OrderedDict()
         self._chi2_cache: dict[int, float] = {}
@@ -880,6 +882,10 @@ class LinearStateEstimator:
         #: a re-weighting the rules decide is made after the snapshot that decided it
         #: (:meth:`idle`), not before its solve (see :meth:`solve`)
         self.defer_reweight = False
+        #: a state failing the chi-square test outside :meth:`solve_clean` keeps its
+        #: set's leverages until a passing state (or the search) takes them afresh (see
+        #: :meth:`_sens_hit`)
+        self.lazy_failing_leverages = False
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
         #: a re-weighted set whose fast path is still to build, and one built on the
         #: Newton matrix of the weights before (see idle())
@@ -1500,9 +1506,13 @@ class LinearStateEstimator:
         # one BLAS-thread limit around the whole search: each trial set's observability
         # check, sensitivities and factorization enter it anyway, and entering costs
         # tens of microseconds each time (nested uses are free)
-        with single_threaded():
-            return largest_normalized_residual(_WithSigma, z, active=active, now=now,
-                                               warm_start=warm_start)
+        self._searching = True
+        try:
+            with single_threaded():
+                return largest_normalized_residual(_WithSigma, z, active=active, now=now,
+                                                   warm_start=warm_start)
+        finally:
+            self._searching = False
 
     def hold(self) -> np.ndarray | None:
         """The LAST snapshot's solve taken back as far as the next snapshot can tell: the
@@ -1897,20 +1907,30 @@ class LinearStateEstimator:
 
     def _sens_hit(self, fac: _Factor, v: np.ndarray, sig: np.ndarray, act: np.ndarray,
                   obj: float) -> tuple[np.ndarray, bool, float]:
-        """``(1 / sqrt(s_i), clean, J quantile)`` of measurement set ``act`` (cached)."""
+        """``(1 / sqrt(s_i), clean, J quantile)`` of measurement set ``act`` (cached).
+
+        Per measurement set, computed at a state that passes the chi-square test, then
+        frozen: a state distorted by gross errors distorts the leverages too; until then
+        every failing state takes its own. With :attr:`lazy_failing_leverages` a
+        failing state outside the bad-data search (:meth:`solve_clean`) keeps those its
+        set last had: the estimator worker uses only its J(x) and the test's quantile
+        (it answers such a snapshot with a hold or a FAIL, or searches it, and the
+        search takes them afresh at its own state). Why: computing them (~0.5 ms on
+        IEEE33) made each of the first gross snapshots of a 1 kHz run, answered with a
+        FAIL, miss its deadline."""
         key = self._key(act)
         hit = self._sens.get(key)
-        if hit is None or not hit[1]:
-            # per measurement set; computed at a state that passes the chi-square test,
-            # then frozen: a state distorted by gross errors distorts the leverages too
+        # chi-square test with this set's redundancy (fewer values than fac's set
+        # when a few are filled from the estimate)
+        dof = fac.dof - (fac.n_active - int(np.count_nonzero(act)))
+        passes = obj <= self._chi2(dof)
+        if hit is None or (not hit[1] and (passes or self._searching
+                                            or not self.lazy_failing_leverages)):
             with single_threaded():
                 sens, tr1, tr2 = linear_sensitivity(self.model, fac, v, sig, act,
                                                     constraints=self.constraints,
                                                     moments=True)
-            # chi-square test with this set's redundancy (fewer values than fac's set
-            # when a few are filled from the estimate)
-            dof = fac.dof - (fac.n_active - int(np.count_nonzero(act)))
-            hit = (1.0 / np.sqrt(sens), bool(obj <= self._chi2(dof)), j_quantile(tr1, tr2))
+            hit = (1.0 / np.sqrt(sens), passes, j_quantile(tr1, tr2))
             self._sens[key] = hit
             if len(self._sens) > 4 * self.cache_size:
                 self._sens.popitem(last=False)
