@@ -10,6 +10,9 @@ Who runs at which priority, and why (higher preempts lower):
   gateway, so ``models.serve.RT_PRIORITY`` carries the same number (a test checks it);
 * ``emulator`` 10: an emulator sharing the host (``hil``): below the twin it feeds;
   ``hil.emulator.REALTIME_PRIORITY`` carries the same number (checked by the same test);
+  its pacer spins at most a tenth of a period before a slot (``hil.emulator.spin_ceiling``:
+  a spin of half the period at 1 kHz took the gateway's CPU past the real-time budget
+  below once a second);
 * ``historian`` 1: the commit thread of an in-process writer, real-time but lowest:
   storage may lag, the pipeline must not, and ordinary processes may not preempt it
   while it holds the GIL (which would hold the pipeline thread up: priority inversion).

@@ -78,6 +78,8 @@ from hil.trace import STATUS_PREFIX
 
 PACING_WINDOW = 1_000_000  # steps of pacing error kept for the summary's percentiles
 SPIN_S = 0.0005  # the most the pacer spins before a slot (and where the margin starts)
+#: the spin never takes more than this fraction of a period (see :func:`spin_ceiling`)
+SPIN_PERIOD_FRACTION = 0.1
 SPIN_FLOOR_S = 30e-6  # the least it spins, however punctual time.sleep has been
 SPIN_SAFETY_S = 20e-6  # added to the overshoot quantile
 SPIN_QUANTILE = 0.99  # quantile of the recent wake-up overshoots the spin covers
@@ -524,6 +526,23 @@ class SpinMargin:
         return self._margin
 
 
+def spin_ceiling(spin_s: float, period_s: float) -> float:
+    """The most the pacer spins before a slot: ``spin_s``, at most
+    :data:`SPIN_PERIOD_FRACTION` of the period.
+
+    Why: an emulator on the twin's machine runs SCHED_FIFO beside the gateway, which
+    preempts it after every send; the pacer then reached its wait already inside the
+    margin, never slept, so the margin never learnt and stayed at the ceiling: at 1 kHz
+    it spun up to half of every period. With the gateway and the predictor on the same
+    CPU that took the CPU's real-time tasks past Linux's budget
+    (``kernel.sched_rt_runtime_us``, 95 %), and the kernel stopped them all for ~50 ms
+    about once a second (``sched: RT throttling activated``): the emulator's pacing p99
+    was 50 ms and the twin missed its deadlines in bursts. Measured on
+    ``gridtwin bench --only e2e`` (1 kHz, 20 s), together with the estimator's changes
+    of the same day: misses 62-189 -> 18-33 (docs/measured.md)."""
+    return min(spin_s, period_s * SPIN_PERIOD_FRACTION)
+
+
 def pacing_stats(errors_s: np.ndarray) -> dict[str, float]:
     """Send-time error (µs) of the steps: p50, p99, max, mean."""
     if errors_s.size == 0:
@@ -575,7 +594,7 @@ class EmulatorRunner:
         self.progress = progress
         self.progress_every_s = progress_every_s
         self.foreign_addr = foreign_addr
-        self.spin = SpinMargin(spin_s, adaptive=adaptive_spin)
+        self.spin = SpinMargin(spin_ceiling(spin_s, self.period), adaptive=adaptive_spin)
         self.realtime = realtime
         self.realtime_active = False
         self.sel = selectors.DefaultSelector()
@@ -1074,4 +1093,4 @@ def run_in_thread(runner: EmulatorRunner) -> tuple[threading.Thread, dict[str, A
 
 __all__ = ["Emulator", "EmulatorError", "EmulatorRunner", "Outgoing", "SpinMargin",
            "StreamPlan", "StreamStats", "Summary", "TraceLike", "pacing_stats", "retarget",
-           "run_in_thread"]
+           "run_in_thread", "spin_ceiling"]

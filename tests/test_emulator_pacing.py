@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hil.emulator import SPIN_S, EmulatorError, SpinMargin
+from hil.emulator import SPIN_S, EmulatorError, SpinMargin, spin_ceiling
 
 US = 1e-6
 
@@ -71,3 +71,11 @@ def test_bad_parameters() -> None:
         SpinMargin(quantile=0.0)
     with pytest.raises(EmulatorError):
         SpinMargin(window=16, update_every=32)
+
+
+def test_the_spin_takes_at_most_a_tenth_of_a_period() -> None:
+    """At 1 kHz the full ceiling was half of every period: spun under SCHED_FIFO on the
+    gateway's CPU, it took that CPU's real-time tasks past the kernel's budget."""
+    assert spin_ceiling(SPIN_S, 1e-3) == pytest.approx(100 * US)
+    assert spin_ceiling(SPIN_S, 1 / 50) == SPIN_S  # 50 Hz: the full ceiling
+    assert spin_ceiling(0.0, 1e-3) == 0.0  # no spin stays no spin
