@@ -899,18 +899,8 @@ class LinearStateEstimator:
         first and raises :class:`~estimator.errors.NotObservableError`."""
         key = self._key(active)
         hit = self._cache.get(key)
-        if hit is not None:
+        if hit is not None and key not in self._stale:
             self._cache.move_to_end(key)
-            if key in self._stale:
-                # re-weighted (rule b): same structure, new weights
-                self._stale.discard(key)
-                if hit.dense:
-                    with single_threaded():
-                        hit = self._reweighted(hit, active)
-                else:
-                    with single_threaded():
-                        hit = self._build(active)
-                self._cache[key] = hit
             return hit
         model = self.model
         if z is not None:
@@ -919,6 +909,15 @@ class LinearStateEstimator:
             self.nominal_sigma[fresh] = (model.sigma(z) if sig is None else sig)[fresh]
             self._nominal_set |= fresh
             self._nom_version += 1
+        if hit is not None:
+            # re-weighted (rule b) or weights forgotten (rule a, forget_weights): same
+            # structure, new weights
+            self._cache.move_to_end(key)
+            self._stale.discard(key)
+            with single_threaded():
+                hit = self._reweighted(hit, active) if hit.dense else self._build(active)
+            self._cache[key] = hit
+            return hit
         self._observable(active)  # structural: cached per measurement set
         with single_threaded():
             fac = self._derived(active) or self._build(active)
@@ -1959,18 +1958,21 @@ class LinearStateEstimator:
         self._last_v = self._prev_v = None
 
     def forget_weights(self) -> None:
-        """Forget the nominal values and everything built on them (factorizations,
-        residual sensitivities): the next snapshot sets them afresh. The observability
-        results and the zero-injection null space are structural and stay cached."""
+        """Forget the nominal values and everything built on them (the factorizations'
+        weights, residual sensitivities): the next snapshot sets them afresh. The
+        observability results, the zero-injection null space and the factorizations'
+        structure stay cached."""
         self.model.nominal[:] = 0.0
         self.nominal_sigma[:] = 1.0
         self._pending = self._ready = self._refresh = None
-        self._stale.clear()
         self._nominal_set[:] = False
         self._nom_version += 1
         self._drift_prev[:] = False
         self._drift_any = False
-        self._cache.clear()
+        # the factorizations keep their structure and are re-weighted on their next use
+        # (~0.3 ms on IEEE33 against 2.5-4 ms to build one: the estimator worker's first
+        # snapshot, after its warm-up forgot the warm-up's weights, took 4-7 ms)
+        self._stale = set(self._cache.keys())
         self._sens.clear()
 
     def _drifted(self, z: np.ndarray, act: np.ndarray, full: bool = False) -> bool:
