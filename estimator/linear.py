@@ -882,10 +882,10 @@ class LinearStateEstimator:
         #: a re-weighting the rules decide is made after the snapshot that decided it
         #: (:meth:`idle`), not before its solve (see :meth:`solve`)
         self.defer_reweight = False
-        #: a state failing the chi-square test outside :meth:`solve_clean` keeps its
-        #: set's leverages until a passing state (or the search) takes them afresh (see
-        #: :meth:`_sens_hit`)
-        self.lazy_failing_leverages = False
+        #: > 0: a state whose J(x) is above this many times its chi-square quantile,
+        #: outside :meth:`solve_clean`, does not take its own leverages (see
+        #: :meth:`_sens_hit`); 0: every state takes them until its set has clean ones
+        self.lazy_failing_leverages = 0.0
         self._pending: tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None = None
         #: a re-weighted set whose fast path is still to build, and one built on the
         #: Newton matrix of the weights before (see idle())
@@ -1910,21 +1910,31 @@ class LinearStateEstimator:
 
         Per measurement set, computed at a state that passes the chi-square test, then
         frozen: a state distorted by gross errors distorts the leverages too; until then
-        every failing state takes its own. With :attr:`lazy_failing_leverages` a
-        failing state outside the bad-data search (:meth:`solve_clean`) keeps those its
-        set last had: the estimator worker uses only its J(x) and the test's quantile
-        (it answers such a snapshot with a hold or a FAIL, or searches it, and the
-        search takes them afresh at its own state). Why: computing them (~0.5 ms on
-        IEEE33) made each of the first gross snapshots of a 1 kHz run, answered with a
-        FAIL, miss its deadline."""
+        every failing state takes its own. With :attr:`lazy_failing_leverages` a state
+        that fails it grossly (J(x) above that many times the quantile) outside the
+        bad-data search (:meth:`solve_clean`) keeps those its set last had, or, with
+        none yet, gets none (normalized residuals NaN, the quantile by the degrees of
+        freedom): the estimator worker uses only its J(x) and the test's quantile (it
+        answers such a snapshot with a hold or a FAIL, or searches it, and the search
+        takes them afresh at its own state). Why: computing them (~0.5 ms on IEEE33)
+        made each of the first gross snapshots of a 1 kHz run, answered with a FAIL,
+        miss its deadline. A state just above the quantile (1 % of healthy ones) takes
+        them as before: its reported quantile is the calibrated one."""
         key = self._key(act)
         hit = self._sens.get(key)
         # chi-square test with this set's redundancy (fewer values than fac's set
         # when a few are filled from the estimate)
         dof = fac.dof - (fac.n_active - int(np.count_nonzero(act)))
-        passes = obj <= self._chi2(dof)
-        if hit is None or (not hit[1] and (passes or self._searching
-                                            or not self.lazy_failing_leverages)):
+        quantile = self._chi2(dof)
+        passes = obj <= quantile
+        lazy = self.lazy_failing_leverages
+        if lazy > 0 and not self._searching and obj > lazy * quantile:
+            if hit is None:  # gross, nothing to keep: the test's quantile by its dof
+                return self._no_leverages()
+            if not hit[1]:
+                self._sens.move_to_end(key)
+                return hit
+        if hit is None or not hit[1]:
             with single_threaded():
                 sens, tr1, tr2 = linear_sensitivity(self.model, fac, v, sig, act,
                                                     constraints=self.constraints,
@@ -1936,6 +1946,11 @@ class LinearStateEstimator:
         else:
             self._sens.move_to_end(key)
         return hit
+
+    def _no_leverages(self) -> tuple[np.ndarray, bool, float]:
+        """A grossly failing state's leverages when its set has none (see
+        :meth:`_sens_hit`): NaN, not clean, no moment-based quantile."""
+        return np.full(self.model.m, np.nan), False, math.nan
 
     def _observable(self, act: np.ndarray) -> None:
         key = act.tobytes()

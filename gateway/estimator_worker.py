@@ -467,16 +467,16 @@ def _usable(z: np.ndarray, f: np.ndarray, real: np.ndarray) -> tuple[np.ndarray,
 def _deferred(est: Any, period: float) -> Callable[[], bool] | None:
     """Below :data:`HOLD_PERIOD_S`, the linear family's re-weightings are made between
     snapshots, not on one's deadline path (``defer_reweight``); the work to call there
-    (``idle``), or None. There a snapshot failing the chi-square test is held or
-    refused (:class:`_Holder`) unless searched, so its first solve does not take its
-    leverages (``lazy_failing_leverages``)."""
+    (``idle``), or None. There a snapshot failing the chi-square test grossly is held
+    or refused (:class:`_Holder`) unless searched, so its first solve does not take its
+    leverages (``lazy_failing_leverages``: above the same :data:`GROSS_CHI2`)."""
     from estimator.linear import LinearStateEstimator
 
     core = est if isinstance(est, LinearStateEstimator) else getattr(est, "static", None)
     if period >= HOLD_PERIOD_S or not isinstance(core, LinearStateEstimator):
         return None
     core.defer_reweight = True
-    core.lazy_failing_leverages = True
+    core.lazy_failing_leverages = GROSS_CHI2
     return core.idle
 
 
