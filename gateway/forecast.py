@@ -638,7 +638,10 @@ def _worker_init() -> None:
     import contextlib
     import os
 
+    from gateway.realtime import unpin
+
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     with contextlib.suppress(OSError):
         os.nice(10)
+    unpin()

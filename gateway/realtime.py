@@ -45,7 +45,9 @@ on the estimator's CPU it waited for the solve and the estimator's polling befor
 next snapshot and came late (measured at 1 kHz, 5 s runs, load 2.9-4.9: the quality
 stage's p99 0.73 ms there, 0.17-0.23 ms on the gateway's CPU; deadline misses 615-857
 against 494-497). Threads of the gateway share its CPU; children inherit it until they
-are placed (the historian's process runs on any CPU).
+are placed (the historian's process runs on any CPU, and so do the low-priority
+background children, the state forecaster's worker and the topology process:
+:func:`unpin`).
 
 Without the right to real-time scheduling (not root, no CAP_SYS_NICE) a process falls
 back to ``nice -10`` when allowed, else stays as it is; :func:`set_realtime` says which.
@@ -127,6 +129,18 @@ def pin(role: str, *, pid: int = 0, allowed: set[int] | None = None) -> str:
     except OSError as exc:
         return f"not pinned ({exc.strerror or exc})"
     return f"CPU {cpu}"
+
+
+def unpin() -> str:
+    """A background child of the gateway (the state forecaster's worker, the topology
+    identification process) on every allowed CPU again, not its parent's one: it runs at
+    a low priority, so on the gateway's CPU (busy with real-time work at 1 kHz) it only
+    waited, while another CPU had idle time. What was done, for the log."""
+    try:
+        os.sched_setaffinity(0, allowed_cpus())
+    except (OSError, AttributeError) as exc:
+        return f"not moved ({exc})"
+    return "any CPU"
 
 
 def set_realtime(role: str, *, tid: int = 0, nice: int | None = NICE_FALLBACK) -> str:

@@ -551,13 +551,17 @@ _CHILD: Identifier | None = None
 
 def child_init(cfg: TwinConfig, nice: int = 10) -> None:
     """Initializer of the identification process: lower its priority (the hot path's
-    processes come first), build the :class:`Identifier` of ``cfg``."""
+    processes come first) and free it from the gateway's CPU (:func:`unpin`), build the
+    :class:`Identifier` of ``cfg``."""
     global _CHILD
     import contextlib
     import os
 
+    from gateway.realtime import unpin
+
     with contextlib.suppress(OSError):
         os.nice(nice)
+    unpin()
     child = Identifier(cfg, SwitchSet.of(cfg.network), cfg.topology.pseudo_rel)
     # the hypotheses around the normal topology: their models now, not in the first test
     # (weights and factorizations still come from the first real snapshot)

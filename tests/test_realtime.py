@@ -16,6 +16,7 @@ from gateway.realtime import (
     adopt,
     cpu_for,
     set_realtime,
+    unpin,
 )
 
 
@@ -138,3 +139,16 @@ def test_roles_share_out_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_for("emulator", {0, 1, 2, 3}) == 2
     monkeypatch.setenv(CPUS_ENV, "4,7")  # what a pinned parent passes on
     assert cpu_for("estimator") == 7
+
+
+def test_unpin_frees_a_child_from_its_parents_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forecaster's worker and the topology process inherit the gateway's one CPU;
+    they go back to every CPU the twin was given."""
+    was = os.sched_getaffinity(0)
+    monkeypatch.setenv(CPUS_ENV, ",".join(map(str, sorted(was))))
+    try:
+        os.sched_setaffinity(0, {min(was)})  # as a child of the pinned gateway starts
+        assert unpin() == "any CPU"
+        assert os.sched_getaffinity(0) == was
+    finally:
+        os.sched_setaffinity(0, was)
