@@ -19,8 +19,10 @@ database against the trace's ground truth:
 * ``deadline_misses_by_stage``: the stored snapshots that missed their deadline, by the
   stage of their latency that took longest (``align``: waiting for the snapshot's last
   frame, ``clean``: the quality stage, ``handoff``, ``solve``, ``return``: the state back
-  into the gateway's loop; ``superseded``: no state, a newer snapshot's answered it) and
-  ``first_second``: how many of them arrived in the run's first second (the start-up);
+  into the gateway's loop; ``superseded``: no state, a newer snapshot's answered it;
+  ``not_estimated``: no state, the estimator's FAIL came after the deadline; a FAIL in
+  time is no miss) and ``first_second``: how many of them arrived in the run's first
+  second (the start-up);
 * ``states_held``: stored states that are the kalman filter's prediction, not an estimate
   of their snapshot (the 1 kHz worker's answer to a snapshot with gross errors, flagged
   ``converged`` false with 0 iterations: ``gateway.estimator_worker``); they count in
@@ -594,19 +596,25 @@ STAGES = ("align", "clean", "handoff", "solve", "return")
 def _miss_causes(rd: Any, run_id: Any) -> dict[str, int]:
     """The stored snapshots that missed their deadline, each under the stage of its
     latency that took longest (``superseded``: no state at all, a newer snapshot's
-    answered it), and how many of them arrived in the run's first second
+    answered it; ``not_estimated``: no state, the estimator's FAIL came after the
+    deadline), and how many of them arrived in the run's first second
     (``first_second``: the start-up, when the estimator sets its weights and the quality
-    stage's detector has no history yet)."""
+    stage's detector has no history yet). A snapshot answered with a FAIL in time (gross
+    errors before the detector has a history, see the estimator worker) missed nothing:
+    it is not counted, as the gateway does not count it."""
     st = rd.db.query("SELECT seq, deadline_met, timings FROM states WHERE run_id = ?",
                      (run_id,))
     arr = dict(rd.db.query("SELECT seq, arrival_time FROM measurements "
                            "WHERE run_id = ? AND seq >= 0", (run_id,)))
-    out = dict.fromkeys(("superseded", *STAGES, "first_second"), 0)
+    out = dict.fromkeys(("superseded", "not_estimated", *STAGES, "first_second"), 0)
     if not arr:
         return out
     t0 = min(arr.values())
-    late = list(arr.keys() - {r[0] for r in st})
-    out["superseded"] = len(late)
+    failed, missed = _event_seqs(rd, run_id, "estimate_failed"), \
+        _event_seqs(rd, run_id, "deadline_missed")
+    late = list(arr.keys() - {r[0] for r in st} - (failed - missed))
+    for seq in late:
+        out["not_estimated" if seq in failed else "superseded"] += 1
     for seq, met, timings in st:
         if met:
             continue
@@ -615,6 +623,18 @@ def _miss_causes(rd: Any, run_id: Any) -> dict[str, int]:
         out[max(parts, key=parts.__getitem__)] += 1
         late.append(seq)
     out["first_second"] = sum(1 for seq in late if arr.get(seq, math.inf) - t0 < 1.0)
+    return out
+
+
+def _event_seqs(rd: Any, run_id: Any, kind: str) -> set[int]:
+    """The snapshots (``seq``) the run's events of ``kind`` name."""
+    rows = rd.db.query("SELECT detail FROM events WHERE run_id = ? AND kind = ?",
+                       (run_id, kind))
+    out = set()
+    for (detail,) in rows:
+        d = json.loads(detail) if isinstance(detail, str | bytes) else (detail or {})
+        if isinstance(d, dict) and isinstance(d.get("seq"), int):
+            out.add(d["seq"])
     return out
 
 
@@ -723,7 +743,8 @@ def _causes(c: dict[str, int] | None) -> str:
     """`` (superseded 26, solve 10, …; 29 in the first second)`` or nothing."""
     if not c:
         return ""
-    parts = [f"{k} {c[k]}" for k in ("superseded", *STAGES) if c.get(k)]
+    parts = [f"{k.replace('_', ' ')} {c[k]}" for k in ("superseded", "not_estimated", *STAGES)
+             if c.get(k)]
     if not parts:
         return ""
     return f" ({', '.join(parts)}; {c.get('first_second', 0)} in the first second)"
