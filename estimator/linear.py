@@ -1922,29 +1922,26 @@ class LinearStateEstimator:
         them as before: its reported quantile is the calibrated one."""
         key = self._key(act)
         hit = self._sens.get(key)
+        if hit is not None and hit[1]:  # frozen (the usual case)
+            self._sens.move_to_end(key)
+            return hit
         # chi-square test with this set's redundancy (fewer values than fac's set
         # when a few are filled from the estimate)
         dof = fac.dof - (fac.n_active - int(np.count_nonzero(act)))
         quantile = self._chi2(dof)
-        passes = obj <= quantile
         lazy = self.lazy_failing_leverages
         if lazy > 0 and not self._searching and obj > lazy * quantile:
             if hit is None:  # gross, nothing to keep: the test's quantile by its dof
                 return self._no_leverages()
-            if not hit[1]:
-                self._sens.move_to_end(key)
-                return hit
-        if hit is None or not hit[1]:
-            with single_threaded():
-                sens, tr1, tr2 = linear_sensitivity(self.model, fac, v, sig, act,
-                                                    constraints=self.constraints,
-                                                    moments=True)
-            hit = (1.0 / np.sqrt(sens), passes, j_quantile(tr1, tr2))
-            self._sens[key] = hit
-            if len(self._sens) > 4 * self.cache_size:
-                self._sens.popitem(last=False)
-        else:
             self._sens.move_to_end(key)
+            return hit
+        with single_threaded():
+            sens, tr1, tr2 = linear_sensitivity(self.model, fac, v, sig, act,
+                                                constraints=self.constraints, moments=True)
+        hit = (1.0 / np.sqrt(sens), bool(obj <= quantile), j_quantile(tr1, tr2))
+        self._sens[key] = hit
+        if len(self._sens) > 4 * self.cache_size:
+            self._sens.popitem(last=False)
         return hit
 
     def _no_leverages(self) -> tuple[np.ndarray, bool, float]:
