@@ -591,6 +591,8 @@ def _held_states(rd: Any, run_id: Any) -> int:
 
 #: the stages of a state's e2e latency the historian stores (``states.timings``)
 STAGES = ("align", "clean", "handoff", "solve", "return")
+#: what a missed snapshot is counted under (``_miss_causes``): no state, or its slowest stage
+MISS_KINDS = ("superseded", "not_estimated", *STAGES)
 
 
 def _miss_causes(rd: Any, run_id: Any) -> dict[str, int]:
@@ -606,7 +608,7 @@ def _miss_causes(rd: Any, run_id: Any) -> dict[str, int]:
                      (run_id,))
     arr = dict(rd.db.query("SELECT seq, arrival_time FROM measurements "
                            "WHERE run_id = ? AND seq >= 0", (run_id,)))
-    out = dict.fromkeys(("superseded", "not_estimated", *STAGES, "first_second"), 0)
+    out = dict.fromkeys((*MISS_KINDS, "first_second"), 0)
     if not arr:
         return out
     t0 = min(arr.values())
@@ -628,14 +630,8 @@ def _miss_causes(rd: Any, run_id: Any) -> dict[str, int]:
 
 def _event_seqs(rd: Any, run_id: Any, kind: str) -> set[int]:
     """The snapshots (``seq``) the run's events of ``kind`` name."""
-    rows = rd.db.query("SELECT detail FROM events WHERE run_id = ? AND kind = ?",
-                       (run_id, kind))
-    out = set()
-    for (detail,) in rows:
-        d = json.loads(detail) if isinstance(detail, str | bytes) else (detail or {})
-        if isinstance(d, dict) and isinstance(d.get("seq"), int):
-            out.add(d["seq"])
-    return out
+    return {e["detail"]["seq"] for e in rd.events(kind=kind, run_id=run_id)
+            if isinstance(e["detail"], dict) and isinstance(e["detail"].get("seq"), int)}
 
 
 def _chi2_healthy(rd: Any, run_id: Any, trace: Any, rows_of: Callable[[Any], Any]
@@ -743,8 +739,7 @@ def _causes(c: dict[str, int] | None) -> str:
     """`` (superseded 26, solve 10, …; 29 in the first second)`` or nothing."""
     if not c:
         return ""
-    parts = [f"{k.replace('_', ' ')} {c[k]}" for k in ("superseded", "not_estimated", *STAGES)
-             if c.get(k)]
+    parts = [f"{k.replace('_', ' ')} {c[k]}" for k in MISS_KINDS if c.get(k)]
     if not parts:
         return ""
     return f" ({', '.join(parts)}; {c.get('first_second', 0)} in the first second)"
