@@ -294,3 +294,17 @@ def test_no_function_longer_than_80_lines() -> None:
                 offenders.append(f"{rel}:{name} ({n} lines)")
     assert not offenders, (f"functions longer than {MAX_FUNCTION_LINES} lines: "
                            + ", ".join(offenders))
+
+
+#: the project's fixed top level, plus its CI script, docs and ignore file
+TOP_LEVEL = {"pyproject.toml", "README.md", "gateway", "estimator", "models", "tests", "hil",
+             "deploy", "docs", ".ci", ".gitignore"}
+
+
+def test_nothing_outside_the_fixed_top_level_is_committed() -> None:
+    """A run's by-product (a historian spool in the working folder, say) once slipped into
+    a commit: whatever git tracks lies under the fixed top level."""
+    res = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    tops = {line.split("/", 1)[0] for line in res.stdout.splitlines() if line}
+    assert tops and tops <= TOP_LEVEL, sorted(tops - TOP_LEVEL)
