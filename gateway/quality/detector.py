@@ -60,6 +60,8 @@ Warm-up, missing values, level shifts
   replaced the jumped flows by predictions of the old ones on two snapshots, and both
   estimates were about 1 % off in |V|. The price: a gross error arriving on the very
   snapshot of the switching is accepted (and restarts its channel's history).
+* A channel back after a gap longer than its predictions can follow (the quality stage
+  counts the gap): the same re-basing for that channel alone, on its first value back.
 
 Optional confirmation by the estimator (:func:`confirm_with_residuals`): values in a grey
 zone ``k_low < z <= k`` are marked SUSPECT and promoted to BAD when the estimator's
@@ -200,8 +202,46 @@ class TemporalDetector:
         self._rebase = True
 
     def step(self, x: np.ndarray, missing: np.ndarray, pred_ready: np.ndarray,
-             sigma_meas: np.ndarray, scale: np.ndarray | None = None) -> StepResult:
-        """One snapshot. ``pred_ready`` is the network's prediction (used where ready)."""
+             sigma_meas: np.ndarray, scale: np.ndarray | None = None,
+             returning: np.ndarray | None = None) -> StepResult:
+        """One snapshot. ``pred_ready`` is the network's prediction (used where ready).
+
+        ``returning``: rows back after a gap longer than their predictions can follow
+        (the caller counts it); each is re-based alone (:meth:`_rebase_rows`)."""
+        if returning is not None and returning.size:
+            returning = returning[self.count[returning] >= self.hist_len]  # warm: tested
+            if returning.size:
+                return self._rebase_rows(returning, x, missing, pred_ready, sigma_meas,
+                                         scale)
+        return self._step(x, missing, pred_ready, sigma_meas, scale)
+
+    def _rebase_rows(self, rows: np.ndarray, x: np.ndarray, missing: np.ndarray,
+                     pred: np.ndarray, sigma_meas: np.ndarray, scale: np.ndarray | None
+                     ) -> StepResult:
+        """:meth:`step`, except for ``rows``: a channel whose history is only its own
+        fills, back on a level it was never measured at. Its first value back is taken
+        (not tested) and its history moved onto it by the innovation, shape and running
+        spread kept: what :meth:`rebase` does for every channel, for these alone.
+        Testing it instead flagged a load that moved during a dropout for three
+        snapshots (the ramp rule needs three raw values in a row)."""
+        ring, m_abs = self.ring[rows].copy(), self.m_abs[rows].copy()
+        res = self._step(x, missing, pred, sigma_meas, scale)
+        back = x[rows]
+        d = back - pred[rows]
+        moved = np.isfinite(d)
+        rows, back, d, ring, m_abs = rows[moved], back[moved], d[moved], ring[moved], m_abs[moved]
+        self.ring[rows, :-1] = ring[:, 1:] + d[:, None]
+        self.ring[rows, -1] = back
+        self.m_abs[rows] = m_abs
+        self.run[rows] = 0
+        res.values[rows] = back
+        res.flags[rows] = 0
+        res.z[rows] = np.nan
+        return res
+
+    def _step(self, x: np.ndarray, missing: np.ndarray, pred_ready: np.ndarray,
+              sigma_meas: np.ndarray, scale: np.ndarray | None) -> StepResult:
+        """One snapshot, every channel tested (see :meth:`step`)."""
         if self._rebase:
             self._rebase = False
             return self._step_rebase(x, missing, pred_ready, sigma_meas)

@@ -354,8 +354,9 @@ class QualityStage:
         self._pv_turn = False
         pred, sigma_meas, s = self._pred, self._sigma_meas, self._s
         # 2. statistic, flags, replacement
-        res = self.detector.step(xd, self._no_missing if missing is None else missing[di],
-                                 pred, sigma_meas, s)
+        md = self._no_missing if missing is None else missing[di]
+        res = self.detector.step(xd, md, pred, sigma_meas, s,
+                                 self._returning(md) if self._gaps else None)
         out[di] = res.values
         if missing is None:
             out_flags[di] = res.flags
@@ -394,6 +395,12 @@ class QualityStage:
                      "pv_s": t4 - t3, "total_s": t4 - t0},  # predict_s: 0 when done ahead
             z=z,
         )
+
+    def _returning(self, missing: np.ndarray) -> np.ndarray:
+        """Detector rows back now after a gap whose fills were PSEUDO: their histories
+        hold predictions only, and are re-based on the value back
+        (:meth:`TemporalDetector.step`)."""
+        return np.flatnonzero((self._gap > self.max_fill) & ~missing)
 
     def _count_gaps(self, missing: np.ndarray, out_flags: np.ndarray) -> None:
         """Each electrical channel's run of missing snapshots; the fills of a run longer
