@@ -33,7 +33,8 @@ sample costs its snapshot only the copy of its weather values; the sun terms and
 forecaster's run follow as two pieces, one per interval between snapshots (in
 :meth:`lookahead`, or at the start of the next :meth:`process` when it is not called), so
 the forecast from the sample of snapshot t is reported from snapshot t+2 on, online and
-offline alike (the very first forecast is computed at once). With the predictor process,
+offline alike (the very first forecast is computed at once, and every forecast when
+snapshots come 0.1 s or more apart: :data:`PV_INLINE_PERIOD_S`). With the predictor process,
 the first snapshot's prediction is asked for when the stage is built.
 
 With ``predictor_process=True`` (what the gateway uses) the look-ahead's ONNX Runtime
@@ -92,6 +93,10 @@ _CORRECTED = np.uint32(Flag.CORRECTED)
 #: 0.1 s into the gap, then grows (2.2x at 0.25 s, 9x at 1 s, 27x after); the estimator
 #: worker leaves PSEUDO values out where the feeder stays observable without them
 MAX_FILL_S = 0.1
+#: snapshots at least this far apart (10 Hz and slower: SCADA rates, `gridtwin evaluate`'s
+#: 1 s traces) take a PV stride's whole work on the stride snapshot itself, 0.4-0.6 ms of
+#: a period of 100 ms or more; deferred, its forecast was two periods old when reported
+PV_INLINE_PERIOD_S = 0.1
 
 
 @dataclass
@@ -255,6 +260,7 @@ class QualityStage:
         #: a PV piece has had its turn since the last process() (see _pv_step)
         self._pv_turn = False
         self._pv_started = False  # a forecast has been made
+        self._pv_prev_now = -math.inf  # the last snapshot's time (see _pv_step)
 
     def _init_pv_model(self, pv_model: OnnxModel, pv_predictor: Predictor | None
                        ) -> tuple[int, int]:
@@ -617,9 +623,13 @@ class QualityStage:
         on, where they overlap the estimator's solve; 0.4-0.6 ms at once had sat on the
         deadline path every stride), else at the start of the next :meth:`process`. So
         the forecast from the sample of snapshot t is reported from snapshot t+2 on,
-        online and offline alike. The very first sample is forecast at once."""
+        online and offline alike. The very first sample is forecast at once, and so is
+        every sample of a snapshot :data:`PV_INLINE_PERIOD_S` or more after the one
+        before (there is time, and two periods would make the forecast stale)."""
         if self._pv_predict is None or self.n_plants == 0:
             return
+        slow = now - self._pv_prev_now >= PV_INLINE_PERIOD_S
+        self._pv_prev_now = now
         if self._pv_last_t is not None and now - self._pv_last_t < self.pv_stride_s:
             return
         if self._pv_job:  # the last sample's pieces never got their turn: do them now
@@ -633,7 +643,7 @@ class QualityStage:
             last + self.pv_stride_s * np.floor((now - last) / self.pv_stride_s))
         self._pv_sample = (weather, now, restart)
         self._pv_job = "sample"
-        if not self._pv_started:
+        if slow or not self._pv_started:
             self._pv_finish()
 
     def _pv_piece(self) -> None:
