@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gateway.cli_demo import http_json, run_demo
@@ -110,6 +111,10 @@ def test_estimator_killed_mid_run(tmp_path: Path) -> None:
                 "deadline_misses", "se_vm_mape_pct", "se_va_rmse_rad", "bad_data_missed_pct",
                 "bad_data_false_pct", "pv_mape_pct", "e2e_latency_ms", "historian_rows"}
     assert contract <= set(res), contract - set(res)
+    # the angle apart at the 4 plant nodes and the 33 buses: the whole is their mean square
+    pv, other = res["se_va_rmse_pv_nodes_rad"], res["se_va_rmse_other_buses_rad"]
+    np.testing.assert_allclose(res["se_va_rmse_rad"] ** 2, (4 * pv**2 + 33 * other**2) / 37,
+                               rtol=1e-9)
     lat = res["e2e_latency_ms"]
     assert set(lat) >= {"p50", "p99", "max"} and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
     assert res["historian_rows"] == sum(res["historian_rows_by_table"].values())
