@@ -131,7 +131,9 @@ async def _live(tr: Any) -> list[StateMsg]:
 
 def test_a_warm_up_does_not_weigh_the_real_snapshots() -> None:
     """Library level: a solve on a foreign snapshot, then forget_weights(), leaves the
-    estimator as if new (same estimates to 1e-12, same nominal values)."""
+    estimator as if new: the same nominal values, and the same estimates to rounding (the
+    forgotten factorizations' structure is kept and re-weighted rather than rebuilt, so
+    the two solves round differently: 1.06e-12 apart with one machine's BLAS)."""
     net = ieee33_with_plants()
     model_a = MeasurementModel(net, paper_specs(net))
     model_b = MeasurementModel(net, paper_specs(net))
@@ -145,7 +147,7 @@ def test_a_warm_up_does_not_weigh_the_real_snapshots() -> None:
     a.reset()
     assert np.all(model_a.nominal == 0)
     va, vb = a.solve(z).v, b.solve(z).v
-    np.testing.assert_allclose(va, vb, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(va, vb, rtol=0, atol=1e-10)
     np.testing.assert_array_equal(model_a.nominal, model_b.nominal)
 
 
