@@ -23,15 +23,18 @@ def cfg() -> Any:
     return load_config("ieee33")
 
 
-def _run(cfg: Any, start: str, hours: float, seed: int, silent_from_s: float
+def _run(cfg: Any, start: str, hours: float, seed: int, silent_from_s: float,
+         quantities: tuple[str, ...] = ("",)
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """PV forecasts and sigmas (MW) over a 2 s trace whose weather stations go silent
-    ``silent_from_s`` in; the true outputs and each row's silence (s)."""
+    ``silent_from_s`` in (their channels ending in one of ``quantities``: all of them by
+    default); the true outputs and each row's silence (s)."""
     tr = scenario_trace({"start": start, "hours": hours, "step_s": 2.0, "bad_pct": 0.0,
                          "seed": seed}, lambda *a: None)
     x = tr.measured.copy()
     cut = int(silent_from_s / 2.0)
-    wx = [j for j, n in enumerate(tr.channel_names) if n.startswith("wx")]
+    wx = [j for j, n in enumerate(tr.channel_names)
+          if n.startswith("wx") and n.endswith(quantities)]
     x[cut:, wx] = np.nan
     stage = QualityStage(cfg)
     zero = np.zeros(x.shape[1], np.uint32)
@@ -62,3 +65,13 @@ def test_a_station_silent_over_sunset_gives_no_output_at_night(cfg: Any) -> None
     night = (truth == 0).all(axis=1) & (silent > 0)
     assert night.sum() > 600  # the trace runs an hour into the night
     assert (pv[night] == 0).all()
+
+
+def test_a_silent_wind_vane_leaves_the_forecast_alone(cfg: Any) -> None:
+    """Only the irradiance makes a station's sample stale: a missing wind direction is
+    held as it is, and the forecast keeps the card's sigma."""
+    _pv, sig, _truth, silent = _run(cfg, "1990-05-12T10:00", 0.5, 41, 600.0,
+                                    (".wind_dir",))
+    rating = np.array([p.rating_mw for p in cfg.plants])
+    late = silent > 120
+    assert late.sum() > 300 and (sig[late] <= 0.1 * rating).all()

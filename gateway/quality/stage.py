@@ -659,10 +659,10 @@ class QualityStage:
         # after a long gap
         self._pv_last_t = now if last is None or restart else (
             last + self.pv_stride_s * np.floor((now - last) / self.pv_stride_s))
-        held: np.ndarray | None = None  # plants whose station is silent now
+        held: np.ndarray | None = None  # plants whose station's irradiance is silent now
         if missing is not None:
-            held = np.asarray((missing[np.maximum(self.wx_idx, 0)] & (self.wx_idx >= 0))
-                              .any(axis=1))
+            irr = self.wx_idx[:, :3]  # ghi, dni, dhi; the others are held as they are
+            held = np.asarray((missing[np.maximum(irr, 0)] & (irr >= 0)).any(axis=1))
         self._pv_sample = (weather, now, restart, held)
         self._pv_job = "sample"
         if slow or not self._pv_started:
