@@ -576,6 +576,7 @@ def _state_accuracy(rd: Any, run_id: Any, trace: Any, rows_of: Callable[[Any], A
     import numpy as np
 
     from gateway.config import load_config
+    from gateway.se_model import angle_parts, measurement_model
 
     parts: dict[str, float | None] = {"se_va_rmse_pv_nodes_rad": None,
                                       "se_va_rmse_other_buses_rad": None}
@@ -587,11 +588,9 @@ def _state_accuracy(rd: Any, run_id: Any, trace: Any, rows_of: Callable[[Any], A
         return None, None, parts
     vm_mape = float(np.mean(np.abs(st.vm - np.abs(v)) / np.abs(v)) * 100)
     dva = st.va - np.angle(v)
-    cfg = load_config("ieee33")  # the demo's feeder and plants: the bundled config's
-    pv = np.zeros(dva.shape[1], bool)
-    pv[[cfg.network.index_of(p.node) for p in cfg.plants]] = True
-    parts = {"se_va_rmse_pv_nodes_rad": float(np.sqrt(np.mean(dva[:, pv] ** 2))),
-             "se_va_rmse_other_buses_rad": float(np.sqrt(np.mean(dva[:, ~pv] ** 2)))}
+    # the demo's feeder and plants: the bundled config's
+    pv_nodes = measurement_model(load_config("ieee33")).pv_nodes
+    parts.update({f"se_{k}": x for k, x in angle_parts(dva, pv_nodes).items()})
     return vm_mape, float(np.sqrt(np.mean(dva**2))), parts
 
 

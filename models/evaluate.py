@@ -485,7 +485,7 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
         from estimator.baselines import make_estimator
         from estimator.errors import EstimatorError
         from gateway.estimator_worker import GROSS_CHI2, measurement_scale, measurement_sigmas
-        from gateway.se_model import measurement_model
+        from gateway.se_model import angle_parts, measurement_model
     except ImportError as exc:
         log(f"  se: estimator unavailable ({exc})")
         return [], {}
@@ -546,7 +546,7 @@ def se_table(cfg: Any, models_dir: Path | None, *, seed: int, quick: bool, log: 
                "chi2_fail_healthy_pct": (float(100.0 * failed[healthy].mean())
                                          if healthy.any() else None),
                "healthy_snapshots": int(healthy.sum()),
-               **_angle_parts(dva, model.pv_nodes)}
+               **angle_parts(dva, model.pv_nodes)}
         if not ok.all():
             row["failed_snapshots"] = int((~ok).sum())
         rows.append(row)
@@ -699,21 +699,11 @@ def se_healthy_row(cfg: Any, bad: Any, ks: np.ndarray, *, seed: int, log: Log
     return rows
 
 
-def _angle_parts(dva: np.ndarray, pv_nodes: np.ndarray) -> dict[str, float]:
-    """Angle RMSE (rad) at the PV plant nodes and at the other buses, apart: a plant
-    node's angle rests on its plant's output, which the bundled meters leave to the
-    forecast, so the two say different things about an estimator."""
-    pv = np.zeros(dva.shape[1], bool)
-    pv[np.asarray(pv_nodes, np.int64)] = True
-    if not pv.any() or dva.shape[0] == 0:
-        return {}
-    return {"va_rmse_pv_nodes_rad": float(np.sqrt(np.mean(dva[:, pv] ** 2))),
-            "va_rmse_other_buses_rad": float(np.sqrt(np.mean(dva[:, ~pv] ** 2)))}
-
-
 def _healthy_row(name: str, v: np.ndarray, truth: np.ndarray, sec: float,
                  failed: np.ndarray, pv_nodes: np.ndarray | None = None
                  ) -> dict[str, Any]:
+    from gateway.se_model import angle_parts
+
     dva = np.angle(v * np.conj(truth))
     vm_t = np.abs(truth)
     pct = float(100.0 * np.mean(failed))
@@ -723,7 +713,7 @@ def _healthy_row(name: str, v: np.ndarray, truth: np.ndarray, sec: float,
             "va_rmse_rad": float(np.sqrt(np.mean(dva**2))),
             "ms_per_snapshot": sec * 1e3, "chi2_fail_pct": pct, "chi2_fail_healthy_pct": pct,
             "healthy_snapshots": int(failed.size),
-            **(_angle_parts(dva, pv_nodes) if pv_nodes is not None else {})}
+            **(angle_parts(dva, pv_nodes) if pv_nodes is not None else {})}
 
 
 # ----------------------------------------------------------------------------- top level
